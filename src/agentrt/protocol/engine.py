@@ -1,0 +1,210 @@
+"""The contract between the serving layer and whatever generates tokens.
+
+The embedded engine (``agentrt.engine``), a remote OpenAI-compatible server
+(vLLM, SGLang) and a Ray actor all implement :class:`EngineClient`; the router
+implements it too, so the ASGI app only ever talks to one ``EngineClient``.
+These types are plain msgspec Structs and a Protocol: no torch here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import msgspec
+
+FinishReason = Literal["stop", "length", "abort", "error", "tool_calls"]
+
+
+class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Per-request sampling parameters (OpenAI's plus vLLM's extras)."""
+
+    max_tokens: int | None = None  # None: up to the model's context
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1: disabled
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: list[str] = msgspec.field(default_factory=list)
+    stop_token_ids: list[int] = msgspec.field(default_factory=list)
+    ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+class ProgramTag(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Which program, thread and parent call an LLM call belongs to (from the SDK headers)."""
+
+    program_id: str
+    thread_id: str = ""
+    parent_call_id: str | None = None
+    tenant: str = ""
+
+
+class GenerationRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One LLM call, as the router hands it to an engine.
+
+    Exactly one of ``prompt`` (text or token ids, completions API) or
+    ``messages`` (chat API; the engine applies the model's chat template with
+    ``tools``) is set.
+    """
+
+    call_id: str
+    model: str = ""
+    prompt: str | list[int] | None = None
+    messages: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    sampling: SamplingParams = msgspec.field(default_factory=SamplingParams)
+    program: ProgramTag | None = None
+    # Explicit priority from the request body (vLLM's field: lower runs sooner).
+    priority: int | None = None
+    arrival_time: float = 0.0  # time.monotonic() when the server received it
+
+
+class TopLogprob(msgspec.Struct, frozen=True):
+    token_id: int
+    token: str
+    logprob: float
+
+
+class TokenLogprob(msgspec.Struct, frozen=True):
+    token_id: int
+    token: str
+    logprob: float
+    top: list[TopLogprob] = []
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
+
+
+class Timings(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Per-call timings in seconds (monotonic clock), filled in as they become known."""
+
+    arrival: float = 0.0
+    first_scheduled: float | None = None
+    first_token: float | None = None
+    finished: float | None = None
+    queue_time: float = 0.0  # total time spent waiting (incl. while preempted)
+    model_time: float = 0.0  # model-executor time attributed to this call
+    preemptions: int = 0
+
+
+class TokenEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One increment of one choice's output; the last event of a choice has ``finish_reason``.
+
+    ``text`` is the newly decodable text (multi-byte pieces are held back until
+    complete); ``token_ids`` are the tokens this event covers (may be empty
+    when only a held-back piece is released).
+    """
+
+    call_id: str
+    index: int = 0  # choice index, for n > 1
+    token_ids: list[int] = []
+    text: str = ""
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: FinishReason | None = None
+    stop_reason: str | int | None = None  # the stop string or token that ended it
+    usage: Usage | None = None  # on the final event of the call
+    timings: Timings | None = None  # on the final event of the call
+
+
+class EngineStats(msgspec.Struct, kw_only=True):
+    """A snapshot of an engine's load, for metrics and the load balancer."""
+
+    running: int = 0
+    waiting: int = 0
+    swapped: int = 0
+    kv_blocks_total: int = 0
+    kv_blocks_used: int = 0
+    kv_usage: float = 0.0  # 0..1
+    prefix_hit_rate: float = 0.0  # 0..1, over the engine's lifetime
+    preemptions_swap: int = 0
+    preemptions_recompute: int = 0
+    steps: int = 0
+    generated_tokens: int = 0
+
+
+class ModelInfo(msgspec.Struct, kw_only=True):
+    id: str
+    max_model_len: int
+    owned_by: str = "agentrt"
+
+
+class EngineError(Exception):
+    """Base class for errors an engine reports about one request.
+
+    ``status`` and ``type`` map onto the OpenAI error schema on the wire.
+    """
+
+    status: int = 500
+    type: str = "internal_error"
+    code: str | None = None
+    param: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        if param is not None:
+            self.param = param
+
+
+class InvalidRequest(EngineError):
+    """Bad parameters or a prompt the engine cannot serve (e.g. longer than the context)."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class PromptTooLong(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class EngineOverloaded(EngineError):
+    """The engine refuses new work for now; the server answers 429 with Retry-After."""
+
+    status = 429
+    type = "rate_limit_error"
+    retry_after: float = 1.0
+
+
+class EngineUnavailable(EngineError):
+    """The engine died or cannot be reached; in-flight calls on it fail with this (503)."""
+
+    status = 503
+    type = "service_unavailable"
+
+
+@runtime_checkable
+class EngineClient(Protocol):
+    """What the serving layer needs from anything that generates tokens."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        """Stream the call's token events (an async generator); raise :class:`EngineError` for a bad request (at the first ``__anext__`` at the latest).
+
+        Leaving the iterator early (``aclose``) aborts the call and frees its KV.
+        """
+        ...
+
+    async def abort(self, call_id: str) -> None:
+        """Abort a call; a no-op if it already finished."""
+        ...
+
+    def stats(self) -> EngineStats: ...
+
+    def models(self) -> list[ModelInfo]: ...
+
+    async def start_program(self, tag: ProgramTag) -> None:
+        """A program started (SDK's POST /v1/programs); engines without a process table ignore it."""
+        ...
+
+    async def end_program(self, program_id: str) -> None:
+        """A program ended; its process-table entry may be dropped."""
+        ...
+
+    async def close(self) -> None: ...
