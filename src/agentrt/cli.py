@@ -12,7 +12,9 @@ import importlib
 import sys
 
 # name -> (module, help). Order is the order shown in --help.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("agentrt.bench.cli", "run a benchmark (prints a table, writes JSON)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
