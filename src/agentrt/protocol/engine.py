@@ -129,6 +129,8 @@ class EngineStats(msgspec.Struct, kw_only=True):
     preemptions_recompute: int = 0
     steps: int = 0
     generated_tokens: int = 0
+    # Live calls (waiting or running) per scheduler queue level, top level first.
+    calls_per_level: list[int] = msgspec.field(default_factory=list)
 
 
 class ModelInfo(msgspec.Struct, kw_only=True):
