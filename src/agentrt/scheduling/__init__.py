@@ -1,0 +1,72 @@
+"""Program-aware scheduling (Autellix): one implementation for the engine, the router and the simulator.
+
+Pure Python, no I/O, deterministic. Public API:
+
+- :class:`SchedulerConfig` (policy ``fcfs | las | mlfq | plas | atlas``,
+  ``service_unit`` ``time | tokens``, K queues, boundaries, quanta, beta,
+  program TTL, max programs) and :class:`BalancerConfig`;
+- :class:`Call`: one live LLM call (``call_id``, ``program_id``,
+  ``thread_id``, ``arrival``, ``prompt_tokens``, explicit ``priority``; then
+  scheduler-owned ``level``, ``quantum``, ``start_value``, ``service``,
+  ``seq``, ``running``, ``wait(clock)``);
+- :class:`Scheduler` / :func:`make_scheduler`, :class:`Decision`, and the
+  :class:`Admission` protocol the driver implements (its resource model);
+- :class:`ProcessTable`, :class:`ProgramEntry`, :class:`CallRecord`: what is
+  known about each program (service, wait, engine affinity, call records);
+- :class:`Balancer` (``round_robin | least_used | locality``) and
+  :class:`NoEngineAvailable`;
+- the policies themselves (:mod:`agentrt.scheduling.policies`).
+
+How a driver (engine step loop, simulator) uses it::
+
+    sched = make_scheduler(SchedulerConfig(policy="atlas"))
+    sched.add(Call("c1", "prog-7", arrival=now, prompt_tokens=412), now)
+    while True:                                 # one engine step
+        decision = sched.schedule(now, admission)   # admission.admit(call) -> bool, in order
+        swap_out(decision.preempted)             # were running, lost their place
+        run(decision.batch)
+        for call in decision.batch:
+            sched.charge(call, model_seconds_or_tokens, now)   # same ``now`` for the step
+        for call_id in completed:
+            sched.finish(call_id, now)           # PLAS/ATLAS program update
+        # cancelled: sched.abort(call_id, now)
+
+For multi-step scheduling call ``schedule`` every N steps and ``charge``
+every step. A router owns one :class:`ProcessTable` and may share it with
+its schedulers and its :class:`Balancer`.
+"""
+
+from agentrt.scheduling.balancer import Balancer, NoEngineAvailable
+from agentrt.scheduling.call import Call
+from agentrt.scheduling.config import (
+    POLICIES,
+    BalancerConfig,
+    BalancerPolicy,
+    PolicyName,
+    SchedulerConfig,
+    ServiceUnit,
+)
+from agentrt.scheduling.policies import Policy, make_policy
+from agentrt.scheduling.process_table import CallRecord, ProcessTable, ProgramEntry
+from agentrt.scheduling.scheduler import Admission, Decision, Scheduler, make_scheduler
+
+__all__ = [
+    "POLICIES",
+    "Admission",
+    "Balancer",
+    "BalancerConfig",
+    "BalancerPolicy",
+    "Call",
+    "CallRecord",
+    "Decision",
+    "NoEngineAvailable",
+    "Policy",
+    "PolicyName",
+    "ProcessTable",
+    "ProgramEntry",
+    "Scheduler",
+    "SchedulerConfig",
+    "ServiceUnit",
+    "make_policy",
+    "make_scheduler",
+]

@@ -1,0 +1,106 @@
+"""The load balancer: which engine serves a call.
+
+- ``round_robin``: engines in turn.
+- ``least_used``: the engine with the fewest live calls (ties: the engine
+  added first), the paper's "Least Used" baseline.
+- ``locality`` (Autellix, Algorithm 2): calls of at most ``threshold``
+  prompt tokens go to the least used engine (short prompts share little more
+  than the system prompt, which every engine caches); longer calls go to the
+  engine their program is pinned to, pinned on the first long call, so the
+  program's history stays in one engine's prefix cache. Pins live in the
+  process table (``ProgramEntry.engine_id``).
+
+The balancer counts live calls itself: :meth:`route` adds one to the chosen
+engine, :meth:`release` takes it back when the call ends. When an engine
+fails or is removed, its pins are dropped and its programs re-route on their
+next call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from agentrt.scheduling.config import BalancerConfig
+from agentrt.scheduling.process_table import ProcessTable
+
+
+class NoEngineAvailable(RuntimeError):
+    """Every engine failed or was removed; the caller answers 503."""
+
+
+class Balancer:
+    """Routes calls over a changing set of engines."""
+
+    def __init__(
+        self,
+        config: BalancerConfig | None = None,
+        engines: Iterable[str] = (),
+        table: ProcessTable | None = None,
+    ) -> None:
+        self.config = config or BalancerConfig()
+        self.table = table or ProcessTable()
+        self._load: dict[str, int] = {}  # engine id -> live calls routed there, insertion order
+        self._next_rr = 0
+        for engine_id in engines:
+            self.add_engine(engine_id)
+
+    @property
+    def engines(self) -> list[str]:
+        return list(self._load)
+
+    def load(self, engine_id: str) -> int:
+        return self._load[engine_id]
+
+    def add_engine(self, engine_id: str) -> None:
+        if engine_id in self._load:
+            raise ValueError(f"engine {engine_id!r} is already known")
+        self._load[engine_id] = 0
+
+    def remove_engine(self, engine_id: str) -> list[str]:
+        """Stop routing to ``engine_id``; returns the programs that were pinned to it."""
+        self._load.pop(engine_id, None)
+        return self.table.unpin_engine(engine_id)
+
+    def engine_failed(self, engine_id: str) -> list[str]:
+        """The engine died: unpin its programs so their next calls re-route; returns them."""
+        return self.remove_engine(engine_id)
+
+    def route(self, program_id: str | None, prompt_tokens: int, now: float) -> str:
+        """Pick the engine for a call and count it there. ``program_id`` None: an untagged call."""
+        if not self._load:
+            raise NoEngineAvailable("no engine is available")
+        policy = self.config.policy
+        if policy == "round_robin":
+            engine_id = self._round_robin()
+        elif policy == "least_used" or program_id is None:
+            engine_id = self._least_used()
+        else:
+            engine_id = self._locality(program_id, prompt_tokens, now)
+        self._load[engine_id] += 1
+        return engine_id
+
+    def release(self, engine_id: str) -> None:
+        """A call routed to ``engine_id`` ended (an unknown or removed engine is ignored)."""
+        if self._load.get(engine_id, 0) > 0:
+            self._load[engine_id] -= 1
+
+    def _round_robin(self) -> str:
+        engines = list(self._load)
+        engine_id = engines[self._next_rr % len(engines)]
+        self._next_rr = (self._next_rr + 1) % len(engines)
+        return engine_id
+
+    def _least_used(self) -> str:
+        load = self._load
+        return min(load, key=load.__getitem__)
+
+    def _locality(self, program_id: str, prompt_tokens: int, now: float) -> str:
+        if prompt_tokens <= self.config.locality_threshold:
+            return self._least_used()
+        entry = self.table.get(program_id)
+        pinned = entry.engine_id if entry is not None else None
+        if pinned is not None and pinned in self._load:
+            return pinned
+        engine_id = self._least_used()
+        self.table.pin(program_id, engine_id, now)
+        return engine_id

@@ -1,0 +1,141 @@
+"""Configuration of the scheduler and the load balancer (one msgspec Struct each).
+
+Units. Every service-like knob (queue boundaries, quanta, the starvation
+floor) is in the configured *service unit*:
+
+- ``service_unit = "time"`` (default, as in the Autellix paper): seconds of
+  model-executor time attributed to a call;
+- ``service_unit = "tokens"``: tokens the model processed for the call
+  (prefill and decode alike). Deterministic, for tests and for engines that
+  do not report time. Waiting is then counted in engine steps: each step a
+  call spends waiting counts as the one token a decode step would have
+  given it, so the anti-starvation ratio compares like with like.
+
+Knobs left as ``None`` take the default of the chosen unit (the
+``DEFAULTS_BY_UNIT`` table below). They are starting points the simulator
+sweeps (``agentrt sim``); the values it measures replace them here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import msgspec
+
+PolicyName = Literal["fcfs", "las", "mlfq", "plas", "atlas"]
+ServiceUnit = Literal["time", "tokens"]
+BalancerPolicy = Literal["round_robin", "least_used", "locality"]
+
+POLICIES: tuple[PolicyName, ...] = ("fcfs", "las", "mlfq", "plas", "atlas")
+
+
+class UnitDefaults(msgspec.Struct, frozen=True):
+    """Defaults of the unit-dependent knobs, in that unit."""
+
+    first_boundary: float
+    first_quantum: float
+    starvation_floor: float
+
+
+# time: seconds of model time. A decode step of an 8B model on one A100 takes
+# ~20-40 ms, so 0.5 s is ~15-25 steps of a call: short chat turns finish in
+# the top queues, long programs sink after a few seconds of service.
+# tokens: the same scale expressed in processed tokens.
+DEFAULTS_BY_UNIT: dict[ServiceUnit, UnitDefaults] = {
+    "time": UnitDefaults(first_boundary=0.5, first_quantum=0.5, starvation_floor=0.05),
+    "tokens": UnitDefaults(first_boundary=256.0, first_quantum=256.0, starvation_floor=16.0),
+}
+
+
+class SchedulerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """How one engine's scheduler orders calls (TOML table ``[scheduler]``).
+
+    Queues: ``num_queues`` (K) levels; level ``i`` covers program priorities
+    ``[b(i-1), b(i))`` with ``b(i) = first_boundary * boundary_growth**i``
+    (``b(-1) = 0``, the last level is unbounded). A call's quantum in level
+    ``i`` is ``first_quantum * quantum_growth**i``; when it is used up the
+    call drops one level.
+
+    Anti-starvation: a waiting call is promoted to the top level when
+    ``(W_p + W_c) / max(starvation_floor, T_p + T_c) >= beta``. The floor
+    keeps the ratio finite for a call of a program that has no service yet
+    (such calls sit in the top level anyway, so the floor only decides how
+    soon a demoted call with almost no service may come back). ``beta = inf``
+    turns promotion off.
+    """
+
+    policy: PolicyName = "atlas"
+    service_unit: ServiceUnit = "time"
+    num_queues: int = 8
+    first_boundary: float | None = None
+    boundary_growth: float = 2.0
+    first_quantum: float | None = None
+    quantum_growth: float = 2.0
+    beta: float = 8.0
+    starvation_floor: float | None = None
+    # vLLM-style per-request ``priority`` (lower runs sooner). When honoured it
+    # ranks ahead of the policy's order (policy order breaks ties). Off by
+    # default: any client could otherwise jump every queue and defeat the
+    # program-level fairness and starvation protection; an operator who
+    # controls its clients turns it on (fcfs + this = vLLM's "priority" policy).
+    honor_request_priority: bool = False
+    # Process table: programs idle (no live call) longer than this are dropped.
+    program_ttl_s: float = 600.0
+    # At most this many programs are kept; beyond it the least recently active
+    # idle programs are evicted (programs with live calls are never evicted).
+    max_programs: int = 100_000
+    # Per program, the records of at most this many completed calls are kept.
+    max_call_records: int = 32
+
+    def __post_init__(self) -> None:
+        if self.num_queues < 1:
+            raise ValueError("num_queues must be >= 1")
+        if self.boundary_growth <= 1.0 or self.quantum_growth < 1.0:
+            raise ValueError("boundary_growth must be > 1 and quantum_growth >= 1")
+        for name in ("first_boundary", "first_quantum", "starvation_floor"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive finite number")
+        if not self.beta > 0:
+            raise ValueError("beta must be > 0 (inf disables anti-starvation)")
+        if self.program_ttl_s <= 0 or self.max_programs < 1 or self.max_call_records < 0:
+            raise ValueError("program_ttl_s and max_programs must be positive")
+
+    @property
+    def unit_defaults(self) -> UnitDefaults:
+        return DEFAULTS_BY_UNIT[self.service_unit]
+
+    @property
+    def boundaries(self) -> list[float]:
+        """Upper bounds of levels 0..K-2 (the last level is unbounded)."""
+        first = self.first_boundary or self.unit_defaults.first_boundary
+        return [first * self.boundary_growth**i for i in range(self.num_queues - 1)]
+
+    @property
+    def quanta(self) -> list[float]:
+        """Quantum of each level 0..K-1."""
+        first = self.first_quantum or self.unit_defaults.first_quantum
+        return [first * self.quantum_growth**i for i in range(self.num_queues)]
+
+    @property
+    def floor(self) -> float:
+        """Denominator floor of the anti-starvation ratio."""
+        return self.starvation_floor or self.unit_defaults.starvation_floor
+
+
+class BalancerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """How the router spreads calls over engines (TOML table ``[balancer]``).
+
+    ``locality`` is Autellix's Algorithm 2: calls of at most
+    ``locality_threshold`` prompt tokens go to the least used engine; longer
+    ones go to the engine their program is pinned to (pinned on first use),
+    where its earlier context is likely still in the prefix cache.
+    """
+
+    policy: BalancerPolicy = "locality"
+    locality_threshold: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.locality_threshold < 0:
+            raise ValueError("locality_threshold must be >= 0")

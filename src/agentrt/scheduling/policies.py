@@ -1,0 +1,120 @@
+"""The scheduling policies: small deterministic classes, no state of their own.
+
+A policy answers four questions for the :class:`~agentrt.scheduling.Scheduler`,
+which owns the queues and does the bookkeeping:
+
+- where a new call starts (its priority snapshot and queue level);
+- how calls rank (lower first; ties go to the earlier arrival);
+- whether calls move between levels (demotion by quantum, anti-starvation
+  promotion) and whether the program's history counts in the starvation ratio;
+- how a completed call updates its program's service scalar.
+
+| policy | rank                          | new call enters            | program-aware |
+|--------|-------------------------------|----------------------------|---------------|
+| fcfs   | arrival only (vLLM default)   | -                          | no            |
+| las    | the call's attained service   | -                          | no            |
+| mlfq   | queue level (FastServe-style) | the top queue              | no            |
+| plas   | queue level                   | level of the program's sum | yes           |
+| atlas  | queue level                   | level of the critical path | yes           |
+
+PLAS and ATLAS differ only in the completion rule (:func:`plas_service`,
+:func:`atlas_service`); for a sequential program the two are equal, because a
+call's snapshot is then the program's current value.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+from agentrt.scheduling.call import Call
+from agentrt.scheduling.config import PolicyName
+
+
+def plas_service(program_service: float, call: Call) -> float:
+    """PLAS: a program's priority is the sum of the service of its completed calls."""
+    return program_service + call.service
+
+
+def atlas_service(program_service: float, call: Call) -> float:
+    """ATLAS: the longest critical path seen so far (Autellix, Algorithm 1, line 4)."""
+    return max(program_service, call.start_value + call.service)
+
+
+class Policy:
+    """Base policy: FCFS by arrival, no levels, program service kept as a plain sum."""
+
+    name: PolicyName = "fcfs"
+    uses_levels = False  # discretised queues: quantum demotion and starvation promotion
+    program_aware = False  # new calls start at the program's priority; W_p/T_p count
+
+    def entry_level(self, start_value: float, boundaries: list[float]) -> int:
+        return 0
+
+    def start_value(self, program_service: float) -> float:
+        return program_service if self.program_aware else 0.0
+
+    def rank(self, call: Call) -> float:
+        return 0.0
+
+    def rank_changes_with_service(self) -> bool:
+        return False
+
+    def updated_service(self, program_service: float, call: Call) -> float:
+        return plas_service(program_service, call)
+
+
+class Fcfs(Policy):
+    """First come, first served: what vLLM does by default."""
+
+    name: PolicyName = "fcfs"
+
+
+class Las(Policy):
+    """Call-level least attained service: the call with the least service so far runs first."""
+
+    name: PolicyName = "las"
+
+    def rank(self, call: Call) -> float:
+        return call.service
+
+    def rank_changes_with_service(self) -> bool:
+        return True
+
+
+class Mlfq(Policy):
+    """FastServe-style multi-level feedback queue: every new call enters the top queue."""
+
+    name: PolicyName = "mlfq"
+    uses_levels = True
+
+    def rank(self, call: Call) -> float:
+        return float(call.level)
+
+
+class Plas(Mlfq):
+    """Program-level LAS over discretised queues (single-threaded programs)."""
+
+    name: PolicyName = "plas"
+    program_aware = True
+
+    def entry_level(self, start_value: float, boundaries: list[float]) -> int:
+        return bisect_right(boundaries, start_value)
+
+
+class Atlas(Plas):
+    """Program-level LAS on the critical path (multi-threaded programs)."""
+
+    name: PolicyName = "atlas"
+
+    def updated_service(self, program_service: float, call: Call) -> float:
+        return atlas_service(program_service, call)
+
+
+_POLICIES: dict[str, type[Policy]] = {p.name: p for p in (Fcfs, Las, Mlfq, Plas, Atlas)}
+
+
+def make_policy(name: str) -> Policy:
+    try:
+        return _POLICIES[name]()
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; choose one of {sorted(_POLICIES)}") from None

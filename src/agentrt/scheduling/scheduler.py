@@ -1,0 +1,331 @@
+"""The scheduler: live calls in priority order, batch formation, service accounting.
+
+Data structures (chosen so that a decision costs O(batch), not O(live calls)):
+
+- one sorted list of keys ``(request priority, rank, arrival seq)`` over all
+  live calls, running or waiting. For the queue policies the rank is the
+  level, so the list *is* the K FCFS queues laid end to end; a key changes
+  only on demotion or promotion (LAS re-keys on every charge). Insertion and
+  removal are a bisect plus a memmove;
+- waits are lazy (accumulated part plus the clock when the open wait began),
+  so a decision only touches calls that start or stop running;
+- anti-starvation uses a heap of promotion deadlines. While a call waits its
+  ratio ``(W_p + W_c) / max(floor, T_p + T_c)`` grows linearly with the
+  clock, so the clock value at which it reaches ``beta`` is known in advance;
+  it changes only when the call is charged or a sibling completes (then a
+  fresh entry is pushed and the old one is skipped as stale).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from bisect import bisect_left, insort
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agentrt.scheduling.call import Call
+from agentrt.scheduling.config import SchedulerConfig
+from agentrt.scheduling.policies import Policy, make_policy
+from agentrt.scheduling.process_table import CallRecord, ProcessTable, ProgramEntry
+
+_Key = tuple[float, float, int]
+
+
+class Admission(Protocol):
+    """The engine's resource model for one decision, asked in priority order.
+
+    ``admit`` reserves the call's resources for this step (KV blocks for its
+    whole context, a batch slot, its share of the token budget) and returns
+    True if they fit; otherwise it reserves nothing and returns False, and
+    the scheduler stops (strict priority: nothing behind a refused call runs).
+    Capacity is judged as if only the calls admitted so far hold KV: a running
+    call that is not admitted is preempted and frees its blocks.
+    """
+
+    def admit(self, call: Call) -> bool: ...
+
+
+@dataclass(slots=True)
+class Decision:
+    """What to run this step.
+
+    ``batch``: the calls to run, in priority order. ``preempted``: calls that
+    were running and lost their place (in priority order; the driver swaps or
+    drops their KV). ``promoted``: calls the anti-starvation rule moved to the
+    top queue during this decision (for metrics).
+    """
+
+    batch: list[Call] = field(default_factory=list)
+    preempted: list[Call] = field(default_factory=list)
+    promoted: list[Call] = field(default_factory=list)
+
+
+class Scheduler:
+    """Orders one engine's live calls by the configured policy.
+
+    Each engine step the driver calls :meth:`schedule` (or every N steps, for
+    multi-step scheduling), runs the batch, then :meth:`charge` s each call
+    that ran with the service it received, and :meth:`finish` es the calls
+    that completed. New calls enter with :meth:`add`; cancelled ones leave
+    with :meth:`abort`. In token mode, all charges of one step carry the same
+    ``now`` and a later step a larger one: the scheduler counts steps by it.
+    """
+
+    def __init__(self, config: SchedulerConfig | None = None, table: ProcessTable | None = None):
+        self.config = config or SchedulerConfig()
+        self.policy: Policy = make_policy(self.config.policy)
+        self.table = table or ProcessTable(
+            ttl=self.config.program_ttl_s,
+            max_programs=self.config.max_programs,
+            max_call_records=self.config.max_call_records,
+        )
+        self._boundaries = self.config.boundaries
+        self._quanta = self.config.quanta
+        self._floor = self.config.floor
+        self._beta = self.config.beta
+        self._token_mode = self.config.service_unit == "tokens"
+        self._starvation = self.policy.uses_levels and math.isfinite(self._beta)
+        self._calls: dict[str, Call] = {}
+        self._by_seq: dict[int, Call] = {}
+        self._by_program: dict[str, dict[str, Call]] = {}
+        self._records: dict[int, CallRecord] = {}  # seq -> the call's record in the table
+        self._order: list[_Key] = []
+        self._running: dict[str, Call] = {}
+        self._deadlines: list[tuple[float, int, int]] = []  # (clock, seq, version)
+        self._next_seq = 0
+        self._steps = 0  # token mode: engine steps seen through charge()
+        self._last_step_now = -math.inf
+
+    # --- introspection ---
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def __contains__(self, call_id: object) -> bool:
+        return call_id in self._calls
+
+    def get(self, call_id: str) -> Call | None:
+        return self._calls.get(call_id)
+
+    def calls(self) -> Iterator[Call]:
+        """Live calls in priority order (running and waiting)."""
+        by_seq = self._by_seq
+        return (by_seq[key[2]] for key in self._order)
+
+    @property
+    def running(self) -> list[Call]:
+        """The calls of the last decision's batch that are still live."""
+        return list(self._running.values())
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._calls) - len(self._running)
+
+    def clock(self, now: float) -> float:
+        """The wait clock: ``now`` in seconds, or the step count in token mode."""
+        return float(self._steps) if self._token_mode else now
+
+    def program(self, program_id: str) -> ProgramEntry | None:
+        return self.table.get(program_id)
+
+    # --- the driver's verbs ---
+
+    def add(self, call: Call, now: float) -> Call:
+        """A new call arrives: it takes its program's priority and enters its queue."""
+        if call.call_id in self._calls:
+            raise ValueError(f"call {call.call_id!r} is already scheduled")
+        entry, record = self.table.call_started(call.program_id, call.call_id, call.thread_id, now)
+        policy = self.policy
+        call.seq = self._next_seq
+        self._next_seq += 1
+        call.start_value = policy.start_value(entry.service)
+        call.level = policy.entry_level(call.start_value, self._boundaries)
+        call.quantum = self._quanta[call.level]
+        call.service = call.service_c = 0.0
+        call.running = False
+        call._wait_acc = call._wait_c_acc = 0.0
+        call._waiting_since = None
+        call._start_waiting(self.clock(now))
+        record.level = call.level
+        self._calls[call.call_id] = call
+        self._by_seq[call.seq] = call
+        self._by_program.setdefault(call.program_id, {})[call.call_id] = call
+        self._records[call.seq] = record
+        self._insert(call)
+        self._push_deadline(call, entry)
+        return call
+
+    def schedule(self, now: float, admission: Admission) -> Decision:
+        """Form this step's batch: walk the queues top-down, stop at the first refusal."""
+        clock = self.clock(now)
+        decision = Decision(promoted=self._promote_starving(clock))
+        batch = decision.batch
+        by_seq = self._by_seq
+        admit = admission.admit
+        for key in self._order:
+            call = by_seq[key[2]]
+            if not admit(call):
+                break
+            batch.append(call)
+        previous = self._running
+        running = {call.call_id: call for call in batch}
+        for call in batch:
+            if not call.running:
+                call.running = True
+                call._stop_waiting(clock)
+                self._records[call.seq].wait = call._wait_acc
+        preempted = [call for call_id, call in previous.items() if call_id not in running]
+        if preempted:
+            preempted.sort(key=_key_of)
+            for call in preempted:
+                call.running = False
+                call._start_waiting(clock)
+                self._push_deadline(call, self.table.get(call.program_id))
+            decision.preempted = preempted
+        self._running = running
+        return decision
+
+    def charge(self, call: Call, service: float, now: float) -> None:
+        """Account ``service`` (seconds or tokens) the call received in a step ending at ``now``.
+
+        Works whether or not :meth:`schedule` ran since the last charge
+        (multi-step scheduling); a call that already left is ignored.
+        """
+        if not service >= 0:
+            raise ValueError("service must be >= 0")
+        if self._token_mode and now > self._last_step_now:
+            self._steps += 1
+            self._last_step_now = now
+        if self._calls.get(call.call_id) is not call:
+            return
+        call.service += service
+        call.service_c += service
+        record = self._records[call.seq]
+        record.service = call.service
+        policy = self.policy
+        rekey = policy.rank_changes_with_service()
+        if policy.uses_levels:
+            call.quantum -= service
+            last = len(self._quanta) - 1
+            while call.quantum <= 0 and call.level < last:
+                call.level += 1
+                call.quantum += self._quanta[call.level]
+                rekey = True
+            record.level = call.level
+        if rekey:
+            self._remove(call)
+            self._insert(call)
+        if call._waiting_since is not None:
+            self._push_deadline(call, self.table.get(call.program_id))
+
+    def finish(self, call_id: str, now: float) -> Call | None:
+        """The call completed: update its program's service (PLAS/ATLAS rule). None if unknown."""
+        return self._leave(call_id, now, "finished")
+
+    def abort(self, call_id: str, now: float) -> Call | None:
+        """The call was cancelled. The service it received still counts for its program
+        (otherwise aborting and retrying would reset a program's priority). None if unknown."""
+        return self._leave(call_id, now, "aborted")
+
+    # --- internals ---
+
+    def _leave(self, call_id: str, now: float, outcome: str) -> Call | None:
+        call = self._calls.pop(call_id, None)
+        if call is None:
+            return None
+        self._remove(call)
+        del self._by_seq[call.seq]
+        siblings = self._by_program[call.program_id]
+        del siblings[call_id]
+        if not siblings:
+            del self._by_program[call.program_id]
+        self._running.pop(call_id, None)
+        call.running = False
+        call._stop_waiting(self.clock(now))
+        record = self._records.pop(call.seq)
+        record.wait, record.service, record.level = call._wait_acc, call.service, call.level
+        entry = self.table.get(call.program_id)
+        if entry is not None:
+            entry.service = self.policy.updated_service(entry.service, call)
+            self.table.call_ended(call.program_id, call_id, now, outcome)
+            if self._starvation and self.policy.program_aware:
+                for sibling in siblings.values():
+                    if sibling._waiting_since is not None:
+                        self._push_deadline(sibling, entry)
+        return call
+
+    def _key(self, call: Call) -> _Key:
+        priority = call.priority if self.config.honor_request_priority else None
+        return (float(priority or 0), self.policy.rank(call), call.seq)
+
+    def _insert(self, call: Call) -> None:
+        call._key = key = self._key(call)
+        insort(self._order, key)
+
+    def _remove(self, call: Call) -> None:
+        order = self._order
+        key = call._key
+        i = bisect_left(order, key)
+        if i < len(order) and order[i] == key:
+            del order[i]
+
+    def _push_deadline(self, call: Call, entry: ProgramEntry | None) -> None:
+        """Schedule the clock value at which the waiting call becomes starving."""
+        if not self._starvation or call.level == 0:
+            return
+        since = call._waiting_since
+        assert since is not None
+        if self.policy.program_aware and entry is not None:
+            w_p, t_p = entry.wait, entry.service
+        else:
+            w_p, t_p = 0.0, 0.0
+        budget = self._beta * max(self._floor, t_p + call.service_c)
+        deadline = since + budget - w_p - call._wait_c_acc
+        call._starve_version += 1
+        heapq.heappush(self._deadlines, (deadline, call.seq, call._starve_version))
+        if len(self._deadlines) > 2 * len(self._calls) + 64:
+            self._compact_deadlines()
+
+    def _compact_deadlines(self) -> None:
+        live = [
+            item
+            for item in self._deadlines
+            if (call := self._by_seq.get(item[1])) is not None and call._starve_version == item[2]
+        ]
+        heapq.heapify(live)
+        self._deadlines = live
+
+    def _promote_starving(self, clock: float) -> list[Call]:
+        """Move every waiting call whose starvation ratio reached beta to the top queue."""
+        promoted: list[Call] = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= clock:
+            _, seq, version = heapq.heappop(heap)
+            call = self._by_seq.get(seq)
+            if call is None or call._starve_version != version or call._waiting_since is None:
+                continue
+            # Only the call's own W and T reset; the program's stay.
+            call._stop_waiting(clock)
+            call._wait_c_acc = 0.0
+            call.service_c = 0.0
+            call._start_waiting(clock)
+            self._remove(call)
+            call.level = 0
+            call.quantum = self._quanta[0]
+            self._insert(call)
+            self._records[seq].level = 0
+            promoted.append(call)
+        return promoted
+
+
+def _key_of(call: Call) -> _Key:
+    return call._key
+
+
+def make_scheduler(
+    config: SchedulerConfig | None = None, table: ProcessTable | None = None
+) -> Scheduler:
+    """A scheduler for ``config.policy`` (the one constructor drivers need)."""
+    return Scheduler(config, table)
