@@ -1,0 +1,145 @@
+"""The attention function the engine registers with transformers.
+
+The model runs once per step over one flattened, unpadded batch (shape
+``[1, tokens, ...]``). transformers hands every attention layer's projected
+queries, keys and values to the registered function together with the extra
+keyword arguments given to the model's ``forward``; ours reads the step's
+:class:`AttentionMetadata` from ``attn_metadata``, writes the new keys and
+values into the paged cache through the slot mapping, and attends each
+sequence to its own context only.
+
+CPU (and any device without xformers): the decode tokens (one query per
+sequence, placed first in the batch) share one SDPA call over their gathered
+contexts padded to the longest one with a mask; each prefill chunk gets its
+own SDPA call (causal, offset by the context already cached). CUDA with
+xformers: one memory-efficient attention call over all sequences with a
+block-diagonal causal bias aligned bottom-right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from agentrt.engine.kv_cache import PagedKVCache
+
+ATTENTION_NAME = "agentrt_paged"
+
+
+@dataclass
+class PrefillSpan:
+    """One sequence with more than one new token in this step."""
+
+    start: int  # first row of its tokens in the flattened batch
+    length: int  # new tokens
+    kv_slots: torch.Tensor | None  # slots of its whole context; None: no cached context
+    mask: torch.Tensor | None  # [length, context] bool, None when plain causal suffices
+
+
+@dataclass
+class AttentionMetadata:
+    kv_cache: PagedKVCache
+    slot_mapping: torch.Tensor  # [tokens] cache slot of each new token
+    num_decode: int = 0  # rows [0, num_decode) are single-token sequences
+    decode_kv_slots: torch.Tensor | None = None  # [num_decode, max_context]
+    decode_mask: torch.Tensor | None = None  # [num_decode, 1, 1, max_context] bool
+    prefills: tuple[PrefillSpan, ...] = ()
+    # xformers path: every sequence's context slots concatenated, and the bias.
+    all_kv_slots: torch.Tensor | None = None
+    xformers_bias: Any = None
+
+
+def paged_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    meta: AttentionMetadata | None = kwargs.get("attn_metadata")
+    if meta is None:
+        raise RuntimeError(
+            f"the '{ATTENTION_NAME}' attention runs only inside agentrt's engine (no attn_metadata given)"
+        )
+    layer: int = module.layer_idx  # type: ignore[assignment]
+    k_cache, v_cache = meta.kv_cache.layer(layer)
+    new_k = key[0].transpose(0, 1)  # [tokens, kv_heads, head_dim]
+    new_v = value[0].transpose(0, 1)
+    k_cache.index_copy_(0, meta.slot_mapping, new_k)
+    v_cache.index_copy_(0, meta.slot_mapping, new_v)
+    if meta.xformers_bias is not None:
+        return _xformers_attention(query, k_cache, v_cache, meta, scaling), None
+
+    q = query[0]  # [heads, tokens, head_dim]
+    out = q.new_empty(q.shape[1], q.shape[0], q.shape[2])  # [tokens, heads, head_dim]
+    b = meta.num_decode
+    if b:
+        assert meta.decode_kv_slots is not None
+        keys = k_cache[meta.decode_kv_slots].transpose(1, 2)  # [b, kv_heads, ctx, d]
+        values = v_cache[meta.decode_kv_slots].transpose(1, 2)
+        qd = q[:, :b].transpose(0, 1).unsqueeze(2)  # [b, heads, 1, d]
+        o = F.scaled_dot_product_attention(
+            qd, keys, values, attn_mask=meta.decode_mask, scale=scaling, enable_gqa=True
+        )
+        out[:b] = o.squeeze(2)
+    for span in meta.prefills:
+        rows = slice(span.start, span.start + span.length)
+        if span.kv_slots is None:
+            keys, values = key[0, :, rows], value[0, :, rows]
+        else:
+            keys = k_cache[span.kv_slots].transpose(0, 1)
+            values = v_cache[span.kv_slots].transpose(0, 1)
+        o = F.scaled_dot_product_attention(
+            q[:, rows],
+            keys,
+            values,
+            attn_mask=span.mask,
+            is_causal=span.mask is None,
+            scale=scaling,
+            enable_gqa=True,
+        )
+        out[rows] = o.transpose(0, 1)
+    return out.unsqueeze(0), None
+
+
+def _xformers_attention(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scaling: float | None,
+) -> torch.Tensor:
+    from xformers.ops import memory_efficient_attention
+
+    assert meta.all_kv_slots is not None
+    heads, tokens, d = query.shape[1], query.shape[2], query.shape[3]
+    kv_heads = k_cache.shape[1]
+    group = heads // kv_heads
+    # xformers' grouped layout [batch, seq, kv_heads, group, d] shares each kv head across its group.
+    q = query[0].transpose(0, 1).reshape(1, tokens, kv_heads, group, d)
+    k = k_cache[meta.all_kv_slots].unsqueeze(0).unsqueeze(3).expand(-1, -1, -1, group, -1)
+    v = v_cache[meta.all_kv_slots].unsqueeze(0).unsqueeze(3).expand(-1, -1, -1, group, -1)
+    o = memory_efficient_attention(q, k, v, attn_bias=meta.xformers_bias, scale=scaling)
+    return o.reshape(1, tokens, heads, d)
+
+
+def register_attention() -> str:
+    """Register :func:`paged_attention` with transformers (idempotent); returns its name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, paged_attention)
+    return ATTENTION_NAME
+
+
+def xformers_available() -> bool:
+    try:
+        import xformers.ops  # noqa: F401
+    except ImportError:
+        return False
+    return True

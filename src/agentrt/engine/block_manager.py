@@ -1,0 +1,160 @@
+"""KV blocks: allocation, reference counts, and the prefix cache.
+
+A block holds ``block_size`` consecutive tokens of one or more sequences
+(shared prefixes share blocks). A full block is identified by a chained hash
+of its tokens and every token before it, so two sequences with the same
+first ``k * block_size`` tokens reuse the same ``k`` blocks: the turns of one
+agent program reuse their history. A block whose last user leaves keeps its
+contents and hash and becomes *evictable*; it is reused (least recently freed
+first) only when no never-used block is left, so a later turn can still hit it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Sequence as SequenceABC
+
+from agentrt.engine.sequence import Sequence
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class OutOfBlocks(RuntimeError):
+    """The pool cannot give a block; admission control is meant to prevent this."""
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool) -> None:
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.ref_counts = [0] * num_blocks
+        self.block_hash: list[int | None] = [None] * num_blocks
+        self.block_tokens: list[tuple[int, ...] | None] = [None] * num_blocks
+        self.hash_to_block: dict[int, int] = {}
+        self.free_ids: deque[int] = deque(range(num_blocks))
+        self.evictable: OrderedDict[int, None] = OrderedDict()  # ref 0 but still cached, LRU first
+        self.prefix_queried_tokens = 0
+        self.prefix_hit_tokens = 0
+
+    # --- accounting -------------------------------------------------------
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_ids) + len(self.evictable)
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.num_blocks - self.num_free_blocks
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return (
+            self.prefix_hit_tokens / self.prefix_queried_tokens
+            if self.prefix_queried_tokens
+            else 0.0
+        )
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return cdiv(num_tokens, self.block_size)
+
+    # --- prefix cache -----------------------------------------------------
+    def _extend_hashes(self, seq: Sequence, num_full_blocks: int) -> None:
+        bs = self.block_size
+        hashes = seq.block_hashes
+        prev = hashes[-1] if hashes else 0
+        for i in range(len(hashes), num_full_blocks):
+            prev = hash((prev, tuple(seq.token_ids[i * bs : (i + 1) * bs])))
+            hashes.append(prev)
+
+    def lookup_prefix(self, seq: Sequence) -> list[int]:
+        """Blocks holding the longest cached prefix of ``seq`` (at least one token is left to compute)."""
+        if not self.enable_prefix_caching:
+            return []
+        limit = (seq.num_tokens - 1) // self.block_size
+        self._extend_hashes(seq, limit)
+        bs = self.block_size
+        hits: list[int] = []
+        for i in range(limit):
+            block = self.hash_to_block.get(seq.block_hashes[i])
+            # The token check makes a hash collision a miss instead of wrong output.
+            if block is None or self.block_tokens[block] != tuple(
+                seq.token_ids[i * bs : (i + 1) * bs]
+            ):
+                break
+            hits.append(block)
+        return hits
+
+    def acquire_prefix(self, seq: Sequence, blocks: SequenceABC[int]) -> None:
+        """Give a sequence with no blocks the cached prefix ``blocks`` (from :meth:`lookup_prefix`)."""
+        assert not seq.block_table, "acquire_prefix on a sequence that holds blocks"
+        for b in blocks:
+            self._ref(b)
+        seq.block_table = list(blocks)
+        seq.num_computed_tokens = len(blocks) * self.block_size
+        seq.num_registered_blocks = len(blocks)
+        if not seq.admitted_before:
+            self.prefix_queried_tokens += seq.num_prompt_tokens
+            self.prefix_hit_tokens += seq.num_computed_tokens
+            seq.num_cached_tokens = seq.num_computed_tokens
+
+    def register_computed_blocks(self, seq: Sequence) -> None:
+        """Offer the sequence's newly completed full blocks to the prefix cache."""
+        if not self.enable_prefix_caching:
+            return
+        full = seq.num_computed_tokens // self.block_size
+        if full <= seq.num_registered_blocks:
+            return
+        self._extend_hashes(seq, full)
+        bs = self.block_size
+        for i in range(seq.num_registered_blocks, full):
+            h = seq.block_hashes[i]
+            block = seq.block_table[i]
+            if h not in self.hash_to_block and self.block_hash[block] is None:
+                self.hash_to_block[h] = block
+                self.block_hash[block] = h
+                self.block_tokens[block] = tuple(seq.token_ids[i * bs : (i + 1) * bs])
+        seq.num_registered_blocks = full
+
+    # --- allocation -------------------------------------------------------
+    def _ref(self, block: int) -> None:
+        if self.ref_counts[block] == 0:
+            self.evictable.pop(block, None)
+        self.ref_counts[block] += 1
+
+    def _take_free_block(self) -> int:
+        if self.free_ids:
+            block = self.free_ids.popleft()
+        elif self.evictable:
+            block, _ = self.evictable.popitem(last=False)
+            h = self.block_hash[block]
+            if h is not None and self.hash_to_block.get(h) == block:
+                del self.hash_to_block[h]
+            self.block_hash[block] = None
+            self.block_tokens[block] = None
+        else:
+            raise OutOfBlocks("no free KV block")
+        self.ref_counts[block] = 1
+        return block
+
+    def allocate(self, seq: Sequence, num_tokens: int) -> None:
+        """Grow ``seq``'s block table so it can hold ``num_tokens`` tokens."""
+        need = self.blocks_for(num_tokens) - len(seq.block_table)
+        if need > self.num_free_blocks:
+            raise OutOfBlocks(f"{seq.seq_id} needs {need} blocks, {self.num_free_blocks} free")
+        for _ in range(need):
+            seq.block_table.append(self._take_free_block())
+
+    def free(self, seq: Sequence) -> None:
+        """Release all of ``seq``'s blocks; cached ones stay reusable until evicted."""
+        # Reverse order: a prefix's first blocks are freed last, so they are evicted last.
+        for block in reversed(seq.block_table):
+            self.ref_counts[block] -= 1
+            if self.ref_counts[block] == 0:
+                if self.block_hash[block] is not None:
+                    self.evictable[block] = None
+                else:
+                    self.free_ids.append(block)
+        seq.block_table = []
+        seq.num_registered_blocks = 0

@@ -1,0 +1,69 @@
+"""The one config object of the embedded engine (loadable from TOML and CLI flags).
+
+Sizes that depend on the machine (the KV pool, the context length) accept
+either an absolute value or ``None``/a fraction and are resolved once, when
+the engine starts, by :func:`resolve_kv_pool_bytes` and the model runner.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from agentrt.config import ConfigError
+from agentrt.scheduling import SchedulerConfig
+
+PreemptionMode = Literal["auto", "swap", "recompute"]
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Everything that shapes one engine instance.
+
+    ``kv_cache_memory`` is bytes when > 1, else a fraction of the device's
+    memory (total GPU memory on CUDA, available RAM on CPU).
+    ``num_kv_blocks`` overrides the size computed from it (tests, benchmarks).
+    ``preemption_mode`` ``auto`` picks swap or recompute per victim by
+    estimated cost; recompute is always used when the host pool is full.
+    ``num_scheduler_steps`` > 1 asks the scheduler for a batch only every N
+    steps (multi-step scheduling, as in Autellix); in between the same calls
+    keep running unless one finishes or runs out of KV.
+    """
+
+    model: str = ""  # HF folder, safetensors or GGUF file; "" = the default model
+    dtype: DType = "bfloat16"
+    device: str = "cpu"
+    block_size: int = 16
+    kv_cache_memory: float = 0.1
+    num_kv_blocks: int | None = None
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None  # None: the model's own limit
+    swap_space: int = 4 * 1024**3  # bytes of host memory for swapped-out KV
+    preemption_mode: PreemptionMode = "auto"
+    num_scheduler_steps: int = 1
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        positive = {
+            "block_size": self.block_size,
+            "max_num_seqs": self.max_num_seqs,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "num_scheduler_steps": self.num_scheduler_steps,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"EngineConfig.{name} must be >= 1, got {value}")
+        if self.kv_cache_memory <= 0:
+            raise ConfigError(
+                "EngineConfig.kv_cache_memory must be > 0 (bytes, or a fraction <= 1)"
+            )
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ConfigError("EngineConfig.num_kv_blocks must be >= 1")
+        if self.swap_space < 0:
+            raise ConfigError("EngineConfig.swap_space must be >= 0")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ConfigError("EngineConfig.max_model_len must be >= 2")

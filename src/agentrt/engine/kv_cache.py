@@ -1,0 +1,185 @@
+"""The paged KV tensors and the host pool that swapped-out KV waits in.
+
+Device layout: one tensor ``[layers, 2 (k, v), blocks, block_size, kv_heads,
+head_dim]``, so a layer's keys are one contiguous ``[slots, kv_heads,
+head_dim]`` view that the attention function writes with ``index_copy_``.
+
+The host pool is block-major (``[host_blocks, layers, 2, block_size, ...]``)
+and gives each swapped sequence one contiguous range, so a swap is one gather
+of the victim's blocks (all layers at once) into that range: one bulk copy,
+not one per block (Autellix's batched swap). On CUDA the pool is pinned so the
+copy is a single DMA. The per-block path exists only so the benchmark can
+show the difference.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import torch
+
+
+class PagedKVCache:
+    def __init__(
+        self,
+        num_layers: int,
+        num_blocks: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        self.num_layers = num_layers
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.kv = torch.zeros(
+            num_layers,
+            2,
+            num_blocks,
+            block_size,
+            num_kv_heads,
+            head_dim,
+            dtype=dtype,
+            device=self.device,
+        )
+        slots = num_blocks * block_size
+        self._keys = [
+            self.kv[layer, 0].view(slots, num_kv_heads, head_dim) for layer in range(num_layers)
+        ]
+        self._values = [
+            self.kv[layer, 1].view(slots, num_kv_heads, head_dim) for layer in range(num_layers)
+        ]
+        # Block-major view (no copy) used to gather/scatter whole blocks across all layers.
+        self.by_block = self.kv.permute(2, 0, 1, 3, 4, 5)
+
+    @staticmethod
+    def bytes_per_block(
+        num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
+    ) -> int:
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return num_layers * 2 * block_size * num_kv_heads * head_dim * itemsize
+
+    @property
+    def block_bytes(self) -> int:
+        return self.bytes_per_block(
+            self.num_layers, self.block_size, self.num_kv_heads, self.head_dim, self.dtype
+        )
+
+    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``[slots, kv_heads, head_dim]`` key and value views of one layer."""
+        return self._keys[index], self._values[index]
+
+
+@dataclass(frozen=True)
+class HostRange:
+    """Where one swapped-out sequence's blocks sit in the host pool."""
+
+    start: int
+    num_blocks: int
+
+
+class HostSwapPool:
+    """Host memory for swapped-out KV: contiguous ranges of host blocks, first fit."""
+
+    def __init__(self, cache: PagedKVCache, capacity_bytes: int) -> None:
+        self.cache = cache
+        self.num_blocks = capacity_bytes // cache.block_bytes
+        self.pinned = cache.device.type == "cuda"
+        shape = (
+            self.num_blocks,
+            cache.num_layers,
+            2,
+            cache.block_size,
+            cache.num_kv_heads,
+            cache.head_dim,
+        )
+        # torch.empty does not touch the pages on CPU; only swapped-out KV costs memory.
+        self.buffer = torch.empty(shape, dtype=cache.dtype, pin_memory=self.pinned)
+        self._free: list[tuple[int, int]] = [(0, self.num_blocks)] if self.num_blocks else []
+
+    @property
+    def num_free_blocks(self) -> int:
+        return sum(length for _, length in self._free)
+
+    def can_hold(self, num_blocks: int) -> bool:
+        return any(length >= num_blocks for _, length in self._free)
+
+    def _reserve(self, num_blocks: int) -> HostRange | None:
+        for i, (start, length) in enumerate(self._free):
+            if length >= num_blocks:
+                if length == num_blocks:
+                    del self._free[i]
+                else:
+                    self._free[i] = (start + num_blocks, length - num_blocks)
+                return HostRange(start, num_blocks)
+        return None
+
+    def release(self, handle: HostRange) -> None:
+        """Give a range back, merging it with free neighbours."""
+        i = bisect.bisect_left(self._free, (handle.start, 0))
+        start, length = handle.start, handle.num_blocks
+        if i < len(self._free) and start + length == self._free[i][0]:
+            length += self._free[i][1]
+            del self._free[i]
+        if i > 0 and self._free[i - 1][0] + self._free[i - 1][1] == start:
+            start = self._free[i - 1][0]
+            length += self._free[i - 1][1]
+            i -= 1
+            del self._free[i]
+        self._free.insert(i, (start, length))
+
+    def swap_out(self, block_ids: list[int]) -> HostRange | None:
+        """Copy the blocks to host in one batched copy; ``None`` when no range is large enough."""
+        handle = self._reserve(len(block_ids))
+        if handle is None:
+            return None
+        dst = self.buffer[handle.start : handle.start + handle.num_blocks]
+        index = torch.tensor(block_ids, dtype=torch.long, device=self.cache.device)
+        if self.pinned:
+            staged = self.cache.by_block.index_select(0, index)  # one gather on the device
+            dst.copy_(staged, non_blocking=True)  # one DMA into pinned memory
+            torch.cuda.current_stream(self.cache.device).synchronize()
+        else:
+            torch.index_select(
+                self.cache.by_block, 0, index, out=dst
+            )  # gather straight into the pool
+        return handle
+
+    def swap_in(self, handle: HostRange, block_ids: list[int]) -> None:
+        """Copy a swapped range back into ``block_ids`` (one copy) and free the range."""
+        assert len(block_ids) == handle.num_blocks
+        src = self.buffer[handle.start : handle.start + handle.num_blocks]
+        index = torch.tensor(block_ids, dtype=torch.long, device=self.cache.device)
+        if self.pinned:
+            src = src.to(self.cache.device, non_blocking=True)
+        self.cache.by_block.index_copy_(0, index, src)
+        self.release(handle)
+
+    def swap_out_per_block(self, block_ids: list[int]) -> HostRange | None:
+        """One copy per block (vLLM's old way); kept only for the swap benchmark."""
+        handle = self._reserve(len(block_ids))
+        if handle is None:
+            return None
+        for i, block in enumerate(block_ids):
+            self.buffer[handle.start + i].copy_(
+                self.cache.by_block[block], non_blocking=self.pinned
+            )
+        if self.pinned:
+            torch.cuda.current_stream(self.cache.device).synchronize()
+        return handle
+
+    def swap_in_per_block(self, handle: HostRange, block_ids: list[int]) -> None:
+        """One copy per block back to the device; kept only for the swap benchmark."""
+        for i, block in enumerate(block_ids):
+            self.cache.by_block[block].copy_(
+                self.buffer[handle.start + i], non_blocking=self.pinned
+            )
+        if self.pinned:
+            torch.cuda.current_stream(self.cache.device).synchronize()
+        self.release(handle)

@@ -1,0 +1,615 @@
+"""The synchronous engine core: requests in, token events out, one ``step()`` at a time.
+
+A step has three verbs, as in nano-vllm:
+
+- **schedule**: the policy in ``agentrt.scheduling`` walks its queues and asks
+  this engine's :class:`StepAdmission` whether each call fits (KV blocks for
+  its whole context, a batch slot, its share of the token budget); calls
+  that lost their place are preempted, by swap or recompute, whichever the
+  cost model says is cheaper;
+- **run**: the model runner executes the flattened batch once and the
+  sampler picks the next token of every sequence whose context is complete;
+- **postprocess**: tokens are appended, stop conditions checked, text
+  detokenised, the measured model time charged back to the scheduler, and
+  finished sequences release their blocks.
+
+This class is not thread-safe; :class:`~agentrt.engine.async_engine.AsyncEngine`
+owns one from a single worker thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from agentrt.engine.block_manager import BlockManager
+from agentrt.engine.config import EngineConfig
+from agentrt.engine.detokenizer import IncrementalDetokenizer, token_text
+from agentrt.engine.kv_cache import HostSwapPool
+from agentrt.engine.loader import LoadedModel, load_model
+from agentrt.engine.model_runner import ModelRunner, ScheduledSeq
+from agentrt.engine.sampling import (
+    SampledLogprobs,
+    Sampler,
+    SamplingState,
+    validate_sampling_params,
+)
+from agentrt.engine.sequence import SeqStatus, Sequence
+from agentrt.log import get_logger
+from agentrt.protocol.engine import (
+    EngineStats,
+    InvalidRequest,
+    ProgramTag,
+    PromptTooLong,
+    SamplingParams,
+    Timings,
+    TokenEvent,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+from agentrt.scheduling.call import Call
+from agentrt.scheduling.scheduler import make_scheduler
+
+log = get_logger(__name__)
+
+# Starting guesses for the preemption cost model; both are replaced by measurements.
+INITIAL_COPY_BYTES_PER_S = 5e9
+INITIAL_SECONDS_PER_TOKEN = 1e-3
+EMA = 0.2
+
+
+@dataclass
+class Request:
+    """One call and its choices, with what its final event reports."""
+
+    request_id: str
+    seqs: list[Sequence]
+    prompt_tokens: int
+    open_choices: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.open_choices = len(self.seqs)
+
+
+class StepAdmission:
+    """The engine's resources for one scheduling decision (the scheduler's ``Admission``).
+
+    Blocks are counted as distinct block ids held by admitted calls (a
+    prefix shared by several calls counts once) plus the new blocks each
+    admitted call needs, against the whole pool: whatever no admitted call
+    holds is free or evictable once the calls that were not admitted are
+    preempted. A prefill takes what is left of the token budget, but leaves
+    one token for every batch slot still open, so a long prompt does not
+    push the running decodes out of the batch.
+    """
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self.tokens_left = engine.config.max_num_batched_tokens
+        self.slots_left = engine.config.max_num_seqs
+        self.held: set[int] = set()
+        self.new_blocks = 0
+        self.plan: dict[str, tuple[int, list[int]]] = {}  # seq_id -> (new tokens, prefix hits)
+
+    def admit(self, call: Call) -> bool:
+        seq = self.engine.seqs[call.call_id]
+        if self.slots_left == 0 or self.tokens_left == 0:
+            return False
+        bm = self.engine.block_manager
+        hits: list[int] = []
+        held: list[int] = []
+        if seq.status is SeqStatus.WAITING:
+            hits = bm.lookup_prefix(seq)
+            computed = len(hits) * bm.block_size
+            held = hits
+        elif seq.status is SeqStatus.RUNNING:
+            computed = seq.num_computed_tokens
+            held = seq.block_table
+        else:  # swapped: its computed context comes back into fresh blocks
+            computed = seq.num_computed_tokens
+        remaining = seq.num_tokens - computed
+        chunk = min(remaining, max(1, self.tokens_left - (self.slots_left - 1)))
+        new_held = [b for b in held if b not in self.held]
+        new = bm.blocks_for(computed + chunk) - len(held)
+        if len(self.held) + len(new_held) + self.new_blocks + new > bm.num_blocks:
+            return False
+        self.held.update(new_held)
+        self.new_blocks += new
+        self.tokens_left -= chunk
+        self.slots_left -= 1
+        self.plan[seq.seq_id] = (chunk, hits)
+        return True
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        loaded: LoadedModel | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config = config or EngineConfig()
+        if loaded is None:
+            loaded = load_model(
+                config.model or None,
+                dtype=config.dtype,
+                device=config.device,
+                max_model_len=config.max_model_len,
+            )
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.eos_token_ids = loaded.eos_token_ids
+        self.clock = clock
+        torch.manual_seed(config.seed)
+        self.runner = ModelRunner(loaded.model, config)
+        cache = self.runner.kv_cache
+        self.block_manager = BlockManager(
+            cache.num_blocks, config.block_size, config.enable_prefix_caching
+        )
+        self.swap_pool = HostSwapPool(cache, config.swap_space)
+        limit = loaded.max_model_len
+        if config.max_model_len is not None:
+            limit = min(limit, config.max_model_len)
+        # A sequence can never hold more KV than the whole pool.
+        self.max_model_len = min(limit, cache.num_blocks * config.block_size)
+        self.vocab_size = self.runner.shape.vocab_size
+        generator = torch.Generator(device=self.runner.device)
+        generator.manual_seed(config.seed)
+        self.sampler = Sampler(generator)
+        self.scheduler = make_scheduler(config.scheduler)
+        self.token_service = config.scheduler.service_unit == "tokens"
+        self.requests: dict[str, Request] = {}
+        self.seqs: dict[str, Sequence] = {}
+        self.sampling_states: dict[str, SamplingState] = {}
+        self.detokenizers: dict[str, IncrementalDetokenizer | None] = {}
+        self.stats_counters = EngineStats(kv_blocks_total=cache.num_blocks)
+        self._copy_bytes_per_s = INITIAL_COPY_BYTES_PER_S
+        self._seconds_per_token = INITIAL_SECONDS_PER_TOKEN
+        self._reuse_left = 0  # multi-step: steps left before the scheduler decides again
+        self._last_batch: list[Sequence] = []
+
+    # --- intake ------------------------------------------------------------
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        sampling: SamplingParams | None = None,
+        program: ProgramTag | None = None,
+        priority: int | None = None,
+        arrival: float | None = None,
+    ) -> list[Sequence]:
+        """Queue a call; raises :class:`InvalidRequest` (or ``PromptTooLong``) and changes nothing if it is bad."""
+        sampling = sampling or SamplingParams()
+        if request_id in self.requests:
+            raise InvalidRequest(f"call id {request_id!r} is already in use")
+        if not prompt_token_ids:
+            raise InvalidRequest("the prompt must contain at least one token", param="prompt")
+        if any(not 0 <= t < self.vocab_size for t in prompt_token_ids):
+            raise InvalidRequest(
+                f"prompt token ids must be in [0, {self.vocab_size})", param="prompt"
+            )
+        validate_sampling_params(sampling, self.vocab_size)
+        prompt_len = len(prompt_token_ids)
+        if prompt_len >= self.max_model_len:
+            raise PromptTooLong(
+                f"This model's maximum context length is {self.max_model_len} tokens; the prompt has "
+                f"{prompt_len} tokens and leaves no room for output",
+                param="messages",
+            )
+        room = self.max_model_len - prompt_len
+        if sampling.max_tokens is not None and sampling.max_tokens > room:
+            raise PromptTooLong(
+                f"This model's maximum context length is {self.max_model_len} tokens; you requested "
+                f"{prompt_len + sampling.max_tokens} tokens ({prompt_len} in the prompt, "
+                f"{sampling.max_tokens} for the completion)",
+                param="max_tokens",
+            )
+        if sampling.stop and self.tokenizer is None:
+            raise InvalidRequest(
+                "stop strings need a tokenizer; this engine has none", param="stop"
+            )
+        max_tokens = sampling.max_tokens if sampling.max_tokens is not None else room
+        now = self.clock()
+        arrival = now if arrival is None or arrival <= 0 else arrival
+        program_id = program.program_id if program else f"call:{request_id}"
+        thread_id = program.thread_id if program else ""
+        seqs: list[Sequence] = []
+        for index in range(sampling.n):
+            seq_id = request_id if sampling.n == 1 else f"{request_id}#{index}"
+            if seq_id in self.seqs:
+                raise InvalidRequest(f"call id {seq_id!r} is already in use")
+            call = Call(
+                seq_id,
+                program_id,
+                arrival=arrival,
+                prompt_tokens=prompt_len,
+                thread_id=thread_id,
+                priority=priority,
+            )
+            seqs.append(
+                Sequence(
+                    seq_id=seq_id,
+                    request_id=request_id,
+                    index=index,
+                    token_ids=list(prompt_token_ids),
+                    num_prompt_tokens=prompt_len,
+                    sampling=sampling,
+                    max_tokens=max_tokens,
+                    arrival=arrival,
+                    call=call,
+                    timings=Timings(arrival=arrival),
+                    last_queued=now,
+                )
+            )
+        detokenizers = [self._make_detokenizer(sampling, prompt_token_ids) for _ in seqs]
+        for seq, detok in zip(seqs, detokenizers, strict=True):
+            self.seqs[seq.seq_id] = seq
+            self.sampling_states[seq.seq_id] = SamplingState(
+                sampling,
+                prompt_token_ids=prompt_token_ids,
+                choice_index=seq.index,
+                eos_token_ids=self.eos_token_ids,
+                device=self.runner.device,
+            )
+            self.detokenizers[seq.seq_id] = detok
+            self.scheduler.add(seq.call, now)
+        self.requests[request_id] = Request(request_id, seqs, prompt_len)
+        return seqs
+
+    def _make_detokenizer(
+        self, sampling: SamplingParams, prompt: list[int]
+    ) -> IncrementalDetokenizer | None:
+        if self.tokenizer is None:
+            return None
+        return IncrementalDetokenizer(self.tokenizer, prompt_token_ids=prompt, stop=sampling.stop)
+
+    def abort_request(self, request_id: str) -> bool:
+        """Drop a call and free everything it holds; False if it is unknown or already done."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return False
+        now = self.clock()
+        for seq in request.seqs:
+            if not seq.is_finished:
+                self.scheduler.abort(seq.seq_id, now)
+                seq.finish_reason = "abort"
+                self._release(seq)
+            self._forget(seq)
+        self._last_batch = [s for s in self._last_batch if not s.is_finished]
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # --- step --------------------------------------------------------------
+    def step(self) -> list[TokenEvent]:
+        """Run one engine step; returns the token events it produced (possibly none)."""
+        batch = self._schedule()
+        if not batch:
+            return []
+        started = time.perf_counter()
+        logits = self.runner.execute(batch)
+        states = [self.sampling_states[item.seq.seq_id] for item in batch if item.samples]
+        sampled = self.sampler(logits, states) if states else None
+        elapsed = time.perf_counter() - started
+        return self._postprocess(batch, sampled, elapsed)
+
+    def _schedule(self) -> list[ScheduledSeq]:
+        if self._reuse_left > 0:
+            self._reuse_left -= 1
+            batch = self._continue_last_batch()
+            if batch:
+                return batch
+        admission = StepAdmission(self)
+        now = self.clock()
+        decision = self.scheduler.schedule(now, admission)
+        admitted = {call.call_id for call in decision.batch}
+        victims = [self.seqs[c.call_id] for c in decision.preempted]
+        # Anything still holding KV that did not make the batch gives it up too.
+        victims += [
+            s
+            for s in self._last_batch
+            if s.status is SeqStatus.RUNNING and s.seq_id not in admitted and s not in victims
+        ]
+        for seq in victims:
+            if seq.status is SeqStatus.RUNNING:
+                self._preempt(seq, now)
+        batch: list[ScheduledSeq] = []
+        seqs = [self.seqs[c.call_id] for c in decision.batch]
+        for seq in seqs:  # acquire every prefix hit before any allocation can evict one
+            chunk, hits = admission.plan[seq.seq_id]
+            if seq.status is SeqStatus.WAITING:
+                self.block_manager.acquire_prefix(seq, hits)
+        for seq in seqs:
+            chunk, _ = admission.plan[seq.seq_id]
+            self._prepare_to_run(seq, chunk, now)
+            batch.append(ScheduledSeq(seq, chunk))
+        self._last_batch = seqs
+        self._reuse_left = self.config.num_scheduler_steps - 1
+        return self._decodes_first(batch)
+
+    def _continue_last_batch(self) -> list[ScheduledSeq] | None:
+        """Multi-step scheduling: run the last decision's calls again, if they all still fit."""
+        seqs = [s for s in self._last_batch if s.status is SeqStatus.RUNNING]
+        if not seqs:
+            return None
+        bm = self.block_manager
+        tokens_left = self.config.max_num_batched_tokens
+        plan: list[ScheduledSeq] = []
+        need = 0
+        for i, seq in enumerate(seqs):
+            remaining = seq.num_uncomputed_tokens
+            chunk = min(remaining, max(1, tokens_left - (len(seqs) - i - 1)))
+            if chunk <= 0 or tokens_left <= 0:
+                return None
+            tokens_left -= chunk
+            need += max(0, bm.blocks_for(seq.num_computed_tokens + chunk) - len(seq.block_table))
+            plan.append(ScheduledSeq(seq, chunk))
+        if need > bm.num_free_blocks:
+            return None
+        for item in plan:
+            bm.allocate(item.seq, item.seq.num_computed_tokens + item.num_tokens)
+        return self._decodes_first(plan)
+
+    @staticmethod
+    def _decodes_first(batch: list[ScheduledSeq]) -> list[ScheduledSeq]:
+        # The model runner batches single-token sequences together; they must lead.
+        return [b for b in batch if b.num_tokens == 1] + [b for b in batch if b.num_tokens > 1]
+
+    def _prepare_to_run(self, seq: Sequence, chunk: int, now: float) -> None:
+        bm = self.block_manager
+        if seq.status is SeqStatus.SWAPPED:
+            handle = seq.swap_handle
+            bm.allocate(seq, seq.num_computed_tokens)
+            self.swap_pool.swap_in(handle, seq.block_table[: handle.num_blocks])
+            seq.swap_handle = None
+        bm.allocate(seq, seq.num_computed_tokens + chunk)
+        if seq.status is not SeqStatus.RUNNING:
+            seq.status = SeqStatus.RUNNING
+            seq.timings.queue_time += max(0.0, now - seq.last_queued)
+            if seq.timings.first_scheduled is None:
+                seq.timings.first_scheduled = now
+            seq.admitted_before = True
+
+    # --- preemption -------------------------------------------------------
+    def _preempt(self, seq: Sequence, now: float) -> None:
+        """Take ``seq``'s KV away: swap it to host or drop it for recompute, whichever costs less."""
+        seq.last_queued = now
+        seq.timings.preemptions += 1
+        if seq.num_computed_tokens == 0 or not seq.block_table:
+            self.block_manager.free(seq)
+            seq.num_computed_tokens = 0
+            seq.status = SeqStatus.WAITING
+            return
+        blocks = len(seq.block_table)
+        full_blocks = -(-seq.num_computed_tokens // self.config.block_size)
+        swap = self._prefer_swap(seq, full_blocks)
+        if swap:
+            started = time.perf_counter()
+            handle = self.swap_pool.swap_out(seq.block_table[:full_blocks])
+            if handle is not None:
+                seconds = time.perf_counter() - started
+                self._observe_copy(full_blocks * self.runner.kv_cache.block_bytes, seconds)
+                seq.swap_handle = handle
+                self.block_manager.free(seq)
+                seq.status = SeqStatus.SWAPPED
+                self.stats_counters.preemptions_swap += 1
+                log.debug("swapped_out", call=seq.seq_id, blocks=blocks, seconds=seconds)
+                return
+        self.block_manager.free(seq)
+        seq.num_computed_tokens = 0
+        seq.status = SeqStatus.WAITING
+        self.stats_counters.preemptions_recompute += 1
+        log.debug("preempted_for_recompute", call=seq.seq_id, tokens=seq.num_tokens)
+
+    def _prefer_swap(self, seq: Sequence, num_blocks: int) -> bool:
+        mode = self.config.preemption_mode
+        if mode == "recompute" or not self.swap_pool.can_hold(num_blocks):
+            return False
+        if mode == "swap":
+            return True
+        # Out and back in again, against re-running the context through the model.
+        swap_cost = 2 * num_blocks * self.runner.kv_cache.block_bytes / self._copy_bytes_per_s
+        recompute_cost = seq.num_computed_tokens * self._seconds_per_token
+        return swap_cost < recompute_cost
+
+    def _observe_copy(self, nbytes: int, seconds: float) -> None:
+        if seconds > 0:
+            self._copy_bytes_per_s += EMA * (nbytes / seconds - self._copy_bytes_per_s)
+
+    # --- postprocess ------------------------------------------------------
+    def _postprocess(
+        self,
+        batch: list[ScheduledSeq],
+        sampled: object,
+        elapsed: float,
+    ) -> list[TokenEvent]:
+        now = self.clock()
+        counters = self.stats_counters
+        counters.steps += 1
+        total_tokens = sum(item.num_tokens for item in batch)
+        sampling_items = [item for item in batch if item.samples]  # before the counts move
+        self._seconds_per_token += EMA * (elapsed / total_tokens - self._seconds_per_token)
+        for item in batch:
+            seq = item.seq
+            seq.num_computed_tokens += item.num_tokens
+            self.block_manager.register_computed_blocks(seq)
+            share = elapsed * item.num_tokens / total_tokens
+            seq.timings.model_time += share
+            self.scheduler.charge(
+                seq.call, float(item.num_tokens) if self.token_service else share, now
+            )
+        events: list[TokenEvent] = []
+        if sampled is None:
+            return events
+        token_ids: list[int] = sampled.token_ids  # type: ignore[attr-defined]
+        logprobs: list[SampledLogprobs | None] = sampled.logprobs  # type: ignore[attr-defined]
+        for item, token, lp in zip(sampling_items, token_ids, logprobs, strict=True):
+            events.append(self._accept_token(item.seq, token, lp, now))
+        counters.generated_tokens += len(token_ids)
+        finished_requests = [e for e in events if e.finish_reason is not None]
+        for event in finished_requests:
+            self._complete(event, now)
+        return events
+
+    def _accept_token(
+        self, seq: Sequence, token: int, lp: SampledLogprobs | None, now: float
+    ) -> TokenEvent:
+        seq.token_ids.append(token)
+        state = self.sampling_states[seq.seq_id]
+        state.append(token)
+        if seq.timings.first_token is None:
+            seq.timings.first_token = now
+        detok = self.detokenizers[seq.seq_id]
+        text = ""
+        finish: str | None = None
+        stop_reason: str | int | None = None
+        if state.is_stop_token(token):
+            # The stop token's own text is not part of the output (as in vLLM).
+            finish, stop_reason = "stop", state.stop_reason(token)
+        elif detok is not None:
+            delta = detok.add([token])
+            text = delta.text
+            if delta.stop is not None:
+                finish, stop_reason = "stop", delta.stop
+        if finish is None and (
+            seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= self.max_model_len
+        ):
+            finish = "length"
+        if finish is not None and detok is not None and not detok.finished:
+            text += detok.flush().text
+        event = TokenEvent(
+            call_id=seq.request_id,
+            index=seq.index,
+            token_ids=[token],
+            text=text,
+            logprobs=[self._token_logprob(token, lp)] if lp is not None else None,
+            finish_reason=finish,  # type: ignore[arg-type]
+            stop_reason=stop_reason,
+        )
+        if finish is not None:
+            seq.finish_reason = finish  # type: ignore[assignment]
+            seq.stop_reason = stop_reason
+            seq.timings.finished = now
+            self.scheduler.finish(seq.seq_id, now)
+            self._release(seq)
+        return event
+
+    def _token_logprob(self, token: int, lp: SampledLogprobs) -> TokenLogprob:
+        return TokenLogprob(
+            token_id=token,
+            token=self._token_text(token),
+            logprob=lp.logprob,
+            top=[TopLogprob(token_id=t, token=self._token_text(t), logprob=v) for t, v in lp.top],
+        )
+
+    def _token_text(self, token: int) -> str:
+        return token_text(self.tokenizer, token) if self.tokenizer is not None else ""
+
+    def _complete(self, event: TokenEvent, now: float) -> None:
+        """A choice finished; on the call's last choice, attach usage and timings and forget it."""
+        request = self.requests.get(event.call_id)
+        if request is None:
+            return
+        request.open_choices -= 1
+        if request.open_choices > 0:
+            return
+        seqs = request.seqs
+        event.usage = Usage(
+            prompt_tokens=request.prompt_tokens,
+            completion_tokens=sum(s.num_output_tokens for s in seqs),
+            cached_tokens=max(s.num_cached_tokens for s in seqs),
+        )
+        event.timings = Timings(
+            arrival=min(s.timings.arrival for s in seqs),
+            first_scheduled=min(
+                (s.timings.first_scheduled for s in seqs if s.timings.first_scheduled is not None),
+                default=None,
+            ),
+            first_token=min(
+                (s.timings.first_token for s in seqs if s.timings.first_token is not None),
+                default=None,
+            ),
+            finished=now,
+            queue_time=max(s.timings.queue_time for s in seqs),
+            model_time=sum(s.timings.model_time for s in seqs),
+            preemptions=sum(s.timings.preemptions for s in seqs),
+        )
+        del self.requests[request.request_id]
+        for seq in seqs:
+            self._forget(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        """Give back whatever KV the sequence holds, on device or host."""
+        if seq.swap_handle is not None:
+            self.swap_pool.release(seq.swap_handle)
+            seq.swap_handle = None
+        self.block_manager.free(seq)
+        seq.status = SeqStatus.FINISHED
+
+    def _forget(self, seq: Sequence) -> None:
+        self.seqs.pop(seq.seq_id, None)
+        self.sampling_states.pop(seq.seq_id, None)
+        self.detokenizers.pop(seq.seq_id, None)
+
+    # --- introspection ----------------------------------------------------
+    def stats(self) -> EngineStats:
+        c = self.stats_counters
+        bm = self.block_manager
+        levels = [0] * self.config.scheduler.num_queues
+        running = waiting = swapped = 0
+        for seq in self.seqs.values():
+            if seq.is_finished:
+                continue
+            levels[min(seq.call.level, len(levels) - 1)] += 1
+            if seq.status is SeqStatus.RUNNING:
+                running += 1
+            elif seq.status is SeqStatus.SWAPPED:
+                swapped += 1
+            else:
+                waiting += 1
+        return EngineStats(
+            running=running,
+            waiting=waiting,
+            swapped=swapped,
+            kv_blocks_total=bm.num_blocks,
+            kv_blocks_used=bm.num_used_blocks,
+            kv_usage=bm.num_used_blocks / bm.num_blocks,
+            prefix_hit_rate=bm.prefix_hit_rate,
+            preemptions_swap=c.preemptions_swap,
+            preemptions_recompute=c.preemptions_recompute,
+            steps=c.steps,
+            generated_tokens=c.generated_tokens,
+            calls_per_level=levels,
+        )
+
+    # --- offline use --------------------------------------------------------
+    def generate(
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingParams | list[SamplingParams] | None = None,
+    ) -> list[list[list[int]]]:
+        """Run ``prompts`` to completion; returns each prompt's choices' output token ids."""
+        params = (
+            sampling
+            if isinstance(sampling, list)
+            else [sampling or SamplingParams()] * len(prompts)
+        )
+        ids = [f"offline-{i}-{time.monotonic_ns()}" for i in range(len(prompts))]
+        outputs: dict[str, list[list[int]]] = {}
+        for request_id, prompt, p in zip(ids, prompts, params, strict=True):
+            self.add_request(request_id, prompt, p)
+            outputs[request_id] = [[] for _ in range(p.n)]
+        while self.has_unfinished_requests():
+            steps = self.stats_counters.steps
+            events = self.step()
+            if self.stats_counters.steps == steps:
+                raise RuntimeError("the scheduler admitted nothing although calls are waiting")
+            for event in events:
+                if event.call_id in outputs:
+                    outputs[event.call_id][event.index].extend(event.token_ids)
+        return [outputs[i] for i in ids]

@@ -1,0 +1,224 @@
+"""Runs one engine step on the model: flattened batch in, last-position logits out.
+
+The batch is one ragged token sequence (no padding): the new tokens of every
+scheduled sequence, decode sequences first, then prefill chunks. All index
+tensors (positions, slot mapping, the decode sequences' context slots) are
+built with a handful of vectorised tensor ops; Python loops run per sequence
+or per prefill chunk, never per token.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from agentrt.engine.attention import (
+    ATTENTION_NAME,
+    AttentionMetadata,
+    PrefillSpan,
+    register_attention,
+    xformers_available,
+)
+from agentrt.engine.config import EngineConfig
+from agentrt.engine.kv_cache import PagedKVCache
+from agentrt.engine.sequence import Sequence
+from agentrt.log import get_logger
+
+log = get_logger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ScheduledSeq:
+    seq: Sequence
+    num_tokens: int  # new tokens of this sequence fed to the model this step
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step completes the sequence's context, so a token is sampled."""
+        return self.seq.num_computed_tokens + self.num_tokens == self.seq.num_tokens
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int
+
+    @classmethod
+    def of(cls, model_config: Any) -> ModelShape:
+        text = (
+            model_config.get_text_config()
+            if hasattr(model_config, "get_text_config")
+            else model_config
+        )
+        heads = text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        return cls(
+            num_layers=text.num_hidden_layers,
+            num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+            head_dim=head_dim,
+            vocab_size=text.vocab_size,
+            max_position_embeddings=getattr(text, "max_position_embeddings", 2048),
+        )
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes the KV pool may take a fraction of: free device memory, or available RAM on CPU."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 8 * 1024**3
+
+
+def kv_pool_blocks(
+    config: EngineConfig, shape: ModelShape, dtype: torch.dtype, device: torch.device
+) -> int:
+    if config.num_kv_blocks is not None:
+        return config.num_kv_blocks
+    block_bytes = PagedKVCache.bytes_per_block(
+        shape.num_layers, config.block_size, shape.num_kv_heads, shape.head_dim, dtype
+    )
+    budget = config.kv_cache_memory
+    pool_bytes = int(budget * available_memory(device)) if budget <= 1 else int(budget)
+    return max(1, pool_bytes // block_bytes)
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, config: EngineConfig) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.dtype = DTYPES[config.dtype]
+        self.block_size = config.block_size
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.shape = ModelShape.of(model.config)
+        register_attention()
+        self.model.set_attn_implementation(ATTENTION_NAME)
+        self.use_xformers = self.device.type == "cuda" and xformers_available()
+        if self.device.type == "cuda" and not self.use_xformers:
+            log.warning("xformers_missing", detail="CUDA without xformers: using the SDPA path")
+        num_blocks = kv_pool_blocks(config, self.shape, self.dtype, self.device)
+        self.kv_cache = PagedKVCache(
+            self.shape.num_layers,
+            num_blocks,
+            config.block_size,
+            self.shape.num_kv_heads,
+            self.shape.head_dim,
+            self.dtype,
+            self.device,
+        )
+        log.info(
+            "kv_cache_ready",
+            blocks=num_blocks,
+            block_size=config.block_size,
+            bytes=num_blocks * self.kv_cache.block_bytes,
+            attention="xformers" if self.use_xformers else "sdpa",
+        )
+
+    @torch.inference_mode()
+    def execute(self, batch: list[ScheduledSeq]) -> torch.Tensor:
+        """Run the model once over ``batch`` (decode sequences first); return float32 logits
+        ``[num_sampling_seqs, vocab]`` for the sequences whose context this step completes,
+        in batch order."""
+        input_ids, positions, meta, keep = self._prepare(batch)
+        out = self.model(
+            input_ids=input_ids.unsqueeze(0),
+            position_ids=positions.unsqueeze(0),
+            use_cache=False,
+            attn_metadata=meta,
+            logits_to_keep=keep,
+        )
+        return out.logits[0].float()
+
+    def _prepare(
+        self, batch: list[ScheduledSeq]
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+        dev, bs = self.device, self.block_size
+        tokens: list[int] = []
+        starts: list[int] = []
+        lens: list[int] = []
+        for item in batch:
+            c = item.seq.num_computed_tokens
+            tokens.extend(item.seq.token_ids[c : c + item.num_tokens])
+            starts.append(c)
+            lens.append(item.num_tokens)
+        max_blocks = max(len(item.seq.block_table) for item in batch)
+        tables = torch.tensor(
+            [
+                item.seq.block_table + [0] * (max_blocks - len(item.seq.block_table))
+                for item in batch
+            ],
+            dtype=torch.long,
+        )
+        start_t = torch.tensor(starts, dtype=torch.long)
+        len_t = torch.tensor(lens, dtype=torch.long)
+        seq_of_token = torch.repeat_interleave(torch.arange(len(batch)), len_t)
+        first_row = torch.cumsum(len_t, 0) - len_t
+        offsets = torch.arange(len(tokens)) - first_row[seq_of_token]
+        positions = start_t[seq_of_token] + offsets
+        slots = tables[seq_of_token, positions // bs] * bs + positions % bs
+        context = start_t + len_t
+
+        meta = AttentionMetadata(kv_cache=self.kv_cache, slot_mapping=slots.to(dev))
+        num_decode = 0
+        while num_decode < len(batch) and lens[num_decode] == 1:
+            num_decode += 1
+        if self.use_xformers:
+            self._xformers_metadata(meta, tables, context, len_t)
+        else:
+            if num_decode:
+                ctx = context[:num_decode]
+                cols = torch.arange(int(ctx.max()))
+                meta.num_decode = num_decode
+                meta.decode_kv_slots = (tables[:num_decode, cols // bs] * bs + cols % bs).to(dev)
+                meta.decode_mask = (
+                    (cols.unsqueeze(0) < ctx.unsqueeze(1)).view(num_decode, 1, 1, -1).to(dev)
+                )
+            meta.prefills = tuple(
+                self._prefill_span(tables[i], starts[i], lens[i], int(first_row[i]))
+                for i in range(num_decode, len(batch))
+            )
+        keep = [int(first_row[i]) + lens[i] - 1 for i, item in enumerate(batch) if item.samples]
+        return (
+            torch.tensor(tokens, dtype=torch.long, device=dev),
+            positions.to(dev),
+            meta,
+            torch.tensor(keep, dtype=torch.long, device=dev),
+        )
+
+    def _prefill_span(self, table: torch.Tensor, start: int, length: int, row: int) -> PrefillSpan:
+        if start == 0:
+            return PrefillSpan(start=row, length=length, kv_slots=None, mask=None)
+        bs, dev = self.block_size, self.device
+        cols = torch.arange(start + length)
+        kv_slots = (table[cols // bs] * bs + cols % bs).to(dev)
+        # Query i sits at position start + i and sees keys 0..start + i.
+        mask = cols.unsqueeze(0) <= (start + torch.arange(length)).unsqueeze(1)
+        return PrefillSpan(start=row, length=length, kv_slots=kv_slots, mask=mask.to(dev))
+
+    def _xformers_metadata(
+        self,
+        meta: AttentionMetadata,
+        tables: torch.Tensor,
+        context: torch.Tensor,
+        lens: torch.Tensor,
+    ) -> None:
+        from xformers.ops.fmha.attn_bias import BlockDiagonalCausalFromBottomRightMask
+
+        bs = self.block_size
+        seq_of_slot = torch.repeat_interleave(torch.arange(len(context)), context)
+        first = torch.cumsum(context, 0) - context
+        cols = torch.arange(int(context.sum())) - first[seq_of_slot]
+        meta.all_kv_slots = (tables[seq_of_slot, cols // bs] * bs + cols % bs).to(self.device)
+        meta.xformers_bias = BlockDiagonalCausalFromBottomRightMask.from_seqlens(
+            q_seqlen=lens.tolist(), kv_seqlen=context.tolist()
+        )

@@ -1,0 +1,52 @@
+"""Reference outputs for the engine tests: transformers' own greedy ``generate``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tests.conftest import make_tiny_llama, make_tiny_loaded
+
+from agentrt.engine.config import EngineConfig
+from agentrt.engine.llm_engine import LLMEngine
+from agentrt.scheduling import SchedulerConfig
+
+
+def random_prompts(lengths: list[int], seed: int = 1, vocab: int = 256) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def hf_greedy(model: Any, prompt: list[int], max_new_tokens: int) -> list[int]:
+    """transformers' ``generate`` (greedy, its own KV cache), one prompt at a time."""
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+        )
+    return list(out[0, len(prompt) :].tolist())
+
+
+def hf_reference(prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    model = make_tiny_llama()
+    return [hf_greedy(model, p, max_new_tokens) for p in prompts]
+
+
+def tiny_engine(**overrides: Any) -> LLMEngine:
+    """An fp32 engine on the tiny Llama; ``overrides`` are EngineConfig fields."""
+    overrides.setdefault("dtype", "float32")
+    overrides.setdefault("num_kv_blocks", 64)
+    overrides.setdefault("block_size", 4)
+    scheduler = overrides.pop("scheduler", SchedulerConfig(policy="fcfs"))
+    return LLMEngine(EngineConfig(scheduler=scheduler, **overrides), make_tiny_loaded())
+
+
+def assert_block_pool_clean(engine: LLMEngine) -> None:
+    """Every block is back in the free pool and nothing is left in the host pool."""
+    bm = engine.block_manager
+    assert bm.num_free_blocks == bm.num_blocks
+    assert all(count == 0 for count in bm.ref_counts)
+    assert engine.swap_pool.num_free_blocks == engine.swap_pool.num_blocks
+    assert not engine.seqs and not engine.requests
