@@ -38,7 +38,7 @@ class Balancer:
         table: ProcessTable | None = None,
     ) -> None:
         self.config = config or BalancerConfig()
-        self.table = table or ProcessTable()
+        self.table = table if table is not None else ProcessTable()  # an empty table is falsy
         self._load: dict[str, int] = {}  # engine id -> live calls routed there, insertion order
         self._next_rr = 0
         for engine_id in engines:
