@@ -224,7 +224,12 @@ def gguf_to_hf_folder(gguf_path: Path, cache_dir: str | os.PathLike[str] | None 
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
     try:
-        convert_gguf(gguf_path, tmp)
+        try:
+            convert_gguf(gguf_path, tmp)
+        except ModelLoadError:
+            raise
+        except Exception as e:  # gguf/transformers raise many types for a bad file
+            raise ModelLoadError(f"cannot convert GGUF file {gguf_path}: {e}") from e
         try:
             tmp.rename(target)
         except OSError:

