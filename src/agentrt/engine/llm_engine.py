@@ -173,19 +173,12 @@ class LLMEngine:
         self._last_batch: list[Sequence] = []
 
     # --- intake ------------------------------------------------------------
-    def add_request(
-        self,
-        request_id: str,
-        prompt_token_ids: list[int],
-        sampling: SamplingParams | None = None,
-        program: ProgramTag | None = None,
-        priority: int | None = None,
-        arrival: float | None = None,
-    ) -> list[Sequence]:
-        """Queue a call; raises :class:`InvalidRequest` (or ``PromptTooLong``) and changes nothing if it is bad."""
-        sampling = sampling or SamplingParams()
-        if request_id in self.requests:
-            raise InvalidRequest(f"call id {request_id!r} is already in use")
+    def check_request(self, prompt_token_ids: list[int], sampling: SamplingParams) -> int:
+        """Validate a call without queueing it; returns its resolved ``max_tokens``.
+
+        Raises :class:`InvalidRequest` (``PromptTooLong`` when it cannot fit the
+        context). Pure: safe to call from another thread than the step loop's.
+        """
         if not prompt_token_ids:
             raise InvalidRequest("the prompt must contain at least one token", param="prompt")
         if any(not 0 <= t < self.vocab_size for t in prompt_token_ids):
@@ -212,39 +205,58 @@ class LLMEngine:
             raise InvalidRequest(
                 "stop strings need a tokenizer; this engine has none", param="stop"
             )
-        max_tokens = sampling.max_tokens if sampling.max_tokens is not None else room
+        return sampling.max_tokens if sampling.max_tokens is not None else room
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        sampling: SamplingParams | None = None,
+        program: ProgramTag | None = None,
+        priority: int | None = None,
+        arrival: float | None = None,
+    ) -> list[Sequence]:
+        """Queue a call; raises :class:`InvalidRequest` (or ``PromptTooLong``) and changes nothing if it is bad.
+
+        Calls without a program tag are each their own program.
+        """
+        sampling = sampling or SamplingParams()
+        if request_id in self.requests:
+            raise InvalidRequest(f"call id {request_id!r} is already in use")
+        max_tokens = self.check_request(prompt_token_ids, sampling)
+        prompt_len = len(prompt_token_ids)
         now = self.clock()
         arrival = now if arrival is None or arrival <= 0 else arrival
         program_id = program.program_id if program else f"call:{request_id}"
         thread_id = program.thread_id if program else ""
-        seqs: list[Sequence] = []
-        for index in range(sampling.n):
-            seq_id = request_id if sampling.n == 1 else f"{request_id}#{index}"
-            if seq_id in self.seqs:
-                raise InvalidRequest(f"call id {seq_id!r} is already in use")
-            call = Call(
-                seq_id,
-                program_id,
+        seq_ids = (
+            [request_id] if sampling.n == 1 else [f"{request_id}#{i}" for i in range(sampling.n)]
+        )
+        if any(seq_id in self.seqs for seq_id in seq_ids):
+            raise InvalidRequest(f"call id {request_id!r} clashes with a running call's choice")
+        seqs = [
+            Sequence(
+                seq_id=seq_id,
+                request_id=request_id,
+                index=index,
+                token_ids=list(prompt_token_ids),
+                num_prompt_tokens=prompt_len,
+                sampling=sampling,
+                max_tokens=max_tokens,
                 arrival=arrival,
-                prompt_tokens=prompt_len,
-                thread_id=thread_id,
-                priority=priority,
-            )
-            seqs.append(
-                Sequence(
-                    seq_id=seq_id,
-                    request_id=request_id,
-                    index=index,
-                    token_ids=list(prompt_token_ids),
-                    num_prompt_tokens=prompt_len,
-                    sampling=sampling,
-                    max_tokens=max_tokens,
+                call=Call(
+                    seq_id,
+                    program_id,
                     arrival=arrival,
-                    call=call,
-                    timings=Timings(arrival=arrival),
-                    last_queued=now,
-                )
+                    prompt_tokens=prompt_len,
+                    thread_id=thread_id,
+                    priority=priority,
+                ),
+                timings=Timings(arrival=arrival),
+                last_queued=now,
             )
+            for index, seq_id in enumerate(seq_ids)
+        ]
         detokenizers = [self._make_detokenizer(sampling, prompt_token_ids) for _ in seqs]
         for seq, detok in zip(seqs, detokenizers, strict=True):
             self.seqs[seq.seq_id] = seq
@@ -260,6 +272,14 @@ class LLMEngine:
         self.requests[request_id] = Request(request_id, seqs, prompt_len)
         return seqs
 
+    def start_program(self, program_id: str) -> None:
+        """A program started: its process-table entry exists from now on."""
+        self.scheduler.table.start(program_id, self.clock())
+
+    def end_program(self, program_id: str) -> None:
+        """A program ended: its entry goes now, or with its last live call."""
+        self.scheduler.table.end(program_id, self.clock())
+
     def _make_detokenizer(
         self, sampling: SamplingParams, prompt: list[int]
     ) -> IncrementalDetokenizer | None:
@@ -267,20 +287,30 @@ class LLMEngine:
             return None
         return IncrementalDetokenizer(self.tokenizer, prompt_token_ids=prompt, stop=sampling.stop)
 
-    def abort_request(self, request_id: str) -> bool:
-        """Drop a call and free everything it holds; False if it is unknown or already done."""
-        request = self.requests.pop(request_id, None)
+    def abort_request(self, request_id: str) -> list[TokenEvent]:
+        """Drop a call and free everything it holds.
+
+        Returns a final ``abort`` event for each choice still open (the last
+        one carries usage and timings); empty if the call is unknown or done.
+        """
+        request = self.requests.get(request_id)
         if request is None:
-            return False
+            return []
         now = self.clock()
+        events: list[TokenEvent] = []
         for seq in request.seqs:
             if not seq.is_finished:
                 self.scheduler.abort(seq.seq_id, now)
                 seq.finish_reason = "abort"
+                seq.timings.finished = now
                 self._release(seq)
-            self._forget(seq)
+                events.append(
+                    TokenEvent(call_id=request_id, index=seq.index, finish_reason="abort")
+                )
         self._last_batch = [s for s in self._last_batch if not s.is_finished]
-        return True
+        for event in events:
+            self._complete(event, now)
+        return events
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
