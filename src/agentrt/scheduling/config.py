@@ -41,10 +41,12 @@ class UnitDefaults(msgspec.Struct, frozen=True):
 # time: seconds of model time. A decode step of an 8B model on one A100 takes
 # ~20-40 ms, so 0.5 s is ~15-25 steps of a call: short chat turns finish in
 # the top queues, long programs sink after a few seconds of service.
-# tokens: the same scale expressed in processed tokens.
+# tokens: the same scale expressed in processed tokens. The starvation floor
+# is one decode step's worth of service: it only keeps the ratio finite (a call
+# below the top level has a program priority or a used quantum far above it).
 DEFAULTS_BY_UNIT: dict[ServiceUnit, UnitDefaults] = {
-    "time": UnitDefaults(first_boundary=0.5, first_quantum=0.5, starvation_floor=0.05),
-    "tokens": UnitDefaults(first_boundary=256.0, first_quantum=256.0, starvation_floor=16.0),
+    "time": UnitDefaults(first_boundary=0.5, first_quantum=0.5, starvation_floor=0.025),
+    "tokens": UnitDefaults(first_boundary=256.0, first_quantum=256.0, starvation_floor=1.0),
 }
 
 

@@ -76,10 +76,14 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig | None = None, table: ProcessTable | None = None):
         self.config = config or SchedulerConfig()
         self.policy: Policy = make_policy(self.config.policy)
-        self.table = table or ProcessTable(
-            ttl=self.config.program_ttl_s,
-            max_programs=self.config.max_programs,
-            max_call_records=self.config.max_call_records,
+        self.table = (
+            table
+            if table is not None
+            else ProcessTable(
+                ttl=self.config.program_ttl_s,
+                max_programs=self.config.max_programs,
+                max_call_records=self.config.max_call_records,
+            )
         )
         self._boundaries = self.config.boundaries
         self._quanta = self.config.quanta
@@ -122,6 +126,13 @@ class Scheduler:
     @property
     def num_waiting(self) -> int:
         return len(self._calls) - len(self._running)
+
+    def calls_per_level(self) -> list[int]:
+        """Live calls per queue level, top first (one level for fcfs and las); for metrics."""
+        counts = [0] * (len(self._quanta) if self.policy.uses_levels else 1)
+        for call in self._calls.values():
+            counts[call.level] += 1
+        return counts
 
     def clock(self, now: float) -> float:
         """The wait clock: ``now`` in seconds, or the step count in token mode."""
