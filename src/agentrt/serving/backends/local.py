@@ -1,0 +1,84 @@
+"""An engine object living in the router's own process, as a backend.
+
+The default single-engine server and the in-process tests route through the
+same router as replicas and remote servers do; this adapter gives such an
+engine the backend lifecycle (``run``, ``check_health``) without a process
+or network hop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+from anyio.abc import TaskStatus
+
+from agentrt.protocol.engine import (
+    EngineClient,
+    EngineStats,
+    EngineUnavailable,
+    GenerationRequest,
+    ModelInfo,
+    ProgramTag,
+    TokenEvent,
+)
+from agentrt.serving.backends.hosting import running
+
+
+class LocalBackend:
+    """Wraps an in-process :class:`EngineClient`; ``run`` starts it and closes it on shutdown."""
+
+    program_aware = True
+
+    def __init__(self, engine_id: str, engine: EngineClient, *, program_aware: bool = True) -> None:
+        self.engine_id = engine_id
+        self.engine = engine
+        self.program_aware = program_aware
+        self._up = False
+        self._run_scope: anyio.CancelScope | None = None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.CancelScope() as self._run_scope:
+            async with running(self.engine):
+                self._up = True
+                try:
+                    task_status.started()
+                    await anyio.sleep_forever()
+                finally:
+                    self._up = False
+
+    async def close(self) -> None:
+        if self._run_scope is not None:
+            self._run_scope.cancel()
+
+    def _engine(self) -> EngineClient:
+        if not self._up:
+            raise EngineUnavailable(f"engine {self.engine_id} is not running")
+        return self.engine
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        events = self._engine().generate(request)
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    async def abort(self, call_id: str) -> None:
+        await self.engine.abort(call_id)
+
+    async def check_health(self) -> None:
+        self._engine().stats()
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    def models(self) -> list[ModelInfo]:
+        return self.engine.models()
+
+    async def start_program(self, tag: ProgramTag) -> None:
+        await self._engine().start_program(tag)
+
+    async def end_program(self, program_id: str) -> None:
+        if self._up:
+            await self.engine.end_program(program_id)

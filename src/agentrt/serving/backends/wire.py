@@ -1,0 +1,124 @@
+"""The router <-> worker-process protocol: msgspec structs, length-prefixed msgpack frames.
+
+One connected stream socket per worker carries every call: requests and
+control messages one way, token events and replies the other, each tagged
+with the call id. Frames are a 4-byte big-endian length followed by a
+msgpack-encoded tagged union, so both sides decode into typed structs once,
+at the edge.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import anyio
+import msgspec
+from anyio.abc import ByteStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from agentrt.protocol.engine import (
+    EngineStats,
+    GenerationRequest,
+    ModelInfo,
+    ProgramTag,
+    TokenEvent,
+)
+from agentrt.serving.backends.errors import ErrorInfo
+from agentrt.serving.backends.hosting import EngineSpec
+
+MAX_FRAME = 64 * 1024 * 1024  # a request with a huge prompt still fits; garbage does not
+_HEADER = struct.Struct(">I")
+
+
+# Router -> worker
+class Init(msgspec.Struct, tag=True, kw_only=True):
+    engine: EngineSpec
+
+
+class Generate(msgspec.Struct, tag=True, kw_only=True):
+    request: GenerationRequest
+
+
+class Abort(msgspec.Struct, tag=True, kw_only=True):
+    call_id: str
+
+
+class StartProgram(msgspec.Struct, tag=True, kw_only=True):
+    tag: ProgramTag
+
+
+class EndProgram(msgspec.Struct, tag=True, kw_only=True):
+    program_id: str
+
+
+class Ping(msgspec.Struct, tag=True, kw_only=True):
+    seq: int
+
+
+class Shutdown(msgspec.Struct, tag=True, kw_only=True):
+    pass
+
+
+# Worker -> router
+class Ready(msgspec.Struct, tag=True, kw_only=True):
+    models: list[ModelInfo]
+    pid: int
+
+
+class InitFailed(msgspec.Struct, tag=True, kw_only=True):
+    error: ErrorInfo
+
+
+class Event(msgspec.Struct, tag=True, kw_only=True):
+    event: TokenEvent
+
+
+class Failed(msgspec.Struct, tag=True, kw_only=True):
+    call_id: str
+    error: ErrorInfo
+
+
+class Finished(msgspec.Struct, tag=True, kw_only=True):
+    call_id: str
+
+
+class Pong(msgspec.Struct, tag=True, kw_only=True):
+    seq: int
+    stats: EngineStats
+
+
+ToWorker = Init | Generate | Abort | StartProgram | EndProgram | Ping | Shutdown
+ToRouter = Ready | InitFailed | Event | Failed | Finished | Pong
+
+
+class FrameError(Exception):
+    """The peer sent something that is not a valid frame."""
+
+
+class Channel:
+    """Typed, framed messages over one byte stream; ``send`` is safe from concurrent tasks."""
+
+    def __init__(self, stream: ByteStream, incoming: type) -> None:
+        self._stream = stream
+        self._reader = BufferedByteReceiveStream(stream)
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder: msgspec.msgpack.Decoder[object] = msgspec.msgpack.Decoder(incoming)
+        self._send_lock = anyio.Lock()
+
+    async def send(self, message: msgspec.Struct) -> None:
+        payload = self._encoder.encode(message)
+        async with self._send_lock:
+            await self._stream.send(_HEADER.pack(len(payload)) + payload)
+
+    async def receive(self) -> object:
+        """The next message; raises ``anyio.EndOfStream`` / ``anyio.IncompleteRead`` when the peer is gone."""
+        (length,) = _HEADER.unpack(await self._reader.receive_exactly(_HEADER.size))
+        if length > MAX_FRAME:
+            raise FrameError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+        try:
+            return self._decoder.decode(await self._reader.receive_exactly(length))
+        except msgspec.DecodeError as e:
+            raise FrameError(str(e)) from e
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()

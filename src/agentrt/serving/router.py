@@ -1,0 +1,534 @@
+"""The program-aware router: one :class:`EngineClient` in front of several engines.
+
+The router owns the process table and the load balancer of
+:mod:`agentrt.scheduling` (all balancing policy lives there) and keeps its
+backends alive:
+
+- each call is routed by the balancer (locality: short calls to the least
+  used engine, long calls to the engine the program is pinned to), counted
+  on its engine until it ends, and recorded in its program's entry; its
+  service updates the program's priority by the scheduler's own rule;
+- engines that do not schedule by program themselves (vLLM, SGLang) get the
+  program's priority as the call's ``priority``: the queue level the
+  program's attained service falls in under the configured policy;
+- each backend runs under a supervisor task; a failed health check, a lost
+  connection or a worker that exits takes the engine down at once: its
+  in-flight calls fail with :class:`EngineUnavailable` (503), its programs
+  are unpinned so their next calls go to live engines, and it is restarted
+  with backoff;
+- everything runs in one anyio task group the router owns (``async with
+  router:``): no stray tasks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectSendStream
+
+from agentrt.log import get_logger
+from agentrt.protocol.engine import (
+    EngineError,
+    EngineStats,
+    EngineUnavailable,
+    GenerationRequest,
+    InvalidRequest,
+    ModelInfo,
+    ProgramTag,
+    TokenEvent,
+)
+from agentrt.scheduling import (
+    Balancer,
+    BalancerConfig,
+    Call,
+    NoEngineAvailable,
+    ProcessTable,
+    SchedulerConfig,
+    make_policy,
+)
+from agentrt.serving.backends import Backend
+
+log = get_logger("agentrt.serving.router")
+_STREAM_BUFFER = 256  # token events buffered between an engine and a slow client
+_CLOSE_TIMEOUT = 5.0  # longest wait for an engine to close an abandoned call
+
+
+class RouterConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """How the router watches its engines (TOML table ``[router]``)."""
+
+    health_interval_s: float = 5.0  # between health checks of each live engine
+    health_timeout_s: float = 10.0  # a check that takes longer fails
+    restart: bool = True  # bring a lost engine back (respawn a worker, reconnect a server)
+    restart_backoff_s: float = 1.0  # first wait before a restart; doubles per failed attempt
+    restart_backoff_max_s: float = 30.0
+    chars_per_token: float = 4.0  # prompt length estimate for routing when the prompt is text
+
+    def __post_init__(self) -> None:
+        for name in (
+            "health_interval_s",
+            "health_timeout_s",
+            "restart_backoff_s",
+            "restart_backoff_max_s",
+            "chars_per_token",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"RouterConfig.{name} must be > 0")
+
+
+class EngineStatus(msgspec.Struct, kw_only=True):
+    """One engine as the router sees it (for health endpoints and tests)."""
+
+    engine_id: str
+    up: bool
+    reason: str  # why it is down ("" when up)
+    live_calls: int
+    restarts: int
+
+
+class _Engine:
+    """Router-side state of one backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.up = False
+        self.reason = "not started"
+        self.restarts = 0
+        self.scope: anyio.CancelScope | None = None  # the supervisor's current run of the backend
+        self.calls: dict[str, _LiveCall] = {}
+        self.programs: set[str] = set()  # programs this incarnation was told about
+
+    @property
+    def engine_id(self) -> str:
+        return self.backend.engine_id
+
+
+class _LiveCall:
+    """One routed call: where it runs, its scheduling record, how to stop it."""
+
+    def __init__(
+        self, request: GenerationRequest, engine: _Engine, call: Call | None, now: float
+    ) -> None:
+        self.request = request
+        self.engine = engine
+        self.call = call  # None for calls outside any program
+        self.dispatched = now
+        self.scope = anyio.CancelScope()  # the pump's; cancelling it aborts the engine call
+        self.done = anyio.Event()  # the pump has finished (the engine call is closed)
+        self.failure: EngineError | None = None
+        self.completed = False  # the engine ended the stream normally
+        self.aborted = False  # Router.abort was called
+        self.model_time = 0.0
+        self.queue_time = 0.0
+        self.tokens = 0
+
+
+def estimate_prompt_tokens(request: GenerationRequest, chars_per_token: float) -> int:
+    """Prompt length for routing decisions (the router has no tokenizer; token ids are exact)."""
+    if isinstance(request.prompt, list):
+        return len(request.prompt)
+    chars = len(request.prompt or "")
+    for message in request.messages or []:
+        chars += len(str(message.get("content") or "")) + 16  # role and template markers
+    if request.tools:
+        chars += len(msgspec.json.encode(request.tools))
+    return math.ceil(chars / chars_per_token)
+
+
+class Router:
+    """An :class:`EngineClient` over N backends. Use as ``async with Router(...) as router``."""
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        *,
+        config: RouterConfig | None = None,
+        scheduler: SchedulerConfig | None = None,
+        balancer: BalancerConfig | None = None,
+    ) -> None:
+        if not backends:
+            raise ValueError("a router needs at least one backend")
+        ids = [b.engine_id for b in backends]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"backend ids must be unique, got {ids}")
+        self.config = config or RouterConfig()
+        self.scheduler_config = scheduler or SchedulerConfig()
+        self.table = ProcessTable(
+            ttl=self.scheduler_config.program_ttl_s,
+            max_programs=self.scheduler_config.max_programs,
+            max_call_records=self.scheduler_config.max_call_records,
+        )
+        self.balancer = Balancer(balancer or BalancerConfig(), table=self.table)
+        self.policy = make_policy(self.scheduler_config.policy)
+        self._boundaries = self.scheduler_config.boundaries
+        self._engines = {b.engine_id: _Engine(b) for b in backends}
+        self._calls: dict[str, _LiveCall] = {}
+        self._tg: TaskGroup | None = None
+        self._stack: AsyncExitStack | None = None
+        self._closing = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def __aenter__(self) -> Router:
+        """Start every backend (concurrently); at least one must come up."""
+        async with AsyncExitStack() as stack:
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(self._tg.cancel_scope.cancel)  # exits run in reverse: cancel, then join
+            async with anyio.create_task_group() as starting:
+                for engine in self._engines.values():
+                    starting.start_soon(self._tg.start, self._supervise, engine)
+            if any(e.up for e in self._engines.values()):
+                self._tg.start_soon(self._watch)
+                self._stack = stack.pop_all()
+                return self
+        self._tg = None
+        # Raised outside the task group, so the caller gets it unwrapped.
+        reasons = "; ".join(f"{e.engine_id}: {e.reason}" for e in self._engines.values())
+        raise EngineUnavailable(f"no engine could be started ({reasons})")
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop routing, fail what is in flight, shut every backend down."""
+        self._closing = True
+        for live in list(self._calls.values()):
+            live.failure = live.failure or EngineUnavailable("the server is shutting down")
+            live.scope.cancel()
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+        self._tg = None
+
+    async def _supervise(self, engine: _Engine, *, task_status: TaskStatus[None]) -> None:
+        """Run one backend; when it is lost, take it down and bring it back with backoff."""
+        reported = False
+        delay = self.config.restart_backoff_s
+        while True:
+            try:
+                with anyio.CancelScope() as engine.scope:
+                    async with anyio.create_task_group() as tg:
+                        await tg.start(engine.backend.run)
+                        self._engine_up(engine)
+                        delay = self.config.restart_backoff_s
+                        if not reported:
+                            reported = True
+                            task_status.started()
+                reason = engine.reason if not engine.up else "engine stopped"
+            except Exception as e:
+                reason = _describe(e)
+            self._engine_down(engine, reason)
+            if not reported:
+                reported = True
+                task_status.started()
+            if self._closing or not self.config.restart:
+                return
+            await anyio.sleep(delay)
+            delay = min(delay * 2, self.config.restart_backoff_max_s)
+            engine.restarts += 1
+            log.info("engine_restarting", engine_id=engine.engine_id, attempt=engine.restarts)
+
+    def _engine_up(self, engine: _Engine) -> None:
+        engine.up, engine.reason = True, ""
+        if engine.engine_id not in self.balancer.engines:
+            self.balancer.add_engine(engine.engine_id)
+        log.info("engine_up", engine_id=engine.engine_id)
+
+    def _engine_down(self, engine: _Engine, reason: str) -> None:
+        """Fail the engine's calls, unpin its programs, stop routing to it."""
+        was_up, engine.up, engine.reason = engine.up, False, reason
+        if engine.scope is not None:
+            engine.scope.cancel()
+        failure = EngineUnavailable(f"engine {engine.engine_id} is unavailable: {reason}")
+        for live in list(engine.calls.values()):
+            if live.failure is None:
+                live.failure = failure
+            live.scope.cancel()
+        engine.programs.clear()
+        unpinned = self.balancer.engine_failed(engine.engine_id)
+        if was_up and not self._closing:
+            log.warning(
+                "engine_down",
+                engine_id=engine.engine_id,
+                reason=reason,
+                calls_failed=len(engine.calls),
+                programs_unpinned=len(unpinned),
+            )
+
+    async def _watch(self) -> None:
+        """Health-check live engines and expire idle programs, every ``health_interval_s``."""
+        while True:
+            await anyio.sleep(self.config.health_interval_s)
+            async with anyio.create_task_group() as tg:
+                for engine in self._engines.values():
+                    if engine.up:
+                        tg.start_soon(self._check, engine)
+            for program_id in self.table.expire(time.monotonic()):
+                await self._forget_program(program_id)
+
+    async def _check(self, engine: _Engine) -> None:
+        try:
+            with anyio.fail_after(self.config.health_timeout_s):
+                await engine.backend.check_health()
+        except TimeoutError:
+            self._engine_down(
+                engine, f"health check timed out after {self.config.health_timeout_s:g}s"
+            )
+        except Exception as e:
+            self._engine_down(engine, f"health check failed: {_describe(e)}")
+
+    # -- routing -----------------------------------------------------------
+
+    def _route(self, request: GenerationRequest) -> _LiveCall:
+        if self._tg is None or self._closing:
+            raise EngineUnavailable("the router is not running")
+        if request.call_id in self._calls:
+            raise InvalidRequest(f"call {request.call_id!r} is already running", param="call_id")
+        now = time.monotonic()
+        tag = request.program
+        tokens = estimate_prompt_tokens(request, self.config.chars_per_token)
+        try:
+            engine_id = self.balancer.route(tag.program_id if tag else None, tokens, now)
+        except NoEngineAvailable:
+            reasons = "; ".join(f"{e.engine_id}: {e.reason}" for e in self._engines.values())
+            raise EngineUnavailable(f"no engine is available ({reasons})") from None
+        engine = self._engines[engine_id]
+        call = None
+        if tag is not None:
+            entry, record = self.table.call_started(
+                tag.program_id, request.call_id, tag.thread_id, now
+            )
+            call = Call(
+                request.call_id,
+                tag.program_id,
+                arrival=now,
+                prompt_tokens=tokens,
+                thread_id=tag.thread_id,
+                priority=request.priority,
+            )
+            call.start_value = self.policy.start_value(entry.service)
+            call.level = record.level = self.policy.entry_level(call.start_value, self._boundaries)
+        live = _LiveCall(request, engine, call, now)
+        self._calls[request.call_id] = live
+        engine.calls[request.call_id] = live
+        return live
+
+    def _request_for(self, live: _LiveCall) -> GenerationRequest:
+        """What the engine gets: program-unaware engines get the program's priority."""
+        request = live.request
+        if live.engine.backend.program_aware or live.call is None:
+            return request
+        if request.priority is not None and self.scheduler_config.honor_request_priority:
+            return request
+        return msgspec.structs.replace(request, priority=live.call.level)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        live = self._route(request)
+        assert self._tg is not None
+        send, receive = anyio.create_memory_object_stream[TokenEvent | EngineError](_STREAM_BUFFER)
+        self._tg.start_soon(self._pump, live, send)
+        outcome = "aborted"
+        try:
+            async with receive:
+                async for item in receive:
+                    if isinstance(item, EngineError):
+                        raise item
+                    self._account(live, item)
+                    yield item
+            if live.failure is not None:
+                raise live.failure
+            if not live.completed:
+                if not live.aborted:
+                    raise EngineUnavailable(
+                        f"engine {live.engine.engine_id} ended the call without finishing it"
+                    )
+                yield TokenEvent(call_id=request.call_id, finish_reason="abort")
+            outcome = "finished" if live.completed else "aborted"
+        finally:
+            live.scope.cancel()
+            # Return only once the engine call is closed, so its KV is free when the caller moves on.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
+                await live.done.wait()
+            self._retire(live, outcome)
+
+    async def _pump(
+        self, live: _LiveCall, send: MemoryObjectSendStream[TokenEvent | EngineError]
+    ) -> None:
+        """Move one call's events from its engine to the caller (in the router's task group,
+        so that an engine going down can stop it whatever the engine is doing)."""
+        try:
+            await self._pump_events(live, send)
+        finally:
+            live.done.set()
+
+    async def _pump_events(
+        self, live: _LiveCall, send: MemoryObjectSendStream[TokenEvent | EngineError]
+    ) -> None:
+        backend = live.engine.backend
+        tag = live.request.program
+        async with send:
+            with live.scope:
+                try:
+                    if tag is not None and tag.program_id not in live.engine.programs:
+                        live.engine.programs.add(tag.program_id)
+                        await backend.start_program(tag)
+                    events = backend.generate(self._request_for(live))
+                    try:
+                        async for event in events:
+                            await send.send(event)
+                        live.completed = True
+                    finally:
+                        with anyio.CancelScope(shield=True):
+                            await events.aclose()  # type: ignore[attr-defined]
+                except EngineUnavailable as e:
+                    live.failure = live.failure or e
+                    if live.engine.up:  # a call saw it first: check the engine now
+                        self._tg_start(self._check, live.engine)
+                except EngineError as e:
+                    await send.send(e)
+                except Exception as e:
+                    log.exception(
+                        "engine_call_failed",
+                        engine_id=backend.engine_id,
+                        call_id=live.request.call_id,
+                    )
+                    await send.send(
+                        EngineError(f"engine {backend.engine_id} failed: {_describe(e)}")
+                    )
+
+    def _tg_start(self, func: Any, *args: Any) -> None:
+        if self._tg is not None and not self._closing:
+            self._tg.start_soon(func, *args)
+
+    def _account(self, live: _LiveCall, event: TokenEvent) -> None:
+        if event.timings is not None:
+            live.model_time += event.timings.model_time
+            live.queue_time += event.timings.queue_time
+        if event.usage is not None:
+            live.tokens += (
+                event.usage.prompt_tokens
+                - event.usage.cached_tokens
+                + event.usage.completion_tokens
+            )
+
+    def _retire(self, live: _LiveCall, outcome: str) -> None:
+        """The call left: release its engine slot and charge its program (PLAS/ATLAS rule)."""
+        now = time.monotonic()
+        call_id = live.request.call_id
+        self._calls.pop(call_id, None)
+        live.engine.calls.pop(call_id, None)
+        self.balancer.release(live.engine.engine_id)
+        call = live.call
+        if call is None:
+            return
+        if self.scheduler_config.service_unit == "tokens":
+            call.service = float(live.tokens)
+        else:  # engines that do not report model time: the call's time on the engine
+            call.service = live.model_time or (now - live.dispatched)
+        entry = self.table.get(call.program_id)
+        if entry is None:
+            return
+        record = entry.live.get(call_id)
+        if record is not None:
+            record.service = call.service
+            record.wait = live.queue_time
+            record.level = call.level
+        entry.service = self.policy.updated_service(entry.service, call)
+        self.table.call_ended(
+            call.program_id, call_id, now, "finished" if outcome == "finished" else "aborted"
+        )
+
+    async def abort(self, call_id: str) -> None:
+        live = self._calls.get(call_id)
+        if live is not None:
+            live.aborted = True
+            live.scope.cancel()
+            await live.engine.backend.abort(call_id)
+
+    # -- programs ----------------------------------------------------------
+
+    async def start_program(self, tag: ProgramTag) -> None:
+        self.table.start(tag.program_id, time.monotonic())
+
+    async def end_program(self, program_id: str) -> None:
+        self.table.end(program_id, time.monotonic())
+        await self._forget_program(program_id)
+
+    async def _forget_program(self, program_id: str) -> None:
+        """Tell the engines that saw the program that it is over."""
+        for engine in self._engines.values():
+            if program_id in engine.programs:
+                engine.programs.discard(program_id)
+                try:
+                    await engine.backend.end_program(program_id)
+                except Exception as e:
+                    log.warning(
+                        "end_program_failed", engine_id=engine.engine_id, error=_describe(e)
+                    )
+
+    # -- introspection -----------------------------------------------------
+
+    def engines(self) -> list[EngineStatus]:
+        return [
+            EngineStatus(
+                engine_id=e.engine_id,
+                up=e.up,
+                reason=e.reason,
+                live_calls=len(e.calls),
+                restarts=e.restarts,
+            )
+            for e in self._engines.values()
+        ]
+
+    def stats(self) -> EngineStats:
+        """The sum over live engines (ratios weighted by their KV pools)."""
+        total = EngineStats()
+        hit_rates: list[float] = []
+        for engine in self._engines.values():
+            if not engine.up:
+                continue
+            s = engine.backend.stats()
+            for name in (
+                "running",
+                "waiting",
+                "swapped",
+                "kv_blocks_total",
+                "kv_blocks_used",
+                "preemptions_swap",
+                "preemptions_recompute",
+                "steps",
+                "generated_tokens",
+            ):
+                setattr(total, name, getattr(total, name) + getattr(s, name))
+            levels = total.calls_per_level
+            levels.extend([0] * (len(s.calls_per_level) - len(levels)))
+            for level, count in enumerate(s.calls_per_level):
+                levels[level] += count
+            hit_rates.append(s.prefix_hit_rate)
+        if total.kv_blocks_total:
+            total.kv_usage = total.kv_blocks_used / total.kv_blocks_total
+        if hit_rates:
+            total.prefix_hit_rate = sum(hit_rates) / len(hit_rates)
+        return total
+
+    def models(self) -> list[ModelInfo]:
+        """The models of the live engines, each id once."""
+        seen: dict[str, ModelInfo] = {}
+        for engine in self._engines.values():
+            if engine.up:
+                for model in engine.backend.models():
+                    seen.setdefault(model.id, model)
+        return list(seen.values())
+
+
+def _describe(exc: BaseException) -> str:
+    """A readable one-line reason, unwrapping exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return str(exc) or type(exc).__name__
