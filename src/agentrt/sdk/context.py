@@ -1,0 +1,325 @@
+"""Where the current program lives: one ContextVar, and the fork bookkeeping of its DAG.
+
+The ContextVar holds a :class:`Binding`: which *strand* (thread of the
+program) the code runs in, and who owns that binding (the OS thread and, under
+asyncio, the task that installed it). asyncio and anyio copy the context into
+every task they start, and the SDK's instrumentation copies it into threads;
+so a binding can show up in code that runs concurrently with its owner. Every
+SDK entry point calls :func:`resolve`, which notices that case and *forks*: a
+new strand with its own thread id, whose first call's parent is the call the
+owner had made when the context was copied (the binding is replaced after
+every call, so a copied context keeps the value of its moment). Nothing is
+patched to make this work for tasks: comparing owners is enough.
+
+All per-call work here is a few attribute reads; see ``agentrt bench sdk``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+import weakref
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from agentrt.protocol.headers import format_headers
+from agentrt.sdk.ids import uuid7
+
+if TYPE_CHECKING:
+    from agentrt.sdk.lifecycle import ServerEntry
+
+_current_thread = threading.current_thread
+_running_loop = asyncio._get_running_loop
+_current_task = asyncio.current_task
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramContext:
+    """The program the calling code runs in, as :func:`agentrt.current_program` reports it."""
+
+    program_id: str
+    thread_id: str
+    # The call the next LLM call of this thread will follow (None before the first).
+    parent_call_id: str | None
+    tenant: str | None
+    name: str | None
+
+
+class ProgramRecord:
+    """One program as this process sees it, shared by all of its strands."""
+
+    __slots__ = (
+        "_thread_counter",
+        "_thread_prefix",
+        "ended",
+        "interrupt_seconds",
+        "lock",
+        "metadata",
+        "name",
+        "owns_lifecycle",
+        "program_id",
+        "servers",
+        "started_at",
+        "tenant",
+    )
+
+    def __init__(
+        self,
+        *,
+        program_id: str | None = None,
+        name: str | None = None,
+        tenant: str | None = None,
+        metadata: dict[str, str] | None = None,
+        owns_lifecycle: bool = True,
+        thread_prefix: str = "",
+    ) -> None:
+        self.program_id = program_id or uuid7()
+        self.name = name
+        self.tenant = tenant
+        self.metadata = metadata or {}
+        # False for a program adopted from incoming headers: its owner ends it elsewhere.
+        self.owns_lifecycle = owns_lifecycle
+        self.started_at = time.time()
+        self.lock = threading.Lock()
+        self._thread_prefix = thread_prefix
+        self._thread_counter = itertools.count()
+        self.interrupt_seconds = 0.0
+        self.servers: dict[str, ServerEntry] = {}
+        self.ended = False
+
+    def new_thread_id(self) -> str:
+        with self.lock:
+            n = next(self._thread_counter)
+        return f"{self._thread_prefix}{n}"
+
+    def add_interrupt(self, seconds: float) -> None:
+        with self.lock:
+            self.interrupt_seconds += seconds
+
+
+class Strand:
+    """One thread of a program: the chain of its calls. Only its owner mutates it."""
+
+    __slots__ = (
+        "calls",
+        "forked_from",
+        "last_call_id",
+        "pending_interrupt",
+        "record",
+        "thread_id",
+        "tool_depth",
+    )
+
+    def __init__(
+        self, record: ProgramRecord, thread_id: str, forked_from: str | None = None
+    ) -> None:
+        self.record = record
+        self.thread_id = thread_id
+        self.forked_from = forked_from  # the call this strand forked after
+        self.last_call_id = forked_from  # parent of the strand's next call
+        self.pending_interrupt = 0.0  # tool seconds since the strand's last call
+        self.tool_depth = 0
+        self.calls = 0
+
+
+_Ref = weakref.ReferenceType
+
+
+class Binding:
+    """What the ContextVar holds: a strand, its owner, and the fork point for copies."""
+
+    __slots__ = (
+        "branch_last",
+        "branching",
+        "claimed",
+        "continuation",
+        "fork_point",
+        "strand",
+        "task_ref",
+        "thread_ref",
+    )
+
+    def __init__(
+        self,
+        strand: Strand,
+        thread_ref: _Ref[threading.Thread] | None,
+        task_ref: _Ref[asyncio.Task[object]] | None,
+        fork_point: str | None,
+        branching: bool = False,
+    ) -> None:
+        self.strand = strand
+        # None: an unowned binding (adopted from headers); the first code to use it claims it.
+        self.thread_ref = thread_ref
+        self.task_ref = task_ref
+        self.fork_point = fork_point  # the strand's last call when this binding was set
+        self.branching = branching  # inside agentrt.parallel(): each call is its own branch
+        self.branch_last: str | None = None
+        self.claimed = False
+        # The task that continues a sync owner's strand (asyncio.run inside a program).
+        self.continuation: _Ref[asyncio.Task[object]] | None = None
+
+
+_BINDING: ContextVar[Binding | None] = ContextVar("agentrt_program", default=None)
+_claim_lock = threading.Lock()
+
+
+def _owner() -> tuple[threading.Thread, asyncio.Task[object] | None]:
+    loop = _running_loop()
+    return _current_thread(), (_current_task(loop) if loop is not None else None)
+
+
+def _refs(
+    thread: threading.Thread, task: asyncio.Task[object] | None
+) -> tuple[_Ref[threading.Thread], _Ref[asyncio.Task[object]] | None]:
+    return weakref.ref(thread), (weakref.ref(task) if task is not None else None)
+
+
+def install(binding: Binding) -> Token[Binding | None]:
+    """Make ``binding`` current in this context; the token restores the previous one."""
+    return _BINDING.set(binding)
+
+
+def restore(token: Token[Binding | None], previous: Binding | None) -> None:
+    """Undo :func:`install` (also from a context other than the one that installed it)."""
+    try:
+        _BINDING.reset(token)
+    except ValueError:
+        _BINDING.set(previous)
+
+
+def peek() -> Binding | None:
+    """The binding in this context, as it is (no fork check)."""
+    return _BINDING.get()
+
+
+def new_binding(strand: Strand, *, owned: bool = True, branching: bool = False) -> Binding:
+    """A binding for ``strand`` owned by the calling thread/task (or unowned: claimed on first use)."""
+    if not owned:
+        return Binding(strand, None, None, strand.last_call_id)
+    thread_ref, task_ref = _refs(*_owner())
+    return Binding(strand, thread_ref, task_ref, strand.last_call_id, branching)
+
+
+def resolve() -> Binding | None:
+    """The binding the calling code should use: forks first if it runs outside the owner."""
+    b = _BINDING.get()
+    if b is None:
+        return None
+    thread_ref = b.thread_ref
+    if thread_ref is not None and thread_ref() is _current_thread():
+        loop = _running_loop()
+        task = _current_task(loop) if loop is not None else None
+        task_ref = b.task_ref
+        if (task is None and task_ref is None) or (task_ref is not None and task_ref() is task):
+            if b.fork_point is not b.strand.last_call_id and not b.branching:
+                # The strand moved on in another context (a continuation): refresh the snapshot.
+                b = _advance(b)
+            return b
+    return _rebind(b)
+
+
+def _rebind(b: Binding) -> Binding:
+    thread, task = _owner()
+    strand = b.strand
+    if b.thread_ref is None:
+        # Adopted from headers: the first user continues the caller's thread; later ones fork.
+        with _claim_lock:
+            first = not b.claimed
+            b.claimed = True
+        if first:
+            nb = Binding(strand, *_refs(thread, task), strand.last_call_id)
+            _BINDING.set(nb)
+            return nb
+    elif task is not None and b.task_ref is None and b.thread_ref() is thread:
+        # An event loop run from the owner's own sync code (asyncio.run inside a program):
+        # the owner is blocked on it, so the first task to use the SDK continues its strand.
+        claimed = b.continuation() if b.continuation is not None else None
+        if claimed is None or claimed is task:
+            b.continuation = weakref.ref(task)
+            nb = Binding(strand, *_refs(thread, task), strand.last_call_id)
+            _BINDING.set(nb)
+            return nb
+    record = strand.record
+    forked = Strand(record, record.new_thread_id(), forked_from=b.fork_point)
+    nb = Binding(forked, *_refs(thread, task), b.fork_point)
+    _BINDING.set(nb)
+    return nb
+
+
+def _advance(b: Binding) -> Binding:
+    nb = Binding(b.strand, b.thread_ref, b.task_ref, b.strand.last_call_id)
+    _BINDING.set(nb)
+    return nb
+
+
+def begin_call() -> tuple[ProgramRecord, dict[str, str]] | None:
+    """Start an LLM call from the calling code: a fresh call id and the headers it travels with.
+
+    The call id becomes the parent of the strand's next call; the strand's
+    pending tool time is handed over (and reset). None outside any program.
+    """
+    b = resolve()
+    if b is None:
+        return None
+    strand = b.strand
+    record = strand.record
+    call_id = uuid7()
+    if b.branching:
+        thread_id = record.new_thread_id()
+        parent = b.fork_point
+        b.branch_last = call_id
+    else:
+        thread_id = strand.thread_id
+        parent = strand.last_call_id
+        strand.last_call_id = call_id
+        _BINDING.set(Binding(strand, b.thread_ref, b.task_ref, call_id))
+    strand.calls += 1
+    interrupt = strand.pending_interrupt
+    strand.pending_interrupt = 0.0
+    headers = format_headers(
+        program_id=record.program_id,
+        thread_id=thread_id,
+        parent_call_id=parent,
+        call_id=call_id,
+        program_name=record.name,
+        interrupt_seconds=interrupt,
+    )
+    return record, headers
+
+
+def propagation_headers() -> dict[str, str]:
+    """Headers that carry the current program across HTTP (no call id: not an LLM call).
+
+    Empty outside any program. A server that receives them (through
+    :class:`agentrt.ProgramContextMiddleware`) continues the caller's thread.
+    """
+    b = resolve()
+    if b is None:
+        return {}
+    strand = b.strand
+    record = strand.record
+    return format_headers(
+        program_id=record.program_id,
+        thread_id=strand.thread_id,
+        parent_call_id=b.fork_point if b.branching else strand.last_call_id,
+        program_name=record.name,
+    )
+
+
+def current_program() -> ProgramContext | None:
+    """The program the calling code runs in (its thread, and the parent of its next call)."""
+    b = resolve()
+    if b is None:
+        return None
+    strand = b.strand
+    record = strand.record
+    return ProgramContext(
+        program_id=record.program_id,
+        thread_id=strand.thread_id,
+        parent_call_id=b.fork_point if b.branching else strand.last_call_id,
+        tenant=record.tenant,
+        name=record.name,
+    )

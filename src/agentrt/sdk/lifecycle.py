@@ -1,0 +1,153 @@
+"""Telling servers when a program starts and ends (``POST``/``DELETE {base_url}/programs``).
+
+A ``@program`` does not know which clients it will use, so the first LLM call
+of a program through an agentrt client announces the program to that client's
+server (once per program per base URL), and the end of the outermost program
+ends it on every server that saw it. Servers without the endpoints (404/405
+on the announcement) are remembered for the life of the process and never
+asked again. Nothing here raises into user code: failures are logged, and a
+server ends idle programs by itself anyway.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from typing import Protocol
+
+import msgspec
+
+from agentrt.log import get_logger
+from agentrt.protocol.programs import ProgramStart
+from agentrt.sdk.context import ProgramRecord
+
+_log = get_logger("agentrt.sdk.lifecycle")
+
+
+class Outcome(enum.Enum):
+    """How a server answered a lifecycle request."""
+
+    OK = "ok"
+    UNSUPPORTED = "unsupported"  # 404/405 on the announcement: no /programs endpoints
+    NOT_FOUND = "not_found"  # 404 when ending: the server had already forgotten the program
+    FAILED = "failed"  # network error, timeout, 5xx, ...
+
+
+class ProgramServer(Protocol):
+    """A client that can end programs on its server (both agentrt clients are)."""
+
+    def _agentrt_end_program_sync(self, program_id: str) -> tuple[Outcome, str]: ...
+
+    async def _agentrt_end_program_async(self, program_id: str) -> tuple[Outcome, str]: ...
+
+
+class ServerEntry:
+    """One server a program was announced to, and the client that reaches it."""
+
+    __slots__ = ("client", "key", "outcome")
+
+    def __init__(self, key: str, client: ProgramServer) -> None:
+        self.key = key
+        self.client = client
+        self.outcome: Outcome | None = None  # None while the announcement is in flight
+
+
+_unsupported_lock = threading.Lock()
+_unsupported_servers: set[str] = set()
+
+
+def server_supports_programs(key: str) -> bool:
+    return key not in _unsupported_servers
+
+
+def forget_unsupported_servers() -> None:
+    """Ask every server again (e.g. after a server was upgraded in place)."""
+    with _unsupported_lock:
+        _unsupported_servers.clear()
+
+
+def claim_announcement(record: ProgramRecord, key: str, client: ProgramServer) -> bool:
+    """True for exactly one caller per program and server: that caller sends the POST."""
+    if key in record.servers or not record.owns_lifecycle or record.ended:
+        return False
+    if key in _unsupported_servers:
+        return False
+    with record.lock:
+        if key in record.servers or record.ended:
+            return False
+        record.servers[key] = ServerEntry(key, client)
+    return True
+
+
+def start_body(record: ProgramRecord) -> dict[str, object]:
+    """The JSON body of the announcement."""
+    start = ProgramStart(
+        program_id=record.program_id,
+        name=record.name,
+        tenant=record.tenant,
+        started_at=record.started_at,
+        metadata=record.metadata,
+    )
+    body: dict[str, object] = msgspec.to_builtins(start)
+    return body
+
+
+def note_announcement(record: ProgramRecord, key: str, outcome: Outcome, detail: str) -> None:
+    """Record how the announcement went (and remember servers without the endpoints)."""
+    entry = record.servers.get(key)
+    if entry is not None:
+        entry.outcome = outcome
+    if outcome is Outcome.UNSUPPORTED:
+        with _unsupported_lock:
+            _unsupported_servers.add(key)
+        _log.info("server has no program endpoints; not asking it again", server=key, detail=detail)
+    elif outcome is Outcome.FAILED:
+        _log.warning(
+            "could not announce program", program_id=record.program_id, server=key, detail=detail
+        )
+
+
+def _servers_to_end(record: ProgramRecord) -> list[ServerEntry]:
+    with record.lock:
+        if record.ended:
+            return []
+        record.ended = True
+        entries = list(record.servers.values())
+    # A failed announcement may still have left the program on the server (its calls
+    # create it), so it is ended too; servers without the endpoints are not.
+    return [
+        e
+        for e in entries
+        if e.outcome is not Outcome.UNSUPPORTED and server_supports_programs(e.key)
+    ]
+
+
+def _note_end(record: ProgramRecord, entry: ServerEntry, outcome: Outcome, detail: str) -> None:
+    if outcome is Outcome.FAILED:
+        _log.warning(
+            "could not end program", program_id=record.program_id, server=entry.key, detail=detail
+        )
+    else:
+        _log.debug(
+            "program ended", program_id=record.program_id, server=entry.key, outcome=outcome.value
+        )
+
+
+def end_program_sync(record: ProgramRecord) -> None:
+    """End ``record`` on every server that saw it (blocking, bounded by each client's timeout)."""
+    for entry in _servers_to_end(record):
+        try:
+            outcome, detail = entry.client._agentrt_end_program_sync(record.program_id)
+        except Exception as exc:  # a client must never break the user's program
+            outcome, detail = Outcome.FAILED, repr(exc)
+        _note_end(record, entry, outcome, detail)
+
+
+async def end_program_async(record: ProgramRecord) -> None:
+    """End ``record`` on every server that saw it (awaits; the caller shields it from cancellation)."""
+    for entry in _servers_to_end(record):
+        try:
+            outcome, detail = await entry.client._agentrt_end_program_async(record.program_id)
+        except Exception as exc:
+            outcome, detail = Outcome.FAILED, repr(exc)
+        _note_end(record, entry, outcome, detail)

@@ -1,0 +1,44 @@
+"""Program and call ids: UUIDv7, unique, ordered by creation time."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from agentrt.sdk.ids import short_token, uuid7
+
+
+def test_ids_are_valid_version_7_uuids() -> None:
+    for _ in range(100):
+        parsed = uuid.UUID(uuid7())
+        assert parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+
+
+def test_ids_carry_the_creation_time_in_milliseconds() -> None:
+    before = time.time_ns() // 1_000_000
+    value = uuid.UUID(uuid7()).int >> 80
+    after = time.time_ns() // 1_000_000
+    assert before <= value <= after
+
+
+def test_ids_from_later_milliseconds_sort_after_earlier_ones() -> None:
+    first = uuid7()
+    start = time.monotonic_ns()
+    while time.monotonic_ns() - start < 2_000_000:  # let at least one millisecond pass
+        pass
+    assert uuid7() > first
+
+
+def test_ids_are_unique_across_threads() -> None:
+    with ThreadPoolExecutor(8) as pool:
+        batches = list(pool.map(lambda _: [uuid7() for _ in range(2000)], range(8)))
+    flat = [i for batch in batches for i in batch]
+    assert len(set(flat)) == len(flat)
+
+
+def test_short_tokens_are_eight_hex_characters() -> None:
+    token = short_token()
+    assert len(token) == 8
+    int(token, 16)
