@@ -1,0 +1,160 @@
+"""ReAct agent over real BFCL multi-turn tasks: think, call a tool, observe, repeat.
+
+Each user turn of a BFCL task gets up to ``max_steps`` LLM calls. The model
+answers ``Action: {"name": ..., "arguments": {...}}`` to call a tool or
+``Final Answer: ...`` to end the turn; servers that return native
+``tool_calls`` work too. Tools run in the simulated environment of
+:mod:`agents.bfcl_env` through an ``@agentrt.tool`` function, so their time
+counts as the program's interruption, not its service. Anything the model
+writes is handled: an unparseable reply gets an observation saying so and
+the step budget bounds the turn.
+
+Run it alone::
+
+    python -m agents.react --base-url http://localhost:8000/v1 --task 3
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import agentrt
+from agentrt.datasets import BfclTask, load_bfcl_tasks
+from agents.bfcl_env import Environment
+from agents.llm import LLM, ToolCall
+
+SYSTEM = """You are an assistant that completes the user's requests by calling functions.
+To call a function, reply with exactly one line:
+Action: {"name": "<function name>", "arguments": {<arguments as JSON>}}
+You will then see an Observation with the result. When the request is done, reply:
+Final Answer: <one sentence saying what you did>
+
+Functions:
+"""
+
+
+@dataclass(frozen=True)
+class ReactConfig:
+    max_steps: int = 4  # LLM calls per user turn
+    max_tokens: int = 64  # per call (BFCL calls decode ~34 tokens on average)
+    tool_latency_scale: float = 1.0
+    native_tools: bool = False  # also send the OpenAI ``tools`` list (servers that parse tool calls)
+
+
+def describe(doc: dict[str, Any]) -> str:
+    """One compact line per function, as ReAct prompts list their tools."""
+    props = doc.get("parameters", {}).get("properties", {})
+    required = set(doc.get("parameters", {}).get("required", []))
+    params = ", ".join(f"{k}{'' if k in required else '?'}: {v.get('type', 'any')}" for k, v in props.items())
+    summary = doc.get("description", "").split("Tool description:")[-1].strip()
+    return f"- {doc['name']}({params}): {summary[:160]}"
+
+
+def parse_actions(text: str) -> list[ToolCall]:
+    """Tool calls written in the reply text: JSON objects with a ``name`` after ``Action:`` (or bare)."""
+    decoder = json.JSONDecoder()
+    calls: list[ToolCall] = []
+    pos = 0
+    while (start := text.find("{", pos)) != -1:
+        try:
+            obj, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            pos = start + 1
+            continue
+        pos = end
+        if isinstance(obj, dict) and isinstance(obj.get("name"), str):
+            args = obj.get("arguments", obj.get("parameters", {}))
+            calls.append(ToolCall(name=obj["name"], arguments=args if isinstance(args, str) else json.dumps(args)))
+    return calls
+
+
+def decode_arguments(raw: str) -> Any:
+    """The model's argument string as JSON; anything else becomes an error observation later."""
+    try:
+        return json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError:
+        return None
+
+
+@agentrt.tool
+def run_tool(env: Environment, llm: LLM, call: ToolCall) -> str:
+    """Execute one tool call in the simulated environment (the program's interruption time)."""
+    with llm.trace.tool(call.name):
+        return env.execute(call.name, decode_arguments(call.arguments))
+
+
+@agentrt.program
+def solve(task: BfclTask, llm: LLM, config: ReactConfig = ReactConfig(), seed: int = 0) -> list[str]:
+    """Work through every user turn of ``task``; return the final answer of each turn."""
+    env = Environment(task, latency_scale=config.tool_latency_scale, seed=seed)
+    tools = env.tools() if config.native_tools else None
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": SYSTEM + "\n".join(describe(d) for d in env.docs)}
+    ]
+    answers: list[str] = []
+    for turn in task.turns:
+        messages.extend({"role": m.get("role", "user"), "content": m.get("content", "")} for m in turn)
+        answers.append(_run_turn(env, llm, messages, tools, config))
+    return answers
+
+
+def _run_turn(
+    env: Environment, llm: LLM, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, config: ReactConfig
+) -> str:
+    for _ in range(config.max_steps):
+        reply = llm.chat(messages, max_tokens=config.max_tokens, tools=tools)
+        if reply.tool_calls:  # the server parsed a native function call
+            messages.append({
+                "role": "assistant",
+                "content": reply.text or None,
+                "tool_calls": [
+                    {"id": c.id or f"call_{i}", "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for i, c in enumerate(reply.tool_calls)
+                ],
+            })
+            for i, call in enumerate(reply.tool_calls):
+                result = run_tool(env, llm, call)
+                messages.append({"role": "tool", "tool_call_id": call.id or f"call_{i}", "content": result})
+            continue
+        messages.append({"role": "assistant", "content": reply.text})
+        if "Final Answer:" in reply.text:
+            return reply.text.split("Final Answer:", 1)[1].strip()
+        actions = parse_actions(reply.text)
+        if not actions:
+            messages.append({
+                "role": "user",
+                "content": "Observation: no Action found. Reply with an Action line or a Final Answer.",
+            })
+            continue
+        observations = [f"Observation ({a.name}): {run_tool(env, llm, a)}" for a in actions[:3]]
+        messages.append({"role": "user", "content": "\n".join(observations)})
+    return ""  # the step budget ran out: the turn ends without an answer
+
+
+def load_tasks(count: int, seed: int) -> list[BfclTask]:
+    """``count`` BFCL multi-turn base tasks drawn with ``seed`` (with replacement past 200)."""
+    tasks = load_bfcl_tasks(("base",))
+    rng = random.Random(seed)
+    return [rng.choice(tasks) for _ in range(count)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from agents.runner import agent_arguments, run_agent
+
+    parser = agent_arguments(__doc__ or "")
+    parser.add_argument("--task", type=int, default=0, help="index of the BFCL multi-turn base task")
+    parser.add_argument("--max-steps", type=int, default=ReactConfig.max_steps)
+    args = parser.parse_args(argv)
+    task = load_bfcl_tasks(("base",))[args.task]
+    config = ReactConfig(max_steps=args.max_steps)
+    answers = run_agent(args, lambda llm: solve(task, llm, config, seed=args.seed))
+    for i, (turn, answer) in enumerate(zip(task.turns, answers, strict=True)):
+        print(f"[turn {i}] {turn[0]['content'] if turn else ''}\n  -> {answer or '(no final answer)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
