@@ -1,0 +1,201 @@
+"""``agentrt bench compare``: several systems, the same seeded agent workload, one command.
+
+Starts ``agentrt serve`` once per ``--policies`` entry (on a free loopback
+port, one at a time so that they do not share the CPU), adds any
+``--external NAME=URL[#MODEL]`` server (vLLM, SGLang, ``transformers serve``,
+llama.cpp's server), runs the same rate sweep against each, and reports each
+system's throughput at equal mean latency as a ratio against the first
+system (Autellix's headline metric), with p95 latency at the baseline's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from agentrt.bench.program_metrics import AtLatency, interpolate, rate_at_latency
+from agentrt.bench.serve import BenchResult, SystemResult, add_workload_arguments, validate
+from agentrt.log import get_logger
+
+log = get_logger(__name__)
+
+POLICIES = ("fcfs", "las", "mlfq", "plas", "atlas")
+
+
+class ComparisonRow(msgspec.Struct, kw_only=True):
+    label: str
+    rate_at_target: AtLatency
+    ratio: float | None  # throughput at the target / the baseline's; None when undefined
+    ratio_bound: str  # "=", ">=" (this system met the target at every swept rate), "<=", "?"
+    mean_at_baseline_rate: float
+    p95_at_baseline_rate: float
+
+
+class Comparison(msgspec.Struct, kw_only=True):
+    baseline: str
+    latency_target: float
+    rows: list[ComparisonRow]
+
+
+def parse_external(text: str) -> tuple[str, str, str]:
+    """``NAME=URL[#MODEL]`` -> (name, url, model)."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"expected NAME=URL[#MODEL] with an http(s) URL, got {text!r}")
+    url, _, model = rest.partition("#")
+    return name, url, model
+
+
+def parse_policies(text: str) -> list[str]:
+    policies = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown policies {unknown}; expected some of {', '.join(POLICIES)}")
+    return policies
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policies", type=parse_policies, default=["fcfs", "mlfq", "plas", "atlas"],
+                        help="agentrt servers to start, one per scheduling policy (comma list; '' for none)")
+    parser.add_argument("--external", type=parse_external, action="append", default=[], metavar="NAME=URL[#MODEL]",
+                        help="an external OpenAI-compatible server (repeatable)")
+    parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for every `agentrt serve` (repeatable), e.g. --serve-arg=--max-num-seqs=32")
+    parser.add_argument("--model", default=None, help="model name to request (default: each server's first)")
+    parser.add_argument("--latency-target", type=float, default=None,
+                        help="mean program latency (s) at which throughputs are compared "
+                        "(default: the baseline's mean latency at the middle swept rate)")
+    parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for a server's /health")
+    add_workload_arguments(parser)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def agentrt_server(policy: str, extra_args: list[str], startup_timeout: float) -> Iterator[str]:
+    """Run ``agentrt serve --scheduling-policy POLICY`` on a free loopback port; yield its base URL."""
+    import httpx
+
+    port = free_port()
+    command = [sys.executable, "-m", "agentrt.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+               "--scheduling-policy", policy, *extra_args]
+    log_file = tempfile.NamedTemporaryFile(prefix=f"agentrt-serve-{policy}-", suffix=".log", delete=False)  # noqa: SIM115
+    log.info("starting server", policy=policy, port=port, log=log_file.name)
+    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ})
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"agentrt serve ({policy}) exited with {process.returncode}:\n{_tail(log_file.name)}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"agentrt serve ({policy}) not healthy after {startup_timeout:.0f} s:\n{_tail(log_file.name)}")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log_file.close()
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+
+
+def compare(systems: list[SystemResult], latency_target: float | None) -> Comparison:
+    """Throughput at equal mean latency of every system against the first."""
+    base = systems[0]
+    base_points = [(r.rate, r.latency.mean) for r in base.runs]
+    if latency_target is None:
+        middle = base.runs[len(base.runs) // 2]
+        latency_target = middle.latency.mean
+    base_at = rate_at_latency(base_points, latency_target)
+    rows = []
+    for system in systems:
+        at = rate_at_latency([(r.rate, r.latency.mean) for r in system.runs], latency_target)
+        ratio: float | None = None
+        bound = "?"
+        if base_at.bound != "<" and base_at.rate > 0 and at.bound != "<":
+            ratio = at.rate / base_at.rate
+            bound = {("=", "="): "=", (">=", "="): ">=", ("=", ">="): "<=", (">=", ">="): "?"}[(at.bound, base_at.bound)]
+        rows.append(ComparisonRow(
+            label=system.label, rate_at_target=at, ratio=ratio, ratio_bound=bound,
+            mean_at_baseline_rate=interpolate([(r.rate, r.latency.mean) for r in system.runs], base_at.rate),
+            p95_at_baseline_rate=interpolate([(r.rate, r.latency.p95) for r in system.runs], base_at.rate),
+        ))
+    return Comparison(baseline=base.label, latency_target=latency_target, rows=rows)
+
+
+def print_comparison(console: Any, comparison: Comparison) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"throughput at equal mean program latency ({comparison.latency_target:.1f} s), "
+                  f"against {comparison.baseline}")
+    for column in ("system", "programs/s at target", "ratio", "mean at baseline's rate", "p95 at baseline's rate"):
+        table.add_column(column, justify="left" if column == "system" else "right")
+    for row in comparison.rows:
+        ratio = "n/a" if row.ratio is None else f"{'' if row.ratio_bound == '=' else row.ratio_bound}{row.ratio:.2f}x"
+        table.add_row(row.label, str(row.rate_at_target), ratio,
+                      "-" if math.isnan(row.mean_at_baseline_rate) else f"{row.mean_at_baseline_rate:.1f}",
+                      "-" if math.isnan(row.p95_at_baseline_rate) else f"{row.p95_at_baseline_rate:.1f}")
+    console.print(table)
+
+
+def run(args: argparse.Namespace) -> int:
+    import anyio
+    from rich.console import Console
+
+    from agentrt.bench.load import Target
+    from agentrt.bench.serve import sweep_target, write_outputs
+    from agentrt.bench.serve_report import Progress, print_runs
+
+    console = Console()
+    problem = validate(args)
+    if problem is None and not args.policies and not args.external:
+        problem = "nothing to compare: give --policies and/or --external"
+    if problem:
+        console.print(f"[red]error:[/red] {problem}")
+        return 2
+    extra = {"ignore_eos": True} if args.ignore_eos else {}
+    systems: list[SystemResult] = []
+    with Progress(enabled=not args.no_progress) as progress:
+        for policy in args.policies:
+            with agentrt_server(policy, args.serve_arg, args.startup_timeout) as url:
+                target = Target(label=f"agentrt/{policy}", base_url=url, model=args.model or "", extra_body=extra)
+                systems.append(anyio.run(sweep_target, target, args, progress))
+        for name, url, model in args.external:
+            target = Target(label=name, base_url=url, model=model or args.model or "", extra_body=extra)
+            systems.append(anyio.run(sweep_target, target, args, progress))
+    comparison = compare(systems, args.latency_target)
+    result = BenchResult(command=sys.argv, workload=args.workload,
+                         seed=args.seed, num_programs=args.num_programs, duration=args.duration,
+                         systems=systems, comparison=comparison)
+    print_runs(console, systems)
+    print_comparison(console, comparison)
+    write_outputs(result, args, console)
+    return 0 if all(r.errors == 0 for s in systems for r in s.runs) else 1

@@ -1,0 +1,219 @@
+"""Driving a server with agent programs: Poisson arrivals, one program per arrival, traced.
+
+Every program of a run is drawn up front from the seeded workload, and its
+arrival time comes from one seeded sequence of exponential gaps scaled by
+the rate, so two systems (or two rates) see the same programs in the same
+order. Programs run concurrently on one ``agentrt.OpenAI`` / ``AsyncOpenAI``
+pair; synchronous programs run in worker threads. A program that raises is
+recorded with its error and the run goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+
+from agentrt.bench.program_metrics import (
+    CallStats,
+    ProgramResult,
+    RunSummary,
+    ServerCounters,
+    covered,
+    summarise,
+)
+from agentrt.log import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Target:
+    """One system under test: an OpenAI-compatible base URL and the model to ask for."""
+
+    label: str
+    base_url: str
+    model: str = ""
+    api_key: str = "EMPTY"
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    http_client: Any = None  # an httpx.Client for in-process servers
+    async_http_client: Any = None
+
+
+def unit_arrivals(count: int, seed: int) -> list[float]:
+    """Arrival times of a rate-1 Poisson process (divide by the rate to get seconds)."""
+    rng = random.Random(seed)
+    t, times = 0.0, []
+    for _ in range(count):
+        times.append(t)
+        t += rng.expovariate(1.0)
+    return times
+
+
+def programs_for(duration: float | None, num_programs: int | None, rate: float, seed: int) -> int:
+    """How many programs a run at ``rate`` has: all arrivals before ``duration``, at most ``num_programs``."""
+    if duration is None:
+        return num_programs or 0
+    cap = num_programs or 1_000_000
+    times = unit_arrivals(min(cap, int(duration * rate * 3) + 20), seed)
+    return sum(1 for t in times[:cap] if t / rate < duration)
+
+
+def program_result(index: int, workload: str, arrival: float, start: float, end: float, trace: Any,
+                   error: str | None) -> ProgramResult:
+    """Reduce one program's trace to the figures the report needs."""
+    latency = end - start
+    active = [(c.first_token, c.end) for c in trace.calls if c.first_token is not None]
+    active += [(t.start, t.end) for t in trace.tools]
+    wait = 1.0 - covered(active) / latency if latency > 0 else 0.0
+    calls = [
+        CallStats(
+            ttft=c.ttft,
+            itl=sum(c.inter_token) / len(c.inter_token) if c.inter_token else None,
+            prompt_tokens=c.prompt_tokens,
+            completion_tokens=c.completion_tokens,
+        )
+        for c in trace.calls
+        if c.error is None
+    ]
+    return ProgramResult(
+        index=index,
+        workload=workload,
+        arrival=arrival,
+        latency=latency,
+        completion_tokens=trace.completion_tokens,
+        prompt_tokens=trace.prompt_tokens,
+        wait_share=min(1.0, max(0.0, wait)),
+        tool_time=covered([(t.start, t.end) for t in trace.tools]),
+        calls=calls,
+        error=error,
+    )
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Metric name -> value summed over label sets (enough for counters and histogram sums)."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        try:
+            value = float(match.group(3))
+        except ValueError:
+            continue
+        values[match.group(1)] = values.get(match.group(1), 0.0) + value
+    return values
+
+
+def metrics_url(base_url: str) -> str:
+    root = base_url.rstrip("/")
+    return (root[: -len("/v1")] if root.endswith("/v1") else root) + "/metrics"
+
+
+async def scrape(target: Target) -> dict[str, float] | None:
+    """The server's agentrt metrics, or None when it is not an agentrt server."""
+    try:
+        if target.async_http_client is not None:
+            response = await target.async_http_client.get(metrics_url(target.base_url))
+        else:
+            async with httpx.AsyncClient(timeout=10.0) as http:
+                response = await http.get(metrics_url(target.base_url))
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200 or "agentrt:" not in response.text:
+        return None
+    return parse_prometheus(response.text)
+
+
+def server_counters(before: dict[str, float] | None, after: dict[str, float] | None) -> ServerCounters | None:
+    if before is None or after is None:
+        return None
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    e2e = delta("agentrt:e2e_request_latency_seconds_sum")
+    return ServerCounters(
+        preemptions=delta("agentrt:num_preemptions_total"),
+        swaps=delta("agentrt:num_swaps_total"),
+        recomputes=delta("agentrt:num_recomputes_total"),
+        queue_time_share=delta("agentrt:request_queue_time_seconds_sum") / e2e if e2e > 0 else None,
+    )
+
+
+def make_llm(target: Target) -> Any:
+    """The agents' LLM endpoint on ``target`` (program headers added by the agentrt clients)."""
+    from agents import LLM
+
+    import agentrt
+
+    common: dict[str, Any] = {"base_url": target.base_url, "api_key": target.api_key, "timeout": 3600.0}
+    client = agentrt.OpenAI(**common, http_client=target.http_client) if target.http_client else agentrt.OpenAI(**common)
+    aclient = (
+        agentrt.AsyncOpenAI(**common, http_client=target.async_http_client)
+        if target.async_http_client
+        else agentrt.AsyncOpenAI(**common)
+    )
+    if not target.model:
+        target.model = client.models.list().data[0].id
+    return LLM(model=target.model, client=client, aclient=aclient, extra_body=dict(target.extra_body))
+
+
+async def run_programs(
+    target: Target,
+    specs: Sequence[Any],
+    arrivals: Sequence[float],
+    *,
+    rate: float,
+    on_done: Callable[[ProgramResult], None] = lambda r: None,
+    time_limit: float | None = None,
+) -> tuple[RunSummary, list[ProgramResult]]:
+    """Start ``specs[i]`` at ``arrivals[i]`` seconds, wait for all, and summarise the run."""
+    from agents import WORKLOADS, Trace
+
+    llm = make_llm(target)
+    before = await scrape(target)
+    results: list[ProgramResult] = []
+    t0 = time.monotonic()
+
+    async def one(spec: Any, arrival: float) -> None:
+        trace = Trace()
+        start = time.monotonic()
+        error: str | None = None
+        try:
+            await WORKLOADS[spec.workload].run(spec.task, llm.with_trace(trace), spec.seed)
+        except Exception as e:  # a failed program is a result, not a crash of the benchmark
+            error = f"{type(e).__name__}: {e}"[:500]
+            log.warning("program failed", index=spec.index, workload=spec.workload, error=error)
+        except anyio.get_cancelled_exc_class():
+            error = "cancelled: run timed out"
+            raise
+        finally:
+            end = time.monotonic()
+            result = program_result(spec.index, spec.workload, arrival, start, end, trace, error)
+            results.append(result)
+            on_done(result)
+
+    with anyio.move_on_after(math.inf if time_limit is None else time_limit):
+        async with anyio.create_task_group() as tg:
+            for spec, arrival in zip(specs, arrivals, strict=True):
+                await anyio.sleep(max(0.0, t0 + arrival - time.monotonic()))
+                tg.start_soon(one, spec, arrival)
+    started = {r.index for r in results}
+    for spec, arrival in zip(specs, arrivals, strict=True):
+        if spec.index not in started:
+            results.append(program_result(spec.index, spec.workload, arrival, 0.0, 0.0, Trace(), "not started: run timed out"))
+    after = await scrape(target)
+    llm.client.close()
+    await llm.aclient.close()
+    return summarise(rate, sorted(results, key=lambda r: r.index), server_counters(before, after)), results

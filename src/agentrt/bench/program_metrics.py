@@ -1,0 +1,195 @@
+"""Program-level serving metrics: from what each program recorded to the numbers a run reports.
+
+Definitions (Autellix's, where the paper gives one):
+
+- *latency*: a program's end-to-end time, from its arrival to its return.
+- *token latency*: latency divided by the tokens the program generated (all
+  threads together); the paper's program-level token latency.
+- *throughput*: completed programs per second over the run's makespan (first
+  arrival to last completion).
+- *wait share*: the fraction of a program's time during which none of its
+  calls was streaming tokens and none of its tools was running, as the
+  client sees it (queueing, and prefill before the first token).
+- *Jain's fairness* over the programs' token rates (1 / token latency):
+  1.0 when every program progresses at the same rate, 1/n at worst.
+- *throughput at equal latency*: the highest arrival rate whose mean latency
+  stays at or under a target, interpolated linearly between swept rates.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import msgspec
+
+
+class CallStats(msgspec.Struct, kw_only=True):
+    ttft: float | None
+    itl: float | None  # mean gap between streamed tokens of this call
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ProgramResult(msgspec.Struct, kw_only=True):
+    """One program of a run, reduced to what the report needs (kept in the JSON)."""
+
+    index: int
+    workload: str
+    arrival: float  # seconds after the run started
+    latency: float
+    completion_tokens: int
+    prompt_tokens: int
+    wait_share: float
+    tool_time: float
+    calls: list[CallStats]
+    error: str | None = None
+
+    @property
+    def token_latency(self) -> float:
+        return self.latency / max(self.completion_tokens, 1)
+
+
+class Distribution(msgspec.Struct, kw_only=True):
+    mean: float = math.nan
+    p50: float = math.nan
+    p95: float = math.nan
+    p99: float = math.nan
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Distribution:
+        if not values:
+            return cls()
+        return cls(
+            mean=sum(values) / len(values),
+            p50=percentile(values, 50),
+            p95=percentile(values, 95),
+            p99=percentile(values, 99),
+        )
+
+
+class ServerCounters(msgspec.Struct, kw_only=True):
+    """What an agentrt server's ``/metrics`` counted during the run (absent for other servers)."""
+
+    preemptions: float = 0.0
+    swaps: float = 0.0
+    recomputes: float = 0.0
+    queue_time_share: float | None = None  # server-side queue time / server-side call latency
+
+
+class RunSummary(msgspec.Struct, kw_only=True):
+    rate: float  # offered arrival rate, programs/s
+    programs: int
+    completed: int
+    errors: int
+    makespan: float
+    throughput: float  # completed programs/s
+    token_throughput: float  # generated tokens/s
+    latency: Distribution
+    token_latency: Distribution
+    wait_share: float
+    ttft: Distribution
+    itl: Distribution
+    calls: int
+    prompt_tokens_per_call: float
+    completion_tokens_per_call: float
+    fairness: float
+    server: ServerCounters | None = None
+    by_workload: dict[str, Distribution] = {}
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile with linear interpolation between closest ranks."""
+    data = sorted(values)
+    if not data:
+        return math.nan
+    pos = (len(data) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def jain_fairness(values: Sequence[float]) -> float:
+    """Jain's index (sum x)^2 / (n * sum x^2): 1 when all equal, 1/n when one takes everything."""
+    if not values:
+        return math.nan
+    square_sum = sum(v * v for v in values)
+    return (sum(values) ** 2) / (len(values) * square_sum) if square_sum > 0 else 1.0
+
+
+def covered(intervals: Sequence[tuple[float, float]]) -> float:
+    """Total length of the union of ``intervals``."""
+    total, end = 0.0, -math.inf
+    for lo, hi in sorted(intervals):
+        if hi <= end:
+            continue
+        total += hi - max(lo, end)
+        end = hi
+    return total
+
+
+def summarise(rate: float, results: Sequence[ProgramResult], server: ServerCounters | None = None) -> RunSummary:
+    done = [r for r in results if r.error is None]
+    calls = [c for r in done for c in r.calls]
+    makespan = max((r.arrival + r.latency for r in results), default=0.0) - min((r.arrival for r in results), default=0.0)
+    by_workload: dict[str, Distribution] = {}
+    for name in sorted({r.workload for r in done}):
+        by_workload[name] = Distribution.of([r.latency for r in done if r.workload == name])
+    return RunSummary(
+        rate=rate,
+        programs=len(results),
+        completed=len(done),
+        errors=len(results) - len(done),
+        makespan=makespan,
+        throughput=len(done) / makespan if makespan > 0 else 0.0,
+        token_throughput=sum(r.completion_tokens for r in done) / makespan if makespan > 0 else 0.0,
+        latency=Distribution.of([r.latency for r in done]),
+        token_latency=Distribution.of([r.token_latency for r in done]),
+        wait_share=sum(r.wait_share for r in done) / len(done) if done else math.nan,
+        ttft=Distribution.of([c.ttft for c in calls if c.ttft is not None]),
+        itl=Distribution.of([c.itl for c in calls if c.itl is not None]),
+        calls=len(calls),
+        prompt_tokens_per_call=sum(c.prompt_tokens for c in calls) / len(calls) if calls else math.nan,
+        completion_tokens_per_call=sum(c.completion_tokens for c in calls) / len(calls) if calls else math.nan,
+        fairness=jain_fairness([1.0 / r.token_latency for r in done if r.latency > 0]),
+        server=server,
+        by_workload=by_workload,
+    )
+
+
+class AtLatency(msgspec.Struct, kw_only=True):
+    """Throughput at a latency target: ``rate`` exactly, or a bound when the sweep did not cross it."""
+
+    rate: float
+    bound: str = "="  # "=" interpolated, ">=" target met at every swept rate, "<" met at none
+
+    def __str__(self) -> str:
+        return f"{'' if self.bound == '=' else self.bound}{self.rate:.3g}"
+
+
+def rate_at_latency(points: Sequence[tuple[float, float]], target: float) -> AtLatency:
+    """The highest arrival rate whose mean latency is within ``target``, from (rate, latency) points.
+
+    Walks the curve from the lowest rate and stops at the first crossing
+    above the target, interpolating linearly between the two points around it.
+    """
+    curve = sorted((r, lat) for r, lat in points if not math.isnan(lat))
+    if not curve or curve[0][1] > target:
+        return AtLatency(rate=curve[0][0] if curve else 0.0, bound="<")
+    for (r0, l0), (r1, l1) in itertools.pairwise(curve):
+        if l1 > target:
+            return AtLatency(rate=r0 + (r1 - r0) * (target - l0) / (l1 - l0))
+    return AtLatency(rate=curve[-1][0], bound=">=")
+
+
+def interpolate(points: Sequence[tuple[float, float]], rate: float) -> float:
+    """A curve's value at ``rate`` (linear between swept rates, clamped at the ends)."""
+    curve = sorted((r, v) for r, v in points if not math.isnan(v))
+    if not curve:
+        return math.nan
+    if rate <= curve[0][0]:
+        return curve[0][1]
+    for (r0, v0), (r1, v1) in itertools.pairwise(curve):
+        if rate <= r1:
+            return v0 + (v1 - v0) * (rate - r0) / (r1 - r0) if r1 > r0 else v1
+    return curve[-1][1]

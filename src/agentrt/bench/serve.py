@@ -1,0 +1,192 @@
+"""``agentrt bench serve``: drive one server with agent programs and report program-level latency.
+
+Programs from the reference agents (``react``, ``chat``, ``tree_search``,
+``mcts``, ``map_reduce`` or the paper's ``mixed``) arrive as a Poisson process
+at ``--rate`` programs/s, or at each rate of a sweep ``--rates a:b:step``,
+against ``--base-url`` (any OpenAI-compatible server) or ``--embedded`` (an
+agentrt server in this process). Prints a table, writes ``--json`` and plots
+latency against arrival rate with ``--plot``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import ExitStack
+from typing import Any
+
+import msgspec
+
+from agentrt.bench.program_metrics import ProgramResult, RunSummary
+
+WORKLOAD_CHOICES = ("react", "chat", "tree_search", "mcts", "map_reduce", "mixed")
+
+
+class SystemResult(msgspec.Struct, kw_only=True):
+    """One system's sweep: a summary per rate, and every program's figures."""
+
+    label: str
+    base_url: str
+    model: str
+    runs: list[RunSummary]
+    programs: list[list[ProgramResult]]  # programs[i]: the programs of runs[i]
+
+
+class BenchResult(msgspec.Struct, kw_only=True):
+    command: list[str]
+    workload: str
+    seed: int
+    num_programs: int | None
+    duration: float | None
+    systems: list[SystemResult]
+    comparison: Any = None  # filled by ``bench compare``
+
+
+def parse_rates(text: str) -> list[float]:
+    """``a:b:step`` (inclusive) or a comma list ``a,b,c`` -> ascending rates."""
+    try:
+        if ":" in text:
+            lo, hi, step = (float(x) for x in text.split(":"))
+            if step <= 0 or hi < lo:
+                raise ValueError
+            count = round((hi - lo) / step) + 1
+            rates = [round(lo + i * step, 10) for i in range(count)]
+        else:
+            rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a:b:step or a,b,c with positive rates, got {text!r}") from None
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError(f"rates must be positive, got {text!r}")
+    return sorted(set(rates))
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that define the offered load (shared with ``bench compare``)."""
+    parser.add_argument("--workload", choices=WORKLOAD_CHOICES, default="mixed")
+    rates = parser.add_mutually_exclusive_group()
+    rates.add_argument("--rate", type=float, default=None, help="program arrival rate (programs/s)")
+    rates.add_argument("--rates", type=parse_rates, default=None, help="sweep: a:b:step or a,b,c")
+    parser.add_argument("--duration", type=float, default=None, help="arrivals stop after this many seconds")
+    parser.add_argument("--num-programs", type=int, default=None, help="programs per rate (default 20 without --duration)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
+        help="decode exactly max_tokens per call (servers that accept vLLM's ignore_eos), so every "
+        "system does the same work",
+    )
+    parser.add_argument("--timeout", type=float, default=None, help="cap on one rate's run (seconds)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--plot", default=None, metavar="FILE.png", help="plot latency against arrival rate")
+    parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--base-url", default=None, help="an OpenAI-compatible server (…/v1)")
+    target.add_argument("--embedded", action="store_true", help="an agentrt server in this process (default model)")
+    parser.add_argument("--model", default=None, help="model name (default: the server's first)")
+    parser.add_argument("--api-key", default="EMPTY")
+    parser.add_argument("--label", default=None, help="name of this system in the report")
+    parser.add_argument("--scheduling-policy", default=None, help="with --embedded: fcfs|las|mlfq|plas|atlas")
+    add_workload_arguments(parser)
+
+
+def rates_of(args: argparse.Namespace) -> list[float]:
+    return args.rates or [args.rate if args.rate is not None else 0.5]
+
+
+def validate(args: argparse.Namespace) -> str | None:
+    if args.num_programs is not None and args.num_programs < 1:
+        return "--num-programs must be at least 1"
+    if args.duration is not None and args.duration <= 0:
+        return "--duration must be positive"
+    if args.rate is not None and args.rate <= 0:
+        return "--rate must be positive"
+    return None
+
+
+async def sweep_target(target: Any, args: argparse.Namespace, progress: Any) -> SystemResult:
+    """Run the seeded workload against ``target`` at every rate; the same programs at each rate."""
+    from agents import sample_programs
+
+    from agentrt.bench.load import programs_for, run_programs, unit_arrivals
+
+    rates = rates_of(args)
+    num_programs = args.num_programs if args.num_programs is not None or args.duration else 20
+    runs: list[RunSummary] = []
+    programs: list[list[ProgramResult]] = []
+    for rate in rates:
+        count = programs_for(args.duration, num_programs, rate, args.seed)
+        specs = sample_programs(args.workload, count, args.seed)
+        arrivals = [t / rate for t in unit_arrivals(count, args.seed)]
+        task = progress.start(f"{target.label} @ {rate:g}/s", count)
+        summary, results = await run_programs(
+            target, specs, arrivals, rate=rate, on_done=lambda r, t=task: progress.advance(t, r), time_limit=args.timeout
+        )
+        progress.finish(task)
+        runs.append(summary)
+        programs.append(results)
+    return SystemResult(label=target.label, base_url=target.base_url, model=target.model, runs=runs, programs=programs)
+
+
+def write_outputs(result: BenchResult, args: argparse.Namespace, console: Any) -> None:
+    from agentrt.bench.serve_report import plot_latency
+
+    if args.json:
+        with open(args.json, "wb") as f:
+            f.write(msgspec.json.format(msgspec.json.encode(result), indent=1))
+        console.print(f"wrote {args.json}")
+    if args.plot:
+        plot_latency(result.systems, args.plot, title=f"{result.workload} workload")
+        console.print(f"wrote {args.plot}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import anyio
+    from rich.console import Console
+
+    from agentrt.bench.load import Target
+    from agentrt.bench.serve_report import Progress, print_runs
+
+    console = Console()
+    problem = validate(args)
+    if problem:
+        console.print(f"[red]error:[/red] {problem}")
+        return 2
+    extra = {"ignore_eos": True} if args.ignore_eos else {}
+    with ExitStack() as stack:
+        if args.embedded or args.base_url is None:
+            target = stack.enter_context(embedded_target(args, extra))
+        else:
+            target = Target(label=args.label or args.base_url, base_url=args.base_url, model=args.model or "",
+                            api_key=args.api_key, extra_body=extra)
+        with Progress(enabled=not args.no_progress) as progress:
+            system = anyio.run(sweep_target, target, args, progress)
+    result = BenchResult(command=sys.argv, workload=args.workload, seed=args.seed,
+                         num_programs=args.num_programs, duration=args.duration, systems=[system])
+    print_runs(console, result.systems)
+    write_outputs(result, args, console)
+    return 0 if all(r.errors == 0 for r in system.runs) else 1
+
+
+def embedded_target(args: argparse.Namespace, extra: dict[str, Any]) -> Any:
+    """A :class:`Target` on an agentrt server started in this process (default model)."""
+    from contextlib import contextmanager
+
+    import agentrt
+    from agentrt.bench.load import Target
+
+    @contextmanager
+    def started() -> Any:
+        options = {"scheduling_policy": args.scheduling_policy} if args.scheduling_policy else {}
+        with agentrt.serve_in_process(**options) as server:
+            yield Target(
+                label=args.label or f"embedded/{args.scheduling_policy or 'default'}",
+                base_url=server.base_url,
+                model=args.model or "",
+                extra_body=extra,
+                http_client=server.http_client(),
+                async_http_client=server.async_http_client(),
+            )
+
+    return started()

@@ -1,0 +1,109 @@
+"""How ``bench serve`` and ``bench compare`` show results: live progress, tables, the latency plot."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from agentrt.bench.program_metrics import ProgramResult
+
+
+class Progress:
+    """A live progress bar per (system, rate) run on stderr; silent when disabled."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self._bar: Any = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+        self._errors: dict[int, int] = {}
+
+    def __enter__(self) -> Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def start(self, description: str, total: int) -> int:
+        if self._bar is None:
+            return 0
+        task: int = self._bar.add_task(description, total=total, status="")
+        self._errors[task] = 0
+        return task
+
+    def advance(self, task: int, result: ProgramResult) -> None:
+        if self._bar is None:
+            return
+        if result.error is not None:
+            self._errors[task] += 1
+        errors = self._errors[task]
+        self._bar.update(task, advance=1, status=f"[red]{errors} failed[/red]" if errors else "")
+
+    def finish(self, task: int) -> None:
+        if self._bar is not None:
+            self._bar.update(task, completed=self._bar.tasks[task].total)
+
+
+def _s(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.2f}"
+
+
+def _ms(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value * 1000:.0f}"
+
+
+def print_runs(console: Any, systems: Sequence[Any]) -> None:
+    """One row per (system, rate): the program-level and call-level figures of the run."""
+    from rich.table import Table
+
+    table = Table(title="agent programs under Poisson load (latency in s, TTFT/ITL in ms)")
+    for column in ("system", "rate/s", "done", "err", "prog/s", "tok/s", "mean", "p50", "p95", "p99",
+                   "s/token", "wait", "TTFT p50", "ITL p50", "calls", "fair", "preempt", "swaps"):
+        table.add_column(column, justify="left" if column == "system" else "right")
+    for system in systems:
+        for run in system.runs:
+            server = run.server
+            table.add_row(
+                system.label, f"{run.rate:g}", str(run.completed), str(run.errors), f"{run.throughput:.3f}",
+                f"{run.token_throughput:.1f}", _s(run.latency.mean), _s(run.latency.p50), _s(run.latency.p95),
+                _s(run.latency.p99), f"{run.token_latency.mean:.3f}", f"{run.wait_share:.0%}",
+                _ms(run.ttft.p50), _ms(run.itl.p50), str(run.calls), f"{run.fairness:.2f}",
+                "-" if server is None else f"{server.preemptions:.0f}",
+                "-" if server is None else f"{server.swaps:.0f}",
+            )
+    console.print(table)
+
+
+def plot_latency(systems: Sequence[Any], path: str, title: str = "") -> None:
+    """Mean and p95 program latency against arrival rate, one line per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for system in systems:
+        rates = [r.rate for r in system.runs]
+        axes[0].plot(rates, [r.latency.mean for r in system.runs], marker="o", label=system.label)
+        axes[1].plot(rates, [r.latency.p95 for r in system.runs], marker="o", label=system.label)
+    for ax, name in zip(axes, ("mean", "p95"), strict=True):
+        ax.set_xlabel("arrival rate (programs/s)")
+        ax.set_ylabel(f"{name} program latency (s)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,126 @@
+"""``agentrt bench serve`` and ``bench compare`` drive a real server with agent programs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+from tests.unit.agents.live_server import echo_server
+
+from agentrt.bench.compare import compare, parse_external, parse_policies
+from agentrt.bench.load import parse_prometheus, programs_for, server_counters, unit_arrivals
+from agentrt.bench.serve import parse_rates
+from agentrt.cli import main
+
+
+def test_rates_parse_as_sweeps_or_lists() -> None:
+    assert parse_rates("0.1:0.3:0.1") == [0.1, 0.2, 0.3]
+    assert parse_rates("2,1,2") == [1.0, 2.0]
+    for bad in ["0:1:0.5", "1:0:1", "a,b", "1:2", "-1"]:
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_rates(bad)
+
+
+def test_arrivals_are_seeded_and_scale_with_rate() -> None:
+    assert unit_arrivals(5, 1) == unit_arrivals(5, 1) != unit_arrivals(5, 2)
+    assert unit_arrivals(3, 0)[0] == 0.0
+    # A duration admits the arrivals that fall inside it, at most --num-programs of them.
+    inside = sum(1 for t in unit_arrivals(1000, 3) if t / 2.0 < 10.0)
+    assert programs_for(10.0, None, 2.0, 3) == inside
+    assert programs_for(10.0, 3, 2.0, 3) == min(3, inside)
+    assert programs_for(None, 7, 2.0, 3) == 7
+
+
+def test_server_counters_come_from_metric_deltas() -> None:
+    text = (
+        "# HELP agentrt:num_preemptions_total x\n"
+        "agentrt:num_preemptions_total 5\n"
+        'agentrt:request_success_total{finished_reason="stop"} 3\n'
+        'agentrt:request_success_total{finished_reason="length"} 4\n'
+        "agentrt:request_queue_time_seconds_sum 2.0\n"
+        "agentrt:e2e_request_latency_seconds_sum 8.0\n"
+    )
+    after = parse_prometheus(text)
+    assert after["agentrt:request_success_total"] == 7
+    before = {"agentrt:num_preemptions_total": 2.0}
+    counters = server_counters(before, after)
+    assert counters is not None and counters.preemptions == 3 and counters.queue_time_share == 0.25
+    assert server_counters(None, after) is None
+
+
+def test_external_systems_and_policies_parse() -> None:
+    assert parse_external("vllm=http://h:8000/v1") == ("vllm", "http://h:8000/v1", "")
+    assert parse_external("tf=http://h/v1#org/model") == ("tf", "http://h/v1", "org/model")
+    assert parse_policies("fcfs, atlas") == ["fcfs", "atlas"] and parse_policies("") == []
+    for bad in ["noequals", "x=ftp://h"]:
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_external(bad)
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_policies("fcfs,sjf")
+
+
+def test_bench_serve_sweeps_rates_and_writes_json_and_plot(tmp_path: Path, capsys) -> None:
+    out, plot = tmp_path / "serve.json", tmp_path / "serve.png"
+    with echo_server(token_delay=0.001) as (url, _engine):
+        code = main(["bench", "serve", "--base-url", url, "--workload", "mixed", "--num-programs", "6",
+                     "--rates", "5,10", "--seed", "3", "--json", str(out), "--plot", str(plot), "--no-progress"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    [system] = result["systems"]
+    assert [r["rate"] for r in system["runs"]] == [5.0, 10.0]
+    for run, programs in zip(system["runs"], system["programs"], strict=True):
+        assert run["programs"] == run["completed"] == 6 and run["errors"] == 0
+        assert run["calls"] > 6 and run["latency"]["p50"] > 0 and 0 < run["fairness"] <= 1
+        assert run["server"] is not None  # an agentrt server: its /metrics was read
+        assert sorted(p["workload"] for p in programs) == ["chat", "chat", "react", "react", "tree_search", "tree_search"]
+    # The same seeded programs at every rate.
+    first, second = ([p["workload"] for p in ps] for ps in system["programs"])
+    assert first == second
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "agent programs under Poisson load" in capsys.readouterr().out
+
+
+def test_bench_serve_reports_failed_programs_and_exits_nonzero(tmp_path: Path) -> None:
+    out = tmp_path / "fail.json"
+    with echo_server(max_model_len=64) as (url, _engine):  # every react prompt is too long: 400s
+        code = main(["bench", "serve", "--base-url", url, "--workload", "react", "--num-programs", "2",
+                     "--rate", "20", "--json", str(out), "--no-progress"])
+    assert code == 1
+    [run] = json.loads(out.read_text())["systems"][0]["runs"]
+    assert run["errors"] == 2 and run["completed"] == 0
+
+
+def test_bench_compare_ratios_against_the_first_system(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "compare.json"
+    with echo_server(token_delay=0.001) as (fast, _a), echo_server(token_delay=0.004) as (slow, _b):
+        code = main(["bench", "compare", "--policies", "", "--external", f"fast={fast}", "--external", f"slow={slow}#echo",
+                     "--workload", "map_reduce", "--num-programs", "3", "--rates", "5,10,20", "--json", str(out),
+                     "--no-progress"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert [s["label"] for s in result["systems"]] == ["fast", "slow"]
+    comparison = result["comparison"]
+    assert comparison["baseline"] == "fast" and comparison["rows"][0]["ratio"] == 1.0
+    assert "throughput at equal mean program latency" in capsys.readouterr().out
+
+
+def test_compare_defaults_the_target_to_the_baselines_middle_rate() -> None:
+    from agentrt.bench.program_metrics import Distribution, RunSummary
+    from agentrt.bench.serve import SystemResult
+
+    def system(label: str, latencies: list[float]) -> SystemResult:
+        runs = [RunSummary(rate=r, programs=1, completed=1, errors=0, makespan=1, throughput=1, token_throughput=1,
+                           latency=Distribution(mean=m, p50=m, p95=2 * m, p99=2 * m), token_latency=Distribution(),
+                           wait_share=0, ttft=Distribution(), itl=Distribution(), calls=1, prompt_tokens_per_call=1,
+                           completion_tokens_per_call=1, fairness=1)
+                for r, m in zip([0.1, 0.2, 0.3], latencies, strict=True)]
+        return SystemResult(label=label, base_url="", model="", runs=runs, programs=[[], [], []])
+
+    result = compare([system("fcfs", [10, 20, 60]), system("plas", [5, 8, 12]), system("bad", [30, 40, 50])], None)
+    assert result.latency_target == 20
+    fcfs, plas, bad = result.rows
+    assert fcfs.ratio == 1.0 and fcfs.p95_at_baseline_rate == 40
+    assert plas.ratio == pytest.approx(1.5) and plas.ratio_bound == ">="  # met the target at every rate
+    assert bad.ratio is None and bad.rate_at_target.bound == "<"
