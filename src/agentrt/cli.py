@@ -13,6 +13,7 @@ import sys
 
 # name -> (module, help). Order is the order shown in --help.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("agentrt.serving.cli", "serve the OpenAI-compatible API (embedded engine, replicas or remote engines)"),
     "bench": ("agentrt.bench.cli", "run a benchmark (prints a table, writes JSON)"),
 }
 
