@@ -187,6 +187,8 @@ class Scheduler:
                 call.running = True
                 call._stop_waiting(clock)
                 self._records[call.seq].wait = call._wait_acc
+                if self._starvation:
+                    call._starve_version += 1  # its waiting deadline no longer applies
         preempted = [call for call_id, call in previous.items() if call_id not in running]
         if preempted:
             preempted.sort(key=_key_of)
@@ -228,7 +230,7 @@ class Scheduler:
         if rekey:
             self._remove(call)
             self._insert(call)
-        if call._waiting_since is not None:
+        if self._starvation:
             self._push_deadline(call, self.table.get(call.program_id))
 
     def finish(self, call_id: str, now: float) -> Call | None:
@@ -263,8 +265,7 @@ class Scheduler:
             self.table.call_ended(call.program_id, call_id, now, outcome)
             if self._starvation and self.policy.program_aware:
                 for sibling in siblings.values():
-                    if sibling._waiting_since is not None:
-                        self._push_deadline(sibling, entry)
+                    self._push_deadline(sibling, entry)
         return call
 
     def _key(self, call: Call) -> _Key:
@@ -283,18 +284,30 @@ class Scheduler:
             del order[i]
 
     def _push_deadline(self, call: Call, entry: ProgramEntry | None) -> None:
-        """Schedule the clock value at which the waiting call becomes starving."""
-        if not self._starvation or call.level == 0:
+        """Record the clock value at which the call becomes starving (its inputs changed).
+
+        A waiting call's ratio grows with the clock, so its deadline is where
+        it reaches beta. A running call's ratio does not grow (its W is
+        frozen, its T grows); it is due at once if it is already at beta
+        (possible after a demotion or a sibling's completion), otherwise never.
+        """
+        if not self._starvation:
             return
-        since = call._waiting_since
-        assert since is not None
+        call._starve_version += 1
+        if call.level == 0:
+            return
         if self.policy.program_aware and entry is not None:
             w_p, t_p = entry.wait, entry.service
         else:
             w_p, t_p = 0.0, 0.0
         budget = self._beta * max(self._floor, t_p + call.service_c)
-        deadline = since + budget - w_p - call._wait_c_acc
-        call._starve_version += 1
+        since = call._waiting_since
+        if since is not None:
+            deadline = since + budget - w_p - call._wait_c_acc
+        elif w_p + call._wait_c_acc >= budget:
+            deadline = -math.inf
+        else:
+            return
         heapq.heappush(self._deadlines, (deadline, call.seq, call._starve_version))
         if len(self._deadlines) > 2 * len(self._calls) + 64:
             self._compact_deadlines()
@@ -309,19 +322,27 @@ class Scheduler:
         self._deadlines = live
 
     def _promote_starving(self, clock: float) -> list[Call]:
-        """Move every waiting call whose starvation ratio reached beta to the top queue."""
+        """Move every call whose starvation ratio reached beta to the top queue.
+
+        Running calls are promoted too (before the batch is formed): otherwise
+        a running call already at beta could be preempted and then wait past
+        the bound until the next decision.
+        """
         promoted: list[Call] = []
         heap = self._deadlines
         while heap and heap[0][0] <= clock:
             _, seq, version = heapq.heappop(heap)
             call = self._by_seq.get(seq)
-            if call is None or call._starve_version != version or call._waiting_since is None:
+            if call is None or call._starve_version != version:
                 continue
             # Only the call's own W and T reset; the program's stay.
+            waiting = call._waiting_since is not None
             call._stop_waiting(clock)
             call._wait_c_acc = 0.0
             call.service_c = 0.0
-            call._start_waiting(clock)
+            if waiting:
+                call._start_waiting(clock)
+            call._starve_version += 1
             self._remove(call)
             call.level = 0
             call.quantum = self._quanta[0]
