@@ -37,8 +37,13 @@ _installed = False
 _disabled = False
 
 
+# Set while the original submit runs: the pool may start a worker thread then, and a
+# worker outlives the program, so it must not inherit the program (its tasks do).
+_in_submit = threading.local()
+
+
 def _thread_start(self: threading.Thread) -> None:
-    if peek() is not None:
+    if peek() is not None and not getattr(_in_submit, "active", False):
         ctx = copy_context()
         run = self.run
         # An instance attribute, so subclasses that override run() are covered too.
@@ -49,10 +54,14 @@ def _thread_start(self: threading.Thread) -> None:
 def _pool_submit(
     self: ThreadPoolExecutor, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
 ) -> Future[T]:
-    if peek() is not None:
-        future: Future[T] = _original_submit(self, copy_context().run, fn, *args, **kwargs)
-    else:
-        future = _original_submit(self, fn, *args, **kwargs)
+    _in_submit.active = True
+    try:
+        if peek() is not None:
+            future: Future[T] = _original_submit(self, copy_context().run, fn, *args, **kwargs)
+        else:
+            future = _original_submit(self, fn, *args, **kwargs)
+    finally:
+        _in_submit.active = False
     return future
 
 
