@@ -15,7 +15,10 @@ Pure Python, no I/O, deterministic. Public API:
   known about each program (service, wait, engine affinity, call records);
 - :class:`Balancer` (``round_robin | least_used | locality``) and
   :class:`NoEngineAvailable`;
-- the policies themselves (:mod:`agentrt.scheduling.policies`).
+- the policies themselves (:mod:`agentrt.scheduling.policies`), the two
+  completion rules :func:`plas_service` / :func:`atlas_service`, and
+  :func:`queue_level` (program priority -> queue level, e.g. to map onto a
+  remote engine's integer ``priority``).
 
 How a driver (engine step loop, simulator) uses it::
 
@@ -33,7 +36,9 @@ How a driver (engine step loop, simulator) uses it::
 
 For multi-step scheduling call ``schedule`` every N steps and ``charge``
 every step. A router owns one :class:`ProcessTable` and may share it with
-its schedulers and its :class:`Balancer`.
+its schedulers and its :class:`Balancer`. None of these objects lock: each
+belongs to one thread (the engine's step loop, the router's event loop).
+The cost of a decision is measured by ``agentrt bench scheduler``.
 """
 
 from agentrt.scheduling.balancer import Balancer, NoEngineAvailable
@@ -46,7 +51,13 @@ from agentrt.scheduling.config import (
     SchedulerConfig,
     ServiceUnit,
 )
-from agentrt.scheduling.policies import Policy, make_policy
+from agentrt.scheduling.policies import (
+    Policy,
+    atlas_service,
+    make_policy,
+    plas_service,
+    queue_level,
+)
 from agentrt.scheduling.process_table import CallRecord, ProcessTable, ProgramEntry
 from agentrt.scheduling.scheduler import Admission, Decision, Scheduler, make_scheduler
 
@@ -67,6 +78,9 @@ __all__ = [
     "Scheduler",
     "SchedulerConfig",
     "ServiceUnit",
+    "atlas_service",
     "make_policy",
     "make_scheduler",
+    "plas_service",
+    "queue_level",
 ]

@@ -30,6 +30,15 @@ from agentrt.scheduling.call import Call
 from agentrt.scheduling.config import PolicyName
 
 
+def queue_level(priority: float, boundaries: list[float]) -> int:
+    """The level whose range ``[b(i-1), b(i))`` holds ``priority`` (0 = top).
+
+    Also what a router maps a program's priority through before handing it
+    to an engine that only understands a small integer priority (vLLM's field).
+    """
+    return bisect_right(boundaries, priority)
+
+
 def plas_service(program_service: float, call: Call) -> float:
     """PLAS: a program's priority is the sum of the service of its completed calls."""
     return program_service + call.service
@@ -98,7 +107,7 @@ class Plas(Mlfq):
     program_aware = True
 
     def entry_level(self, start_value: float, boundaries: list[float]) -> int:
-        return bisect_right(boundaries, start_value)
+        return queue_level(start_value, boundaries)
 
 
 class Atlas(Plas):

@@ -6,7 +6,7 @@ import pytest
 from tests.unit.scheduling.admissions import SlotAdmission, TokenAdmission
 from tests.unit.scheduling.harness import scheduler_for
 
-from agentrt.scheduling import Call, SchedulerConfig, make_scheduler
+from agentrt.scheduling import Call, SchedulerConfig, make_scheduler, queue_level
 
 INF = float("inf")
 
@@ -403,3 +403,50 @@ def test_calls_per_level_counts_live_calls() -> None:
     sched.add(Call("y", "y"), 1.0)
     assert sched.calls_per_level() == [2, 0, 1, 0]
     assert scheduler_for("fcfs").calls_per_level() == [0]
+
+
+def test_a_running_call_already_starving_is_promoted_instead_of_preempted() -> None:
+    # MLFQ, quantum 1, beta 1.5. "a" waits 2 steps behind x and y, runs one
+    # token and drops to level 1: W_c / T_c = 2 / 1 >= 1.5. A new top-level call
+    # arrives; "a" is promoted first and keeps its slot (it arrived earlier).
+    sched = scheduler_for("mlfq", num_queues=2, first_quantum=1, beta=1.5, starvation_floor=1)
+    for name in ("x", "y", "a"):
+        sched.add(Call(name, name), 0.0)
+    for step, name in enumerate(["x", "y"]):
+        assert ids(sched.schedule(float(step), SlotAdmission(1)).batch) == [name]
+        sched.charge(sched.get(name), 1, float(step))  # type: ignore[arg-type]
+        sched.finish(name, float(step))
+    a = sched.get("a")
+    assert a is not None
+    assert ids(sched.schedule(2.0, SlotAdmission(1)).batch) == ["a"]
+    sched.charge(a, 1, 2.0)
+    assert a.level == 1
+    sched.add(Call("new", "new"), 2.0)
+    decision = sched.schedule(3.0, SlotAdmission(1))
+    assert ids(decision.promoted) == ["a"]
+    assert ids(decision.batch) == ["a"] and decision.preempted == []
+    assert (a.level, a.service_c, a.wait_c(sched.clock(3.0))) == (0, 0, 0)
+
+
+def test_promotion_in_time_mode_counts_seconds() -> None:
+    # Program "old" has 1.0 s of service; beta 4: its next call is promoted
+    # after 4 s of waiting at level 2 (boundaries 0.5 s and 1 s).
+    sched = make_scheduler(
+        SchedulerConfig(policy="plas", num_queues=3, first_boundary=0.5, beta=4.0)
+    )
+    first = sched.add(Call("old.0", "old"), 0.0)
+    sched.schedule(0.0, SlotAdmission(1))
+    sched.charge(first, 1.0, 1.0)
+    sched.finish("old.0", 1.0)
+    victim = sched.add(Call("old.1", "old"), 10.0)
+    assert victim.level == 2
+    sched.add(Call("hog", "hog"), 10.0)
+    assert sched.schedule(13.9, SlotAdmission(1)).promoted == []
+    assert ids(sched.schedule(14.0, SlotAdmission(1)).promoted) == ["old.1"]
+
+
+@pytest.mark.parametrize(
+    ("priority", "level"), [(0, 0), (0.99, 0), (1, 1), (3.9, 2), (4, 3), (1e9, 3)]
+)
+def test_queue_level_maps_a_priority_onto_the_boundaries(priority: float, level: int) -> None:
+    assert queue_level(priority, [1, 2, 4]) == level
