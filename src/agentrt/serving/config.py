@@ -1,0 +1,43 @@
+"""``ServerConfig``: everything ``agentrt serve`` needs, from defaults, ``[server]`` in a TOML file, and flags."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+Policy = Literal["fcfs", "las", "mlfq", "plas", "atlas"]
+
+
+class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The server's own settings; the engine and the scheduler read theirs from the same file."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # A model path (HF folder, safetensors folder, GGUF file) or None for the embedded default model.
+    model: str | None = None
+    # The id clients use in "model"; defaults to the engine's own model id.
+    served_model_name: str | None = None
+    # Any engine "package.module:callable" builds instead of the embedded one
+    # (called with engine_options as keyword arguments), e.g. "agentrt.serving.echo:EchoEngine".
+    engine_factory: str | None = None
+    engine_options: dict[str, Any] = msgspec.field(default_factory=dict)
+    scheduling_policy: Policy = "atlas"
+    max_num_seqs: int | None = None
+    # KV pool size for the embedded engine: bytes ("2GiB", "512MB", an int) or a fraction ("0.5").
+    kv_cache_memory: str | float | None = None
+    replicas: int = 1
+    backends: list[str] = msgspec.field(default_factory=list)  # remote OpenAI-compatible servers
+    ray_address: str | None = None
+    # Auth: keys of the default tenant, and/or a TOML file mapping keys to tenants.
+    api_keys: list[str] = msgspec.field(default_factory=list)
+    api_key_file: str | None = None
+    # Limits: bad or excessive input gets a clear 4xx, overload a 429, never a hang.
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_tokens_limit: int = 32768  # the largest max_tokens a request may ask for
+    max_n: int = 16
+    max_concurrent_requests: int = 1024  # generation requests handed to the engine at once
+    max_queued_requests: int = 1024  # requests waiting at the server for one of those slots
+    queue_timeout: float = 30.0  # seconds a queued request waits before a 429
+    retry_after: float = 1.0  # the Retry-After the server suggests when it sheds load
+    log_requests: bool = True

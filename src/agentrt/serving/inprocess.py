@@ -1,0 +1,418 @@
+"""In-process mode: the OpenAI clients talk to the app without a socket, and still stream.
+
+httpx's stock ``ASGITransport`` collects the whole body before it returns, so
+SSE arrives in one piece at the end. These transports return the response as
+soon as the app sends its headers and hand over each body chunk as the app
+sends it.
+
+The app always runs on its own event loop in a daemon thread
+(:class:`AppRunner`), whichever client calls it: the sync client blocks on
+that loop through an anyio blocking portal, the async client awaits it from
+its own loop. One loop per app means the engine behind it is bound to one
+loop, however many clients (sync, async, several event loops in tests) use
+it. The app's lifespan starts on first use and shuts down (closing the
+engine) at interpreter exit or on :meth:`AppRunner.close`.
+
+A client that closes a response early (leaves a ``with ... stream=True``
+block, breaks out of the iteration) sends ``http.disconnect`` to the app,
+which aborts the call: the same as a client hanging up on a real server.
+
+The transports subclass the HTTP library the installed ``openai`` package
+uses (``httpx2`` for openai 3.x, ``httpx`` before), so they plug into
+``openai.OpenAI(http_client=...)`` and :func:`agentrt.OpenAI` alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import importlib
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import Future
+from typing import Any, ClassVar, TypeVar
+
+import anyio
+import sniffio
+from anyio.from_thread import BlockingPortal
+from starlette.types import ASGIApp, Message
+
+from agentrt.log import get_logger
+
+log = get_logger("agentrt.inprocess")
+T = TypeVar("T")
+
+
+def _client_http_module() -> Any:
+    """The httpx flavour the installed openai client is built on."""
+    import openai
+
+    base = next(c for c in openai.DefaultHttpxClient.__mro__[1:] if c.__name__ == "Client")
+    return importlib.import_module(base.__module__.split(".")[0])
+
+
+http = _client_http_module()
+
+
+# ---------------------------------------------------------------------------- one exchange, on the app's loop
+
+
+class _AppExchange:
+    """One request/response with the app, living on the runner's loop."""
+
+    def __init__(self, app: ASGIApp, scope: dict[str, Any], body: bytes) -> None:
+        self.app = app
+        self.scope = scope
+        self.body = body
+        self.status = 500
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.started = anyio.Event()
+        self.done = anyio.Event()
+        self.gone = anyio.Event()  # the client closed the response, or the response completed
+        self._chunks_in, self._chunks_out = anyio.create_memory_object_stream[bytes](
+            max_buffer_size=64
+        )
+        self._body_sent = False
+
+    async def run(self) -> None:
+        try:
+            await self.app(self.scope, self._receive, self._send)
+        except Exception as e:
+            if not self.started.is_set():
+                log.error("in-process app failed before responding", exc_info=e)
+                self.status = 500
+        finally:
+            self.started.set()
+            self._chunks_in.close()
+            self.done.set()
+
+    async def _receive(self) -> Message:
+        if not self._body_sent:
+            self._body_sent = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def _send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = list(message.get("headers", []))
+            self.started.set()
+        elif message["type"] == "http.response.body":
+            if self.gone.is_set():
+                raise OSError("client disconnected")
+            body = message.get("body", b"")
+            try:
+                if body:
+                    await self._chunks_in.send(body)
+                if not message.get("more_body", False):
+                    self._chunks_in.close()
+                    self.gone.set()
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as e:
+                raise OSError("client disconnected") from e
+
+    async def response_start(self) -> tuple[int, list[tuple[bytes, bytes]]]:
+        await self.started.wait()
+        return self.status, self.headers
+
+    async def next_chunk(self) -> bytes | None:
+        try:
+            return await self._chunks_out.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            return None
+
+    async def close(self) -> None:
+        """The client is done with the response: tell the app, and wait until it has cleaned up."""
+        self.gone.set()
+        self._chunks_out.close()
+        await self.done.wait()
+
+
+# ---------------------------------------------------------------------------- the app's loop
+
+
+class AppRunner:
+    """Runs one ASGI app (and its lifespan) on a dedicated event loop thread."""
+
+    _runners: ClassVar[dict[int, AppRunner]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._lock = threading.Lock()
+        self._portal: BlockingPortal | None = None
+        self._stop: anyio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._lifespan_in: Any = None
+        self._lifespan_done: anyio.Event | None = None
+        self._closed = False
+        self._tasks: Any = None
+
+    @classmethod
+    def for_app(cls, app: ASGIApp) -> AppRunner:
+        """The runner of ``app`` (one per app object, shared by all its transports)."""
+        with cls._registry_lock:
+            runner = cls._runners.get(id(app))
+            if runner is None or runner.app is not app or runner._closed:
+                runner = cls._runners[id(app)] = cls(app)
+            return runner
+
+    @property
+    def portal(self) -> BlockingPortal:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the in-process app has been shut down")
+            if self._portal is None:
+                self._start()
+            assert self._portal is not None
+            return self._portal
+
+    def started_portal(self) -> BlockingPortal | None:
+        """The portal if the app's loop is already running (no locking, no start)."""
+        return None if self._closed else self._portal
+
+    def _start(self) -> None:
+        ready: Future[BlockingPortal] = Future()
+
+        async def main() -> None:
+            self._stop = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                self._tasks = (
+                    tg  # owns the lifespan and every exchange; cancelled when the loop stops
+                )
+                async with BlockingPortal() as portal:
+                    ready.set_result(portal)
+                    await self._stop.wait()
+                tg.cancel_scope.cancel()
+
+        def thread_main() -> None:
+            try:
+                anyio.run(main)
+            except BaseException as e:  # surface start failures to the waiting caller
+                if not ready.done():
+                    ready.set_exception(e)
+
+        self._thread = threading.Thread(target=thread_main, name="agentrt-inprocess", daemon=True)
+        self._thread.start()
+        portal = ready.result()
+        portal.call(self._startup)
+        self._portal = portal
+        atexit.register(self.close)
+
+    async def _startup(self) -> None:
+        """Run the app's lifespan in a task; return when its startup completed (raise if it failed)."""
+        to_app, from_runner = anyio.create_memory_object_stream[Message](max_buffer_size=4)
+        started = anyio.Event()
+        failure: list[str] = []
+        done = anyio.Event()
+        self._lifespan_in, self._lifespan_done = to_app, done
+
+        async def send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                failure.append(str(message.get("message", "")))
+            if message["type"].startswith("lifespan.startup."):
+                started.set()
+
+        async def lifespan() -> None:
+            scope = {
+                "type": "lifespan",
+                "asgi": {"version": "3.0", "spec_version": "2.0"},
+                "state": {},
+            }
+            try:
+                await self.app(scope, from_runner.receive, send)
+            except Exception as e:
+                failure.append(repr(e))
+            finally:
+                started.set()
+                done.set()
+
+        self._tasks.start_soon(lifespan)
+        await to_app.send({"type": "lifespan.startup"})
+        await started.wait()
+        if failure:
+            raise RuntimeError(f"in-process app failed to start: {failure[0]}")
+
+    async def _shutdown(self) -> None:
+        if self._lifespan_in is not None and self._lifespan_done is not None:
+            await self._lifespan_in.send({"type": "lifespan.shutdown"})
+            with anyio.move_on_after(30):
+                await self._lifespan_done.wait()
+
+    def close(self) -> None:
+        """Shut the app down (lifespan shutdown: the engine closes) and stop its loop."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            portal = self._portal
+        if portal is None:
+            return
+        try:
+            portal.call(self._shutdown)
+            stop = self._stop
+            if stop is not None:
+                portal.call(stop.set)
+        except RuntimeError:
+            pass  # the loop is already gone (interpreter exit)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    async def open(self, scope: dict[str, Any], body: bytes) -> _AppExchange:
+        """Start the app on a request (a task of the runner's loop); returns once headers are sent."""
+        exchange = _AppExchange(self.app, scope, body)
+        self._tasks.start_soon(exchange.run)
+        await exchange.response_start()
+        return exchange
+
+
+def _scope(request: Any) -> dict[str, Any]:
+    url = request.url
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": request.method,
+        "scheme": url.scheme,
+        "path": url.path,
+        "raw_path": url.raw_path.split(b"?")[0],
+        "query_string": url.query,
+        "root_path": "",
+        "headers": [(k.lower(), v) for k, v in request.headers.raw],
+        "server": (url.host, port),
+        "client": ("127.0.0.1", 0),
+    }
+
+
+# ---------------------------------------------------------------------------- sync transport
+
+
+class _SyncBody(http.SyncByteStream):  # type: ignore[misc, name-defined]
+    def __init__(self, portal: BlockingPortal, exchange: _AppExchange) -> None:
+        self._portal = portal
+        self._exchange = exchange
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            chunk = self._portal.call(self._exchange.next_chunk)
+            if chunk is None:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        self._portal.call(self._exchange.close)
+
+
+class SyncASGITransport(http.BaseTransport):  # type: ignore[misc, name-defined]
+    """A sync transport that runs ``app`` in-process and streams its response chunk by chunk."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.runner = AppRunner.for_app(app)
+
+    def handle_request(self, request: Any) -> Any:
+        body = request.read()
+        portal = self.runner.portal
+        exchange = portal.call(self.runner.open, _scope(request), body)
+        return http.Response(
+            exchange.status,
+            headers=exchange.headers,
+            stream=_SyncBody(portal, exchange),
+            request=request,
+        )
+
+
+# ---------------------------------------------------------------------------- async transport
+
+
+async def _on_runner(portal: BlockingPortal, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Await ``fn(*args)`` running on the runner's loop, from the caller's loop."""
+    future = portal.start_task_soon(fn, *args)
+    if sniffio.current_async_library() == "asyncio":
+        return await asyncio.wrap_future(future)
+    return await anyio.to_thread.run_sync(future.result)
+
+
+class _AsyncBody(http.AsyncByteStream):  # type: ignore[misc, name-defined]
+    def __init__(self, portal: BlockingPortal, exchange: _AppExchange) -> None:
+        self._portal = portal
+        self._exchange = exchange
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            chunk = await _on_runner(self._portal, self._exchange.next_chunk)
+            if chunk is None:
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await _on_runner(self._portal, self._exchange.close)
+
+
+class AsyncASGITransport(http.AsyncBaseTransport):  # type: ignore[misc, name-defined]
+    """An async transport that runs ``app`` in-process and streams its response chunk by chunk."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.runner = AppRunner.for_app(app)
+
+    async def handle_async_request(self, request: Any) -> Any:
+        body = await request.aread()
+        # The first use starts the app's loop and lifespan, which blocks: do it off the caller's loop.
+        portal = self.runner.started_portal() or await anyio.to_thread.run_sync(
+            lambda: self.runner.portal
+        )
+        exchange = await _on_runner(portal, self.runner.open, _scope(request), body)
+        return http.Response(
+            exchange.status,
+            headers=exchange.headers,
+            stream=_AsyncBody(portal, exchange),
+            request=request,
+        )
+
+
+# ---------------------------------------------------------------------------- the helper
+
+
+def serve_in_process(engine_or_config: Any = None, *, config: Any = None) -> Any:
+    """The agentrt app for in-process use: ``agentrt.OpenAI(app=agentrt.serve_in_process())``.
+
+    ``engine_or_config`` is a running :class:`EngineClient` (used as it is), an
+    ``EngineConfig`` (the embedded engine with it), a ``ServerConfig`` (the
+    engine or router it describes), or None (the embedded default model).
+    The engine is built when the app is first used, on the app's own loop,
+    and closed at interpreter exit; ``config`` (a ``ServerConfig``) sets the
+    server's limits and keys.
+    """
+    from contextlib import asynccontextmanager
+
+    from agentrt.engine.config import EngineConfig
+    from agentrt.protocol.engine import EngineClient
+    from agentrt.serving.app import create_app
+    from agentrt.serving.config import ServerConfig
+    from agentrt.serving.engines import open_engine
+
+    server = config or (
+        engine_or_config if isinstance(engine_or_config, ServerConfig) else ServerConfig()
+    )
+    if isinstance(engine_or_config, EngineClient):
+        return create_app(engine_or_config, server)
+    if isinstance(engine_or_config, EngineConfig):
+        engine_config = engine_or_config
+
+        @asynccontextmanager
+        async def embedded() -> AsyncIterator[EngineClient]:
+            from agentrt.engine import AsyncEngine
+
+            engine = await AsyncEngine.start(engine_config)
+            try:
+                yield engine
+            finally:
+                await engine.close()
+
+        return create_app(embedded, server)
+    if engine_or_config is not None and not isinstance(engine_or_config, ServerConfig):
+        raise TypeError(
+            f"serve_in_process takes an EngineClient, EngineConfig or ServerConfig, not {type(engine_or_config).__name__}"
+        )
+    return create_app(lambda: open_engine(server), server)

@@ -1,0 +1,228 @@
+"""Validate an OpenAI request body and turn it into the engine's :class:`GenerationRequest`.
+
+Everything a client can get wrong is caught here, before the engine sees the
+call, and answered with a 400 that names the parameter. Limits that protect
+the server (``max_tokens``, ``n``) come from :class:`ServerConfig`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentrt.protocol.engine import GenerationRequest, ProgramTag, SamplingParams
+from agentrt.protocol.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    NamedToolChoice,
+    chat_message_dict,
+)
+from agentrt.serving.config import ServerConfig
+from agentrt.serving.errors import APIError, bad_request
+
+MAX_TOP_LOGPROBS = 20
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+def _check_range(
+    name: str, value: float | None, low: float, high: float, *, low_open: bool = False
+) -> None:
+    if value is None:
+        return
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        bracket = "(" if low_open else "["
+        raise bad_request(f"{name} must be in {bracket}{low}, {high}], got {value}", param=name)
+
+
+def sampling_params(
+    body: ChatCompletionRequest | CompletionRequest,
+    config: ServerConfig,
+    *,
+    max_tokens: int | None,
+    logprobs: bool,
+    top_logprobs: int,
+) -> SamplingParams:
+    """The engine's sampling parameters, after checking every value against its valid range."""
+    if max_tokens is not None and not 1 <= max_tokens <= config.max_tokens_limit:
+        raise bad_request(
+            f"max_tokens must be between 1 and {config.max_tokens_limit}, got {max_tokens}",
+            param="max_tokens",
+        )
+    if not 1 <= body.n <= config.max_n:
+        raise bad_request(f"n must be between 1 and {config.max_n}, got {body.n}", param="n")
+    _check_range("temperature", body.temperature, 0.0, 2.0)
+    _check_range("top_p", body.top_p, 0.0, 1.0, low_open=True)
+    _check_range("min_p", body.min_p, 0.0, 1.0)
+    _check_range("presence_penalty", body.presence_penalty, -2.0, 2.0)
+    _check_range("frequency_penalty", body.frequency_penalty, -2.0, 2.0)
+    _check_range("repetition_penalty", body.repetition_penalty, 0.0, 10.0, low_open=True)
+    if body.top_k is not None and body.top_k < -1:
+        raise bad_request(f"top_k must be -1 (disabled) or >= 1, got {body.top_k}", param="top_k")
+    if not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+        raise bad_request(
+            f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}", param="top_logprobs"
+        )
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if any(not s for s in stop):
+        raise bad_request("stop strings must not be empty", param="stop")
+    params: dict[str, Any] = {
+        "max_tokens": max_tokens,
+        "n": body.n,
+        "stop": stop,
+        "stop_token_ids": list(body.stop_token_ids or []),
+        "seed": body.seed,
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "ignore_eos": body.ignore_eos,
+        "logprobs": logprobs,
+        "top_logprobs": top_logprobs,
+    }
+    optional = {
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "top_k": None if body.top_k == 0 else body.top_k,  # vLLM: 0 also disables
+        "min_p": body.min_p,
+        "repetition_penalty": body.repetition_penalty,
+    }
+    params.update({k: v for k, v in optional.items() if v is not None})
+    return SamplingParams(**params)
+
+
+def offered_tools(body: ChatCompletionRequest) -> tuple[list[dict[str, Any]] | None, set[str]]:
+    """The tools to show the chat template, and the names whose calls the output may contain.
+
+    ``tool_choice="none"`` keeps the tools in the prompt (as OpenAI and vLLM
+    do) but no call is parsed; a named choice offers only that function.
+    """
+    tools = body.tools or []
+    choice = body.tool_choice
+    if choice is not None and choice != "none" and not tools:
+        raise bad_request("tool_choice needs tools", param="tool_choice")
+    names = [t.function.name for t in tools]
+    if len(set(names)) != len(names):
+        raise bad_request("tool names must be unique", param="tools")
+    as_dicts = [
+        {
+            "type": "function",
+            "function": {k: v for k, v in _function_dict(t.function).items() if v is not None},
+        }
+        for t in tools
+    ]
+    if isinstance(choice, NamedToolChoice):
+        if choice.function.name not in names:
+            raise bad_request(
+                f"tool_choice names {choice.function.name!r}, which is not in tools",
+                param="tool_choice",
+            )
+        as_dicts = [d for d in as_dicts if d["function"]["name"] == choice.function.name]
+        return as_dicts, {choice.function.name}
+    if not tools:
+        return None, set()
+    return as_dicts, set() if choice == "none" else set(names)
+
+
+def _function_dict(function: Any) -> dict[str, Any]:
+    return {
+        "name": function.name,
+        "description": function.description,
+        "parameters": function.parameters,
+    }
+
+
+def chat_request(
+    body: ChatCompletionRequest,
+    config: ServerConfig,
+    *,
+    call_id: str,
+    program: ProgramTag | None,
+    arrival: float,
+) -> tuple[GenerationRequest, set[str]]:
+    """The engine request for a chat body, and the tool names whose calls to parse from the output."""
+    if not body.messages:
+        raise bad_request("messages must not be empty", param="messages")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
+    tools, tool_names = offered_tools(body)
+    max_tokens = (
+        body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    )
+    sampling = sampling_params(
+        body,
+        config,
+        max_tokens=max_tokens,
+        logprobs=body.logprobs,
+        top_logprobs=body.top_logprobs or 0,
+    )
+    request = GenerationRequest(
+        call_id=call_id,
+        model=body.model,
+        messages=[chat_message_dict(m) for m in body.messages],
+        tools=tools,
+        sampling=sampling,
+        program=program,
+        priority=body.priority,
+        arrival_time=arrival,
+    )
+    return request, tool_names
+
+
+def completion_requests(
+    body: CompletionRequest,
+    config: ServerConfig,
+    *,
+    call_id: str,
+    program: ProgramTag | None,
+    arrival: float,
+) -> list[GenerationRequest]:
+    """One engine request per prompt of the body (a batch of prompts is several calls)."""
+    prompts = split_prompts(body.prompt)
+    if body.suffix:
+        raise bad_request("suffix is not supported", param="suffix")
+    if body.echo and any(isinstance(p, list) for p in prompts):
+        raise bad_request("echo needs text prompts", param="echo")
+    max_tokens = body.max_tokens if body.max_tokens is not None else DEFAULT_COMPLETION_MAX_TOKENS
+    top = body.logprobs if body.logprobs is not None else 0
+    sampling = sampling_params(
+        body, config, max_tokens=max_tokens, logprobs=body.logprobs is not None, top_logprobs=top
+    )
+    return [
+        GenerationRequest(
+            call_id=call_id if len(prompts) == 1 else f"{call_id}-{i}",
+            model=body.model,
+            prompt=prompt,
+            sampling=sampling,
+            program=program,
+            priority=body.priority,
+            arrival_time=arrival,
+        )
+        for i, prompt in enumerate(prompts)
+    ]
+
+
+def split_prompts(prompt: str | list[str | int | list[int]]) -> list[str | list[int]]:
+    """The prompts of a body: a text, texts, token ids, or lists of token ids (not mixed)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise bad_request("prompt must not be empty", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [[p for p in prompt if isinstance(p, int)]]
+    out: list[str | list[int]] = []
+    for p in prompt:
+        if isinstance(p, int):
+            raise bad_request("prompt mixes token ids with texts or lists", param="prompt")
+        if isinstance(p, list) and not p:
+            raise bad_request("a token-id prompt must not be empty", param="prompt")
+        out.append(p)
+    return out
+
+
+def check_model(model: str, served: set[str]) -> None:
+    if model not in served:
+        raise APIError(
+            404,
+            f"The model `{model}` does not exist. Served models: {', '.join(sorted(served))}.",
+            type="not_found_error",
+            param="model",
+            code="model_not_found",
+        )
