@@ -1,9 +1,11 @@
-"""An engine object living in the router's own process, as a backend.
+"""An engine living in the router's own process, as a backend.
 
 The default single-engine server and the in-process tests route through the
 same router as replicas and remote servers do; this adapter gives such an
 engine the backend lifecycle (``run``, ``check_health``) without a process
-or network hop.
+or network hop. Given an :class:`EngineSpec` rather than an engine, it
+builds the engine when it starts (loading the model inside the server's
+startup, not at import).
 """
 
 from __future__ import annotations
@@ -22,23 +24,34 @@ from agentrt.protocol.engine import (
     ProgramTag,
     TokenEvent,
 )
-from agentrt.serving.backends.hosting import running
+from agentrt.serving.backends.hosting import EngineSpec, build_engine, running
 
 
 class LocalBackend:
-    """Wraps an in-process :class:`EngineClient`; ``run`` starts it and closes it on shutdown."""
+    """Wraps an in-process :class:`EngineClient` (or builds one from a spec); ``run`` starts it and closes it on shutdown."""
 
     program_aware = True
 
-    def __init__(self, engine_id: str, engine: EngineClient, *, program_aware: bool = True) -> None:
+    def __init__(
+        self, engine_id: str, engine: EngineClient | EngineSpec, *, program_aware: bool = True
+    ) -> None:
         self.engine_id = engine_id
-        self.engine = engine
+        self.spec = engine if isinstance(engine, EngineSpec) else None
+        self._engine: EngineClient | None = None if isinstance(engine, EngineSpec) else engine
         self.program_aware = program_aware
         self._up = False
         self._run_scope: anyio.CancelScope | None = None
 
+    @property
+    def engine(self) -> EngineClient:
+        if self._engine is None:
+            raise EngineUnavailable(f"engine {self.engine_id} is not built yet")
+        return self._engine
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.CancelScope() as self._run_scope:
+            if self.spec is not None:
+                self._engine = await build_engine(self.spec)  # a restart builds a fresh engine
             async with running(self.engine):
                 self._up = True
                 try:
@@ -51,13 +64,13 @@ class LocalBackend:
         if self._run_scope is not None:
             self._run_scope.cancel()
 
-    def _engine(self) -> EngineClient:
+    def _live(self) -> EngineClient:
         if not self._up:
             raise EngineUnavailable(f"engine {self.engine_id} is not running")
         return self.engine
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        events = self._engine().generate(request)
+        events = self._live().generate(request)
         try:
             async for event in events:
                 yield event
@@ -65,19 +78,20 @@ class LocalBackend:
             await events.aclose()  # type: ignore[attr-defined]
 
     async def abort(self, call_id: str) -> None:
-        await self.engine.abort(call_id)
+        if self._up:
+            await self.engine.abort(call_id)
 
     async def check_health(self) -> None:
-        self._engine().stats()
+        self._live().stats()
 
     def stats(self) -> EngineStats:
-        return self.engine.stats()
+        return self.engine.stats() if self._engine is not None else EngineStats()
 
     def models(self) -> list[ModelInfo]:
-        return self.engine.models()
+        return self.engine.models() if self._engine is not None else []
 
     async def start_program(self, tag: ProgramTag) -> None:
-        await self._engine().start_program(tag)
+        await self._live().start_program(tag)
 
     async def end_program(self, program_id: str) -> None:
         if self._up:

@@ -1,0 +1,144 @@
+"""Engine replicas in worker processes behind the router (``agentrt serve --replicas N``).
+
+Workers are real processes speaking the msgspec protocol over a socket pair;
+one is killed with SIGKILL mid-stream to check failover.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import anyio
+import pytest
+from tests.polling import eventually
+
+from agentrt.protocol.engine import (
+    EngineUnavailable,
+    GenerationRequest,
+    ProgramTag,
+    PromptTooLong,
+    SamplingParams,
+    TokenEvent,
+)
+from agentrt.serving.backends import EngineSpec, ProcessBackend, build_engine_client
+from agentrt.serving.config import ServerConfig
+from agentrt.serving.router import Router, RouterConfig
+
+ECHO = "agentrt.serving.echo:EchoEngine"
+LONG = "word " * 3000  # past the locality threshold: the program is pinned to one replica
+
+
+def chat(
+    call_id: str, text: str = "one two three", program: str | None = None, **sampling: object
+) -> GenerationRequest:
+    return GenerationRequest(
+        call_id=call_id,
+        messages=[{"role": "user", "content": text}],
+        program=ProgramTag(program_id=program) if program else None,
+        sampling=SamplingParams(**sampling),  # type: ignore[arg-type]
+    )
+
+
+async def collect(router: Router, request: GenerationRequest) -> list[TokenEvent]:
+    return [event async for event in router.generate(request)]
+
+
+def backend(router: Router, engine_id: str) -> ProcessBackend:
+    found = router._engines[engine_id].backend
+    assert isinstance(found, ProcessBackend)
+    return found
+
+
+async def test_a_killed_replica_fails_its_calls_promptly_and_its_programs_move() -> None:
+    config = ServerConfig(replicas=2)
+    spec = EngineSpec(factory=ECHO, options={"token_delay": 0.05})
+    router = build_engine_client(config, engine=spec)
+    router.config = RouterConfig(health_interval_s=0.2, restart_backoff_s=0.2)
+    async with router:
+        assert {s.engine_id for s in router.engines() if s.up} == {"replica-0", "replica-1"}
+        await collect(router, chat("warm", LONG, program="p", max_tokens=1))
+        entry = router.table.get("p")
+        assert entry is not None and entry.engine_id is not None
+        doomed = entry.engine_id
+        old_pid = backend(router, doomed).pid
+        assert old_pid is not None
+
+        stream = router.generate(chat("inflight", LONG, program="p"))
+        await stream.__anext__()
+        os.kill(old_pid, signal.SIGKILL)
+        with anyio.fail_after(5), pytest.raises(EngineUnavailable, match="SIGKILL"):
+            async for _ in stream:
+                pass
+
+        status = {s.engine_id: s for s in router.engines()}
+        assert not status[doomed].up
+        events = await collect(router, chat("after", LONG, program="p", max_tokens=1))
+        assert events[-1].finish_reason == "length"
+        assert entry.engine_id not in (None, doomed)  # re-pinned to the live replica
+
+        # The supervisor brings a fresh worker back.
+        await eventually(lambda: router.engines()[int(doomed[-1])].up)
+        assert backend(router, doomed).pid not in (None, old_pid)
+        assert (
+            "".join(e.text for e in await collect(router, chat("again", "back again")))
+            == "back again"
+        )
+
+
+async def test_calls_cross_the_process_boundary_intact() -> None:
+    spec = EngineSpec(factory=ECHO, options={"max_model_len": 64})
+    async with Router([ProcessBackend("r0", spec)]) as router:
+        events = await collect(
+            router, chat("c1", "alpha beta gamma", program="p", logprobs=True, top_logprobs=2)
+        )
+        assert "".join(e.text for e in events) == "alpha beta gamma"
+        assert all(e.logprobs for e in events if e.text)
+        assert events[-1].usage is not None and events[-1].timings is not None
+        assert [m.id for m in router.models()] == ["echo"]
+
+        with pytest.raises(PromptTooLong, match="maximum context length"):
+            await collect(router, chat("c2", "w " * 100))
+
+
+async def test_leaving_a_stream_early_aborts_the_call_in_the_worker() -> None:
+    spec = EngineSpec(factory=ECHO, options={"token_delay": 0.02})
+    replica = ProcessBackend("r0", spec)
+    async with Router([replica]) as router:
+        stream = router.generate(chat("c1", "w " * 100))
+        await stream.__anext__()
+        await replica.check_health()
+        assert replica.stats().running == 1
+        await stream.aclose()  # type: ignore[attr-defined]
+        await replica.check_health()
+        assert replica.stats().running == 0
+        assert replica.stats().kv_blocks_used == 0
+
+
+async def test_a_replica_whose_engine_cannot_be_built_says_why() -> None:
+    spec = EngineSpec(
+        factory="tests.integration.replica_engines:broken_engine",
+        options={"reason": "no such model"},
+    )
+    with pytest.raises(EngineUnavailable, match="no such model"):
+        async with Router([ProcessBackend("r0", spec)], config=RouterConfig(restart=False)):
+            pass
+
+
+@pytest.mark.slow  # imports torch and builds a model in two processes
+async def test_a_worker_runs_the_embedded_engine() -> None:
+    spec = EngineSpec(factory="tests.integration.replica_engines:tiny_llama_engine")
+    request = GenerationRequest(
+        call_id="c1", prompt=[1, 2, 3, 4, 5], sampling=SamplingParams(max_tokens=6, temperature=0.0)
+    )
+    async with Router([ProcessBackend("r0", spec)]) as router:
+        remote = [t for e in await collect(router, request) for t in e.token_ids]
+    from tests.integration.replica_engines import tiny_llama_engine
+
+    engine = await tiny_llama_engine()
+    try:
+        local = [t for e in [e async for e in engine.generate(request)] for t in e.token_ids]
+    finally:
+        await engine.close()
+    assert len(remote) == 6
+    assert remote == local  # same weights, greedy: the worker computes what this process does
