@@ -35,7 +35,8 @@ How a driver (engine step loop, simulator) uses it::
         # cancelled: sched.abort(call_id, now)
 
 For multi-step scheduling call ``schedule`` every N steps and ``charge``
-every step. A router owns one :class:`ProcessTable` and may share it with
+every step (or once per window with ``step=`` the engine's step counter, so
+that token-mode waits still count every step). A router owns one :class:`ProcessTable` and may share it with
 its schedulers and its :class:`Balancer`. None of these objects lock: each
 belongs to one thread (the engine's step loop, the router's event loop).
 The cost of a decision is measured by ``agentrt bench scheduler``.

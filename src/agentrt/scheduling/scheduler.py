@@ -200,17 +200,23 @@ class Scheduler:
         self._running = running
         return decision
 
-    def charge(self, call: Call, service: float, now: float) -> None:
+    def charge(self, call: Call, service: float, now: float, *, step: int | None = None) -> None:
         """Account ``service`` (seconds or tokens) the call received in a step ending at ``now``.
 
         Works whether or not :meth:`schedule` ran since the last charge
         (multi-step scheduling); a call that already left is ignored.
+
+        Token mode counts waiting in engine steps. ``step`` is the driver's
+        engine-step counter after the step(s) charged; a driver that charges
+        once per multi-step window passes it so that waiting calls are
+        charged every step of the window. Without it, each new (larger)
+        ``now`` counts as one step, which is right for a driver that charges
+        every step with that step's time.
         """
         if not service >= 0:
             raise ValueError("service must be >= 0")
-        if self._token_mode and now > self._last_step_now:
-            self._steps += 1
-            self._last_step_now = now
+        if self._token_mode:
+            self._advance_steps(now, step)
         if self._calls.get(call.call_id) is not call:
             return
         call.service += service
@@ -243,6 +249,15 @@ class Scheduler:
         return self._leave(call_id, now, "aborted")
 
     # --- internals ---
+
+    def _advance_steps(self, now: float, step: int | None) -> None:
+        if step is not None:
+            if step < 0:
+                raise ValueError("step must be >= 0")
+            self._steps = max(self._steps, step)
+        elif now > self._last_step_now:
+            self._steps += 1
+        self._last_step_now = max(self._last_step_now, now)
 
     def _leave(self, call_id: str, now: float, outcome: str) -> Call | None:
         call = self._calls.pop(call_id, None)

@@ -337,6 +337,21 @@ def test_charges_between_decisions_are_all_accounted() -> None:
     assert sched.get("b").wait(sched.clock(4.0)) == 4  # type: ignore[union-attr]
 
 
+def test_a_window_charged_once_counts_every_step_of_waiting() -> None:
+    sched = scheduler_for("fcfs")
+    a = sched.add(Call("a", "p"), 0.0)
+    b = sched.add(Call("b", "q"), 0.0)
+    sched.schedule(0.0, SlotAdmission(1))
+    sched.charge(a, 8, 0.2, step=8)  # one charge for an 8-step window
+    sched.charge(a, 0, 0.2)  # a second charge at the same time is the same step
+    assert sched.clock(0.2) == 8
+    sched.finish("a", 0.2)
+    sched.schedule(0.2, SlotAdmission(1))
+    assert b.wait(sched.clock(0.2)) == 8
+    with pytest.raises(ValueError, match="step"):
+        sched.charge(b, 1, 0.3, step=-1)
+
+
 # --- lifecycle and bad input ---
 
 
