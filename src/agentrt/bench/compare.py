@@ -34,6 +34,10 @@ log = get_logger(__name__)
 POLICIES = ("fcfs", "las", "mlfq", "plas", "atlas")
 
 
+class ServerStartError(RuntimeError):
+    """An ``agentrt serve`` subprocess exited or never became healthy; the message has its log tail."""
+
+
 class ComparisonRow(msgspec.Struct, kw_only=True):
     label: str
     rate_at_target: AtLatency
@@ -103,14 +107,14 @@ def agentrt_server(policy: str, extra_args: list[str], startup_timeout: float) -
         deadline = time.monotonic() + startup_timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"agentrt serve ({policy}) exited with {process.returncode}:\n{_tail(log_file.name)}")
+                raise ServerStartError(f"agentrt serve ({policy}) exited with {process.returncode}:\n{_tail(log_file.name)}")
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2.0).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"agentrt serve ({policy}) not healthy after {startup_timeout:.0f} s:\n{_tail(log_file.name)}")
+                raise ServerStartError(f"agentrt serve ({policy}) not healthy after {startup_timeout:.0f} s:\n{_tail(log_file.name)}")
             time.sleep(0.5)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
@@ -121,6 +125,17 @@ def agentrt_server(policy: str, extra_args: list[str], startup_timeout: float) -
             process.kill()
             process.wait()
         log_file.close()
+
+
+def _sweep_agentrt(policy: str, args: argparse.Namespace, extra: dict[str, Any], progress: Any) -> SystemResult:
+    import anyio
+
+    from agentrt.bench.load import Target
+    from agentrt.bench.serve import sweep_target
+
+    with agentrt_server(policy, args.serve_arg, args.startup_timeout) as url:
+        target = Target(label=f"agentrt/{policy}", base_url=url, model=args.model or "", extra_body=extra)
+        return anyio.run(sweep_target, target, args, progress)
 
 
 def _tail(path: str, lines: int = 20) -> str:
@@ -185,9 +200,12 @@ def run(args: argparse.Namespace) -> int:
     systems: list[SystemResult] = []
     with Progress(enabled=not args.no_progress) as progress:
         for policy in args.policies:
-            with agentrt_server(policy, args.serve_arg, args.startup_timeout) as url:
-                target = Target(label=f"agentrt/{policy}", base_url=url, model=args.model or "", extra_body=extra)
-                systems.append(anyio.run(sweep_target, target, args, progress))
+            try:
+                systems.append(_sweep_agentrt(policy, args, extra, progress))
+            except ServerStartError as e:
+                progress.stop()
+                console.print(f"[red]error:[/red] {e}")
+                return 2
         for name, url, model in args.external:
             target = Target(label=name, base_url=url, model=model or args.model or "", extra_body=extra)
             systems.append(anyio.run(sweep_target, target, args, progress))

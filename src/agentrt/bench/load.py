@@ -43,8 +43,7 @@ class Target:
     model: str = ""
     api_key: str = "EMPTY"
     extra_body: dict[str, Any] = field(default_factory=dict)
-    http_client: Any = None  # an httpx.Client for in-process servers
-    async_http_client: Any = None
+    app: Any = None  # an agentrt app served in this process (``agentrt.serve_in_process``) instead of a URL
 
 
 def unit_arrivals(count: int, seed: int) -> list[float]:
@@ -121,14 +120,19 @@ def metrics_url(base_url: str) -> str:
 
 
 async def scrape(target: Target) -> dict[str, float] | None:
-    """The server's agentrt metrics, or None when it is not an agentrt server."""
+    """The server's agentrt metrics, or None when it is not an agentrt server (or cannot be reached)."""
     try:
-        if target.async_http_client is not None:
-            response = await target.async_http_client.get(metrics_url(target.base_url))
+        if target.app is not None:
+            from agentrt.serving import inprocess
+
+            transport = inprocess.AsyncASGITransport(target.app)
+            async with inprocess.http.AsyncClient(transport=transport, timeout=10.0) as http:
+                response = await http.get(metrics_url(target.base_url))
         else:
             async with httpx.AsyncClient(timeout=10.0) as http:
                 response = await http.get(metrics_url(target.base_url))
-    except httpx.HTTPError:
+    except Exception as e:  # metrics are optional: any failure means "not ours"
+        log.debug("no server metrics", url=metrics_url(target.base_url), error=repr(e))
         return None
     if response.status_code != 200 or "agentrt:" not in response.text:
         return None
@@ -158,12 +162,9 @@ def make_llm(target: Target) -> Any:
     import agentrt
 
     common: dict[str, Any] = {"base_url": target.base_url, "api_key": target.api_key, "timeout": 3600.0}
-    client = agentrt.OpenAI(**common, http_client=target.http_client) if target.http_client else agentrt.OpenAI(**common)
-    aclient = (
-        agentrt.AsyncOpenAI(**common, http_client=target.async_http_client)
-        if target.async_http_client
-        else agentrt.AsyncOpenAI(**common)
-    )
+    if target.app is not None:
+        common["app"] = target.app
+    client, aclient = agentrt.OpenAI(**common), agentrt.AsyncOpenAI(**common)
     if not target.model:
         target.model = client.models.list().data[0].id
     return LLM(model=target.model, client=client, aclient=aclient, extra_body=dict(target.extra_body))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import ExitStack
 from typing import Any
 
 import msgspec
@@ -154,14 +153,19 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]error:[/red] {problem}")
         return 2
     extra = {"ignore_eos": True} if args.ignore_eos else {}
-    with ExitStack() as stack:
-        if args.embedded or args.base_url is None:
-            target = stack.enter_context(embedded_target(args, extra))
-        else:
-            target = Target(label=args.label or args.base_url, base_url=args.base_url, model=args.model or "",
-                            api_key=args.api_key, extra_body=extra)
+    if args.embedded or args.base_url is None:
+        target = embedded_target(args, extra)
+    else:
+        target = Target(label=args.label or args.base_url, base_url=args.base_url, model=args.model or "",
+                        api_key=args.api_key, extra_body=extra)
+    try:
         with Progress(enabled=not args.no_progress) as progress:
             system = anyio.run(sweep_target, target, args, progress)
+    finally:
+        if target.app is not None:
+            from agentrt.serving.inprocess import AppRunner
+
+            AppRunner.for_app(target.app).close()
     result = BenchResult(command=sys.argv, workload=args.workload, seed=args.seed,
                          num_programs=args.num_programs, duration=args.duration, systems=[system])
     print_runs(console, result.systems)
@@ -170,23 +174,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def embedded_target(args: argparse.Namespace, extra: dict[str, Any]) -> Any:
-    """A :class:`Target` on an agentrt server started in this process (default model)."""
-    from contextlib import contextmanager
-
+    """A :class:`Target` on an agentrt app served in this process (the embedded default model)."""
     import agentrt
     from agentrt.bench.load import Target
+    from agentrt.sdk.openai_clients import IN_PROCESS_BASE_URL
+    from agentrt.serving.config import ServerConfig
 
-    @contextmanager
-    def started() -> Any:
-        options = {"scheduling_policy": args.scheduling_policy} if args.scheduling_policy else {}
-        with agentrt.serve_in_process(**options) as server:
-            yield Target(
-                label=args.label or f"embedded/{args.scheduling_policy or 'default'}",
-                base_url=server.base_url,
-                model=args.model or "",
-                extra_body=extra,
-                http_client=server.http_client(),
-                async_http_client=server.async_http_client(),
-            )
-
-    return started()
+    policy = args.scheduling_policy or ServerConfig().scheduling_policy
+    app = agentrt.serve_in_process(ServerConfig(scheduling_policy=policy))
+    return Target(label=args.label or f"embedded/{policy}", base_url=IN_PROCESS_BASE_URL, model=args.model or "",
+                  extra_body=extra, app=app)

@@ -32,6 +32,10 @@ class Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop redrawing (idempotent), e.g. before printing an error."""
         if self._bar is not None:
             self._bar.stop()
 

@@ -124,3 +124,50 @@ def test_compare_defaults_the_target_to_the_baselines_middle_rate() -> None:
     assert fcfs.ratio == 1.0 and fcfs.p95_at_baseline_rate == 40
     assert plas.ratio == pytest.approx(1.5) and plas.ratio_bound == ">="  # met the target at every rate
     assert bad.ratio is None and bad.rate_at_target.bound == "<"
+
+
+def test_an_in_process_app_is_driven_without_a_socket() -> None:
+    import anyio
+
+    import agentrt
+    from agentrt.bench.load import Target
+    from agentrt.bench.serve import sweep_target
+    from agentrt.bench.serve_report import Progress
+    from agentrt.sdk.openai_clients import IN_PROCESS_BASE_URL
+    from agentrt.serving.echo import EchoEngine
+    from agentrt.serving.inprocess import AppRunner
+
+    engine = EchoEngine(token_delay=0.001)
+    app = agentrt.serve_in_process(engine)
+    target = Target(label="in-process", base_url=IN_PROCESS_BASE_URL, app=app)
+    args = argparse.Namespace(rates=None, rate=8.0, num_programs=3, duration=None, seed=5, workload="map_reduce",
+                              timeout=None)
+    try:
+        with Progress(enabled=False) as progress:
+            system = anyio.run(sweep_target, target, args, progress)
+    finally:
+        AppRunner.for_app(app).close()
+    [run] = system.runs
+    assert run.completed == 3 and run.errors == 0 and run.calls == 3 * (1 + 4 + 1)
+    assert run.server is not None  # /metrics read in-process too
+    assert len({r.program.program_id for r in engine.requests}) == 3
+
+
+def test_bench_compare_starts_one_agentrt_server_per_policy(tmp_path: Path) -> None:
+    out = tmp_path / "policies.json"
+    code = main(["bench", "compare", "--policies", "fcfs,plas", "--serve-arg=--engine-factory",
+                 "--serve-arg=agentrt.serving.echo:EchoEngine", "--workload", "chat", "--num-programs", "2",
+                 "--rates", "4,8", "--startup-timeout", "120", "--json", str(out), "--no-progress"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert [s["label"] for s in result["systems"]] == ["agentrt/fcfs", "agentrt/plas"]
+    assert all(run["server"] is not None and run["errors"] == 0 for s in result["systems"] for run in s["runs"])
+    ports = {s["base_url"] for s in result["systems"]}
+    assert len(ports) == 2  # each policy got its own server
+
+
+def test_bench_compare_reports_a_server_that_fails_to_start(capsys) -> None:
+    code = main(["bench", "compare", "--policies", "fcfs", "--serve-arg=--engine-factory",
+                 "--serve-arg=no.such.module:Engine", "--num-programs", "1", "--no-progress"])
+    assert code == 2
+    assert "agentrt serve (fcfs) exited with" in capsys.readouterr().out
