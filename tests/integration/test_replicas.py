@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import anyio
 import pytest
@@ -21,8 +22,9 @@ from agentrt.protocol.engine import (
     SamplingParams,
     TokenEvent,
 )
-from agentrt.serving.backends import EngineSpec, ProcessBackend, build_engine_client
+from agentrt.serving.backends import EngineSpec, ProcessBackend
 from agentrt.serving.config import ServerConfig
+from agentrt.serving.engines import open_engine
 from agentrt.serving.router import Router, RouterConfig
 
 ECHO = "agentrt.serving.echo:EchoEngine"
@@ -50,12 +52,15 @@ def backend(router: Router, engine_id: str) -> ProcessBackend:
     return found
 
 
-async def test_a_killed_replica_fails_its_calls_promptly_and_its_programs_move() -> None:
-    config = ServerConfig(replicas=2)
-    spec = EngineSpec(factory=ECHO, options={"token_delay": 0.05})
-    router = build_engine_client(config, engine=spec)
-    router.config = RouterConfig(health_interval_s=0.2, restart_backoff_s=0.2)
-    async with router:
+async def test_a_killed_replica_fails_its_calls_promptly_and_its_programs_move(
+    tmp_path: Path,
+) -> None:
+    # The path `agentrt serve --replicas 2 --config FILE` takes, with a model-free engine.
+    config_file = tmp_path / "server.toml"
+    config_file.write_text("[router]\nhealth_interval_s = 0.2\nrestart_backoff_s = 0.2\n")
+    config = ServerConfig(replicas=2, engine_factory=ECHO, engine_options={"token_delay": 0.05})
+    async with open_engine(config, config_file) as router:
+        assert isinstance(router, Router)
         assert {s.engine_id for s in router.engines() if s.up} == {"replica-0", "replica-1"}
         await collect(router, chat("warm", LONG, program="p", max_tokens=1))
         entry = router.table.get("p")

@@ -44,8 +44,6 @@ class Backend(EngineClient, Protocol):
         ...
 
 
-from agentrt.serving.backends.build import build_engine_client  # noqa: E402  (needs Backend above)
-
 __all__ = [
     "Backend",
     "EngineSpec",
@@ -53,6 +51,5 @@ __all__ = [
     "ProcessBackend",
     "RemoteBackend",
     "RemoteBackendConfig",
-    "build_engine_client",
     "parse_backend",
 ]

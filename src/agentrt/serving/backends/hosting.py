@@ -74,15 +74,3 @@ async def hosted_engine(spec: EngineSpec) -> AsyncIterator[EngineClient]:
     async with running(engine) as live:
         yield live
 
-
-async def embedded_engine(**config: Any) -> EngineClient:
-    """The factory of agentrt's own engine: ``config`` holds :class:`~agentrt.engine.EngineConfig` fields.
-
-    torch and the model load here, in the process (or actor) that runs the engine.
-    """
-    from agentrt.engine import AsyncEngine, EngineConfig
-
-    return await AsyncEngine.start(msgspec.convert(config, EngineConfig))
-
-
-EMBEDDED_ENGINE = f"{__name__}:embedded_engine"

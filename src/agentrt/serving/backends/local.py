@@ -3,9 +3,7 @@
 The default single-engine server and the in-process tests route through the
 same router as replicas and remote servers do; this adapter gives such an
 engine the backend lifecycle (``run``, ``check_health``) without a process
-or network hop. Given an :class:`EngineSpec` rather than an engine, it
-builds the engine when it starts (loading the model inside the server's
-startup, not at import).
+or network hop.
 """
 
 from __future__ import annotations
@@ -24,34 +22,23 @@ from agentrt.protocol.engine import (
     ProgramTag,
     TokenEvent,
 )
-from agentrt.serving.backends.hosting import EngineSpec, build_engine, running
+from agentrt.serving.backends.hosting import running
 
 
 class LocalBackend:
-    """Wraps an in-process :class:`EngineClient` (or builds one from a spec); ``run`` starts it and closes it on shutdown."""
+    """Wraps an in-process :class:`EngineClient`; ``run`` starts it and closes it on shutdown."""
 
     program_aware = True
 
-    def __init__(
-        self, engine_id: str, engine: EngineClient | EngineSpec, *, program_aware: bool = True
-    ) -> None:
+    def __init__(self, engine_id: str, engine: EngineClient, *, program_aware: bool = True) -> None:
         self.engine_id = engine_id
-        self.spec = engine if isinstance(engine, EngineSpec) else None
-        self._engine: EngineClient | None = None if isinstance(engine, EngineSpec) else engine
+        self.engine = engine
         self.program_aware = program_aware
         self._up = False
         self._run_scope: anyio.CancelScope | None = None
 
-    @property
-    def engine(self) -> EngineClient:
-        if self._engine is None:
-            raise EngineUnavailable(f"engine {self.engine_id} is not built yet")
-        return self._engine
-
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.CancelScope() as self._run_scope:
-            if self.spec is not None:
-                self._engine = await build_engine(self.spec)  # a restart builds a fresh engine
             async with running(self.engine):
                 self._up = True
                 try:
@@ -85,10 +72,10 @@ class LocalBackend:
         self._live().stats()
 
     def stats(self) -> EngineStats:
-        return self.engine.stats() if self._engine is not None else EngineStats()
+        return self.engine.stats()
 
     def models(self) -> list[ModelInfo]:
-        return self.engine.models() if self._engine is not None else []
+        return self.engine.models()
 
     async def start_program(self, tag: ProgramTag) -> None:
         await self._live().start_program(tag)

@@ -12,6 +12,7 @@ stream, which the server takes as a client disconnect.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from typing import Literal
@@ -31,6 +32,7 @@ from agentrt.protocol.engine import (
     Timings,
     TokenEvent,
 )
+from agentrt.protocol.headers import PROGRAM, HeaderError, format_headers, parse_headers
 from agentrt.serving.backends.errors import ErrorInfo, engine_error
 from agentrt.serving.backends.openai_wire import (
     ChunkDecoder,
@@ -92,16 +94,30 @@ def parse_backend(spec: str) -> RemoteBackendConfig:
 
 
 def program_headers(tag: ProgramTag | None, call_id: str) -> dict[str, str]:
-    """Headers that carry the program to the remote server."""
-    headers = {"x-request-id": call_id}
-    if tag is not None:
-        headers["x-session-id"] = tag.program_id
-        headers["x-agentrt-program"] = tag.program_id
-        if tag.thread_id:
-            headers["x-agentrt-thread"] = tag.thread_id
-        if tag.parent_call_id:
-            headers["x-agentrt-parent"] = tag.parent_call_id
-    return headers
+    """Headers that carry the program to the remote server (``x-session-id`` and the agentrt ones)."""
+    if tag is None:
+        return {"x-request-id": call_id}
+    headers = format_headers(
+        program_id=header_safe_id(tag.program_id),
+        thread_id=header_safe_id(tag.thread_id) if tag.thread_id else "",
+        parent_call_id=header_safe_id(tag.parent_call_id) if tag.parent_call_id else None,
+        call_id=header_safe_id(call_id),
+    )
+    headers["x-request-id"] = call_id
+    return {name: value for name, value in headers.items() if value}
+
+
+def header_safe_id(value: str) -> str:
+    """``value`` if it is a valid program-header id, else a stable digest of it.
+
+    Tenant-scoped program ids (``tenant/program``) are not valid header ids;
+    the remote server only needs a stable, distinct key per program.
+    """
+    try:
+        parse_headers({PROGRAM: value})
+        return value
+    except HeaderError:
+        return "h-" + hashlib.sha256(value.encode()).hexdigest()[:40]
 
 
 class RemoteBackend:
