@@ -4,7 +4,11 @@ Units. Every service-like knob (queue boundaries, quanta, the starvation
 floor) is in the configured *service unit*:
 
 - ``service_unit = "time"`` (default, as in the Autellix paper): seconds of
-  model-executor time attributed to a call;
+  model-executor time attributed to a call: the whole duration of every
+  engine step the call took part in (what vLLM accumulates per request as
+  its model execute time). Not a per-token share of the step: that would
+  make a call's service shrink as the batch grows, so priorities would
+  flatten under exactly the load where they matter;
 - ``service_unit = "tokens"``: tokens the model processed for the call
   (prefill and decode alike). Deterministic, for tests and for engines that
   do not report time. Waiting is then counted in engine steps: each step a
