@@ -11,6 +11,8 @@ Pure Python, no I/O, deterministic. Public API:
   ``seq``, ``running``, ``wait(clock)``);
 - :class:`Scheduler` / :func:`make_scheduler`, :class:`Decision`, and the
   :class:`Admission` protocol the driver implements (its resource model);
+  ``Scheduler.counters`` (:class:`SchedulerCounters`) and
+  ``Scheduler.calls_per_level()`` for metrics;
 - :class:`ProcessTable`, :class:`ProgramEntry`, :class:`CallRecord`: what is
   known about each program (service, wait, engine affinity, call records);
 - :class:`Balancer` (``round_robin | least_used | locality``) and
@@ -60,7 +62,13 @@ from agentrt.scheduling.policies import (
     queue_level,
 )
 from agentrt.scheduling.process_table import CallRecord, ProcessTable, ProgramEntry
-from agentrt.scheduling.scheduler import Admission, Decision, Scheduler, make_scheduler
+from agentrt.scheduling.scheduler import (
+    Admission,
+    Decision,
+    Scheduler,
+    SchedulerCounters,
+    make_scheduler,
+)
 
 __all__ = [
     "POLICIES",
@@ -78,6 +86,7 @@ __all__ = [
     "ProgramEntry",
     "Scheduler",
     "SchedulerConfig",
+    "SchedulerCounters",
     "ServiceUnit",
     "atlas_service",
     "make_policy",

@@ -62,6 +62,18 @@ class Decision:
     promoted: list[Call] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class SchedulerCounters:
+    """Running totals since the scheduler was made, for metrics."""
+
+    decisions: int = 0
+    preemptions: int = 0
+    promotions: int = 0
+    demotions: int = 0
+    finished: int = 0
+    aborted: int = 0
+
+
 class Scheduler:
     """Orders one engine's live calls by the configured policy.
 
@@ -70,7 +82,8 @@ class Scheduler:
     that ran with the service it received, and :meth:`finish` es the calls
     that completed. New calls enter with :meth:`add`; cancelled ones leave
     with :meth:`abort`. In token mode, all charges of one step carry the same
-    ``now`` and a later step a larger one: the scheduler counts steps by it.
+    ``now`` and a later step a larger one (or pass ``step=``): waiting is
+    counted in those steps.
     """
 
     def __init__(self, config: SchedulerConfig | None = None, table: ProcessTable | None = None):
@@ -101,6 +114,7 @@ class Scheduler:
         self._next_seq = 0
         self._steps = 0  # token mode: engine steps seen through charge()
         self._last_step_now = -math.inf
+        self.counters = SchedulerCounters()
 
     # --- introspection ---
 
@@ -198,6 +212,10 @@ class Scheduler:
                 self._push_deadline(call, self.table.get(call.program_id))
             decision.preempted = preempted
         self._running = running
+        counters = self.counters
+        counters.decisions += 1
+        counters.preemptions += len(decision.preempted)
+        counters.promotions += len(decision.promoted)
         return decision
 
     def charge(self, call: Call, service: float, now: float, *, step: int | None = None) -> None:
@@ -231,6 +249,7 @@ class Scheduler:
             while call.quantum <= 0 and call.level < last:
                 call.level += 1
                 call.quantum += self._quanta[call.level]
+                self.counters.demotions += 1
                 rekey = True
             record.level = call.level
         if rekey:
@@ -263,6 +282,10 @@ class Scheduler:
         call = self._calls.pop(call_id, None)
         if call is None:
             return None
+        if outcome == "finished":
+            self.counters.finished += 1
+        else:
+            self.counters.aborted += 1
         self._remove(call)
         del self._by_seq[call.seq]
         siblings = self._by_program[call.program_id]

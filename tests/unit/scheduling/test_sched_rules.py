@@ -465,3 +465,16 @@ def test_promotion_in_time_mode_counts_seconds() -> None:
 )
 def test_queue_level_maps_a_priority_onto_the_boundaries(priority: float, level: int) -> None:
     assert queue_level(priority, [1, 2, 4]) == level
+
+
+def test_counters_add_up_what_happened() -> None:
+    sched = scheduler_for("mlfq", num_queues=2, first_quantum=1, beta=INF)
+    a = sched.add(Call("a", "p"), 0.0)
+    sched.add(Call("b", "q"), 0.0)
+    sched.schedule(0.0, SlotAdmission(1))
+    sched.charge(a, 1, 0.0)  # demoted
+    sched.schedule(1.0, SlotAdmission(1))  # b preempts a
+    sched.finish("b", 1.0)
+    sched.abort("a", 1.0)
+    c = sched.counters
+    assert (c.decisions, c.demotions, c.preemptions, c.finished, c.aborted) == (2, 1, 1, 1, 1)
