@@ -178,7 +178,11 @@ class RemoteBackend:
         except _UNREACHABLE as e:
             raise EngineUnavailable(f"backend {self.config.root} unreachable: {e!r}") from None
         if response.status_code != 200:
-            raise engine_error(error_from_response(response.status_code, response.content, None))
+            info = error_from_response(response.status_code, response.content, None)
+            info.message = (
+                f"{self.config.root}/v1/models answered {response.status_code}: {info.message}"
+            )
+            raise engine_error(info)
         data = response.json().get("data", [])
         return [
             ModelInfo(

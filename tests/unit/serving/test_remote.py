@@ -1,0 +1,272 @@
+"""The remote backend against a real OpenAI-compatible server on loopback.
+
+The "vLLM" here is agentrt's own app served by uvicorn over an
+``EchoEngine``; a small ASGI wrapper records the headers each request
+carried, and the engine records the ``priority`` each call arrived with.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+import uvicorn
+from tests.polling import eventually
+
+from agentrt.protocol.engine import (
+    EngineError,
+    EngineOverloaded,
+    EngineUnavailable,
+    GenerationRequest,
+    ProgramTag,
+    PromptTooLong,
+    SamplingParams,
+    TokenEvent,
+)
+from agentrt.scheduling import SchedulerConfig
+from agentrt.serving.app import create_app
+from agentrt.serving.backends import RemoteBackend, RemoteBackendConfig, parse_backend
+from agentrt.serving.backends.remote import header_safe_id
+from agentrt.serving.config import ServerConfig
+from agentrt.serving.echo import EchoEngine
+from agentrt.serving.router import Router, RouterConfig
+
+FAST = RouterConfig(health_interval_s=0.1, health_timeout_s=2.0, restart_backoff_s=0.1)
+
+
+class Recorder:
+    """ASGI middleware keeping the headers of every request (lower-case names)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.headers: list[dict[str, str]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"].startswith("/v1/")
+            and scope["path"] != "/v1/models"
+        ):
+            self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        await self.app(scope, receive, send)
+
+
+@asynccontextmanager
+async def serving(
+    engine: EchoEngine, config: ServerConfig | None = None
+) -> AsyncIterator[tuple[str, Recorder]]:
+    """Our app over ``engine`` on a free loopback port, for the duration of the block."""
+    app = Recorder(
+        create_app(engine, config or ServerConfig(log_requests=False), close_engine=False)
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=1
+        )
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        await eventually(lambda: server.started)
+        try:
+            yield f"http://127.0.0.1:{port}", app
+        finally:
+            server.should_exit = True
+
+
+def chat(
+    call_id: str, text: str = "one two three", program: str | None = None, **sampling: Any
+) -> GenerationRequest:
+    return GenerationRequest(
+        call_id=call_id,
+        model="echo",
+        messages=[{"role": "user", "content": text}],
+        program=ProgramTag(program_id=program, thread_id="main") if program else None,
+        sampling=SamplingParams(**sampling),
+    )
+
+
+async def collect(client: Router | RemoteBackend, request: GenerationRequest) -> list[TokenEvent]:
+    return [event async for event in client.generate(request)]
+
+
+def test_backend_urls_name_the_server_kind_and_its_priority_order() -> None:
+    assert parse_backend("http://gpu1:8000/v1").kind == "openai"
+    assert parse_backend("http://gpu1:8000/v1").root == "http://gpu1:8000"
+    vllm, sglang = parse_backend("vllm+http://gpu1:8000"), parse_backend("sglang+http://gpu2:30000")
+    assert (vllm.kind, vllm.order) == ("vllm", "lower_first")
+    assert (sglang.kind, sglang.order) == ("sglang", "higher_first")
+    flipped = RemoteBackendConfig(url="http://x", kind="sglang", priority_order="lower_first")
+    assert flipped.order == "lower_first"
+    with pytest.raises(ValueError, match="http"):
+        parse_backend("gpu1:8000")
+
+
+def test_priority_is_sent_in_the_order_each_server_expects() -> None:
+    # Our priority: lower runs sooner (queue level 0 is the top).
+    vllm = RemoteBackend("v", parse_backend("vllm+http://x"))
+    sglang = RemoteBackend("s", parse_backend("sglang+http://x"))
+    plain = RemoteBackend("o", parse_backend("http://x"))
+    assert [vllm.remote_priority(p) for p in (0, 3)] == [0, 3]
+    assert [sglang.remote_priority(p) for p in (0, 3)] == [0, -3]  # higher runs sooner there
+    assert sglang.remote_priority(0) > sglang.remote_priority(3)  # type: ignore[operator]
+    assert plain.remote_priority(3) is None  # a server without the field gets none
+
+
+def test_program_ids_that_are_not_valid_header_ids_are_digested_stably() -> None:
+    assert header_safe_id("prog-1") == "prog-1"
+    scoped = header_safe_id("tenant-a/prog-1")
+    assert scoped == header_safe_id("tenant-a/prog-1") != header_safe_id("tenant-b/prog-1")
+    assert "/" not in scoped
+
+
+async def test_chat_and_completion_calls_stream_through_a_remote_server() -> None:
+    engine = EchoEngine(token_delay=0.001)
+    async with serving(engine) as (url, _):
+        remote = RemoteBackend("r", parse_backend(f"vllm+{url}"))
+        async with Router([remote], config=FAST) as router:
+            assert [m.id for m in router.models()] == ["echo"]
+            events = await collect(
+                router, chat("c1", "alpha beta gamma", logprobs=True, top_logprobs=1)
+            )
+            assert "".join(e.text for e in events) == "alpha beta gamma"
+            assert events[-1].finish_reason == "stop"
+            assert events[-1].usage is not None and events[-1].usage.completion_tokens == 3
+            assert events[-1].timings is not None and events[-1].timings.first_token is not None
+            assert all(e.logprobs for e in events if e.text)
+
+            completion = GenerationRequest(
+                call_id="c2",
+                model="echo",
+                prompt="delta epsilon",
+                sampling=SamplingParams(max_tokens=1),
+            )
+            events = await collect(router, completion)
+            assert "".join(e.text for e in events) == "delta"
+            assert events[-1].finish_reason == "length"
+    assert [r.call_id for r in engine.requests][-1] != "c1"  # the server names its own calls
+    assert engine.requests[0].sampling.logprobs and engine.requests[1].prompt == "delta epsilon"
+
+
+async def test_the_program_travels_as_headers_and_its_priority_in_the_body() -> None:
+    engine = EchoEngine()
+    # tokens as the service unit and a low first boundary: the second call's program is past level 0
+    scheduler = SchedulerConfig(policy="plas", service_unit="tokens", first_boundary=4)
+    async with serving(engine) as (url, recorder):
+        remote = RemoteBackend("r", parse_backend(f"vllm+{url}"))
+        async with Router([remote], config=FAST, scheduler=scheduler) as router:
+            await collect(router, chat("c1", program="agent-7"))
+            await collect(router, chat("c2", program="agent-7"))
+            await collect(router, chat("c3"))
+    first, second, untagged = engine.requests
+    assert first.priority == 0
+    assert second.priority is not None and second.priority >= 1
+    assert untagged.priority is None
+    assert recorder.headers[0]["x-session-id"] == "agent-7"
+    assert recorder.headers[0]["x-agentrt-program"] == "agent-7"
+    assert recorder.headers[0]["x-agentrt-thread"] == "main"
+    assert first.program is not None and first.program.program_id == "agent-7"
+    assert "x-session-id" not in recorder.headers[2]
+
+
+async def test_sglang_gets_the_priority_negated() -> None:
+    engine = EchoEngine()
+    scheduler = SchedulerConfig(policy="plas", service_unit="tokens", first_boundary=4)
+    async with serving(engine) as (url, _):
+        remote = RemoteBackend("r", parse_backend(f"sglang+{url}"))
+        async with Router([remote], config=FAST, scheduler=scheduler) as router:
+            await collect(router, chat("c1", program="p"))
+            await collect(router, chat("c2", program="p"))
+    assert engine.requests[1].priority is not None and engine.requests[1].priority <= -1
+
+
+async def test_remote_errors_come_back_as_our_error_types() -> None:
+    engine = EchoEngine(max_model_len=16, max_running=1, token_delay=0.05)
+    async with serving(engine) as (url, _):
+        remote = RemoteBackend("r", parse_backend(f"vllm+{url}"))
+        async with Router([remote], config=FAST) as router:
+            with pytest.raises(PromptTooLong) as too_long:
+                await collect(router, chat("c1", "w " * 40))
+            assert too_long.value.status == 400 and "context length" in str(too_long.value)
+
+            with pytest.raises(EngineError) as unknown:
+                await collect(router, msgspec_replace(chat("c2"), model="no-such-model"))
+            assert unknown.value.status == 404
+
+            busy = router.generate(chat("c3", "w w w w"))
+            await busy.__anext__()
+            with pytest.raises(EngineOverloaded) as overloaded:
+                await collect(router, chat("c4"))
+            assert overloaded.value.retry_after > 0
+            await busy.aclose()  # type: ignore[attr-defined]
+            assert router.engines()[0].up  # a request's error is not the engine's death
+
+
+def msgspec_replace(request: GenerationRequest, **changes: Any) -> GenerationRequest:
+    import msgspec
+
+    return msgspec.structs.replace(request, **changes)
+
+
+async def test_tool_calls_come_back_as_the_text_our_parser_reads() -> None:
+    call = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    tools = [
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    ]
+    engine = EchoEngine()
+    async with serving(engine) as (url, _):
+        remote = RemoteBackend("r", parse_backend(f"vllm+{url}"))
+        async with Router([remote], config=FAST) as router:
+            request = msgspec_replace(
+                chat("c1", f"<tool_call>{json.dumps(call)}</tool_call>"), tools=tools
+            )
+            events = await collect(router, request)
+    assert events[-1].finish_reason == "tool_calls"
+    text = "".join(e.text for e in events)
+    assert text.startswith("<tool_call>") and json.loads(text.split("\n")[1]) == call
+
+
+async def test_leaving_the_stream_closes_it_and_the_server_aborts_the_call() -> None:
+    engine = EchoEngine(token_delay=0.02)
+    async with serving(engine) as (url, _):
+        remote = RemoteBackend("r", parse_backend(f"vllm+{url}"))
+        async with Router([remote], config=FAST) as router:
+            stream = router.generate(chat("c1", "w " * 100))
+            await stream.__anext__()
+            await stream.aclose()  # type: ignore[attr-defined]
+            await eventually(lambda: len(engine.aborted) == 1)
+            assert engine.stats().kv_blocks_used == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_an_unreachable_server_cannot_start_and_says_so() -> None:
+    remote = RemoteBackend(
+        "r", parse_backend(f"vllm+http://127.0.0.1:{_free_port()}"), start_timeout=2
+    )
+    with pytest.raises(EngineUnavailable, match="unreachable"):
+        async with Router([remote], config=RouterConfig(restart=False)):
+            pass
+
+
+async def test_the_api_key_is_sent_to_servers_that_need_one() -> None:
+    engine = EchoEngine()
+    async with serving(engine, ServerConfig(api_keys=["sk-test"], log_requests=False)) as (url, _):
+        keyed = RemoteBackend("r", RemoteBackendConfig(url=url, kind="vllm", api_key="sk-test"))
+        async with Router([keyed], config=FAST) as router:
+            assert "".join(e.text for e in await collect(router, chat("c1", "ok"))) == "ok"
+        keyless = RemoteBackend("r", RemoteBackendConfig(url=url, kind="vllm"))
+        with pytest.raises(EngineUnavailable, match="answered 401"):
+            async with Router([keyless], config=RouterConfig(restart=False)):
+                pass
