@@ -85,6 +85,7 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     # default: any client could otherwise jump every queue and defeat the
     # program-level fairness and starvation protection; an operator who
     # controls its clients turns it on (fcfs + this = vLLM's "priority" policy).
+    # Anti-starvation then promotes within a call's priority class.
     honor_request_priority: bool = False
     # Process table: programs idle (no live call) longer than this are dropped.
     program_ttl_s: float = 600.0

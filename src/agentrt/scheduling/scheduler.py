@@ -231,8 +231,8 @@ class Scheduler:
         ``now`` counts as one step, which is right for a driver that charges
         every step with that step's time.
         """
-        if not service >= 0:
-            raise ValueError("service must be >= 0")
+        if not (service >= 0 and math.isfinite(service)):
+            raise ValueError(f"service must be a finite number >= 0, not {service!r}")
         if self._token_mode:
             self._advance_steps(now, step)
         if self._calls.get(call.call_id) is not call:

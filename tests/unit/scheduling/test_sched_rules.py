@@ -406,6 +406,8 @@ def test_bad_input_is_refused_with_a_clear_error() -> None:
         sched.charge(call, -1, 0.0)
     with pytest.raises(ValueError, match="service"):
         sched.charge(call, float("nan"), 0.0)
+    with pytest.raises(ValueError, match="service"):
+        sched.charge(call, float("inf"), 0.0)
     with pytest.raises(ValueError, match="prompt_tokens"):
         Call("b", "p", prompt_tokens=-3)
     assert len(sched) == 1
