@@ -11,11 +11,12 @@ stage of their program arrives before the following step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tests.unit.scheduling.admissions import SlotAdmission
 
-from agentrt.scheduling import Admission, Call, Scheduler, SchedulerConfig, make_scheduler
+from agentrt.scheduling import Call, Scheduler, SchedulerConfig, make_scheduler
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def run_programs(
     batch_size: int,
     *,
     max_steps: int = 10_000,
-    check: object = None,
+    check: Callable[[Scheduler, int], None] | None = None,
 ) -> Trace:
     """Run ``programs`` to completion; ``check(scheduler, step)`` runs after every decision."""
     sched = make_scheduler(config)
@@ -81,8 +82,8 @@ def run_programs(
             if spec.arrival == step:
                 sched.table.start(spec.name, now)
                 start_stage(spec, 0, now)
-        decision = sched.schedule(now, _admission(batch_size))
-        if callable(check):
+        decision = sched.schedule(now, SlotAdmission(batch_size))
+        if check is not None:
             check(sched, step)
         trace.steps.append(
             StepRecord(
@@ -114,10 +115,6 @@ def run_programs(
                     done.add(program)
         step += 1
     return trace
-
-
-def _admission(batch_size: int) -> Admission:
-    return SlotAdmission(batch_size)
 
 
 def scheduler_for(policy: str, **overrides: object) -> Scheduler:

@@ -163,11 +163,8 @@ def check_batch(
         assert len(batch) == max_batch or used + admission.context[blocked.call_id] > capacity
     # Calls are ranked by (request priority, level, arrival) under the queue policies, so a
     # preempted call keeps its place; the preempted list follows that order too.
-    if sched.policy.uses_levels:
-        keys = [(c.priority or 0, c.level, c.seq) for c in order]
-        assert keys == sorted(keys)
-    if sched.policy.name == "fcfs":
-        keys = [(c.priority or 0, c.seq) for c in order]
+    if sched.policy.uses_levels or sched.policy.name == "fcfs":
+        keys = [(c.priority or 0, c.level, c.seq) for c in order]  # fcfs: level is always 0
         assert keys == sorted(keys)
     position = {c.call_id: i for i, c in enumerate(order)}
     assert [position[c.call_id] for c in preempted] == sorted(

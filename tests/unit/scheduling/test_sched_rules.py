@@ -6,7 +6,7 @@ import pytest
 from tests.unit.scheduling.admissions import SlotAdmission, TokenAdmission
 from tests.unit.scheduling.harness import scheduler_for
 
-from agentrt.scheduling import Call, SchedulerConfig, make_scheduler, queue_level
+from agentrt.scheduling import Call, Scheduler, SchedulerConfig, make_scheduler, queue_level
 
 INF = float("inf")
 
@@ -15,7 +15,7 @@ def ids(calls: list[Call]) -> list[str]:
     return [c.call_id for c in calls]
 
 
-def give_program_service(sched_policy: str, service: float, **overrides: object):  # type: ignore[no-untyped-def]
+def give_program_service(sched_policy: str, service: float, **overrides: object) -> Scheduler:
     """A scheduler whose program "old" has already completed one call of ``service`` tokens."""
     sched = scheduler_for(sched_policy, **overrides)
     sched.add(Call("old.0", "old"), 0.0)
