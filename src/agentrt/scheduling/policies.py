@@ -9,13 +9,16 @@ which owns the queues and does the bookkeeping:
   promotion) and whether the program's history counts in the starvation ratio;
 - how a completed call updates its program's service scalar.
 
-| policy | rank                          | new call enters            | program-aware |
-|--------|-------------------------------|----------------------------|---------------|
-| fcfs   | arrival only (vLLM default)   | -                          | no            |
-| las    | the call's attained service   | -                          | no            |
-| mlfq   | queue level (FastServe-style) | the top queue              | no            |
-| plas   | queue level                   | level of the program's sum | yes           |
-| atlas  | queue level                   | level of the critical path | yes           |
+| policy | rank                          | new call enters            | starvation ratio         |
+|--------|-------------------------------|----------------------------|--------------------------|
+| fcfs   | arrival only (vLLM default)   | -                          | -                        |
+| las    | the call's attained service   | -                          | -                        |
+| mlfq   | queue level (FastServe-style) | the top queue              | W_c / T_c                |
+| plas   | queue level                   | level of the program's sum | (W_p + W_c) / (T_p + T_c) |
+| atlas  | queue level                   | level of the critical path | (W_p + W_c) / (T_p + T_c) |
+
+Ties in rank go to the earlier arrival. With ``honor_request_priority`` the
+request's own priority ranks before all of this.
 
 PLAS and ATLAS differ only in the completion rule (:func:`plas_service`,
 :func:`atlas_service`); for a sequential program the two are equal, because a
