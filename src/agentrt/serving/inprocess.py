@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import importlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -111,13 +112,11 @@ class _AppExchange:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError) as e:
                 raise OSError("client disconnected") from e
 
-    async def response_start(self) -> tuple[int, list[tuple[bytes, bytes]]]:
-        await self.started.wait()
-        return self.status, self.headers
-
-    async def next_chunk(self) -> bytes | None:
+    async def next_chunk(self, read_timeout: float | None) -> bytes | None:
+        """The next body chunk, None at the end; ``TimeoutError`` if none comes within ``read_timeout`` seconds."""
         try:
-            return await self._chunks_out.receive()
+            with anyio.fail_after(read_timeout):
+                return await self._chunks_out.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             return None
 
@@ -258,12 +257,30 @@ class AppRunner:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    async def open(self, scope: dict[str, Any], body: bytes) -> _AppExchange:
-        """Start the app on a request (a task of the runner's loop); returns once headers are sent."""
+    async def open(
+        self, scope: dict[str, Any], body: bytes, read_timeout: float | None
+    ) -> _AppExchange:
+        """Start the app on a request (a task of the runner's loop); return once the headers are sent.
+
+        If the headers do not come within ``read_timeout`` seconds (``TimeoutError``),
+        or the caller gives up, the app sees the client disconnect.
+        """
         exchange = _AppExchange(self.app, scope, body)
         self._tasks.start_soon(exchange.run)
-        await exchange.response_start()
+        try:
+            with anyio.fail_after(read_timeout):
+                await exchange.started.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await exchange.close()
+            raise
         return exchange
+
+
+def _read_timeout(request: Any) -> float | None:
+    timeout = request.extensions.get("timeout", {})
+    value = timeout.get("read") if isinstance(timeout, dict) else None
+    return float(value) if value is not None else None
 
 
 def _scope(request: Any) -> dict[str, Any]:
@@ -289,19 +306,27 @@ def _scope(request: Any) -> dict[str, Any]:
 
 
 class _SyncBody(http.SyncByteStream):  # type: ignore[misc, name-defined]
-    def __init__(self, portal: BlockingPortal, exchange: _AppExchange) -> None:
+    def __init__(self, portal: BlockingPortal, exchange: _AppExchange, request: Any) -> None:
         self._portal = portal
         self._exchange = exchange
+        self._request = request
 
     def __iter__(self) -> Iterator[bytes]:
+        timeout = _read_timeout(self._request)
         while True:
-            chunk = self._portal.call(self._exchange.next_chunk)
+            try:
+                chunk = self._portal.call(self._exchange.next_chunk, timeout)
+            except TimeoutError:
+                raise http.ReadTimeout("in-process read timed out", request=self._request) from None
             if chunk is None:
                 return
             yield chunk
 
     def close(self) -> None:
-        self._portal.call(self._exchange.close)
+        with contextlib.suppress(
+            RuntimeError
+        ):  # the app was already shut down: nothing is left to tell
+            self._portal.call(self._exchange.close)
 
 
 class SyncASGITransport(http.BaseTransport):  # type: ignore[misc, name-defined]
@@ -313,11 +338,14 @@ class SyncASGITransport(http.BaseTransport):  # type: ignore[misc, name-defined]
     def handle_request(self, request: Any) -> Any:
         body = request.read()
         portal = self.runner.portal
-        exchange = portal.call(self.runner.open, _scope(request), body)
+        try:
+            exchange = portal.call(self.runner.open, _scope(request), body, _read_timeout(request))
+        except TimeoutError:
+            raise http.ReadTimeout("in-process read timed out", request=request) from None
         return http.Response(
             exchange.status,
             headers=exchange.headers,
-            stream=_SyncBody(portal, exchange),
+            stream=_SyncBody(portal, exchange, request),
             request=request,
         )
 
@@ -334,20 +362,26 @@ async def _on_runner(portal: BlockingPortal, fn: Callable[..., Awaitable[T]], *a
 
 
 class _AsyncBody(http.AsyncByteStream):  # type: ignore[misc, name-defined]
-    def __init__(self, portal: BlockingPortal, exchange: _AppExchange) -> None:
+    def __init__(self, portal: BlockingPortal, exchange: _AppExchange, request: Any) -> None:
         self._portal = portal
         self._exchange = exchange
+        self._request = request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        timeout = _read_timeout(self._request)
         while True:
-            chunk = await _on_runner(self._portal, self._exchange.next_chunk)
+            try:
+                chunk = await _on_runner(self._portal, self._exchange.next_chunk, timeout)
+            except TimeoutError:
+                raise http.ReadTimeout("in-process read timed out", request=self._request) from None
             if chunk is None:
                 return
             yield chunk
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
-            await _on_runner(self._portal, self._exchange.close)
+            with contextlib.suppress(RuntimeError):  # the app was already shut down
+                await _on_runner(self._portal, self._exchange.close)
 
 
 class AsyncASGITransport(http.AsyncBaseTransport):  # type: ignore[misc, name-defined]
@@ -362,11 +396,16 @@ class AsyncASGITransport(http.AsyncBaseTransport):  # type: ignore[misc, name-de
         portal = self.runner.started_portal() or await anyio.to_thread.run_sync(
             lambda: self.runner.portal
         )
-        exchange = await _on_runner(portal, self.runner.open, _scope(request), body)
+        try:
+            exchange = await _on_runner(
+                portal, self.runner.open, _scope(request), body, _read_timeout(request)
+            )
+        except TimeoutError:
+            raise http.ReadTimeout("in-process read timed out", request=request) from None
         return http.Response(
             exchange.status,
             headers=exchange.headers,
-            stream=_AsyncBody(portal, exchange),
+            stream=_AsyncBody(portal, exchange, request),
             request=request,
         )
 

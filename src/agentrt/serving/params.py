@@ -207,13 +207,14 @@ def split_prompts(prompt: str | list[str | int | list[int]]) -> list[str | list[
         raise bad_request("prompt must not be empty", param="prompt")
     if all(isinstance(p, int) for p in prompt):
         return [[p for p in prompt if isinstance(p, int)]]
+    if len({type(p) for p in prompt}) > 1:
+        raise bad_request("prompt mixes texts, token ids and lists of token ids", param="prompt")
     out: list[str | list[int]] = []
     for p in prompt:
-        if isinstance(p, int):
-            raise bad_request("prompt mixes token ids with texts or lists", param="prompt")
         if isinstance(p, list) and not p:
             raise bad_request("a token-id prompt must not be empty", param="prompt")
-        out.append(p)
+        if not isinstance(p, int):
+            out.append(p)
     return out
 
 
