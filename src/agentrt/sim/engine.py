@@ -1,0 +1,383 @@
+"""A simulated engine: the profile's cost model driven by the shared scheduler.
+
+Each *window* the engine asks its :class:`~agentrt.scheduling.Scheduler` for a
+batch (multi-step scheduling, as in Autellix and vLLM: one decision every
+``steps`` decode steps), handles the preempted calls (swap their KV to the
+host pool or drop it for recompute), swaps in or prefills the batch, and runs
+``steps`` steps in closed form: chunked prefill up to the profile's token
+budget per step, one token per decoding sequence per step. A call that
+finishes inside the window leaves its slot idle until the next decision.
+
+A call is charged its share of the model-executor time (the paper's
+service) of the steps it took part in: each step's duration split over the
+tokens it processed (prefill chunk tokens, one per decoding sequence), so a
+call's attained service is the work done for it, not the wall time of a
+shared batch (which would grow every call's service with the load alike).
+In token mode it is charged the tokens processed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+from agentrt.scheduling import Call, Scheduler
+from agentrt.sim.kv import KvCache
+from agentrt.sim.profile import EngineProfile
+from agentrt.sim.spec import CallSpec, Segment
+
+PreemptionMode = Literal["swap", "recompute"]
+
+
+class LiveCall:
+    """One call in flight on a simulated engine: its spec, scheduler handle and KV progress."""
+
+    __slots__ = (
+        "call",
+        "computed",
+        "engine",
+        "executing",
+        "finished",
+        "generated",
+        "on_gpu",
+        "preemptions",
+        "program",
+        "ready",
+        "service",
+        "spec",
+        "swapped",
+    )
+
+    def __init__(
+        self, spec: CallSpec, call: Call, program: object, engine: SimEngine, ready: float
+    ) -> None:
+        self.spec = spec
+        self.call = call
+        self.program = program
+        self.engine = engine
+        self.ready = ready
+        self.computed = 0  # tokens of the sequence with KV on the GPU (when on_gpu)
+        self.generated = 0
+        self.on_gpu = False
+        self.swapped: list[Segment] = []  # (key, tokens) held in the host pool
+        self.service = 0.0  # model seconds attributed to the call (its token share of steps)
+        self.executing = 0.0  # wall seconds of the steps it took part in
+        self.preemptions = 0
+        self.finished = 0.0
+
+    @property
+    def target(self) -> int:
+        """Tokens whose KV the next token needs: the prompt plus what was generated."""
+        return self.spec.prompt_tokens + self.generated
+
+
+def requirements(segments: tuple[Segment, ...], tokens: int) -> list[Segment]:
+    """Per key, how many of its tokens the first ``tokens`` tokens of the sequence cover."""
+    out: list[Segment] = []
+    left = tokens
+    for key, n in segments:
+        if left <= 0:
+            break
+        take = n if n < left else left
+        out.append((key, take))
+        left -= take
+    return out
+
+
+class WindowAdmission:
+    """The engine's resource model for one decision (implements scheduling's ``Admission``):
+    a batch slot, KV blocks for the call's context through the window, prefill budget."""
+
+    def __init__(self, engine: SimEngine, steps: int) -> None:
+        self.engine = engine
+        self.steps = steps
+        self.slots = engine.profile.max_batch_size
+        self.prefill_left = engine.profile.prefill_budget * steps
+        self.blocks = 0
+        self.reserved: dict[str, int] = {}
+
+    def admit(self, call: Call) -> bool:
+        if not self.slots:
+            return False
+        engine = self.engine
+        live = engine.live[call.call_id]
+        spec = live.spec
+        kv = engine.kv
+        target = live.target
+        if live.on_gpu:
+            prefill = target - live.computed
+        elif live.swapped:
+            prefill = 0
+        else:
+            prefill = target - kv.cached_prefix(spec.segments, target - 1)
+        if prefill > 0 and not self.prefill_left:
+            return False
+        need_tokens = min(target + self.steps, spec.prompt_tokens + spec.decode_tokens)
+        reserved = self.reserved
+        extra = 0
+        for key, tokens in requirements(spec.segments, need_tokens):
+            have = reserved.get(key)
+            if have is None:
+                extra += kv.held_blocks(key, tokens)
+            elif tokens > have:
+                extra += kv.held_blocks(key, tokens) - kv.held_blocks(key, have)
+        if self.blocks + extra > kv.capacity:
+            return False
+        for key, tokens in requirements(spec.segments, need_tokens):
+            if tokens > reserved.get(key, 0):
+                reserved[key] = tokens
+        self.blocks += extra
+        self.slots -= 1
+        if prefill > 0:
+            self.prefill_left -= min(prefill, self.prefill_left)
+        return True
+
+
+class EngineCounters:
+    """Cumulative counters of one simulated engine."""
+
+    __slots__ = (
+        "busy_s",
+        "cached_tokens",
+        "decode_tokens",
+        "preemptions",
+        "prefill_tokens",
+        "recomputes",
+        "steps",
+        "swap_blocks",
+        "swap_s",
+        "swaps_in",
+        "swaps_out",
+        "windows",
+    )
+
+    def __init__(self) -> None:
+        self.busy_s = self.swap_s = 0.0
+        self.cached_tokens = self.decode_tokens = self.prefill_tokens = 0
+        self.preemptions = self.recomputes = self.swap_blocks = self.swaps_in = self.swaps_out = 0
+        self.steps = self.windows = 0
+
+
+class SimEngine:
+    """One engine: profile, scheduler, KV cache, and the live calls routed to it."""
+
+    def __init__(
+        self,
+        engine_id: str,
+        profile: EngineProfile,
+        scheduler: Scheduler,
+        preemption: PreemptionMode,
+        steps_per_schedule: int,
+    ) -> None:
+        if steps_per_schedule < 1:
+            raise ValueError("steps_per_schedule must be >= 1")
+        self.engine_id = engine_id
+        self.profile = profile
+        self.scheduler = scheduler
+        self.preemption = preemption
+        self.steps = steps_per_schedule
+        self.kv = KvCache(profile.kv_blocks, profile.block_size, profile.prefix_caching)
+        self.host_used = 0  # blocks in the host swap pool
+        self.live: dict[str, LiveCall] = {}
+        self.busy_until: float | None = None  # end of the running window, None when idle
+        self.counters = EngineCounters()
+        self._token_mode = scheduler.config.service_unit == "tokens"
+
+    def add(self, live: LiveCall, now: float) -> None:
+        self.live[live.call.call_id] = live
+        self.scheduler.add(live.call, now)
+
+    def run_window(self, now: float, on_finish: Callable[[LiveCall, float], None]) -> float | None:
+        """Decide and run one window starting at ``now``; returns its end (None: nothing to run).
+
+        ``on_finish(live, time)`` is called for each call that completes, with its
+        completion time (inside the window); the caller turns it into an event.
+        """
+        scheduler = self.scheduler
+        if not len(scheduler):
+            return None
+        decision = scheduler.schedule(now, WindowAdmission(self, self.steps))
+        swap_s = 0.0
+        for call in decision.preempted:
+            swap_s += self._preempt(self.live[call.call_id])
+        batch = [self.live[call.call_id] for call in decision.batch]
+        if not batch:
+            return None
+        for live in batch:
+            if not live.on_gpu:
+                swap_s += self._load(live)
+        return self._execute(batch, now, swap_s, on_finish)
+
+    # --- KV movement ---
+
+    def _preempt(self, live: LiveCall) -> float:
+        """Take a running call off the GPU; returns the seconds its swap-out costs."""
+        self.counters.preemptions += 1
+        live.preemptions += 1
+        kv = self.kv
+        segments = live.spec.segments
+        own = [(key, kv.resident.get(key, 0)) for key, _ in segments if kv.refs.get(key) == 1]
+        own = [(key, tokens) for key, tokens in own if tokens > 0]
+        blocks = sum(kv.blocks(t) for _, t in own)
+        seconds = 0.0
+        profile = self.profile
+        if self.preemption == "swap" and blocks and self.host_used + blocks <= profile.host_blocks:
+            for key, _ in own:
+                kv.drop(key)
+            self.host_used += blocks
+            live.swapped = own
+            self.counters.swaps_out += 1
+            self.counters.swap_blocks += blocks
+            seconds = profile.swap_overhead_s + blocks * profile.swap_block_s
+        else:
+            self.counters.recomputes += 1
+            live.computed = 0
+        kv.release(segments)
+        live.on_gpu = False
+        return seconds
+
+    def _load(self, live: LiveCall) -> float:
+        """Put a call on the GPU (swap in, or find its cached prefix); returns swap-in seconds."""
+        kv = self.kv
+        profile = self.profile
+        seconds = 0.0
+        if live.swapped:
+            blocks = 0
+            for key, tokens in live.swapped:
+                kv.grow(key, tokens)
+                blocks += kv.blocks(tokens)
+            self.host_used -= blocks
+            live.swapped = []
+            self.counters.swaps_in += 1
+            self.counters.swap_blocks += blocks
+            seconds = profile.swap_overhead_s + blocks * profile.swap_block_s
+            # A shared prefix may have been evicted meanwhile: recompute from the gap.
+            live.computed = min(live.computed, kv.cached_prefix(live.spec.segments, live.target))
+        else:
+            live.computed = kv.cached_prefix(live.spec.segments, live.target - 1)
+            self.counters.cached_tokens += live.computed
+        kv.acquire(live.spec.segments)
+        live.on_gpu = True
+        return seconds
+
+    # --- the window's steps ---
+
+    def _execute(
+        self,
+        batch: list[LiveCall],
+        now: float,
+        swap_s: float,
+        on_finish: Callable[[LiveCall, float], None],
+    ) -> float:
+        profile = self.profile
+        steps = self.steps
+        count = [0] * (steps + 1)  # decoding sequences per step, as a difference array
+        base = [0] * (steps + 1)  # sum over them of (context - first decode step), likewise
+        prefill = [0] * steps
+        prefill_kv = [0] * steps
+        budget = profile.prefill_budget
+        step = 0
+        left_in_step = budget
+        # (call, prefill chunks as (step, tokens), first decode step, last step, tokens emitted)
+        plan: list[tuple[LiveCall, list[tuple[int, int]], int, int, int]] = []
+        for live in batch:
+            decode_left = live.spec.decode_tokens - live.generated
+            need = live.target - live.computed
+            first_decode = 0
+            emitted = 0
+            chunks: list[tuple[int, int]] = []
+            if need > 0:  # prefill (or recompute) in chunks, in priority order
+                if step >= steps:
+                    continue  # no budget left in this window: the call idles until the next
+                done = live.computed
+                while need > 0 and step < steps:
+                    chunk = need if need < left_in_step else left_in_step
+                    need -= chunk
+                    done += chunk
+                    left_in_step -= chunk
+                    prefill[step] += chunk
+                    prefill_kv[step] += done
+                    chunks.append((step, chunk))
+                    if need == 0:
+                        first_decode = step + 1
+                    if not left_in_step:
+                        step += 1
+                        left_in_step = budget
+                if need > 0:  # the prefill continues in the next window
+                    plan.append((live, chunks, steps, chunks[-1][0], 0))
+                    continue
+                emitted = 1  # the step that completes the prefill emits the first token
+                decode_left -= 1
+            tokens = min(decode_left, steps - first_decode)
+            if tokens > 0:
+                context = live.target + emitted
+                count[first_decode] += 1
+                count[first_decode + tokens] -= 1
+                base[first_decode] += context - first_decode
+                base[first_decode + tokens] -= context - first_decode
+            else:
+                tokens = 0
+            plan.append((live, chunks, first_decode, first_decode + tokens - 1, emitted + tokens))
+        # Step durations, their end times, and each step's cost per token processed
+        # (a call's service is its token share of the steps it took part in).
+        ends: list[float] = []
+        per_token = [0.0]  # prefix sums of step seconds per token
+        active = 0
+        active_base = 0
+        start = now + swap_s
+        t = start
+        for i in range(max(p[3] for p in plan) + 1):
+            active += count[i]
+            active_base += base[i]
+            seconds = profile.step_time(
+                prefill[i], active, active_base + i * active + prefill_kv[i]
+            )
+            t += seconds
+            ends.append(t)
+            per_token.append(per_token[-1] + seconds / max(1, prefill[i] + active))
+        end = t
+        counters = self.counters
+        counters.windows += 1
+        counters.steps += len(ends)
+        counters.busy_s += end - now
+        counters.swap_s += swap_s
+        scheduler = self.scheduler
+        kv = self.kv
+        token_mode = self._token_mode
+        for live, chunks, first_decode, last_step, emitted in plan:
+            prefilled = 0
+            seconds = 0.0
+            for chunk_step, chunk in chunks:
+                prefilled += chunk
+                seconds += chunk * (per_token[chunk_step + 1] - per_token[chunk_step])
+            if last_step >= first_decode:
+                seconds += per_token[last_step + 1] - per_token[first_decode]
+            live.computed += prefilled
+            if emitted:
+                live.generated += emitted
+                live.computed = live.target - 1  # the newest token's KV is computed next step
+            counters.prefill_tokens += prefilled
+            counters.decode_tokens += emitted
+            live.service += seconds
+            first_step = chunks[0][0] if chunks else first_decode
+            if last_step >= first_step:
+                live.executing += ends[last_step] - (ends[first_step - 1] if first_step else start)
+            for key, tokens in requirements(live.spec.segments, live.computed):
+                kv.grow(key, tokens)
+            service = float(prefilled + emitted) if token_mode else seconds
+            if live.generated >= live.spec.decode_tokens:
+                done_at = ends[last_step]
+                scheduler.charge(live.call, service, done_at)
+                on_finish(live, done_at)
+            else:
+                scheduler.charge(live.call, service, end)
+        kv.evict_to_fit()
+        return end
+
+    def complete(self, live: LiveCall, now: float) -> None:
+        """A call finished: tell the scheduler, release its KV into the prefix cache."""
+        live.finished = now
+        self.scheduler.finish(live.call.call_id, now)
+        self.kv.release(live.spec.segments)
+        live.on_gpu = False
+        del self.live[live.call.call_id]

@@ -1,0 +1,88 @@
+"""Fitting a profile's step-time terms to an engine benchmark's step records.
+
+``agentrt bench engine --json BENCH.json`` writes one record per engine step::
+
+    {"steps": [{"prefill_tokens": int, "decode_seqs": int, "kv_tokens": int,
+                "seconds": float}, ...], ...}
+
+and may add an ``"engine"`` object whose keys name :class:`EngineProfile`
+capacity fields (``kv_blocks``, ``block_size``, ``max_batch_size``, ...).
+The four cost coefficients are fitted by non-negative least squares: ordinary
+least squares, and while a coefficient comes out negative (a term the data
+cannot tell apart from noise) it is pinned to zero and the rest refitted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from agentrt.sim.profile import EngineProfile
+
+TERMS = ("step_overhead_s", "prefill_token_s", "decode_seq_s", "kv_token_s")
+
+
+class StepRecord(msgspec.Struct, frozen=True):
+    prefill_tokens: int
+    decode_seqs: int
+    kv_tokens: int
+    seconds: float
+
+
+class EngineBench(msgspec.Struct):
+    steps: list[StepRecord]
+    engine: dict[str, Any] = {}
+
+
+class FitResult(msgspec.Struct, frozen=True):
+    coefficients: dict[str, float]
+    r2: float
+    steps: int
+
+
+def fit_steps(steps: list[StepRecord]) -> FitResult:
+    """Non-negative least-squares fit of the four step terms."""
+    if len(steps) < len(TERMS):
+        raise ValueError(f"need at least {len(TERMS)} step records to fit, got {len(steps)}")
+    x = np.array([[1.0, s.prefill_tokens, s.decode_seqs, s.kv_tokens] for s in steps])
+    y = np.array([s.seconds for s in steps])
+    # Scale columns so that the solver sees comparable magnitudes.
+    scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
+    xs = x / scale
+    active = list(range(len(TERMS)))
+    coef = np.zeros(len(TERMS))
+    while active:
+        solution, *_ = np.linalg.lstsq(xs[:, active], y, rcond=None)
+        coef = np.zeros(len(TERMS))
+        coef[active] = solution
+        negative = [i for i in active if coef[i] < 0]
+        if not negative:
+            break
+        active.remove(min(negative, key=lambda i: coef[i]))
+    coef = np.maximum(coef, 0.0) / scale
+    residual = y - x @ coef
+    total = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float((residual**2).sum()) / total if total > 0 else 1.0
+    return FitResult({t: float(c) for t, c in zip(TERMS, coef, strict=True)}, r2, len(steps))
+
+
+def fit_profile(
+    bench_path: str | Path, base: EngineProfile, name: str
+) -> tuple[EngineProfile, FitResult]:
+    """A profile with ``base``'s capacities (overridden by the bench's ``engine`` object)
+    and cost terms fitted to the bench's steps."""
+    bench = msgspec.json.decode(Path(bench_path).read_bytes(), type=EngineBench)
+    result = fit_steps(bench.steps)
+    fields = set(EngineProfile.__struct_fields__) - set(TERMS) - {"name", "description"}
+    capacities = {k: v for k, v in bench.engine.items() if k in fields}
+    profile = msgspec.structs.replace(
+        base,
+        name=name,
+        description=f"fitted from {Path(bench_path).name}",
+        **result.coefficients,
+        **capacities,
+    )
+    return msgspec.convert(msgspec.to_builtins(profile), EngineProfile), result

@@ -1,0 +1,214 @@
+"""The discrete-event loop: programs arrive, calls route to engines, engines run windows.
+
+Policy lives in :mod:`agentrt.scheduling` only: every engine has its own
+:class:`~agentrt.scheduling.Scheduler`, all of them share one
+:class:`~agentrt.scheduling.ProcessTable` with the
+:class:`~agentrt.scheduling.Balancer` (program service is global across
+engines, as in the router), and the simulator merely drives them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import msgspec
+
+from agentrt.scheduling import (
+    Balancer,
+    BalancerConfig,
+    BalancerPolicy,
+    Call,
+    ProcessTable,
+    SchedulerConfig,
+    make_scheduler,
+)
+from agentrt.sim.engine import LiveCall, PreemptionMode, SimEngine
+from agentrt.sim.metrics import ProgramOutcome, RunResult, summarize
+from agentrt.sim.profile import EngineProfile
+from agentrt.sim.spec import ProgramSpec
+
+# Event kinds, in the order events of the same instant are handled: completions
+# first (they free slots and release successors), then new calls, then engines.
+_FINISH, _READY, _ENGINE = 0, 1, 2
+
+
+class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """How the simulated cluster runs (TOML table ``[sim]``).
+
+    ``preemption``: what happens to the KV of a preempted call. ``"auto"``
+    follows the systems being modelled: FCFS is vLLM's default and drops the
+    KV to recompute it later; the program-aware policies swap it to the host
+    pool (Autellix), recomputing only when the pool is full.
+    ``steps_per_schedule``: decode steps per scheduling decision (multi-step
+    scheduling, the same for every policy).
+    """
+
+    engines: int = 1
+    balancer: BalancerPolicy = "locality"
+    locality_threshold: int = 2048
+    preemption: Literal["auto", "swap", "recompute"] = "auto"
+    steps_per_schedule: int = 8
+
+    def __post_init__(self) -> None:
+        if self.engines < 1:
+            raise ValueError("engines must be >= 1")
+        if self.steps_per_schedule < 1:
+            raise ValueError("steps_per_schedule must be >= 1")
+
+    def preemption_for(self, policy: str) -> PreemptionMode:
+        if self.preemption != "auto":
+            return self.preemption
+        return "recompute" if policy == "fcfs" else "swap"
+
+
+class _ProgramRun:
+    __slots__ = ("children", "done", "outcome", "pending", "spec", "started")
+
+    def __init__(self, spec: ProgramSpec) -> None:
+        self.spec = spec
+        calls = spec.calls
+        self.children: list[list[int]] = [[] for _ in calls]
+        for call in calls:
+            for parent in call.parents:
+                self.children[parent].append(call.index)
+        self.pending = [len(c.parents) for c in calls]
+        self.done = 0
+        self.started = False
+        self.outcome = ProgramOutcome(spec.program_id, spec.kind, spec.arrival)
+
+
+class Simulation:
+    """One run: a list of programs (with arrival times) on a cluster of engines under one policy."""
+
+    def __init__(
+        self,
+        programs: Sequence[ProgramSpec],
+        profile: EngineProfile,
+        scheduler: SchedulerConfig,
+        config: SimConfig | None = None,
+    ) -> None:
+        self.config = config or SimConfig()
+        self.profile = profile
+        self.scheduler_config = scheduler
+        self.programs = programs
+        self.table = ProcessTable(
+            ttl=scheduler.program_ttl_s,
+            max_programs=scheduler.max_programs,
+            max_call_records=scheduler.max_call_records,
+        )
+        engine_ids = [f"engine-{i}" for i in range(self.config.engines)]
+        self.balancer = Balancer(
+            BalancerConfig(
+                policy=self.config.balancer, locality_threshold=self.config.locality_threshold
+            ),
+            engine_ids,
+            self.table,
+        )
+        mode = self.config.preemption_for(scheduler.policy)
+        self.engines = {
+            eid: SimEngine(
+                eid,
+                profile,
+                make_scheduler(scheduler, self.table),
+                mode,
+                self.config.steps_per_schedule,
+            )
+            for eid in engine_ids
+        }
+        self._events: list[tuple[float, int, int, object]] = []
+        self._seq = 0
+        self._outcomes: list[ProgramOutcome] = []
+
+    def _push(self, at: float, kind: int, payload: object) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (at, kind, self._seq, payload))
+
+    def run(self) -> RunResult:
+        wall = time.perf_counter()
+        for spec in self.programs:
+            run = _ProgramRun(spec)
+            for call in spec.calls:
+                if not call.parents:
+                    self._push(spec.arrival + call.delay, _READY, (run, call.index))
+        events = self._events
+        on_finish = self._on_finish
+        while events:
+            now, kind, _, payload = heapq.heappop(events)
+            if kind == _FINISH:
+                self._finish(payload, now)  # type: ignore[arg-type]
+            elif kind == _READY:
+                run, index = payload  # type: ignore[misc]
+                self._ready(run, index, now)
+            else:
+                engine: SimEngine = payload  # type: ignore[assignment]
+                end = engine.run_window(now, on_finish)
+                engine.busy_until = end
+                if end is not None:
+                    self._push(end, _ENGINE, engine)
+        stuck = sum(len(e.live) for e in self.engines.values())
+        if stuck:
+            raise RuntimeError(
+                f"simulation ended with {stuck} calls unfinished (a call never fits an engine)"
+            )
+        return summarize(
+            self._outcomes,
+            list(self.engines.values()),
+            self.profile,
+            self.scheduler_config.policy,
+            time.perf_counter() - wall,
+        )
+
+    def _ready(self, run: _ProgramRun, index: int, now: float) -> None:
+        spec = run.spec.calls[index]
+        program_id = run.spec.program_id
+        if not run.started:
+            run.started = True
+            self.table.start(program_id, now)
+        engine_id = self.balancer.route(program_id, spec.prompt_tokens, now)
+        engine = self.engines[engine_id]
+        call = Call(
+            f"{program_id}/{index}",
+            program_id,
+            arrival=now,
+            prompt_tokens=spec.prompt_tokens,
+            thread_id=str(spec.thread),
+        )
+        live = LiveCall(spec, call, run, engine, now)
+        engine.add(live, now)
+        if engine.busy_until is None:
+            engine.busy_until = now
+            self._push(now, _ENGINE, engine)
+
+    def _on_finish(self, live: LiveCall, at: float) -> None:
+        self._push(at, _FINISH, live)
+
+    def _finish(self, live: LiveCall, now: float) -> None:
+        engine = live.engine
+        engine.complete(live, now)
+        self.balancer.release(engine.engine_id)
+        run: _ProgramRun = live.program  # type: ignore[assignment]
+        outcome = run.outcome
+        outcome.add_call(live, now)
+        run.done += 1
+        for child in run.children[live.spec.index]:
+            run.pending[child] -= 1
+            if not run.pending[child]:
+                spec = run.spec.calls[child]
+                self._push(now + spec.delay, _READY, (run, child))
+        if run.done == len(run.spec.calls):
+            outcome.finish(now, self.profile, run.spec)
+            self._outcomes.append(outcome)
+            self.table.end(run.spec.program_id, now)
+
+
+def simulate(
+    programs: Sequence[ProgramSpec],
+    profile: EngineProfile,
+    scheduler: SchedulerConfig,
+    config: SimConfig | None = None,
+) -> RunResult:
+    """Run ``programs`` (with their arrival times) to completion and summarize."""
+    return Simulation(programs, profile, scheduler, config).run()
