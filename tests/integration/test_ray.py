@@ -114,3 +114,24 @@ async def test_a_killed_actor_fails_its_calls_promptly_and_is_replaced() -> None
             lambda: next(s for s in router.engines() if s.engine_id == doomed).up, within=30
         )
         assert doomed_backend._actor is not None and doomed_backend._actor != old_actor
+
+
+def test_the_multi_node_example_is_valid_for_ray_and_for_our_configs() -> None:
+    import json
+    from pathlib import Path
+
+    import jsonschema
+    import yaml
+
+    from agentrt.config import load_config
+    from agentrt.scheduling import BalancerConfig
+    from agentrt.serving.config import ServerConfig
+
+    server = Path(__file__).parents[2] / "server"
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    jsonschema.validate(yaml.safe_load((server / "ray-cluster.yaml").read_text()), schema)
+    toml = server / "ray.toml"
+    assert load_config(RayPlacement, toml, "ray").num_cpus > 0
+    assert load_config(RouterConfig, toml, "router").restart
+    assert load_config(BalancerConfig, toml, "balancer").policy == "locality"
+    assert load_config(ServerConfig, toml, "server").port == 8000
