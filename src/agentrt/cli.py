@@ -15,6 +15,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("agentrt.serving.cli", "serve the OpenAI-compatible API (embedded engine, replicas or remote engines)"),
     "bench": ("agentrt.bench.cli", "run a benchmark (prints a table, writes JSON)"),
+    "sim": ("agentrt.sim.cli", "simulate scheduling policies at cluster scale; `sim fit` fits a profile"),
 }
 
 

@@ -1,0 +1,167 @@
+"""Sweeps over policies, balancers and arrival rates, and the headline comparison.
+
+*Throughput at equal latency* (the Autellix paper's measure): for each
+policy, the largest arrival rate whose mean program latency stays under a
+target, linearly interpolated between the swept rates; each policy's value
+divided by FCFS's is its ratio. The default target is
+:data:`DEFAULT_TARGET_FACTOR` times FCFS's mean latency at the lowest swept
+rate (a light load), i.e. "how much load can each policy take before its mean
+latency is that many times the unloaded one".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+
+import msgspec
+
+from agentrt.scheduling import SchedulerConfig
+from agentrt.sim.metrics import RunResult
+from agentrt.sim.profile import EngineProfile
+from agentrt.sim.simulator import SimConfig, simulate
+from agentrt.sim.spec import ProgramSpec
+from agentrt.sim.workloads import poisson_arrivals
+
+DEFAULT_TARGET_FACTOR = 3.0
+DEFAULT_LOAD_POINTS = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5)
+ASSUMED_PREFIX_HIT = 0.8  # for the capacity estimate only
+
+
+class SweepPoint(msgspec.Struct, kw_only=True):
+    label: str  # policy, or policy@balancer when several balancers are compared
+    policy: str
+    balancer: str
+    rate: float
+    result: RunResult
+
+
+class Headline(msgspec.Struct, kw_only=True):
+    label: str
+    rate_at_target: float | None  # None: latency above target even at the lowest rate
+    capped: bool  # True: under target at every swept rate (a lower bound)
+    ratio_vs_fcfs: float | None
+
+
+class SweepReport(msgspec.Struct, kw_only=True):
+    workload: str
+    profile: str
+    engines: int
+    programs: int
+    seed: int
+    rates: list[float]
+    latency_target_s: float
+    scheduler: dict[str, object]
+    sim: dict[str, object]
+    points: list[SweepPoint]
+    headline: list[Headline]
+
+
+def estimated_capacity(
+    programs: Sequence[ProgramSpec], profile: EngineProfile, engines: int
+) -> float:
+    """Programs/s one cluster sustains at full batch (rough, to place the default rates)."""
+    batch = profile.max_batch_size
+    decode = sum(p.decode_tokens for p in programs) / len(programs)
+    calls = [c for p in programs for c in p.calls]
+    context = sum(c.prompt_tokens + c.decode_tokens / 2 for c in calls) / len(calls)
+    step = profile.step_time(0, batch, int(batch * context))
+    prefill = sum(p.prompt_tokens for p in programs) / len(programs) * (1 - ASSUMED_PREFIX_HIT)
+    seconds = decode * step / batch + prefill * profile.prefill_token_s
+    return engines / seconds if seconds > 0 else 1.0
+
+
+def default_rates(
+    programs: Sequence[ProgramSpec], profile: EngineProfile, engines: int
+) -> list[float]:
+    capacity = estimated_capacity(programs, profile, engines)
+    return [float(f"{capacity * f:.3g}") for f in DEFAULT_LOAD_POINTS]
+
+
+def rate_at_target(
+    points: Sequence[tuple[float, float]], target: float
+) -> tuple[float | None, bool]:
+    """Largest rate whose latency is under ``target`` on a (rate, latency) curve; (value, capped)."""
+    ordered = sorted(points)
+    if not ordered or ordered[0][1] > target:
+        return None, False
+    best = ordered[0][0]
+    for (r0, l0), (r1, l1) in pairwise(ordered):
+        if l1 <= target:
+            best = r1
+            continue
+        return r0 + (r1 - r0) * (target - l0) / (l1 - l0) if l1 > l0 else r0, False
+    return best, True
+
+
+def headline(points: Sequence[SweepPoint], target: float) -> list[Headline]:
+    labels = list(dict.fromkeys(p.label for p in points))
+    rates = {
+        label: rate_at_target(
+            [(p.rate, p.result.latency.mean) for p in points if p.label == label], target
+        )
+        for label in labels
+    }
+    fcfs = next((rates[label][0] for label in labels if label.split("@")[0] == "fcfs"), None)
+    return [
+        Headline(
+            label=label,
+            rate_at_target=rates[label][0],
+            capped=rates[label][1],
+            ratio_vs_fcfs=(rates[label][0] / fcfs)
+            if fcfs and rates[label][0] is not None
+            else None,
+        )
+        for label in labels
+    ]
+
+
+def run_sweep(
+    workload: str,
+    programs: Sequence[ProgramSpec],
+    profile: EngineProfile,
+    scheduler: SchedulerConfig,
+    sim: SimConfig,
+    policies: Sequence[str],
+    balancers: Sequence[str],
+    rates: Sequence[float],
+    seed: int,
+    latency_target: float | None = None,
+    target_factor: float = DEFAULT_TARGET_FACTOR,
+    on_point: Callable[[SweepPoint], None] | None = None,
+) -> SweepReport:
+    """Simulate every (balancer, policy, rate), FCFS first; then the headline ratios."""
+    ordered = sorted(policies, key=lambda p: p != "fcfs")
+    points: list[SweepPoint] = []
+    for balancer in balancers:
+        sim_b = msgspec.structs.replace(sim, balancer=balancer)
+        for policy in ordered:
+            config = msgspec.structs.replace(scheduler, policy=policy)
+            label = policy if len(balancers) == 1 else f"{policy}@{balancer}"
+            for rate in sorted(rates):
+                result = simulate(poisson_arrivals(programs, rate, seed), profile, config, sim_b)
+                result.rate = rate
+                point = SweepPoint(
+                    label=label, policy=policy, balancer=balancer, rate=rate, result=result
+                )
+                points.append(point)
+                if on_point is not None:
+                    on_point(point)
+    if latency_target is None:
+        base = [p for p in points if p.policy == "fcfs"] or points
+        lowest = min(p.rate for p in base)
+        light = [p.result.latency.mean for p in base if p.rate == lowest]
+        latency_target = target_factor * sum(light) / len(light)
+    return SweepReport(
+        workload=workload,
+        profile=profile.name,
+        engines=sim.engines,
+        programs=len(programs),
+        seed=seed,
+        rates=sorted(rates),
+        latency_target_s=latency_target,
+        scheduler=msgspec.to_builtins(scheduler),
+        sim=msgspec.to_builtins(sim),
+        points=points,
+        headline=headline(points, latency_target),
+    )
