@@ -73,4 +73,3 @@ async def hosted_engine(spec: EngineSpec) -> AsyncIterator[EngineClient]:
     engine = await build_engine(spec)
     async with running(engine) as live:
         yield live
-

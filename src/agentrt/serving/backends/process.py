@@ -113,33 +113,43 @@ class ProcessBackend:
             channel = Channel(await UNIXSocketStream.from_socket(parent), ToRouter)
             reason = "worker stopped"
             try:
-                await self._handshake(channel, process)
-                task_status.started()
-                await self._read(channel)
+                failure = await self._serve(channel, process, task_status)
                 reason = await self._exit_reason(process)
+                if failure is not None:
+                    raise EngineUnavailable(f"replica {self.engine_id} failed to start: {failure}")
                 raise EngineUnavailable(f"replica {self.engine_id} lost: {reason}")
-            except _GONE:
-                reason = await self._exit_reason(process)
-                raise EngineUnavailable(
-                    f"replica {self.engine_id} failed to start: {reason}"
-                ) from None
             finally:
                 self._go_down(reason)
                 with anyio.CancelScope(shield=True):
                     await self._stop(process, channel)
+
+    async def _serve(
+        self, channel: Channel, process: Process, task_status: TaskStatus[None]
+    ) -> str | None:
+        """Handshake, then deliver messages until the worker goes; returns why it could not start, if so."""
+        async with anyio.create_task_group() as io:
+            io.start_soon(channel.write_loop)
+            try:
+                await self._handshake(channel, process)
+            except _GONE:
+                io.cancel_scope.cancel()
+                return await self._exit_reason(process)
+            except (EngineUnavailable, TimeoutError) as e:
+                io.cancel_scope.cancel()
+                return str(e) or f"no answer within {self.start_timeout:g}s"
+            task_status.started()
+            await self._read(channel)
+            io.cancel_scope.cancel()
+        return None
 
     async def _handshake(self, channel: Channel, process: Process) -> None:
         await channel.send(Init(engine=self.spec))
         with anyio.fail_after(self.start_timeout):
             reply = await channel.receive()
         if isinstance(reply, InitFailed):
-            raise EngineUnavailable(
-                f"replica {self.engine_id} failed to start: {reply.error.message}"
-            )
+            raise EngineUnavailable(reply.error.message)
         if not isinstance(reply, Ready):
-            raise EngineUnavailable(
-                f"replica {self.engine_id} sent {type(reply).__name__} before Ready"
-            )
+            raise EngineUnavailable(f"the worker sent {type(reply).__name__} before Ready")
         self._channel = channel
         self._models = reply.models
         self.pid = reply.pid
@@ -205,8 +215,8 @@ class ProcessBackend:
 
     async def _stop(self, process: Process, channel: Channel) -> None:
         if process.returncode is None:
-            with contextlib.suppress(*_GONE):
-                await channel.send(Shutdown())
+            with contextlib.suppress(*_GONE, OSError):
+                await channel.send_now(Shutdown())
             with anyio.move_on_after(self.shutdown_timeout):
                 await process.wait()
             if process.returncode is None:

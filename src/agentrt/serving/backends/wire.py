@@ -96,19 +96,62 @@ class FrameError(Exception):
 
 
 class Channel:
-    """Typed, framed messages over one byte stream; ``send`` is safe from concurrent tasks."""
+    """Typed, framed messages over one byte stream.
 
-    def __init__(self, stream: ByteStream, incoming: type) -> None:
+    ``send`` queues the frame and returns: a single :meth:`write_loop` task
+    (which the owner runs) writes everything queued in one socket write, so
+    a batch of token events from one engine step costs one syscall, and a
+    call's task never waits on the socket unless the queue is over
+    ``max_buffer`` bytes (backpressure).
+    """
+
+    def __init__(self, stream: ByteStream, incoming: type, *, max_buffer: int = 1 << 20) -> None:
         self._stream = stream
         self._reader = BufferedByteReceiveStream(stream)
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder: msgspec.msgpack.Decoder[object] = msgspec.msgpack.Decoder(incoming)
-        self._send_lock = anyio.Lock()
+        self._max_buffer = max_buffer
+        self._queued: list[bytes] = []
+        self._queued_bytes = 0
+        self._wakeup = anyio.Event()
+        self._drained = anyio.Event()
+        self._broken: BaseException | None = None
+
+    def _frame(self, message: msgspec.Struct) -> bytes:
+        payload = self._encoder.encode(message)
+        return _HEADER.pack(len(payload)) + payload
 
     async def send(self, message: msgspec.Struct) -> None:
-        payload = self._encoder.encode(message)
-        async with self._send_lock:
-            await self._stream.send(_HEADER.pack(len(payload)) + payload)
+        """Queue ``message``; raises ``anyio.BrokenResourceError`` once the stream has failed."""
+        if self._broken is not None:
+            raise anyio.BrokenResourceError from self._broken
+        frame = self._frame(message)
+        self._queued.append(frame)
+        self._queued_bytes += len(frame)
+        self._wakeup.set()
+        if self._queued_bytes > self._max_buffer:
+            await self._drained.wait()
+
+    async def send_now(self, message: msgspec.Struct) -> None:
+        """Write ``message`` directly, bypassing the queue (a last word when the writer is stopping)."""
+        await self._stream.send(self._frame(message))
+
+    async def write_loop(self) -> None:
+        """Write queued frames until the stream fails (then every later ``send`` raises)."""
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = anyio.Event()
+                while self._queued:
+                    data = b"".join(self._queued)
+                    self._queued.clear()
+                    self._queued_bytes = 0
+                    self._drained.set()
+                    self._drained = anyio.Event()
+                    await self._stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
+            self._broken = e
+            self._drained.set()
 
     async def receive(self) -> object:
         """The next message; raises ``anyio.EndOfStream`` / ``anyio.IncompleteRead`` when the peer is gone."""

@@ -129,7 +129,7 @@ async def serve(channel: Channel) -> None:
     except Exception as e:
         log.exception("worker_failed", factory=init.engine.factory)
         with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-            await channel.send(InitFailed(error=error_info(e)))
+            await channel.send_now(InitFailed(error=error_info(e)))
         raise
 
 
@@ -137,7 +137,10 @@ async def _main(fd: int) -> None:
     stream = await UNIXSocketStream.from_socket(socket.socket(fileno=fd))
     channel = Channel(stream, ToWorker)  # type: ignore[arg-type]
     try:
-        await serve(channel)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(channel.write_loop)
+            await serve(channel)
+            tg.cancel_scope.cancel()
     finally:
         await channel.aclose()
 
