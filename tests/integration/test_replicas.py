@@ -147,3 +147,40 @@ async def test_a_worker_runs_the_embedded_engine() -> None:
         await engine.close()
     assert len(remote) == 6
     assert remote == local  # same weights, greedy: the worker computes what this process does
+
+
+async def test_many_concurrent_calls_leave_nothing_behind() -> None:
+    """Finished, abandoned and failing calls in parallel over two replicas: every slot and KV block comes back."""
+    spec = EngineSpec(factory=ECHO, options={"token_delay": 0.002, "max_model_len": 256})
+    replicas = [ProcessBackend("r0", spec), ProcessBackend("r1", spec)]
+    outcomes: dict[str, int] = {"finished": 0, "abandoned": 0, "rejected": 0}
+    async with Router(replicas) as router:
+
+        async def one(i: int) -> None:
+            program = f"p{i % 7}"
+            if i % 5 == 0:  # too long for the context: the engine refuses it
+                with pytest.raises(PromptTooLong):
+                    await collect(router, chat(f"c{i}", "w " * 300, program=program))
+                outcomes["rejected"] += 1
+            elif i % 3 == 0:  # the client goes away after two tokens
+                stream = router.generate(chat(f"c{i}", "w " * 50, program=program))
+                for _ in range(2):
+                    await stream.__anext__()
+                await stream.aclose()  # type: ignore[attr-defined]
+                outcomes["abandoned"] += 1
+            else:
+                events = await collect(router, chat(f"c{i}", f"call {i} says hi", program=program))
+                assert "".join(e.text for e in events) == f"call {i} says hi"
+                outcomes["finished"] += 1
+
+        async with anyio.create_task_group() as tg:
+            for i in range(60):
+                tg.start_soon(one, i)
+        assert outcomes == {"finished": 32, "abandoned": 16, "rejected": 12}
+        assert [s.live_calls for s in router.engines()] == [0, 0]
+        assert [router.balancer.load(r.engine_id) for r in replicas] == [0, 0]
+        for replica in replicas:
+            await replica.check_health()  # refreshes the worker's stats
+            assert (replica.stats().running, replica.stats().kv_blocks_used) == (0, 0)
+        served = sum(len(entry.records()) for entry in router.table.programs())
+        assert served == 60
