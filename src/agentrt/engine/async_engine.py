@@ -13,6 +13,7 @@ caller's side before they are queued, so a bad one raises at the first
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -222,7 +223,6 @@ def _put_all(items: list[tuple[_Stream, TokenEvent | EngineError]]) -> None:
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
-    try:
+    # RuntimeError: that event loop is closed, nobody is listening any more.
+    with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:
-        pass  # that event loop is closed: nobody is listening any more

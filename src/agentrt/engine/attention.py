@@ -9,11 +9,15 @@ values into the paged cache through the slot mapping, and attends each
 sequence to its own context only.
 
 CPU (and any device without xformers): the decode tokens (one query per
-sequence, placed first in the batch) share one SDPA call over their gathered
-contexts padded to the longest one with a mask; each prefill chunk gets its
-own SDPA call (causal, offset by the context already cached). CUDA with
-xformers: one memory-efficient attention call over all sequences with a
-block-diagonal causal bias aligned bottom-right.
+sequence, placed first in the batch) share one SDPA call over their contexts,
+gathered a whole block at a time (``index_select`` of block ids: element-wise
+gathers are an order of magnitude slower here) and padded to the longest with
+an additive mask; each prefill chunk gets its own SDPA call with a causal
+mask offset by the context already cached. Grouped-query attention is done by
+folding each key head's query heads into the query length
+(``[kv_heads, group * queries, d]``) rather than by copying keys per query
+head. CUDA with xformers: one memory-efficient attention call over all
+sequences with a block-diagonal causal bias aligned bottom-right.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ class PrefillSpan:
 
     start: int  # first row of its tokens in the flattened batch
     length: int  # new tokens
-    kv_slots: torch.Tensor | None  # slots of its whole context; None: no cached context
-    mask: torch.Tensor | None  # [length, context] bool, None when plain causal suffices
+    context: int  # tokens it attends to (cached + new)
+    blocks: torch.Tensor | None  # its block table; None: no cached context, use the new keys
+    mask: torch.Tensor  # [group * length, context] bool, True = may attend
 
 
 @dataclass
@@ -44,8 +49,8 @@ class AttentionMetadata:
     kv_cache: PagedKVCache
     slot_mapping: torch.Tensor  # [tokens] cache slot of each new token
     num_decode: int = 0  # rows [0, num_decode) are single-token sequences
-    decode_kv_slots: torch.Tensor | None = None  # [num_decode, max_context]
-    decode_mask: torch.Tensor | None = None  # [num_decode, 1, 1, max_context] bool
+    decode_blocks: torch.Tensor | None = None  # [num_decode * max_blocks] block ids, row-major
+    decode_mask: torch.Tensor | None = None  # [num_decode, 1, 1, max_blocks * block_size] additive
     prefills: tuple[PrefillSpan, ...] = ()
     # xformers path: every sequence's context slots concatenated, and the bias.
     all_kv_slots: torch.Tensor | None = None
@@ -69,42 +74,44 @@ def paged_attention(
         )
     layer: int = module.layer_idx  # type: ignore[assignment]
     k_cache, v_cache = meta.kv_cache.layer(layer)
-    new_k = key[0].transpose(0, 1)  # [tokens, kv_heads, head_dim]
-    new_v = value[0].transpose(0, 1)
-    k_cache.index_copy_(0, meta.slot_mapping, new_k)
-    v_cache.index_copy_(0, meta.slot_mapping, new_v)
+    k_cache.index_copy_(0, meta.slot_mapping, key[0].transpose(0, 1))
+    v_cache.index_copy_(0, meta.slot_mapping, value[0].transpose(0, 1))
     if meta.xformers_bias is not None:
         return _xformers_attention(query, k_cache, v_cache, meta, scaling), None
 
-    q = query[0]  # [heads, tokens, head_dim]
-    out = q.new_empty(q.shape[1], q.shape[0], q.shape[2])  # [tokens, heads, head_dim]
+    q = query[0]  # [heads, tokens, d]
+    heads, tokens, d = q.shape
+    kv_heads = key.shape[1]
+    group = heads // kv_heads
+    k_blocks, v_blocks = meta.kv_cache.layer_blocks(layer)
+    out = q.new_empty(tokens, heads, d)
     b = meta.num_decode
     if b:
-        assert meta.decode_kv_slots is not None
-        keys = k_cache[meta.decode_kv_slots].transpose(1, 2)  # [b, kv_heads, ctx, d]
-        values = v_cache[meta.decode_kv_slots].transpose(1, 2)
-        qd = q[:, :b].transpose(0, 1).unsqueeze(2)  # [b, heads, 1, d]
-        o = F.scaled_dot_product_attention(
-            qd, keys, values, attn_mask=meta.decode_mask, scale=scaling, enable_gqa=True
+        assert meta.decode_blocks is not None and meta.decode_mask is not None
+        ctx = meta.decode_mask.shape[-1]
+        keys = (
+            k_blocks.index_select(0, meta.decode_blocks).view(b, ctx, kv_heads, d).transpose(1, 2)
         )
-        out[:b] = o.squeeze(2)
+        values = (
+            v_blocks.index_select(0, meta.decode_blocks).view(b, ctx, kv_heads, d).transpose(1, 2)
+        )
+        qd = q[:, :b].transpose(0, 1).reshape(b, kv_heads, group, d)
+        o = F.scaled_dot_product_attention(
+            qd, keys, values, attn_mask=meta.decode_mask, scale=scaling
+        )
+        out[:b] = o.reshape(b, heads, d)
     for span in meta.prefills:
         rows = slice(span.start, span.start + span.length)
-        if span.kv_slots is None:
+        if span.blocks is None:
             keys, values = key[0, :, rows], value[0, :, rows]
         else:
-            keys = k_cache[span.kv_slots].transpose(0, 1)
-            values = v_cache[span.kv_slots].transpose(0, 1)
-        o = F.scaled_dot_product_attention(
-            q[:, rows],
-            keys,
-            values,
-            attn_mask=span.mask,
-            is_causal=span.mask is None,
-            scale=scaling,
-            enable_gqa=True,
-        )
-        out[rows] = o.transpose(0, 1)
+            n = span.blocks.shape[0] * k_blocks.shape[1]
+            keys = k_blocks.index_select(0, span.blocks).view(n, kv_heads, d)[: span.context]
+            values = v_blocks.index_select(0, span.blocks).view(n, kv_heads, d)[: span.context]
+            keys, values = keys.transpose(0, 1), values.transpose(0, 1)
+        qp = q[:, rows].reshape(kv_heads, group * span.length, d)
+        o = F.scaled_dot_product_attention(qp, keys, values, attn_mask=span.mask, scale=scaling)
+        out[rows] = o.view(heads, span.length, d).transpose(0, 1)
     return out.unsqueeze(0), None
 
 
@@ -123,8 +130,18 @@ def _xformers_attention(
     group = heads // kv_heads
     # xformers' grouped layout [batch, seq, kv_heads, group, d] shares each kv head across its group.
     q = query[0].transpose(0, 1).reshape(1, tokens, kv_heads, group, d)
-    k = k_cache[meta.all_kv_slots].unsqueeze(0).unsqueeze(3).expand(-1, -1, -1, group, -1)
-    v = v_cache[meta.all_kv_slots].unsqueeze(0).unsqueeze(3).expand(-1, -1, -1, group, -1)
+    k = (
+        k_cache.index_select(0, meta.all_kv_slots)
+        .unsqueeze(0)
+        .unsqueeze(3)
+        .expand(-1, -1, -1, group, -1)
+    )
+    v = (
+        v_cache.index_select(0, meta.all_kv_slots)
+        .unsqueeze(0)
+        .unsqueeze(3)
+        .expand(-1, -1, -1, group, -1)
+    )
     o = memory_efficient_attention(q, k, v, attn_bias=meta.xformers_bias, scale=scaling)
     return o.reshape(1, tokens, heads, d)
 

@@ -46,6 +46,7 @@ class ScheduledSeq:
 @dataclass(frozen=True)
 class ModelShape:
     num_layers: int
+    num_heads: int
     num_kv_heads: int
     head_dim: int
     vocab_size: int
@@ -62,6 +63,7 @@ class ModelShape:
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
         return cls(
             num_layers=text.num_hidden_layers,
+            num_heads=heads,
             num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
             head_dim=head_dim,
             vocab_size=text.vocab_size,
@@ -101,6 +103,7 @@ class ModelRunner:
         self.block_size = config.block_size
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.shape = ModelShape.of(model.config)
+        self.group = self.shape.num_heads // self.shape.num_kv_heads
         register_attention()
         self.model.set_attn_implementation(ATTENTION_NAME)
         self.use_xformers = self.device.type == "cuda" and xformers_available()
@@ -177,11 +180,15 @@ class ModelRunner:
         else:
             if num_decode:
                 ctx = context[:num_decode]
-                cols = torch.arange(int(ctx.max()))
+                blocks = -(-int(ctx.max()) // bs)
+                cols = torch.arange(blocks * bs)
                 meta.num_decode = num_decode
-                meta.decode_kv_slots = (tables[:num_decode, cols // bs] * bs + cols % bs).to(dev)
+                meta.decode_blocks = tables[:num_decode, :blocks].reshape(-1).to(dev)
+                hidden = (cols.unsqueeze(0) >= ctx.unsqueeze(1)).view(num_decode, 1, 1, -1)
                 meta.decode_mask = (
-                    (cols.unsqueeze(0) < ctx.unsqueeze(1)).view(num_decode, 1, 1, -1).to(dev)
+                    torch.zeros(hidden.shape, dtype=self.dtype)
+                    .masked_fill_(hidden, float("-inf"))
+                    .to(dev)
                 )
             meta.prefills = tuple(
                 self._prefill_span(tables[i], starts[i], lens[i], int(first_row[i]))
@@ -196,14 +203,15 @@ class ModelRunner:
         )
 
     def _prefill_span(self, table: torch.Tensor, start: int, length: int, row: int) -> PrefillSpan:
-        if start == 0:
-            return PrefillSpan(start=row, length=length, kv_slots=None, mask=None)
-        bs, dev = self.block_size, self.device
-        cols = torch.arange(start + length)
-        kv_slots = (table[cols // bs] * bs + cols % bs).to(dev)
-        # Query i sits at position start + i and sees keys 0..start + i.
-        mask = cols.unsqueeze(0) <= (start + torch.arange(length)).unsqueeze(1)
-        return PrefillSpan(start=row, length=length, kv_slots=kv_slots, mask=mask.to(dev))
+        context = start + length
+        # Query i sits at position start + i and sees keys 0..start + i; the mask repeats
+        # once per query head of a key head (see attention.py).
+        mask = torch.arange(context).unsqueeze(0) <= (start + torch.arange(length)).unsqueeze(1)
+        mask = mask.repeat(self.group, 1).to(self.device)
+        blocks = None
+        if start > 0:
+            blocks = table[: -(-context // self.block_size)].to(self.device)
+        return PrefillSpan(start=row, length=length, context=context, blocks=blocks, mask=mask)
 
     def _xformers_metadata(
         self,

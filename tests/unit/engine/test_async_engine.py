@@ -85,7 +85,7 @@ async def test_event_loop_stays_responsive_and_tokens_arrive_before_completion(
     ticker_task = asyncio.create_task(ticker())
     still_running_at_first_token: list[bool] = []
     ticks_at_first: int | None = None
-    async for event in engine.generate(request("long", prompts[0], max_tokens=120)):
+    async for _event in engine.generate(request("long", prompts[0], max_tokens=120)):
         if ticks_at_first is None:
             ticks_at_first = ticks
             still_running_at_first_token.append("long" in engine.engine.requests)
