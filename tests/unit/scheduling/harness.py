@@ -54,9 +54,14 @@ def run_programs(
     batch_size: int,
     *,
     max_steps: int = 10_000,
-    check: Callable[[Scheduler, int], None] | None = None,
+    check: Callable[[Scheduler, float], None] | None = None,
+    step_seconds: float = 1.0,
 ) -> Trace:
-    """Run ``programs`` to completion; ``check(scheduler, step)`` runs after every decision."""
+    """Run ``programs`` to completion; ``check(scheduler, now)`` runs after every decision.
+
+    Step ``t`` runs from ``t * step_seconds`` to ``(t + 1) * step_seconds``; in
+    time mode each call in the batch is charged the step's duration.
+    """
     sched = make_scheduler(config)
     trace = Trace()
     remaining: dict[str, int] = {}
@@ -74,17 +79,18 @@ def run_programs(
             open_calls[spec.name].add(call_id)
             sched.add(Call(call_id, spec.name, arrival=now, thread_id=str(i)), now)
 
+    service = 1.0 if config.service_unit == "tokens" else step_seconds
     step = 0
     while len(done) < len(programs):
         assert step < max_steps, "programs did not finish"
-        now = float(step)
+        now, end = step * step_seconds, (step + 1) * step_seconds
         for spec in programs:
             if spec.arrival == step:
                 sched.table.start(spec.name, now)
                 start_stage(spec, 0, now)
         decision = sched.schedule(now, SlotAdmission(batch_size))
         if check is not None:
-            check(sched, step)
+            check(sched, now)
         trace.steps.append(
             StepRecord(
                 [c.call_id for c in decision.batch],
@@ -93,20 +99,20 @@ def run_programs(
             )
         )
         for call in decision.batch:
-            sched.charge(call, 1, now)
+            sched.charge(call, service, end)
         for call in decision.batch:
             remaining[call.call_id] -= 1
             if remaining[call.call_id]:
                 continue
-            finished = sched.finish(call.call_id, now)
+            finished = sched.finish(call.call_id, end)
             assert finished is call
-            trace.waits[call.call_id] = call.wait(sched.clock(now))
+            trace.waits[call.call_id] = call.wait(sched.clock(end))
             program = call.program_id
             open_calls[program].discard(call.call_id)
             if not open_calls[program]:
                 spec = by_name[program]
                 if stage_of[program] + 1 < len(spec.stages):
-                    start_stage(spec, stage_of[program] + 1, now)
+                    start_stage(spec, stage_of[program] + 1, end)
                 else:
                     entry = sched.table.get(program)
                     assert entry is not None

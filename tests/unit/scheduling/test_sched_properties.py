@@ -73,24 +73,29 @@ def test_atlas_equals_plas_on_sequential_programs(
     knobs=queue_knobs,
     batch=st.integers(1, 3),
     policy=st.sampled_from(["mlfq", "plas", "atlas"]),
+    unit=st.sampled_from(["tokens", "time"]),
 )
 def test_no_waiting_call_is_left_past_the_starvation_bound(
-    programs: list[ProgramSpec], knobs: dict[str, Any], batch: int, policy: str
+    programs: list[ProgramSpec], knobs: dict[str, Any], batch: int, policy: str, unit: str
 ) -> None:
-    beta = knobs["beta"]
+    # In time mode a step lasts 0.25 s and every knob is scaled to match.
+    scale = 1.0 if unit == "tokens" else 0.25
+    scaled = {k: v * scale if k != "beta" and k != "num_queues" else v for k, v in knobs.items()}
+    floor, beta = scaled["starvation_floor"], knobs["beta"]
 
-    def check(sched: Scheduler, step: int) -> None:
-        clock = sched.clock(float(step))
+    def check(sched: Scheduler, now: float) -> None:
+        clock = sched.clock(now)
         for call in sched.calls():
             if call.running or call.level == 0:
                 continue
             entry = sched.table.get(call.program_id)
             assert entry is not None
             w_p, t_p = (entry.wait, entry.service) if policy != "mlfq" else (0.0, 0.0)
-            ratio = (w_p + call.wait_c(clock)) / max(1.0, t_p + call.service_c)
-            assert ratio < beta, (call, ratio)
+            ratio = (w_p + call.wait_c(clock)) / max(floor, t_p + call.service_c)
+            assert ratio < beta * (1 + 1e-9), (call, ratio)
 
-    run_programs(config(policy, knobs), programs, batch, check=check)
+    cfg = SchedulerConfig(policy=policy, service_unit=unit, **scaled)  # type: ignore[arg-type]
+    run_programs(cfg, programs, batch, check=check, step_seconds=scale)
 
 
 # --- random operation sequences against a KV-token admission ---
