@@ -261,7 +261,7 @@ def _logprobs(raw: _Logprobs | None) -> list[TokenLogprob] | None:
             TokenLogprob(
                 -1,
                 token,
-                _at(values, i) if _at(values, i) is not None else float("-inf"),  # type: ignore[arg-type]
+                _at(values, i) if _at(values, i) is not None else float("-inf"),
                 [TopLogprob(-1, k, v) for k, v in (_at(tops, i) or {}).items()],
             )
             for i, token in enumerate(raw.tokens)

@@ -135,8 +135,8 @@ class RayBackend:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         p = self.placement
         await anyio.to_thread.run_sync(connect, p)
-        actor_class = ray.remote(EngineActor)
-        actor = actor_class.options(  # type: ignore[attr-defined]
+        actor_class: Any = ray.remote(EngineActor)
+        actor: Any = actor_class.options(
             num_cpus=p.num_cpus,
             num_gpus=p.num_gpus,
             resources=p.resources or None,

@@ -10,6 +10,7 @@ at the edge.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import anyio
 import msgspec
@@ -105,7 +106,7 @@ class Channel:
     ``max_buffer`` bytes (backpressure).
     """
 
-    def __init__(self, stream: ByteStream, incoming: type, *, max_buffer: int = 1 << 20) -> None:
+    def __init__(self, stream: ByteStream, incoming: Any, *, max_buffer: int = 1 << 20) -> None:
         self._stream = stream
         self._reader = BufferedByteReceiveStream(stream)
         self._encoder = msgspec.msgpack.Encoder()

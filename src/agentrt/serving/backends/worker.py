@@ -135,7 +135,7 @@ async def serve(channel: Channel) -> None:
 
 async def _main(fd: int) -> None:
     stream = await UNIXSocketStream.from_socket(socket.socket(fileno=fd))
-    channel = Channel(stream, ToWorker)  # type: ignore[arg-type]
+    channel = Channel(stream, ToWorker)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(channel.write_loop)
