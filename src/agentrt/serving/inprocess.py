@@ -116,9 +116,16 @@ class _AppExchange:
         """The next body chunk, None at the end; ``TimeoutError`` if none comes within ``read_timeout`` seconds."""
         try:
             with anyio.fail_after(read_timeout):
-                return await self._chunks_out.receive()
+                first = await self._chunks_out.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             return None
+        # Hand over everything already sent in one go: each call is a hop between threads.
+        more = [first]
+        while True:
+            try:
+                more.append(self._chunks_out.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return b"".join(more) if len(more) > 1 else first
 
     async def close(self) -> None:
         """The client is done with the response: tell the app, and wait until it has cleaned up."""
