@@ -6,7 +6,11 @@ call. Memory is bounded: beyond ``max_programs`` the least recently active
 programs without live calls are evicted (so a flood of one-call programs that
 never end cannot grow the table), and each program keeps the records of at
 most ``max_call_records`` completed calls. Programs with live calls are
-never evicted: their number is bounded by the live calls the server admits.
+never evicted: their number is bounded by the live calls the server admits,
+so the table holds at most ``max(max_programs, programs with live calls + 1)``
+entries (the +1 is a program started while every other one is busy). Idle
+programs past the TTL are dropped whenever a new program arrives, or by
+:meth:`ProcessTable.expire` when an owner calls it periodically.
 
 The table can be shared by several schedulers and the load balancer of one
 process (the router's), so program service is global across engines.
