@@ -21,7 +21,7 @@ from agents import chat, map_reduce, mcts, react, tree_search
 from agents.llm import LLM
 from agents.trace import CallRecord, ToolRecord, Trace
 
-__all__ = ["LLM", "MIXED", "WORKLOADS", "CallRecord", "ProgramSpec", "ToolRecord", "Trace", "Workload", "sample_programs"]
+__all__ = ["LLM", "MIXED", "SIZES", "WORKLOADS", "CallRecord", "ProgramSpec", "ToolRecord", "Trace", "Workload", "sample_programs"]
 
 
 @dataclass(frozen=True)
@@ -31,36 +31,36 @@ class Workload:
     name: str
     description: str
     load_tasks: Callable[[int, int], list[Any]]  # (count, seed) -> tasks
-    run: Callable[[Any, LLM, int], Awaitable[Any]]  # (task, llm, seed) -> the program's result
+    run: Callable[[Any, LLM, int, Any], Awaitable[Any]]  # (task, llm, seed, config) -> the program's result
 
 
 _threads: anyio.CapacityLimiter | None = None
 
 
-def _in_thread(program: Callable[..., Any]) -> Callable[[Any, LLM, int], Awaitable[Any]]:
+def _in_thread(program: Callable[..., Any]) -> Callable[[Any, LLM, int, Any], Awaitable[Any]]:
     """Run a synchronous program in a worker thread (its own threads fork from there)."""
 
-    async def run(task: Any, llm: LLM, seed: int) -> Any:
+    async def run(task: Any, llm: LLM, seed: int, config: Any) -> Any:
         global _threads
         if _threads is None:  # anyio's default limiter (40) would cap concurrent programs
             _threads = anyio.CapacityLimiter(1024)
         return await anyio.to_thread.run_sync(
-            partial(program, task, llm, seed=seed), limiter=_threads, abandon_on_cancel=True
+            partial(program, task, llm, config, seed=seed), limiter=_threads, abandon_on_cancel=True
         )
 
     return run
 
 
-async def _chat(task: Any, llm: LLM, seed: int) -> Any:
-    return await chat.converse(task, llm)
+async def _chat(task: Any, llm: LLM, seed: int, config: Any) -> Any:
+    return await chat.converse(task, llm, config)
 
 
-async def _mcts(task: Any, llm: LLM, seed: int) -> Any:
-    return await mcts.mcts(task, llm, seed=seed)
+async def _mcts(task: Any, llm: LLM, seed: int, config: Any) -> Any:
+    return await mcts.mcts(task, llm, config, seed=seed)
 
 
-async def _map_reduce(task: Any, llm: LLM, seed: int) -> Any:
-    return await map_reduce.map_reduce(task, llm)
+async def _map_reduce(task: Any, llm: LLM, seed: int, config: Any) -> Any:
+    return await map_reduce.map_reduce(task, llm, config)
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -77,6 +77,29 @@ WORKLOADS: dict[str, Workload] = {
 # The Autellix paper's mixed workload: equal parts chat (ShareGPT), ReAct (BFCL) and LATS.
 MIXED = ("chat", "react", "tree_search")
 
+# Program sizes. ``full``: the agents' defaults, shaped like the paper's workloads (BFCL
+# ~10 calls of ~700 prompt / ~34 decode tokens, LATS parallel expansions, ShareGPT
+# multi-turn replies). ``small``: the same shapes with fewer steps and shorter decodes,
+# so that a CPU-only machine reaches load within minutes.
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {
+        "react": react.ReactConfig(),
+        "chat": chat.ChatConfig(),
+        "tree_search": tree_search.TreeSearchConfig(),
+        "mcts": mcts.MctsConfig(),
+        "map_reduce": map_reduce.MapReduceConfig(),
+    },
+    "small": {
+        "react": react.ReactConfig(max_steps=2, max_turns=3, max_tokens=24),
+        "chat": chat.ChatConfig(max_turns=3, max_reply_tokens=48, max_message_chars=600),
+        "tree_search": tree_search.TreeSearchConfig(width=3, iterations=2, step_tokens=24, grade_tokens=4,
+                                                    answer_tokens=32),
+        "mcts": mcts.MctsConfig(simulations=4, parallel=2, max_depth=2, step_tokens=24, rollout_tokens=24,
+                                grade_tokens=4, answer_tokens=32),
+        "map_reduce": map_reduce.MapReduceConfig(fan_out=3, plan_tokens=32, map_tokens=32, reduce_tokens=32),
+    },
+}
+
 
 @dataclass(frozen=True)
 class ProgramSpec:
@@ -86,10 +109,16 @@ class ProgramSpec:
     workload: str
     task: Any
     seed: int
+    config: Any  # the workload's config for the chosen size
+
+    async def run(self, llm: LLM) -> Any:
+        return await WORKLOADS[self.workload].run(self.task, llm, self.seed, self.config)
 
 
-def sample_programs(workload: str, count: int, seed: int) -> list[ProgramSpec]:
-    """``count`` programs of ``workload`` (or ``mixed``), the same for the same seed."""
+def sample_programs(workload: str, count: int, seed: int, size: str = "full") -> list[ProgramSpec]:
+    """``count`` programs of ``workload`` (or ``mixed``) at ``size``, the same for the same seed."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; expected one of {list(SIZES)}")
     if workload == "mixed":
         kinds = [MIXED[i % len(MIXED)] for i in range(count)]
         random.Random(seed).shuffle(kinds)
@@ -98,4 +127,4 @@ def sample_programs(workload: str, count: int, seed: int) -> list[ProgramSpec]:
     else:
         raise ValueError(f"unknown workload {workload!r}; expected one of {[*WORKLOADS, 'mixed']}")
     tasks = {k: iter(WORKLOADS[k].load_tasks(kinds.count(k), seed)) for k in set(kinds)}
-    return [ProgramSpec(i, k, next(tasks[k]), seed * 100_003 + i) for i, k in enumerate(kinds)]
+    return [ProgramSpec(i, k, next(tasks[k]), seed * 100_003 + i, SIZES[size][k]) for i, k in enumerate(kinds)]

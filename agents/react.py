@@ -39,6 +39,7 @@ Functions:
 @dataclass(frozen=True)
 class ReactConfig:
     max_steps: int = 4  # LLM calls per user turn
+    max_turns: int | None = None  # user turns replayed (None: all of the task's)
     max_tokens: int = 64  # per call (BFCL calls decode ~34 tokens on average)
     tool_latency_scale: float = 1.0
     native_tools: bool = False  # also send the OpenAI ``tools`` list (servers that parse tool calls)
@@ -95,7 +96,7 @@ def solve(task: BfclTask, llm: LLM, config: ReactConfig = ReactConfig(), seed: i
         {"role": "system", "content": SYSTEM + "\n".join(describe(d) for d in env.docs)}
     ]
     answers: list[str] = []
-    for turn in task.turns:
+    for turn in task.turns[: config.max_turns]:
         messages.extend({"role": m.get("role", "user"), "content": m.get("content", "")} for m in turn)
         answers.append(_run_turn(env, llm, messages, tools, config))
     return answers

@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model name to request (default: each server's first)")
     parser.add_argument("--latency-target", type=float, default=None,
                         help="mean program latency (s) at which throughputs are compared "
-                        "(default: the baseline's mean latency at the middle swept rate)")
+                        "(default: the baseline's highest mean latency up to its middle swept rate)")
     parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for a server's /health")
     add_workload_arguments(parser)
 
@@ -147,8 +147,9 @@ def compare(systems: list[SystemResult], latency_target: float | None) -> Compar
     base = systems[0]
     base_points = [(r.rate, r.latency.mean) for r in base.runs]
     if latency_target is None:
-        middle = base.runs[len(base.runs) // 2]
-        latency_target = middle.latency.mean
+        # The baseline's latency up to its middle rate (the max, so that noise on a flat start
+        # cannot put the target below the lightest load's latency).
+        latency_target = max(r.latency.mean for r in base.runs[: len(base.runs) // 2 + 1])
     base_at = rate_at_latency(base_points, latency_target)
     rows = []
     for system in systems:
@@ -183,13 +184,12 @@ def print_comparison(console: Any, comparison: Comparison) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import anyio
-    from rich.console import Console
 
     from agentrt.bench.load import Target
     from agentrt.bench.serve import sweep_target, write_outputs
-    from agentrt.bench.serve_report import Progress, print_runs
+    from agentrt.bench.serve_report import Progress, print_runs, report_console
 
-    console = Console()
+    console = report_console()
     problem = validate(args)
     if problem is None and not args.policies and not args.external:
         problem = "nothing to compare: give --policies and/or --external"
@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
             target = Target(label=name, base_url=url, model=model or args.model or "", extra_body=extra)
             systems.append(anyio.run(sweep_target, target, args, progress))
     comparison = compare(systems, args.latency_target)
-    result = BenchResult(command=sys.argv, workload=args.workload,
+    result = BenchResult(command=sys.argv, workload=args.workload, size=args.size,
                          seed=args.seed, num_programs=args.num_programs, duration=args.duration,
                          systems=systems, comparison=comparison)
     print_runs(console, systems)

@@ -180,7 +180,7 @@ async def run_programs(
     time_limit: float | None = None,
 ) -> tuple[RunSummary, list[ProgramResult]]:
     """Start ``specs[i]`` at ``arrivals[i]`` seconds, wait for all, and summarise the run."""
-    from agents import WORKLOADS, Trace
+    from agents import Trace
 
     llm = make_llm(target)
     before = await scrape(target)
@@ -192,7 +192,7 @@ async def run_programs(
         start = time.monotonic()
         error: str | None = None
         try:
-            await WORKLOADS[spec.workload].run(spec.task, llm.with_trace(trace), spec.seed)
+            await spec.run(llm.with_trace(trace))
         except Exception as e:  # a failed program is a result, not a crash of the benchmark
             error = f"{type(e).__name__}: {e}"[:500]
             log.warning("program failed", index=spec.index, workload=spec.workload, error=error)

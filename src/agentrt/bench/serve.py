@@ -34,6 +34,7 @@ class SystemResult(msgspec.Struct, kw_only=True):
 class BenchResult(msgspec.Struct, kw_only=True):
     command: list[str]
     workload: str
+    size: str
     seed: int
     num_programs: int | None
     duration: float | None
@@ -68,6 +69,8 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=None, help="arrivals stop after this many seconds")
     parser.add_argument("--num-programs", type=int, default=None, help="programs per rate (default 20 without --duration)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", choices=("full", "small"), default="full",
+                        help="program sizes: full (the paper's shapes) or small (same shapes, fewer/shorter calls)")
     parser.add_argument(
         "--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
         help="decode exactly max_tokens per call (servers that accept vLLM's ignore_eos), so every "
@@ -116,7 +119,7 @@ async def sweep_target(target: Any, args: argparse.Namespace, progress: Any) -> 
     programs: list[list[ProgramResult]] = []
     for rate in rates:
         count = programs_for(args.duration, num_programs, rate, args.seed)
-        specs = sample_programs(args.workload, count, args.seed)
+        specs = sample_programs(args.workload, count, args.seed, args.size)
         arrivals = [t / rate for t in unit_arrivals(count, args.seed)]
         task = progress.start(f"{target.label} @ {rate:g}/s", count)
         summary, results = await run_programs(
@@ -142,12 +145,11 @@ def write_outputs(result: BenchResult, args: argparse.Namespace, console: Any) -
 
 def run(args: argparse.Namespace) -> int:
     import anyio
-    from rich.console import Console
 
     from agentrt.bench.load import Target
-    from agentrt.bench.serve_report import Progress, print_runs
+    from agentrt.bench.serve_report import Progress, print_runs, report_console
 
-    console = Console()
+    console = report_console()
     problem = validate(args)
     if problem:
         console.print(f"[red]error:[/red] {problem}")
@@ -166,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
             from agentrt.serving.inprocess import AppRunner
 
             AppRunner.for_app(target.app).close()
-    result = BenchResult(command=sys.argv, workload=args.workload, seed=args.seed,
+    result = BenchResult(command=sys.argv, workload=args.workload, size=args.size, seed=args.seed,
                          num_programs=args.num_programs, duration=args.duration, systems=[system])
     print_runs(console, result.systems)
     write_outputs(result, args, console)

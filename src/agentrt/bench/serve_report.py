@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from agentrt.bench.program_metrics import ProgramResult
+
+
+def report_console() -> Any:
+    """The console tables go to: the terminal's width, or wide enough for every column in a file or pipe."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 220)
 
 
 class Progress:

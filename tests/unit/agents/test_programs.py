@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-from agents import LLM, WORKLOADS, Trace, sample_programs
+from agents import LLM, SIZES, WORKLOADS, Trace, sample_programs
 from agents.chat import ChatConfig, converse, replay_plan
 from agents.map_reduce import MapReduceConfig, map_reduce
 from agents.mcts import MctsConfig, mcts
@@ -126,12 +126,15 @@ def test_every_workload_samples_reproducibly_and_runs(server) -> None:
     assert sorted(s.workload for s in specs) == ["chat", "chat", "react", "react", "tree_search", "tree_search"]
     with pytest.raises(ValueError, match="unknown workload"):
         sample_programs("nope", 1, 0)
+    with pytest.raises(ValueError, match="unknown size"):
+        sample_programs("chat", 1, 0, size="huge")
 
     async def run_all() -> None:
-        for name, workload in WORKLOADS.items():
-            [spec] = sample_programs(name, 1, seed=1)
-            llm = make_llm(url)
-            await workload.run(spec.task, llm, spec.seed)
-            assert llm.trace.calls, name
+        for name in WORKLOADS:
+            for size in SIZES:
+                [spec] = sample_programs(name, 1, seed=1, size=size)
+                llm = make_llm(url)
+                await spec.run(llm)
+                assert llm.trace.calls, (name, size)
 
     asyncio.run(run_all())
