@@ -65,23 +65,31 @@ class LiveCall:
         self.preemptions = 0
         self.finished = 0.0
 
+    def prefill_needed(self) -> int:
+        """Tokens to compute before the next token can be sampled: 0 while decoding
+        (only the newest token's KV is missing), else the uncomputed part of the context."""
+        missing = self.spec.prompt_tokens + self.generated - self.computed
+        return 0 if self.generated and missing == 1 else missing
+
     @property
     def target(self) -> int:
         """Tokens whose KV the next token needs: the prompt plus what was generated."""
         return self.spec.prompt_tokens + self.generated
 
 
-def requirements(segments: tuple[Segment, ...], tokens: int) -> list[Segment]:
-    """Per key, how many of its tokens the first ``tokens`` tokens of the sequence cover."""
-    out: list[Segment] = []
-    left = tokens
-    for key, n in segments:
-        if left <= 0:
+def grow_keys(kv: KvCache, spec: CallSpec, before: int, after: int) -> None:
+    """Record as resident the KV of sequence positions ``[before, after)``."""
+    segments, starts = spec.segments, spec.starts
+    i = len(segments) - 1
+    while i >= 0 and starts[i] >= after:
+        i -= 1
+    while i >= 0:
+        key, n = segments[i]
+        start = starts[i]
+        kv.grow(key, min(n, after - start))
+        if start <= before:
             break
-        take = n if n < left else left
-        out.append((key, take))
-        left -= take
-    return out
+        i -= 1
 
 
 class WindowAdmission:
@@ -103,33 +111,49 @@ class WindowAdmission:
         live = engine.live[call.call_id]
         spec = live.spec
         kv = engine.kv
-        target = live.target
+        target = spec.prompt_tokens + live.generated
         if live.on_gpu:
-            prefill = target - live.computed
+            prefill = live.prefill_needed()
         elif live.swapped:
             prefill = 0
         else:
             prefill = target - kv.cached_prefix(spec.segments, target - 1)
         if prefill > 0 and not self.prefill_left:
             return False
-        need_tokens = min(target + self.steps, spec.prompt_tokens + spec.decode_tokens)
+        need = target + self.steps
+        total = spec.prompt_tokens + spec.decode_tokens
+        if need > total:
+            need = total
         reserved = self.reserved
+        resident = kv.resident
+        bs = kv.block_size
         extra = 0
-        for key, tokens in requirements(spec.segments, need_tokens):
+        updates: list[tuple[str, int]] = []
+        for (key, n), start in zip(spec.segments, spec.starts, strict=True):
+            if start >= need:
+                break
+            tokens = need - start
+            if tokens > n:
+                tokens = n
             have = reserved.get(key)
+            if have is not None and tokens <= have:
+                continue
+            held = resident.get(key, 0)
             if have is None:
-                extra += kv.held_blocks(key, tokens)
-            elif tokens > have:
-                extra += kv.held_blocks(key, tokens) - kv.held_blocks(key, have)
+                extra += -(-(tokens if tokens > held else held) // bs)
+            else:
+                extra += -(-(tokens if tokens > held else held) // bs) - -(
+                    -(have if have > held else held) // bs
+                )
+            updates.append((key, tokens))
         if self.blocks + extra > kv.capacity:
             return False
-        for key, tokens in requirements(spec.segments, need_tokens):
-            if tokens > reserved.get(key, 0):
-                reserved[key] = tokens
+        for key, tokens in updates:
+            reserved[key] = tokens
         self.blocks += extra
         self.slots -= 1
         if prefill > 0:
-            self.prefill_left -= min(prefill, self.prefill_left)
+            self.prefill_left -= prefill if prefill < self.prefill_left else self.prefill_left
         return True
 
 
@@ -282,7 +306,7 @@ class SimEngine:
         plan: list[tuple[LiveCall, list[tuple[int, int]], int, int, int]] = []
         for live in batch:
             decode_left = live.spec.decode_tokens - live.generated
-            need = live.target - live.computed
+            need = live.prefill_needed()
             first_decode = 0
             emitted = 0
             chunks: list[tuple[int, int]] = []
@@ -352,6 +376,7 @@ class SimEngine:
                 seconds += chunk * (per_token[chunk_step + 1] - per_token[chunk_step])
             if last_step >= first_decode:
                 seconds += per_token[last_step + 1] - per_token[first_decode]
+            before = live.computed
             live.computed += prefilled
             if emitted:
                 live.generated += emitted
@@ -362,8 +387,7 @@ class SimEngine:
             first_step = chunks[0][0] if chunks else first_decode
             if last_step >= first_step:
                 live.executing += ends[last_step] - (ends[first_step - 1] if first_step else start)
-            for key, tokens in requirements(live.spec.segments, live.computed):
-                kv.grow(key, tokens)
+            grow_keys(kv, live.spec, before, live.computed)
             service = float(prefilled + emitted) if token_mode else seconds
             if live.generated >= live.spec.decode_tokens:
                 done_at = ends[last_step]

@@ -28,6 +28,7 @@ class CallSpec:
         "parents",
         "prompt_tokens",
         "segments",
+        "starts",
         "thread",
     )
 
@@ -49,6 +50,12 @@ class CallSpec:
             raise ValueError("parents must come before the call (topological order)")
         self.index = index
         self.segments = segments
+        starts = []
+        offset = 0
+        for _, n in segments:
+            starts.append(offset)
+            offset += n
+        self.starts: tuple[int, ...] = tuple(starts)  # each segment's first token position
         self.prompt_tokens = prompt_tokens
         self.decode_tokens = decode_tokens
         self.parents = parents

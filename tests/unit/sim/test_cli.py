@@ -1,0 +1,107 @@
+"""`agentrt sim` on the command line: tables, JSON with the documented keys, the plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agentrt.cli import main
+
+
+def test_sim_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.json"
+    png = tmp_path / "lat.png"
+    code = main(
+        [
+            "sim",
+            "--workload",
+            "lats",
+            "--programs",
+            "4",
+            "--rates",
+            "0.05,0.2",
+            "--policies",
+            "fcfs,plas",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        ]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert {
+        "workload",
+        "profile",
+        "engines",
+        "programs",
+        "seed",
+        "rates",
+        "latency_target_s",
+        "scheduler",
+        "sim",
+        "points",
+        "headline",
+    } <= set(report)
+    assert report["workload"] == "lats" and report["rates"] == [0.05, 0.2]
+    assert [(p["label"], p["rate"]) for p in report["points"]] == [
+        ("fcfs", 0.05),
+        ("fcfs", 0.2),
+        ("plas", 0.05),
+        ("plas", 0.2),
+    ]
+    result = report["points"][0]["result"]
+    assert {
+        "latency",
+        "token_latency",
+        "throughput",
+        "wait",
+        "jain_fairness",
+        "engines",
+        "latency_by_kind",
+    } <= set(result)
+    assert {"mean", "p50", "p95", "p99"} == set(result["latency"])
+    assert {"queue", "execution", "tool"} == set(result["wait"])
+    assert {"preemptions", "swaps_out", "swaps_in", "recomputes"} <= set(result["engines"])
+    fcfs_line = next(h for h in report["headline"] if h["label"] == "fcfs")
+    assert fcfs_line["ratio_vs_fcfs"] == pytest.approx(1.0)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "throughput at mean latency" in printed and "plas" in printed
+
+
+def test_sim_compares_balancers_over_several_engines(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    assert (
+        main(
+            [
+                "sim",
+                "--workload",
+                "lats",
+                "--programs",
+                "3",
+                "--rates",
+                "0.1",
+                "--policies",
+                "atlas",
+                "--engines",
+                "2",
+                "--balancer",
+                "round_robin,locality",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    report = json.loads(out.read_text())
+    assert report["engines"] == 2
+    assert [p["label"] for p in report["points"]] == ["atlas@round_robin", "atlas@locality"]
+
+
+def test_bad_rates_are_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["sim", "--rates", "0,-1"])
+    assert "rates must be positive" in capsys.readouterr().err
