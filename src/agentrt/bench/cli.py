@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "scheduler": ("agentrt.bench.scheduler", "cost of one scheduling decision per policy (p50/p99 us)"),
     "serve": ("agentrt.bench.serve", "agent programs under Poisson load against one server (program latency)"),
     "compare": ("agentrt.bench.compare", "several servers/policies on the same workload: throughput at equal latency"),
+    "engine": ("agentrt.bench.engine", "embedded engine: throughput vs transformers, decode roofline, swap cost"),
     "router": ("agentrt.bench.router", "per-call overhead of the router, a replica process and HTTP vs the engine (p50/p99)"),
     "http": ("agentrt.bench.http_overhead", "per-call cost of the OpenAI app in-process and over loopback HTTP vs the engine (p50/p99)"),
 }

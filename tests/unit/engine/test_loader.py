@@ -20,30 +20,6 @@ from agentrt.engine.loader import (
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any) -> Path:
-    """A tiny random Llama saved as a Hugging Face folder with SmolLM2's tokenizer."""
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-hf")
-    config = LlamaConfig(
-        vocab_size=len(smollm2_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        eos_token_id=2,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=[2, 0])
-    model.save_pretrained(folder)
-    smollm2_tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_loads_a_hugging_face_folder(tiny_folder: Path) -> None:
     loaded = load_model(tiny_folder)
     assert loaded.name == tiny_folder.name

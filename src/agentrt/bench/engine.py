@@ -1,0 +1,465 @@
+"""``agentrt bench engine``: how fast the embedded engine is, against transformers on the same prompts.
+
+One command, one process, one model (SmolLM2-135M-Instruct by default):
+
+1. offline throughput: ``--num-prompts`` prompts of mixed length, each
+   generating ``--output-len`` tokens (``ignore_eos``, greedy), through our
+   engine and through transformers' own continuous batching
+   (``model.generate_batch``); the ratio of output tokens per second;
+2. batched decode at ``--decode-batch`` sequences: tokens/s and the share of
+   the compute roofline (``2 x params`` FLOPs per token against a matrix
+   multiply peak measured in the same command, same dtype);
+3. single-stream decode tokens/s;
+4. one swap-out + swap-in of a ``--swap-tokens`` context: one batched copy
+   against one copy per block.
+
+On CUDA the same runs on the GPU (xformers attention when installed, pinned
+swap pool). Prompts are random token ids from a seeded generator: the model's
+cost does not depend on what the tokens say, and this needs no data set.
+
+Every engine step of sections 1 to 3 is also written to the JSON as
+``{"prefill_tokens", "decode_seqs", "kv_tokens", "seconds"}``, the records
+the simulator's step-time profile is fitted on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+# What NOTES.md measured on the 2-core CPU machine; shown next to the peak measured here.
+REFERENCE_PEAK_GFLOPS = {"float32": 87.0, "bfloat16": 235.0}
+
+
+class StepRecord(msgspec.Struct, array_like=False):
+    """One engine step as the simulator's profile fitter sees it."""
+
+    prefill_tokens: int  # prompt (or recomputed) tokens fed this step
+    decode_seqs: int  # sequences that fed exactly one token after their prompt
+    kv_tokens: int  # context tokens the step's sequences attend over (after the step)
+    seconds: float  # wall time of the whole step (schedule + model + sample + postprocess)
+
+
+class Throughput(msgspec.Struct, kw_only=True):
+    prompts: int
+    prompt_tokens: int
+    output_len: int
+    engine_tokens: int
+    engine_seconds: float
+    engine_tok_s: float
+    baseline_tokens: int
+    baseline_seconds: float
+    baseline_tok_s: float
+    ratio: float  # engine_tok_s / baseline_tok_s
+
+
+class Decode(msgspec.Struct, kw_only=True):
+    batch: int
+    steps: int
+    tok_s: float
+    gflops: float  # 2 x params x tok_s
+    roofline_fraction: float  # of the peak measured in this command
+
+
+class Swap(msgspec.Struct, kw_only=True):
+    tokens: int
+    blocks: int
+    bytes: int
+    pinned: bool
+    batched_seconds: float  # one swap-out + swap-in, median of repeats
+    per_block_seconds: float
+    speedup: float
+
+
+class EngineBenchResult(msgspec.Struct, kw_only=True):
+    model: str
+    device: str
+    dtype: str
+    parameters: int
+    threads: int
+    attention: str
+    peak_gflops: float  # best dense matmul measured here, in the bench's dtype
+    reference_peak_gflops: float | None  # NOTES.md's figure for this dtype (CPU only)
+    throughput: Throughput | None
+    batched_decode: Decode
+    single_stream: Decode
+    swap: Swap
+    steps: list[StepRecord]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="HF folder, safetensors or GGUF (default: SmolLM2-135M-Instruct)",
+    )
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--min-prompt-len", type=int, default=16)
+    parser.add_argument("--max-prompt-len", type=int, default=512)
+    parser.add_argument("--decode-batch", type=int, default=32)
+    parser.add_argument("--decode-steps", type=int, default=32, help="timed decode steps")
+    parser.add_argument("--swap-tokens", type=int, default=2048)
+    parser.add_argument(
+        "--skip-baseline", action="store_true", help="do not run transformers' generate_batch"
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+
+
+def apply_quick(args: argparse.Namespace) -> None:
+    """``--quick``: every section runs, on sizes that take seconds."""
+    args.num_prompts = min(args.num_prompts, 6)
+    args.output_len = min(args.output_len, 8)
+    args.min_prompt_len, args.max_prompt_len = 4, 24
+    args.decode_batch = min(args.decode_batch, 4)
+    args.decode_steps = min(args.decode_steps, 4)
+    args.swap_tokens = min(args.swap_tokens, 128)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from agentrt.engine.loader import load_model
+
+    if args.quick:
+        apply_quick(args)
+    if args.min_prompt_len < 1 or args.max_prompt_len < args.min_prompt_len:
+        raise SystemExit("need 1 <= --min-prompt-len <= --max-prompt-len")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = load_model(args.model, dtype=args.dtype, device=device)
+    generator = torch.Generator().manual_seed(args.seed)
+    prompts = make_prompts(args, loaded.vocab_size, generator)
+
+    steps: list[StepRecord] = []
+    engine = make_engine(args, loaded, prompts)
+    warm_up(engine)
+    throughput_run = run_offline(engine, prompts, args.output_len, steps)
+    baseline = None if args.skip_baseline else run_baseline(args, device, prompts)
+    throughput = None
+    if baseline is not None:
+        seconds, tokens = throughput_run
+        base_seconds, base_tokens = baseline
+        throughput = Throughput(
+            prompts=len(prompts),
+            prompt_tokens=sum(len(p) for p in prompts),
+            output_len=args.output_len,
+            engine_tokens=tokens,
+            engine_seconds=seconds,
+            engine_tok_s=tokens / seconds,
+            baseline_tokens=base_tokens,
+            baseline_seconds=base_seconds,
+            baseline_tok_s=base_tokens / base_seconds,
+            ratio=(tokens / seconds) / (base_tokens / base_seconds),
+        )
+    peak = matmul_peak_gflops(args.dtype, device, size=1024 if args.quick else 2048)
+    params = loaded.num_parameters
+    batched = run_decode(
+        engine, args.decode_batch, args.decode_steps, generator, steps, params, peak
+    )
+    single = run_decode(engine, 1, args.decode_steps, generator, steps, params, peak)
+    swap = run_swap(engine, args.swap_tokens)
+    result = EngineBenchResult(
+        model=loaded.name,
+        device=device,
+        dtype=args.dtype,
+        parameters=params,
+        threads=torch.get_num_threads(),
+        attention="xformers" if engine.runner.use_xformers else "sdpa",
+        peak_gflops=peak,
+        reference_peak_gflops=REFERENCE_PEAK_GFLOPS.get(args.dtype) if device == "cpu" else None,
+        throughput=throughput,
+        batched_decode=batched,
+        single_stream=single,
+        swap=swap,
+        steps=steps,
+    )
+    print_result(result)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(msgspec.json.format(msgspec.json.encode(result)))
+    return 0
+
+
+def make_prompts(args: argparse.Namespace, vocab_size: int, generator: Any) -> list[list[int]]:
+    """Seeded random prompts with lengths spread evenly over [min, max]."""
+    import torch
+
+    lengths = torch.randint(
+        args.min_prompt_len, args.max_prompt_len + 1, (args.num_prompts,), generator=generator
+    )
+    return [torch.randint(0, vocab_size, (int(n),), generator=generator).tolist() for n in lengths]
+
+
+def make_engine(args: argparse.Namespace, loaded: Any, prompts: list[list[int]]) -> Any:
+    """An engine whose KV pool holds every sequence of every section at once (no preemption)."""
+    from agentrt.engine.config import EngineConfig
+    from agentrt.engine.llm_engine import LLMEngine
+
+    block = 16
+    need_tokens = sum(len(p) + args.output_len + block for p in prompts)
+    decode_tokens = args.decode_batch * (64 + args.decode_steps + 8 + block)
+    blocks = max(need_tokens, decode_tokens, args.swap_tokens) // block + 8
+    config = EngineConfig(
+        dtype=args.dtype,
+        device=str(loaded.device),
+        block_size=block,
+        num_kv_blocks=blocks,
+        max_num_seqs=max(args.num_prompts, args.decode_batch),
+        max_num_batched_tokens=2048,
+        swap_space=2 * (args.swap_tokens // block + 1) * loaded_block_bytes(loaded, block),
+        enable_prefix_caching=False,  # random prompts share nothing; keep the figures about compute
+        seed=args.seed,
+    )
+    return LLMEngine(config, loaded)
+
+
+def loaded_block_bytes(loaded: Any, block_size: int) -> int:
+    from agentrt.engine.kv_cache import PagedKVCache
+    from agentrt.engine.model_runner import ModelShape
+
+    shape = ModelShape.of(loaded.model.config)
+    return PagedKVCache.bytes_per_block(
+        shape.num_layers, block_size, shape.num_kv_heads, shape.head_dim, loaded.dtype
+    )
+
+
+def warm_up(engine: Any) -> None:
+    """One short untimed request, so first-call costs (allocator, kernels) are not measured."""
+    from agentrt.protocol.engine import SamplingParams
+
+    engine.generate(
+        [[1, 2, 3, 4, 5, 6, 7, 8]], SamplingParams(max_tokens=4, ignore_eos=True, temperature=0.0)
+    )
+
+
+def timed_step(engine: Any, records: list[StepRecord]) -> None:
+    """Run one engine step and record what it computed, read off the sequences' progress."""
+    before = [(seq, seq.num_computed_tokens) for seq in engine.seqs.values()]
+    started = time.perf_counter()
+    engine.step()
+    seconds = time.perf_counter() - started
+    prefill = decode = kv = 0
+    for seq, computed in before:
+        fed = seq.num_computed_tokens - computed
+        if fed <= 0:
+            continue  # not scheduled, swapped, or dropped for recompute
+        if fed == 1 and computed >= seq.num_prompt_tokens:
+            decode += 1
+        else:
+            prefill += fed
+        kv += seq.num_computed_tokens
+    if prefill or decode:
+        records.append(StepRecord(prefill, decode, kv, seconds))
+
+
+def run_offline(
+    engine: Any, prompts: list[list[int]], output_len: int, records: list[StepRecord]
+) -> tuple[float, int]:
+    """All prompts at once, to completion; returns (seconds, output tokens)."""
+    from agentrt.protocol.engine import SamplingParams
+
+    params = SamplingParams(max_tokens=output_len, ignore_eos=True, temperature=0.0)
+    seqs = [engine.add_request(f"offline-{i}", p, params)[0] for i, p in enumerate(prompts)]
+    started = time.perf_counter()
+    while engine.has_unfinished_requests():
+        timed_step(engine, records)
+    seconds = time.perf_counter() - started
+    return seconds, sum(s.num_output_tokens for s in seqs)
+
+
+def run_baseline(
+    args: argparse.Namespace, device: str, prompts: list[list[int]]
+) -> tuple[float, int]:
+    """transformers' continuous batching on the same prompts (a fresh copy of the model)."""
+    from transformers import ContinuousBatchingConfig, GenerationConfig
+
+    from agentrt.engine.loader import load_model
+
+    model = load_model(args.model, dtype=args.dtype, device=device).model
+    config = GenerationConfig(
+        max_new_tokens=args.output_len, do_sample=False, eos_token_id=-1, pad_token_id=0
+    )
+    # Left unset, its KV pool takes most of the machine's memory (~20 s to allocate
+    # here); give it room for every sequence at once, as our engine gets.
+    page = ContinuousBatchingConfig().page_size
+    blocks = sum(-(-(len(p) + args.output_len) // page) for p in prompts) + 8
+    cb_config = ContinuousBatchingConfig(num_blocks=blocks)
+    warm = GenerationConfig(max_new_tokens=2, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    model.generate_batch(
+        [[1, 2, 3, 4, 5, 6, 7, 8]], generation_config=warm, continuous_batching_config=cb_config
+    )
+    started = time.perf_counter()
+    outputs = model.generate_batch(
+        prompts, generation_config=config, continuous_batching_config=cb_config, warmup=False
+    )
+    seconds = time.perf_counter() - started
+    failed = [o.error for o in outputs.values() if o.error]
+    if failed:
+        raise RuntimeError(f"transformers' generate_batch failed: {failed[0]}")
+    return seconds, sum(len(o.generated_tokens) for o in outputs.values())
+
+
+def matmul_peak_gflops(dtype: str, device: str, size: int = 2048, repeats: int = 5) -> float:
+    """The best of a few square matrix multiplies: what this machine's cores can do in ``dtype``."""
+    import torch
+
+    from agentrt.engine.loader import resolve_dtype
+
+    a = torch.randn(size, size, device=device).to(resolve_dtype(dtype))
+    b = torch.randn(size, size, device=device).to(resolve_dtype(dtype))
+    best = float("inf")
+    for _ in range(repeats + 1):
+        sync(device)
+        started = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_decode(
+    engine: Any,
+    batch: int,
+    steps: int,
+    generator: Any,
+    records: list[StepRecord],
+    params: int,
+    peak_gflops: float,
+) -> Decode:
+    """``batch`` sequences with 64-token prompts; times ``steps`` steps once all are decoding."""
+    import torch
+
+    from agentrt.protocol.engine import SamplingParams
+
+    sampling = SamplingParams(max_tokens=steps + 4, ignore_eos=True, temperature=0.0)
+    vocab = engine.vocab_size
+    for i in range(batch):
+        prompt = torch.randint(0, vocab, (64,), generator=generator).tolist()
+        engine.add_request(f"decode-{batch}-{i}", prompt, sampling)
+    decode_times: list[float] = []
+    while engine.has_unfinished_requests():
+        count = len(records)
+        timed_step(engine, records)
+        step = records[count] if len(records) > count else None
+        if step is not None and step.prefill_tokens == 0 and step.decode_seqs == batch:
+            decode_times.append(step.seconds)
+    if not decode_times:
+        raise RuntimeError(f"no step decoded all {batch} sequences together")
+    tok_s = batch / statistics.median(decode_times)
+    gflops = 2 * params * tok_s / 1e9
+    return Decode(
+        batch=batch,
+        steps=len(decode_times),
+        tok_s=tok_s,
+        gflops=gflops,
+        roofline_fraction=gflops / peak_gflops,
+    )
+
+
+def run_swap(engine: Any, tokens: int, repeats: int = 5) -> Swap:
+    """One swap-out + swap-in of a ``tokens`` context: batched against one copy per block."""
+    import torch
+
+    from agentrt.engine.kv_cache import HostSwapPool
+
+    cache = engine.runner.kv_cache
+    blocks = -(-tokens // cache.block_size)
+    if blocks > cache.num_blocks:
+        raise RuntimeError(f"the KV pool has {cache.num_blocks} blocks, {blocks} needed")
+    pool = HostSwapPool(cache, 2 * blocks * cache.block_bytes)
+    # Every other block, reversed: a victim's blocks are rarely contiguous.
+    ids = list(range(cache.num_blocks - 1, -1, -1))[: 2 * blocks : 2][:blocks]
+    if len(ids) < blocks:
+        ids = list(range(blocks))
+    cache.by_block[torch.tensor(ids, device=cache.device)] = torch.randn(
+        blocks, *cache.by_block.shape[1:], device=cache.device
+    ).to(cache.dtype)
+    expected = cache.by_block[torch.tensor(ids, device=cache.device)].clone()
+
+    def batched() -> None:
+        handle = pool.swap_out(ids)
+        assert handle is not None
+        pool.swap_in(handle, ids)
+
+    def per_block() -> None:
+        handle = pool.swap_out_per_block(ids)
+        assert handle is not None
+        pool.swap_in_per_block(handle, ids)
+
+    timings = {}
+    for name, fn in (("batched", batched), ("per_block", per_block)):
+        fn()  # touch the host pages once
+        runs = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - started)
+        timings[name] = statistics.median(runs)
+    if not torch.equal(cache.by_block[torch.tensor(ids, device=cache.device)], expected):
+        raise RuntimeError("swap round trip changed the KV contents")
+    cache.kv.zero_()
+    return Swap(
+        tokens=tokens,
+        blocks=blocks,
+        bytes=blocks * cache.block_bytes,
+        pinned=pool.pinned,
+        batched_seconds=timings["batched"],
+        per_block_seconds=timings["per_block"],
+        speedup=timings["per_block"] / timings["batched"],
+    )
+
+
+def print_result(result: EngineBenchResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"agentrt bench engine: {result.model}, {result.dtype} on {result.device} "
+        f"({result.threads} threads, {result.attention} attention)"
+    )
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("against", justify="right")
+    t = result.throughput
+    if t is not None:
+        table.add_row(
+            f"offline throughput ({t.prompts} prompts, {t.prompt_tokens} prompt tok, x{t.output_len} out)",
+            f"{t.engine_tok_s:.1f} tok/s",
+            f"transformers generate_batch {t.baseline_tok_s:.1f} tok/s: {t.ratio:.2f}x",
+        )
+    peak = f"matmul peak {result.peak_gflops:.0f} GFLOP/s"
+    if result.reference_peak_gflops is not None:
+        peak += f" (NOTES: {result.reference_peak_gflops:.0f})"
+    for label, d in (
+        ("batched decode", result.batched_decode),
+        ("single-stream decode", result.single_stream),
+    ):
+        table.add_row(
+            f"{label} (batch {d.batch})",
+            f"{d.tok_s:.1f} tok/s",
+            f"{d.gflops:.1f} GFLOP/s = {100 * d.roofline_fraction:.0f}% of {peak}",
+        )
+    s = result.swap
+    table.add_row(
+        f"swap out+in, {s.tokens}-token context ({s.bytes / 2**20:.1f} MiB{', pinned' if s.pinned else ''})",
+        f"{1e3 * s.batched_seconds:.2f} ms batched",
+        f"{1e3 * s.per_block_seconds:.2f} ms per block: {s.speedup:.1f}x",
+    )
+    table.add_row("engine steps recorded", str(len(result.steps)), "")
+    Console().print(table)

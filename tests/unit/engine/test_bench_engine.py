@@ -1,0 +1,40 @@
+"""``agentrt bench engine --quick`` runs every section end to end and writes the JSON it promises."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agentrt.cli import main
+
+
+def test_quick_bench_writes_every_section(tiny_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "engine.json"
+    assert (
+        main(["bench", "engine", "--model", str(tiny_folder), "--quick", "--json", str(out)]) == 0
+    )
+    result = json.loads(out.read_text())
+    t = result["throughput"]
+    assert t["prompts"] == 6 and t["output_len"] == 8
+    assert t["engine_tokens"] == t["baseline_tokens"] == 6 * 8
+    assert t["ratio"] == t["engine_tok_s"] / t["baseline_tok_s"]
+    assert result["batched_decode"]["batch"] == 4 and result["single_stream"]["batch"] == 1
+    for decode in (result["batched_decode"], result["single_stream"]):
+        assert decode["steps"] >= 1 and decode["tok_s"] > 0 and decode["roofline_fraction"] > 0
+    swap = result["swap"]
+    assert swap["tokens"] == 128 and swap["blocks"] == 8 and swap["speedup"] > 0
+    steps = result["steps"]
+    assert {tuple(sorted(s)) for s in steps} == {
+        ("decode_seqs", "kv_tokens", "prefill_tokens", "seconds")
+    }
+    # The offline section prefills every prompt token once and decodes the rest.
+    assert sum(s["prefill_tokens"] for s in steps) >= t["prompt_tokens"]
+    assert any(s["decode_seqs"] == 4 and s["prefill_tokens"] == 0 for s in steps)
+    assert all(s["kv_tokens"] >= s["prefill_tokens"] + s["decode_seqs"] for s in steps)
+
+
+def test_quick_bench_can_skip_the_baseline(tiny_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "engine.json"
+    args = ["bench", "engine", "--model", str(tiny_folder), "--quick", "--skip-baseline"]
+    assert main([*args, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["throughput"] is None
