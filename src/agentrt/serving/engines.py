@@ -9,8 +9,9 @@
   remote OpenAI-compatible servers and Ray actors.
 
 The TOML file's ``[engine]``, ``[scheduler]``, ``[router]``, ``[balancer]``
-and ``[ray]`` tables configure those components; the server flags override
-the few values they share (model, policy, max_num_seqs, KV memory).
+and ``[ray]`` tables configure those components, and ``[[remote]]`` tables
+describe remote engines in full; the server flags override the few values
+they share (model, policy, max_num_seqs, KV memory).
 """
 
 from __future__ import annotations
@@ -84,13 +85,14 @@ async def open_engine(
 
     if server.replicas < 1:
         raise ConfigError("replicas must be >= 1")
-    if server.engine_factory is not None and not _routed(server):
+    remotes = remote_tables(toml_path)
+    if server.engine_factory is not None and not _routed(server, remotes):
         async with hosted_engine(
             EngineSpec(factory=server.engine_factory, options=server.engine_options)
         ) as engine:
             yield engine
         return
-    if not _routed(server):
+    if not _routed(server, remotes):
         from agentrt.engine import AsyncEngine
 
         engine = await AsyncEngine.start(engine_config(server, toml_path))
@@ -99,15 +101,38 @@ async def open_engine(
         finally:
             await engine.close()
         return
-    async with _router(server, toml_path) as router:
+    async with _router(server, toml_path, remotes) as router:
         yield router
 
 
-def _routed(server: ServerConfig) -> bool:
-    return server.replicas > 1 or bool(server.backends) or server.ray_address is not None
+def remote_tables(toml_path: str | Path | None) -> list[Any]:
+    """The ``[[remote]]`` tables of the file: remote engines described in full (kind, priority order, key)."""
+    if toml_path is None:
+        return []
+    import tomllib
+
+    from agentrt.serving.backends import RemoteBackendConfig
+
+    with open(toml_path, "rb") as f:
+        tables = tomllib.load(f).get("remote", [])
+    if not isinstance(tables, list):
+        raise ConfigError("[[remote]] must be an array of tables")
+    try:
+        return [msgspec.convert(t, RemoteBackendConfig) for t in tables]
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"invalid [[remote]] table: {e}") from e
 
 
-def _router(server: ServerConfig, toml_path: str | Path | None) -> Any:
+def _routed(server: ServerConfig, remotes: list[Any]) -> bool:
+    return (
+        server.replicas > 1
+        or bool(server.backends)
+        or bool(remotes)
+        or server.ray_address is not None
+    )
+
+
+def _router(server: ServerConfig, toml_path: str | Path | None, remotes: list[Any]) -> Any:
     from agentrt.scheduling import BalancerConfig
     from agentrt.serving.backends import ProcessBackend, RemoteBackend, parse_backend
     from agentrt.serving.backends.hosting import EngineSpec
