@@ -11,8 +11,10 @@ passed to it as they are. Otherwise (SmolLM2's template, for one) the tools
 are described in the system message and earlier tool calls are written into
 the assistant turns, both in the ``<tool_call>{...}</tool_call>`` convention
 of Hermes/Qwen-style models, so the model still sees them. ``tool_choice``:
-``none`` hides the tools, ``auto`` shows them, ``required`` and a named
-function add an instruction to call a tool (only the named one is shown).
+``auto`` shows the tools; ``none`` shows them too (as OpenAI and vLLM do,
+and as the server's tool-call parser assumes) with an instruction not to
+call any; ``required`` and a named function add an instruction to call a
+tool (only the named one is shown).
 """
 
 from __future__ import annotations
@@ -171,11 +173,13 @@ def select_tools(
 ) -> tuple[list[dict[str, Any]], str]:
     """The tools to show the model and an instruction that ``tool_choice`` asks for."""
     checked = [_check_tool(t, i) for i, t in enumerate(_as_list(tools, "tools"))] if tools else []
-    choice = tool_choice if tool_choice is not None else ("auto" if checked else "none")
-    if choice == "none":
-        return [], ""
+    choice = tool_choice if tool_choice is not None else "auto"
     if not checked:
+        if tool_choice is None or tool_choice == "none":
+            return [], ""
         raise InvalidRequest("tool_choice needs tools", param="tool_choice")
+    if choice == "none":
+        return checked, "Do not call any tool; answer directly."
     if choice == "auto":
         return checked, ""
     if choice == "required":

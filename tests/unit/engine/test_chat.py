@@ -91,8 +91,11 @@ def test_earlier_tool_calls_and_results_are_rendered(smollm2_tokenizer: Any) -> 
     assert "<|im_start|>tool\nsunny<|im_end|>" in text
 
 
-def test_tool_choice_none_hides_the_tools(smollm2_tokenizer: Any) -> None:
-    assert render_chat(smollm2_tokenizer, USER, [WEATHER], "none") == render_chat(
+def test_tool_choice_none_shows_the_tools_but_asks_for_no_call(smollm2_tokenizer: Any) -> None:
+    text = render_chat(smollm2_tokenizer, USER, [WEATHER], "none")
+    assert "get_weather" in text
+    assert "Do not call any tool; answer directly." in text
+    assert render_chat(smollm2_tokenizer, USER, None, "none") == render_chat(
         smollm2_tokenizer, USER
     )
 
