@@ -5,7 +5,8 @@ Choice ``k`` of prompt ``p`` is choice ``p * n + k`` of the answer, as in OpenAI
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 
@@ -89,7 +90,9 @@ async def answer_completion(
     await channel.json(200, encoder.encode(body), gen.headers(gen.trackers[0]))
 
 
-async def _each(gen: Generation, run: Callable[[int, CallTracker], Awaitable[None]]) -> None:
+async def _each(
+    gen: Generation, run: Callable[[int, CallTracker], Coroutine[Any, Any, None]]
+) -> None:
     """Run one coroutine per call of the request side by side; the first error cancels the rest."""
     if len(gen.trackers) == 1:
         await run(0, gen.trackers[0])

@@ -48,7 +48,7 @@ def parse_memory(value: str | float) -> float:
     if unit in ("", "b"):
         return number
     power = "kmgt".index(unit[0]) + 1
-    return number * (1024 if "i" in unit else 1000) ** power
+    return float(number * (1024 if "i" in unit else 1000) ** power)
 
 
 def scheduler_config(server: ServerConfig, toml_path: str | Path | None) -> SchedulerConfig:

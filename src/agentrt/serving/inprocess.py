@@ -400,9 +400,9 @@ class AsyncASGITransport(http.AsyncBaseTransport):  # type: ignore[misc, name-de
     async def handle_async_request(self, request: Any) -> Any:
         body = await request.aread()
         # The first use starts the app's loop and lifespan, which blocks: do it off the caller's loop.
-        portal = self.runner.started_portal() or await anyio.to_thread.run_sync(
-            lambda: self.runner.portal
-        )
+        portal = self.runner.started_portal()
+        if portal is None:
+            portal = await anyio.to_thread.run_sync(lambda: self.runner.portal)
         try:
             exchange = await _on_runner(
                 portal, self.runner.open, _scope(request), body, _read_timeout(request)

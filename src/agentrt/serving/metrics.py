@@ -32,7 +32,7 @@ from agentrt.protocol.engine import EngineStats, Timings, Usage
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # The *_created series double the exposition for no use here (vLLM turns them off too).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _LATENCY_BUCKETS = (
     0.005,

@@ -101,7 +101,7 @@ def offered_tools(body: ChatCompletionRequest) -> tuple[list[dict[str, Any]] | N
     names = [t.function.name for t in tools]
     if len(set(names)) != len(names):
         raise bad_request("tool names must be unique", param="tools")
-    as_dicts = [
+    as_dicts: list[dict[str, Any]] = [
         {
             "type": "function",
             "function": {k: v for k, v in _function_dict(t.function).items() if v is not None},
