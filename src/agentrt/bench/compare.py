@@ -118,6 +118,7 @@ def agentrt_server(policy: str, extra_args: list[str], startup_timeout: float) -
             time.sleep(0.5)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
+        crashed = process.poll() is not None  # it died before we stopped it
         process.terminate()
         try:
             process.wait(timeout=30)
@@ -125,6 +126,10 @@ def agentrt_server(policy: str, extra_args: list[str], startup_timeout: float) -
             process.kill()
             process.wait()
         log_file.close()
+        if crashed:
+            log.warning("agentrt serve exited on its own; its log is kept", policy=policy, log=log_file.name)
+        else:
+            Path(log_file.name).unlink(missing_ok=True)
 
 
 def _sweep_agentrt(policy: str, args: argparse.Namespace, extra: dict[str, Any], progress: Any) -> SystemResult:

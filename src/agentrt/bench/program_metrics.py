@@ -24,6 +24,9 @@ from collections.abc import Sequence
 
 import msgspec
 
+from agentrt.sim.metrics import jain_index, percentile
+from agentrt.sim.sweep import rate_at_target
+
 
 class CallStats(msgspec.Struct, kw_only=True):
     ttft: float | None
@@ -61,11 +64,12 @@ class Distribution(msgspec.Struct, kw_only=True):
     def of(cls, values: Sequence[float]) -> Distribution:
         if not values:
             return cls()
+        ordered = sorted(values)
         return cls(
-            mean=sum(values) / len(values),
-            p50=percentile(values, 50),
-            p95=percentile(values, 95),
-            p99=percentile(values, 99),
+            mean=sum(ordered) / len(ordered),
+            p50=percentile(ordered, 50),
+            p95=percentile(ordered, 95),
+            p99=percentile(ordered, 99),
         )
 
 
@@ -97,24 +101,6 @@ class RunSummary(msgspec.Struct, kw_only=True):
     fairness: float
     server: ServerCounters | None = None
     by_workload: dict[str, Distribution] = {}
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile with linear interpolation between closest ranks."""
-    data = sorted(values)
-    if not data:
-        return math.nan
-    pos = (len(data) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
-
-
-def jain_fairness(values: Sequence[float]) -> float:
-    """Jain's index (sum x)^2 / (n * sum x^2): 1 when all equal, 1/n when one takes everything."""
-    if not values:
-        return math.nan
-    square_sum = sum(v * v for v in values)
-    return (sum(values) ** 2) / (len(values) * square_sum) if square_sum > 0 else 1.0
 
 
 def covered(intervals: Sequence[tuple[float, float]]) -> float:
@@ -151,7 +137,7 @@ def summarise(rate: float, results: Sequence[ProgramResult], server: ServerCount
         calls=len(calls),
         prompt_tokens_per_call=sum(c.prompt_tokens for c in calls) / len(calls) if calls else math.nan,
         completion_tokens_per_call=sum(c.completion_tokens for c in calls) / len(calls) if calls else math.nan,
-        fairness=jain_fairness([1.0 / r.token_latency for r in done if r.latency > 0]),
+        fairness=jain_index([1.0 / r.token_latency for r in done if r.latency > 0]),
         server=server,
         by_workload=by_workload,
     )
@@ -170,16 +156,14 @@ class AtLatency(msgspec.Struct, kw_only=True):
 def rate_at_latency(points: Sequence[tuple[float, float]], target: float) -> AtLatency:
     """The highest arrival rate whose mean latency is within ``target``, from (rate, latency) points.
 
-    Walks the curve from the lowest rate and stops at the first crossing
-    above the target, interpolating linearly between the two points around it.
+    The simulator's rule (one definition for both): walk the curve from the
+    lowest rate, stop at the first crossing above the target, interpolate.
     """
-    curve = sorted((r, lat) for r, lat in points if not math.isnan(lat))
-    if not curve or curve[0][1] > target:
-        return AtLatency(rate=curve[0][0] if curve else 0.0, bound="<")
-    for (r0, l0), (r1, l1) in itertools.pairwise(curve):
-        if l1 > target:
-            return AtLatency(rate=r0 + (r1 - r0) * (target - l0) / (l1 - l0))
-    return AtLatency(rate=curve[-1][0], bound=">=")
+    curve = [(r, lat) for r, lat in points if not math.isnan(lat)]
+    rate, capped = rate_at_target(curve, target)
+    if rate is None:
+        return AtLatency(rate=min((r for r, _ in curve), default=0.0), bound="<")
+    return AtLatency(rate=rate, bound=">=" if capped else "=")
 
 
 def interpolate(points: Sequence[tuple[float, float]], rate: float) -> float:

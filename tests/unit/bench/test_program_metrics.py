@@ -8,14 +8,14 @@ import pytest
 
 from agentrt.bench.program_metrics import (
     CallStats,
+    Distribution,
     ProgramResult,
     covered,
     interpolate,
-    jain_fairness,
-    percentile,
     rate_at_latency,
     summarise,
 )
+from agentrt.sim.metrics import jain_index
 
 
 def program(index: int, latency: float, tokens: int, *, arrival: float = 0.0, error: str | None = None,
@@ -26,18 +26,14 @@ def program(index: int, latency: float, tokens: int, *, arrival: float = 0.0, er
                          error=error)
 
 
-def test_percentiles_interpolate_between_ranks() -> None:
-    data = [1.0, 2.0, 3.0, 4.0, 5.0]
-    assert percentile(data, 50) == 3.0
-    assert percentile(data, 95) == pytest.approx(4.8)
-    assert percentile([7.0], 99) == 7.0
-    assert math.isnan(percentile([], 50))
-
-
-def test_jain_fairness_is_one_when_equal_and_one_over_n_when_one_takes_all() -> None:
-    assert jain_fairness([2.0, 2.0, 2.0]) == 1.0
-    assert jain_fairness([1.0, 0.0, 0.0, 0.0]) == 0.25
-    assert 0.25 < jain_fairness([1.0, 2.0, 3.0, 4.0]) < 1.0
+def test_distributions_and_fairness_use_the_simulators_definitions() -> None:
+    d = Distribution.of([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert (d.mean, d.p50) == (3.0, 3.0) and d.p95 == pytest.approx(4.8)
+    assert math.isnan(Distribution.of([]).p99)
+    equal = summarise(1.0, [program(i, 2.0, 20) for i in range(3)])
+    assert equal.fairness == 1.0
+    skewed = summarise(1.0, [program(0, 1.0, 100), program(1, 100.0, 1)])
+    assert skewed.fairness == pytest.approx(jain_index([100.0, 0.01]))
 
 
 def test_covered_time_is_the_union_of_intervals() -> None:
@@ -57,7 +53,7 @@ def test_summary_counts_errors_and_uses_the_makespan() -> None:
     assert run.token_throughput == 50 / 4.0
     assert run.calls == 2 and run.completion_tokens_per_call == 25
     assert set(run.by_workload) == {"chat", "react"}
-    assert run.fairness == pytest.approx(jain_fairness([10.0, 5.0]))
+    assert run.fairness == pytest.approx(jain_index([10.0, 5.0]))
 
 
 def test_rate_at_latency_interpolates_the_crossing() -> None:
