@@ -74,25 +74,29 @@ class StreamOptions(msgspec.Struct, kw_only=True):
 
 
 class _SamplingFields(msgspec.Struct, kw_only=True):
-    """Parameters shared by both endpoints, OpenAI's and vLLM's extras."""
+    """Parameters shared by both endpoints, OpenAI's and vLLM's extras.
+
+    Like OpenAI's API, ``null`` means "the default" for every optional field
+    (clients built on other SDKs send nulls for unset values).
+    """
 
     model: str
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
-    n: int = 1
+    n: int | None = 1
     stop: str | list[str] | None = None
     seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float | None = 0.0
+    frequency_penalty: float | None = 0.0
     user: str | None = None
     # vLLM's extras, read from the body like vLLM does.
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
-    ignore_eos: bool = False
+    ignore_eos: bool | None = False
     stop_token_ids: list[int] | None = None
     priority: int | None = None
 
@@ -102,8 +106,8 @@ class ChatCompletionRequest(_SamplingFields, kw_only=True):
     max_completion_tokens: int | None = None
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice | None = None
-    parallel_tool_calls: bool = True
-    logprobs: bool = False
+    parallel_tool_calls: bool | None = True
+    logprobs: bool | None = False
     top_logprobs: int | None = None
 
 
@@ -112,7 +116,7 @@ class CompletionRequest(_SamplingFields, kw_only=True):
     # (one list type, as msgspec needs; the server checks the items are not mixed).
     prompt: str | list[str | int | list[int]]
     logprobs: int | None = None  # the completions API's "top n" logprobs
-    echo: bool = False
+    echo: bool | None = False
     suffix: str | None = None
 
 

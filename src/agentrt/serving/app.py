@@ -228,13 +228,13 @@ async def chat_completions(request: Request) -> Exchange:
         "chatcmpl-" + call_id,
         body.model,
         headers,
-        body.stream and _usage(body),
+        bool(body.stream) and _usage(body),
     )
     return _generation_exchange(
         state,
         gen,
         headers.interrupt_seconds if headers else 0.0,
-        lambda ch: answer_chat(gen, ch, tool_names, body.stream),
+        lambda ch: answer_chat(gen, ch, tool_names, bool(body.stream)),
     )
 
 
@@ -254,13 +254,13 @@ async def completions(request: Request) -> Exchange:
         r.model = models[body.model]
     echo = [r.prompt for r in requests if isinstance(r.prompt, str)] if body.echo else None
     gen = _generation(
-        state, requests, "cmpl-" + call_id, body.model, headers, body.stream and _usage(body)
+        state, requests, "cmpl-" + call_id, body.model, headers, bool(body.stream) and _usage(body)
     )
     return _generation_exchange(
         state,
         gen,
         headers.interrupt_seconds if headers else 0.0,
-        lambda ch: answer_completion(gen, ch, body.stream, echo),
+        lambda ch: answer_completion(gen, ch, bool(body.stream), echo),
     )
 
 

@@ -48,8 +48,9 @@ def sampling_params(
             f"max_tokens must be between 1 and {config.max_tokens_limit}, got {max_tokens}",
             param="max_tokens",
         )
-    if not 1 <= body.n <= config.max_n:
-        raise bad_request(f"n must be between 1 and {config.max_n}, got {body.n}", param="n")
+    n = body.n if body.n is not None else 1
+    if not 1 <= n <= config.max_n:
+        raise bad_request(f"n must be between 1 and {config.max_n}, got {n}", param="n")
     _check_range("temperature", body.temperature, 0.0, 2.0)
     _check_range("top_p", body.top_p, 0.0, 1.0, low_open=True)
     _check_range("min_p", body.min_p, 0.0, 1.0)
@@ -67,13 +68,13 @@ def sampling_params(
         raise bad_request("stop strings must not be empty", param="stop")
     params: dict[str, Any] = {
         "max_tokens": max_tokens,
-        "n": body.n,
+        "n": n,
         "stop": stop,
         "stop_token_ids": list(body.stop_token_ids or []),
         "seed": body.seed,
-        "presence_penalty": body.presence_penalty,
-        "frequency_penalty": body.frequency_penalty,
-        "ignore_eos": body.ignore_eos,
+        "presence_penalty": body.presence_penalty or 0.0,
+        "frequency_penalty": body.frequency_penalty or 0.0,
+        "ignore_eos": bool(body.ignore_eos),
         "logprobs": logprobs,
         "top_logprobs": top_logprobs,
     }
@@ -150,7 +151,7 @@ def chat_request(
         body,
         config,
         max_tokens=max_tokens,
-        logprobs=body.logprobs,
+        logprobs=bool(body.logprobs),
         top_logprobs=body.top_logprobs or 0,
     )
     request = GenerationRequest(

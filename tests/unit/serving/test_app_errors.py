@@ -307,3 +307,29 @@ def test_a_token_event_stream_without_usage_still_answers() -> None:
         reply = sync_client(app).chat.completions.create(model="echo", messages=USER)
     assert reply.choices[0].message.content == "ok"
     assert reply.usage.total_tokens == 0
+
+
+def test_null_means_the_default_for_optional_parameters() -> None:
+    nulls = {
+        "stream": None,
+        "n": None,
+        "presence_penalty": None,
+        "frequency_penalty": None,
+        "logprobs": None,
+        "ignore_eos": None,
+        "temperature": None,
+        "top_p": None,
+        "stop": None,
+        "max_tokens": None,
+        "parallel_tool_calls": None,
+        "tools": None,
+        "tool_choice": None,
+        "stream_options": None,
+    }
+    with serving() as (app, engine):
+        response = raw_client(app).post(
+            "/v1/chat/completions", json={"model": "echo", "messages": USER, **nulls}
+        )
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "hello world"
+    assert engine.requests[-1].sampling.n == 1
