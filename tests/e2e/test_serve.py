@@ -138,3 +138,21 @@ def test_api_keys_and_overload_on_a_second_server(tmp_path: Path) -> None:
             )
         stream.close()
     assert info.value.response.headers["retry-after"] == "1"
+
+
+def test_replicas_serve_behind_the_router(tmp_path: Path) -> None:
+    with agentrt_serve(
+        "--engine-factory", ECHO, "--replicas", "2", log_path=tmp_path / "serve.log"
+    ) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none")
+        answers = [
+            client.chat.completions.create(
+                model="echo", messages=[{"role": "user", "content": f"call {i}"}]
+            )
+            .choices[0]
+            .message.content
+            for i in range(4)
+        ]
+        log = (tmp_path / "serve.log").read_text()
+    assert answers == [f"call {i}" for i in range(4)]
+    assert "replica-0" in log and "replica-1" in log

@@ -109,3 +109,31 @@ def test_the_example_config_serves(tmp_path: Path) -> None:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-change-me")
         reply = client.chat.completions.create(model=model_id(client), messages=QUESTION, **GREEDY)
     assert "Paris" in (reply.choices[0].message.content or "")
+
+
+def test_tools_reach_the_real_chat_template(server: str) -> None:
+    """SmolLM2-135M rarely calls tools, but a request with tools must render and answer in the OpenAI shape."""
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="none")
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Get the current weather in a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
+    reply = client.chat.completions.create(
+        model=model_id(client),
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=tools,
+        **GREEDY,
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason in ("stop", "length", "tool_calls")
+    assert choice.message.tool_calls or choice.message.content
