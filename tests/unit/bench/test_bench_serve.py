@@ -171,3 +171,18 @@ def test_bench_compare_reports_a_server_that_fails_to_start(capsys) -> None:
                  "--serve-arg=no.such.module:Engine", "--num-programs", "1", "--no-progress"])
     assert code == 2
     assert "agentrt serve (fcfs) exited with" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_serve_embedded_runs_programs_on_the_default_model(tmp_path: Path) -> None:
+    out = tmp_path / "embedded.json"
+    code = main(["bench", "serve", "--embedded", "--scheduling-policy", "plas", "--workload", "map_reduce",
+                 "--size", "small", "--num-programs", "2", "--rate", "1", "--json", str(out)])
+    assert code == 0
+    [system] = json.loads(out.read_text())["systems"]
+    assert system["label"] == "embedded/plas" and system["model"].startswith("SmolLM2")
+    [run] = system["runs"]
+    assert run["completed"] == 2 and run["calls"] == 2 * (1 + 3 + 1)
+    # ignore_eos is on by default: every call decodes exactly its max_tokens.
+    assert run["completion_tokens_per_call"] == 32
+    assert run["server"] is not None
