@@ -53,7 +53,7 @@ from agentrt.protocol.openai import (
     encoder,
 )
 from agentrt.protocol.programs import program_start_decoder
-from agentrt.serving.auth import AuthMiddleware, KeyRing, scoped_program_id
+from agentrt.serving.auth import AuthMiddleware, KeyRing, scoped_id, unscoped_id
 from agentrt.serving.calls import CallTracker
 from agentrt.serving.chat import answer_chat
 from agentrt.serving.completions import answer_completion
@@ -163,7 +163,7 @@ def program_tag(tenant: str, headers: CallHeaders | None) -> ProgramTag | None:
     if headers is None:
         return None
     return ProgramTag(
-        program_id=scoped_program_id(tenant, headers.program_id),
+        program_id=scoped_id(tenant, headers.program_id),
         thread_id=headers.thread_id,
         parent_call_id=headers.parent_call_id,
         tenant=tenant,
@@ -218,8 +218,13 @@ async def chat_completions(request: Request) -> Exchange:
     headers = call_headers(request)
     tenant = _tenant(request)
     call_id = (headers.call_id if headers else None) or uuid.uuid4().hex
+    engine_call_id = scoped_id(tenant, call_id)
     gen_request, tool_names = chat_request(
-        body, state.config, call_id=call_id, program=program_tag(tenant, headers), arrival=arrival
+        body,
+        state.config,
+        call_id=engine_call_id,
+        program=program_tag(tenant, headers),
+        arrival=arrival,
     )
     gen_request.model = models[body.model]
     gen = _generation(
@@ -229,6 +234,7 @@ async def chat_completions(request: Request) -> Exchange:
         body.model,
         headers,
         bool(body.stream) and _usage(body),
+        tenant,
     )
     return _generation_exchange(
         state,
@@ -247,14 +253,25 @@ async def completions(request: Request) -> Exchange:
     headers = call_headers(request)
     tenant = _tenant(request)
     call_id = (headers.call_id if headers else None) or uuid.uuid4().hex
+    engine_call_id = scoped_id(tenant, call_id)
     requests = completion_requests(
-        body, state.config, call_id=call_id, program=program_tag(tenant, headers), arrival=arrival
+        body,
+        state.config,
+        call_id=engine_call_id,
+        program=program_tag(tenant, headers),
+        arrival=arrival,
     )
     for r in requests:
         r.model = models[body.model]
     echo = [r.prompt for r in requests if isinstance(r.prompt, str)] if body.echo else None
     gen = _generation(
-        state, requests, "cmpl-" + call_id, body.model, headers, bool(body.stream) and _usage(body)
+        state,
+        requests,
+        "cmpl-" + call_id,
+        body.model,
+        headers,
+        bool(body.stream) and _usage(body),
+        tenant,
     )
     return _generation_exchange(
         state,
@@ -275,10 +292,11 @@ def _generation(
     model: str,
     headers: CallHeaders | None,
     include_usage: bool,
+    tenant: str,
 ) -> Generation:
     return Generation(
         engine=state.engine,
-        trackers=[CallTracker(r, state.metrics) for r in requests],
+        trackers=[CallTracker(r, state.metrics, unscoped_id(tenant, r.call_id)) for r in requests],
         programs=state.programs,
         response_id=response_id,
         model=model,
@@ -329,7 +347,7 @@ async def start_program(request: Request) -> Response:
         raise bad_request(f"invalid program_id: {e}", param="program_id") from None
     info = state.programs.start(tenant, body)
     await state.engine.start_program(
-        ProgramTag(program_id=scoped_program_id(tenant, body.program_id), tenant=tenant)
+        ProgramTag(program_id=scoped_id(tenant, body.program_id), tenant=tenant)
     )
     return _json(info)
 
@@ -341,7 +359,7 @@ async def end_program(request: Request) -> Response:
     info = state.programs.end(tenant, program_id)
     if info is None:
         raise _unknown_program(program_id)
-    await state.engine.end_program(scoped_program_id(tenant, program_id))
+    await state.engine.end_program(scoped_id(tenant, program_id))
     return _json(info)
 
 

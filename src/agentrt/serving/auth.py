@@ -4,9 +4,11 @@ With no key configured the server is open and every request belongs to the
 anonymous tenant ``""``. With keys (``--api-key``, or a key file mapping keys
 to tenants) every path but ``/health`` needs ``Authorization: Bearer <key>``
 (or ``x-api-key``), and the request runs as the key's tenant. Program ids are
-namespaced per tenant (:func:`scoped_program_id`) before they reach the
+namespaced per tenant (:func:`scoped_id`) before they reach the
 router or the engine, so one tenant can neither see nor end nor reprioritise
-another tenant's program, even by guessing its id.
+another tenant's program, even by guessing its id; client-chosen call ids
+(``x-agentrt-call``) are namespaced the same way, so a tenant cannot abort
+another tenant's call by reusing its id.
 
 Key file (TOML)::
 
@@ -116,11 +118,15 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
-def scoped_program_id(tenant: str, program_id: str) -> str:
-    """The id the router and engine know a tenant's program by."""
-    return f"{tenant}/{program_id}" if tenant else program_id
+def scoped_id(tenant: str, client_id: str) -> str:
+    """The id the router and engine know a tenant's program (or call) by.
+
+    Client ids cannot contain ``/`` (see :mod:`agentrt.protocol.headers`), so
+    ``tenant/id`` never collides with another tenant's id, scoped or not.
+    """
+    return f"{tenant}/{client_id}" if tenant else client_id
 
 
-def unscoped_program_id(tenant: str, scoped: str) -> str:
+def unscoped_id(tenant: str, scoped: str) -> str:
     prefix = f"{tenant}/"
     return scoped[len(prefix) :] if tenant and scoped.startswith(prefix) else scoped

@@ -13,7 +13,14 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from agentrt.protocol.engine import EngineClient, GenerationRequest, Timings, TokenEvent, Usage
+from agentrt.protocol.engine import (
+    EngineClient,
+    EngineError,
+    GenerationRequest,
+    Timings,
+    TokenEvent,
+    Usage,
+)
 from agentrt.protocol.openai import AgentrtInfo
 from agentrt.serving.metrics import ServerMetrics
 
@@ -21,8 +28,13 @@ from agentrt.serving.metrics import ServerMetrics
 class CallTracker:
     """Server-side timings of one call (monotonic seconds), observed into the metrics as it runs."""
 
-    def __init__(self, request: GenerationRequest, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, request: GenerationRequest, metrics: ServerMetrics, client_call_id: str | None = None
+    ) -> None:
         self.request = request
+        self.client_call_id = (
+            client_call_id or request.call_id
+        )  # the id the client knows (not tenant-scoped)
         self.metrics = metrics
         self.arrival = request.arrival_time or time.monotonic()
         self.first_token: float | None = None
@@ -31,8 +43,10 @@ class CallTracker:
         self.usage: Usage | None = None
         self.timings: Timings | None = None
         self.finish_reason: str | None = None
+        self.first_event_seen = False
 
     def saw(self, event: TokenEvent) -> None:
+        self.first_event_seen = True
         now = time.monotonic()
         if event.token_ids or event.text:
             if self.first_token is None:
@@ -60,7 +74,7 @@ class CallTracker:
     def info(self, program_id: str | None) -> AgentrtInfo:
         t = self.timings
         return AgentrtInfo(
-            call_id=self.request.call_id,
+            call_id=self.client_call_id,
             program_id=program_id,
             queue_time=t.queue_time if t else 0.0,
             time_to_first_token=None
@@ -94,14 +108,21 @@ async def run_call(
     """
     events = engine.generate(tracker.request)
     complete = False
+    admitted = True
     try:
         async for event in events:
             tracker.saw(event)
             await on_event(event)
         complete = True
+    except EngineError:
+        # Refused before its first event (bad request, overload): the engine holds nothing to abort,
+        # and the id may be in use by another call (a duplicate x-agentrt-call).
+        admitted = tracker.first_event_seen
+        raise
     finally:
         with anyio.CancelScope(shield=True):
             if not complete:
                 await events.aclose()  # type: ignore[attr-defined]
-                await engine.abort(tracker.request.call_id)
+                if admitted:
+                    await engine.abort(tracker.request.call_id)
             tracker.done(complete)

@@ -24,6 +24,7 @@ from agentrt.protocol.engine import (
     EngineOverloaded,
     EngineStats,
     GenerationRequest,
+    InvalidRequest,
     ModelInfo,
     ProgramTag,
     PromptTooLong,
@@ -91,6 +92,8 @@ class EchoEngine:
         prompt_pieces = tokenize(self._prompt_text(request))
         prompt_len = len(request.prompt) if isinstance(request.prompt, list) else len(prompt_pieces)
         self._check_fits(request, prompt_len)
+        if request.call_id in self._blocks:
+            raise InvalidRequest(f"call id {request.call_id!r} is already in use")
         if self.max_running is not None and len(self._blocks) >= self.max_running:
             raise EngineOverloaded(f"engine is running {len(self._blocks)} calls, its limit")
         self.requests.append(request)

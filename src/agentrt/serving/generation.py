@@ -43,7 +43,7 @@ class Generation:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def headers(self, tracker: CallTracker | None) -> dict[str, str]:
-        out = {"x-agentrt-call-id": self.trackers[0].request.call_id}
+        out = {"x-agentrt-call-id": self.trackers[0].client_call_id}
         if tracker is not None:
             out["server-timing"] = tracker.server_timing()
         return out

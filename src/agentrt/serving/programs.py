@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from agentrt.protocol.engine import GenerationRequest, Timings
 from agentrt.protocol.programs import ProgramCall, ProgramInfo, ProgramStart
 from agentrt.scheduling.process_table import ProcessTable, ProgramEntry
-from agentrt.serving.auth import scoped_program_id, unscoped_program_id
+from agentrt.serving.auth import scoped_id, unscoped_id
 from agentrt.serving.metrics import ServerMetrics
 
 
@@ -47,7 +47,7 @@ class ProgramDirectory:
     # ------------------------------------------------------------------ lifecycle (tenant view)
 
     def start(self, tenant: str, body: ProgramStart) -> ProgramInfo:
-        scoped = scoped_program_id(tenant, body.program_id)
+        scoped = scoped_id(tenant, body.program_id)
         self.table.start(scoped, time.monotonic())
         meta = self._meta_of(scoped)
         if body.name:
@@ -57,7 +57,7 @@ class ProgramDirectory:
         return self._info(tenant, scoped)
 
     def end(self, tenant: str, program_id: str) -> ProgramInfo | None:
-        scoped = scoped_program_id(tenant, program_id)
+        scoped = scoped_id(tenant, program_id)
         entry = self.table.get(scoped)
         if entry is None:
             return None
@@ -71,7 +71,7 @@ class ProgramDirectory:
         return info
 
     def get(self, tenant: str, program_id: str) -> ProgramInfo | None:
-        scoped = scoped_program_id(tenant, program_id)
+        scoped = scoped_id(tenant, program_id)
         self.table.expire(time.monotonic())
         if scoped not in self.table:
             return None
@@ -79,7 +79,7 @@ class ProgramDirectory:
 
     def list(self, tenant: str) -> list[ProgramInfo]:
         self.table.expire(time.monotonic())
-        prefix = scoped_program_id(tenant, "")
+        prefix = scoped_id(tenant, "")
         return [
             self._info(tenant, e.program_id)
             for e in self.table.programs()
@@ -138,7 +138,7 @@ class ProgramDirectory:
         meta = self._meta_of(scoped)
         assert entry is not None
         return ProgramInfo(
-            id=unscoped_program_id(tenant, scoped),
+            id=unscoped_id(tenant, scoped),
             name=meta.name,
             state="ended" if state == "ended" else "running",
             created=meta.created,
@@ -147,14 +147,14 @@ class ProgramDirectory:
             service=entry.total_service,
             wait_seconds=entry.wait,
             interrupt_seconds=entry.interrupt_time,
-            calls=_calls(entry) if with_calls else [],
+            calls=_calls(tenant, entry) if with_calls else [],
         )
 
 
-def _calls(entry: ProgramEntry) -> list[ProgramCall]:
+def _calls(tenant: str, entry: ProgramEntry) -> list[ProgramCall]:
     return [
         ProgramCall(
-            id=r.call_id,
+            id=unscoped_id(tenant, r.call_id),
             thread_id=r.thread_id,
             state=r.outcome,
             service=r.service,

@@ -119,3 +119,46 @@ def test_flag_keys_belong_to_the_default_tenant() -> None:
     assert ring.enabled
     assert ring.tenant("sk-1") == "default"
     assert ring.tenant("sk-2") is None
+
+
+def test_reusing_another_tenants_call_id_cannot_abort_its_call(key_file: str) -> None:
+    from agentrt.serving.echo import EchoEngine
+
+    engine = EchoEngine(token_delay=0.02)
+    with serving(engine, api_key_file=key_file) as (app, _):
+        alpha = sync_client(app, api_key="sk-alpha")
+        text = " ".join(f"w{i}" for i in range(10))
+        stream = alpha.chat.completions.create(
+            model="echo",
+            messages=[{"role": "user", "content": text}],
+            stream=True,
+            extra_headers={"x-agentrt-program": "p", "x-agentrt-call": "c-1"},
+        )
+        chunks = iter(stream)
+        next(chunks)
+        # beta sends the same call id while alpha's call runs: its own call, in its own namespace
+        beta_reply = sync_client(app, api_key="sk-beta").chat.completions.create(
+            model="echo",
+            messages=USER,
+            extra_headers={"x-agentrt-program": "p", "x-agentrt-call": "c-1"},
+        )
+        # alpha repeating its own in-flight id is refused, and the running call is not aborted
+        duplicate_status = (
+            raw_client(
+                app,
+                {
+                    "authorization": "Bearer sk-alpha",
+                    "x-agentrt-program": "p",
+                    "x-agentrt-call": "c-1",
+                },
+            )
+            .post("/v1/chat/completions", json={"model": "echo", "messages": USER})
+            .status_code
+        )
+        rest = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert beta_reply.choices[0].message.content == "hi"
+    assert beta_reply.model_extra["agentrt"]["call_id"] == "c-1"
+    assert duplicate_status == 400
+    assert rest.endswith("w9")
+    assert engine.aborted == []
+    assert sorted(engine.finished) == ["alpha/c-1", "beta/c-1"]
