@@ -54,6 +54,7 @@ class _Assembler:
             self.record.completion_tokens = usage.completion_tokens or 0
         server = (getattr(chunk, "model_extra", None) or {}).get("agentrt")
         if isinstance(server, dict):
+            self.record.call_id = server.get("call_id")
             self.record.server_queue_time = server.get("queue_time")
             self.record.server_model_time = server.get("model_time")
         for choice in chunk.choices or []:
@@ -98,6 +99,16 @@ class _Assembler:
             finish_reason=self.record.finish_reason,
             completion_tokens=self.record.completion_tokens,
         )
+
+
+def _new_record() -> CallRecord:
+    """A record for a call about to be sent, placed in the program's DAG by the SDK's context."""
+    context = agentrt.current_program()
+    return CallRecord(
+        start=time.monotonic(),
+        thread_id=context.thread_id if context else None,
+        parent_call_id=context.parent_call_id if context else None,
+    )
 
 
 @dataclass
@@ -151,7 +162,7 @@ class LLM:
         """One blocking chat call (for programs written with threads)."""
         if self.client is None:
             raise RuntimeError("this LLM has no synchronous client; pass client=agentrt.OpenAI(...)")
-        record = CallRecord(start=time.monotonic())
+        record = _new_record()
         self.trace.calls.append(record)
         assembler = _Assembler(record)
         try:
@@ -177,7 +188,7 @@ class LLM:
         """One chat call for programs written with asyncio."""
         if self.aclient is None:
             raise RuntimeError("this LLM has no async client; pass aclient=agentrt.AsyncOpenAI(...)")
-        record = CallRecord(start=time.monotonic())
+        record = _new_record()
         self.trace.calls.append(record)
         assembler = _Assembler(record)
         try:

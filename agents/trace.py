@@ -28,7 +28,11 @@ class CallRecord(msgspec.Struct, kw_only=True):
     inter_token: list[float] = msgspec.field(default_factory=list)
     finish_reason: str | None = None
     error: str | None = None
+    # Where the call sits in its program's DAG, as the SDK saw it when the call was made.
+    thread_id: str | None = None
+    parent_call_id: str | None = None
     # What an agentrt server reports about the call in its last chunk (None from other servers).
+    call_id: str | None = None
     server_queue_time: float | None = None
     server_model_time: float | None = None
 

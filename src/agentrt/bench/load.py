@@ -78,6 +78,13 @@ def program_result(index: int, workload: str, arrival: float, start: float, end:
             itl=sum(c.inter_token) / len(c.inter_token) if c.inter_token else None,
             prompt_tokens=c.prompt_tokens,
             completion_tokens=c.completion_tokens,
+            start=c.start - start,
+            end=c.end - start,
+            thread_id=c.thread_id,
+            call_id=c.call_id,
+            parent_call_id=c.parent_call_id,
+            server_queue_time=c.server_queue_time,
+            server_model_time=c.server_model_time,
         )
         for c in trace.calls
         if c.error is None

@@ -33,6 +33,14 @@ class CallStats(msgspec.Struct, kw_only=True):
     itl: float | None  # mean gap between streamed tokens of this call
     prompt_tokens: int
     completion_tokens: int
+    # The call's place in time and in the program's DAG (for replaying the workload in the simulator).
+    start: float = 0.0  # seconds after the program started
+    end: float = 0.0
+    thread_id: str | None = None
+    call_id: str | None = None
+    parent_call_id: str | None = None
+    server_queue_time: float | None = None  # agentrt servers only
+    server_model_time: float | None = None
 
 
 class ProgramResult(msgspec.Struct, kw_only=True):
