@@ -105,7 +105,7 @@ def paged_attention(
         if span.blocks is None:
             keys, values = key[0, :, rows], value[0, :, rows]
         else:
-            n = span.blocks.shape[0] * k_blocks.shape[1]
+            n = span.blocks.shape[0] * meta.kv_cache.block_size
             keys = k_blocks.index_select(0, span.blocks).view(n, kv_heads, d)[: span.context]
             values = v_blocks.index_select(0, span.blocks).view(n, kv_heads, d)[: span.context]
             keys, values = keys.transpose(0, 1), values.transpose(0, 1)

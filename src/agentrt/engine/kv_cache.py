@@ -55,8 +55,10 @@ class PagedKVCache:
         self._values = [
             self.kv[layer, 1].view(slots, num_kv_heads, head_dim) for layer in range(num_layers)
         ]
-        self._key_blocks = [self.kv[layer, 0] for layer in range(num_layers)]
-        self._value_blocks = [self.kv[layer, 1] for layer in range(num_layers)]
+        # 2-D block rows: index_select over whole rows runs at memcpy speed, several
+        # times faster than over the 4-D view.
+        self._key_blocks = [self.kv[layer, 0].view(num_blocks, -1) for layer in range(num_layers)]
+        self._value_blocks = [self.kv[layer, 1].view(num_blocks, -1) for layer in range(num_layers)]
         # Block-major view (no copy) used to gather/scatter whole blocks across all layers.
         self.by_block = self.kv.permute(2, 0, 1, 3, 4, 5)
 
@@ -78,7 +80,7 @@ class PagedKVCache:
         return self._keys[index], self._values[index]
 
     def layer_blocks(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same memory as ``[blocks, block_size, kv_heads, head_dim]`` (for block gathers)."""
+        """The same memory as ``[blocks, block_size * kv_heads * head_dim]`` (for block gathers)."""
         return self._key_blocks[index], self._value_blocks[index]
 
 
