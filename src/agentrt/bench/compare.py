@@ -82,6 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mean program latency (s) at which throughputs are compared "
                         "(default: the baseline's highest mean latency up to its middle swept rate)")
     parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for a server's /health")
+    parser.add_argument("--simulate", default=None, metavar="PROFILE",
+                        help="also run the simulator (a shipped profile name or a TOML file) on the measured "
+                        "programs of every agentrt system and print its prediction next to the measurement")
+    parser.add_argument("--sim-max-batch-size", type=int, default=None,
+                        help="the simulated engine's batch limit (default: --serve-arg --max-num-seqs, else the profile's)")
+    parser.add_argument("--from-json", default=None, metavar="FILE",
+                        help="report (and --simulate) a saved `bench compare --json` run instead of measuring")
     add_workload_arguments(parser)
 
 
@@ -187,20 +194,24 @@ def print_comparison(console: Any, comparison: Comparison) -> None:
     console.print(table)
 
 
-def run(args: argparse.Namespace) -> int:
+def serve_flag(serve_args: list[str], flag: str) -> str | None:
+    """The value given to ``flag`` in the ``--serve-arg`` list (``--flag=V`` or ``--flag V``)."""
+    for i, arg in enumerate(serve_args):
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+        if arg == flag and i + 1 < len(serve_args):
+            return serve_args[i + 1]
+    return None
+
+
+def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None:
+    """Sweep every configured system; None when a server could not start (reported on ``console``)."""
     import anyio
 
     from agentrt.bench.load import Target
-    from agentrt.bench.serve import sweep_target, write_outputs
-    from agentrt.bench.serve_report import Progress, print_runs, report_console
+    from agentrt.bench.serve import sweep_target
+    from agentrt.bench.serve_report import Progress
 
-    console = report_console()
-    problem = validate(args)
-    if problem is None and not args.policies and not args.external:
-        problem = "nothing to compare: give --policies and/or --external"
-    if problem:
-        console.print(f"[red]error:[/red] {problem}")
-        return 2
     extra = {"ignore_eos": True} if args.ignore_eos else {}
     systems: list[SystemResult] = []
     with Progress(enabled=not args.no_progress) as progress:
@@ -210,15 +221,44 @@ def run(args: argparse.Namespace) -> int:
             except ServerStartError as e:
                 progress.stop()
                 console.print(f"[red]error:[/red] {e}")
-                return 2
+                return None
         for name, url, model in args.external:
             target = Target(label=name, base_url=url, model=model or args.model or "", extra_body=extra)
             systems.append(anyio.run(sweep_target, target, args, progress))
-    comparison = compare(systems, args.latency_target)
-    result = BenchResult(command=sys.argv, workload=args.workload, size=args.size,
-                         seed=args.seed, num_programs=args.num_programs, duration=args.duration,
-                         systems=systems, comparison=comparison)
+    return systems
+
+
+def run(args: argparse.Namespace) -> int:
+    from agentrt.bench.serve import load_result, write_outputs
+    from agentrt.bench.serve_report import print_runs, report_console
+
+    console = report_console()
+    problem = validate(args)
+    if problem is None and not args.policies and not args.external and not args.from_json:
+        problem = "nothing to compare: give --policies and/or --external"
+    if problem:
+        console.print(f"[red]error:[/red] {problem}")
+        return 2
+    if args.from_json:
+        result = load_result(args.from_json)
+        systems = result.systems
+    else:
+        measured = measure(args, console)
+        if measured is None:
+            return 2
+        systems = measured
+        result = BenchResult(command=sys.argv, workload=args.workload, size=args.size, seed=args.seed,
+                             num_programs=args.num_programs, duration=args.duration, systems=systems)
+    result.comparison = compare(systems, args.latency_target)
     print_runs(console, systems)
-    print_comparison(console, comparison)
+    print_comparison(console, result.comparison)
+    if args.simulate:
+        from agentrt.bench.replay import predict, print_predictions
+        from agentrt.sim.profile import load_profile
+
+        batch = args.sim_max_batch_size or serve_flag(args.serve_arg, "--max-num-seqs")
+        profile = load_profile(args.simulate)
+        result.predictions = predict(systems, profile, int(batch) if batch else None)
+        print_predictions(console, result.predictions, profile.name)
     write_outputs(result, args, console)
     return 0 if all(r.errors == 0 for s in systems for r in s.runs) else 1

@@ -11,6 +11,7 @@ latency against arrival rate with ``--plot``.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -34,12 +35,32 @@ class SystemResult(msgspec.Struct, kw_only=True):
 class BenchResult(msgspec.Struct, kw_only=True):
     command: list[str]
     workload: str
-    size: str
+    size: str = "full"
     seed: int
     num_programs: int | None
     duration: float | None
     systems: list[SystemResult]
     comparison: Any = None  # filled by ``bench compare``
+    predictions: Any = None  # the simulator's, with ``bench compare --simulate``
+
+
+# Fields that hold NaN when a run had nothing to measure; JSON writes NaN as null.
+_MAYBE_NAN = {"mean", "p50", "p95", "p99", "wait_share", "fairness", "prompt_tokens_per_call",
+              "completion_tokens_per_call"}
+
+
+def _nan_for_null(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: (math.nan if v is None and k in _MAYBE_NAN else _nan_for_null(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_for_null(v) for v in value]
+    return value
+
+
+def load_result(path: str) -> BenchResult:
+    """A saved ``--json`` result, with the NaNs that JSON turned into nulls restored."""
+    with open(path, "rb") as f:
+        return msgspec.convert(_nan_for_null(msgspec.json.decode(f.read())), BenchResult)
 
 
 def parse_rates(text: str) -> list[float]:

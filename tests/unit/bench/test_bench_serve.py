@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from tests.unit.agents.live_server import echo_server
 
 from agentrt.bench.compare import compare, parse_external, parse_policies
 from agentrt.bench.load import parse_prometheus, programs_for, server_counters, unit_arrivals
-from agentrt.bench.serve import parse_rates
+from agentrt.bench.serve import load_result, parse_rates
 from agentrt.cli import main
 
 
@@ -90,6 +91,8 @@ def test_bench_serve_reports_failed_programs_and_exits_nonzero(tmp_path: Path) -
     assert code == 1
     [run] = json.loads(out.read_text())["systems"][0]["runs"]
     assert run["errors"] == 2 and run["completed"] == 0
+    assert run["latency"]["mean"] is None  # nothing to measure: NaN, written as null
+    assert math.isnan(load_result(str(out)).systems[0].runs[0].latency.mean)
 
 
 def test_bench_compare_ratios_against_the_first_system(tmp_path: Path, capsys) -> None:
@@ -153,17 +156,55 @@ def test_an_in_process_app_is_driven_without_a_socket() -> None:
     assert len({r.program.program_id for r in engine.requests}) == 3
 
 
-def test_bench_compare_starts_one_agentrt_server_per_policy(tmp_path: Path) -> None:
+def test_bench_compare_starts_one_agentrt_server_per_policy(tmp_path: Path, capsys) -> None:
     out = tmp_path / "policies.json"
     code = main(["bench", "compare", "--policies", "fcfs,plas", "--serve-arg=--engine-factory",
-                 "--serve-arg=agentrt.serving.echo:EchoEngine", "--workload", "chat", "--num-programs", "2",
-                 "--rates", "4,8", "--startup-timeout", "120", "--json", str(out), "--no-progress"])
+                 "--serve-arg=agentrt.serving.echo:EchoEngine", "--workload", "tree_search", "--size", "small",
+                 "--num-programs", "2", "--rates", "4,8", "--startup-timeout", "120", "--json", str(out),
+                 "--simulate", "a100-llama3-8b", "--no-progress"])
     assert code == 0
     result = json.loads(out.read_text())
     assert [s["label"] for s in result["systems"]] == ["agentrt/fcfs", "agentrt/plas"]
     assert all(run["server"] is not None and run["errors"] == 0 for s in result["systems"] for run in s["runs"])
     ports = {s["base_url"] for s in result["systems"]}
     assert len(ports) == 2  # each policy got its own server
+    # The simulator replays the measured programs of every run, next to the measurement.
+    predictions = result["predictions"]
+    assert [(p["policy"], p["rate"]) for p in predictions] == [("fcfs", 4), ("fcfs", 8), ("plas", 4), ("plas", 8)]
+    assert all(p["simulated"]["mean"] > 0 for p in predictions)
+    assert predictions[0]["measured"] == result["systems"][0]["runs"][0]["latency"]
+    assert "simulator (a100-llama3-8b) against measurement" in capsys.readouterr().out
+    # A saved run can be reported again (e.g. with a newly fitted profile) without measuring.
+    again = tmp_path / "again.json"
+    assert main(["bench", "compare", "--from-json", str(out), "--simulate", "a100-llama3-8b",
+                 "--json", str(again)]) == 0
+    assert json.loads(again.read_text())["predictions"] == predictions
+
+
+def test_measured_programs_replay_as_simulator_dags() -> None:
+    from agentrt.bench.program_metrics import CallStats, ProgramResult
+    from agentrt.bench.replay import sim_program
+
+    def call(cid: str, parent: str | None, thread: str, start: float, end: float, prompt: int) -> CallStats:
+        return CallStats(ttft=0.1, itl=0.01, prompt_tokens=prompt, completion_tokens=10, start=start, end=end,
+                         thread_id=thread, call_id=cid, parent_call_id=parent)
+
+    measured = ProgramResult(index=3, workload="map_reduce", arrival=2.5, latency=9.0, completion_tokens=40,
+                             prompt_tokens=0, wait_share=0.0, tool_time=0.0, calls=[
+                                 call("plan", None, "0", 0.0, 1.0, 50),
+                                 call("b", "plan", "0.2", 1.2, 3.0, 30),
+                                 call("a", "plan", "0.1", 1.1, 2.0, 30),
+                                 call("reduce", "plan", "0", 3.5, 4.0, 120),
+                             ])
+    spec = sim_program(measured)
+    assert spec.arrival == 2.5 and spec.kind == "map_reduce"
+    plan, a, b, reduce = spec.calls
+    assert (a.parents, b.parents, reduce.parents) == ((0,), (0,), (0,))
+    assert a.delay == pytest.approx(0.1) and reduce.delay == pytest.approx(2.5)
+    assert len({plan.thread, a.thread, b.thread}) == 3 and reduce.thread == plan.thread
+    # The reduce call extends the plan call's prompt in the same thread: it shares that prefix.
+    assert reduce.segments[0] == plan.segments[0] and reduce.prompt_tokens == 120
+    assert a.segments[0][0] != plan.segments[0][0]
 
 
 def test_bench_compare_reports_a_server_that_fails_to_start(capsys) -> None:
