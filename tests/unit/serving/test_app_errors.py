@@ -333,3 +333,23 @@ def test_null_means_the_default_for_optional_parameters() -> None:
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "hello world"
     assert engine.requests[-1].sampling.n == 1
+
+
+def test_a_request_queued_past_the_queue_timeout_gets_a_429_not_a_hang() -> None:
+    engine = EchoEngine(token_delay=0.05)
+    with serving(engine, max_concurrent_requests=1, max_queued_requests=1, queue_timeout=0.2) as (
+        app,
+        _,
+    ):
+        blocker = sync_client(app).chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": "a b c d e f g h i j"}], stream=True
+        )
+        next(iter(blocker))
+        response = raw_client(app).post(
+            "/v1/chat/completions", json={"model": "echo", "messages": USER}
+        )
+        blocker.close()
+    assert response.status_code == 429
+    assert "no slot freed within 0.2 s" in error_of(response)["message"]
+    assert "retry-after" in response.headers
+    assert len(engine.requests) == 1
