@@ -34,11 +34,15 @@ def agent_arguments(doc: str) -> argparse.ArgumentParser:
 
 @contextmanager
 def connect(args: argparse.Namespace) -> Iterator[LLM]:
-    """An :class:`LLM` on ``--base-url``, or on an in-process server when none is given."""
+    """An :class:`LLM` on ``--base-url``, or on an agentrt app in this process when none is given."""
     if args.base_url is None:
-        with agentrt.serve_in_process() as server:
-            client, aclient = server.client(), server.async_client()
-            yield _llm(args, client, aclient)
+        from agentrt.serving.inprocess import AppRunner
+
+        app = agentrt.serve_in_process()  # the embedded engine with the default model
+        try:
+            yield _llm(args, agentrt.OpenAI(app=app), agentrt.AsyncOpenAI(app=app))
+        finally:
+            AppRunner.for_app(app).close()
         return
     client = agentrt.OpenAI(base_url=args.base_url, api_key=args.api_key)
     aclient = agentrt.AsyncOpenAI(base_url=args.base_url, api_key=args.api_key)

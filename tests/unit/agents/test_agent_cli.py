@@ -39,3 +39,12 @@ def test_agent_runs_as_a_script_too() -> None:
                               capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "answer:" in done.stdout
+
+
+@pytest.mark.slow
+def test_agent_runs_on_the_embedded_engine_by_default() -> None:
+    done = subprocess.run([sys.executable, "-m", "agents.map_reduce", "--fan-out", "2", "--question",
+                           "What is the capital of France?"], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "4 LLM calls" in done.stdout and "answer:" in done.stdout
