@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tests.unit.agents.live_server import echo_server
 
-from agentrt.bench.compare import compare, parse_external, parse_policies
+from agentrt.bench.compare import compare, parse_external, parse_policies, serve_flag
 from agentrt.bench.load import parse_prometheus, programs_for, server_counters, unit_arrivals
 from agentrt.bench.serve import load_result, parse_rates
 from agentrt.cli import main
@@ -60,6 +60,9 @@ def test_external_systems_and_policies_parse() -> None:
             parse_external(bad)
     with pytest.raises(argparse.ArgumentTypeError):
         parse_policies("fcfs,sjf")
+    assert serve_flag(["--max-num-seqs=8"], "--max-num-seqs") == "8"
+    assert serve_flag(["--model", "m", "--max-num-seqs", "4"], "--max-num-seqs") == "4"
+    assert serve_flag(["--max-num-seqs-x=1"], "--max-num-seqs") is None
 
 
 def test_bench_serve_sweeps_rates_and_writes_json_and_plot(tmp_path: Path, capsys) -> None:
