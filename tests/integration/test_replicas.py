@@ -184,3 +184,25 @@ async def test_many_concurrent_calls_leave_nothing_behind() -> None:
             assert (replica.stats().running, replica.stats().kv_blocks_used) == (0, 0)
         served = sum(len(entry.records()) for entry in router.table.programs())
         assert served == 60
+
+
+@pytest.mark.slow  # imports torch
+def test_the_engine_starts_a_program_at_the_service_the_router_reports() -> None:
+    from tests.conftest import make_tiny_loaded
+
+    from agentrt.engine import EngineConfig, LLMEngine
+    from agentrt.scheduling import SchedulerConfig
+
+    scheduler = SchedulerConfig(policy="plas", service_unit="tokens")
+    engine = LLMEngine(
+        EngineConfig(dtype="float32", num_kv_blocks=32, scheduler=scheduler), make_tiny_loaded()
+    )
+    elsewhere = ProgramTag(program_id="p", attained_service=1000.0)
+    (seq,) = engine.add_request("c1", [1, 2, 3], SamplingParams(max_tokens=2), program=elsewhere)
+    entry = engine.scheduler.table.get("p")
+    assert entry is not None and entry.service == 1000.0
+    assert seq.call.level > 0  # not the top queue: the program is long already
+    (fresh,) = engine.add_request(
+        "c2", [1, 2, 3], SamplingParams(max_tokens=2), program=ProgramTag(program_id="q")
+    )
+    assert fresh.call.level == 0

@@ -144,7 +144,6 @@ class LLMEngine:
         self.tokenizer = loaded.tokenizer
         self.eos_token_ids = loaded.eos_token_ids
         self.clock = clock
-        torch.manual_seed(config.seed)
         self.runner = ModelRunner(loaded.model, config)
         cache = self.runner.kv_cache
         self.block_manager = BlockManager(
@@ -229,6 +228,10 @@ class LLMEngine:
         arrival = now if arrival is None or arrival <= 0 else arrival
         program_id = program.program_id if program else f"call:{request_id}"
         thread_id = program.thread_id if program else ""
+        if program is not None and program.attained_service > 0:
+            # Service the program received on other engines (a router tells us): count it too.
+            entry = self.scheduler.table.start(program_id, now)
+            entry.service = max(entry.service, program.attained_service)
         seq_ids = (
             [request_id] if sampling.n == 1 else [f"{request_id}#{i}" for i in range(sampling.n)]
         )

@@ -43,6 +43,11 @@ class ProgramTag(msgspec.Struct, kw_only=True, omit_defaults=True):
     thread_id: str = ""
     parent_call_id: str | None = None
     tenant: str = ""
+    # Set by a router in front of several engines: the service the program has
+    # attained across all of them (scheduler unit). An engine starts the
+    # program's priority at no less than this, so PLAS/ATLAS see the whole
+    # program even when its calls are spread over replicas.
+    attained_service: float = 0.0
 
 
 class GenerationRequest(msgspec.Struct, kw_only=True, omit_defaults=True):

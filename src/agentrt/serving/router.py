@@ -320,13 +320,23 @@ class Router:
         return live
 
     def _request_for(self, live: _LiveCall) -> GenerationRequest:
-        """What the engine gets: program-unaware engines get the program's priority."""
-        request = live.request
-        if live.engine.backend.program_aware or live.call is None:
+        """What the engine gets: the program's service across all engines, as the engine expects it.
+
+        Program-aware engines get it in the tag (each only sees the calls
+        routed to it); program-unaware ones get the level it maps to as the
+        call's ``priority``.
+        """
+        request, call = live.request, live.call
+        if call is None or request.program is None:
             return request
+        if live.engine.backend.program_aware:
+            if call.start_value <= 0:
+                return request
+            tag = msgspec.structs.replace(request.program, attained_service=call.start_value)
+            return msgspec.structs.replace(request, program=tag)
         if request.priority is not None and self.scheduler_config.honor_request_priority:
             return request
-        return msgspec.structs.replace(request, priority=live.call.level)
+        return msgspec.structs.replace(request, priority=call.level)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         live = self._route(request)

@@ -292,3 +292,19 @@ async def test_calls_in_flight_when_the_router_closes_fail_cleanly() -> None:
 def test_backend_ids_must_be_unique() -> None:
     with pytest.raises(ValueError, match="unique"):
         Router([LocalBackend("x", EchoEngine()), LocalBackend("x", EchoEngine())])
+
+
+async def test_program_aware_engines_are_told_the_service_the_program_got_elsewhere() -> None:
+    echoes, backends = engines(2)
+    config = SchedulerConfig(policy="plas", service_unit="tokens")
+    async with Router(
+        backends, config=FAST, scheduler=config, balancer=BalancerConfig(policy="round_robin")
+    ) as router:
+        await collect(router, chat("c1", "a b c", program="p"))  # on e0
+        await collect(router, chat("c2", "a b c", program="p"))  # on e1, which never saw c1
+        entry = router.table.get("p")
+        assert entry is not None
+        first, second = echoes[0].requests[0], echoes[1].requests[0]
+        assert first.program is not None and first.program.attained_service == 0
+        assert second.program is not None and second.program.attained_service > 0
+        assert second.program.attained_service < entry.service  # what it had before c2, not after
