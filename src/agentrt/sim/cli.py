@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--programs",
         type=int,
         default=None,
-        help="programs per run (default: 1000; mixed/lats: 600)",
+        help="programs per run (default: 1000; mixed and lats: 300)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -162,7 +162,7 @@ def _sweep(args: argparse.Namespace) -> int:
             "preemption": args.preemption,
         },
     )
-    n = args.programs or (600 if args.workload in ("mixed", "lats") else 1000)
+    n = args.programs or (300 if args.workload in ("mixed", "lats") else 1000)
     workload = make_workload(args.workload, max_context=profile.max_model_len)
     programs = workload.generate(n, args.seed)
     rates = args.rates or default_rates(programs, profile, sim.engines)

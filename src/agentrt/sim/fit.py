@@ -6,7 +6,9 @@
                 "seconds": float}, ...], ...}
 
 and may add an ``"engine"`` object whose keys name :class:`EngineProfile`
-capacity fields (``kv_blocks``, ``block_size``, ``max_batch_size``, ...).
+capacity fields (``kv_blocks``, ``block_size``, ``max_batch_size``, ...) and
+a ``"swap"`` object (``blocks``, ``batched_seconds`` for one swap-out plus
+swap-in), from which the per-block swap cost is taken.
 The four cost coefficients are fitted by non-negative least squares: ordinary
 least squares, and while a coefficient comes out negative (a term the data
 cannot tell apart from noise) it is pinned to zero and the rest refitted.
@@ -32,9 +34,17 @@ class StepRecord(msgspec.Struct, frozen=True):
     seconds: float
 
 
+class SwapRecord(msgspec.Struct):
+    """The bench's swap measurement: one swap-out plus swap-in of ``blocks`` blocks."""
+
+    blocks: int
+    batched_seconds: float
+
+
 class EngineBench(msgspec.Struct):
     steps: list[StepRecord]
     engine: dict[str, Any] = {}
+    swap: SwapRecord | None = None
 
 
 class FitResult(msgspec.Struct, frozen=True):
@@ -78,6 +88,8 @@ def fit_profile(
     result = fit_steps(bench.steps)
     fields = set(EngineProfile.__struct_fields__) - set(TERMS) - {"name", "description"}
     capacities = {k: v for k, v in bench.engine.items() if k in fields}
+    if bench.swap is not None and bench.swap.blocks > 0:
+        capacities.setdefault("swap_block_s", bench.swap.batched_seconds / (2 * bench.swap.blocks))
     profile = msgspec.structs.replace(
         base,
         name=name,

@@ -107,6 +107,7 @@ def test_sim_fit_command_writes_a_loadable_profile(tmp_path: Path) -> None:
             {
                 "steps": [msgspec.to_builtins(s) for s in steps],
                 "engine": {"kv_blocks": 1234, "max_batch_size": 32, "ignored": 1},
+                "swap": {"blocks": 8, "batched_seconds": 0.0016, "tokens": 128},
             }
         )
     )
@@ -116,6 +117,7 @@ def test_sim_fit_command_writes_a_loadable_profile(tmp_path: Path) -> None:
     assert profile.name == "cpu-test"
     assert profile.kv_blocks == 1234 and profile.max_batch_size == 32
     assert profile.decode_seq_s == pytest.approx(4e-3, rel=0.05)
+    assert profile.swap_block_s == pytest.approx(1e-4)
     assert out.read_text().startswith(
         "# Fitted by `agentrt sim fit bench.json` from 200 engine steps"
     )
