@@ -189,8 +189,7 @@ class Router:
                 return self
         self._tg = None
         # Raised outside the task group, so the caller gets it unwrapped.
-        reasons = "; ".join(f"{e.engine_id}: {e.reason}" for e in self._engines.values())
-        raise EngineUnavailable(f"no engine could be started ({reasons})")
+        raise EngineUnavailable(f"no engine could be started ({self._reasons()})")
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
@@ -296,8 +295,7 @@ class Router:
         try:
             engine_id = self.balancer.route(tag.program_id if tag else None, tokens, now)
         except NoEngineAvailable:
-            reasons = "; ".join(f"{e.engine_id}: {e.reason}" for e in self._engines.values())
-            raise EngineUnavailable(f"no engine is available ({reasons})") from None
+            raise EngineUnavailable(f"no engine is available ({self._reasons()})") from None
         engine = self._engines[engine_id]
         call = None
         if tag is not None:
@@ -497,7 +495,12 @@ class Router:
         ]
 
     def stats(self) -> EngineStats:
-        """The sum over live engines (ratios weighted by their KV pools)."""
+        """The sum over live engines (ratios weighted by their KV pools).
+
+        Raises :class:`EngineUnavailable` when no engine is up, so ``/health`` answers 503.
+        """
+        if not any(e.up for e in self._engines.values()):
+            raise EngineUnavailable(f"no engine is available ({self._reasons()})")
         total = EngineStats()
         hit_rates: list[float] = []
         for engine in self._engines.values():
@@ -528,13 +531,19 @@ class Router:
         return total
 
     def models(self) -> list[ModelInfo]:
-        """The models of the live engines, each id once."""
+        """The models the engines serve (or served before going down), each id once.
+
+        A model whose engines are all down stays listed: its calls get a 503
+        that says why, not a 404 as if it never existed.
+        """
         seen: dict[str, ModelInfo] = {}
         for engine in self._engines.values():
-            if engine.up:
-                for model in engine.backend.models():
-                    seen.setdefault(model.id, model)
+            for model in engine.backend.models():
+                seen.setdefault(model.id, model)
         return list(seen.values())
+
+    def _reasons(self) -> str:
+        return "; ".join(f"{e.engine_id}: {e.reason}" for e in self._engines.values())
 
 
 def _describe(exc: BaseException) -> str:

@@ -237,6 +237,9 @@ async def test_a_failed_health_check_takes_the_engine_down_and_a_restart_brings_
         assert "engine wedged" in router.engines()[0].reason
         with pytest.raises(EngineUnavailable, match="no engine is available"):
             await collect(router, chat("c1"))
+        with pytest.raises(EngineUnavailable, match="engine wedged"):
+            router.stats()  # /health answers 503 with the reason
+        assert [m.id for m in router.models()] == ["echo"]  # still known: calls get 503, not 404
         del echoes[0].stats  # healed: the next restart stays up
         await eventually(lambda: router.engines()[0].up)
         assert router.engines()[0].restarts >= 1
