@@ -270,3 +270,14 @@ async def test_the_api_key_is_sent_to_servers_that_need_one() -> None:
         with pytest.raises(EngineUnavailable, match="answered 401"):
             async with Router([keyless], config=RouterConfig(restart=False)):
                 pass
+
+
+async def test_another_agentrt_is_told_when_a_program_ends() -> None:
+    engine = EchoEngine()
+    async with serving(engine) as (url, _):
+        remote = RemoteBackend("r", parse_backend(f"agentrt+{url}"))
+        async with Router([remote], config=FAST) as router:
+            await collect(router, chat("c1", program="agent-9"))
+            assert engine.ended_programs == []
+            await router.end_program("agent-9")
+    assert engine.ended_programs == ["agent-9"]

@@ -292,10 +292,16 @@ class RemoteBackend:
         return list(self._models)
 
     async def start_program(self, tag: ProgramTag) -> None:
-        """Programs travel with each call's headers; the remote server needs no separate start."""
+        """Programs travel with each call's headers; the server creates them on their first call."""
 
     async def end_program(self, program_id: str) -> None:
-        """See :meth:`start_program`."""
+        """Another agentrt frees the program's entry at once (``DELETE /v1/programs/{id}``); others need nothing."""
+        if self.config.kind != "agentrt" or self._client is None:
+            return
+        try:
+            await self._client.delete(f"/v1/programs/{header_safe_id(program_id)}")
+        except _UNREACHABLE as e:
+            log.warning("end_program_failed", engine_id=self.engine_id, error=repr(e))
 
 
 async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
