@@ -252,6 +252,10 @@ class AppRunner:
                 return
             self._closed = True
             portal = self._portal
+        with AppRunner._registry_lock:  # forget the app (and its engine) once it is shut down
+            if AppRunner._runners.get(id(self.app)) is self:
+                del AppRunner._runners[id(self.app)]
+        atexit.unregister(self.close)
         if portal is None:
             return
         try:
