@@ -311,3 +311,25 @@ async def test_program_aware_engines_are_told_the_service_the_program_got_elsewh
         assert first.program is not None and first.program.attained_service == 0
         assert second.program is not None and second.program.attained_service > 0
         assert second.program.attained_service < entry.service  # what it had before c2, not after
+
+
+async def test_a_call_stuck_in_an_engine_that_stops_answering_fails_instead_of_hanging() -> None:
+    echoes, backends = engines(1, first_token_delay=3600)  # the engine never produces a token
+    async with Router(backends, config=FAST) as router, anyio.create_task_group() as tg:
+        failure: list[BaseException] = []
+
+        async def stuck_call() -> None:
+            try:
+                await collect(router, chat("stuck"))
+            except EngineUnavailable as e:
+                failure.append(e)
+
+        tg.start_soon(stuck_call)
+        await eventually(lambda: router.engines()[0].live_calls == 1)
+
+        def wedged() -> None:
+            raise RuntimeError("engine stopped answering")
+
+        echoes[0].stats = wedged  # type: ignore[method-assign]
+        await eventually(lambda: failure, within=5)
+        assert "engine stopped answering" in str(failure[0])
