@@ -183,9 +183,8 @@ class AppRunner:
         async def main() -> None:
             self._stop = anyio.Event()
             async with anyio.create_task_group() as tg:
-                self._tasks = (
-                    tg  # owns the lifespan and every exchange; cancelled when the loop stops
-                )
+                # The task group owns the lifespan and every exchange; cancelled when the loop stops.
+                self._tasks = tg
                 async with BlockingPortal() as portal:
                     ready.set_result(portal)
                     await self._stop.wait()
@@ -201,9 +200,20 @@ class AppRunner:
         self._thread = threading.Thread(target=thread_main, name="agentrt-inprocess", daemon=True)
         self._thread.start()
         portal = ready.result()
-        portal.call(self._startup)
+        try:
+            portal.call(self._startup)
+        except BaseException:
+            # The app could not start (e.g. the model failed to load): stop its loop; a later
+            # request tries again from scratch.
+            portal.call(self._stop_loop)
+            self._thread.join(timeout=30)
+            raise
         self._portal = portal
         atexit.register(self.close)
+
+    async def _stop_loop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
 
     async def _startup(self) -> None:
         """Run the app's lifespan in a task; return when its startup completed (raise if it failed)."""
@@ -260,9 +270,7 @@ class AppRunner:
             return
         try:
             portal.call(self._shutdown)
-            stop = self._stop
-            if stop is not None:
-                portal.call(stop.set)
+            portal.call(self._stop_loop)
         except RuntimeError:
             pass  # the loop is already gone (interpreter exit)
         if self._thread is not None:

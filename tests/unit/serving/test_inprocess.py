@@ -200,3 +200,24 @@ def test_serve_in_process_with_the_sdk_client_and_a_program() -> None:
 def test_serve_in_process_rejects_what_it_cannot_serve() -> None:
     with pytest.raises(TypeError, match="EngineClient, EngineConfig or ServerConfig"):
         serve_in_process("a model name")  # type: ignore[arg-type]
+
+
+def test_an_app_that_fails_to_start_raises_a_clear_error_and_can_retry() -> None:
+    from contextlib import asynccontextmanager
+
+    attempts: list[int] = []
+
+    @asynccontextmanager
+    async def flaky() -> Any:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError("model file missing")
+        yield EchoEngine()
+
+    app = create_app(flaky, ServerConfig(log_requests=False))
+    client = sync_client(app)
+    with pytest.raises(RuntimeError, match="model file missing"):
+        client.models.list()
+    assert [m.id for m in client.models.list()] == ["echo"]
+    AppRunner.for_app(app).close()
+    assert len(attempts) == 2
