@@ -7,7 +7,10 @@ path is what is under test: uvicorn, SSE framing, disconnects, auth, limits.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,3 +159,16 @@ def test_replicas_serve_behind_the_router(tmp_path: Path) -> None:
         log = (tmp_path / "serve.log").read_text()
     assert answers == [f"call {i}" for i in range(4)]
     assert "replica-0" in log and "replica-1" in log
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_a_clear_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agentrt.cli", "serve", "--port", "0", "--model", "/no/such/model"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "AGENTRT_LOG_FORMAT": "json"},
+    )
+    assert result.returncode != 0
+    assert '"event": "engine failed to start"' in result.stderr
+    assert "/no/such/model" in result.stderr

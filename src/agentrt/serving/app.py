@@ -70,7 +70,11 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             if not isinstance(engine, EngineClient):
-                state.engine = await stack.enter_async_context(engine())
+                try:
+                    state.engine = await stack.enter_async_context(engine())
+                except Exception as e:
+                    log.error("engine failed to start", error=f"{type(e).__name__}: {e}")
+                    raise
             elif close_engine:
                 stack.push_async_callback(engine.close)
             log.info("serving", models=list(state.served_models()), auth=state.keys.enabled)
