@@ -34,10 +34,14 @@ from typing import Any
 import anyio
 import msgspec
 
-from agentrt.bench.router import ECHO, LayerResult, summarize
-from agentrt.bench.router import _engine_caller as engine_caller
-from agentrt.bench.router import _http_caller as http_caller
-from agentrt.bench.router import _time_calls as time_calls
+from agentrt.bench.router import (
+    ECHO,
+    LayerResult,
+    engine_caller,
+    http_caller,
+    summarize,
+    time_calls,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,8 +12,10 @@ one run:
 - ``http+router``: the same app over the router (what ``agentrt serve`` runs).
 
 Each row gives p50/p99 latency per call and the overhead over the baseline
-(p50 difference, and the ratio). Calls are sequential, so the figures are
-per-call cost, not throughput.
+(p50 difference, and the ratio). Calls are sequential and interleaved (one
+call per layer per round, all layers up at once), so the figures are
+per-call cost, not throughput, and a busy spell on a shared machine hits
+every layer alike.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +64,10 @@ def _request(i: int, tokens: int) -> GenerationRequest:
     )
 
 
-async def _time_calls(
+async def time_calls(
     call: Callable[[int], Awaitable[None]], warmup: int, calls: int
 ) -> list[float]:
+    """Seconds per call of ``calls`` sequential calls, after ``warmup`` untimed ones."""
     for i in range(warmup):
         await call(-1 - i)
     seconds = []
@@ -75,7 +78,24 @@ async def _time_calls(
     return seconds
 
 
-def _engine_caller(engine: EngineClient, tokens: int) -> Callable[[int], Awaitable[None]]:
+async def time_interleaved(
+    callers: dict[str, Callable[[int], Awaitable[None]]], warmup: int, calls: int
+) -> dict[str, list[float]]:
+    """Round-robin over the layers, one call each per round, so that load on a shared machine
+    falls on every layer alike instead of on whichever ran during a busy spell."""
+    for i in range(warmup):
+        for call in callers.values():
+            await call(-1 - i)
+    seconds: dict[str, list[float]] = {name: [] for name in callers}
+    for i in range(calls):
+        for name, call in callers.items():
+            start = time.perf_counter()
+            await call(i)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def engine_caller(engine: EngineClient, tokens: int) -> Callable[[int], Awaitable[None]]:
     async def call(i: int) -> None:
         async for _ in engine.generate(_request(i, tokens)):
             pass
@@ -83,7 +103,7 @@ def _engine_caller(engine: EngineClient, tokens: int) -> Callable[[int], Awaitab
     return call
 
 
-def _http_caller(client: Any, tokens: int) -> Callable[[int], Awaitable[None]]:
+def http_caller(client: Any, tokens: int) -> Callable[[int], Awaitable[None]]:
     body = {
         "model": "echo",
         "stream": True,
@@ -128,22 +148,23 @@ async def _measure(args: argparse.Namespace) -> dict[str, list[float]]:
     from agentrt.serving.echo import EchoEngine
     from agentrt.serving.router import Router
 
-    n, warmup, tokens = args.calls, args.warmup, args.tokens
-    timings: dict[str, list[float]] = {}
-    engine = EchoEngine()
-    timings["engine"] = await _time_calls(_engine_caller(engine, tokens), warmup, n)
-    async with Router([LocalBackend("local", EchoEngine())]) as router:
-        timings["router"] = await _time_calls(_engine_caller(router, tokens), warmup, n)
-    async with Router([ProcessBackend("worker", EngineSpec(factory=ECHO))]) as router:
-        timings["router+worker"] = await _time_calls(_engine_caller(router, tokens), warmup, n)
-    async with _http_client(EchoEngine()) as client:
-        timings["http"] = await _time_calls(_http_caller(client, tokens), warmup, n)
-    async with (
-        Router([LocalBackend("local", EchoEngine())]) as router,
-        _http_client(router) as client,
-    ):
-        timings["http+router"] = await _time_calls(_http_caller(client, tokens), warmup, n)
-    return timings
+    tokens = args.tokens
+    async with AsyncExitStack() as stack:
+        local = await stack.enter_async_context(Router([LocalBackend("local", EchoEngine())]))
+        worker = await stack.enter_async_context(
+            Router([ProcessBackend("worker", EngineSpec(factory=ECHO))])
+        )
+        http = await stack.enter_async_context(_http_client(EchoEngine()))
+        routed = await stack.enter_async_context(Router([LocalBackend("local", EchoEngine())]))
+        http_router = await stack.enter_async_context(_http_client(routed))
+        callers = {
+            "engine": engine_caller(EchoEngine(), tokens),
+            "router": engine_caller(local, tokens),
+            "router+worker": engine_caller(worker, tokens),
+            "http": http_caller(http, tokens),
+            "http+router": http_caller(http_router, tokens),
+        }
+        return await time_interleaved(callers, args.warmup, args.calls)
 
 
 def _percentile(values: list[float], q: float) -> float:
