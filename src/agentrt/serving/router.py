@@ -8,30 +8,33 @@ backends alive:
   used engine, long calls to the engine the program is pinned to), counted
   on its engine until it ends, and recorded in its program's entry; its
   service updates the program's priority by the scheduler's own rule;
-- engines that do not schedule by program themselves (vLLM, SGLang) get the
-  program's priority as the call's ``priority``: the queue level the
-  program's attained service falls in under the configured policy;
+- engines that schedule by program (embedded replicas, Ray actors) get the
+  program's service across all engines in the call's tag
+  (``ProgramTag.attained_service``), since each sees only its own calls;
+  those that do not (vLLM, SGLang) get the program's priority as the
+  call's ``priority``: the queue level that service falls in;
 - each backend runs under a supervisor task; a failed health check, a lost
   connection or a worker that exits takes the engine down at once: its
   in-flight calls fail with :class:`EngineUnavailable` (503), its programs
   are unpinned so their next calls go to live engines, and it is restarted
   with backoff;
-- everything runs in one anyio task group the router owns (``async with
-  router:``): no stray tasks.
+- the supervisors and the health loop run in one anyio task group the
+  router owns (``async with router:``): no stray tasks. A call's tokens
+  flow in the caller's own task; the router only cancels the engine await
+  in progress when the engine goes down, so no call can hang on a dead one.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
-from anyio.streams.memory import MemoryObjectSendStream
 
 from agentrt.log import get_logger
 from agentrt.protocol.engine import (
@@ -54,10 +57,15 @@ from agentrt.scheduling import (
     make_policy,
 )
 from agentrt.serving.backends import Backend
+from agentrt.serving.backends.errors import EngineLost
 
 log = get_logger("agentrt.serving.router")
-_STREAM_BUFFER = 256  # token events buffered between an engine and a slow client
 _CLOSE_TIMEOUT = 5.0  # longest wait for an engine to close an abandoned call
+T = TypeVar("T")
+
+
+class _Interrupted(Exception):
+    """The router cancelled the engine await of a call (engine down, abort, shutdown)."""
 
 
 class RouterConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -100,6 +108,7 @@ class _Engine:
         self.up = False
         self.reason = "not started"
         self.restarts = 0
+        self.incarnation = 0  # bumped each time the engine comes up
         self.scope: anyio.CancelScope | None = None  # the supervisor's current run of the backend
         self.calls: dict[str, _LiveCall] = {}
         self.programs: set[str] = set()  # programs this incarnation was told about
@@ -118,15 +127,23 @@ class _LiveCall:
         self.request = request
         self.engine = engine
         self.call = call  # None for calls outside any program
+        self.incarnation = engine.incarnation  # the engine's life this call runs in
         self.dispatched = now
-        self.scope = anyio.CancelScope()  # the pump's; cancelling it aborts the engine call
-        self.done = anyio.Event()  # the pump has finished (the engine call is closed)
-        self.failure: EngineError | None = None
-        self.completed = False  # the engine ended the stream normally
+        self.step: anyio.CancelScope | None = None  # around the engine await in progress
+        self.failure: EngineError | None = None  # why the router interrupted the call
         self.aborted = False  # Router.abort was called
         self.model_time = 0.0
         self.queue_time = 0.0
         self.tokens = 0
+
+    def interrupt(self, failure: EngineError | None) -> None:
+        """Stop waiting on the engine: fail with ``failure``, or end as aborted when it is None."""
+        if failure is None:
+            self.aborted = True
+        elif self.failure is None:
+            self.failure = failure
+        if self.step is not None:
+            self.step.cancel()
 
 
 def estimate_prompt_tokens(request: GenerationRequest, chars_per_token: float) -> int:
@@ -198,8 +215,7 @@ class Router:
         """Stop routing, fail what is in flight, shut every backend down."""
         self._closing = True
         for live in list(self._calls.values()):
-            live.failure = live.failure or EngineUnavailable("the server is shutting down")
-            live.scope.cancel()
+            live.interrupt(EngineUnavailable("the server is shutting down"))
         stack, self._stack = self._stack, None
         if stack is not None:
             await stack.aclose()
@@ -235,6 +251,7 @@ class Router:
 
     def _engine_up(self, engine: _Engine) -> None:
         engine.up, engine.reason = True, ""
+        engine.incarnation += 1
         if engine.engine_id not in self.balancer.engines:
             self.balancer.add_engine(engine.engine_id)
         log.info("engine_up", engine_id=engine.engine_id)
@@ -246,9 +263,7 @@ class Router:
             engine.scope.cancel()
         failure = EngineUnavailable(f"engine {engine.engine_id} is unavailable: {reason}")
         for live in list(engine.calls.values()):
-            if live.failure is None:
-                live.failure = failure
-            live.scope.cancel()
+            live.interrupt(failure)
         engine.programs.clear()
         unpinned = self.balancer.engine_failed(engine.engine_id)
         if was_up and not self._closing:
@@ -338,77 +353,61 @@ class Router:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         live = self._route(request)
-        assert self._tg is not None
-        send, receive = anyio.create_memory_object_stream[TokenEvent | EngineError](_STREAM_BUFFER)
-        self._tg.start_soon(self._pump, live, send)
+        backend = live.engine.backend
+        events: AsyncIterator[TokenEvent] | None = None
         outcome = "aborted"
         try:
-            async with receive:
-                async for item in receive:
-                    if isinstance(item, EngineError):
-                        raise item
-                    self._account(live, item)
-                    yield item
-            if live.failure is not None:
-                raise live.failure
-            if not live.completed:
-                if not live.aborted:
-                    raise EngineUnavailable(
-                        f"engine {live.engine.engine_id} ended the call without finishing it"
-                    )
-                yield TokenEvent(call_id=request.call_id, finish_reason="abort")
-            outcome = "finished" if live.completed else "aborted"
+            tag = request.program
+            if tag is not None and tag.program_id not in live.engine.programs:
+                live.engine.programs.add(tag.program_id)
+                await self._step(live, backend.start_program(tag))
+            events = backend.generate(self._request_for(live))
+            while True:
+                try:
+                    event = await self._step(live, events.__anext__())
+                except StopAsyncIteration:
+                    outcome = "finished"
+                    return
+                except _Interrupted:
+                    if live.failure is not None:
+                        raise live.failure from None
+                    yield TokenEvent(call_id=request.call_id, finish_reason="abort")
+                    return
+                self._account(live, event)
+                yield event
+        except EngineLost as e:
+            # The engine is gone: stop routing to it now, not at the next health check.
+            if live.engine.up and live.engine.incarnation == live.incarnation:
+                self._engine_down(live.engine, _describe(e))
+            raise
+        except EngineUnavailable:
+            if live.engine.up:  # it refused this call: check whether it is still alive
+                self._tg_start(self._check, live.engine)
+            raise
         finally:
-            live.scope.cancel()
-            # Return only once the engine call is closed, so its KV is free when the caller moves on.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
-                await live.done.wait()
+            if events is not None:
+                # Closing the engine's stream aborts the call and frees its KV; wait for it
+                # (bounded), so the KV is free when the caller moves on.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
+                    await events.aclose()  # type: ignore[attr-defined]
             self._retire(live, outcome)
 
-    async def _pump(
-        self, live: _LiveCall, send: MemoryObjectSendStream[TokenEvent | EngineError]
-    ) -> None:
-        """Move one call's events from its engine to the caller (in the router's task group,
-        so that an engine going down can stop it whatever the engine is doing)."""
-        try:
-            await self._pump_events(live, send)
-        finally:
-            live.done.set()
+    async def _step(self, live: _LiveCall, awaitable: Awaitable[T]) -> T:
+        """Await one step of an engine call in a scope the router can cancel.
 
-    async def _pump_events(
-        self, live: _LiveCall, send: MemoryObjectSendStream[TokenEvent | EngineError]
-    ) -> None:
-        backend = live.engine.backend
-        tag = live.request.program
-        async with send:
-            with live.scope:
-                try:
-                    if tag is not None and tag.program_id not in live.engine.programs:
-                        live.engine.programs.add(tag.program_id)
-                        await backend.start_program(tag)
-                    events = backend.generate(self._request_for(live))
-                    try:
-                        async for event in events:
-                            await send.send(event)
-                        live.completed = True
-                    finally:
-                        with anyio.CancelScope(shield=True):
-                            await events.aclose()  # type: ignore[attr-defined]
-                except EngineUnavailable as e:
-                    live.failure = live.failure or e
-                    if live.engine.up:  # a call saw it first: check the engine now
-                        self._tg_start(self._check, live.engine)
-                except EngineError as e:
-                    await send.send(e)
-                except Exception as e:
-                    log.exception(
-                        "engine_call_failed",
-                        engine_id=backend.engine_id,
-                        call_id=live.request.call_id,
-                    )
-                    await send.send(
-                        EngineError(f"engine {backend.engine_id} failed: {_describe(e)}")
-                    )
+        The scope never spans a ``yield``: an engine going down (or an abort)
+        interrupts exactly the await that is waiting on it, whatever the
+        engine is doing, and the caller's task is never cancelled by us.
+        """
+        with anyio.CancelScope() as scope:
+            live.step = scope
+            if live.failure is not None or live.aborted:
+                scope.cancel()
+            try:
+                return await awaitable
+            finally:
+                live.step = None
+        raise _Interrupted
 
     def _tg_start(self, func: Any, *args: Any) -> None:
         if self._tg is not None and not self._closing:
@@ -455,8 +454,7 @@ class Router:
     async def abort(self, call_id: str) -> None:
         live = self._calls.get(call_id)
         if live is not None:
-            live.aborted = True
-            live.scope.cancel()
+            live.interrupt(None)
             await live.engine.backend.abort(call_id)
 
     # -- programs ----------------------------------------------------------

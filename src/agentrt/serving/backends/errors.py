@@ -19,6 +19,12 @@ from agentrt.protocol.engine import (
 )
 
 
+class EngineLost(EngineUnavailable):
+    """The engine itself is gone (its process exited, its server refuses connections, its actor
+    died), not merely unwilling to take one call: the router takes it down at once rather than
+    routing more calls to it until the next health check. Still a 503 to the client."""
+
+
 class ErrorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     """An :class:`EngineError` as data."""
 

@@ -16,12 +16,12 @@ from anyio.abc import TaskStatus
 from agentrt.protocol.engine import (
     EngineClient,
     EngineStats,
-    EngineUnavailable,
     GenerationRequest,
     ModelInfo,
     ProgramTag,
     TokenEvent,
 )
+from agentrt.serving.backends.errors import EngineLost
 from agentrt.serving.backends.hosting import running
 
 
@@ -53,7 +53,7 @@ class LocalBackend:
 
     def _live(self) -> EngineClient:
         if not self._up:
-            raise EngineUnavailable(f"engine {self.engine_id} is not running")
+            raise EngineLost(f"engine {self.engine_id} is not running")
         return self.engine
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:

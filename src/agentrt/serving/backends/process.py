@@ -35,7 +35,7 @@ from agentrt.protocol.engine import (
     ProgramTag,
     TokenEvent,
 )
-from agentrt.serving.backends.errors import engine_error
+from agentrt.serving.backends.errors import EngineLost, engine_error
 from agentrt.serving.backends.hosting import EngineSpec
 from agentrt.serving.backends.wire import (
     Abort,
@@ -116,8 +116,8 @@ class ProcessBackend:
                 failure = await self._serve(channel, process, task_status)
                 reason = await self._exit_reason(process)
                 if failure is not None:
-                    raise EngineUnavailable(f"replica {self.engine_id} failed to start: {failure}")
-                raise EngineUnavailable(f"replica {self.engine_id} lost: {reason}")
+                    raise EngineLost(f"replica {self.engine_id} failed to start: {failure}")
+                raise EngineLost(f"replica {self.engine_id} lost: {reason}")
             finally:
                 self._go_down(reason)
                 with anyio.CancelScope(shield=True):
@@ -147,9 +147,9 @@ class ProcessBackend:
         with anyio.fail_after(self.start_timeout):
             reply = await channel.receive()
         if isinstance(reply, InitFailed):
-            raise EngineUnavailable(reply.error.message)
+            raise EngineLost(reply.error.message)
         if not isinstance(reply, Ready):
-            raise EngineUnavailable(f"the worker sent {type(reply).__name__} before Ready")
+            raise EngineLost(f"the worker sent {type(reply).__name__} before Ready")
         self._channel = channel
         self._models = reply.models
         self.pid = reply.pid
@@ -205,9 +205,7 @@ class ProcessBackend:
         self._down_reason = reason
         calls, self._calls = self._calls, {}
         for stream in calls.values():
-            stream.send_nowait(
-                EngineUnavailable(f"engine {self.engine_id} is unavailable: {reason}")
-            )
+            stream.send_nowait(EngineLost(f"engine {self.engine_id} is unavailable: {reason}"))
             stream.close()
         pongs, self._pongs = self._pongs, {}
         for waiter in pongs.values():
@@ -234,7 +232,7 @@ class ProcessBackend:
 
     def _live_channel(self) -> Channel:
         if self._channel is None:
-            raise EngineUnavailable(f"engine {self.engine_id} is unavailable: {self._down_reason}")
+            raise EngineLost(f"engine {self.engine_id} is unavailable: {self._down_reason}")
         return self._channel
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
@@ -248,7 +246,7 @@ class ProcessBackend:
             try:
                 await channel.send(Generate(request=request))
             except _GONE:
-                raise EngineUnavailable(
+                raise EngineLost(
                     f"engine {self.engine_id} is unavailable: connection lost"
                 ) from None
             async with receive:
@@ -280,9 +278,7 @@ class ProcessBackend:
         try:
             await channel.send(Ping(seq=seq))
         except _GONE:
-            raise EngineUnavailable(
-                f"engine {self.engine_id} is unavailable: connection lost"
-            ) from None
+            raise EngineLost(f"engine {self.engine_id} is unavailable: connection lost") from None
         try:
             await waiter.wait()
         finally:
@@ -299,9 +295,7 @@ class ProcessBackend:
         try:
             await self._live_channel().send(StartProgram(tag=tag))
         except _GONE:
-            raise EngineUnavailable(
-                f"engine {self.engine_id} is unavailable: connection lost"
-            ) from None
+            raise EngineLost(f"engine {self.engine_id} is unavailable: connection lost") from None
 
     async def end_program(self, program_id: str) -> None:
         if self._channel is not None:

@@ -29,13 +29,12 @@ from agentrt.log import get_logger
 from agentrt.protocol.engine import (
     EngineClient,
     EngineStats,
-    EngineUnavailable,
     GenerationRequest,
     ModelInfo,
     ProgramTag,
     TokenEvent,
 )
-from agentrt.serving.backends.errors import engine_error, error_info
+from agentrt.serving.backends.errors import EngineLost, engine_error, error_info
 from agentrt.serving.backends.hosting import EngineSpec, hosted_engine
 from agentrt.serving.backends.wire import Event, Failed
 
@@ -153,9 +152,9 @@ class RayBackend:
                 log.info("ray_replica_up", engine_id=self.engine_id)
                 task_status.started()
                 await actor.wait_stopped.remote()
-                raise EngineUnavailable(f"ray actor of {self.engine_id} stopped")
+                raise EngineLost(f"ray actor of {self.engine_id} stopped")
             except RayError as e:
-                raise EngineUnavailable(
+                raise EngineLost(
                     f"ray actor of {self.engine_id} lost: {type(e).__name__}: {e}"
                 ) from None
             finally:
@@ -170,7 +169,7 @@ class RayBackend:
 
     def _live(self) -> Any:
         if self._actor is None:
-            raise EngineUnavailable(f"engine {self.engine_id} is unavailable: {self._down_reason}")
+            raise EngineLost(f"engine {self.engine_id} is unavailable: {self._down_reason}")
         return self._actor
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
@@ -187,7 +186,7 @@ class RayBackend:
             finished = True
         except RayError as e:
             finished = True
-            raise EngineUnavailable(
+            raise EngineLost(
                 f"engine {self.engine_id} is unavailable: {type(e).__name__}"
             ) from None
         finally:
@@ -202,7 +201,7 @@ class RayBackend:
         try:
             self._stats = msgspec.msgpack.decode(await self._live().ping.remote(), type=EngineStats)
         except RayError as e:
-            raise EngineUnavailable(
+            raise EngineLost(
                 f"engine {self.engine_id} is unavailable: {type(e).__name__}"
             ) from None
 
@@ -216,7 +215,7 @@ class RayBackend:
         try:
             await self._live().start_program.remote(_encode(tag))
         except RayError as e:
-            raise EngineUnavailable(
+            raise EngineLost(
                 f"engine {self.engine_id} is unavailable: {type(e).__name__}"
             ) from None
 

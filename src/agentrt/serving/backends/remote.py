@@ -25,7 +25,6 @@ from anyio.abc import TaskStatus
 from agentrt.log import get_logger
 from agentrt.protocol.engine import (
     EngineStats,
-    EngineUnavailable,
     GenerationRequest,
     ModelInfo,
     ProgramTag,
@@ -33,7 +32,7 @@ from agentrt.protocol.engine import (
     TokenEvent,
 )
 from agentrt.protocol.headers import PROGRAM, HeaderError, format_headers, parse_headers
-from agentrt.serving.backends.errors import ErrorInfo, engine_error
+from agentrt.serving.backends.errors import EngineLost, ErrorInfo, engine_error
 from agentrt.serving.backends.openai_wire import (
     ChunkDecoder,
     PriorityOrder,
@@ -176,7 +175,7 @@ class RemoteBackend:
         try:
             response = await client.get("/v1/models")
         except _UNREACHABLE as e:
-            raise EngineUnavailable(f"backend {self.config.root} unreachable: {e!r}") from None
+            raise EngineLost(f"backend {self.config.root} unreachable: {e!r}") from None
         if response.status_code != 200:
             info = error_from_response(response.status_code, response.content, None)
             info.message = (
@@ -201,7 +200,7 @@ class RemoteBackend:
 
     def _live_client(self) -> httpx.AsyncClient:
         if self._client is None:
-            raise EngineUnavailable(f"engine {self.engine_id} is unavailable: {self._down_reason}")
+            raise EngineLost(f"engine {self.engine_id} is unavailable: {self._down_reason}")
         return self._client
 
     def _model_for(self, request: GenerationRequest) -> str:
@@ -247,7 +246,7 @@ class RemoteBackend:
                         yield event
             final = decoder.finish()
             if not final:
-                raise EngineUnavailable(
+                raise EngineLost(
                     f"engine {self.engine_id} ended the stream before finishing the call"
                 )
             timings.finished = time.monotonic()
@@ -257,7 +256,7 @@ class RemoteBackend:
             for event in final:
                 yield event
         except _UNREACHABLE as e:
-            raise EngineUnavailable(f"engine {self.engine_id} is unavailable: {e!r}") from None
+            raise EngineLost(f"engine {self.engine_id} is unavailable: {e!r}") from None
         except RemoteStreamError as e:
             raise engine_error(e.info) from None
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
@@ -279,9 +278,9 @@ class RemoteBackend:
         try:
             response = await client.get("/health", timeout=self.config.connect_timeout)
         except _UNREACHABLE as e:
-            raise EngineUnavailable(f"engine {self.engine_id} is unavailable: {e!r}") from None
+            raise EngineLost(f"engine {self.engine_id} is unavailable: {e!r}") from None
         if response.status_code != 200:
-            raise EngineUnavailable(
+            raise EngineLost(
                 f"engine {self.engine_id} health check answered {response.status_code}"
             )
 
