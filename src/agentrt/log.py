@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 _configured = False
+_settings: dict[str, str] = {}  # what configure_logging chose, for child processes
 
 
 def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
@@ -22,6 +23,7 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     global _configured
     level_name = (level or os.environ.get("AGENTRT_LOG_LEVEL", "info")).upper()
     fmt = fmt or os.environ.get("AGENTRT_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
+    _settings.update(AGENTRT_LOG_LEVEL=level_name.lower(), AGENTRT_LOG_FORMAT=fmt)
     renderer: Any = (
         structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
     )
@@ -41,6 +43,11 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
         cache_logger_on_first_use=False,
     )
     _configured = True
+
+
+def logging_env() -> dict[str, str]:
+    """Environment variables that make a child process (a replica worker) log as this one does."""
+    return dict(_settings)
 
 
 def get_logger(name: str, **bound: Any) -> Any:

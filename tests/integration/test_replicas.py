@@ -206,3 +206,22 @@ def test_the_engine_starts_a_program_at_the_service_the_router_reports() -> None
         "c2", [1, 2, 3], SamplingParams(max_tokens=2), program=ProgramTag(program_id="q")
     )
     assert fresh.call.level == 0
+
+
+async def test_workers_log_at_the_level_and_format_the_server_was_given(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from agentrt.log import configure_logging
+
+    spec = EngineSpec(factory=ECHO)
+    try:
+        configure_logging("warning", "json")
+        async with Router([ProcessBackend("quiet", spec)]):
+            pass
+        assert "worker_ready" not in capfd.readouterr().err
+        configure_logging("info", "json")
+        async with Router([ProcessBackend("chatty", spec)]):
+            pass
+        assert '"event": "worker_ready"' in capfd.readouterr().err
+    finally:
+        configure_logging()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import signal
 import socket
 import subprocess
@@ -24,7 +25,7 @@ import anyio
 from anyio.abc import Process, TaskStatus, UNIXSocketStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from agentrt.log import get_logger
+from agentrt.log import get_logger, logging_env
 from agentrt.protocol.engine import (
     EngineError,
     EngineStats,
@@ -107,6 +108,7 @@ class ProcessBackend:
                     stdout=None,
                     stderr=None,
                     start_new_session=True,  # Ctrl-C reaches the router, which shuts workers down
+                    env={**os.environ, **logging_env()},
                 )
             finally:
                 child.close()
