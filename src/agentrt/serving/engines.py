@@ -151,11 +151,10 @@ def _router(server: ServerConfig, toml_path: str | Path | None, remotes: list[An
 
         placement = load_config(RayPlacement, toml_path, "ray", {"address": server.ray_address})
         backends += [RayBackend(f"ray-{i}", spec, placement) for i in range(server.replicas)]
-    elif server.replicas > 1 or not server.backends:
+    elif server.replicas > 1 or not (server.backends or remotes):
         backends += [ProcessBackend(f"replica-{i}", spec) for i in range(server.replicas)]
-    backends += [
-        RemoteBackend(f"remote-{i}", parse_backend(url)) for i, url in enumerate(server.backends)
-    ]
+    configs = [parse_backend(url) for url in server.backends] + remotes
+    backends += [RemoteBackend(f"remote-{i}", c) for i, c in enumerate(configs)]
     return Router(
         backends,
         config=load_config(RouterConfig, toml_path, "router"),

@@ -11,6 +11,7 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -34,6 +35,7 @@ from agentrt.serving.backends import RemoteBackend, RemoteBackendConfig, parse_b
 from agentrt.serving.backends.remote import header_safe_id
 from agentrt.serving.config import ServerConfig
 from agentrt.serving.echo import EchoEngine
+from agentrt.serving.engines import open_engine
 from agentrt.serving.router import Router, RouterConfig
 
 FAST = RouterConfig(health_interval_s=0.1, health_timeout_s=2.0, restart_backoff_s=0.1)
@@ -281,3 +283,21 @@ async def test_another_agentrt_is_told_when_a_program_ends() -> None:
             assert engine.ended_programs == []
             await router.end_program("agent-9")
     assert engine.ended_programs == ["agent-9"]
+
+
+async def test_a_remote_table_in_the_server_config_routes_to_that_server(tmp_path: Path) -> None:
+    engine = EchoEngine()
+    async with serving(engine) as (url, _):
+        config_file = tmp_path / "server.toml"
+        config_file.write_text(
+            f'[[remote]]\nurl = "{url}"\nkind = "sglang"\npriority_order = "lower_first"\n'
+        )
+        async with open_engine(ServerConfig(), config_file) as router:
+            assert isinstance(router, Router)
+            (status,) = router.engines()
+            backend = router._engines[status.engine_id].backend
+            assert isinstance(backend, RemoteBackend)
+            assert (backend.config.kind, backend.config.order) == ("sglang", "lower_first")
+            events = await collect(router, chat("c1", "via the table"))
+    assert "".join(e.text for e in events) == "via the table"
+    assert len(engine.requests) == 1
