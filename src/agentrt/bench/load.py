@@ -177,6 +177,16 @@ def make_llm(target: Target) -> Any:
     return LLM(model=target.model, client=client, aclient=aclient, extra_body=dict(target.extra_body))
 
 
+async def warm_up(target: Target) -> None:
+    """One short call before measuring, so lazy start-up work (first forward pass, caches) is not timed."""
+    llm = make_llm(target)
+    try:
+        await llm.achat([{"role": "user", "content": "Say hello."}], max_tokens=4)
+    finally:
+        llm.client.close()
+        await llm.aclient.close()
+
+
 async def run_programs(
     target: Target,
     specs: Sequence[Any],

@@ -132,8 +132,9 @@ async def sweep_target(target: Any, args: argparse.Namespace, progress: Any) -> 
     """Run the seeded workload against ``target`` at every rate; the same programs at each rate."""
     from agents import sample_programs
 
-    from agentrt.bench.load import programs_for, run_programs, unit_arrivals
+    from agentrt.bench.load import programs_for, run_programs, unit_arrivals, warm_up
 
+    await warm_up(target)
     rates = rates_of(args)
     num_programs = args.num_programs if args.num_programs is not None or args.duration else 20
     runs: list[RunSummary] = []
