@@ -1,9 +1,11 @@
 """``agentrt bench compare``: several systems, the same seeded agent workload, one command.
 
-Starts ``agentrt serve`` once per ``--policies`` entry (on a free loopback
-port, one at a time so that they do not share the CPU), adds any
+Starts ``agentrt serve`` once per ``--policies`` entry (each on a free
+loopback port, all up for the whole sweep), adds any
 ``--external NAME=URL[#MODEL]`` server (vLLM, SGLang, ``transformers serve``,
-llama.cpp's server), runs the same rate sweep against each, and reports each
+llama.cpp's server), runs the same rate sweep against each, rate by rate with the systems
+taking turns (only one is loaded at a time; interleaving spreads drift in the
+machine's background load over all of them), and reports each
 system's throughput at equal mean latency as a ratio against the first
 system (Autellix's headline metric), with p95 latency at the baseline's load.
 """
@@ -19,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -139,17 +141,6 @@ def agentrt_server(policy: str, extra_args: list[str], startup_timeout: float) -
             Path(log_file.name).unlink(missing_ok=True)
 
 
-def _sweep_agentrt(policy: str, args: argparse.Namespace, extra: dict[str, Any], progress: Any) -> SystemResult:
-    import anyio
-
-    from agentrt.bench.load import Target
-    from agentrt.bench.serve import sweep_target
-
-    with agentrt_server(policy, args.serve_arg, args.startup_timeout) as url:
-        target = Target(label=f"agentrt/{policy}", base_url=url, model=args.model or "", extra_body=extra)
-        return anyio.run(sweep_target, target, args, progress)
-
-
 def _tail(path: str, lines: int = 20) -> str:
     return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
 
@@ -205,27 +196,30 @@ def serve_flag(serve_args: list[str], flag: str) -> str | None:
 
 
 def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None:
-    """Sweep every configured system; None when a server could not start (reported on ``console``)."""
+    """Start every agentrt server, then sweep all systems rate by rate, interleaved.
+
+    None when a server could not start (reported on ``console``).
+    """
     import anyio
 
     from agentrt.bench.load import Target
-    from agentrt.bench.serve import sweep_target
+    from agentrt.bench.serve import sweep_targets
     from agentrt.bench.serve_report import Progress
 
     extra = {"ignore_eos": True} if args.ignore_eos else {}
-    systems: list[SystemResult] = []
-    with Progress(enabled=not args.no_progress) as progress:
+    targets: list[Target] = []
+    with ExitStack() as servers, Progress(enabled=not args.no_progress) as progress:
         for policy in args.policies:
             try:
-                systems.append(_sweep_agentrt(policy, args, extra, progress))
+                url = servers.enter_context(agentrt_server(policy, args.serve_arg, args.startup_timeout))
             except ServerStartError as e:
                 progress.stop()
                 console.print(f"[red]error:[/red] {e}")
                 return None
+            targets.append(Target(label=f"agentrt/{policy}", base_url=url, model=args.model or "", extra_body=extra))
         for name, url, model in args.external:
-            target = Target(label=name, base_url=url, model=model or args.model or "", extra_body=extra)
-            systems.append(anyio.run(sweep_target, target, args, progress))
-    return systems
+            targets.append(Target(label=name, base_url=url, model=model or args.model or "", extra_body=extra))
+        return anyio.run(sweep_targets, targets, args, progress)
 
 
 def run(args: argparse.Namespace) -> int:

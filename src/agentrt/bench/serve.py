@@ -128,29 +128,46 @@ def validate(args: argparse.Namespace) -> str | None:
     return None
 
 
-async def sweep_target(target: Any, args: argparse.Namespace, progress: Any) -> SystemResult:
-    """Run the seeded workload against ``target`` at every rate; the same programs at each rate."""
+async def run_rate(target: Any, args: argparse.Namespace, rate: float, progress: Any) -> tuple[RunSummary, list[ProgramResult]]:
+    """One run: the seeded programs arriving at ``rate`` against ``target`` (the same programs at every rate)."""
     from agents import sample_programs
 
-    from agentrt.bench.load import programs_for, run_programs, unit_arrivals, warm_up
+    from agentrt.bench.load import programs_for, run_programs, unit_arrivals
 
-    await warm_up(target)
-    rates = rates_of(args)
     num_programs = args.num_programs if args.num_programs is not None or args.duration else 20
-    runs: list[RunSummary] = []
-    programs: list[list[ProgramResult]] = []
-    for rate in rates:
-        count = programs_for(args.duration, num_programs, rate, args.seed)
-        specs = sample_programs(args.workload, count, args.seed, args.size)
-        arrivals = [t / rate for t in unit_arrivals(count, args.seed)]
-        task = progress.start(f"{target.label} @ {rate:g}/s", count)
-        summary, results = await run_programs(
-            target, specs, arrivals, rate=rate, on_done=lambda r, t=task: progress.advance(t, r), time_limit=args.timeout
-        )
-        progress.finish(task)
-        runs.append(summary)
-        programs.append(results)
-    return SystemResult(label=target.label, base_url=target.base_url, model=target.model, runs=runs, programs=programs)
+    count = programs_for(args.duration, num_programs, rate, args.seed)
+    specs = sample_programs(args.workload, count, args.seed, args.size)
+    arrivals = [t / rate for t in unit_arrivals(count, args.seed)]
+    task = progress.start(f"{target.label} @ {rate:g}/s", count)
+    result = await run_programs(
+        target, specs, arrivals, rate=rate, on_done=lambda r: progress.advance(task, r), time_limit=args.timeout
+    )
+    progress.finish(task)
+    return result
+
+
+async def sweep_targets(targets: list[Any], args: argparse.Namespace, progress: Any) -> list[SystemResult]:
+    """Every rate against every target, interleaved (rate by rate, each target in turn), so that
+    drift in the machine's background load falls on all targets alike."""
+    from agentrt.bench.load import warm_up
+
+    for target in targets:
+        await warm_up(target)
+    systems = [SystemResult(label=t.label, base_url=t.base_url, model=t.model, runs=[], programs=[])
+               for t in targets]
+    for rate in rates_of(args):
+        for target, system in zip(targets, systems, strict=True):
+            summary, results = await run_rate(target, args, rate, progress)
+            system.runs.append(summary)
+            system.programs.append(results)
+            system.model = target.model
+    return systems
+
+
+async def sweep_target(target: Any, args: argparse.Namespace, progress: Any) -> SystemResult:
+    """Run the seeded workload against ``target`` at every rate."""
+    [system] = await sweep_targets([target], args, progress)
+    return system
 
 
 def write_outputs(result: BenchResult, args: argparse.Namespace, console: Any) -> None:
