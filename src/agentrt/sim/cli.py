@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from agentrt.scheduling.config import POLICIES
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -24,6 +27,19 @@ if TYPE_CHECKING:
 
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _choices(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        values = _csv(text)
+        unknown = [v for v in values if v not in allowed]
+        if unknown or not values:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(unknown) or 'empty list'}; choose from {','.join(allowed)}"
+            )
+        return values
+
+    return parse
 
 
 def _rates(text: str) -> list[float]:
@@ -42,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workload", default="mixed", choices=WORKLOADS)
     parser.add_argument(
         "--policies",
-        type=_csv,
+        type=_choices(POLICIES),
         default=["fcfs", "mlfq", "plas", "atlas"],
         help="comma-separated: fcfs,las,mlfq,plas,atlas",
     )
@@ -66,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engines", type=int, default=1)
     parser.add_argument(
         "--balancer",
-        type=_csv,
+        type=_choices(("round_robin", "least_used", "locality")),
         default=["locality"],
         help="comma-separated: round_robin,least_used,locality (one sweep each)",
     )

@@ -24,7 +24,7 @@ from agentrt.sim.spec import ProgramSpec
 from agentrt.sim.workloads import poisson_arrivals
 
 DEFAULT_TARGET_FACTOR = 3.0
-DEFAULT_LOAD_POINTS = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5)
+DEFAULT_LOAD_POINTS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5)
 ASSUMED_PREFIX_HIT = 0.8  # for the capacity estimate only
 
 

@@ -105,3 +105,12 @@ def test_bad_rates_are_rejected(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["sim", "--rates", "0,-1"])
     assert "rates must be positive" in capsys.readouterr().err
+
+
+def test_unknown_policy_or_balancer_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["sim", "--policies", "fcfs,sjf"])
+    assert "unknown sjf" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sim", "--balancer", "random"])
+    assert "unknown random" in capsys.readouterr().err
