@@ -142,7 +142,9 @@ def _xformers_attention(
         .unsqueeze(3)
         .expand(-1, -1, -1, group, -1)
     )
-    o = memory_efficient_attention(q, k, v, attn_bias=meta.xformers_bias, scale=scaling)
+    o: torch.Tensor = memory_efficient_attention(
+        q, k, v, attn_bias=meta.xformers_bias, scale=scaling
+    )
     return o.reshape(1, tokens, heads, d)
 
 

@@ -96,7 +96,7 @@ def kv_pool_blocks(
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, config: EngineConfig) -> None:
+    def __init__(self, model: Any, config: EngineConfig) -> None:
         self.config = config
         self.device = torch.device(config.device)
         self.dtype = DTYPES[config.dtype]
@@ -140,7 +140,8 @@ class ModelRunner:
             attn_metadata=meta,
             logits_to_keep=keep,
         )
-        return out.logits[0].float()
+        logits: torch.Tensor = out.logits[0].float()
+        return logits
 
     def _prepare(
         self, batch: list[ScheduledSeq]
