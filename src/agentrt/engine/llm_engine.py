@@ -34,6 +34,7 @@ from agentrt.engine.model_runner import ModelRunner, ScheduledSeq
 from agentrt.engine.sampling import (
     SampledLogprobs,
     Sampler,
+    SamplerOutput,
     SamplingState,
     validate_sampling_params,
 )
@@ -334,9 +335,9 @@ class LLMEngine:
     def _schedule(self) -> list[ScheduledSeq]:
         if self._reuse_left > 0:
             self._reuse_left -= 1
-            batch = self._continue_last_batch()
-            if batch:
-                return batch
+            continued = self._continue_last_batch()
+            if continued:
+                return continued
         admission = StepAdmission(self)
         now = self.clock()
         decision = self.scheduler.schedule(now, admission)
@@ -458,7 +459,7 @@ class LLMEngine:
     def _postprocess(
         self,
         batch: list[ScheduledSeq],
-        sampled: object,
+        sampled: SamplerOutput | None,
         elapsed: float,
     ) -> list[TokenEvent]:
         now = self.clock()
@@ -479,8 +480,7 @@ class LLMEngine:
         events: list[TokenEvent] = []
         if sampled is None:
             return events
-        token_ids: list[int] = sampled.token_ids  # type: ignore[attr-defined]
-        logprobs: list[SampledLogprobs | None] = sampled.logprobs  # type: ignore[attr-defined]
+        token_ids, logprobs = sampled.token_ids, sampled.logprobs
         for item, token, lp in zip(sampling_items, token_ids, logprobs, strict=True):
             events.append(self._accept_token(item.seq, token, lp, now))
         counters.generated_tokens += len(token_ids)
