@@ -287,15 +287,18 @@ class Router:
                 await self._forget_program(program_id)
 
     async def _check(self, engine: _Engine) -> None:
+        """Health-check the engine's current life; a failure takes that life down (not a later one)."""
+        incarnation = engine.incarnation
         try:
             with anyio.fail_after(self.config.health_timeout_s):
                 await engine.backend.check_health()
+            return
         except TimeoutError:
-            self._engine_down(
-                engine, f"health check timed out after {self.config.health_timeout_s:g}s"
-            )
+            reason = f"health check timed out after {self.config.health_timeout_s:g}s"
         except Exception as e:
-            self._engine_down(engine, f"health check failed: {_describe(e)}")
+            reason = f"health check failed: {_describe(e)}"
+        if engine.up and engine.incarnation == incarnation:
+            self._engine_down(engine, reason)
 
     # -- routing -----------------------------------------------------------
 
