@@ -301,3 +301,17 @@ async def test_a_remote_table_in_the_server_config_routes_to_that_server(tmp_pat
             events = await collect(router, chat("c1", "via the table"))
     assert "".join(e.text for e in events) == "via the table"
     assert len(engine.requests) == 1
+
+
+async def test_several_choices_come_back_with_their_indexes_and_usage_once() -> None:
+    engine = EchoEngine()
+    async with serving(engine) as (url, _):
+        remote = RemoteBackend("r", parse_backend(f"vllm+{url}"))
+        async with Router([remote], config=FAST) as router:
+            events = await collect(router, chat("c1", "two ways", n=2))
+    for index in (0, 1):
+        mine = [e for e in events if e.index == index]
+        assert "".join(e.text for e in mine) == "two ways"
+        assert mine[-1].finish_reason == "stop"
+    assert [e.usage is not None for e in events].count(True) == 1
+    assert events[-1].usage is not None and events[-1].usage.completion_tokens == 4
