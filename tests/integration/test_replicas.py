@@ -6,6 +6,7 @@ one is killed with SIGKILL mid-stream to check failover.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -225,3 +226,28 @@ async def test_workers_log_at_the_level_and_format_the_server_was_given(
         assert '"event": "worker_ready"' in capfd.readouterr().err
     finally:
         configure_logging()
+
+
+async def test_a_frozen_replica_is_caught_by_the_health_check_and_replaced() -> None:
+    spec = EngineSpec(factory=ECHO, options={"token_delay": 0.05})
+    frozen = ProcessBackend("r0", spec, shutdown_timeout=0.5)
+    config = RouterConfig(health_interval_s=0.2, health_timeout_s=0.5, restart_backoff_s=0.2)
+    async with Router([frozen], config=config) as router:
+        stream = router.generate(chat("c1", "w " * 100))
+        await stream.__anext__()
+        old_pid = frozen.pid
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGSTOP)  # alive but answering nothing, like a wedged engine
+        try:
+            with (
+                anyio.fail_after(10),
+                pytest.raises(EngineUnavailable, match="health check timed out"),
+            ):
+                async for _ in stream:
+                    pass
+            await eventually(lambda: router.engines()[0].up and frozen.pid != old_pid, within=30)
+            events = await collect(router, chat("c2", "fresh worker"))
+            assert "".join(e.text for e in events) == "fresh worker"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(old_pid, signal.SIGKILL)
