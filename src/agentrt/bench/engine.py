@@ -32,6 +32,10 @@ from typing import Any
 
 import msgspec
 
+from agentrt.log import get_logger
+
+log = get_logger(__name__)
+
 # What NOTES.md measured on the 2-core CPU machine; shown next to the peak measured here.
 REFERENCE_PEAK_GFLOPS = {"float32": 87.0, "bfloat16": 235.0}
 
@@ -143,7 +147,12 @@ def run(args: argparse.Namespace) -> int:
     engine = make_engine(args, loaded, prompts)
     warm_up(engine)
     throughput_run = run_offline(engine, prompts, args.output_len, steps)
+    log.info(
+        "bench_engine_offline_done", seconds=round(throughput_run[0], 2), tokens=throughput_run[1]
+    )
     baseline = None if args.skip_baseline else run_baseline(args, device, prompts)
+    if baseline is not None:
+        log.info("bench_engine_baseline_done", seconds=round(baseline[0], 2), tokens=baseline[1])
     throughput = None
     if baseline is not None:
         seconds, tokens = throughput_run
@@ -166,6 +175,11 @@ def run(args: argparse.Namespace) -> int:
         engine, args.decode_batch, args.decode_steps, generator, steps, params, peak
     )
     single = run_decode(engine, 1, args.decode_steps, generator, steps, params, peak)
+    log.info(
+        "bench_engine_decode_done",
+        batched_tok_s=round(batched.tok_s, 1),
+        single_tok_s=round(single.tok_s, 1),
+    )
     swap = run_swap(engine, args.swap_tokens)
     result = EngineBenchResult(
         model=loaded.name,
