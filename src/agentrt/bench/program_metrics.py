@@ -92,6 +92,7 @@ class ServerCounters(msgspec.Struct, kw_only=True):
 
 class RunSummary(msgspec.Struct, kw_only=True):
     rate: float  # offered arrival rate, programs/s
+    started: float = 0.0  # seconds after the sweep began (runs of several systems interleave)
     programs: int
     completed: int
     errors: int

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from typing import Any
 
 import msgspec
@@ -155,9 +156,12 @@ async def sweep_targets(targets: list[Any], args: argparse.Namespace, progress: 
         await warm_up(target)
     systems = [SystemResult(label=t.label, base_url=t.base_url, model=t.model, runs=[], programs=[])
                for t in targets]
+    began = time.monotonic()
     for rate in rates_of(args):
         for target, system in zip(targets, systems, strict=True):
+            started = time.monotonic() - began
             summary, results = await run_rate(target, args, rate, progress)
+            summary.started = started
             system.runs.append(summary)
             system.programs.append(results)
             system.model = target.model

@@ -109,6 +109,11 @@ def test_bench_compare_ratios_against_the_first_system(tmp_path: Path, capsys) -
     assert [s["label"] for s in result["systems"]] == ["fast", "slow"]
     comparison = result["comparison"]
     assert comparison["baseline"] == "fast" and comparison["rows"][0]["ratio"] == 1.0
+    # The systems take turns rate by rate: fast@5, slow@5, fast@10, slow@10, ...
+    fast_runs, slow_runs = (s["runs"] for s in result["systems"])
+    order = sorted([*fast_runs, *slow_runs], key=lambda r: r["started"])
+    assert [r["rate"] for r in order] == [5, 5, 10, 10, 20, 20]
+    assert all(f["started"] < s["started"] for f, s in zip(fast_runs, slow_runs, strict=True))
     assert "throughput at equal mean program latency" in capsys.readouterr().out
 
 
