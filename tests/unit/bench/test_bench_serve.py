@@ -236,3 +236,17 @@ def test_bench_serve_embedded_runs_programs_on_the_default_model(tmp_path: Path)
     # ignore_eos is on by default: every call decodes exactly its max_tokens.
     assert run["completion_tokens_per_call"] == 32
     assert run["server"] is not None
+
+
+def test_a_run_past_its_timeout_reports_the_unfinished_programs(tmp_path: Path) -> None:
+    out = tmp_path / "timeout.json"
+    with echo_server(token_delay=0.05) as (url, engine):
+        code = main(["bench", "serve", "--base-url", url, "--workload", "map_reduce", "--num-programs", "4",
+                     "--rate", "2", "--timeout", "0.8", "--json", str(out), "--no-progress"])
+        aborted = list(engine.aborted)
+    assert code == 1
+    [programs] = json.loads(out.read_text())["systems"][0]["programs"]
+    errors = sorted(p["error"] for p in programs)
+    assert len(errors) == 4 and all(e and ("timed out" in e) for e in errors)
+    assert any(e.startswith("cancelled") for e in errors) and any(e.startswith("not started") for e in errors)
+    assert aborted  # the server saw the cancelled streams go away
