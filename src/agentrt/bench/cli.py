@@ -11,6 +11,7 @@ import importlib
 
 # name -> (module, help). Add an entry per benchmark module.
 BENCHMARKS: dict[str, tuple[str, str]] = {
+    "sdk": ("agentrt.bench.sdk_overhead", "per-call overhead of the client SDK (context, fork check, headers) in us"),
     "scheduler": ("agentrt.bench.scheduler", "cost of one scheduling decision per policy (p50/p99 us)"),
     "serve": ("agentrt.bench.serve", "agent programs under Poisson load against one server (program latency)"),
     "compare": ("agentrt.bench.compare", "several servers/policies on the same workload: throughput at equal latency"),

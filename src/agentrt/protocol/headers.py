@@ -20,6 +20,7 @@ the SDK both read and write them through this module only.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -70,6 +71,8 @@ class CallHeaders(msgspec.Struct, frozen=True, kw_only=True):
 
 def is_llm_call_path(path: str) -> bool:
     """True when ``path`` is an LLM call: ``/chat/completions``, or a URL path ending in one."""
+    if path in LLM_CALL_PATHS:  # the openai client's relative paths: the common case
+        return True
     path = path.rstrip("/")
     return any(path.endswith(p) for p in LLM_CALL_PATHS)
 
@@ -90,10 +93,16 @@ def format_headers(
     if call_id is not None:
         headers[CALL] = call_id
     if program_name:
-        headers[PROGRAM_NAME] = quote(program_name, safe="")
+        headers[PROGRAM_NAME] = _quoted_name(program_name)
     if interrupt_seconds > 0.0:
         headers[INTERRUPT] = f"{interrupt_seconds:.6f}"
     return headers
+
+
+@functools.lru_cache(maxsize=1024)
+def _quoted_name(name: str) -> str:
+    # Names repeat on every call of a program: quote each once.
+    return quote(name, safe="")
 
 
 def parse_headers(headers: Mapping[str, str]) -> CallHeaders | None:

@@ -221,6 +221,33 @@ def resolve() -> Binding | None:
     return _rebind(b)
 
 
+def prepare_fork() -> bool:
+    """Called where a thread or pool task is about to copy the context: True inside a program.
+
+    When the starting code owns the binding, a stale fork point is refreshed
+    first (the strand moved on in another context), so the copy forks after
+    the owner's latest call. Nothing is forked here: code that starts threads
+    without using the SDK itself (a server loop, a worker pool) gets no thread
+    id, and its threads fork from the same call it would have.
+    """
+    b = _BINDING.get()
+    if b is None:
+        return False
+    thread_ref = b.thread_ref
+    if (
+        thread_ref is not None
+        and thread_ref() is _current_thread()
+        and not b.branching
+        and b.fork_point is not b.strand.last_call_id
+    ):
+        loop = _running_loop()
+        task = _current_task(loop) if loop is not None else None
+        task_ref = b.task_ref
+        if (task is None and task_ref is None) or (task_ref is not None and task_ref() is task):
+            _advance(b)
+    return True
+
+
 def _rebind(b: Binding) -> Binding:
     thread, task = _owner()
     strand = b.strand

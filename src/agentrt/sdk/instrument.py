@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import copy_context
 from typing import Any, ParamSpec, TypeVar
 
-from agentrt.sdk.context import peek
+from agentrt.sdk.context import prepare_fork
 
 ENV_VAR = "AGENTRT_INSTRUMENT"
 _MARK = "__agentrt_original__"
@@ -43,7 +43,7 @@ _in_submit = threading.local()
 
 
 def _thread_start(self: threading.Thread) -> None:
-    if peek() is not None and not getattr(_in_submit, "active", False):
+    if not getattr(_in_submit, "active", False) and prepare_fork():
         ctx = copy_context()
         run = self.run
         # An instance attribute, so subclasses that override run() are covered too.
@@ -56,7 +56,7 @@ def _pool_submit(
 ) -> Future[T]:
     _in_submit.active = True
     try:
-        if peek() is not None:
+        if prepare_fork():
             future: Future[T] = _original_submit(self, copy_context().run, fn, *args, **kwargs)
         else:
             future = _original_submit(self, fn, *args, **kwargs)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -21,7 +21,10 @@ from agentrt.log import get_logger
 from agentrt.protocol.programs import ProgramStart
 from agentrt.sdk.context import ProgramRecord
 
-_log = get_logger("agentrt.sdk.lifecycle")
+
+def _log() -> Any:
+    # Looked up per event (these are rare), so the current logging configuration applies.
+    return get_logger("agentrt.sdk.lifecycle")
 
 
 class Outcome(enum.Enum):
@@ -100,9 +103,11 @@ def note_announcement(record: ProgramRecord, key: str, outcome: Outcome, detail:
     if outcome is Outcome.UNSUPPORTED:
         with _unsupported_lock:
             _unsupported_servers.add(key)
-        _log.info("server has no program endpoints; not asking it again", server=key, detail=detail)
+        _log().info(
+            "server has no program endpoints; not asking it again", server=key, detail=detail
+        )
     elif outcome is Outcome.FAILED:
-        _log.warning(
+        _log().warning(
             "could not announce program", program_id=record.program_id, server=key, detail=detail
         )
 
@@ -124,11 +129,11 @@ def _servers_to_end(record: ProgramRecord) -> list[ServerEntry]:
 
 def _note_end(record: ProgramRecord, entry: ServerEntry, outcome: Outcome, detail: str) -> None:
     if outcome is Outcome.FAILED:
-        _log.warning(
+        _log().warning(
             "could not end program", program_id=record.program_id, server=entry.key, detail=detail
         )
     else:
-        _log.debug(
+        _log().debug(
             "program ended", program_id=record.program_id, server=entry.key, outcome=outcome.value
         )
 

@@ -284,6 +284,7 @@ class parallel:
         last = self._branching.branch_last
         if last is not None:
             self._branching.strand.last_call_id = last
+            resolve()  # refreshes the restored binding, so copies taken now fork after `last`
         self._token = self._outer = self._branching = None
 
     async def __aenter__(self) -> parallel:

@@ -46,7 +46,12 @@ def test_absent_values_are_left_out() -> None:
     interrupt=st.floats(min_value=0, max_value=1e6, allow_nan=False),
 )
 def test_parse_reads_back_what_format_wrote(
-    program_id: str, thread_id: str, parent: str | None, call: str | None, name: str | None, interrupt: float
+    program_id: str,
+    thread_id: str,
+    parent: str | None,
+    call: str | None,
+    name: str | None,
+    interrupt: float,
 ) -> None:
     written = h.format_headers(
         program_id=program_id,
@@ -142,5 +147,9 @@ def test_llm_call_paths(path: str, is_call: bool) -> None:
 def test_parsed_headers_fill_the_engine_program_tag() -> None:
     parsed = h.parse_headers(h.format_headers(program_id="p", thread_id="1", parent_call_id="c"))
     assert parsed is not None
-    tag = ProgramTag(program_id=parsed.program_id, thread_id=parsed.thread_id, parent_call_id=parsed.parent_call_id)
+    tag = ProgramTag(
+        program_id=parsed.program_id,
+        thread_id=parsed.thread_id,
+        parent_call_id=parsed.parent_call_id,
+    )
     assert tag == ProgramTag(program_id="p", thread_id="1", parent_call_id="c")

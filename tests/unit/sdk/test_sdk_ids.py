@@ -42,3 +42,28 @@ def test_short_tokens_are_eight_hex_characters() -> None:
     token = short_token()
     assert len(token) == 8
     int(token, 16)
+
+
+def test_seeding_the_global_random_module_does_not_repeat_ids() -> None:
+    import random
+
+    random.seed(7)
+    first = [uuid7() for _ in range(5)]
+    random.seed(7)
+    second = [uuid7() for _ in range(5)]
+    assert set(first).isdisjoint(second)
+
+
+def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: send one id and leave at once
+        os.write(write, uuid7().encode())
+        os._exit(0)
+    os.close(write)
+    child_id = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    parent_id = uuid7()
+    assert child_id and child_id[14:] != parent_id[14:]

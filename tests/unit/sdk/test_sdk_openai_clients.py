@@ -19,7 +19,9 @@ def test_the_clients_are_the_official_classes() -> None:
 
 def test_outside_a_program_requests_are_exactly_those_of_openai(server: RecordingServer) -> None:
     transport = httpx.MockTransport(server.handler(httpx))
-    plain = openai.OpenAI(base_url=BASE_URL, api_key="sk-test", http_client=httpx.Client(transport=transport))
+    plain = openai.OpenAI(
+        base_url=BASE_URL, api_key="sk-test", http_client=httpx.Client(transport=transport)
+    )
     ours = server.sync_client()
     ask(plain, "same")
     ask(ours, "same")
@@ -70,7 +72,9 @@ async def test_async_calls_in_a_program_chain_their_call_ids(server: RecordingSe
     assert a.headers[h.PROGRAM_NAME].endswith("agent")
 
 
-def test_sync_streaming_carries_the_headers_and_streams_every_chunk(server: RecordingServer) -> None:
+def test_sync_streaming_carries_the_headers_and_streams_every_chunk(
+    server: RecordingServer,
+) -> None:
     client = server.sync_client()
     with agentrt.program() as ctx:
         stream = client.chat.completions.create(
@@ -95,7 +99,9 @@ async def test_async_streaming_carries_the_headers(server: RecordingServer) -> N
     assert call.program == ctx.program_id
 
 
-def test_streaming_helper_and_raw_responses_go_through_the_same_path(server: RecordingServer) -> None:
+def test_streaming_helper_and_raw_responses_go_through_the_same_path(
+    server: RecordingServer,
+) -> None:
     client = server.sync_client()
     with agentrt.program() as ctx:
         raw = client.chat.completions.with_raw_response.create(

@@ -38,7 +38,13 @@ def tool_server(llm: agentrt.AsyncOpenAI, sync_llm: agentrt.OpenAI) -> Any:
             await anyio.to_thread.run_sync(ask, sync_llm, "from-worker")
         ctx = agentrt.current_program()
         body = json.dumps({"program": ctx.program_id if ctx else None}).encode()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     return agentrt.ProgramContextMiddleware(app)
@@ -49,7 +55,9 @@ def remote(app: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, base_url="http://tools.test")
 
 
-async def test_llm_calls_made_by_a_remote_tool_stay_in_the_callers_thread(server: RecordingServer) -> None:
+async def test_llm_calls_made_by_a_remote_tool_stay_in_the_callers_thread(
+    server: RecordingServer,
+) -> None:
     app = tool_server(server.async_client(), server.sync_client())
     llm = server.async_client()
     async with remote(app) as tools, agentrt.program() as ctx:
@@ -66,7 +74,9 @@ async def test_llm_calls_made_by_a_remote_tool_stay_in_the_callers_thread(server
     assert calls["after"].parent == before.call
 
 
-async def test_a_remote_tool_that_forks_gets_thread_ids_that_never_collide(server: RecordingServer) -> None:
+async def test_a_remote_tool_that_forks_gets_thread_ids_that_never_collide(
+    server: RecordingServer,
+) -> None:
     app = tool_server(server.async_client(), server.sync_client())
     llm = server.async_client()
     async with remote(app) as tools, agentrt.program() as ctx:
@@ -85,7 +95,9 @@ async def test_a_remote_tool_that_forks_gets_thread_ids_that_never_collide(serve
     assert {calls["fan-a"].program, calls["fan-b"].program} == {ctx.program_id}
 
 
-async def test_a_sync_endpoint_in_a_worker_thread_continues_the_callers_thread(server: RecordingServer) -> None:
+async def test_a_sync_endpoint_in_a_worker_thread_continues_the_callers_thread(
+    server: RecordingServer,
+) -> None:
     app = tool_server(server.async_client(), server.sync_client())
     llm = server.async_client()
     async with remote(app) as tools, agentrt.program() as ctx:
@@ -105,17 +117,25 @@ async def test_the_tool_server_never_ends_the_callers_program(server: RecordingS
     assert {c.program for c in server.calls()} == {ctx.program_id}
 
 
-async def test_requests_without_program_headers_run_outside_any_program(server: RecordingServer) -> None:
+async def test_requests_without_program_headers_run_outside_any_program(
+    server: RecordingServer,
+) -> None:
     app = tool_server(server.async_client(), server.sync_client())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as plain:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as plain:
         response = await plain.post("/search")
     assert response.json() == {"program": None}
     assert all(c.headers == {} for c in server.calls())
 
 
-async def test_malformed_program_headers_get_a_400_in_the_openai_error_schema(server: RecordingServer) -> None:
+async def test_malformed_program_headers_get_a_400_in_the_openai_error_schema(
+    server: RecordingServer,
+) -> None:
     app = tool_server(server.async_client(), server.sync_client())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as plain:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as plain:
         response = await plain.post("/search", headers={h.PROGRAM: "p", h.INTERRUPT: "soon"})
     assert response.status_code == 400
     error = response.json()["error"]
@@ -124,9 +144,13 @@ async def test_malformed_program_headers_get_a_400_in_the_openai_error_schema(se
     assert server.calls() == []
 
 
-async def test_a_bare_session_id_from_a_foreign_client_is_adopted_as_the_program(server: RecordingServer) -> None:
+async def test_a_bare_session_id_from_a_foreign_client_is_adopted_as_the_program(
+    server: RecordingServer,
+) -> None:
     app = tool_server(server.async_client(), server.sync_client())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as plain:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as plain:
         response = await plain.post("/search", headers={h.SESSION: "sess-7"})
     assert response.json() == {"program": "sess-7"}
     assert {c.program for c in server.calls()} == {"sess-7"}
@@ -140,7 +164,8 @@ def test_the_sync_event_hook_adds_propagation_headers_but_no_call_id() -> None:
         return httpx.Response(200, json={})
 
     client = httpx.Client(
-        transport=httpx.MockTransport(handler), event_hooks={"request": [agentrt.add_program_headers]}
+        transport=httpx.MockTransport(handler),
+        event_hooks={"request": [agentrt.add_program_headers]},
     )
     client.get("http://tools.test/lookup")
     with agentrt.program("hooked") as ctx:
@@ -177,8 +202,12 @@ async def test_the_async_event_hook(server: RecordingServer) -> None:
         seen.append(request.headers)
         return httpx.Response(200, json={})
 
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(handler), event_hooks={"request": [agentrt.add_program_headers_async]}
-    ) as client, agentrt.program() as ctx:
+    async with (
+        httpx.AsyncClient(
+            transport=httpx.MockTransport(handler),
+            event_hooks={"request": [agentrt.add_program_headers_async]},
+        ) as client,
+        agentrt.program() as ctx,
+    ):
         await client.get("http://tools.test/x")
     assert seen[0][h.PROGRAM] == ctx.program_id
