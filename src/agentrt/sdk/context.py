@@ -203,22 +203,28 @@ def new_binding(strand: Strand, *, owned: bool = True, branching: bool = False) 
     return Binding(strand, thread_ref, task_ref, strand.last_call_id, branching)
 
 
+def _owned_here(b: Binding) -> bool:
+    """True when the calling thread/task is the one that installed ``b``."""
+    thread_ref = b.thread_ref
+    if thread_ref is None or thread_ref() is not _current_thread():
+        return False
+    loop = _running_loop()
+    task = _current_task(loop) if loop is not None else None
+    task_ref = b.task_ref
+    return (task is None and task_ref is None) or (task_ref is not None and task_ref() is task)
+
+
 def resolve() -> Binding | None:
     """The binding the calling code should use: forks first if it runs outside the owner."""
     b = _BINDING.get()
     if b is None:
         return None
-    thread_ref = b.thread_ref
-    if thread_ref is not None and thread_ref() is _current_thread():
-        loop = _running_loop()
-        task = _current_task(loop) if loop is not None else None
-        task_ref = b.task_ref
-        if (task is None and task_ref is None) or (task_ref is not None and task_ref() is task):
-            if b.fork_point is not b.strand.last_call_id and not b.branching:
-                # The strand moved on in another context (a continuation): refresh the snapshot.
-                b = _advance(b)
-            return b
-    return _rebind(b)
+    if not _owned_here(b):
+        return _rebind(b)
+    if b.fork_point is not b.strand.last_call_id and not b.branching:
+        # The strand moved on in another context (a continuation): refresh the snapshot.
+        b = _advance(b)
+    return b
 
 
 def prepare_fork() -> bool:
@@ -233,18 +239,8 @@ def prepare_fork() -> bool:
     b = _BINDING.get()
     if b is None:
         return False
-    thread_ref = b.thread_ref
-    if (
-        thread_ref is not None
-        and thread_ref() is _current_thread()
-        and not b.branching
-        and b.fork_point is not b.strand.last_call_id
-    ):
-        loop = _running_loop()
-        task = _current_task(loop) if loop is not None else None
-        task_ref = b.task_ref
-        if (task is None and task_ref is None) or (task_ref is not None and task_ref() is task):
-            _advance(b)
+    if not b.branching and b.fork_point is not b.strand.last_call_id and _owned_here(b):
+        _advance(b)
     return True
 
 
