@@ -211,3 +211,26 @@ async def test_the_async_event_hook(server: RecordingServer) -> None:
     ):
         await client.get("http://tools.test/x")
     assert seen[0][h.PROGRAM] == ctx.program_id
+
+
+async def test_the_middleware_passes_lifespan_through_and_refuses_bad_websockets() -> None:
+    received: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        received.append(scope["type"])
+
+    middleware = agentrt.ProgramContextMiddleware(app)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "lifespan.startup"}
+
+    await middleware({"type": "lifespan"}, receive, send)
+    await middleware(
+        {"type": "websocket", "headers": [(b"x-agentrt-program", b"bad id")]}, receive, send
+    )
+    assert received == ["lifespan"]
+    assert sent[0]["type"] == "websocket.close" and sent[0]["code"] == 1008
