@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import contextvars
 import importlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -197,11 +198,17 @@ class AppRunner:
                 if not ready.done():
                     ready.set_exception(e)
 
-        self._thread = threading.Thread(target=thread_main, name="agentrt-inprocess", daemon=True)
+        # The server's loop belongs to no program: run it in an empty context, not a copy of
+        # whichever program happened to make the first request.
+        self._thread = threading.Thread(
+            target=contextvars.Context().run, args=(thread_main,), name="agentrt-inprocess", daemon=True
+        )
         self._thread.start()
         portal = ready.result()
         try:
-            portal.call(self._startup)
+            # portal.call copies the caller's context into the task: start the lifespan (and so
+            # every engine task it spawns) from an empty one.
+            contextvars.Context().run(portal.call, self._startup)
         except BaseException:
             # The app could not start (e.g. the model failed to load): stop its loop; a later
             # request tries again from scratch.

@@ -221,3 +221,28 @@ def test_an_app_that_fails_to_start_raises_a_clear_error_and_can_retry() -> None
     assert [m.id for m in client.models.list()] == ["echo"]
     AppRunner.for_app(app).close()
     assert len(attempts) == 2
+
+
+
+def test_an_app_started_inside_a_program_runs_its_lifespan_outside_it() -> None:
+    """Engine tasks spawned by the lifespan must not inherit the program of the first caller."""
+    seen: list[object] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    seen.append(agentrt.current_program())
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    runner = AppRunner(app)
+    try:
+        with agentrt.program("first-caller"):
+            assert runner.portal is not None
+    finally:
+        runner.close()
+    assert seen == [None]
