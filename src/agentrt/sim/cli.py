@@ -109,8 +109,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("-o", "--output", type=Path, required=True, help="profile TOML to write")
     fit.add_argument(
         "--base",
-        default="cpu-smollm2-135m",
-        help="profile whose capacities are kept where the bench does not give them",
+        default="a100-llama3-8b",
+        help="profile (name or TOML) whose capacities are kept unless the bench or --set gives them",
+    )
+    fit.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a capacity of the fitted engine, e.g. --set kv_blocks=1559 (repeatable)",
     )
     fit.add_argument("--name", default=None, help="profile name (default: the output file's stem)")
 
@@ -129,21 +137,31 @@ def _console() -> Console:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from agentrt.sim.fit import fit_profile
-    from agentrt.sim.profile import dump_profile, load_profile, shipped_profiles
+    import tomllib
 
-    base_name = (
-        args.base
-        if args.base in shipped_profiles() or Path(args.base).exists()
-        else "a100-llama3-8b"
-    )
-    profile, result = fit_profile(
-        args.bench, load_profile(base_name), args.name or args.output.stem
-    )
+    from agentrt.sim.fit import fit_profile
+    from agentrt.sim.profile import dump_profile, load_profile
+
+    settings: dict[str, object] = {}
+    for item in args.settings:
+        field, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set needs FIELD=VALUE, got {item!r}")
+        try:
+            settings[field.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError as e:
+            raise SystemExit(f"--set {item!r}: not a TOML value ({e})") from e
+    try:
+        profile, result = fit_profile(
+            args.bench, load_profile(args.base), args.name or args.output.stem, settings
+        )
+    except ValueError as e:
+        raise SystemExit(f"agentrt sim fit: {e}") from e
     header = (
         f"Fitted by `agentrt sim fit {args.bench.name}` from {result.steps} engine steps "
         f"(non-negative least squares, R^2 = {result.r2:.4f}).\n"
-        f"Capacities not given by the bench are those of {base_name}."
+        f"Capacities: {', '.join(f'{k}={v}' for k, v in settings.items()) or 'none given'}; "
+        f"the rest from {args.base}."
     )
     args.output.write_text(dump_profile(profile, header))
     console = _console()

@@ -80,7 +80,10 @@ def fit_steps(steps: list[StepRecord]) -> FitResult:
 
 
 def fit_profile(
-    bench_path: str | Path, base: EngineProfile, name: str
+    bench_path: str | Path,
+    base: EngineProfile,
+    name: str,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[EngineProfile, FitResult]:
     """A profile with ``base``'s capacities (overridden by the bench's ``engine`` object)
     and cost terms fitted to the bench's steps."""
@@ -90,6 +93,10 @@ def fit_profile(
     capacities = {k: v for k, v in bench.engine.items() if k in fields}
     if bench.swap is not None and bench.swap.blocks > 0:
         capacities.setdefault("swap_block_s", bench.swap.batched_seconds / (2 * bench.swap.blocks))
+    unknown = set(settings or {}) - fields
+    if unknown:
+        raise ValueError(f"not a profile capacity: {', '.join(sorted(unknown))}")
+    capacities.update(settings or {})
     profile = msgspec.structs.replace(
         base,
         name=name,

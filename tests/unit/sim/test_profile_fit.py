@@ -112,12 +112,49 @@ def test_sim_fit_command_writes_a_loadable_profile(tmp_path: Path) -> None:
         )
     )
     out = tmp_path / "cpu-test.toml"
-    assert main(["sim", "fit", str(bench), "-o", str(out), "--base", "a100-llama3-8b"]) == 0
+    assert (
+        main(
+            [
+                "sim",
+                "fit",
+                str(bench),
+                "-o",
+                str(out),
+                "--set",
+                "max_model_len=2048",
+                "--set",
+                "prefix_caching=false",
+            ]
+        )
+        == 0
+    )
     profile = load_profile(out)
     assert profile.name == "cpu-test"
     assert profile.kv_blocks == 1234 and profile.max_batch_size == 32
     assert profile.decode_seq_s == pytest.approx(4e-3, rel=0.05)
     assert profile.swap_block_s == pytest.approx(1e-4)
+    assert profile.max_model_len == 2048 and profile.prefix_caching is False
+    assert profile.block_size == load_profile("a100-llama3-8b").block_size  # from --base
     assert out.read_text().startswith(
         "# Fitted by `agentrt sim fit bench.json` from 200 engine steps"
     )
+
+
+def test_sim_fit_rejects_unknown_settings(tmp_path: Path) -> None:
+    steps = _synthetic_steps(
+        {
+            "step_overhead_s": 0.01,
+            "prefill_token_s": 1e-4,
+            "decode_seq_s": 1e-3,
+            "kv_token_s": 1e-7,
+        },
+        50,
+        0.01,
+        6,
+    )
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"steps": [msgspec.to_builtins(s) for s in steps]}))
+    with pytest.raises(SystemExit, match="not a profile capacity: colour"):
+        main(["sim", "fit", str(bench), "-o", str(tmp_path / "x.toml"), "--set", "colour=1"])
+    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+        main(["sim", "fit", str(bench), "-o", str(tmp_path / "x.toml"), "--set", "kv_blocks"])
