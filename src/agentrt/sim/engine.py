@@ -13,7 +13,9 @@ service) of the steps it took part in: each step's duration split over the
 tokens it processed (prefill chunk tokens, one per decoding sequence), so a
 call's attained service is the work done for it, not the wall time of a
 shared batch (which would grow every call's service with the load alike).
-In token mode it is charged the tokens processed.
+``charge_wall_time`` charges the whole duration of those steps instead (the
+other reading of the paper's per-call model time). In token mode a call is
+charged the tokens processed.
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ class SimEngine:
         scheduler: Scheduler,
         preemption: PreemptionMode,
         steps_per_schedule: int,
+        charge_wall_time: bool = False,
     ) -> None:
         if steps_per_schedule < 1:
             raise ValueError("steps_per_schedule must be >= 1")
@@ -206,6 +209,7 @@ class SimEngine:
         self.busy_until: float | None = None  # end of the running window, None when idle
         self.counters = EngineCounters()
         self._token_mode = scheduler.config.service_unit == "tokens"
+        self.charge_wall_time = charge_wall_time
 
     def add(self, live: LiveCall, now: float) -> None:
         self.live[live.call.call_id] = live
@@ -385,10 +389,15 @@ class SimEngine:
             counters.decode_tokens += emitted
             live.service += seconds
             first_step = chunks[0][0] if chunks else first_decode
+            wall = 0.0
             if last_step >= first_step:
-                live.executing += ends[last_step] - (ends[first_step - 1] if first_step else start)
+                wall = ends[last_step] - (ends[first_step - 1] if first_step else start)
+                live.executing += wall
             grow_keys(kv, live.spec, before, live.computed)
-            service = float(prefilled + emitted) if token_mode else seconds
+            if token_mode:
+                service = float(prefilled + emitted)
+            else:
+                service = wall if self.charge_wall_time else seconds
             if live.generated >= live.spec.decode_tokens:
                 done_at = ends[last_step]
                 scheduler.charge(live.call, service, done_at)

@@ -51,6 +51,9 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     locality_threshold: int = 2048
     preemption: Literal["auto", "swap", "recompute"] = "auto"
     steps_per_schedule: int = 8
+    # Service charged per call in time mode: its token share of each step
+    # ("share", as the embedded engine does) or the steps' whole duration ("step").
+    service_accounting: Literal["share", "step"] = "share"
 
     def __post_init__(self) -> None:
         if self.engines < 1:
@@ -115,6 +118,7 @@ class Simulation:
                 make_scheduler(scheduler, self.table),
                 mode,
                 self.config.steps_per_schedule,
+                charge_wall_time=self.config.service_accounting == "step",
             )
             for eid in engine_ids
         }

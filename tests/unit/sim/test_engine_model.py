@@ -170,3 +170,33 @@ def test_summary_helpers() -> None:
     assert percentile([5.0], 99) == 5.0
     assert jain_index([1.0, 1.0, 1.0]) == pytest.approx(1.0)
     assert jain_index([1.0, 0.0, 0.0, 0.0]) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("wall", [False, True])
+def test_service_is_the_token_share_or_the_whole_step(
+    small_profile: EngineProfile, wall: bool
+) -> None:
+    from agentrt.scheduling import Call, make_scheduler
+    from agentrt.sim.engine import LiveCall, SimEngine
+
+    engine = SimEngine(
+        "e",
+        small_profile,
+        make_scheduler(SchedulerConfig(policy="plas")),
+        "swap",
+        4,
+        charge_wall_time=wall,
+    )
+    calls = []
+    for i in range(2):
+        spec = CallSpec(0, ((f"p{i}", 110),), 100, 10)
+        live = LiveCall(spec, Call(f"c{i}", f"p{i}", prompt_tokens=100), None, engine, 0.0)
+        engine.add(live, 0.0)
+        calls.append(live)
+    end = engine.run_window(0.0, lambda live, at: None)
+    assert end is not None
+    charged = [live.call.service for live in calls]
+    if wall:  # each call took part in every step of the window
+        assert charged == [pytest.approx(end), pytest.approx(end)]
+    else:  # the two calls split each step by the tokens they fed
+        assert sum(charged) == pytest.approx(end)
