@@ -116,14 +116,20 @@ def agentrt_server(policy: str, extra_args: list[str], startup_timeout: float) -
         deadline = time.monotonic() + startup_timeout
         while True:
             if process.poll() is not None:
-                raise ServerStartError(f"agentrt serve ({policy}) exited with {process.returncode}:\n{_tail(log_file.name)}")
+                raise ServerStartError(
+                    f"agentrt serve ({policy}) exited with {process.returncode} (log: {log_file.name}):\n"
+                    f"{_tail(log_file.name)}"
+                )
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2.0).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise ServerStartError(f"agentrt serve ({policy}) not healthy after {startup_timeout:.0f} s:\n{_tail(log_file.name)}")
+                raise ServerStartError(
+                    f"agentrt serve ({policy}) not healthy after {startup_timeout:.0f} s (log: {log_file.name}):\n"
+                    f"{_tail(log_file.name)}"
+                )
             time.sleep(0.5)
         yield f"http://127.0.0.1:{port}/v1"
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -220,7 +221,11 @@ def test_bench_compare_reports_a_server_that_fails_to_start(capsys) -> None:
     code = main(["bench", "compare", "--policies", "fcfs", "--serve-arg=--engine-factory",
                  "--serve-arg=no.such.module:Engine", "--num-programs", "1", "--no-progress"])
     assert code == 2
-    assert "agentrt serve (fcfs) exited with" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "agentrt serve (fcfs) exited with" in out
+    kept = re.search(r"\(log: (\S+?)\)", out)
+    assert kept is not None and Path(kept.group(1)).exists()  # kept for diagnosis
+    Path(kept.group(1)).unlink()
 
 
 @pytest.mark.slow
