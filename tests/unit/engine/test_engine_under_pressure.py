@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from tests.unit.engine.helpers import assert_block_pool_clean, random_prompts, tiny_engine
 
 from agentrt.protocol.engine import ProgramTag, SamplingParams
 from agentrt.scheduling import SchedulerConfig
 
 
+@pytest.mark.timeout(900)  # shared CI machines: fast when quiet, but do not fail on noise
 def test_a_thousand_requests_with_aborts_and_preemptions_leave_every_block_free() -> None:
     rng = random.Random(0)
     engine = tiny_engine(
-        num_kv_blocks=24,
+        num_kv_blocks=40,
         block_size=4,
-        max_num_seqs=16,
+        max_num_seqs=32,
         swap_space=6 * 4 * 2 * 2 * 4 * 16 * 4,  # about six blocks of the tiny model's KV
         # LAS: every new call outranks the running ones, so a full pool forces preemptions.
         scheduler=SchedulerConfig(policy="las", service_unit="tokens"),
@@ -29,7 +31,7 @@ def test_a_thousand_requests_with_aborts_and_preemptions_leave_every_block_free(
     submitted = aborted = finished = 0
     live: list[str] = []
     while submitted < 1000 or engine.has_unfinished_requests():
-        for _ in range(rng.randint(0, 6)):
+        for _ in range(rng.randint(2, 14)):
             if submitted == 1000:
                 break
             prompt = [rng.randrange(1, 256) for _ in range(rng.randint(1, 30))]
@@ -41,7 +43,7 @@ def test_a_thousand_requests_with_aborts_and_preemptions_leave_every_block_free(
             )
             live.append(f"r{submitted}")
             submitted += 1
-        if live and rng.random() < 0.15:
+        if live and rng.random() < 0.4:
             victim = live.pop(rng.randrange(len(live)))
             aborted += bool(engine.abort_request(victim))
         for event in engine.step():
@@ -51,7 +53,8 @@ def test_a_thousand_requests_with_aborts_and_preemptions_leave_every_block_free(
                     live.remove(event.call_id)
         assert bm.num_used_blocks <= bm.num_blocks
     stats = engine.stats()
-    assert finished + aborted == 1000 and aborted > 50
+    assert finished + aborted == 1000 and aborted > 50, (finished, aborted)
+    assert engine.stats().steps < 400  # keeps the test fast: many calls per step
     assert stats.preemptions_swap > 0 and stats.preemptions_recompute > 0
     assert_block_pool_clean(engine)
 
