@@ -4,12 +4,14 @@ Device layout: one tensor ``[layers, 2 (k, v), blocks, block_size, kv_heads,
 head_dim]``, so a layer's keys are one contiguous ``[slots, kv_heads,
 head_dim]`` view that the attention function writes with ``index_copy_``.
 
-The host pool is block-major (``[host_blocks, layers, 2, block_size, ...]``)
-and gives each swapped sequence one contiguous range, so a swap is one gather
-of the victim's blocks (all layers at once) into that range: one bulk copy,
-not one per block (Autellix's batched swap). On CUDA the pool is pinned so the
-copy is a single DMA. The per-block path exists only so the benchmark can
-show the difference.
+The host pool gives each swapped sequence one contiguous range of host
+memory, laid out ``[layers * 2, blocks, block_size * kv_heads * head_dim]``
+inside the range, so a swap is one row gather of the victim's blocks over all
+layers (``index_select`` on a contiguous tensor, memcpy speed) into that
+range: one bulk copy, not one per block (Autellix's batched swap). On CUDA
+the gather happens on the device and the pool is pinned, so the transfer is a
+single DMA. The per-block path exists only so the benchmark can show the
+difference.
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ class PagedKVCache:
         # times faster than over the 4-D view.
         self._key_blocks = [self.kv[layer, 0].view(num_blocks, -1) for layer in range(num_layers)]
         self._value_blocks = [self.kv[layer, 1].view(num_blocks, -1) for layer in range(num_layers)]
-        # Block-major view (no copy) used to gather/scatter whole blocks across all layers.
+        # Block-major view (no copy): one block across all layers, e.g. for tests and benchmarks.
         self.by_block = self.kv.permute(2, 0, 1, 3, 4, 5)
+        # [layers * 2, blocks, block elements]: whole-block rows of every layer, for swaps.
+        self.rows = self.kv.view(num_layers * 2, num_blocks, -1)
 
     @staticmethod
     def bytes_per_block(
@@ -99,16 +103,11 @@ class HostSwapPool:
         self.cache = cache
         self.num_blocks = capacity_bytes // cache.block_bytes
         self.pinned = cache.device.type == "cuda"
-        shape = (
-            self.num_blocks,
-            cache.num_layers,
-            2,
-            cache.block_size,
-            cache.num_kv_heads,
-            cache.head_dim,
-        )
+        self.block_elements = cache.rows.shape[0] * cache.rows.shape[2]
         # torch.empty does not touch the pages on CPU; only swapped-out KV costs memory.
-        self.buffer = torch.empty(shape, dtype=cache.dtype, pin_memory=self.pinned)
+        self.buffer = torch.empty(
+            self.num_blocks * self.block_elements, dtype=cache.dtype, pin_memory=self.pinned
+        )
         self._free: list[tuple[int, int]] = [(0, self.num_blocks)] if self.num_blocks else []
 
     @property
@@ -117,6 +116,12 @@ class HostSwapPool:
 
     def can_hold(self, num_blocks: int) -> bool:
         return any(length >= num_blocks for _, length in self._free)
+
+    def view(self, handle: HostRange) -> torch.Tensor:
+        """A range's memory as ``[layers * 2, blocks, block elements]``."""
+        size = handle.num_blocks * self.block_elements
+        flat = self.buffer[handle.start * self.block_elements :][:size]
+        return flat.view(self.cache.rows.shape[0], handle.num_blocks, -1)
 
     def _reserve(self, num_blocks: int) -> HostRange | None:
         for i, (start, length) in enumerate(self._free):
@@ -142,31 +147,30 @@ class HostSwapPool:
             del self._free[i]
         self._free.insert(i, (start, length))
 
+    def _index(self, block_ids: list[int]) -> torch.Tensor:
+        return torch.tensor(block_ids, dtype=torch.long, device=self.cache.device)
+
     def swap_out(self, block_ids: list[int]) -> HostRange | None:
         """Copy the blocks to host in one batched copy; ``None`` when no range is large enough."""
         handle = self._reserve(len(block_ids))
         if handle is None:
             return None
-        dst = self.buffer[handle.start : handle.start + handle.num_blocks]
-        index = torch.tensor(block_ids, dtype=torch.long, device=self.cache.device)
+        dst = self.view(handle)
         if self.pinned:
-            staged = self.cache.by_block.index_select(0, index)  # one gather on the device
+            staged = self.cache.rows.index_select(1, self._index(block_ids))  # one device gather
             dst.copy_(staged, non_blocking=True)  # one DMA into pinned memory
             torch.cuda.current_stream(self.cache.device).synchronize()
         else:
-            torch.index_select(
-                self.cache.by_block, 0, index, out=dst
-            )  # gather straight into the pool
+            torch.index_select(self.cache.rows, 1, self._index(block_ids), out=dst)
         return handle
 
     def swap_in(self, handle: HostRange, block_ids: list[int]) -> None:
         """Copy a swapped range back into ``block_ids`` (one copy) and free the range."""
         assert len(block_ids) == handle.num_blocks
-        src = self.buffer[handle.start : handle.start + handle.num_blocks]
-        index = torch.tensor(block_ids, dtype=torch.long, device=self.cache.device)
+        src = self.view(handle)
         if self.pinned:
             src = src.to(self.cache.device, non_blocking=True)
-        self.cache.by_block.index_copy_(0, index, src)
+        self.cache.rows.index_copy_(1, self._index(block_ids), src)
         self.release(handle)
 
     def swap_out_per_block(self, block_ids: list[int]) -> HostRange | None:
@@ -174,20 +178,18 @@ class HostSwapPool:
         handle = self._reserve(len(block_ids))
         if handle is None:
             return None
+        dst = self.view(handle)
         for i, block in enumerate(block_ids):
-            self.buffer[handle.start + i].copy_(
-                self.cache.by_block[block], non_blocking=self.pinned
-            )
+            dst[:, i].copy_(self.cache.rows[:, block], non_blocking=self.pinned)
         if self.pinned:
             torch.cuda.current_stream(self.cache.device).synchronize()
         return handle
 
     def swap_in_per_block(self, handle: HostRange, block_ids: list[int]) -> None:
         """One copy per block back to the device; kept only for the swap benchmark."""
+        src = self.view(handle)
         for i, block in enumerate(block_ids):
-            self.cache.by_block[block].copy_(
-                self.buffer[handle.start + i], non_blocking=self.pinned
-            )
+            self.cache.rows[:, block].copy_(src[:, i], non_blocking=self.pinned)
         if self.pinned:
             torch.cuda.current_stream(self.cache.device).synchronize()
         self.release(handle)
