@@ -472,10 +472,11 @@ class LLMEngine:
             seq = item.seq
             seq.num_computed_tokens += item.num_tokens
             self.block_manager.register_computed_blocks(seq)
-            share = elapsed * item.num_tokens / total_tokens
-            seq.timings.model_time += share
+            seq.timings.model_time += elapsed * item.num_tokens / total_tokens
+            # Scheduler service is the whole step (the unit of SchedulerConfig's
+            # time defaults); a token share would shrink with the batch.
             self.scheduler.charge(
-                seq.call, float(item.num_tokens) if self.token_service else share, now
+                seq.call, float(item.num_tokens) if self.token_service else elapsed, now
             )
         events: list[TokenEvent] = []
         if sampled is None:

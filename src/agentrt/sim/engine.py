@@ -8,14 +8,15 @@ host pool or drop it for recompute), swaps in or prefills the batch, and runs
 budget per step, one token per decoding sequence per step. A call that
 finishes inside the window leaves its slot idle until the next decision.
 
-A call is charged its share of the model-executor time (the paper's
-service) of the steps it took part in: each step's duration split over the
-tokens it processed (prefill chunk tokens, one per decoding sequence), so a
-call's attained service is the work done for it, not the wall time of a
-shared batch (which would grow every call's service with the load alike).
-``charge_wall_time`` charges the whole duration of those steps instead (the
-other reading of the paper's per-call model time). In token mode a call is
-charged the tokens processed.
+A call is charged the model-executor time (the paper's service) of the
+steps it took part in: the whole duration of each such step, as vLLM
+accumulates model time per request and as the embedded engine charges its
+scheduler (:mod:`agentrt.scheduling.config` states the unit). With
+``charge_wall_time=False`` it is charged its token share of each step
+instead (the step's duration split over the tokens it processed); that
+reading makes a decoding call earn ~1/batch of a step, so it stays in the top
+queue and the queue policies degenerate to FCFS: kept for comparison only.
+In token mode a call is charged the tokens processed.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class LiveCall:
         self.generated = 0
         self.on_gpu = False
         self.swapped: list[Segment] = []  # (key, tokens) held in the host pool
-        self.service = 0.0  # model seconds attributed to the call (its token share of steps)
+        self.service = 0.0  # the call's token share of the steps' time (its work, for metrics)
         self.executing = 0.0  # wall seconds of the steps it took part in
         self.preemptions = 0
         self.finished = 0.0
@@ -194,7 +195,7 @@ class SimEngine:
         scheduler: Scheduler,
         preemption: PreemptionMode,
         steps_per_schedule: int,
-        charge_wall_time: bool = False,
+        charge_wall_time: bool = True,
     ) -> None:
         if steps_per_schedule < 1:
             raise ValueError("steps_per_schedule must be >= 1")

@@ -51,9 +51,13 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     locality_threshold: int = 2048
     preemption: Literal["auto", "swap", "recompute"] = "auto"
     steps_per_schedule: int = 8
-    # Service charged per call in time mode: its token share of each step
-    # ("share", as the embedded engine does) or the steps' whole duration ("step").
-    service_accounting: Literal["share", "step"] = "share"
+    # Service charged per call in time mode: the whole duration of each step it
+    # took part in ("step": the paper's model-executor time, what vLLM and the
+    # embedded engine accumulate per request, and the unit the scheduler's
+    # defaults are in) or its token share of each step ("share": kept to show
+    # why not; a decoding call then earns ~1/batch of a step and never leaves
+    # the top queue, so every queue policy degenerates to FCFS).
+    service_accounting: Literal["share", "step"] = "step"
 
     def __post_init__(self) -> None:
         if self.engines < 1:

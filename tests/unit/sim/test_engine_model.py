@@ -200,3 +200,20 @@ def test_service_is_the_token_share_or_the_whole_step(
         assert charged == [pytest.approx(end), pytest.approx(end)]
     else:  # the two calls split each step by the tokens they fed
         assert sum(charged) == pytest.approx(end)
+
+
+def test_by_default_a_call_is_charged_every_step_it_shares(
+    small_profile: EngineProfile, chain: Callable[..., ProgramSpec]
+) -> None:
+    """Two calls decoding side by side each use up their quantum at the pace of the
+    steps, not at half that pace: service is in model seconds per call, as in the engine."""
+    programs = [chain(f"p{i}", [(20, 300)]) for i in range(2)]
+    steps = 2 * 8 + 300  # at most: prefill, then one token per step
+    one_step = small_profile.step_time(0, 2, 2 * 320)
+    quantum = 0.75 * 300 * one_step  # between a half share and the whole of the steps
+    assert 0.5 * steps * small_profile.step_time(40, 2, 2 * 320) < quantum
+    config = SchedulerConfig(policy="mlfq", num_queues=2, first_quantum=quantum)
+    sim = Simulation(programs, small_profile, config)
+    sim.run()
+    counters = sim.engines["engine-0"].scheduler.counters
+    assert counters.demotions == 2

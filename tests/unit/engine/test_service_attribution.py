@@ -1,0 +1,37 @@
+"""The engine charges its scheduler the model time of every step a call took part in.
+
+``service_unit = "time"`` (the default) is in seconds of model-executor time
+per call, the unit of the scheduler's boundaries and quanta: each call in a
+step is charged the step's whole duration, as vLLM accumulates model time per
+request. A token share of the step would shrink with the batch, so a decoding
+call would never use up a quantum and every queue policy would be FCFS.
+"""
+
+from __future__ import annotations
+
+import pytest
+from tests.unit.engine.helpers import random_prompts, tiny_engine
+
+from agentrt.protocol.engine import ProgramTag, SamplingParams
+from agentrt.scheduling import SchedulerConfig
+
+
+def test_every_call_in_a_step_is_charged_the_whole_step() -> None:
+    engine = tiny_engine(scheduler=SchedulerConfig(policy="plas"))
+    prompts = random_prompts([6, 6], seed=5)
+    for i, prompt in enumerate(prompts):
+        engine.add_request(
+            f"c{i}",
+            prompt,
+            SamplingParams(temperature=0.0, max_tokens=8),
+            program=ProgramTag(program_id=f"p{i}"),
+        )
+    seqs = [engine.seqs["c0"], engine.seqs["c1"]]
+    for _ in range(4):  # both prompts are prefilled together, then both decode
+        engine.step()
+    assert all(seq.status.name == "RUNNING" for seq in seqs)
+    # Timings split each step by tokens (usage reporting); the scheduler gets whole steps.
+    steps_total = sum(seq.timings.model_time for seq in seqs)
+    assert steps_total > 0
+    for seq in seqs:
+        assert seq.call.service == pytest.approx(steps_total)
