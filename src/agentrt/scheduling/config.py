@@ -42,9 +42,15 @@ class UnitDefaults(msgspec.Struct, frozen=True):
     starvation_floor: float
 
 
-# time: seconds of model time. A decode step of an 8B model on one A100 takes
-# ~20-40 ms, so 0.5 s is ~15-25 steps of a call: short chat turns finish in
-# the top queues, long programs sink after a few seconds of service.
+# time: seconds of model time, each call charged the whole duration of every
+# step it ran in. A step of an 8B model on one A100 takes ~15 ms alone and
+# ~40-80 ms with a full batch, so 0.5 s is ~6-30 steps of a call and the 8
+# levels reach 32 s: a BFCL program (~10 calls of ~35 tokens) stays in the top
+# four levels, ShareGPT conversations and LATS trees (~100 s of service at
+# load) sink to the last two. `agentrt sim` measured first boundary/quantum
+# 0.5, 2, 4 and 8 s and K = 8 or 10 within 1-2% of one another on `mixed`
+# (see src/agentrt/sim/README.md), so the smallest keeps new programs apart
+# soonest.
 # tokens: the same scale expressed in processed tokens. The starvation floor
 # is one decode step's worth of service: it only keeps the ratio finite (a call
 # below the top level has a program priority or a used quantum far above it).
