@@ -245,16 +245,20 @@ class SimEngine:
         live.preemptions += 1
         kv = self.kv
         segments = live.spec.segments
-        own = [(key, kv.resident.get(key, 0)) for key, _ in segments if kv.refs.get(key) == 1]
-        own = [(key, tokens) for key, tokens in own if tokens > 0]
-        blocks = sum(kv.blocks(t) for _, t in own)
+        # The whole context goes to the host, shared prefix included (as vLLM swaps every
+        # block of the sequence): it may be evicted from the GPU while the call is out,
+        # and the call must not then recompute everything behind it.
+        held = [(key, kv.resident.get(key, 0)) for key, _ in segments]
+        held = [(key, tokens) for key, tokens in held if tokens > 0]
+        blocks = sum(kv.blocks(t) for _, t in held)
         seconds = 0.0
         profile = self.profile
         if self.preemption == "swap" and blocks and self.host_used + blocks <= profile.host_blocks:
-            for key, _ in own:
-                kv.drop(key)
+            for key, _ in held:
+                if kv.refs.get(key) == 1:  # nobody else uses it: its GPU blocks are freed
+                    kv.drop(key)
             self.host_used += blocks
-            live.swapped = own
+            live.swapped = held
             self.counters.swaps_out += 1
             self.counters.swap_blocks += blocks
             seconds = profile.swap_overhead_s + blocks * profile.swap_block_s
@@ -271,17 +275,16 @@ class SimEngine:
         profile = self.profile
         seconds = 0.0
         if live.swapped:
-            blocks = 0
+            held = copied = 0
             for key, tokens in live.swapped:
-                kv.grow(key, tokens)
-                blocks += kv.blocks(tokens)
-            self.host_used -= blocks
+                held += kv.blocks(tokens)
+                copied += kv.blocks(tokens) - kv.blocks(min(tokens, kv.resident.get(key, 0)))
+                kv.grow(key, tokens)  # blocks still on the GPU (shared) need no copy
+            self.host_used -= held
             live.swapped = []
             self.counters.swaps_in += 1
-            self.counters.swap_blocks += blocks
-            seconds = profile.swap_overhead_s + blocks * profile.swap_block_s
-            # A shared prefix may have been evicted meanwhile: recompute from the gap.
-            live.computed = min(live.computed, kv.cached_prefix(live.spec.segments, live.target))
+            self.counters.swap_blocks += copied
+            seconds = profile.swap_overhead_s + copied * profile.swap_block_s
         else:
             live.computed = kv.cached_prefix(live.spec.segments, live.target - 1)
             self.counters.cached_tokens += live.computed

@@ -217,3 +217,38 @@ def test_by_default_a_call_is_charged_every_step_it_shares(
     sim.run()
     counters = sim.engines["engine-0"].scheduler.counters
     assert counters.demotions == 2
+
+
+def test_a_swapped_call_keeps_its_shared_prefix_through_an_eviction(
+    small_profile: EngineProfile,
+) -> None:
+    """Swap-out copies the call's whole context, shared prefix included (as vLLM does):
+    if the prefix is evicted meanwhile, swap-in restores it and nothing is recomputed."""
+    from agentrt.scheduling import Call, make_scheduler
+    from agentrt.sim.engine import LiveCall, SimEngine
+
+    engine = SimEngine(
+        "e", small_profile, make_scheduler(SchedulerConfig(policy="plas")), "swap", 4
+    )
+    calls = []
+    for i in range(2):  # two programs with the same 160-token system prompt
+        spec = CallSpec(0, (("sys", 160), (f"own{i}", 80)), 200, 40)
+        live = LiveCall(spec, Call(f"c{i}", f"p{i}", prompt_tokens=200), None, engine, 0.0)
+        engine.add(live, 0.0)
+        calls.append(live)
+    engine.run_window(0.0, lambda live, at: None)
+    first, other = calls
+    computed = first.computed
+    assert computed > 200 and engine.kv.refs["sys"] == 2
+    engine._preempt(first)
+    assert engine.host_used == engine.kv.blocks(160) + engine.kv.blocks(computed - 160)
+    engine._preempt(other)  # the prefix is now held by nobody ... and evicted
+    engine.kv.drop("sys")
+    seconds = engine._load(first)
+    assert first.computed == computed  # nothing to recompute
+    assert first.prefill_needed() == 0
+    assert engine.kv.resident["sys"] == 160
+    blocks = engine.kv.blocks(160) + engine.kv.blocks(computed - 160)
+    assert seconds == pytest.approx(
+        small_profile.swap_overhead_s + blocks * small_profile.swap_block_s
+    )
