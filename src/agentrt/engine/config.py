@@ -34,6 +34,9 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: str = ""  # HF folder, safetensors or GGUF file; "" = the default model
     dtype: DType = "bfloat16"
     device: str = "cpu"
+    # CPU threads for torch's kernels (process-wide); None keeps torch's default.
+    # On a shared or oversubscribed machine fewer threads avoid barrier stalls.
+    num_threads: int | None = None
     block_size: int = 16
     kv_cache_memory: float = 0.1
     num_kv_blocks: int | None = None
@@ -63,6 +66,8 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             )
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ConfigError("EngineConfig.num_kv_blocks must be >= 1")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError("EngineConfig.num_threads must be >= 1")
         if self.swap_space < 0:
             raise ConfigError("EngineConfig.swap_space must be >= 0")
         if self.max_model_len is not None and self.max_model_len < 2:

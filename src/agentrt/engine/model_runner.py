@@ -98,6 +98,8 @@ def kv_pool_blocks(
 class ModelRunner:
     def __init__(self, model: Any, config: EngineConfig) -> None:
         self.config = config
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
         self.device = torch.device(config.device)
         self.dtype = DTYPES[config.dtype]
         self.block_size = config.block_size

@@ -30,6 +30,7 @@ def test_loads_from_toml_with_overrides(tmp_path: Path) -> None:
         {"max_num_batched_tokens": 0},
         {"kv_cache_memory": 0},
         {"num_kv_blocks": 0},
+        {"num_threads": 0},
         {"preemption_mode": "drop"},
         {"dtype": "int8"},
         {"no_such_field": 1},

@@ -86,3 +86,14 @@ def test_the_paged_attention_refuses_to_run_outside_the_engine() -> None:
     assert model.config._attn_implementation == ATTENTION_NAME
     with pytest.raises(RuntimeError, match="inside agentrt's engine"):
         model(input_ids=torch.tensor([[1, 2, 3]]))
+
+
+def test_num_threads_sets_torchs_cpu_threads() -> None:
+    before = torch.get_num_threads()
+    try:
+        ModelRunner(
+            make_tiny_llama(), EngineConfig(dtype="float32", num_kv_blocks=4, num_threads=1)
+        )
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
