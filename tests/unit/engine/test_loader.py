@@ -92,6 +92,7 @@ def test_default_model_is_the_packaged_gguf(smollm2_gguf: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two dequantising GGUF loads; minutes on a busy 2-core machine
 def test_gguf_is_converted_once_and_matches_the_gguf_model(
     tmp_path: Path, smollm2_gguf: Path
 ) -> None:
