@@ -171,7 +171,7 @@ def rate_at_latency(points: Sequence[tuple[float, float]], target: float) -> AtL
     curve = [(r, lat) for r, lat in points if not math.isnan(lat)]
     rate, capped = rate_at_target(curve, target)
     if rate is None:
-        return AtLatency(rate=min((r for r, _ in curve), default=0.0), bound="<")
+        return AtLatency(rate=min((r for r, _ in points), default=0.0), bound="<")
     return AtLatency(rate=rate, bound=">=" if capped else "=")
 
 

@@ -63,6 +63,8 @@ def test_rate_at_latency_interpolates_the_crossing() -> None:
     assert rate_at_latency(points, 100.0).bound == ">="
     assert rate_at_latency(points, 100.0).rate == 0.3
     assert rate_at_latency(points, 5.0).bound == "<"
+    # A system that completed nothing at any rate sits below the lowest rate swept.
+    assert str(rate_at_latency([(0.3, math.nan), (0.6, math.nan)], 10.0)) == "<0.3"
     # A dip after the first crossing does not count: the curve is read from low load upwards.
     assert rate_at_latency([(0.1, 10.0), (0.2, 50.0), (0.3, 30.0)], 40.0).rate == pytest.approx(0.175)
 
