@@ -15,6 +15,24 @@ from typing import Any
 import structlog
 
 _configured = False
+
+
+class _StderrLogger:
+    """Writes each rendered event to whatever ``sys.stderr`` is *now*.
+
+    structlog's PrintLogger keeps the stream it was created with; when that
+    stream is replaced and closed (pytest's capture, a daemon redirecting its
+    output), logging would raise "I/O operation on closed file".
+    """
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+def _StderrLoggerFactory() -> Any:
+    return lambda *args: _StderrLogger()
 _settings: dict[str, str] = {}  # what configure_logging chose, for child processes
 
 
@@ -39,7 +57,7 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level_name, logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_StderrLoggerFactory(),
         cache_logger_on_first_use=False,
     )
     _configured = True
