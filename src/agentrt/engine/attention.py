@@ -12,8 +12,9 @@ CPU (and any device without xformers): the decode tokens (one query per
 sequence, placed first in the batch) share one SDPA call over their contexts,
 gathered a whole block at a time (``index_select`` of block ids: element-wise
 gathers are an order of magnitude slower here) and padded to the longest with
-an additive mask; each prefill chunk gets its own SDPA call with a causal
-mask offset by the context already cached. Grouped-query attention is done by
+an additive mask; each prefill chunk gets its own SDPA call: plain causal
+(the fused kernel) when nothing is cached yet, else with a causal mask offset
+by the context already cached. Grouped-query attention is done by
 folding each key head's query heads into the query length
 (``[kv_heads, group * queries, d]``) rather than by copying keys per query
 head. CUDA with xformers: one memory-efficient attention call over all
@@ -41,7 +42,7 @@ class PrefillSpan:
     length: int  # new tokens
     context: int  # tokens it attends to (cached + new)
     blocks: torch.Tensor | None  # its block table; None: no cached context, use the new keys
-    mask: torch.Tensor  # [group * length, context] bool, True = may attend
+    mask: torch.Tensor | None  # [group * length, context] bool, True = may attend; None with blocks
 
 
 @dataclass
@@ -103,15 +104,25 @@ def paged_attention(
     for span in meta.prefills:
         rows = slice(span.start, span.start + span.length)
         if span.blocks is None:
-            keys, values = key[0, :, rows], value[0, :, rows]
+            # No cached context: plain causal attention over the new keys. Without a mask SDPA
+            # takes its fused (flash) CPU kernel; a boolean mask sends it to the slow math path.
+            o = F.scaled_dot_product_attention(
+                q[:, rows],
+                key[0, :, rows],
+                value[0, :, rows],
+                is_causal=True,
+                scale=scaling,
+                enable_gqa=group > 1,
+            )
+            out[rows] = o.transpose(0, 1)
         else:
             n = span.blocks.shape[0] * meta.kv_cache.block_size
             keys = k_blocks.index_select(0, span.blocks).view(n, kv_heads, d)[: span.context]
             values = v_blocks.index_select(0, span.blocks).view(n, kv_heads, d)[: span.context]
             keys, values = keys.transpose(0, 1), values.transpose(0, 1)
-        qp = q[:, rows].reshape(kv_heads, group * span.length, d)
-        o = F.scaled_dot_product_attention(qp, keys, values, attn_mask=span.mask, scale=scaling)
-        out[rows] = o.view(heads, span.length, d).transpose(0, 1)
+            qp = q[:, rows].reshape(kv_heads, group * span.length, d)
+            o = F.scaled_dot_product_attention(qp, keys, values, attn_mask=span.mask, scale=scaling)
+            out[rows] = o.view(heads, span.length, d).transpose(0, 1)
     return out.unsqueeze(0), None
 
 

@@ -207,13 +207,13 @@ class ModelRunner:
 
     def _prefill_span(self, table: torch.Tensor, start: int, length: int, row: int) -> PrefillSpan:
         context = start + length
+        if start == 0:  # nothing cached: plain causal attention over the new keys, no mask
+            return PrefillSpan(start=row, length=length, context=context, blocks=None, mask=None)
         # Query i sits at position start + i and sees keys 0..start + i; the mask repeats
         # once per query head of a key head (see attention.py).
         mask = torch.arange(context).unsqueeze(0) <= (start + torch.arange(length)).unsqueeze(1)
         mask = mask.repeat(self.group, 1).to(self.device)
-        blocks = None
-        if start > 0:
-            blocks = table[: -(-context // self.block_size)].to(self.device)
+        blocks = table[: -(-context // self.block_size)].to(self.device)
         return PrefillSpan(start=row, length=length, context=context, blocks=blocks, mask=mask)
 
     def _xformers_metadata(
