@@ -158,3 +158,12 @@ def test_sim_fit_rejects_unknown_settings(tmp_path: Path) -> None:
         main(["sim", "fit", str(bench), "-o", str(tmp_path / "x.toml"), "--set", "colour=1"])
     with pytest.raises(SystemExit, match="FIELD=VALUE"):
         main(["sim", "fit", str(bench), "-o", str(tmp_path / "x.toml"), "--set", "kv_blocks"])
+
+
+def test_the_cpu_profile_fitted_from_our_engine_is_shipped() -> None:
+    p = load_profile("cpu-smollm2-135m")
+    assert "cpu-smollm2-135m" in shipped_profiles()
+    # Fitted from a real engine run: every step term is positive and a decode step of one
+    # sequence costs tens of milliseconds on 2 CPU cores, not microseconds as on an A100.
+    assert p.step_overhead_s > 0 and p.decode_seq_s > 0 and p.prefill_token_s > 0
+    assert 0.005 < p.step_overhead_s + p.decode_seq_s < 0.5
