@@ -264,7 +264,7 @@ class MathAPI:
         return {"result": float(value) * to_si[unit_in] / to_si[unit_out]}
 
 
-def _placeholder(name: str, schema: dict[str, Any], state: dict[str, Any], salt: str) -> Any:
+def _response_value(name: str, schema: dict[str, Any], state: dict[str, Any], salt: str) -> Any:
     """A response value: taken from the API's state when it holds that key, else a stable plausible value."""
     if name in state and not isinstance(state[name], dict):
         return state[name]
@@ -279,7 +279,7 @@ def _placeholder(name: str, schema: dict[str, Any], state: dict[str, Any], salt:
     if kind in ("array", "list", "tuple"):
         return []
     if kind in ("dict", "object"):
-        return {k: _placeholder(k, v, state, salt) for k, v in schema.get("properties", {}).items()}
+        return {k: _response_value(k, v, state, salt) for k, v in schema.get("properties", {}).items()}
     return f"{name}_{digest % 100_000:05d}"
 
 
@@ -299,7 +299,7 @@ class ServiceAPI:
         self.log.append((name, arguments))
         salt = json.dumps([name, arguments], sort_keys=True, default=str)
         response = doc.get("response", {}).get("properties", {})
-        return {k: _placeholder(k, v, {**self.state, **arguments}, salt) for k, v in response.items()}
+        return {k: _response_value(k, v, {**self.state, **arguments}, salt) for k, v in response.items()}
 
 
 @lru_cache(maxsize=1)
