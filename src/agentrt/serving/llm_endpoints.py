@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -69,75 +70,88 @@ def _generation_exchange(
     return Exchange(handler)
 
 
-async def chat_completions(request: Request) -> Exchange:
+@dataclass
+class _Intake:
+    """What both LLM endpoints read off a request before building their engine calls."""
+
+    state: ServerState
+    body: Any
+    models: dict[str, str]
+    headers: CallHeaders | None
+    tenant: str
+    call_id: str  # the client's id (x-agentrt-call) or a fresh one
+    arrival: float
+
+    @property
+    def engine_call_id(self) -> str:
+        return scoped_id(self.tenant, self.call_id)
+
+    @property
+    def interrupt(self) -> float:
+        return self.headers.interrupt_seconds if self.headers else 0.0
+
+    def generation(self, requests: list[GenerationRequest], prefix: str) -> Generation:
+        for r in requests:
+            r.model = self.models[self.body.model]
+        return _generation(
+            self.state,
+            requests,
+            prefix + self.call_id,
+            self.body.model,
+            self.headers,
+            bool(self.body.stream) and _usage(self.body),
+            self.tenant,
+        )
+
+
+async def _intake(request: Request, decoder: Any) -> _Intake:
     state = server_state(request)
     arrival = time.monotonic()
-    body = await decode_body(request, chat_request_decoder, state.config.max_body_bytes)
+    body = await decode_body(request, decoder, state.config.max_body_bytes)
     models = state.served_models()
     check_model(body.model, set(models))
     headers = call_headers(request)
-    tenant = tenant_of(request)
-    call_id = (headers.call_id if headers else None) or uuid.uuid4().hex
-    engine_call_id = scoped_id(tenant, call_id)
-    gen_request, tool_names = chat_request(
-        body,
-        state.config,
-        call_id=engine_call_id,
-        program=program_tag(tenant, headers),
+    return _Intake(
+        state=state,
+        body=body,
+        models=models,
+        headers=headers,
+        tenant=tenant_of(request),
+        call_id=(headers.call_id if headers else None) or uuid.uuid4().hex,
         arrival=arrival,
     )
-    gen_request.model = models[body.model]
-    gen = _generation(
-        state,
-        [gen_request],
-        "chatcmpl-" + call_id,
-        body.model,
-        headers,
-        bool(body.stream) and _usage(body),
-        tenant,
+
+
+async def chat_completions(request: Request) -> Exchange:
+    call = await _intake(request, chat_request_decoder)
+    gen_request, tool_names = chat_request(
+        call.body,
+        call.state.config,
+        call_id=call.engine_call_id,
+        program=program_tag(call.tenant, call.headers),
+        arrival=call.arrival,
     )
+    gen = call.generation([gen_request], "chatcmpl-")
+    stream = bool(call.body.stream)
     return _generation_exchange(
-        state,
-        gen,
-        headers.interrupt_seconds if headers else 0.0,
-        lambda ch: answer_chat(gen, ch, tool_names, bool(body.stream)),
+        call.state, gen, call.interrupt, lambda ch: answer_chat(gen, ch, tool_names, stream)
     )
 
 
 async def completions(request: Request) -> Exchange:
-    state = server_state(request)
-    arrival = time.monotonic()
-    body = await decode_body(request, completion_request_decoder, state.config.max_body_bytes)
-    models = state.served_models()
-    check_model(body.model, set(models))
-    headers = call_headers(request)
-    tenant = tenant_of(request)
-    call_id = (headers.call_id if headers else None) or uuid.uuid4().hex
-    engine_call_id = scoped_id(tenant, call_id)
+    call = await _intake(request, completion_request_decoder)
     requests = completion_requests(
-        body,
-        state.config,
-        call_id=engine_call_id,
-        program=program_tag(tenant, headers),
-        arrival=arrival,
+        call.body,
+        call.state.config,
+        call_id=call.engine_call_id,
+        program=program_tag(call.tenant, call.headers),
+        arrival=call.arrival,
     )
-    for r in requests:
-        r.model = models[body.model]
-    echo = [r.prompt for r in requests if isinstance(r.prompt, str)] if body.echo else None
-    gen = _generation(
-        state,
-        requests,
-        "cmpl-" + call_id,
-        body.model,
-        headers,
-        bool(body.stream) and _usage(body),
-        tenant,
-    )
+    gen = call.generation(requests, "cmpl-")
+    echo = [r.prompt for r in requests if isinstance(r.prompt, str)] if call.body.echo else None
+    stream = bool(call.body.stream)
     return _generation_exchange(
-        state,
-        gen,
-        headers.interrupt_seconds if headers else 0.0,
-        lambda ch: answer_completion(gen, ch, bool(body.stream), echo),
+        call.state, gen, call.interrupt, lambda ch: answer_completion(gen, ch, stream, echo)
     )
 
 
