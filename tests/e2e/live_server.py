@@ -27,6 +27,18 @@ def agentrt_serve(
     *args: str, startup_timeout: float = 120.0, log_path: Path | None = None
 ) -> Iterator[str]:
     """Start ``agentrt serve ARGS --port <free>``; yield its base URL (``http://127.0.0.1:PORT``); stop it after."""
+    with agentrt_serve_process(*args, startup_timeout=startup_timeout, log_path=log_path) as (
+        url,
+        _,
+    ):
+        yield url
+
+
+@contextmanager
+def agentrt_serve_process(
+    *args: str, startup_timeout: float = 120.0, log_path: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Like :func:`agentrt_serve`, also yielding the process (for tests that signal it)."""
     port = free_port()
     env = {**os.environ, "AGENTRT_LOG_FORMAT": "json"}
     log = open(log_path, "w+b") if log_path else None  # noqa: SIM115 - closed below
@@ -62,7 +74,7 @@ def agentrt_serve(
                     f"agentrt serve did not come up in {startup_timeout} s: {_tail(log)}"
                 )
             time.sleep(0.1)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:

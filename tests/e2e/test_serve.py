@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from tests.e2e.live_server import ECHO, agentrt_serve
+from tests.e2e.live_server import ECHO, agentrt_serve, agentrt_serve_process
 from tests.polling import eventually
 
 TOOLS = [
@@ -172,3 +173,24 @@ def test_a_model_that_cannot_load_stops_the_server_with_a_clear_error() -> None:
     assert result.returncode != 0
     assert '"event": "engine failed to start"' in result.stderr
     assert "/no/such/model" in result.stderr
+
+
+def test_a_stopping_server_cuts_streams_still_running_after_the_shutdown_timeout(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "agentrt.toml"
+    config.write_text("[server]\nengine_options = { token_delay = 0.5 }\n")
+    with agentrt_serve_process(
+        "--engine-factory", ECHO, "--config", str(config), "--shutdown-timeout", "0.5"
+    ) as (url, server):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        stream = client.chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": WORDS}], stream=True
+        )
+        first = next(iter(stream))  # the call is generating: 40 words take 20 s
+        server.send_signal(signal.SIGTERM)
+        received = [first]
+        with pytest.raises((httpx.HTTPError, openai.APIError)):
+            received.extend(stream)  # cut mid-stream, well before its 40 words
+        assert server.wait(timeout=15) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+        assert len(received) < 40

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from typing import Any
 
 from agentrt.serving.config import ServerConfig
@@ -81,6 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"requests waiting for a slot before 429s (default {defaults.max_queued_requests})",
     )
 
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        help="seconds in-flight requests get to finish after SIGTERM/SIGINT "
+        f"(default {defaults.shutdown_timeout:g})",
+    )
+
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
     from agentrt.config import load_config
@@ -117,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
             log_config=None,
             access_log=False,
             lifespan="on",
+            # uvicorn takes whole seconds
+            timeout_graceful_shutdown=math.ceil(config.shutdown_timeout),
         )
     )
     server.run()

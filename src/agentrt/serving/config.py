@@ -41,3 +41,11 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     queue_timeout: float = 30.0  # seconds a queued request waits before a 429
     retry_after: float = 1.0  # the Retry-After the server suggests when it sheds load
     log_requests: bool = True
+    # After SIGTERM/SIGINT, in-flight requests get this many seconds to finish
+    # before their connections are cut and the process exits (a stuck stream
+    # must not keep a stopping server alive).
+    shutdown_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.shutdown_timeout >= 0:
+            raise ValueError("shutdown_timeout must be >= 0 seconds")
