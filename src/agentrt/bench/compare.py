@@ -101,6 +101,11 @@ def free_port() -> int:
         return port
 
 
+# A benchmark's servers have nothing worth draining when the run stops (or is
+# interrupted with Ctrl-C): in-flight calls get this long, then are cut.
+SERVER_SHUTDOWN_S = 3.0
+
+
 @contextmanager
 def agentrt_server(policy: str, extra_args: list[str], startup_timeout: float) -> Iterator[str]:
     """Run ``agentrt serve --scheduling-policy POLICY`` on a free loopback port; yield its base URL."""
@@ -108,7 +113,7 @@ def agentrt_server(policy: str, extra_args: list[str], startup_timeout: float) -
 
     port = free_port()
     command = [sys.executable, "-m", "agentrt.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--scheduling-policy", policy, *extra_args]
+               "--scheduling-policy", policy, "--shutdown-timeout", str(SERVER_SHUTDOWN_S), *extra_args]
     log_file = tempfile.NamedTemporaryFile(prefix=f"agentrt-serve-{policy}-", suffix=".log", delete=False)  # noqa: SIM115
     log.info("starting server", policy=policy, port=port, log=log_file.name)
     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ})
@@ -136,7 +141,7 @@ def agentrt_server(policy: str, extra_args: list[str], startup_timeout: float) -
         crashed = process.poll() is not None  # it died before we stopped it
         process.terminate()
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=SERVER_SHUTDOWN_S + 10)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

@@ -234,4 +234,5 @@ async def run_programs(
     after = await scrape(target)
     llm.client.close()
     await llm.aclient.close()
-    return summarise(rate, sorted(results, key=lambda r: r.index), server_counters(before, after)), results
+    results.sort(key=lambda r: r.index)  # program order, not completion order
+    return summarise(rate, results, server_counters(before, after)), results
