@@ -37,7 +37,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        from agentrt.log import get_logger
+
+        get_logger("agentrt.cli").warning("interrupted", command=args.command)
+        return 130  # the shell's convention for a command stopped by SIGINT
 
 
 if __name__ == "__main__":

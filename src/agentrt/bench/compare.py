@@ -214,7 +214,7 @@ def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None
     import anyio
 
     from agentrt.bench.load import Target
-    from agentrt.bench.serve import sweep_targets
+    from agentrt.bench.serve import interruptible, sweep_targets
     from agentrt.bench.serve_report import Progress
 
     extra = {"ignore_eos": True} if args.ignore_eos else {}
@@ -230,7 +230,7 @@ def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None
             targets.append(Target(label=f"agentrt/{policy}", base_url=url, model=args.model or "", extra_body=extra))
         for name, url, model in args.external:
             targets.append(Target(label=name, base_url=url, model=model or args.model or "", extra_body=extra))
-        return anyio.run(sweep_targets, targets, args, progress)
+        return anyio.run(interruptible, sweep_targets, targets, args, progress)
 
 
 def run(args: argparse.Namespace) -> int:

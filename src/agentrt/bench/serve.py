@@ -14,11 +14,16 @@ import argparse
 import math
 import sys
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 
 from agentrt.bench.program_metrics import ProgramResult, RunSummary
+from agentrt.log import get_logger
+
+log = get_logger(__name__)
+T = TypeVar("T")
 
 WORKLOAD_CHOICES = ("react", "chat", "tree_search", "mcts", "map_reduce", "mixed")
 
@@ -168,6 +173,41 @@ async def sweep_targets(targets: list[Any], args: argparse.Namespace, progress: 
     return systems
 
 
+async def interruptible(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``await fn(*args)``, stopped by Ctrl-C or SIGTERM: the run is cancelled (its programs
+    with it; programs in worker threads are abandoned) and :class:`KeyboardInterrupt` is
+    raised once it has unwound, so the caller's servers are stopped on the way out.
+
+    Without this the event loop turns SIGINT into a cancellation that the sweep absorbs
+    and the benchmark goes on against servers the same Ctrl-C has stopped."""
+    import signal
+
+    import anyio
+
+    interrupted = False
+    result: list[T] = []
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            nonlocal interrupted
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.warning("interrupted: stopping the benchmark", signal=signum.name)
+                    interrupted = True
+                    tg.cancel_scope.cancel()
+                    return
+
+        async def main() -> None:
+            result.append(await fn(*args))
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        tg.start_soon(main)
+    if interrupted or not result:
+        raise KeyboardInterrupt
+    return result[0]
+
+
 async def sweep_target(target: Any, args: argparse.Namespace, progress: Any) -> SystemResult:
     """Run the seeded workload against ``target`` at every rate."""
     [system] = await sweep_targets([target], args, progress)
@@ -205,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
                         api_key=args.api_key, extra_body=extra)
     try:
         with Progress(enabled=not args.no_progress) as progress:
-            system = anyio.run(sweep_target, target, args, progress)
+            system = anyio.run(interruptible, sweep_target, target, args, progress)
     finally:
         if target.app is not None:
             from agentrt.serving.inprocess import AppRunner

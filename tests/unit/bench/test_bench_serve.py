@@ -255,3 +255,31 @@ def test_a_run_past_its_timeout_reports_the_unfinished_programs(tmp_path: Path) 
     assert len(errors) == 4 and all(e and ("timed out" in e) for e in errors)
     assert any(e.startswith("cancelled") for e in errors) and any(e.startswith("not started") for e in errors)
     assert aborted  # the server saw the cancelled streams go away
+
+
+def test_ctrl_c_stops_a_sweep_and_unwinds_it() -> None:
+    import os
+    import signal
+
+    import anyio
+
+    from agentrt.bench.serve import interruptible
+
+    unwound = []
+
+    async def sweep(seconds: float) -> str:
+        try:
+            await anyio.sleep(0.05)  # the signal receiver is in place by now
+            os.kill(os.getpid(), signal.SIGINT)
+            await anyio.sleep(seconds)
+            return "finished"
+        finally:
+            unwound.append(True)
+
+    async def quick() -> str:
+        return "finished"
+
+    assert anyio.run(interruptible, quick) == "finished"
+    with pytest.raises(KeyboardInterrupt):
+        anyio.run(interruptible, sweep, 60.0)
+    assert unwound == [True]
