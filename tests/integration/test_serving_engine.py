@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 from tests.conftest import make_tiny_loaded
 from tests.polling import eventually
@@ -17,10 +18,12 @@ from tests.unit.serving.inprocess_clients import async_client, sync_client
 
 from agentrt.engine import AsyncEngine, EngineConfig
 from agentrt.engine.llm_engine import LLMEngine
+from agentrt.protocol.engine import EngineStats
 from agentrt.scheduling import SchedulerConfig
 from agentrt.serving.app import create_app
 from agentrt.serving.config import ServerConfig
 from agentrt.serving.inprocess import AppRunner
+from agentrt.sim.fit import fit_moments
 
 MODEL = "tiny-llama"
 NO_EOS = {"ignore_eos": True}
@@ -76,6 +79,25 @@ def test_bad_requests_leave_the_real_engine_clean(plas_app: tuple[Any, AsyncEngi
     )
     assert reply.usage.completion_tokens == 4
     assert engine.stats().kv_blocks_used == 0
+
+
+def test_the_engine_reports_the_step_time_sums_its_cost_model_is_fitted_from(
+    plas_app: tuple[Any, AsyncEngine],
+) -> None:
+    app, engine = plas_app
+    client = sync_client(app)
+    for n in (3, 40, 90):  # prompts of different lengths (no shared prefix), then decodes
+        client.completions.create(model=MODEL, prompt=[n] * n, max_tokens=6, extra_body=NO_EOS)
+    http = client._client  # the in-process transport of the openai client
+    reply = http.get(f"{client.base_url}engine/stats", headers={"Authorization": "Bearer none"})
+    assert reply.status_code == 200
+    stats = msgspec.json.decode(reply.content, type=EngineStats)
+    moments = stats.step_moments
+    assert moments.steps == stats.steps == engine.stats().steps > 0
+    # Features summed over steps: 133 prompt tokens fed, 3 x 5 single-token decodes.
+    assert moments.xy[0] > 0 and moments.xx[1] == 133 and moments.xx[2] == 15
+    fit = fit_moments(moments)
+    assert all(v >= 0 for v in fit.coefficients.values()) and fit.steps == moments.steps
 
 
 async def finish_order(policy: str) -> list[str]:

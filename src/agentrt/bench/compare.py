@@ -87,6 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--simulate", default=None, metavar="PROFILE",
                         help="also run the simulator (a shipped profile name or a TOML file) on the measured "
                         "programs of every agentrt system and print its prediction next to the measurement")
+    parser.add_argument("--fit-steps", action="store_true",
+                        help="with --simulate: replace the profile's step-time terms with a fit to the agentrt "
+                        "servers' own engine steps during these runs (their /v1/engine/stats sums)")
     parser.add_argument("--sim-max-batch-size", type=int, default=None,
                         help="the simulated engine's batch limit (default: --serve-arg --max-num-seqs, else the profile's)")
     parser.add_argument("--from-json", default=None, metavar="FILE",
@@ -233,6 +236,29 @@ def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None
         return anyio.run(interruptible, sweep_targets, targets, args, progress)
 
 
+def fitted_to_runs(profile: Any, systems: list[SystemResult], console: Any) -> Any:
+    """``profile`` with its four step-time terms fitted to the steps the servers ran in these runs.
+
+    The runs' engines share one configuration, so their sums add into one fit; the
+    profile keeps its capacities (KV blocks, batch limits, swap costs)."""
+    from agentrt.protocol.engine import StepMoments
+    from agentrt.sim.fit import fit_moments
+
+    moments = StepMoments()
+    for system in systems:
+        for run in system.runs:
+            if run.server is not None and run.server.step_moments is not None:
+                moments = moments.plus(run.server.step_moments)
+    try:
+        fit = fit_moments(moments)
+    except ValueError as e:
+        console.print(f"[yellow]--fit-steps: no fit ({e}); the profile's own terms are used[/yellow]")
+        return profile
+    terms = ", ".join(f"{k} {v:.3g}" for k, v in fit.coefficients.items())
+    console.print(f"step time fitted to {fit.steps} engine steps of these runs (R^2 {fit.r2:.2f}): {terms}")
+    return msgspec.structs.replace(profile, name=f"{profile.name}, fitted to these runs", **fit.coefficients)
+
+
 def run(args: argparse.Namespace) -> int:
     from agentrt.bench.serve import load_result, write_outputs
     from agentrt.bench.serve_report import print_runs, report_console
@@ -241,6 +267,8 @@ def run(args: argparse.Namespace) -> int:
     problem = validate(args)
     if problem is None and not args.policies and not args.external and not args.from_json:
         problem = "nothing to compare: give --policies and/or --external"
+    if problem is None and args.fit_steps and not args.simulate:
+        problem = "--fit-steps fits the profile given with --simulate PROFILE"
     if problem:
         console.print(f"[red]error:[/red] {problem}")
         return 2
@@ -263,6 +291,8 @@ def run(args: argparse.Namespace) -> int:
 
         batch = args.sim_max_batch_size or serve_flag(args.serve_arg, "--max-num-seqs")
         profile = load_profile(args.simulate)
+        if args.fit_steps:
+            profile = fitted_to_runs(profile, systems, console)
         result.predictions = predict(systems, profile, int(batch) if batch else None)
         print_predictions(console, result.predictions, profile.name)
     write_outputs(result, args, console)

@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 import httpx
+import msgspec
 
 from agentrt.bench.program_metrics import (
     CallStats,
@@ -30,6 +31,7 @@ from agentrt.bench.program_metrics import (
     summarise,
 )
 from agentrt.log import get_logger
+from agentrt.protocol.engine import EngineStats, StepMoments
 
 log = get_logger(__name__)
 
@@ -126,35 +128,62 @@ def metrics_url(base_url: str) -> str:
     return (root[: -len("/v1")] if root.endswith("/v1") else root) + "/metrics"
 
 
-async def scrape(target: Target) -> dict[str, float] | None:
-    """The server's agentrt metrics, or None when it is not an agentrt server (or cannot be reached)."""
-    try:
-        if target.app is not None:
-            from agentrt.serving import inprocess
+async def _get(target: Target, url: str) -> Any:
+    """GET ``url`` on the target's server (over the in-process transport for an embedded app)."""
+    if target.app is not None:
+        from agentrt.serving import inprocess
 
-            transport = inprocess.AsyncASGITransport(target.app)
-            async with inprocess.http.AsyncClient(transport=transport, timeout=10.0) as http:
-                response = await http.get(metrics_url(target.base_url))
-        else:
-            async with httpx.AsyncClient(timeout=10.0) as http:
-                response = await http.get(metrics_url(target.base_url))
+        transport = inprocess.AsyncASGITransport(target.app)
+        async with inprocess.http.AsyncClient(transport=transport, timeout=10.0) as http:
+            return await http.get(url, headers=_auth(target))
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        return await http.get(url, headers=_auth(target))
+
+
+def _auth(target: Target) -> dict[str, str]:
+    return {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
+
+
+class ServerSnapshot(msgspec.Struct, kw_only=True):
+    """An agentrt server's counters at one moment: ``/metrics`` and the engine's step-time sums."""
+
+    metrics: dict[str, float]
+    step_moments: StepMoments | None = None
+
+
+async def scrape(target: Target) -> ServerSnapshot | None:
+    """The server's agentrt counters, or None when it is not an agentrt server (or cannot be reached)."""
+    url = metrics_url(target.base_url)
+    try:
+        response = await _get(target, url)
     except Exception as e:  # metrics are optional: any failure means "not ours"
-        log.debug("no server metrics", url=metrics_url(target.base_url), error=repr(e))
+        log.debug("no server metrics", url=url, error=repr(e))
         return None
     if response.status_code != 200 or "agentrt:" not in response.text:
         return None
-    return parse_prometheus(response.text)
+    snapshot = ServerSnapshot(metrics=parse_prometheus(response.text))
+    try:
+        stats = await _get(target, target.base_url.rstrip("/") + "/engine/stats")
+        if stats.status_code == 200:
+            snapshot.step_moments = msgspec.json.decode(stats.content, type=EngineStats).step_moments
+    except Exception as e:  # an older agentrt server, or one behind a proxy
+        log.debug("no engine stats", url=target.base_url, error=repr(e))
+    return snapshot
 
 
-def server_counters(before: dict[str, float] | None, after: dict[str, float] | None) -> ServerCounters | None:
+def server_counters(before: ServerSnapshot | None, after: ServerSnapshot | None) -> ServerCounters | None:
     if before is None or after is None:
         return None
 
     def delta(name: str) -> float:
-        return after.get(name, 0.0) - before.get(name, 0.0)
+        return after.metrics.get(name, 0.0) - before.metrics.get(name, 0.0)
 
     e2e = delta("agentrt:e2e_request_latency_seconds_sum")
+    moments = None
+    if before.step_moments is not None and after.step_moments is not None:
+        moments = after.step_moments.minus(before.step_moments)
     return ServerCounters(
+        step_moments=moments,
         preemptions=delta("agentrt:num_preemptions_total"),
         swaps=delta("agentrt:num_swaps_total"),
         recomputes=delta("agentrt:num_recomputes_total"),

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from agentrt.protocol.engine import StepMoments
 from agentrt.sim.metrics import jain_index, percentile
 from agentrt.sim.sweep import rate_at_target
 
@@ -88,6 +89,8 @@ class ServerCounters(msgspec.Struct, kw_only=True):
     swaps: float = 0.0
     recomputes: float = 0.0
     queue_time_share: float | None = None  # server-side queue time / server-side call latency
+    # The engine's step-time sums over the run's steps, to fit a simulator profile to.
+    step_moments: StepMoments | None = None
 
 
 class RunSummary(msgspec.Struct, kw_only=True):

@@ -46,6 +46,7 @@ from agentrt.protocol.engine import (
     ProgramTag,
     PromptTooLong,
     SamplingParams,
+    StepMoments,
     Timings,
     TokenEvent,
     TokenLogprob,
@@ -167,6 +168,7 @@ class LLMEngine:
         self.sampling_states: dict[str, SamplingState] = {}
         self.detokenizers: dict[str, IncrementalDetokenizer | None] = {}
         self.stats_counters = EngineStats(kv_blocks_total=cache.num_blocks)
+        self.step_moments = StepMoments()
         self._copy_bytes_per_s = INITIAL_COPY_BYTES_PER_S
         self._seconds_per_token = INITIAL_SECONDS_PER_TOKEN
         self._reuse_left = 0  # multi-step: steps left before the scheduler decides again
@@ -330,7 +332,21 @@ class LLMEngine:
         states = [self.sampling_states[item.seq.seq_id] for item in batch if item.samples]
         sampled = self.sampler(logits, states) if states else None
         elapsed = time.perf_counter() - started
+        self._record_step(batch, elapsed)
         return self._postprocess(batch, sampled, elapsed)
+
+    def _record_step(self, batch: list[ScheduledSeq], seconds: float) -> None:
+        """Add the step to the step-time sums (the simulator's cost model, fitted from them):
+        prompt tokens fed, sequences decoding one token, KV tokens attended, seconds."""
+        prefill = decode = kv = 0
+        for item in batch:
+            seq = item.seq
+            if item.num_tokens == 1 and seq.num_computed_tokens >= seq.num_prompt_tokens:
+                decode += 1
+            else:
+                prefill += item.num_tokens
+            kv += seq.num_computed_tokens + item.num_tokens
+        self.step_moments.add(prefill, decode, kv, seconds)
 
     def _schedule(self) -> list[ScheduledSeq]:
         if self._reuse_left > 0:
@@ -619,6 +635,7 @@ class LLMEngine:
             steps=c.steps,
             generated_tokens=c.generated_tokens,
             calls_per_level=levels,
+            step_moments=self.step_moments.snapshot(),
         )
 
     # --- offline use --------------------------------------------------------

@@ -120,6 +120,54 @@ class TokenEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     timings: Timings | None = None  # on the final event of the call
 
 
+class StepMoments(msgspec.Struct, kw_only=True):
+    """Running sums from which the step-time model is fitted, over every step an engine ran.
+
+    The model (the simulator's, :mod:`agentrt.sim.profile`) is ``seconds = a +
+    b * prefill_tokens + c * decode_seqs + d * kv_tokens``; least squares needs
+    only ``X^T X`` (``xx``: its upper triangle, row by row, over the features
+    ``(1, prefill, decode, kv)``), ``X^T y`` (``xy``) and ``y^T y`` (``yy``).
+    Sums add: the moments of two engines, or of a run (after minus before),
+    are fitted like one engine's, so a live server can report its own cost
+    model without keeping a record per step.
+    """
+
+    xx: list[float] = msgspec.field(default_factory=lambda: [0.0] * 10)
+    xy: list[float] = msgspec.field(default_factory=lambda: [0.0] * 4)
+    yy: float = 0.0
+
+    @property
+    def steps(self) -> int:
+        return round(self.xx[0])  # the sum of the constant feature 1 * 1
+
+    def add(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int, seconds: float) -> None:
+        features = (1.0, float(prefill_tokens), float(decode_seqs), float(kv_tokens))
+        xx = self.xx
+        k = 0
+        for i in range(4):
+            for j in range(i, 4):
+                xx[k] += features[i] * features[j]
+                k += 1
+        for i in range(4):
+            self.xy[i] += features[i] * seconds
+        self.yy += seconds * seconds
+
+    def snapshot(self) -> StepMoments:
+        """A copy that later steps do not change."""
+        return StepMoments(xx=list(self.xx), xy=list(self.xy), yy=self.yy)
+
+    def plus(self, other: StepMoments, sign: float = 1.0) -> StepMoments:
+        return StepMoments(
+            xx=[a + sign * b for a, b in zip(self.xx, other.xx, strict=True)],
+            xy=[a + sign * b for a, b in zip(self.xy, other.xy, strict=True)],
+            yy=self.yy + sign * other.yy,
+        )
+
+    def minus(self, earlier: StepMoments) -> StepMoments:
+        """The steps run since ``earlier`` (a snapshot of the same engine)."""
+        return self.plus(earlier, -1.0)
+
+
 class EngineStats(msgspec.Struct, kw_only=True):
     """A snapshot of an engine's load, for metrics and the load balancer."""
 
@@ -136,6 +184,8 @@ class EngineStats(msgspec.Struct, kw_only=True):
     generated_tokens: int = 0
     # Live calls (waiting or running) per scheduler queue level, top level first.
     calls_per_level: list[int] = msgspec.field(default_factory=list)
+    # Step-time sums over the engine's lifetime (empty for engines that do not time steps).
+    step_moments: StepMoments = msgspec.field(default_factory=StepMoments)
 
 
 class ModelInfo(msgspec.Struct, kw_only=True):

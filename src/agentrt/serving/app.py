@@ -26,6 +26,7 @@ from agentrt.serving.auth import AuthMiddleware, KeyRing
 from agentrt.serving.config import ServerConfig
 from agentrt.serving.endpoints import (
     end_program,
+    engine_stats,
     get_program,
     health,
     list_models,
@@ -89,6 +90,7 @@ def create_app(
         Route("/v1/programs", list_programs, methods=["GET"]),
         Route("/v1/programs/{program_id}", get_program, methods=["GET"]),
         Route("/v1/programs/{program_id}", end_program, methods=["DELETE"]),
+        Route("/v1/engine/stats", engine_stats, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]

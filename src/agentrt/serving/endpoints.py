@@ -1,4 +1,5 @@
-"""``/v1/models``, ``/v1/programs`` (start, inspect, list, end), ``/health`` and ``/metrics``."""
+"""``/v1/models``, ``/v1/programs`` (start, inspect, list, end), ``/v1/engine/stats``,
+``/health`` and ``/metrics``."""
 
 from __future__ import annotations
 
@@ -90,6 +91,15 @@ async def health(request: Request) -> Response:
     except EngineError as e:
         return error_response(as_api_error(e))
     return JSONResponse({"status": "ok", "running": stats.running, "waiting": stats.waiting})
+
+
+async def engine_stats(request: Request) -> Response:
+    """The engine's load and counters as JSON (summed over engines behind the router),
+    including the step-time sums an operator or ``agentrt bench`` fits a cost model to."""
+    try:
+        return json_response(server_state(request).engine.stats())
+    except EngineError as e:
+        return error_response(as_api_error(e))
 
 
 async def metrics(request: Request) -> Response:

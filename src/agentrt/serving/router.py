@@ -525,6 +525,7 @@ class Router:
             for level, count in enumerate(s.calls_per_level):
                 levels[level] += count
             hit_rates.append(s.prefix_hit_rate)
+            total.step_moments = total.step_moments.plus(s.step_moments)
         if total.kv_blocks_total:
             total.kv_usage = total.kv_blocks_used / total.kv_blocks_total
         if hit_rates:

@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from agentrt.protocol.engine import StepMoments
 from agentrt.sim.profile import EngineProfile
 
 TERMS = ("step_overhead_s", "prefill_token_s", "decode_seq_s", "kv_token_s")
@@ -54,18 +55,36 @@ class FitResult(msgspec.Struct, frozen=True):
 
 
 def fit_steps(steps: list[StepRecord]) -> FitResult:
-    """Non-negative least-squares fit of the four step terms."""
-    if len(steps) < len(TERMS):
-        raise ValueError(f"need at least {len(TERMS)} step records to fit, got {len(steps)}")
-    x = np.array([[1.0, s.prefill_tokens, s.decode_seqs, s.kv_tokens] for s in steps])
-    y = np.array([s.seconds for s in steps])
-    # Scale columns so that the solver sees comparable magnitudes.
-    scale = np.maximum(np.abs(x).max(axis=0), 1e-12)
-    xs = x / scale
+    """Non-negative least-squares fit of the four step terms to step records."""
+    moments = StepMoments()
+    for s in steps:
+        moments.add(s.prefill_tokens, s.decode_seqs, s.kv_tokens, s.seconds)
+    return fit_moments(moments)
+
+
+def fit_moments(moments: StepMoments) -> FitResult:
+    """Non-negative least squares from the normal equations (an engine's running sums).
+
+    Ordinary least squares on the active terms; while a coefficient comes out
+    negative it is pinned to zero and the rest refitted. Columns are scaled by
+    their root mean square first, so that a constant and a count of KV tokens
+    (six orders of magnitude apart) are solved with comparable weight.
+    """
+    n = moments.steps
+    if n < len(TERMS):
+        raise ValueError(f"need at least {len(TERMS)} step records to fit, got {n}")
+    gram = np.zeros((4, 4))
+    gram[np.triu_indices(4)] = moments.xx
+    gram = gram + np.triu(gram, 1).T
+    xy = np.array(moments.xy)
+    scale = np.sqrt(np.maximum(np.diag(gram) / n, 1e-300))
+    gram_s = gram / np.outer(scale, scale)
+    xy_s = xy / scale
     active = list(range(len(TERMS)))
     coef = np.zeros(len(TERMS))
     while active:
-        solution, *_ = np.linalg.lstsq(xs[:, active], y, rcond=None)
+        sub = np.ix_(active, active)
+        solution, *_ = np.linalg.lstsq(gram_s[sub], xy_s[active], rcond=None)
         coef = np.zeros(len(TERMS))
         coef[active] = solution
         negative = [i for i in active if coef[i] < 0]
@@ -73,10 +92,10 @@ def fit_steps(steps: list[StepRecord]) -> FitResult:
             break
         active.remove(min(negative, key=lambda i: coef[i]))
     coef = np.maximum(coef, 0.0) / scale
-    residual = y - x @ coef
-    total = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - float((residual**2).sum()) / total if total > 0 else 1.0
-    return FitResult({t: float(c) for t, c in zip(TERMS, coef, strict=True)}, r2, len(steps))
+    residual = moments.yy - 2.0 * float(coef @ xy) + float(coef @ gram @ coef)
+    total = moments.yy - xy[0] ** 2 / n  # xy[0] is the sum of the step times
+    r2 = 1.0 - max(residual, 0.0) / total if total > 0 else 1.0
+    return FitResult({t: float(c) for t, c in zip(TERMS, coef, strict=True)}, r2, n)
 
 
 def fit_profile(

@@ -12,9 +12,16 @@ import pytest
 from tests.unit.agents.live_server import echo_server
 
 from agentrt.bench.compare import compare, parse_external, parse_policies, serve_flag
-from agentrt.bench.load import parse_prometheus, programs_for, server_counters, unit_arrivals
+from agentrt.bench.load import (
+    ServerSnapshot,
+    parse_prometheus,
+    programs_for,
+    server_counters,
+    unit_arrivals,
+)
 from agentrt.bench.serve import load_result, parse_rates
 from agentrt.cli import main
+from agentrt.protocol.engine import StepMoments
 
 
 def test_rates_parse_as_sweeps_or_lists() -> None:
@@ -46,10 +53,17 @@ def test_server_counters_come_from_metric_deltas() -> None:
     )
     after = parse_prometheus(text)
     assert after["agentrt:request_success_total"] == 7
-    before = {"agentrt:num_preemptions_total": 2.0}
-    counters = server_counters(before, after)
+    early, late = StepMoments(), StepMoments()
+    early.add(10, 2, 100, 0.5)
+    late.add(10, 2, 100, 0.5)
+    late.add(0, 4, 400, 0.25)
+    before = ServerSnapshot(metrics={"agentrt:num_preemptions_total": 2.0}, step_moments=early)
+    counters = server_counters(before, ServerSnapshot(metrics=after, step_moments=late))
     assert counters is not None and counters.preemptions == 3 and counters.queue_time_share == 0.25
-    assert server_counters(None, after) is None
+    # Only the run's own step (4 decodes, 400 KV tokens, 0.25 s) is left in the difference.
+    assert counters.step_moments is not None and counters.step_moments.steps == 1
+    assert counters.step_moments.xy == [0.25, 0.0, 1.0, 100.0]
+    assert server_counters(None, ServerSnapshot(metrics=after)) is None
 
 
 def test_external_systems_and_policies_parse() -> None:

@@ -167,3 +167,30 @@ def test_the_cpu_profile_fitted_from_our_engine_is_shipped() -> None:
     # sequence costs tens of milliseconds on 2 CPU cores, not microseconds as on an A100.
     assert p.step_overhead_s > 0 and p.decode_seq_s > 0 and p.prefill_token_s > 0
     assert 0.005 < p.step_overhead_s + p.decode_seq_s < 0.5
+
+
+def test_step_moments_add_up_across_engines_and_runs() -> None:
+    from agentrt.protocol.engine import StepMoments
+    from agentrt.sim.fit import fit_moments
+
+    truth = {
+        "step_overhead_s": 0.02,
+        "prefill_token_s": 3e-4,
+        "decode_seq_s": 2e-3,
+        "kv_token_s": 5e-7,
+    }
+    steps = _synthetic_steps(truth, 400, noise=0.02, seed=5)
+    first, second = StepMoments(), StepMoments()
+    for i, s in enumerate(steps):
+        (first if i % 2 else second).add(s.prefill_tokens, s.decode_seqs, s.kv_tokens, s.seconds)
+    both = first.plus(second)
+    whole = fit_steps(steps)
+    merged = fit_moments(both)
+    assert merged.steps == 400
+    for term in truth:
+        assert merged.coefficients[term] == pytest.approx(whole.coefficients[term], rel=1e-6)
+    assert merged.r2 == pytest.approx(whole.r2, rel=1e-6)
+    # A run's steps are the difference of two snapshots of the same sums.
+    assert fit_moments(both.minus(second)).coefficients == pytest.approx(
+        fit_moments(first).coefficients
+    )
