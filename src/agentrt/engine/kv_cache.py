@@ -6,12 +6,23 @@ head_dim]`` view that the attention function writes with ``index_copy_``.
 
 The host pool gives each swapped sequence one contiguous range of host
 memory, laid out ``[layers * 2, blocks, block_size * kv_heads * head_dim]``
-inside the range, so a swap is one row gather of the victim's blocks over all
-layers (``index_select`` on a contiguous tensor, memcpy speed) into that
-range: one bulk copy, not one per block (Autellix's batched swap). On CUDA
-the gather happens on the device and the pool is pinned, so the transfer is a
-single DMA. The per-block path exists only so the benchmark can show the
-difference.
+inside the range, so a swap moves the victim's blocks of every layer in one
+batched copy (Autellix's batched swap) rather than one copy per block.
+
+Where the batched copy pays: on CUDA the gather runs on the device and the
+pool is pinned, so the transfer is one DMA with one set-up, against one DMA
+(and its launch and set-up latency) per block. On CPU both paths move the
+same bytes through memcpy and are bound by memory bandwidth; the batched
+path only saves the per-copy overhead (a dispatch and a thread-pool
+fork/join per block, which on an oversubscribed machine can cost a scheduler
+time slice each). To stay at memcpy speed it must be *one 2-D row op*: the
+cache is viewed as ``[layers * 2 * blocks, block elements]`` rows and the
+victim's rows of every layer are gathered with one ``index_select`` over a
+flat row index (torch's row-memcpy loop). A 3-D ``index_select`` over the
+block dimension instead runs one strided copy per block, no faster than the
+per-block path. Swap-in scatters with one ``index_copy_`` over the same rows;
+it copies element by element (measured ~1.4x memcpy), still one op.
+The per-block path exists only so the benchmark can show the difference.
 """
 
 from __future__ import annotations
@@ -65,6 +76,8 @@ class PagedKVCache:
         self.by_block = self.kv.permute(2, 0, 1, 3, 4, 5)
         # [layers * 2, blocks, block elements]: whole-block rows of every layer, for swaps.
         self.rows = self.kv.view(num_layers * 2, num_blocks, -1)
+        # The same rows flattened to 2-D, so one index_select gathers them at memcpy speed.
+        self.flat_rows = self.kv.view(num_layers * 2 * num_blocks, -1)
 
     @staticmethod
     def bytes_per_block(
@@ -109,6 +122,10 @@ class HostSwapPool:
             self.num_blocks * self.block_elements, dtype=cache.dtype, pin_memory=self.pinned
         )
         self._free: list[tuple[int, int]] = [(0, self.num_blocks)] if self.num_blocks else []
+        # Row of block 0 of each [layer, k/v] in cache.flat_rows, as a column to add block ids to.
+        self._row_starts = (
+            torch.arange(cache.rows.shape[0], device=cache.device) * cache.num_blocks
+        ).unsqueeze(1)
 
     @property
     def num_free_blocks(self) -> int:
@@ -150,6 +167,10 @@ class HostSwapPool:
     def _index(self, block_ids: list[int]) -> torch.Tensor:
         return torch.tensor(block_ids, dtype=torch.long, device=self.cache.device)
 
+    def _flat_index(self, block_ids: list[int]) -> torch.Tensor:
+        """The blocks' rows in ``cache.flat_rows`` for every [layer, k/v], in the host range's order."""
+        return (self._row_starts + self._index(block_ids)).reshape(-1)
+
     def swap_out(self, block_ids: list[int]) -> HostRange | None:
         """Copy the blocks to host in one batched copy; ``None`` when no range is large enough."""
         handle = self._reserve(len(block_ids))
@@ -161,7 +182,8 @@ class HostSwapPool:
             dst.copy_(staged, non_blocking=True)  # one DMA into pinned memory
             torch.cuda.current_stream(self.cache.device).synchronize()
         else:
-            torch.index_select(self.cache.rows, 1, self._index(block_ids), out=dst)
+            flat_dst = dst.view(-1, dst.shape[-1])
+            torch.index_select(self.cache.flat_rows, 0, self._flat_index(block_ids), out=flat_dst)
         return handle
 
     def swap_in(self, handle: HostRange, block_ids: list[int]) -> None:
@@ -170,7 +192,10 @@ class HostSwapPool:
         src = self.view(handle)
         if self.pinned:
             src = src.to(self.cache.device, non_blocking=True)
-        self.cache.rows.index_copy_(1, self._index(block_ids), src)
+            self.cache.rows.index_copy_(1, self._index(block_ids), src)
+        else:
+            flat_src = src.reshape(-1, src.shape[-1])
+            self.cache.flat_rows.index_copy_(0, self._flat_index(block_ids), flat_src)
         self.release(handle)
 
     def swap_out_per_block(self, block_ids: list[int]) -> HostRange | None:
