@@ -33,20 +33,12 @@ from typing import Any
 import msgspec
 
 from agentrt.log import get_logger
+from agentrt.protocol.engine import StepRecord
 
 log = get_logger(__name__)
 
 # What NOTES.md measured on the 2-core CPU machine; shown next to the peak measured here.
 REFERENCE_PEAK_GFLOPS = {"float32": 87.0, "bfloat16": 235.0}
-
-
-class StepRecord(msgspec.Struct, array_like=False):
-    """One engine step as the simulator's profile fitter sees it."""
-
-    prefill_tokens: int  # prompt (or recomputed) tokens fed this step
-    decode_seqs: int  # sequences that fed exactly one token after their prompt
-    kv_tokens: int  # context tokens the step's sequences attend over (after the step)
-    seconds: float  # wall time of the whole step (schedule + model + sample + postprocess)
 
 
 class Throughput(msgspec.Struct, kw_only=True):
@@ -256,23 +248,11 @@ def warm_up(engine: Any) -> None:
 
 
 def timed_step(engine: Any, records: list[StepRecord]) -> None:
-    """Run one engine step and record what it computed, read off the sequences' progress."""
-    before = [(seq, seq.num_computed_tokens) for seq in engine.seqs.values()]
-    started = time.perf_counter()
+    """Run one engine step and keep the engine's own record of it (what it fed, how long)."""
+    engine.last_step = None
     engine.step()
-    seconds = time.perf_counter() - started
-    prefill = decode = kv = 0
-    for seq, computed in before:
-        fed = seq.num_computed_tokens - computed
-        if fed <= 0:
-            continue  # not scheduled, swapped, or dropped for recompute
-        if fed == 1 and computed >= seq.num_prompt_tokens:
-            decode += 1
-        else:
-            prefill += fed
-        kv += seq.num_computed_tokens
-    if prefill or decode:
-        records.append(StepRecord(prefill, decode, kv, seconds))
+    if engine.last_step is not None:
+        records.append(engine.last_step)
 
 
 def run_offline(

@@ -47,6 +47,7 @@ from agentrt.protocol.engine import (
     PromptTooLong,
     SamplingParams,
     StepMoments,
+    StepRecord,
     Timings,
     TokenEvent,
     TokenLogprob,
@@ -169,6 +170,7 @@ class LLMEngine:
         self.detokenizers: dict[str, IncrementalDetokenizer | None] = {}
         self.stats_counters = EngineStats(kv_blocks_total=cache.num_blocks)
         self.step_moments = StepMoments()
+        self.last_step: StepRecord | None = None
         self._copy_bytes_per_s = INITIAL_COPY_BYTES_PER_S
         self._seconds_per_token = INITIAL_SECONDS_PER_TOKEN
         self._reuse_left = 0  # multi-step: steps left before the scheduler decides again
@@ -324,20 +326,25 @@ class LLMEngine:
     # --- step --------------------------------------------------------------
     def step(self) -> list[TokenEvent]:
         """Run one engine step; returns the token events it produced (possibly none)."""
+        began = time.perf_counter()
         batch = self._schedule()
         if not batch:
             return []
+        prefill, decode, kv = self._step_shape(batch)
         started = time.perf_counter()
         logits = self.runner.execute(batch)
         states = [self.sampling_states[item.seq.seq_id] for item in batch if item.samples]
         sampled = self.sampler(logits, states) if states else None
         elapsed = time.perf_counter() - started
-        self._record_step(batch, elapsed)
-        return self._postprocess(batch, sampled, elapsed)
+        events = self._postprocess(batch, sampled, elapsed)
+        # The simulator's cost model is fitted to these (bench engine, /v1/engine/stats).
+        self.last_step = StepRecord(prefill, decode, kv, time.perf_counter() - began)
+        self.step_moments.add(self.last_step)
+        return events
 
-    def _record_step(self, batch: list[ScheduledSeq], seconds: float) -> None:
-        """Add the step to the step-time sums (the simulator's cost model, fitted from them):
-        prompt tokens fed, sequences decoding one token, KV tokens attended, seconds."""
+    @staticmethod
+    def _step_shape(batch: list[ScheduledSeq]) -> tuple[int, int, int]:
+        """Prompt tokens fed, sequences decoding one token, KV tokens attended (after the step)."""
         prefill = decode = kv = 0
         for item in batch:
             seq = item.seq
@@ -346,7 +353,7 @@ class LLMEngine:
             else:
                 prefill += item.num_tokens
             kv += seq.num_computed_tokens + item.num_tokens
-        self.step_moments.add(prefill, decode, kv, seconds)
+        return prefill, decode, kv
 
     def _schedule(self) -> list[ScheduledSeq]:
         if self._reuse_left > 0:

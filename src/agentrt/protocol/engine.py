@@ -120,6 +120,15 @@ class TokenEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     timings: Timings | None = None  # on the final event of the call
 
 
+class StepRecord(msgspec.Struct, frozen=True):
+    """One engine step as the simulator's cost model sees it."""
+
+    prefill_tokens: int  # prompt (or recomputed) tokens fed this step
+    decode_seqs: int  # sequences that fed exactly one token after their prompt
+    kv_tokens: int  # context tokens the step's sequences attend over (after the step)
+    seconds: float  # wall time of the whole step (schedule, swaps, model, sampling, postprocess)
+
+
 class StepMoments(msgspec.Struct, kw_only=True):
     """Running sums from which the step-time model is fitted, over every step an engine ran.
 
@@ -140,8 +149,9 @@ class StepMoments(msgspec.Struct, kw_only=True):
     def steps(self) -> int:
         return round(self.xx[0])  # the sum of the constant feature 1 * 1
 
-    def add(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int, seconds: float) -> None:
-        features = (1.0, float(prefill_tokens), float(decode_seqs), float(kv_tokens))
+    def add(self, step: StepRecord) -> None:
+        features = (1.0, float(step.prefill_tokens), float(step.decode_seqs), float(step.kv_tokens))
+        seconds = step.seconds
         xx = self.xx
         k = 0
         for i in range(4):

@@ -22,17 +22,10 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from agentrt.protocol.engine import StepMoments
+from agentrt.protocol.engine import StepMoments, StepRecord
 from agentrt.sim.profile import EngineProfile
 
 TERMS = ("step_overhead_s", "prefill_token_s", "decode_seq_s", "kv_token_s")
-
-
-class StepRecord(msgspec.Struct, frozen=True):
-    prefill_tokens: int
-    decode_seqs: int
-    kv_tokens: int
-    seconds: float
 
 
 class SwapRecord(msgspec.Struct):
@@ -57,8 +50,8 @@ class FitResult(msgspec.Struct, frozen=True):
 def fit_steps(steps: list[StepRecord]) -> FitResult:
     """Non-negative least-squares fit of the four step terms to step records."""
     moments = StepMoments()
-    for s in steps:
-        moments.add(s.prefill_tokens, s.decode_seqs, s.kv_tokens, s.seconds)
+    for step in steps:
+        moments.add(step)
     return fit_moments(moments)
 
 

@@ -10,7 +10,8 @@ import msgspec
 import pytest
 
 from agentrt.cli import main
-from agentrt.sim.fit import StepRecord, fit_steps
+from agentrt.protocol.engine import StepRecord
+from agentrt.sim.fit import fit_steps
 from agentrt.sim.profile import EngineProfile, dump_profile, load_profile, shipped_profiles
 
 
@@ -182,7 +183,7 @@ def test_step_moments_add_up_across_engines_and_runs() -> None:
     steps = _synthetic_steps(truth, 400, noise=0.02, seed=5)
     first, second = StepMoments(), StepMoments()
     for i, s in enumerate(steps):
-        (first if i % 2 else second).add(s.prefill_tokens, s.decode_seqs, s.kv_tokens, s.seconds)
+        (first if i % 2 else second).add(s)
     both = first.plus(second)
     whole = fit_steps(steps)
     merged = fit_moments(both)
