@@ -285,6 +285,8 @@ def run(args: argparse.Namespace) -> int:
     result.comparison = compare(systems, args.latency_target)
     print_runs(console, systems)
     print_comparison(console, result.comparison)
+    if args.simulate and not args.from_json:
+        write_outputs(result, args, console)  # the measurement is kept whatever the replay does
     if args.simulate:
         from agentrt.bench.replay import predict, print_predictions
         from agentrt.sim.profile import load_profile
