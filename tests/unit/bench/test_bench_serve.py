@@ -192,12 +192,16 @@ def test_bench_compare_starts_one_agentrt_server_per_policy(tmp_path: Path, caps
     assert all(run["server"] is not None and run["errors"] == 0 for s in result["systems"] for run in s["runs"])
     ports = {s["base_url"] for s in result["systems"]}
     assert len(ports) == 2  # each policy got its own server
+    # ... a fresh one for each rate, so no rate finds the previous rate's prompts cached.
+    captured = capsys.readouterr()
+    assert captured.err.count("starting server") == 4
+    assert [run["rate"] for run in result["systems"][0]["runs"]] == [4, 8]
     # The simulator replays the measured programs of every run, next to the measurement.
     predictions = result["predictions"]
     assert [(p["policy"], p["rate"]) for p in predictions] == [("fcfs", 4), ("fcfs", 8), ("plas", 4), ("plas", 8)]
     assert all(p["simulated"]["mean"] > 0 for p in predictions)
     assert predictions[0]["measured"] == result["systems"][0]["runs"][0]["latency"]
-    assert "simulator (a100-llama3-8b) against measurement" in capsys.readouterr().out
+    assert "simulator (a100-llama3-8b) against measurement" in captured.out
     # A saved run can be reported again (e.g. with a newly fitted profile) without measuring.
     again = tmp_path / "again.json"
     assert main(["bench", "compare", "--from-json", str(out), "--simulate", "a100-llama3-8b",
