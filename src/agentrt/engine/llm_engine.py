@@ -339,7 +339,7 @@ class LLMEngine:
         events = self._postprocess(batch, sampled, elapsed)
         # The simulator's cost model is fitted to these (bench engine, /v1/engine/stats).
         self.last_step = StepRecord(prefill, decode, kv, time.perf_counter() - began)
-        self.step_moments.add(self.last_step)
+        self.step_moments = self.step_moments.plus(StepMoments.of(self.last_step))
         return events
 
     @staticmethod
@@ -642,7 +642,7 @@ class LLMEngine:
             steps=c.steps,
             generated_tokens=c.generated_tokens,
             calls_per_level=levels,
-            step_moments=self.step_moments.snapshot(),
+            step_moments=self.step_moments,
         )
 
     # --- offline use --------------------------------------------------------

@@ -8,7 +8,7 @@ These types are plain msgspec Structs and a Protocol: no torch here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
@@ -138,7 +138,9 @@ class StepMoments(msgspec.Struct, kw_only=True):
     ``(1, prefill, decode, kv)``), ``X^T y`` (``xy``) and ``y^T y`` (``yy``).
     Sums add: the moments of two engines, or of a run (after minus before),
     are fitted like one engine's, so a live server can report its own cost
-    model without keeping a record per step.
+    model without keeping a record per step. Values are never changed in
+    place (``plus`` makes a new one), so a reader on another thread never
+    sees a step half added.
     """
 
     xx: list[float] = msgspec.field(default_factory=lambda: [0.0] * 10)
@@ -149,22 +151,22 @@ class StepMoments(msgspec.Struct, kw_only=True):
     def steps(self) -> int:
         return round(self.xx[0])  # the sum of the constant feature 1 * 1
 
-    def add(self, step: StepRecord) -> None:
+    @classmethod
+    def of(cls, step: StepRecord) -> StepMoments:
+        """The sums of one step."""
         features = (1.0, float(step.prefill_tokens), float(step.decode_seqs), float(step.kv_tokens))
-        seconds = step.seconds
-        xx = self.xx
-        k = 0
-        for i in range(4):
-            for j in range(i, 4):
-                xx[k] += features[i] * features[j]
-                k += 1
-        for i in range(4):
-            self.xy[i] += features[i] * seconds
-        self.yy += seconds * seconds
+        return cls(
+            xx=[features[i] * features[j] for i in range(4) for j in range(i, 4)],
+            xy=[f * step.seconds for f in features],
+            yy=step.seconds * step.seconds,
+        )
 
-    def snapshot(self) -> StepMoments:
-        """A copy that later steps do not change."""
-        return StepMoments(xx=list(self.xx), xy=list(self.xy), yy=self.yy)
+    @classmethod
+    def total(cls, steps: Iterable[StepRecord]) -> StepMoments:
+        moments = cls()
+        for step in steps:
+            moments = moments.plus(cls.of(step))
+        return moments
 
     def plus(self, other: StepMoments, sign: float = 1.0) -> StepMoments:
         return StepMoments(

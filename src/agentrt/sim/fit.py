@@ -49,10 +49,7 @@ class FitResult(msgspec.Struct, frozen=True):
 
 def fit_steps(steps: list[StepRecord]) -> FitResult:
     """Non-negative least-squares fit of the four step terms to step records."""
-    moments = StepMoments()
-    for step in steps:
-        moments.add(step)
-    return fit_moments(moments)
+    return fit_moments(StepMoments.total(steps))
 
 
 def fit_moments(moments: StepMoments) -> FitResult:

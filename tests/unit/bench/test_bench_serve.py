@@ -53,10 +53,8 @@ def test_server_counters_come_from_metric_deltas() -> None:
     )
     after = parse_prometheus(text)
     assert after["agentrt:request_success_total"] == 7
-    early, late = StepMoments(), StepMoments()
-    early.add(StepRecord(10, 2, 100, 0.5))
-    late.add(StepRecord(10, 2, 100, 0.5))
-    late.add(StepRecord(0, 4, 400, 0.25))
+    early = StepMoments.total([StepRecord(10, 2, 100, 0.5)])
+    late = StepMoments.total([StepRecord(10, 2, 100, 0.5), StepRecord(0, 4, 400, 0.25)])
     before = ServerSnapshot(metrics={"agentrt:num_preemptions_total": 2.0}, step_moments=early)
     counters = server_counters(before, ServerSnapshot(metrics=after, step_moments=late))
     assert counters is not None and counters.preemptions == 3 and counters.queue_time_share == 0.25

@@ -64,13 +64,11 @@ def _synthetic_steps(truth: dict[str, float], n: int, noise: float, seed: int) -
     return steps
 
 
+TRUTH = {"step_overhead_s": 0.02, "prefill_token_s": 3e-4, "decode_seq_s": 2e-3, "kv_token_s": 5e-7}
+
+
 def test_fit_recovers_known_coefficients_from_noisy_steps() -> None:
-    truth = {
-        "step_overhead_s": 0.02,
-        "prefill_token_s": 3e-4,
-        "decode_seq_s": 2e-3,
-        "kv_token_s": 5e-7,
-    }
+    truth = TRUTH
     result = fit_steps(_synthetic_steps(truth, 400, noise=0.02, seed=3))
     for term, value in truth.items():
         assert result.coefficients[term] == pytest.approx(value, rel=0.1), term
@@ -174,16 +172,9 @@ def test_step_moments_add_up_across_engines_and_runs() -> None:
     from agentrt.protocol.engine import StepMoments
     from agentrt.sim.fit import fit_moments
 
-    truth = {
-        "step_overhead_s": 0.02,
-        "prefill_token_s": 3e-4,
-        "decode_seq_s": 2e-3,
-        "kv_token_s": 5e-7,
-    }
+    truth = TRUTH
     steps = _synthetic_steps(truth, 400, noise=0.02, seed=5)
-    first, second = StepMoments(), StepMoments()
-    for i, s in enumerate(steps):
-        (first if i % 2 else second).add(s)
+    first, second = StepMoments.total(steps[1::2]), StepMoments.total(steps[::2])
     both = first.plus(second)
     whole = fit_steps(steps)
     merged = fit_moments(both)
