@@ -81,7 +81,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help=f"requests waiting for a slot before 429s (default {defaults.max_queued_requests})",
     )
-
     parser.add_argument(
         "--shutdown-timeout",
         type=float,
