@@ -94,7 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="HF folder, safetensors or GGUF (default: SmolLM2-135M-Instruct)",
     )
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
+    )
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=128)
@@ -124,13 +126,14 @@ def apply_quick(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from agentrt.engine.loader import load_model
+    from agentrt.engine.loader import load_model, resolve_dtype
 
     if args.quick:
         apply_quick(args)
     if args.min_prompt_len < 1 or args.max_prompt_len < args.min_prompt_len:
         raise SystemExit("need 1 <= --min-prompt-len <= --max-prompt-len")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.dtype = str(resolve_dtype(args.dtype, device)).removeprefix("torch.")
     loaded = load_model(args.model, dtype=args.dtype, device=device)
     generator = torch.Generator().manual_seed(args.seed)
     prompts = make_prompts(args, loaded.vocab_size, generator)

@@ -15,7 +15,7 @@ from agentrt.config import ConfigError
 from agentrt.scheduling import SchedulerConfig
 
 PreemptionMode = Literal["auto", "swap", "recompute"]
-DType = Literal["float32", "bfloat16", "float16"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -32,11 +32,15 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """
 
     model: str = ""  # HF folder, safetensors or GGUF file; "" = the default model
-    dtype: DType = "bfloat16"
+    # "auto": the dtype this device computes fastest in (loader.auto_dtype).
+    dtype: DType = "auto"
     device: str = "cpu"
     # CPU threads for torch's kernels (process-wide); None keeps torch's default.
     # On a shared or oversubscribed machine fewer threads avoid barrier stalls.
     num_threads: int | None = None
+    # CPU, float32: keep a oneDNN-packed copy of each linear weight for decode-sized
+    # batches (faster; one more copy of those weights in memory). See engine/linear.py.
+    packed_linears: bool = True
     block_size: int = 16
     kv_cache_memory: float = 0.1
     num_kv_blocks: int | None = None

@@ -76,16 +76,51 @@ class LoadedModel:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"float32"`` / ``"bfloat16"`` / ``"float16"`` (or a torch dtype) to a torch dtype."""
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
+    """``"auto"`` / ``"float32"`` / ``"bfloat16"`` / ``"float16"`` (or a torch dtype) to a
+    torch dtype; ``"auto"`` is :func:`auto_dtype` of ``device``."""
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():
             raise ModelLoadError(f"unsupported dtype {dtype}; use one of {', '.join(DTYPES)}")
         return dtype
+    if dtype == "auto":
+        return auto_dtype(torch.device(device))
     try:
         return DTYPES[dtype]
     except KeyError:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}") from None
+        choices = ", ".join(["auto", *DTYPES])
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {choices}") from None
+
+
+def auto_dtype(device: torch.device) -> torch.dtype:
+    """The dtype ``device`` computes a model fastest in.
+
+    CUDA: bfloat16 where the GPU supports it, else float16. CPU: bfloat16
+    only when the CPU has bfloat16 dot-product instructions (x86
+    ``avx512_bf16`` or ``amx_bf16``, Arm ``bf16``); without them torch emulates
+    bfloat16 and it is much slower than float32: 4.6x slower for a
+    decode-sized matmul on this project's AMD EPYC hosts (AVX2 only), where
+    the Intel hosts with AMX ran it 2.7x faster than float32.
+    """
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_bf16_instructions():
+        return torch.bfloat16
+    return torch.float32
+
+
+def cpu_has_bf16_instructions(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU flags in ``cpuinfo`` (Linux) include a native bfloat16 dot product."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags = set(value.split())
+            return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return False
 
 
 def default_gguf_path() -> Path:
@@ -105,7 +140,7 @@ def default_gguf_path() -> Path:
 def load_model(
     model: str | os.PathLike[str] | None = None,
     *,
-    dtype: str | torch.dtype = "float32",
+    dtype: str | torch.dtype = "auto",
     device: str | torch.device = "cpu",
     max_model_len: int | None = None,
     name: str | None = None,
@@ -120,7 +155,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype, device)
     folder, served_name = resolve_model_folder(model, cache_dir)
     started = time.perf_counter()
     try:

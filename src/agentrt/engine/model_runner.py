@@ -24,12 +24,12 @@ from agentrt.engine.attention import (
 )
 from agentrt.engine.config import EngineConfig
 from agentrt.engine.kv_cache import PagedKVCache
+from agentrt.engine.linear import pack_linears
+from agentrt.engine.loader import resolve_dtype
 from agentrt.engine.sequence import Sequence
 from agentrt.log import get_logger
 
 log = get_logger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -101,9 +101,10 @@ class ModelRunner:
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         self.device = torch.device(config.device)
-        self.dtype = DTYPES[config.dtype]
+        self.dtype = resolve_dtype(config.dtype, self.device)
         self.block_size = config.block_size
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        packed = pack_linears(self.model) if config.packed_linears else 0
         self.shape = ModelShape.of(model.config)
         self.group = self.shape.num_heads // self.shape.num_kv_heads
         register_attention()
@@ -127,6 +128,8 @@ class ModelRunner:
             block_size=config.block_size,
             bytes=num_blocks * self.kv_cache.block_bytes,
             attention="xformers" if self.use_xformers else "sdpa",
+            dtype=str(self.dtype),
+            packed_linears=packed,
         )
 
     @torch.inference_mode()

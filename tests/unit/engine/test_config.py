@@ -20,7 +20,7 @@ def test_loads_from_toml_with_overrides(tmp_path: Path) -> None:
     config = load_config(EngineConfig, path, "engine", {"max_num_seqs": 8, "dtype": None})
     assert config.block_size == 32 and config.preemption_mode == "swap"
     assert config.kv_cache_memory == 1073741824 and config.max_num_seqs == 8
-    assert config.scheduler.policy == "plas" and config.dtype == "bfloat16"
+    assert config.scheduler.policy == "plas" and config.dtype == "auto"
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,8 @@ from agentrt.engine import loader
 from agentrt.engine.loader import (
     DEFAULT_MODEL,
     ModelLoadError,
+    auto_dtype,
+    cpu_has_bf16_instructions,
     default_gguf_path,
     gguf_to_hf_folder,
     load_model,
@@ -25,8 +27,8 @@ def test_loads_a_hugging_face_folder(tiny_folder: Path) -> None:
     assert loaded.name == tiny_folder.name
     assert loaded.path == tiny_folder
     assert not loaded.model.training
-    assert loaded.dtype == torch.float32
-    assert next(loaded.model.parameters()).dtype == torch.float32
+    assert loaded.dtype == auto_dtype(torch.device("cpu"))  # the default dtype is "auto"
+    assert next(loaded.model.parameters()).dtype == loaded.dtype
     assert loaded.max_model_len == 512
     assert loaded.vocab_size == len(loaded.tokenizer)
     assert loaded.num_parameters > 0
@@ -50,8 +52,36 @@ def test_dtype_is_configurable(tiny_folder: Path, dtype: Any) -> None:
 
 
 def test_unknown_dtype_is_a_clear_error(tiny_folder: Path) -> None:
-    with pytest.raises(ModelLoadError, match="float32, bfloat16, float16"):
+    with pytest.raises(ModelLoadError, match="auto, float32, bfloat16, float16"):
         load_model(tiny_folder, dtype="float64")
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("flags\t\t: fpu sse2 avx2 fma", False),  # AVX2 only: bfloat16 is emulated
+        ("flags\t\t: fpu avx2 avx512f avx512_bf16", True),
+        ("flags\t\t: fpu avx2 amx_tile amx_bf16", True),
+        ("Features\t: fp asimd bf16 i8mm", True),  # Arm
+        ("processor\t: 0", False),
+    ],
+)
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path, flags: str, native: bool) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\n{flags}\n")
+    assert cpu_has_bf16_instructions(cpuinfo) is native
+
+
+def test_auto_dtype_on_cpu_is_bf16_only_with_native_instructions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loader, "cpu_has_bf16_instructions", lambda: False)
+    assert auto_dtype(cpu) == torch.float32
+    assert resolve_dtype("auto") == torch.float32
+    monkeypatch.setattr(loader, "cpu_has_bf16_instructions", lambda: True)
+    assert auto_dtype(cpu) == torch.bfloat16
+    assert cpu_has_bf16_instructions(Path("/nonexistent/cpuinfo")) is False
 
 
 def test_max_model_len_may_only_lower_the_context(tiny_folder: Path) -> None:

@@ -1,0 +1,84 @@
+"""Linear layers with oneDNN-packed weights for the small row counts of decode steps on CPU.
+
+``F.linear`` hands ``x @ W.T`` to MKL's sgemm. With few rows (a decode step
+has one per running sequence) each weight element feeds only a few
+multiply-adds, so the speed is set by how well the kernel streams the weight
+from memory, and MKL does that poorly on the AMD EPYC hosts of this project.
+oneDNN's inner product over a weight reordered once into its blocked layout
+streams it far better. Measured with torch 2.13 on 2 cores, 1536x576 weights
+out of cache: 1.5x faster at 1 row, 1.2x at 32, equal at 128, 0.9x from 512
+rows up; the 49,152-row ``lm_head`` at 32 rows 2.1x. A batch-32 decode step
+of SmolLM2-135M runs ~20% faster (same process, alternating steps).
+
+The packed copy is kept next to the dense weight, which costs one more copy
+of the linear weights in memory (set ``EngineConfig.packed_linears = false``
+to avoid it); above :data:`MAX_PACKED_ROWS` rows (long prefill chunks) the
+dense weight and ``F.linear`` are used, since they are faster there. The
+copy is made once, when the engine starts: weights changed afterwards are
+not seen.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agentrt.log import get_logger
+
+log = get_logger(__name__)
+
+MAX_PACKED_ROWS = 256
+# The row count oneDNN tunes the packed layout for; any row count works with it.
+PACKING_ROWS_HINT = 32
+
+
+def packing_available() -> bool:
+    """Whether this torch build has oneDNN and the linear packing ops (CPU builds do)."""
+    ops = torch.ops.mkldnn
+    return bool(
+        torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+        and hasattr(ops, "_reorder_linear_weight")
+        and hasattr(ops, "_linear_pointwise")
+    )
+
+
+class PackedLinear(nn.Linear):
+    """An ``nn.Linear`` that multiplies up to 256 rows with a oneDNN-packed copy of its weight."""
+
+    packed_weight: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if rows > MAX_PACKED_ROWS or x.dtype != self.packed_weight.dtype:
+            return F.linear(x, self.weight, self.bias)
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
+            x.reshape(rows, self.in_features), self.packed_weight, self.bias, "none", [], ""
+        )
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def pack_linears(model: nn.Module) -> int:
+    """Turn every plain float32 CPU ``nn.Linear`` of ``model`` into a :class:`PackedLinear`.
+
+    Only the class changes and a packed copy is added: parameters, tied
+    weights (``lm_head`` sharing the embedding) and hooks stay. Subclasses of
+    ``nn.Linear`` (quantised layers, for example) are left alone. Returns how
+    many layers were packed.
+    """
+    if not packing_available():
+        log.info("linear_packing_unavailable")
+        return 0
+    packed = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if type(module) is not nn.Linear or weight is None:
+            continue
+        if weight.device.type != "cpu" or weight.dtype != torch.float32:
+            continue
+        with torch.no_grad():
+            copy = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACKING_ROWS_HINT)
+        module.__class__ = PackedLinear
+        module.packed_weight = copy
+        packed += 1
+    return packed

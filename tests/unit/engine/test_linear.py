@@ -1,0 +1,62 @@
+"""oneDNN-packed linears: the same products as ``F.linear``, only where they are faster."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agentrt.engine.linear import MAX_PACKED_ROWS, PackedLinear, pack_linears, packing_available
+
+pytestmark = pytest.mark.skipif(not packing_available(), reason="torch built without oneDNN")
+
+
+class TwoLayers(nn.Module):
+    """An embedding tied to an output projection, a biased linear and a bf16 one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(50, 24)
+        self.hidden = nn.Linear(24, 40)
+        self.narrow = nn.Linear(40, 24, bias=False)
+        self.head = nn.Linear(24, 50, bias=False)
+        self.head.weight = self.embed.weight
+        self.bf16 = nn.Linear(24, 8).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 32, MAX_PACKED_ROWS, MAX_PACKED_ROWS + 1, 600])
+def test_packed_products_equal_f_linear(rows: int) -> None:
+    model = TwoLayers()
+    assert pack_linears(model) == 3  # the bf16 layer stays as it was
+    x = torch.randn(1, rows, 24)
+    for layer in (model.hidden, model.head):
+        assert isinstance(layer, PackedLinear)
+        expected = F.linear(x, layer.weight, layer.bias)
+        got = layer(x)
+        assert got.shape == expected.shape == (1, rows, layer.out_features)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert model.narrow(torch.randn(rows, 40)).shape == (rows, 24)  # 2-D input, no bias
+
+
+def test_packing_keeps_parameters_tied_weights_and_other_dtypes() -> None:
+    model = TwoLayers()
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    pack_linears(model)
+    assert model.head.weight is model.embed.weight
+    assert type(model.bf16) is nn.Linear
+    after = model.state_dict()
+    assert before.keys() == after.keys()  # the packed copies are not parameters
+    for name, value in before.items():
+        assert torch.equal(value, after[name])
+    x = torch.randn(3, 24, dtype=torch.bfloat16)
+    torch.testing.assert_close(model.bf16(x), F.linear(x, model.bf16.weight, model.bf16.bias))
+
+
+def test_an_input_of_another_dtype_takes_the_dense_path() -> None:
+    model = TwoLayers()
+    pack_linears(model)
+    x = torch.randn(4, 24, dtype=torch.float64)
+    layer = model.hidden.double()  # a later .to() changes the dense weight, not the packed one
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
