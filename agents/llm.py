@@ -36,6 +36,16 @@ class Reply:
     completion_tokens: int
 
 
+class IncompleteReply(RuntimeError):
+    """The server ended a streamed reply without a finish reason: the reply was cut off.
+
+    Some servers close a stream early (llama-cpp-python's server, for one,
+    drops a running stream when another request arrives unless started with
+    ``--interrupt_requests False``). Counting such a call as done would make
+    a benchmark report work that never happened, so it is an error.
+    """
+
+
 @dataclass
 class _Assembler:
     """Folds stream chunks into a :class:`Reply` while timing them into a :class:`CallRecord`."""
@@ -85,6 +95,9 @@ class _Assembler:
 
     def finish(self) -> Reply:
         self.record.end = time.monotonic()
+        if self.record.finish_reason is None:
+            self.record.error = "IncompleteReply: the stream ended without a finish reason"
+            raise IncompleteReply(f"the stream of {self.record.call_id or 'a call'} ended without a finish reason")
         if self.record.completion_tokens == 0:
             # The server sent no usage: one streamed chunk is one token on every server we know.
             self.record.completion_tokens = self.chunks_with_text
