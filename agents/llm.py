@@ -96,8 +96,9 @@ class _Assembler:
     def finish(self) -> Reply:
         self.record.end = time.monotonic()
         if self.record.finish_reason is None:
-            self.record.error = "IncompleteReply: the stream ended without a finish reason"
-            raise IncompleteReply(f"the stream of {self.record.call_id or 'a call'} ended without a finish reason")
+            error = IncompleteReply(f"the stream of {self.record.call_id or 'a call'} ended without a finish reason")
+            self.record.error = f"{type(error).__name__}: {error}"
+            raise error
         if self.record.completion_tokens == 0:
             # The server sent no usage: one streamed chunk is one token on every server we know.
             self.record.completion_tokens = self.chunks_with_text

@@ -71,9 +71,9 @@ def pack_linears(model: nn.Module) -> int:
         return 0
     packed = 0
     for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if type(module) is not nn.Linear or weight is None:
+        if type(module) is not nn.Linear:
             continue
+        weight = module.weight
         if weight.device.type != "cpu" or weight.dtype != torch.float32:
             continue
         with torch.no_grad():

@@ -19,6 +19,7 @@ read that folder directly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -109,8 +110,12 @@ def auto_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+@functools.cache
 def cpu_has_bf16_instructions(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU flags in ``cpuinfo`` (Linux) include a native bfloat16 dot product."""
+    """Whether the CPU flags in ``cpuinfo`` (Linux) include a native bfloat16 dot product.
+
+    Cached: the loader and the model runner both resolve ``"auto"``.
+    """
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:

@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import pytest
 from agents.llm import LLM, IncompleteReply
+from tests.unit.sdk.recording import chat_chunks
 
 import agentrt
 
 
 def sse_server(finish: bool) -> httpx.MockTransport:
-    """A chat endpoint that streams one token, then a finish chunk and [DONE] only if ``finish``."""
-
-    def handle(request: httpx.Request) -> httpx.Response:
-        def chunk(delta: dict[str, str], reason: str | None = None) -> str:
-            body = {
-                "id": "c1",
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": "m",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
-            }
-            return f"data: {json.dumps(body)}\n\n"
-
-        events = chunk({"role": "assistant", "content": "Par"})
-        if finish:
-            events += chunk({}, "stop") + "data: [DONE]\n\n"
-        return httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, content=events.encode()
+    """A chat endpoint that streams one word, with its finish chunk and [DONE] only if ``finish``."""
+    body = chat_chunks(["Par"], finish=finish)
+    return httpx.MockTransport(
+        lambda request: httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, content=body
         )
-
-    return httpx.MockTransport(handle)
+    )
 
 
 def llm(finish: bool) -> LLM:

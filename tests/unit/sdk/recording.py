@@ -69,7 +69,8 @@ def chat_completion(content: str) -> dict[str, Any]:
     }
 
 
-def chat_chunks(words: list[str]) -> bytes:
+def chat_chunks(words: list[str], finish: bool = True) -> bytes:
+    """An SSE chat stream of ``words``; without ``finish`` it stops before the finish chunk."""
     events = []
     for i, word in enumerate(words):
         delta = {"role": "assistant", "content": word} if i == 0 else {"content": word}
@@ -81,6 +82,8 @@ def chat_chunks(words: list[str]) -> bytes:
             "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
         }
         events.append(f"data: {json.dumps(chunk)}\n\n")
+    if not finish:
+        return "".join(events).encode()
     last = {
         "id": "chatcmpl-test",
         "object": "chat.completion.chunk",
