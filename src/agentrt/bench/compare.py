@@ -7,7 +7,9 @@ llama.cpp's server), runs the same rate sweep against each, rate by rate with th
 taking turns (only one is loaded at a time; interleaving spreads drift in the
 machine's background load over all of them), and reports each
 system's throughput at equal mean latency as a ratio against the first
-system (Autellix's headline metric), with p95 latency at the baseline's load.
+system (Autellix's headline metric), with p95 latency at the baseline's load;
+once on mean program latency and once on the paper's program-level token
+latency (the second weighs the short programs, see :mod:`agentrt.sim.sweep`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import msgspec
 from agentrt.bench.program_metrics import AtLatency, interpolate, rate_at_latency
 from agentrt.bench.serve import BenchResult, SystemResult, add_workload_arguments, validate
 from agentrt.log import get_logger
+from agentrt.sim.sweep import LatencyMetric
 
 log = get_logger(__name__)
 
@@ -51,8 +54,9 @@ class ComparisonRow(msgspec.Struct, kw_only=True):
 
 class Comparison(msgspec.Struct, kw_only=True):
     baseline: str
-    latency_target: float
-    rows: list[ComparisonRow]
+    latency_target: float  # in the metric's unit: s, or s per generated token
+    rows: list[ComparisonRow]  # their mean/p95 columns are in the metric too
+    metric: LatencyMetric = "latency"
 
 
 def parse_external(text: str) -> tuple[str, str, str]:
@@ -83,6 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-target", type=float, default=None,
                         help="mean program latency (s) at which throughputs are compared "
                         "(default: the baseline's highest mean latency up to its middle swept rate)")
+    parser.add_argument("--token-latency-target", type=float, default=None,
+                        help="mean program-level token latency (s per generated token) for the second "
+                        "comparison (default: chosen like --latency-target)")
     parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for a server's /health")
     parser.add_argument("--simulate", default=None, metavar="PROFILE",
                         help="also run the simulator (a shipped profile name or a TOML file) on the measured "
@@ -159,18 +166,23 @@ def _tail(path: str, lines: int = 20) -> str:
     return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
 
 
-def compare(systems: list[SystemResult], latency_target: float | None) -> Comparison:
-    """Throughput at equal mean latency of every system against the first."""
+def compare(systems: list[SystemResult], latency_target: float | None,
+            metric: LatencyMetric = "latency") -> Comparison:
+    """Throughput at equal mean ``metric`` of every system against the first."""
+
+    def curve(system: SystemResult, stat: str = "mean") -> list[tuple[float, float]]:
+        return [(r.rate, getattr(getattr(r, metric), stat)) for r in system.runs]
+
     base = systems[0]
-    base_points = [(r.rate, r.latency.mean) for r in base.runs]
+    base_points = curve(base)
     if latency_target is None:
         # The baseline's latency up to its middle rate (the max, so that noise on a flat start
         # cannot put the target below the lightest load's latency).
-        latency_target = max(r.latency.mean for r in base.runs[: len(base.runs) // 2 + 1])
+        latency_target = max(m for _, m in base_points[: len(base_points) // 2 + 1])
     base_at = rate_at_latency(base_points, latency_target)
     rows = []
     for system in systems:
-        at = rate_at_latency([(r.rate, r.latency.mean) for r in system.runs], latency_target)
+        at = rate_at_latency(curve(system), latency_target)
         ratio: float | None = None
         bound = "?"
         if base_at.bound != "<" and base_at.rate > 0 and at.bound != "<":
@@ -178,24 +190,29 @@ def compare(systems: list[SystemResult], latency_target: float | None) -> Compar
             bound = {("=", "="): "=", (">=", "="): ">=", ("=", ">="): "<=", (">=", ">="): "?"}[(at.bound, base_at.bound)]
         rows.append(ComparisonRow(
             label=system.label, rate_at_target=at, ratio=ratio, ratio_bound=bound,
-            mean_at_baseline_rate=interpolate([(r.rate, r.latency.mean) for r in system.runs], base_at.rate),
-            p95_at_baseline_rate=interpolate([(r.rate, r.latency.p95) for r in system.runs], base_at.rate),
+            mean_at_baseline_rate=interpolate(curve(system), base_at.rate),
+            p95_at_baseline_rate=interpolate(curve(system, "p95"), base_at.rate),
         ))
-    return Comparison(baseline=base.label, latency_target=latency_target, rows=rows)
+    return Comparison(baseline=base.label, latency_target=latency_target, rows=rows, metric=metric)
 
 
 def print_comparison(console: Any, comparison: Comparison) -> None:
     from rich.table import Table
 
-    table = Table(title=f"throughput at equal mean program latency ({comparison.latency_target:.1f} s), "
-                  f"against {comparison.baseline}")
-    for column in ("system", "programs/s at target", "ratio", "mean at baseline's rate", "p95 at baseline's rate"):
+    if comparison.metric == "latency":
+        title, unit, fmt = f"mean program latency ({comparison.latency_target:.1f} s)", "s", ".1f"
+    else:
+        title, unit, fmt = (f"mean program-level token latency ({comparison.latency_target:.3g} s/token)",
+                            "s/token", ".3g")
+    table = Table(title=f"throughput at equal {title}, against {comparison.baseline}")
+    for column in ("system", "programs/s at target", "ratio", f"mean {unit} at baseline's rate",
+                   f"p95 {unit} at baseline's rate"):
         table.add_column(column, justify="left" if column == "system" else "right")
     for row in comparison.rows:
         ratio = "n/a" if row.ratio is None else f"{'' if row.ratio_bound == '=' else row.ratio_bound}{row.ratio:.2f}x"
         table.add_row(row.label, str(row.rate_at_target), ratio,
-                      "-" if math.isnan(row.mean_at_baseline_rate) else f"{row.mean_at_baseline_rate:.1f}",
-                      "-" if math.isnan(row.p95_at_baseline_rate) else f"{row.p95_at_baseline_rate:.1f}")
+                      "-" if math.isnan(row.mean_at_baseline_rate) else format(row.mean_at_baseline_rate, fmt),
+                      "-" if math.isnan(row.p95_at_baseline_rate) else format(row.p95_at_baseline_rate, fmt))
     console.print(table)
 
 
@@ -307,8 +324,10 @@ def run(args: argparse.Namespace) -> int:
         result = BenchResult(command=sys.argv, workload=args.workload, size=args.size, seed=args.seed,
                              num_programs=args.num_programs, duration=args.duration, systems=systems)
     result.comparison = compare(systems, args.latency_target)
+    result.token_comparison = compare(systems, args.token_latency_target, "token_latency")
     print_runs(console, systems)
     print_comparison(console, result.comparison)
+    print_comparison(console, result.token_comparison)
     if args.simulate and not args.from_json:
         write_outputs(result, args, console)  # the measurement is kept whatever the replay does
     if args.simulate:

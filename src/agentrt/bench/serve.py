@@ -46,7 +46,8 @@ class BenchResult(msgspec.Struct, kw_only=True):
     num_programs: int | None
     duration: float | None
     systems: list[SystemResult]
-    comparison: Any = None  # filled by ``bench compare``
+    comparison: Any = None  # filled by ``bench compare``: at equal mean program latency
+    token_comparison: Any = None  # ... and at equal mean program-level token latency
     predictions: Any = None  # the simulator's, with ``bench compare --simulate``
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from agentrt.sim.sweep import SweepReport
+from agentrt.sim.sweep import Headline, LatencyMetric, SweepReport, mean_of
 
 
 def points_table(report: SweepReport) -> Table:
@@ -57,16 +57,20 @@ def points_table(report: SweepReport) -> Table:
 
 
 def headline_table(report: SweepReport) -> Table:
-    table = Table(title=f"throughput at mean latency <= {report.latency_target_s:.1f} s")
-    for column in ("policy", "programs/s", "vs FCFS"):
+    table = Table(
+        title=f"throughput at mean latency <= {report.latency_target_s:.1f} s "
+        f"and at mean token latency <= {report.token_latency_target_s:.3g} s/token"
+    )
+    for column in ("policy", "programs/s", "vs FCFS", "programs/s (token)", "vs FCFS (token)"):
         table.add_column(column, justify="right")
-    for h in report.headline:
-        rate = (
-            "-" if h.rate_at_target is None else f"{'>=' if h.capped else ''}{h.rate_at_target:.3g}"
-        )
-        ratio = "-" if h.ratio_vs_fcfs is None else f"{h.ratio_vs_fcfs:.2f}x"
-        table.add_row(h.label, rate, ratio)
+    for h, t in zip(report.headline, report.token_latency_headline, strict=True):
+        table.add_row(h.label, *_headline_cells(h), *_headline_cells(t))
     return table
+
+
+def _headline_cells(h: Headline) -> tuple[str, str]:
+    rate = "-" if h.rate_at_target is None else f"{'>=' if h.capped else ''}{h.rate_at_target:.3g}"
+    return rate, "-" if h.ratio_vs_fcfs is None else f"{h.ratio_vs_fcfs:.2f}x"
 
 
 def plot_latency(report: SweepReport, path: Path) -> None:
@@ -75,16 +79,27 @@ def plot_latency(report: SweepReport, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label in dict.fromkeys(p.label for p in report.points):
-        pts = sorted((p.rate, p.result.latency.mean) for p in report.points if p.label == label)
-        ax.plot([r for r, _ in pts], [m for _, m in pts], marker="o", label=label)
-    ax.axhline(report.latency_target_s, color="grey", linestyle=":", label="latency target")
-    ax.set_xlabel("program arrival rate (programs/s)")
-    ax.set_ylabel("mean program latency (s)")
-    ax.set_yscale("log")
-    ax.set_title(f"{report.workload} on {report.profile} x{report.engines}")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    panels: tuple[tuple[LatencyMetric, float, str], ...] = (
+        ("latency", report.latency_target_s, "mean program latency (s)"),
+        (
+            "token_latency",
+            report.token_latency_target_s,
+            "mean program-level token latency (s/token)",
+        ),
+    )
+    for ax, (metric, target, ylabel) in zip(axes, panels, strict=True):
+        for label in dict.fromkeys(p.label for p in report.points):
+            pts = sorted(
+                (p.rate, mean_of(p.result, metric)) for p in report.points if p.label == label
+            )
+            ax.plot([r for r, _ in pts], [m for _, m in pts], marker="o", label=label)
+        ax.axhline(target, color="grey", linestyle=":", label="target")
+        ax.set_xlabel("program arrival rate (programs/s)")
+        ax.set_ylabel(ylabel)
+        ax.set_yscale("log")
+        ax.legend()
+    fig.suptitle(f"{report.workload} on {report.profile} x{report.engines}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

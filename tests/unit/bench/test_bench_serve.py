@@ -122,24 +122,31 @@ def test_bench_compare_ratios_against_the_first_system(tmp_path: Path, capsys) -
     assert [s["label"] for s in result["systems"]] == ["fast", "slow"]
     comparison = result["comparison"]
     assert comparison["baseline"] == "fast" and comparison["rows"][0]["ratio"] == 1.0
+    assert comparison["metric"] == "latency" and result["token_comparison"]["metric"] == "token_latency"
+    assert result["token_comparison"]["rows"][0]["ratio"] == 1.0
     # The systems take turns rate by rate: fast@5, slow@5, fast@10, slow@10, ...
     fast_runs, slow_runs = (s["runs"] for s in result["systems"])
     order = sorted([*fast_runs, *slow_runs], key=lambda r: r["started"])
     assert [r["rate"] for r in order] == [5, 5, 10, 10, 20, 20]
     assert all(f["started"] < s["started"] for f, s in zip(fast_runs, slow_runs, strict=True))
-    assert "throughput at equal mean program latency" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "throughput at equal mean program latency" in printed
+    assert "throughput at equal mean program-level token latency" in printed
 
 
 def test_compare_defaults_the_target_to_the_baselines_middle_rate() -> None:
     from agentrt.bench.program_metrics import Distribution, RunSummary
     from agentrt.bench.serve import SystemResult
 
-    def system(label: str, latencies: list[float]) -> SystemResult:
+    def system(label: str, latencies: list[float], token_latencies: list[float] | None = None) -> SystemResult:
+        def dist(m: float) -> Distribution:
+            return Distribution(mean=m, p50=m, p95=2 * m, p99=2 * m)
+
         runs = [RunSummary(rate=r, programs=1, completed=1, errors=0, makespan=1, throughput=1, token_throughput=1,
-                           latency=Distribution(mean=m, p50=m, p95=2 * m, p99=2 * m), token_latency=Distribution(),
+                           latency=dist(m), token_latency=dist(t) if token_latencies else Distribution(),
                            wait_share=0, ttft=Distribution(), itl=Distribution(), calls=1, prompt_tokens_per_call=1,
                            completion_tokens_per_call=1, fairness=1)
-                for r, m in zip([0.1, 0.2, 0.3], latencies, strict=True)]
+                for r, m, t in zip([0.1, 0.2, 0.3], latencies, token_latencies or latencies, strict=True)]
         return SystemResult(label=label, base_url="", model="", runs=runs, programs=[[], [], []])
 
     result = compare([system("fcfs", [10, 20, 60]), system("plas", [5, 8, 12]), system("bad", [30, 40, 50])], None)
@@ -148,6 +155,15 @@ def test_compare_defaults_the_target_to_the_baselines_middle_rate() -> None:
     assert fcfs.ratio == 1.0 and fcfs.p95_at_baseline_rate == 40
     assert plas.ratio == pytest.approx(1.5) and plas.ratio_bound == ">="  # met the target at every rate
     assert bad.ratio is None and bad.rate_at_target.bound == "<"
+
+    # The same curves on token latency: equal mean latencies, but the short programs of
+    # "plas" wait less, so its token latency crosses the baseline's target later.
+    systems = [system("fcfs", [10, 20, 60], [0.1, 0.4, 0.8]), system("plas", [10, 20, 60], [0.1, 0.2, 0.6])]
+    assert compare(systems, None).rows[1].ratio == 1.0
+    by_token = compare(systems, None, "token_latency")
+    assert by_token.metric == "token_latency" and by_token.latency_target == 0.4
+    assert by_token.rows[1].ratio == pytest.approx(0.25 / 0.2)  # 0.2 + 0.1 * (0.4 - 0.2) / (0.6 - 0.2)
+    assert by_token.rows[1].p95_at_baseline_rate == 0.4
 
 
 def test_an_in_process_app_is_driven_without_a_socket() -> None:

@@ -44,6 +44,8 @@ def test_sim_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[
         "sim",
         "points",
         "headline",
+        "token_latency_target_s",
+        "token_latency_headline",
     } <= set(report)
     assert report["workload"] == "lats" and report["rates"] == [0.05, 0.2]
     assert [(p["label"], p["rate"]) for p in report["points"]] == [
@@ -65,11 +67,15 @@ def test_sim_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert {"mean", "p50", "p95", "p99"} == set(result["latency"])
     assert {"queue", "execution", "tool"} == set(result["wait"])
     assert {"preemptions", "swaps_out", "swaps_in", "recomputes"} <= set(result["engines"])
-    fcfs_line = next(h for h in report["headline"] if h["label"] == "fcfs")
-    assert fcfs_line["ratio_vs_fcfs"] == pytest.approx(1.0)
+    for key in ("headline", "token_latency_headline"):
+        fcfs_line = next(h for h in report[key] if h["label"] == "fcfs")
+        assert fcfs_line["ratio_vs_fcfs"] == pytest.approx(1.0)
+    light = next(p["result"] for p in report["points"] if p["label"] == "fcfs")
+    assert report["token_latency_target_s"] == pytest.approx(3 * light["token_latency"]["mean"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
-    assert "throughput at mean latency" in printed and "plas" in printed
+    assert "throughput at mean latency" in printed and "mean token latency" in printed
+    assert "plas" in printed
 
 
 def test_sim_compares_balancers_over_several_engines(tmp_path: Path) -> None:
