@@ -79,6 +79,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile", default="a100-llama3-8b", help="shipped profile name or TOML path"
     )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change a field of the profile for this run, e.g. --set max_batch_size=32 (repeatable)",
+    )
     parser.add_argument("--engines", type=int, default=1)
     parser.add_argument(
         "--balancer",
@@ -143,14 +151,12 @@ def _console() -> Console:
     return Console(width=None if sys.stdout.isatty() else 160)
 
 
-def _fit(args: argparse.Namespace) -> int:
+def _settings(items: list[str]) -> dict[str, object]:
+    """``--set FIELD=VALUE`` items (TOML values) as a dict."""
     import tomllib
 
-    from agentrt.sim.fit import fit_profile
-    from agentrt.sim.profile import dump_profile, load_profile
-
     settings: dict[str, object] = {}
-    for item in args.settings:
+    for item in items:
         field, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set needs FIELD=VALUE, got {item!r}")
@@ -158,6 +164,14 @@ def _fit(args: argparse.Namespace) -> int:
             settings[field.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
         except tomllib.TOMLDecodeError as e:
             raise SystemExit(f"--set {item!r}: not a TOML value ({e})") from e
+    return settings
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from agentrt.sim.fit import fit_profile
+    from agentrt.sim.profile import dump_profile, load_profile
+
+    settings = _settings(args.settings)
     try:
         profile, result = fit_profile(
             args.bench, load_profile(args.base), args.name or args.output.stem, settings
@@ -184,14 +198,17 @@ def _sweep(args: argparse.Namespace) -> int:
 
     from agentrt.config import load_config
     from agentrt.scheduling import SchedulerConfig
-    from agentrt.sim.profile import load_profile
+    from agentrt.sim.profile import load_profile, with_settings
     from agentrt.sim.report import headline_table, plot_latency, points_table
     from agentrt.sim.simulator import SimConfig
     from agentrt.sim.sweep import DEFAULT_TARGET_FACTOR, default_rates, run_sweep
     from agentrt.sim.workloads import make_workload
 
     console = _console()
-    profile = load_profile(args.profile)
+    try:
+        profile = with_settings(load_profile(args.profile), _settings(args.settings))
+    except ValueError as e:
+        raise SystemExit(f"agentrt sim: {e}") from e
     scheduler = load_config(SchedulerConfig, args.config, "scheduler")
     sim = load_config(
         SimConfig,

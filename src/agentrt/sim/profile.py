@@ -16,6 +16,7 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -101,6 +102,22 @@ def load_profile(name_or_path: str | Path) -> EngineProfile:
         return msgspec.convert(tomllib.loads(data.decode()), EngineProfile)
     except (msgspec.ValidationError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"invalid engine profile {str(name_or_path)!r}: {e}") from e
+
+
+def with_settings(profile: EngineProfile, settings: dict[str, Any]) -> EngineProfile:
+    """``profile`` with some fields replaced (``agentrt sim --set``), validated like a file;
+    its name records the change, so reports say which engine they describe."""
+    if not settings:
+        return profile
+    unknown = set(settings) - set(EngineProfile.__struct_fields__) - {"name", "description"}
+    if unknown:
+        raise ValueError(f"not an engine profile field: {', '.join(sorted(unknown))}")
+    changes = ", ".join(f"{k}={v}" for k, v in settings.items())
+    data = {**msgspec.to_builtins(profile), "name": f"{profile.name} ({changes})", **settings}
+    try:
+        return msgspec.convert(data, EngineProfile)
+    except msgspec.ValidationError as e:
+        raise ValueError(f"invalid profile setting ({changes}): {e}") from e
 
 
 def dump_profile(profile: EngineProfile, header: str = "") -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import msgspec
 
@@ -148,7 +148,7 @@ class Simulation:
             if kind == _FINISH:
                 self._finish(payload, now)  # type: ignore[arg-type]
             elif kind == _READY:
-                run, index = payload  # type: ignore[misc]
+                run, index = cast(tuple[_ProgramRun, int], payload)
                 self._ready(run, index, now)
             else:
                 engine: SimEngine = payload  # type: ignore[assignment]

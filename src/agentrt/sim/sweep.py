@@ -121,14 +121,16 @@ def headline(
         for label in labels
     }
     fcfs = next((rates[label][0] for label in labels if label.split("@")[0] == "fcfs"), None)
+
+    def ratio(rate: float | None) -> float | None:
+        return rate / fcfs if fcfs and rate is not None else None
+
     return [
         Headline(
             label=label,
             rate_at_target=rates[label][0],
             capped=rates[label][1],
-            ratio_vs_fcfs=(rates[label][0] / fcfs)
-            if fcfs and rates[label][0] is not None
-            else None,
+            ratio_vs_fcfs=ratio(rates[label][0]),
         )
         for label in labels
     ]

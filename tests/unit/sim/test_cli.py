@@ -107,6 +107,17 @@ def test_sim_compares_balancers_over_several_engines(tmp_path: Path) -> None:
     assert [p["label"] for p in report["points"]] == ["atlas@round_robin", "atlas@locality"]
 
 
+def test_a_profile_field_is_set_from_the_command_line(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    args = ["sim", "--workload", "lats", "--programs", "2", "--rates", "0.1", "--policies", "fcfs"]
+    assert main([*args, "--set", "max_batch_size=8", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["profile"] == "a100-llama3-8b (max_batch_size=8)"
+    with pytest.raises(SystemExit, match="not an engine profile field: slots"):
+        main([*args, "--set", "slots=8"])
+    with pytest.raises(SystemExit, match="needs FIELD=VALUE"):
+        main([*args, "--set", "max_batch_size"])
+
+
 def test_bad_rates_are_rejected(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["sim", "--rates", "0,-1"])

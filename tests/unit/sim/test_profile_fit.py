@@ -12,7 +12,13 @@ import pytest
 from agentrt.cli import main
 from agentrt.protocol.engine import StepRecord
 from agentrt.sim.fit import fit_steps
-from agentrt.sim.profile import EngineProfile, dump_profile, load_profile, shipped_profiles
+from agentrt.sim.profile import (
+    EngineProfile,
+    dump_profile,
+    load_profile,
+    shipped_profiles,
+    with_settings,
+)
 
 
 def test_shipped_a100_profile_loads_with_public_figures() -> None:
@@ -45,6 +51,19 @@ def test_invalid_profile_values_are_rejected(small_profile: EngineProfile) -> No
         msgspec.convert(
             {**msgspec.to_builtins(small_profile), "prefill_token_s": -1.0}, EngineProfile
         )
+
+
+def test_a_profile_field_can_be_changed_for_one_run(small_profile: EngineProfile) -> None:
+    assert with_settings(small_profile, {}) is small_profile
+    changed = with_settings(small_profile, {"max_batch_size": 4, "prefix_caching": False})
+    assert changed.max_batch_size == 4 and not changed.prefix_caching
+    assert changed.name == f"{small_profile.name} (max_batch_size=4, prefix_caching=False)"
+    with pytest.raises(ValueError, match="not an engine profile field: batch"):
+        with_settings(small_profile, {"batch": 4})
+    with pytest.raises(ValueError, match="invalid profile setting"):
+        with_settings(small_profile, {"max_batch_size": "many"})
+    with pytest.raises(ValueError, match="invalid profile setting"):
+        with_settings(small_profile, {"max_batch_tokens": 1})  # below the batch size
 
 
 def _synthetic_steps(truth: dict[str, float], n: int, noise: float, seed: int) -> list[StepRecord]:
