@@ -35,7 +35,11 @@ def encode_chat(
     tool_choice: str | dict[str, Any] | None = None,
 ) -> list[int]:
     """Prompt token ids for ``messages`` with the generation prompt appended."""
-    text = render_chat(tokenizer, messages, tools, tool_choice)
+    try:
+        text = render_chat(tokenizer, messages, tools, tool_choice)
+    except RecursionError:
+        # A tool schema or call arguments nested deeper than json or Jinja can recurse.
+        raise InvalidRequest("messages or tools are nested too deeply", param="messages") from None
     ids: list[int] = tokenizer.encode(text, add_special_tokens=False)
     return ids
 

@@ -328,7 +328,8 @@ def chat_message_dict(message: ChatMessage) -> dict[str, Any]:
 
 def _json_or_text(arguments: str) -> Any:
     # Chat templates (Hermes, SmolLM2, Llama 3) render arguments as a JSON object.
+    # RecursionError: JSON nested deeper than the decoder's stack allows is no JSON to us either.
     try:
         return msgspec.json.decode(arguments)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return arguments

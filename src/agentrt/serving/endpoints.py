@@ -46,9 +46,12 @@ async def start_program(request: Request) -> Response:
     body = await decode_body(request, program_start_decoder, state.config.max_body_bytes)
     tenant = tenant_of(request)
     try:
-        parse_headers({PROGRAM: body.program_id})
+        parsed = parse_headers({PROGRAM: body.program_id})
     except HeaderError as e:
         raise bad_request(f"invalid program_id: {e}", param="program_id") from None
+    if parsed is None:  # an empty header means "no program"; a program needs an id
+        raise bad_request("program_id must not be empty", param="program_id")
+    body.program_id = parsed.program_id  # as the calls' headers will name it (stripped)
     info = state.programs.start(tenant, body)
     await state.engine.start_program(
         ProgramTag(program_id=scoped_id(tenant, body.program_id), tenant=tenant)

@@ -135,6 +135,37 @@ class _AppExchange:
         await self.done.wait()
 
 
+class _Handoff:
+    """Passes the exchange :meth:`AppRunner.open` started to its caller on another thread, or closes it.
+
+    The caller can give up (be cancelled) at any moment, even after ``open``
+    returned on the app's loop: the portal then drops the result, and that
+    exchange, with nobody to read or close it, would keep its handler blocked
+    on a full buffer for ever, holding a server slot. Whichever side comes
+    second closes it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._exchange: _AppExchange | None = None
+        self._abandoned = False
+
+    def deliver(self, exchange: _AppExchange) -> bool:
+        """On the app's loop: True if the caller still waits for ``exchange``."""
+        with self._lock:
+            self._exchange = exchange
+            return not self._abandoned
+
+    def abandon(self, portal: BlockingPortal) -> None:
+        """On the caller's side, as it gives up: close the exchange if one was delivered."""
+        with self._lock:
+            self._abandoned = True
+            exchange = self._exchange
+        if exchange is not None:
+            with contextlib.suppress(RuntimeError):  # the app was already shut down
+                portal.start_task_soon(exchange.close)
+
+
 # ---------------------------------------------------------------------------- the app's loop
 
 
@@ -201,7 +232,10 @@ class AppRunner:
         # The server's loop belongs to no program: run it in an empty context, not a copy of
         # whichever program happened to make the first request.
         self._thread = threading.Thread(
-            target=contextvars.Context().run, args=(thread_main,), name="agentrt-inprocess", daemon=True
+            target=contextvars.Context().run,
+            args=(thread_main,),
+            name="agentrt-inprocess",
+            daemon=True,
         )
         self._thread.start()
         portal = ready.result()
@@ -284,12 +318,13 @@ class AppRunner:
             self._thread.join(timeout=30)
 
     async def open(
-        self, scope: dict[str, Any], body: bytes, read_timeout: float | None
+        self, scope: dict[str, Any], body: bytes, read_timeout: float | None, handoff: _Handoff
     ) -> _AppExchange:
         """Start the app on a request (a task of the runner's loop); return once the headers are sent.
 
         If the headers do not come within ``read_timeout`` seconds (``TimeoutError``),
-        or the caller gives up, the app sees the client disconnect.
+        or the caller gives up, the app sees the client disconnect, even when the caller
+        gives up after this returned (``handoff``).
         """
         exchange = _AppExchange(self.app, scope, body)
         self._tasks.start_soon(exchange.run)
@@ -300,6 +335,8 @@ class AppRunner:
             with anyio.CancelScope(shield=True):
                 await exchange.close()
             raise
+        if not handoff.deliver(exchange):
+            await exchange.close()
         return exchange
 
 
@@ -364,10 +401,16 @@ class SyncASGITransport(http.BaseTransport):  # type: ignore[misc, name-defined]
     def handle_request(self, request: Any) -> Any:
         body = request.read()
         portal = self.runner.portal
+        handoff = _Handoff()
         try:
-            exchange = portal.call(self.runner.open, _scope(request), body, _read_timeout(request))
+            exchange = portal.call(
+                self.runner.open, _scope(request), body, _read_timeout(request), handoff
+            )
         except TimeoutError:
             raise http.ReadTimeout("in-process read timed out", request=request) from None
+        except BaseException:  # KeyboardInterrupt
+            handoff.abandon(portal)
+            raise
         return http.Response(
             exchange.status,
             headers=exchange.headers,
@@ -422,12 +465,16 @@ class AsyncASGITransport(http.AsyncBaseTransport):  # type: ignore[misc, name-de
         portal = self.runner.started_portal()
         if portal is None:
             portal = await anyio.to_thread.run_sync(lambda: self.runner.portal)
+        handoff = _Handoff()
         try:
             exchange = await _on_runner(
-                portal, self.runner.open, _scope(request), body, _read_timeout(request)
+                portal, self.runner.open, _scope(request), body, _read_timeout(request), handoff
             )
         except TimeoutError:
             raise http.ReadTimeout("in-process read timed out", request=request) from None
+        except BaseException:  # cancelled
+            handoff.abandon(portal)
+            raise
         return http.Response(
             exchange.status,
             headers=exchange.headers,

@@ -101,6 +101,9 @@ async def decode_body(request: Request, decoder: msgspec.json.Decoder[T], limit:
         return decoder.decode(raw)
     except msgspec.DecodeError as e:
         raise from_decode_error(e) from None
+    except RecursionError:
+        # msgspec recurses once per nesting level, even inside fields it ignores.
+        raise bad_request("request body is nested too deeply", code="invalid_json") from None
 
 
 def call_headers(request: Request) -> CallHeaders | None:

@@ -56,7 +56,7 @@ def _calls_in(document: str, tool_names: set[str]) -> list[ToolCall] | None:
     """The calls one JSON document describes, or None if it is not a list of valid calls."""
     try:
         value = msgspec.json.decode(document)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # a model can emit "[[[[..." past the stack depth
         return None
     items = value if isinstance(value, list) else [value]
     calls = [_call(item, tool_names) for item in items]
@@ -75,7 +75,7 @@ def _call(item: Any, tool_names: set[str]) -> ToolCall | None:
     if isinstance(arguments, str):
         try:
             msgspec.json.decode(arguments)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return None
         encoded = arguments
     else:
