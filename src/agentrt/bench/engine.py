@@ -282,7 +282,7 @@ def run_baseline(
     from agentrt.engine.loader import load_model
 
     model = load_model(args.model, dtype=args.dtype, device=device).model
-    config = GenerationConfig(
+    config = GenerationConfig(  # type: ignore[no-untyped-call]
         max_new_tokens=args.output_len, do_sample=False, eos_token_id=-1, pad_token_id=0
     )
     # Left unset, its KV pool takes most of the machine's memory (~20 s to allocate
@@ -290,7 +290,9 @@ def run_baseline(
     page = ContinuousBatchingConfig().page_size
     blocks = sum(-(-(len(p) + args.output_len) // page) for p in prompts) + 8
     cb_config = ContinuousBatchingConfig(num_blocks=blocks)
-    warm = GenerationConfig(max_new_tokens=2, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    warm = GenerationConfig(  # type: ignore[no-untyped-call]
+        max_new_tokens=2, do_sample=False, eos_token_id=-1, pad_token_id=0
+    )
     model.generate_batch(
         [[1, 2, 3, 4, 5, 6, 7, 8]], generation_config=warm, continuous_batching_config=cb_config
     )

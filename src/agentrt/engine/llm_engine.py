@@ -538,7 +538,10 @@ class LLMEngine:
         ):
             finish = "length"
         if finish is not None and detok is not None and not detok.finished:
-            text += detok.flush().text
+            tail = detok.flush()
+            text += tail.text
+            if tail.stop is not None:  # a stop string completed by the held-back UTF-8 tail
+                finish, stop_reason = "stop", tail.stop
         event = TokenEvent(
             call_id=seq.request_id,
             index=seq.index,

@@ -5,6 +5,7 @@ own random generator, the tokens it has produced). The :class:`Sampler` takes
 the step's ``[num_seqs, vocab]`` logits and the states in row order, and
 applies, in this order (vLLM's definitions):
 
+0. logit_bias: each listed token's value added to its logit;
 1. penalties: repetition (prompt + output tokens: positive logits divided by
    the penalty, negative ones multiplied), frequency (``count * penalty``
    subtracted, output tokens only) and presence (``penalty`` subtracted once
@@ -20,7 +21,7 @@ token counts) and for seeded rows, which draw their noise from their own
 generator so that a seed gives the same tokens whatever else is in the batch.
 
 Logprobs are those of the *raw* model distribution (``log_softmax`` of the
-logits before penalties, temperature and truncation), as vLLM reports by
+logits before logit_bias, penalties, temperature and truncation), as vLLM reports by
 default and as OpenAI's are independent of ``temperature``.
 """
 
@@ -32,7 +33,7 @@ from typing import NamedTuple
 
 import torch
 
-from agentrt.protocol.engine import InvalidRequest, SamplingParams
+from agentrt.protocol.engine import MAX_LOGIT_BIAS, InvalidRequest, SamplingParams
 
 # Below this temperature a row is treated as greedy (dividing by it would overflow).
 GREEDY_TEMPERATURE = 1e-5
@@ -70,6 +71,13 @@ def validate_sampling_params(params: SamplingParams, vocab_size: int | None = No
         raise InvalidRequest(
             "stop_token_ids must be token ids of the model", param="stop_token_ids"
         )
+    if any(not -MAX_LOGIT_BIAS <= v <= MAX_LOGIT_BIAS for v in params.logit_bias.values()):
+        raise InvalidRequest(
+            f"logit_bias values must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]",
+            param="logit_bias",
+        )
+    if vocab_size is not None and any(not 0 <= t < vocab_size for t in params.logit_bias):
+        raise InvalidRequest("logit_bias keys must be token ids of the model", param="logit_bias")
 
 
 class SamplingState:
@@ -84,6 +92,7 @@ class SamplingState:
     """
 
     __slots__ = (
+        "bias",
         "choice_index",
         "eos_token_ids",
         "generator",
@@ -111,6 +120,13 @@ class SamplingState:
         self.prompt_token_set: frozenset[int] = (
             frozenset(prompt_token_ids) if params.repetition_penalty != 1.0 else frozenset()
         )
+        # logit_bias as (token ids, values) tensors, built once for the choice's every step.
+        self.bias: tuple[torch.Tensor, torch.Tensor] | None = None
+        if params.logit_bias:
+            self.bias = (
+                torch.tensor(list(params.logit_bias), dtype=torch.long, device=device),
+                torch.tensor(list(params.logit_bias.values()), device=device),
+            )
         self.generator: torch.Generator | None = None
         if params.seed is not None:
             self.generator = torch.Generator(device=device)
@@ -180,9 +196,13 @@ class Sampler:
             raise ValueError(f"logits {tuple(logits.shape)} do not match {len(states)} states")
         logits = logits.float()
         raw = logits
+        biased = [(i, s.bias) for i, s in enumerate(states) if s.bias is not None]
         penalised = [i for i, s in enumerate(states) if s.has_penalties]
-        if penalised:
+        if biased or penalised:
             logits = logits.clone()
+        for i, (bias_ids, bias_values) in biased:
+            logits[i, bias_ids] += bias_values
+        if penalised:
             apply_penalties(logits, penalised, states)
 
         token_ids = torch.empty(len(states), dtype=torch.long, device=logits.device)

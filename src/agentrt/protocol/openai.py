@@ -70,7 +70,7 @@ ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):
-    include_usage: bool = False
+    include_usage: bool | None = None  # null or absent: no usage chunk
 
 
 class _SamplingFields(msgspec.Struct, kw_only=True):
@@ -91,6 +91,7 @@ class _SamplingFields(msgspec.Struct, kw_only=True):
     seed: int | None = None
     presence_penalty: float | None = 0.0
     frequency_penalty: float | None = 0.0
+    logit_bias: dict[int, float] | None = None  # JSON keys are token ids written as strings
     user: str | None = None
     # vLLM's extras, read from the body like vLLM does.
     top_k: int | None = None

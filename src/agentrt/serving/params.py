@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentrt.protocol.engine import GenerationRequest, ProgramTag, SamplingParams
+from agentrt.protocol.engine import (
+    MAX_LOGIT_BIAS,
+    GenerationRequest,
+    ProgramTag,
+    SamplingParams,
+)
 from agentrt.protocol.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -63,6 +68,12 @@ def sampling_params(
         raise bad_request(
             f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}", param="top_logprobs"
         )
+    bias = body.logit_bias or {}
+    if any(not -MAX_LOGIT_BIAS <= v <= MAX_LOGIT_BIAS for v in bias.values()):
+        raise bad_request(
+            f"logit_bias values must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]",
+            param="logit_bias",
+        )
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if any(not s for s in stop):
         raise bad_request("stop strings must not be empty", param="stop")
@@ -77,6 +88,7 @@ def sampling_params(
         "ignore_eos": bool(body.ignore_eos),
         "logprobs": logprobs,
         "top_logprobs": top_logprobs,
+        "logit_bias": dict(bias),
     }
     optional = {
         "temperature": body.temperature,

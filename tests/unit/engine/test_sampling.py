@@ -207,6 +207,28 @@ def test_penalties_change_the_greedy_choice() -> None:
     assert Sampler()(logits, [state(temperature=0.0)]).token_ids == [0]
 
 
+def test_logit_bias_bans_or_forces_tokens_in_its_own_row_only() -> None:
+    logits = torch.randn(3, VOCAB, generator=torch.Generator().manual_seed(7))
+    best = logits.argmax(dim=-1).tolist()
+    banned = state(temperature=0.0, logit_bias={best[0]: -100.0})
+    forced = state(temperature=1.0, seed=3, logit_bias={5: 100.0})
+    plain = state(temperature=0.0)
+    out = Sampler()(logits, [banned, forced, plain])
+    second = logits[0].topk(2).indices.tolist()[1]
+    assert out.token_ids == [second, 5, best[2]]
+    for _ in range(20):  # +100 outweighs any other logit of a sampled row
+        assert Sampler()(logits[1:2], [forced]).token_ids == [5]
+
+
+def test_logit_bias_leaves_logprobs_raw() -> None:
+    logits = torch.randn(1, VOCAB, generator=torch.Generator().manual_seed(8))
+    out = Sampler()(logits, [state(temperature=0.0, logprobs=True, logit_bias={9: 100.0})])
+    assert out.token_ids == [9]
+    lp = out.logprobs[0]
+    assert lp is not None
+    assert lp.logprob == pytest.approx(torch.log_softmax(logits, -1)[0, 9].item(), abs=1e-5)
+
+
 def test_logprobs_are_normalised_raw_model_logprobs() -> None:
     logits = torch.randn(2, VOCAB, generator=torch.Generator().manual_seed(6))
     states = [
@@ -265,6 +287,10 @@ def test_mismatched_logits_and_states_are_rejected() -> None:
         ("max_tokens", 0),
         ("top_logprobs", 21),
         ("stop_token_ids", [VOCAB]),
+        ("logit_bias", {VOCAB: 1.0}),
+        ("logit_bias", {-1: 1.0}),
+        ("logit_bias", {3: 100.5}),
+        ("logit_bias", {3: float("nan")}),
     ],
 )
 def test_invalid_sampling_params_name_the_field(field: str, value: object) -> None:

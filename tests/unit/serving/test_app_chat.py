@@ -71,6 +71,26 @@ def test_streaming_sends_role_then_content_then_finish_then_usage_then_done() ->
     assert chunks[-1]["usage"]["completion_tokens"] == 4
 
 
+def test_include_usage_null_means_no_usage_chunk() -> None:
+    body = {
+        "model": "echo",
+        "messages": USER,
+        "stream": True,
+        "stream_options": {"include_usage": None},
+    }
+    with (
+        serving() as (app, _),
+        raw_client(app).stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        chunks = [
+            json.loads(line[6:])
+            for line in response.iter_lines()
+            if line and line != "data: [DONE]"
+        ]
+    assert all(c["choices"] and c.get("usage") is None for c in chunks)
+
+
 def test_the_openai_client_streams_with_usage() -> None:
     with serving() as (app, _):
         stream = sync_client(app).chat.completions.create(
@@ -131,6 +151,7 @@ def test_sampling_parameters_and_vllm_extras_reach_the_engine() -> None:
             seed=7,
             presence_penalty=0.5,
             frequency_penalty=-0.5,
+            logit_bias={"17": -100, "3": 2.5},
             user="someone",
             extra_body={
                 "top_k": 20,
@@ -146,6 +167,7 @@ def test_sampling_parameters_and_vllm_extras_reach_the_engine() -> None:
     assert (s.temperature, s.top_p, s.seed, s.top_k, s.min_p) == (0.5, 0.9, 7, 20, 0.05)
     assert (s.presence_penalty, s.frequency_penalty, s.repetition_penalty) == (0.5, -0.5, 1.1)
     assert s.ignore_eos and s.stop_token_ids == [5]
+    assert s.logit_bias == {17: -100.0, 3: 2.5}
     assert request.priority == -3
 
 

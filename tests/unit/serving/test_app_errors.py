@@ -58,6 +58,16 @@ def error_of(response: Any) -> dict[str, Any]:
             "needs tools",
         ),
         ({"model": "echo", "messages": USER, "stop": [""]}, "stop", "must not be empty"),
+        (
+            {"model": "echo", "messages": USER, "logit_bias": {"5": 101}},
+            "logit_bias",
+            "logit_bias values must be in [-100, 100]",
+        ),
+        (
+            {"model": "echo", "messages": USER, "logit_bias": {"five": 1}},
+            "logit_bias",
+            "Expected `int`",
+        ),
     ],
 )
 def test_bad_bodies_get_a_400_naming_the_parameter(

@@ -148,13 +148,14 @@ async def test_chat_and_completion_calls_stream_through_a_remote_server() -> Non
                 call_id="c2",
                 model="echo",
                 prompt="delta epsilon",
-                sampling=SamplingParams(max_tokens=1),
+                sampling=SamplingParams(max_tokens=1, logit_bias={7: -5.0}),
             )
             events = await collect(router, completion)
             assert "".join(e.text for e in events) == "delta"
             assert events[-1].finish_reason == "length"
     assert [r.call_id for r in engine.requests][-1] != "c1"  # the server names its own calls
     assert engine.requests[0].sampling.logprobs and engine.requests[1].prompt == "delta epsilon"
+    assert engine.requests[1].sampling.logit_bias == {7: -5.0}  # forwarded to the remote server
 
 
 async def test_the_program_travels_as_headers_and_its_priority_in_the_body() -> None:

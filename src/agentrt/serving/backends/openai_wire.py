@@ -73,6 +73,8 @@ def request_body(request: GenerationRequest, model: str, priority: int | None) -
             body[name] = value
     if s.stop:
         body["stop"] = s.stop
+    if s.logit_bias:
+        body["logit_bias"] = {str(token): value for token, value in s.logit_bias.items()}
     if priority is not None:
         body["priority"] = priority
     return body
