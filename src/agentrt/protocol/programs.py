@@ -10,9 +10,19 @@ clean-up; they are never required for correctness.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+
+from agentrt.protocol.headers import MAX_NAME_LENGTH
+
+# Bounds on what a client may store with a program: a server keeps up to its
+# ``max_programs`` of them, so each must stay small.
+MAX_METADATA_ENTRIES = 32
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+MetadataKey = Annotated[str, msgspec.Meta(max_length=MAX_METADATA_KEY)]
+MetadataValue = Annotated[str, msgspec.Meta(max_length=MAX_METADATA_VALUE)]
 
 ProgramState = Literal["running", "ended", "expired"]
 
@@ -21,12 +31,14 @@ class ProgramStart(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Body of ``POST /programs``: a program the client is about to run."""
 
     program_id: str
-    name: str | None = None
+    name: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH)] | None = None
     tenant: str | None = None
     # Unix time (seconds) when the program started on the client.
     started_at: float | None = None
     # Free-form labels (e.g. the workload name); never used for scheduling.
-    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    metadata: Annotated[
+        dict[MetadataKey, MetadataValue], msgspec.Meta(max_length=MAX_METADATA_ENTRIES)
+    ] = msgspec.field(default_factory=dict)
 
 
 class ProgramCall(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -54,6 +66,7 @@ class ProgramInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     service: float = 0.0
     wait_seconds: float = 0.0
     interrupt_seconds: float = 0.0
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)  # the labels it was started with
     # Filled in by GET /programs/{id} only: its recent and live calls, oldest first.
     calls: list[ProgramCall] = msgspec.field(default_factory=list)
 

@@ -52,7 +52,10 @@ async def start_program(request: Request) -> Response:
     if parsed is None:  # an empty header means "no program"; a program needs an id
         raise bad_request("program_id must not be empty", param="program_id")
     body.program_id = parsed.program_id  # as the calls' headers will name it (stripped)
-    info = state.programs.start(tenant, body)
+    try:
+        info = state.programs.start(tenant, body)
+    except ValueError as e:
+        raise bad_request(str(e), param="metadata") from None
     await state.engine.start_program(
         ProgramTag(program_id=scoped_id(tenant, body.program_id), tenant=tenant)
     )

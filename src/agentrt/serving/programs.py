@@ -15,7 +15,12 @@ import time
 from dataclasses import dataclass, field
 
 from agentrt.protocol.engine import GenerationRequest, Timings
-from agentrt.protocol.programs import ProgramCall, ProgramInfo, ProgramStart
+from agentrt.protocol.programs import (
+    MAX_METADATA_ENTRIES,
+    ProgramCall,
+    ProgramInfo,
+    ProgramStart,
+)
 from agentrt.scheduling.process_table import ProcessTable, ProgramEntry
 from agentrt.serving.auth import scoped_id, unscoped_id
 from agentrt.serving.metrics import ServerMetrics
@@ -47,12 +52,18 @@ class ProgramDirectory:
     # ------------------------------------------------------------------ lifecycle (tenant view)
 
     def start(self, tenant: str, body: ProgramStart) -> ProgramInfo:
+        """Create or update a program; ``ValueError`` (and no change) if its metadata would
+        grow past :data:`MAX_METADATA_ENTRIES` over repeated starts."""
         scoped = scoped_id(tenant, body.program_id)
+        known = self._meta.get(scoped)
+        merged = {**(known.metadata if known else {}), **body.metadata}
+        if len(merged) > MAX_METADATA_ENTRIES:
+            raise ValueError(f"a program keeps at most {MAX_METADATA_ENTRIES} metadata entries")
         self.table.start(scoped, time.monotonic())
         meta = self._meta_of(scoped)
         if body.name:
             meta.name = body.name
-        meta.metadata.update(body.metadata)
+        meta.metadata = merged
         self._prune()
         return self._info(tenant, scoped)
 
@@ -147,6 +158,7 @@ class ProgramDirectory:
             service=entry.total_service,
             wait_seconds=entry.wait,
             interrupt_seconds=entry.interrupt_time,
+            metadata=dict(meta.metadata),
             calls=_calls(tenant, entry) if with_calls else [],
         )
 

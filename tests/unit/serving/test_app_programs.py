@@ -70,6 +70,32 @@ def test_bad_program_bodies_are_400s() -> None:
     assert bad_id.status_code == 400 and bad_id.json()["error"]["param"] == "program_id"
 
 
+def test_what_a_program_stores_is_bounded() -> None:
+    """A server keeps up to max_programs programs: each one's name and labels stay small."""
+    many = {f"k{i}": "v" for i in range(33)}
+    with serving() as (app, _):
+        http = raw_client(app)
+        long_name = http.post("/v1/programs", json={"program_id": "p", "name": "n" * 257})
+        too_many = http.post("/v1/programs", json={"program_id": "p", "metadata": many})
+        long_value = http.post(
+            "/v1/programs", json={"program_id": "p", "metadata": {"k": "v" * 513}}
+        )
+        first = http.post(
+            "/v1/programs", json={"program_id": "q", "metadata": dict(list(many.items())[:20])}
+        )
+        # Labels add up over repeated starts: the 13 new ones would make 33.
+        more = http.post(
+            "/v1/programs", json={"program_id": "q", "metadata": dict(list(many.items())[20:])}
+        )
+        kept = http.get("/v1/programs/q").json()
+    assert [r.status_code for r in (long_name, too_many, long_value)] == [400, 400, 400]
+    assert long_name.json()["error"]["param"] == "name"
+    assert too_many.json()["error"]["param"] == "metadata"
+    assert first.status_code == 200
+    assert more.status_code == 400 and more.json()["error"]["param"] == "metadata"
+    assert len(kept["metadata"]) == 20
+
+
 def test_the_sdk_announces_and_ends_programs_and_reports_tool_time() -> None:
     engine = EchoEngine()
     with serving(engine) as (app, _):
