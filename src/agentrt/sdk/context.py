@@ -25,7 +25,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agentrt.protocol.headers import format_headers
+from agentrt.protocol.headers import MAX_NAME_LENGTH, format_headers
 from agentrt.sdk.ids import uuid7
 
 if TYPE_CHECKING:
@@ -77,7 +77,9 @@ class ProgramRecord:
         thread_prefix: str = "",
     ) -> None:
         self.program_id = program_id or uuid7()
-        self.name = name
+        # A name is a label: servers refuse longer ones (in the header of every call and in
+        # the announcement), so a long one is cut rather than failing the program's calls.
+        self.name = name[:MAX_NAME_LENGTH] if name else name
         self.tenant = tenant
         self.metadata = metadata or {}
         # False for a program adopted from incoming headers: its owner ends it elsewhere.

@@ -4,7 +4,8 @@ Both decide per request, in the thread or task that sends it: a request to an
 LLM-call path (``.../chat/completions``, ``.../completions``, ``.../responses``)
 is an LLM call of the program and gets a fresh call id; any other request (a
 tool server, say) carries the program, thread and parent call only. Headers
-the request already has are left alone. Outside a program nothing is added.
+the request already has are left alone, and a request that already names
+its program gets none. Outside a program nothing is added.
 They work with ``httpx`` and with ``httpx2`` (the openai package's fork): both
 only need ``request.url.path`` and ``request.headers``.
 
@@ -19,7 +20,7 @@ from collections.abc import MutableMapping
 from types import TracebackType
 from typing import Any, Protocol
 
-from agentrt.protocol.headers import is_llm_call_path
+from agentrt.protocol.headers import PROGRAM, is_llm_call_path
 from agentrt.sdk.context import begin_call, peek, propagation_headers
 
 
@@ -48,9 +49,12 @@ def headers_for_path(path: str) -> dict[str, str]:
 
 def add_program_headers(request: HTTPRequest) -> None:
     """httpx ``request`` event hook (sync clients): add the current program's headers."""
-    if peek() is None:
-        return
     headers = request.headers
+    # A request that already names its program (an agentrt client sent it, or the caller set
+    # it) is left alone: a second call id here would chain the program's calls through a
+    # call the server never sees.
+    if peek() is None or PROGRAM in headers:
+        return
     for name, value in headers_for_path(request.url.path).items():
         if name not in headers:
             headers[name] = value

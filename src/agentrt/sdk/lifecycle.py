@@ -5,14 +5,17 @@ of a program through an agentrt client announces the program to that client's
 server (once per program per base URL), and the end of the outermost program
 ends it on every server that saw it. Servers without the endpoints (404/405
 on the announcement) are remembered for the life of the process and never
-asked again. Nothing here raises into user code: failures are logged, and a
-server ends idle programs by itself anyway.
+asked again; servers whose endpoints time out are left alone for
+``TIMEOUT_PAUSE_SECONDS``, so that every program does not wait on them twice.
+Nothing here raises into user code: failures are logged, and a server ends
+idle programs by itself anyway.
 """
 
 from __future__ import annotations
 
 import enum
 import threading
+import time
 from typing import Any, Protocol
 
 import msgspec
@@ -33,11 +36,14 @@ class Outcome(enum.Enum):
     OK = "ok"
     UNSUPPORTED = "unsupported"  # 404/405 on the announcement: no /programs endpoints
     NOT_FOUND = "not_found"  # 404 when ending: the server had already forgotten the program
-    FAILED = "failed"  # network error, timeout, 5xx, ...
+    TIMED_OUT = "timed_out"  # no answer within the client's lifecycle_timeout
+    FAILED = "failed"  # network error, 5xx, ...
 
 
 class ProgramServer(Protocol):
     """A client that can end programs on its server (both agentrt clients are)."""
+
+    def is_closed(self) -> bool: ...
 
     def _agentrt_end_program_sync(self, program_id: str) -> tuple[Outcome, str]: ...
 
@@ -55,25 +61,45 @@ class ServerEntry:
         self.outcome: Outcome | None = None  # None while the announcement is in flight
 
 
+# How long the program endpoints of a server that timed out are not asked again.
+TIMEOUT_PAUSE_SECONDS = 60.0
+
 _unsupported_lock = threading.Lock()
 _unsupported_servers: set[str] = set()
+_paused_until: dict[str, float] = {}  # server -> time.monotonic() when it is asked again
 
 
 def server_supports_programs(key: str) -> bool:
-    return key not in _unsupported_servers
+    """False for a server without the endpoints, or one whose endpoints recently timed out."""
+    if key in _unsupported_servers:
+        return False
+    until = _paused_until.get(key)
+    return until is None or time.monotonic() >= until
+
+
+def _pause(key: str, detail: str) -> None:
+    with _unsupported_lock:
+        _paused_until[key] = time.monotonic() + TIMEOUT_PAUSE_SECONDS
+    _log().warning(
+        "program endpoints timed out; not asking this server for a while",
+        server=key,
+        seconds=TIMEOUT_PAUSE_SECONDS,
+        detail=detail,
+    )
 
 
 def forget_unsupported_servers() -> None:
-    """Ask every server again (e.g. after a server was upgraded in place)."""
+    """Ask every server again (e.g. after a server was upgraded in place or came back)."""
     with _unsupported_lock:
         _unsupported_servers.clear()
+        _paused_until.clear()
 
 
 def claim_announcement(record: ProgramRecord, key: str, client: ProgramServer) -> bool:
     """True for exactly one caller per program and server: that caller sends the POST."""
     if key in record.servers or not record.owns_lifecycle or record.ended:
         return False
-    if key in _unsupported_servers:
+    if not server_supports_programs(key):
         return False
     with record.lock:
         if key in record.servers or record.ended:
@@ -106,6 +132,8 @@ def note_announcement(record: ProgramRecord, key: str, outcome: Outcome, detail:
         _log().info(
             "server has no program endpoints; not asking it again", server=key, detail=detail
         )
+    elif outcome is Outcome.TIMED_OUT:
+        _pause(key, detail)
     elif outcome is Outcome.FAILED:
         _log().warning(
             "could not announce program", program_id=record.program_id, server=key, detail=detail
@@ -120,15 +148,27 @@ def _servers_to_end(record: ProgramRecord) -> list[ServerEntry]:
         entries = list(record.servers.values())
     # A failed announcement may still have left the program on the server (its calls
     # create it), so it is ended too; servers without the endpoints are not.
-    return [
-        e
-        for e in entries
-        if e.outcome is not Outcome.UNSUPPORTED and server_supports_programs(e.key)
-    ]
+    to_end = []
+    for e in entries:
+        if e.outcome is Outcome.UNSUPPORTED or not server_supports_programs(e.key):
+            continue
+        if e.client.is_closed():
+            # Closed by its user (``with OpenAI() as client:`` inside the program): it can
+            # send nothing more, and the server ends the program once it has been idle.
+            _log().debug(
+                "client closed; the server ends the program when idle",
+                program_id=record.program_id,
+                server=e.key,
+            )
+            continue
+        to_end.append(e)
+    return to_end
 
 
 def _note_end(record: ProgramRecord, entry: ServerEntry, outcome: Outcome, detail: str) -> None:
-    if outcome is Outcome.FAILED:
+    if outcome is Outcome.TIMED_OUT:
+        _pause(entry.key, detail)
+    elif outcome is Outcome.FAILED:
         _log().warning(
             "could not end program", program_id=record.program_id, server=entry.key, detail=detail
         )

@@ -72,6 +72,8 @@ def _outcome_of(exc: Exception, announcing: bool) -> tuple[Outcome, str]:
         if code == 405:
             return Outcome.UNSUPPORTED, "HTTP 405"
         return Outcome.FAILED, f"HTTP {code}: {exc.message[:200]}"
+    if isinstance(exc, openai.APITimeoutError):
+        return Outcome.TIMED_OUT, repr(exc)[:300]
     return Outcome.FAILED, repr(exc)[:300]
 
 
@@ -275,4 +277,4 @@ class AsyncOpenAI(openai.AsyncOpenAI):
         worker = threading.Thread(target=run, name="agentrt-end-program", daemon=True)
         worker.start()
         worker.join(self.lifecycle_timeout + 1.0)
-        return result[0] if result else (Outcome.FAILED, "timed out ending the program")
+        return result[0] if result else (Outcome.TIMED_OUT, "timed out ending the program")

@@ -37,6 +37,19 @@ T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _qualname(fn: Callable[..., Any]) -> str:
+    """The name of a function, a callable object, or what a ``functools.partial`` calls."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__qualname__", None)
+    return name if isinstance(name, str) else type(fn).__qualname__
+
+
+async def _awaited_in(scope: ProgramScope, coro: Awaitable[T]) -> T:
+    async with scope:
+        return await coro
+
+
 def _reject_generators(fn: Callable[..., Any], what: str) -> None:
     if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
         raise TypeError(
@@ -77,7 +90,7 @@ class ProgramScope:
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         _reject_generators(fn, "program")
-        name = self.name or fn.__qualname__
+        name = self.name or _qualname(fn)
 
         def fresh() -> ProgramScope:
             return ProgramScope(
@@ -96,7 +109,13 @@ class ProgramScope:
         @functools.wraps(fn)
         def run(*args: P.args, **kwargs: P.kwargs) -> Any:
             with fresh():
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+            if inspect.iscoroutine(result):
+                # An async callable that is no coroutine function (an object with an async
+                # __call__, a plain decorator around an async function): its body runs when
+                # the coroutine is awaited, so that is what the program must span.
+                return _awaited_in(fresh(), result)
+            return result
 
         return run
 
@@ -216,20 +235,23 @@ def tool(fn: Callable[..., Any] | None = None, /) -> Any:
     _reject_generators(fn, "tool")
     wrapped = fn
 
+    async def timed(coro: Awaitable[Any]) -> Any:
+        b = resolve()
+        if b is None:
+            return await coro
+        strand = b.strand
+        strand.tool_depth += 1
+        started = time.perf_counter()
+        try:
+            return await coro
+        finally:
+            _tool_done(strand, started)
+
     if inspect.iscoroutinefunction(wrapped):
 
         @functools.wraps(wrapped)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
-            b = resolve()
-            if b is None:
-                return await wrapped(*args, **kwargs)
-            strand = b.strand
-            strand.tool_depth += 1
-            started = time.perf_counter()
-            try:
-                return await wrapped(*args, **kwargs)
-            finally:
-                _tool_done(strand, started)
+            return await timed(wrapped(*args, **kwargs))
 
         return run_async
 
@@ -242,9 +264,13 @@ def tool(fn: Callable[..., Any] | None = None, /) -> Any:
         strand.tool_depth += 1
         started = time.perf_counter()
         try:
-            return wrapped(*args, **kwargs)
+            result = wrapped(*args, **kwargs)
         finally:
             _tool_done(strand, started)
+        if inspect.iscoroutine(result):
+            # An async tool behind a sync-looking callable: its work happens when awaited.
+            return timed(result)
+        return result
 
     return run
 
