@@ -284,7 +284,7 @@ class Router:
                     if engine.up:
                         tg.start_soon(self._check, engine)
             for program_id in self.table.expire(time.monotonic()):
-                await self._forget_program(program_id)
+                self._tg_start(self._forget_program, program_id)  # never holds up the checks
 
     async def _check(self, engine: _Engine) -> None:
         """Health-check the engine's current life; a failure takes that life down (not a later one)."""
@@ -371,13 +371,12 @@ class Router:
                 except StopAsyncIteration:
                     outcome = "finished"
                     return
-                except _Interrupted:
-                    if live.failure is not None:
-                        raise live.failure from None
-                    yield TokenEvent(call_id=request.call_id, finish_reason="abort")
-                    return
                 self._account(live, event)
                 yield event
+        except _Interrupted:  # in any step, start_program's included
+            if live.failure is not None:
+                raise live.failure from None
+            yield TokenEvent(call_id=request.call_id, finish_reason="abort")
         except EngineLost as e:
             # The engine is gone: stop routing to it now, not at the next health check.
             if live.engine.up and live.engine.incarnation == live.incarnation:
@@ -470,16 +469,26 @@ class Router:
         await self._forget_program(program_id)
 
     async def _forget_program(self, program_id: str) -> None:
-        """Tell the engines that saw the program that it is over."""
-        for engine in self._engines.values():
-            if program_id in engine.programs:
-                engine.programs.discard(program_id)
-                try:
-                    await engine.backend.end_program(program_id)
-                except Exception as e:
-                    log.warning(
-                        "end_program_failed", engine_id=engine.engine_id, error=_describe(e)
-                    )
+        """Tell the engines that saw the program that it is over (all at once, each bounded,
+        so that a stalled engine holds up neither ``DELETE /v1/programs`` nor the others)."""
+        async with anyio.create_task_group() as tg:
+            for engine in self._engines.values():
+                if program_id in engine.programs:
+                    engine.programs.discard(program_id)
+                    tg.start_soon(self._end_program_on, engine, program_id)
+
+    async def _end_program_on(self, engine: _Engine, program_id: str) -> None:
+        try:
+            with anyio.fail_after(self.config.health_timeout_s):
+                await engine.backend.end_program(program_id)
+        except TimeoutError:
+            log.warning(
+                "end_program_failed",
+                engine_id=engine.engine_id,
+                error=f"no answer within {self.config.health_timeout_s:g}s",
+            )
+        except Exception as e:
+            log.warning("end_program_failed", engine_id=engine.engine_id, error=_describe(e))
 
     # -- introspection -----------------------------------------------------
 

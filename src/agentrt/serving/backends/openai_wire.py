@@ -179,7 +179,10 @@ class ChunkDecoder:
     def feed(self, payload: bytes | str) -> list[TokenEvent]:
         chunk = self._decoder.decode(payload)
         if chunk.error is not None:
-            raise RemoteStreamError(_info(500, chunk.error))
+            # vLLM and SGLang put the HTTP status the error would have had in its code.
+            code = chunk.error.code
+            status = code if isinstance(code, int) and 400 <= code < 600 else 500
+            raise RemoteStreamError(_info(status, chunk.error))
         if chunk.usage is not None:
             self.usage = _usage(chunk.usage)
         events: list[TokenEvent] = []

@@ -215,9 +215,10 @@ class ProcessBackend:
 
     async def _stop(self, process: Process, channel: Channel) -> None:
         if process.returncode is None:
-            with contextlib.suppress(*_GONE, OSError):
-                await channel.send_now(Shutdown())
+            # The polite Shutdown is bounded too: a frozen worker whose socket is full never reads it.
             with anyio.move_on_after(self.shutdown_timeout):
+                with contextlib.suppress(*_GONE, OSError):
+                    await channel.send_now(Shutdown())
                 await process.wait()
             if process.returncode is None:
                 process.kill()

@@ -25,6 +25,7 @@ from anyio.abc import TaskStatus
 from agentrt.log import get_logger
 from agentrt.protocol.engine import (
     EngineStats,
+    EngineUnavailable,
     GenerationRequest,
     ModelInfo,
     ProgramTag,
@@ -53,6 +54,10 @@ _DEFAULT_ORDER: dict[str, PriorityOrder] = {
 }
 # Connection-level failures: the server is gone or unreachable, not unhappy with this call.
 _UNREACHABLE = (httpx.TransportError,)
+# Within a call, only a refused connection says the server is gone. A read timeout, a cut or
+# reset stream, or one that ends early fails that call alone (each call has its own connection):
+# the router then checks the server's health rather than failing every call in flight there.
+_REFUSED = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
 class RemoteBackendConfig(msgspec.Struct, kw_only=True, frozen=True):
@@ -246,7 +251,7 @@ class RemoteBackend:
                         yield event
             final = decoder.finish()
             if not final:
-                raise EngineLost(
+                raise EngineUnavailable(
                     f"engine {self.engine_id} ended the stream before finishing the call"
                 )
             timings.finished = time.monotonic()
@@ -255,8 +260,14 @@ class RemoteBackend:
             final[-1].timings = timings
             for event in final:
                 yield event
-        except _UNREACHABLE as e:
+        except _REFUSED as e:
             raise EngineLost(f"engine {self.engine_id} is unavailable: {e!r}") from None
+        except httpx.TimeoutException as e:
+            raise EngineUnavailable(
+                f"engine {self.engine_id} timed out: {type(e).__name__} after {self.config.read_timeout:g}s"
+            ) from None
+        except httpx.TransportError as e:
+            raise EngineUnavailable(f"engine {self.engine_id} lost the call: {e!r}") from None
         except RemoteStreamError as e:
             raise engine_error(e.info) from None
         except (msgspec.DecodeError, msgspec.ValidationError) as e:

@@ -132,13 +132,20 @@ class Channel:
         self._wakeup.set()
         if self._queued_bytes > self._max_buffer:
             await self._drained.wait()
+            if self._broken is not None:  # woken because the writer stopped, not because it wrote
+                raise anyio.BrokenResourceError from self._broken
 
     async def send_now(self, message: msgspec.Struct) -> None:
         """Write ``message`` directly, bypassing the queue (a last word when the writer is stopping)."""
         await self._stream.send(self._frame(message))
 
     async def write_loop(self) -> None:
-        """Write queued frames until the stream fails (then every later ``send`` raises)."""
+        """Write queued frames until the stream fails or the loop is cancelled.
+
+        Then every later ``send`` raises, and so do the senders waiting for
+        room: a peer that stopped reading (a frozen worker) must not leave
+        them waiting forever once its channel is given up.
+        """
         try:
             while True:
                 await self._wakeup.wait()
@@ -152,6 +159,9 @@ class Channel:
                     await self._stream.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as e:
             self._broken = e
+        finally:
+            if self._broken is None:
+                self._broken = anyio.ClosedResourceError("the channel's writer stopped")
             self._drained.set()
 
     async def receive(self) -> object:
