@@ -104,6 +104,10 @@ class Scheduler:
         self._beta = self.config.beta
         self._token_mode = self.config.service_unit == "tokens"
         self._starvation = self.policy.uses_levels and math.isfinite(self._beta)
+        # Fixed per policy; read on every charge, so looked up once.
+        self._uses_levels = self.policy.uses_levels
+        self._rekey_on_service = self.policy.rank_changes_with_service()
+        self._program_aware = self.policy.program_aware
         self._calls: dict[str, Call] = {}
         self._by_seq: dict[int, Call] = {}
         self._by_program: dict[str, dict[str, Call]] = {}
@@ -231,7 +235,7 @@ class Scheduler:
         ``now`` counts as one step, which is right for a driver that charges
         every step with that step's time.
         """
-        if not (service >= 0 and math.isfinite(service)):
+        if not 0 <= service < math.inf:  # NaN fails both comparisons
             raise ValueError(f"service must be a finite number >= 0, not {service!r}")
         if self._token_mode:
             self._advance_steps(now, step)
@@ -241,14 +245,14 @@ class Scheduler:
         call.service_c += service
         record = self._records[call.seq]
         record.service = call.service
-        policy = self.policy
-        rekey = policy.rank_changes_with_service()
-        if policy.uses_levels:
+        rekey = self._rekey_on_service
+        if self._uses_levels:
             call.quantum -= service
-            last = len(self._quanta) - 1
+            quanta = self._quanta
+            last = len(quanta) - 1
             while call.quantum <= 0 and call.level < last:
                 call.level += 1
-                call.quantum += self._quanta[call.level]
+                call.quantum += quanta[call.level]
                 self.counters.demotions += 1
                 rekey = True
             record.level = call.level
@@ -256,7 +260,10 @@ class Scheduler:
             self._remove(call)
             self._insert(call)
         if self._starvation:
-            self._push_deadline(call, self.table.get(call.program_id))
+            if call.level == 0:  # what _push_deadline does for the top level, without the lookup
+                call._starve_version += 1
+            else:
+                self._push_deadline(call, self.table.get(call.program_id))
 
     def finish(self, call_id: str, now: float) -> Call | None:
         """The call completed: update its program's service (PLAS/ATLAS rule). None if unknown."""
@@ -334,11 +341,12 @@ class Scheduler:
         call._starve_version += 1
         if call.level == 0:
             return
-        if self.policy.program_aware and entry is not None:
+        if self._program_aware and entry is not None:
             w_p, t_p = entry.wait, entry.service
         else:
             w_p, t_p = 0.0, 0.0
-        budget = self._beta * max(self._floor, t_p + call.service_c)
+        served = t_p + call.service_c
+        budget = self._beta * (served if served > self._floor else self._floor)
         since = call._waiting_since
         if since is not None:
             deadline = since + budget - w_p - call._wait_c_acc

@@ -21,7 +21,7 @@ In token mode a call is charged the tokens processed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from agentrt.scheduling import Call, Scheduler
@@ -42,6 +42,7 @@ class LiveCall:
         "executing",
         "finished",
         "generated",
+        "max_blocks",
         "on_gpu",
         "preemptions",
         "program",
@@ -67,6 +68,7 @@ class LiveCall:
         self.executing = 0.0  # wall seconds of the steps it took part in
         self.preemptions = 0
         self.finished = 0.0
+        self.max_blocks = 0  # most KV blocks it can ever need (see SimEngine.add)
 
     def prefill_needed(self) -> int:
         """Tokens to compute before the next token can be sampled: 0 while decoding
@@ -80,21 +82,6 @@ class LiveCall:
         return self.spec.prompt_tokens + self.generated
 
 
-def grow_keys(kv: KvCache, spec: CallSpec, before: int, after: int) -> None:
-    """Record as resident the KV of sequence positions ``[before, after)``."""
-    segments, starts = spec.segments, spec.starts
-    i = len(segments) - 1
-    while i >= 0 and starts[i] >= after:
-        i -= 1
-    while i >= 0:
-        key, n = segments[i]
-        start = starts[i]
-        kv.grow(key, min(n, after - start))
-        if start <= before:
-            break
-        i -= 1
-
-
 class WindowAdmission:
     """The engine's resource model for one decision (implements scheduling's ``Admission``):
     a batch slot, KV blocks for the call's context through the window, prefill budget."""
@@ -106,6 +93,9 @@ class WindowAdmission:
         self.prefill_left = engine.profile.prefill_budget * steps
         self.blocks = 0
         self.reserved: dict[str, int] = {}
+        # Every live call at its largest fits at once: no call can be refused for KV,
+        # so the per-segment reservation below is skipped (it is most of a decision's cost).
+        self.fits_all = engine.demand_blocks <= engine.kv.capacity
 
     def admit(self, call: Call) -> bool:
         if not self.slots:
@@ -123,6 +113,11 @@ class WindowAdmission:
             prefill = target - kv.cached_prefix(spec.segments, target - 1)
         if prefill > 0 and not self.prefill_left:
             return False
+        if self.fits_all:
+            self.slots -= 1
+            if prefill > 0:
+                self.prefill_left -= prefill if prefill < self.prefill_left else self.prefill_left
+            return True
         need = target + self.steps
         total = spec.prompt_tokens + spec.decode_tokens
         if need > total:
@@ -196,6 +191,7 @@ class SimEngine:
         preemption: PreemptionMode,
         steps_per_schedule: int,
         charge_wall_time: bool = True,
+        key_tokens: dict[str, int] | None = None,
     ) -> None:
         if steps_per_schedule < 1:
             raise ValueError("steps_per_schedule must be >= 1")
@@ -211,9 +207,18 @@ class SimEngine:
         self.counters = EngineCounters()
         self._token_mode = scheduler.config.service_unit == "tokens"
         self.charge_wall_time = charge_wall_time
+        # The longest each segment key gets in any call this engine may run (a key's KV never
+        # outgrows it): with it, each live call's largest need is bounded, and their sum is
+        # ``demand_blocks``. Without it there is no bound and every decision reserves per segment.
+        self.key_tokens = key_tokens
+        self.demand_blocks = 0 if key_tokens is not None else self.kv.capacity + 1
 
     def add(self, live: LiveCall, now: float) -> None:
         self.live[live.call.call_id] = live
+        if self.key_tokens is not None:
+            key_tokens, blocks = self.key_tokens, self.kv.blocks
+            live.max_blocks = sum(blocks(key_tokens[key]) for key, _ in live.spec.segments)
+            self.demand_blocks += live.max_blocks
         self.scheduler.add(live.call, now)
 
     def run_window(self, now: float, on_finish: Callable[[LiveCall, float], None]) -> float | None:
@@ -311,16 +316,22 @@ class SimEngine:
         step = 0
         left_in_step = budget
         # (call, prefill chunks as (step, tokens), first decode step, last step, tokens emitted)
-        plan: list[tuple[LiveCall, list[tuple[int, int]], int, int, int]] = []
+        plan: list[tuple[LiveCall, Sequence[tuple[int, int]], int, int, int]] = []
         for live in batch:
-            decode_left = live.spec.decode_tokens - live.generated
-            need = live.prefill_needed()
+            spec = live.spec
+            generated = live.generated
+            decode_left = spec.decode_tokens - generated
+            need = spec.prompt_tokens + generated - live.computed  # as prefill_needed(), inlined
+            if generated and need == 1:
+                need = 0
             first_decode = 0
             emitted = 0
-            chunks: list[tuple[int, int]] = []
+            chunks: Sequence[tuple[int, int]] = ()  # (step, tokens) of its prefill this window
             if need > 0:  # prefill (or recompute) in chunks, in priority order
                 if step >= steps:
                     continue  # no budget left in this window: the call idles until the next
+                taken: list[tuple[int, int]] = []
+                chunks = taken
                 done = live.computed
                 while need > 0 and step < steps:
                     chunk = need if need < left_in_step else left_in_step
@@ -329,20 +340,22 @@ class SimEngine:
                     left_in_step -= chunk
                     prefill[step] += chunk
                     prefill_kv[step] += done
-                    chunks.append((step, chunk))
+                    taken.append((step, chunk))
                     if need == 0:
                         first_decode = step + 1
                     if not left_in_step:
                         step += 1
                         left_in_step = budget
                 if need > 0:  # the prefill continues in the next window
-                    plan.append((live, chunks, steps, chunks[-1][0], 0))
+                    plan.append((live, chunks, steps, taken[-1][0], 0))
                     continue
                 emitted = 1  # the step that completes the prefill emits the first token
                 decode_left -= 1
-            tokens = min(decode_left, steps - first_decode)
+            tokens = steps - first_decode
+            if decode_left < tokens:
+                tokens = decode_left
             if tokens > 0:
-                context = live.target + emitted
+                context = spec.prompt_tokens + generated + emitted
                 count[first_decode] += 1
                 count[first_decode + tokens] -= 1
                 base[first_decode] += context - first_decode
@@ -366,17 +379,19 @@ class SimEngine:
             )
             t += seconds
             ends.append(t)
-            per_token.append(per_token[-1] + seconds / max(1, prefill[i] + active))
+            per_token.append(per_token[-1] + seconds / (prefill[i] + active or 1))
         end = t
         counters = self.counters
         counters.windows += 1
         counters.steps += len(ends)
         counters.busy_s += end - now
         counters.swap_s += swap_s
-        scheduler = self.scheduler
+        charge = self.scheduler.charge
         kv = self.kv
         token_mode = self._token_mode
+        wall_time = self.charge_wall_time
         for live, chunks, first_decode, last_step, emitted in plan:
+            spec = live.spec
             prefilled = 0
             seconds = 0.0
             for chunk_step, chunk in chunks:
@@ -385,10 +400,12 @@ class SimEngine:
             if last_step >= first_decode:
                 seconds += per_token[last_step + 1] - per_token[first_decode]
             before = live.computed
-            live.computed += prefilled
+            computed = before + prefilled
             if emitted:
                 live.generated += emitted
-                live.computed = live.target - 1  # the newest token's KV is computed next step
+                # the newest token's KV is computed next step
+                computed = spec.prompt_tokens + live.generated - 1
+            live.computed = computed
             counters.prefill_tokens += prefilled
             counters.decode_tokens += emitted
             live.service += seconds
@@ -397,23 +414,27 @@ class SimEngine:
             if last_step >= first_step:
                 wall = ends[last_step] - (ends[first_step - 1] if first_step else start)
                 live.executing += wall
-            grow_keys(kv, live.spec, before, live.computed)
+            if computed > before:
+                kv.grow_span(spec.segments, spec.starts, before, computed)
             if token_mode:
                 service = float(prefilled + emitted)
+            elif wall_time:
+                service = wall
             else:
-                service = wall if self.charge_wall_time else seconds
-            if live.generated >= live.spec.decode_tokens:
+                service = seconds
+            if live.generated >= spec.decode_tokens:
                 done_at = ends[last_step]
-                scheduler.charge(live.call, service, done_at)
+                charge(live.call, service, done_at)
                 on_finish(live, done_at)
             else:
-                scheduler.charge(live.call, service, end)
+                charge(live.call, service, end)
         kv.evict_to_fit()
         return end
 
     def complete(self, live: LiveCall, now: float) -> None:
         """A call finished: tell the scheduler, release its KV into the prefix cache."""
         live.finished = now
+        self.demand_blocks -= live.max_blocks
         self.scheduler.finish(live.call.call_id, now)
         self.kv.release(live.spec.segments)
         live.on_gpu = False

@@ -12,7 +12,7 @@ blocks once. Caching is block-granular: a hit never covers a partial block.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from agentrt.sim.spec import Segment
 
@@ -84,6 +84,33 @@ class KvCache:
         if tokens > old:
             self.used += self.blocks(tokens) - self.blocks(old)
             self.resident[key] = tokens
+
+    def grow_span(
+        self, segments: Sequence[Segment], starts: Sequence[int], before: int, after: int
+    ) -> None:
+        """Make resident the KV of a call's sequence positions ``[before, after)``
+        (``starts``: each segment's first position). Run for every call of every
+        window, so :meth:`grow` is inlined here."""
+        i = len(segments) - 1
+        while i >= 0 and starts[i] >= after:
+            i -= 1
+        resident = self.resident
+        bs = self.block_size
+        while i >= 0:
+            key, n = segments[i]
+            start = starts[i]
+            tokens = after - start
+            if n < tokens:
+                tokens = n
+            old = resident.get(key, 0)
+            if tokens > old:
+                self.used += (tokens + bs - 1) // bs - (
+                    old + bs - 1
+                ) // bs  # blocks(new) - blocks(old)
+                resident[key] = tokens
+            if start <= before:
+                break
+            i -= 1
 
     def drop(self, key: str) -> int:
         """Forget the key's KV (evicted or swapped out); returns the tokens it held."""

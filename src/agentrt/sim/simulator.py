@@ -115,6 +115,7 @@ class Simulation:
             self.table,
         )
         mode = self.config.preemption_for(scheduler.policy)
+        key_tokens = longest_segments(programs)
         self.engines = {
             eid: SimEngine(
                 eid,
@@ -123,6 +124,7 @@ class Simulation:
                 mode,
                 self.config.steps_per_schedule,
                 charge_wall_time=self.config.service_accounting == "step",
+                key_tokens=key_tokens,
             )
             for eid in engine_ids
         }
@@ -210,6 +212,19 @@ class Simulation:
             outcome.finish(now, self.profile, run.spec)
             self._outcomes.append(outcome)
             self.table.end(run.spec.program_id, now)
+
+
+def longest_segments(programs: Sequence[ProgramSpec]) -> dict[str, int]:
+    """Each segment key's largest length over all the programs' calls (a key may grow: a
+    tree node's key is longer in its children's prompts, where the observation follows it)."""
+    longest: dict[str, int] = {}
+    get = longest.get
+    for program in programs:
+        for call in program.calls:
+            for key, n in call.segments:
+                if n > get(key, 0):
+                    longest[key] = n
+    return longest
 
 
 def simulate(

@@ -44,17 +44,17 @@ class CallSpec:
     ) -> None:
         if prompt_tokens < 1 or decode_tokens < 1:
             raise ValueError("a call needs at least one prompt and one decode token")
-        if sum(n for _, n in segments) != prompt_tokens + decode_tokens:
-            raise ValueError("segments must cover the prompt and the output exactly")
-        if any(p >= index for p in parents):
-            raise ValueError("parents must come before the call (topological order)")
-        self.index = index
-        self.segments = segments
         starts = []
         offset = 0
         for _, n in segments:
             starts.append(offset)
             offset += n
+        if offset != prompt_tokens + decode_tokens:
+            raise ValueError("segments must cover the prompt and the output exactly")
+        if parents and max(parents) >= index:
+            raise ValueError("parents must come before the call (topological order)")
+        self.index = index
+        self.segments = segments
         self.starts: tuple[int, ...] = tuple(starts)  # each segment's first token position
         self.prompt_tokens = prompt_tokens
         self.decode_tokens = decode_tokens
