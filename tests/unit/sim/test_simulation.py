@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import msgspec
 import pytest
 
 from agentrt.scheduling import POLICIES, SchedulerConfig
+from agentrt.sim.engine import SimEngine, WindowAdmission
 from agentrt.sim.profile import EngineProfile
 from agentrt.sim.simulator import SimConfig, Simulation, simulate
 from agentrt.sim.spec import ProgramSpec
@@ -54,6 +56,40 @@ def test_same_inputs_same_results(small_profile: EngineProfile) -> None:
     a = simulate(programs, small_profile, SchedulerConfig(policy="atlas"))
     b = simulate(programs, small_profile, SchedulerConfig(policy="atlas"))
     assert a.latency == b.latency and a.engines == b.engines
+
+
+@pytest.mark.parametrize(("kv_blocks", "expected"), [(5000, {True}), (400, {True, False})])
+def test_skipping_the_kv_reservation_when_everything_fits_changes_no_decision(
+    chain: Chain,
+    small_profile: EngineProfile,
+    monkeypatch: pytest.MonkeyPatch,
+    kv_blocks: int,
+    expected: set[bool],
+) -> None:
+    """The shortcut taken when every live call fits at its largest gives the same run as the
+    full per-segment reservation, whether it applies to every decision or to some."""
+    profile = msgspec.structs.replace(small_profile, kv_blocks=kv_blocks)
+    programs = _mixed_load(chain) + poisson_arrivals(LatsWorkload().generate(2, seed=3), 2.0, 3)
+    programs.sort(key=lambda p: p.arrival)
+    shortcut: list[bool] = []
+
+    class Recorded(WindowAdmission):
+        def __init__(self, engine: SimEngine, steps: int) -> None:
+            super().__init__(engine, steps)
+            shortcut.append(self.fits_all)
+
+    monkeypatch.setattr("agentrt.sim.engine.WindowAdmission", Recorded)
+    for policy in ("fcfs", "atlas"):
+        shortcut.clear()
+        with_shortcut = simulate(programs, profile, SchedulerConfig(policy=policy))
+        assert set(shortcut) == expected
+        with monkeypatch.context() as m:
+            m.setattr("agentrt.sim.simulator.longest_segments", lambda programs: None)
+            shortcut.clear()
+            full = simulate(programs, profile, SchedulerConfig(policy=policy))
+        assert set(shortcut) == {False}
+        assert with_shortcut.latency == full.latency
+        assert with_shortcut.engines == full.engines and with_shortcut.wait == full.wait
 
 
 def test_token_service_unit_runs_too(chain: Chain, small_profile: EngineProfile) -> None:
