@@ -390,6 +390,7 @@ class SimEngine:
         kv = self.kv
         token_mode = self._token_mode
         wall_time = self.charge_wall_time
+        window_prefill = window_decode = 0
         for live, chunks, first_decode, last_step, emitted in plan:
             spec = live.spec
             prefilled = 0
@@ -406,8 +407,8 @@ class SimEngine:
                 # the newest token's KV is computed next step
                 computed = spec.prompt_tokens + live.generated - 1
             live.computed = computed
-            counters.prefill_tokens += prefilled
-            counters.decode_tokens += emitted
+            window_prefill += prefilled
+            window_decode += emitted
             live.service += seconds
             first_step = chunks[0][0] if chunks else first_decode
             wall = 0.0
@@ -428,6 +429,8 @@ class SimEngine:
                 on_finish(live, done_at)
             else:
                 charge(live.call, service, end)
+        counters.prefill_tokens += window_prefill
+        counters.decode_tokens += window_decode
         kv.evict_to_fit()
         return end
 
