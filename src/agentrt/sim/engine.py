@@ -95,7 +95,7 @@ class WindowAdmission:
         self.reserved: dict[str, int] = {}
         # Every live call at its largest fits at once: no call can be refused for KV,
         # so the per-segment reservation below is skipped (it is most of a decision's cost).
-        self.fits_all = engine.demand_blocks <= engine.kv.capacity
+        self.fits_all = engine.key_tokens is not None and engine.demand_blocks <= engine.kv.capacity
 
     def admit(self, call: Call) -> bool:
         if not self.slots:
@@ -211,7 +211,7 @@ class SimEngine:
         # outgrows it): with it, each live call's largest need is bounded, and their sum is
         # ``demand_blocks``. Without it there is no bound and every decision reserves per segment.
         self.key_tokens = key_tokens
-        self.demand_blocks = 0 if key_tokens is not None else self.kv.capacity + 1
+        self.demand_blocks = 0
 
     def add(self, live: LiveCall, now: float) -> None:
         self.live[live.call.call_id] = live
@@ -318,12 +318,8 @@ class SimEngine:
         # (call, prefill chunks as (step, tokens), first decode step, last step, tokens emitted)
         plan: list[tuple[LiveCall, Sequence[tuple[int, int]], int, int, int]] = []
         for live in batch:
-            spec = live.spec
-            generated = live.generated
-            decode_left = spec.decode_tokens - generated
-            need = spec.prompt_tokens + generated - live.computed  # as prefill_needed(), inlined
-            if generated and need == 1:
-                need = 0
+            decode_left = live.spec.decode_tokens - live.generated
+            need = live.prefill_needed()
             first_decode = 0
             emitted = 0
             chunks: Sequence[tuple[int, int]] = ()  # (step, tokens) of its prefill this window
@@ -351,11 +347,9 @@ class SimEngine:
                     continue
                 emitted = 1  # the step that completes the prefill emits the first token
                 decode_left -= 1
-            tokens = steps - first_decode
-            if decode_left < tokens:
-                tokens = decode_left
+            tokens = min(decode_left, steps - first_decode)
             if tokens > 0:
-                context = spec.prompt_tokens + generated + emitted
+                context = live.target + emitted
                 count[first_decode] += 1
                 count[first_decode + tokens] -= 1
                 base[first_decode] += context - first_decode
@@ -404,8 +398,7 @@ class SimEngine:
             computed = before + prefilled
             if emitted:
                 live.generated += emitted
-                # the newest token's KV is computed next step
-                computed = spec.prompt_tokens + live.generated - 1
+                computed = live.target - 1  # the newest token's KV is computed next step
             live.computed = computed
             window_prefill += prefilled
             window_decode += emitted
