@@ -76,6 +76,7 @@ class EngineBenchResult(msgspec.Struct, kw_only=True):
     model: str
     device: str
     dtype: str
+    dtype_reason: str  # why this dtype ran: configured, or what ``auto`` saw on this host
     parameters: int
     threads: int
     attention: str
@@ -126,13 +127,14 @@ def apply_quick(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from agentrt.engine.loader import load_model, resolve_dtype
+    from agentrt.engine.loader import dtype_reason, load_model, resolve_dtype
 
     if args.quick:
         apply_quick(args)
     if args.min_prompt_len < 1 or args.max_prompt_len < args.min_prompt_len:
         raise SystemExit("need 1 <= --min-prompt-len <= --max-prompt-len")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    reason = dtype_reason(args.dtype, device)
     args.dtype = str(resolve_dtype(args.dtype, device)).removeprefix("torch.")
     loaded = load_model(args.model, dtype=args.dtype, device=device)
     generator = torch.Generator().manual_seed(args.seed)
@@ -180,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
         model=loaded.name,
         device=device,
         dtype=args.dtype,
+        dtype_reason=reason,
         parameters=params,
         threads=torch.get_num_threads(),
         attention="xformers" if engine.runner.use_xformers else "sdpa",
@@ -429,8 +432,8 @@ def print_result(result: EngineBenchResult) -> None:
     from rich.table import Table
 
     table = Table(
-        title=f"agentrt bench engine: {result.model}, {result.dtype} on {result.device} "
-        f"({result.threads} threads, {result.attention} attention)"
+        title=f"agentrt bench engine: {result.model}, {result.dtype} ({result.dtype_reason}) "
+        f"on {result.device} ({result.threads} threads, {result.attention} attention)"
     )
     table.add_column("measure")
     table.add_column("value", justify="right")

@@ -110,22 +110,53 @@ def auto_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-@functools.cache
-def cpu_has_bf16_instructions(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU flags in ``cpuinfo`` (Linux) include a native bfloat16 dot product.
+def dtype_reason(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> str:
+    """Why :func:`resolve_dtype` picks what it picks for ``dtype`` on ``device``.
 
-    Cached: the loader and the model runner both resolve ``"auto"``.
+    Logged at start-up and shown by ``agentrt bench engine``: a speed figure
+    means little without the dtype and the kind of host that chose it.
     """
+    if dtype != "auto":
+        return "configured"
+    target = torch.device(device)
+    if target.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        return "auto: GPU supports bfloat16" if bf16 else "auto: GPU without bfloat16"
+    if target.type != "cpu":
+        return f"auto: float32 on {target.type}"
+    flags = cpu_bf16_flags()
+    if flags:
+        return f"auto: CPU has native bfloat16 ({', '.join(sorted(flags))})"
+    return "auto: CPU without native bfloat16 (emulated bfloat16 is slower than float32)"
+
+
+CPUINFO_ENV = "AGENTRT_CPUINFO"
+_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_has_bf16_instructions(cpuinfo: Path | None = None) -> bool:
+    """Whether the CPU flags in ``cpuinfo`` (Linux) include a native bfloat16 dot product."""
+    return bool(cpu_bf16_flags(cpuinfo))
+
+
+@functools.cache
+def cpu_bf16_flags(cpuinfo: Path | None = None) -> frozenset[str]:
+    """The native bfloat16 flags of the CPU described by ``cpuinfo``.
+
+    ``cpuinfo`` defaults to ``$AGENTRT_CPUINFO`` or ``/proc/cpuinfo``; the
+    variable lets a test run (and its server subprocesses) act as another
+    kind of host. Cached: the loader and the model runner both resolve ``"auto"``.
+    """
+    path = cpuinfo or Path(os.environ.get(CPUINFO_ENV) or "/proc/cpuinfo")
     try:
-        text = cpuinfo.read_text(errors="replace")
+        text = path.read_text(errors="replace")
     except OSError:
-        return False
+        return frozenset()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
-            flags = set(value.split())
-            return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-    return False
+            return frozenset(value.split()) & _BF16_FLAGS
+    return frozenset()
 
 
 def default_gguf_path() -> Path:
@@ -193,7 +224,8 @@ def load_model(
         "model_loaded",
         model=loaded.name,
         path=str(folder),
-        dtype=str(torch_dtype),
+        dtype=str(torch_dtype).removeprefix("torch."),
+        dtype_reason=dtype_reason(dtype, device),
         device=str(target),
         max_model_len=limit,
         seconds=round(time.perf_counter() - started, 3),

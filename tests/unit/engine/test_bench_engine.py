@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from agentrt.cli import main
+from agentrt.engine.loader import dtype_reason, resolve_dtype
 
 
 def test_quick_bench_writes_every_section(tiny_folder: Path, tmp_path: Path) -> None:
@@ -38,3 +41,21 @@ def test_quick_bench_can_skip_the_baseline(tiny_folder: Path, tmp_path: Path) ->
     args = ["bench", "engine", "--model", str(tiny_folder), "--quick", "--skip-baseline"]
     assert main([*args, "--json", str(out)]) == 0
     assert json.loads(out.read_text())["throughput"] is None
+
+
+def test_the_report_says_which_dtype_ran_and_why(
+    tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "engine.json"
+    args = ["bench", "engine", "--model", str(tiny_folder), "--quick", "--skip-baseline"]
+    assert main([*args, "--json", str(out)]) == 0  # --dtype auto
+    result = json.loads(out.read_text())
+    assert result["dtype"] == str(resolve_dtype("auto")).removeprefix("torch.")
+    assert result["dtype_reason"] == dtype_reason("auto") and result["dtype_reason"].startswith(
+        "auto: CPU"
+    )
+    assert result["dtype_reason"] in " ".join(capsys.readouterr().out.split())
+
+    assert main([*args, "--dtype", "float32", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert (result["dtype"], result["dtype_reason"]) == ("float32", "configured")

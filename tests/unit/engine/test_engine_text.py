@@ -20,7 +20,7 @@ def engine(tiny_folder: Path) -> LLMEngine:
     config = EngineConfig(
         dtype="float32", num_kv_blocks=64, block_size=4, scheduler=SchedulerConfig(policy="fcfs")
     )
-    return LLMEngine(config, load_model(tiny_folder))
+    return LLMEngine(config, load_model(tiny_folder, dtype="float32"))
 
 
 def run(engine: LLMEngine, sampling: SamplingParams) -> tuple[list[int], str, Any, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ from agentrt.engine.loader import (
     DEFAULT_MODEL,
     ModelLoadError,
     auto_dtype,
+    cpu_bf16_flags,
     cpu_has_bf16_instructions,
     default_gguf_path,
+    dtype_reason,
     gguf_to_hf_folder,
     load_model,
     resolve_dtype,
@@ -72,15 +75,43 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path, flags: str, nati
     assert cpu_has_bf16_instructions(cpuinfo) is native
 
 
-def test_auto_dtype_on_cpu_is_bf16_only_with_native_instructions(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(loader, "cpu_has_bf16_instructions", lambda: False)
-    assert auto_dtype(cpu) == torch.float32
-    assert resolve_dtype("auto") == torch.float32
-    monkeypatch.setattr(loader, "cpu_has_bf16_instructions", lambda: True)
-    assert auto_dtype(cpu) == torch.bfloat16
+AVX2_CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
+AVX512_BF16_CPUINFO = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+
+
+@pytest.fixture
+def host_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Make this process read the CPU flags of another kind of host (``$AGENTRT_CPUINFO``)."""
+
+    def act_as(cpuinfo_text: str) -> None:
+        cpuinfo = tmp_path / "cpuinfo"
+        cpuinfo.write_text(cpuinfo_text)
+        monkeypatch.setenv("AGENTRT_CPUINFO", str(cpuinfo))
+        cpu_bf16_flags.cache_clear()
+
+    yield act_as
+    cpu_bf16_flags.cache_clear()
+
+
+def test_auto_is_float32_on_an_avx2_only_host(host_kind: Callable[[str], None]) -> None:
+    host_kind(AVX2_CPUINFO)
+    assert resolve_dtype("auto") == auto_dtype(torch.device("cpu")) == torch.float32
+    assert "without native bfloat16" in dtype_reason("auto")
+
+
+def test_auto_is_bfloat16_on_an_avx512_bf16_host(host_kind: Callable[[str], None]) -> None:
+    host_kind(AVX512_BF16_CPUINFO)
+    assert resolve_dtype("auto") == auto_dtype(torch.device("cpu")) == torch.bfloat16
+    assert dtype_reason("auto") == "auto: CPU has native bfloat16 (avx512_bf16)"
+
+
+def test_a_configured_dtype_ignores_the_host(host_kind: Callable[[str], None]) -> None:
+    host_kind(AVX512_BF16_CPUINFO)
+    assert resolve_dtype("float32") == torch.float32
+    assert dtype_reason("float32") == dtype_reason(torch.bfloat16) == "configured"
+
+
+def test_an_unreadable_cpuinfo_means_no_native_bf16() -> None:
     assert cpu_has_bf16_instructions(Path("/nonexistent/cpuinfo")) is False
 
 
@@ -132,13 +163,13 @@ def test_gguf_is_converted_once_and_matches_the_gguf_model(
 
     gguf = smollm2_gguf
     cache = tmp_path / "models"
-    first = load_model(None, cache_dir=cache)
+    first = load_model(None, cache_dir=cache, dtype="float32")  # compared with a float32 reference
     assert first.name == DEFAULT_MODEL
     assert first.path.parent == cache and (first.path / "config.json").is_file()
     assert [p.name for p in cache.iterdir()] == [first.path.name]  # no temporary left behind
     stamp = (first.path / "config.json").stat().st_mtime_ns
     assert gguf_to_hf_folder(gguf, cache) == first.path
-    second = load_model(None, cache_dir=cache)
+    second = load_model(None, cache_dir=cache, dtype="float32")
     assert second.path == first.path
     assert (first.path / "config.json").stat().st_mtime_ns == stamp  # reused, not rewritten
     assert second.eos_token_ids == frozenset({2})
