@@ -193,9 +193,8 @@ def server_counters(before: ServerSnapshot | None, after: ServerSnapshot | None)
 
 def make_llm(target: Target) -> Any:
     """The agents' LLM endpoint on ``target`` (program headers added by the agentrt clients)."""
-    from agents import LLM
-
     import agentrt
+    from agentrt.agents import LLM
 
     common: dict[str, Any] = {"base_url": target.base_url, "api_key": target.api_key, "timeout": 3600.0}
     if target.app is not None:
@@ -226,7 +225,7 @@ async def run_programs(
     time_limit: float | None = None,
 ) -> tuple[RunSummary, list[ProgramResult]]:
     """Start ``specs[i]`` at ``arrivals[i]`` seconds, wait for all, and summarise the run."""
-    from agents import Trace
+    from agentrt.agents import Trace
 
     llm = make_llm(target)
     before = await scrape(target)

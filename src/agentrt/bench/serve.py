@@ -137,8 +137,7 @@ def validate(args: argparse.Namespace) -> str | None:
 
 async def run_rate(target: Any, args: argparse.Namespace, rate: float, progress: Any) -> tuple[RunSummary, list[ProgramResult]]:
     """One run: the seeded programs arriving at ``rate`` against ``target`` (the same programs at every rate)."""
-    from agents import sample_programs
-
+    from agentrt.agents import sample_programs
     from agentrt.bench.load import programs_for, run_programs, unit_arrivals
 
     num_programs = args.num_programs if args.num_programs is not None or args.duration else 20

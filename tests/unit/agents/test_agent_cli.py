@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[3]
 )
 def test_agent_runs_as_a_module(module: str, args: list[str]) -> None:
     with echo_server() as (url, engine):
-        done = subprocess.run([sys.executable, "-m", f"agents.{module}", "--base-url", url, *args],
+        done = subprocess.run([sys.executable, "-m", f"agentrt.agents.{module}", "--base-url", url, *args],
                               capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
         calls = len(engine.requests)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -34,7 +34,7 @@ def test_agent_runs_as_a_module(module: str, args: list[str]) -> None:
 
 def test_agent_runs_as_a_script_too() -> None:
     with echo_server() as (url, _engine):
-        done = subprocess.run([sys.executable, str(ROOT / "agents" / "map_reduce.py"), "--base-url", url,
+        done = subprocess.run([sys.executable, str(ROOT / "src" / "agentrt" / "agents" / "map_reduce.py"), "--base-url", url,
                                "--fan-out", "2", "--question", "Why is ice slippery?"],
                               capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -43,7 +43,7 @@ def test_agent_runs_as_a_script_too() -> None:
 
 @pytest.mark.slow
 def test_agent_runs_on_the_embedded_engine_by_default() -> None:
-    done = subprocess.run([sys.executable, "-m", "agents.map_reduce", "--fan-out", "2", "--question",
+    done = subprocess.run([sys.executable, "-m", "agentrt.agents.map_reduce", "--fan-out", "2", "--question",
                            "What is the capital of France?"], capture_output=True, text=True, timeout=600,
                           cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-from agents.chat import ChatConfig, replay_plan
-from agents.map_reduce import parse_subquestions
-from agents.questions import load_questions, parse_score
-from agents.react import describe, parse_actions
-
+from agentrt.agents.chat import ChatConfig, replay_plan
+from agentrt.agents.map_reduce import parse_subquestions
+from agentrt.agents.questions import load_questions, parse_score
+from agentrt.agents.react import describe, parse_actions
 from agentrt.datasets import Conversation, Turn
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from agents.bfcl_env import Environment, FileSystem, to_json_schema
 
+from agentrt.agents.bfcl_env import Environment, FileSystem, to_json_schema
 from agentrt.datasets import load_bfcl_tasks
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from agents.llm import LLM, IncompleteReply
 from tests.unit.sdk.recording import chat_chunks
 
 import agentrt
+from agentrt.agents.llm import LLM, IncompleteReply
 
 
 def sse_server(finish: bool) -> httpx.MockTransport:

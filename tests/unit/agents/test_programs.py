@@ -11,15 +11,15 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-from agents import LLM, SIZES, WORKLOADS, Trace, sample_programs
-from agents.chat import ChatConfig, converse, replay_plan
-from agents.map_reduce import MapReduceConfig, map_reduce
-from agents.mcts import MctsConfig, mcts
-from agents.react import ReactConfig, solve
-from agents.tree_search import TreeSearchConfig, search
 from tests.unit.agents.live_server import echo_server
 
 import agentrt
+from agentrt.agents import LLM, SIZES, WORKLOADS, Trace, sample_programs
+from agentrt.agents.chat import ChatConfig, converse, replay_plan
+from agentrt.agents.map_reduce import MapReduceConfig, map_reduce
+from agentrt.agents.mcts import MctsConfig, mcts
+from agentrt.agents.react import ReactConfig, solve
+from agentrt.agents.tree_search import TreeSearchConfig, search
 from agentrt.datasets import BfclTask, Conversation, Turn, load_bfcl_tasks
 
 QUESTION = "Why is the sky blue during the day but red at sunset?"

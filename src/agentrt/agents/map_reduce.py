@@ -8,7 +8,7 @@ facets of the question fill the gap, so the fan-out is always N wide.
 
 Run it alone::
 
-    python -m agents.map_reduce --base-url http://localhost:8000/v1 --fan-out 4
+    python -m agentrt.agents.map_reduce --base-url http://localhost:8000/v1 --fan-out 4
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass
 
 import agentrt
-from agents.llm import LLM
-from agents.questions import load_questions
+from agentrt.agents.llm import LLM
+from agentrt.agents.questions import load_questions
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def load_tasks(count: int, seed: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from agents.runner import agent_arguments, run_agent
+    from agentrt.agents.runner import agent_arguments, run_agent
 
     parser = agent_arguments(__doc__ or "")
     parser.add_argument("--question", default=None, help="a question (default: one from ShareGPT)")

@@ -8,7 +8,7 @@ waits for the previous one, which is what PLAS schedules.
 
 Run it alone::
 
-    python -m agents.chat --base-url http://localhost:8000/v1 --conversation 5
+    python -m agentrt.agents.chat --base-url http://localhost:8000/v1 --conversation 5
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import agentrt
+from agentrt.agents.llm import LLM
 from agentrt.datasets import Conversation, iter_conversations, load_token_counter
-from agents.llm import LLM
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def load_tasks(count: int, seed: int, pool: int = 2000) -> list[Conversation]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from agents.runner import agent_arguments, run_agent
+    from agentrt.agents.runner import agent_arguments, run_agent
 
     parser = agent_arguments(__doc__ or "")
     parser.add_argument("--conversation", type=int, default=0, help="index among the sampled conversations")

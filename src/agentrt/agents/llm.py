@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import agentrt
-from agents.trace import CallRecord, Trace
+from agentrt.agents.trace import CallRecord, Trace
 
 
 @dataclass(frozen=True)

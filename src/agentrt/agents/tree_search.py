@@ -12,7 +12,7 @@ sees their critical path.
 
 Run it alone::
 
-    python -m agents.tree_search --base-url http://localhost:8000/v1
+    python -m agentrt.agents.tree_search --base-url http://localhost:8000/v1
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import agentrt
-from agents.llm import LLM
-from agents.questions import load_questions, parse_score
+from agentrt.agents.llm import LLM
+from agentrt.agents.questions import load_questions, parse_score
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def load_tasks(count: int, seed: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from agents.runner import agent_arguments, run_agent
+    from agentrt.agents.runner import agent_arguments, run_agent
 
     parser = agent_arguments(__doc__ or "")
     parser.add_argument("--question", default=None, help="a question (default: one from ShareGPT)")

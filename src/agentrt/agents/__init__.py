@@ -2,7 +2,7 @@
 
 Each module is one agent program written with the public SDK only
 (``@agentrt.program``, ``@agentrt.tool``, ``agentrt.OpenAI``/``AsyncOpenAI``)
-and runnable on its own (``python -m agents.react --base-url ...``). The
+and runnable on its own (``python -m agentrt.agents.react --base-url ...``). The
 registry below is how the benchmark drives them: a workload draws seeded
 tasks from real data and runs one program per task on an :class:`LLM`.
 """
@@ -17,9 +17,9 @@ from typing import Any
 
 import anyio
 
-from agents import chat, map_reduce, mcts, react, tree_search
-from agents.llm import LLM
-from agents.trace import CallRecord, ToolRecord, Trace
+from agentrt.agents import chat, map_reduce, mcts, react, tree_search
+from agentrt.agents.llm import LLM
+from agentrt.agents.trace import CallRecord, ToolRecord, Trace
 
 __all__ = ["LLM", "MIXED", "SIZES", "WORKLOADS", "CallRecord", "ProgramSpec", "ToolRecord", "Trace", "Workload", "sample_programs"]
 

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import agentrt
-from agents.llm import LLM
-from agents.trace import Trace
+from agentrt.agents.llm import LLM
+from agentrt.agents.trace import Trace
 
 
 def agent_arguments(doc: str) -> argparse.ArgumentParser:

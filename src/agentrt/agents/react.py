@@ -4,14 +4,14 @@ Each user turn of a BFCL task gets up to ``max_steps`` LLM calls. The model
 answers ``Action: {"name": ..., "arguments": {...}}`` to call a tool or
 ``Final Answer: ...`` to end the turn; servers that return native
 ``tool_calls`` work too. Tools run in the simulated environment of
-:mod:`agents.bfcl_env` through an ``@agentrt.tool`` function, so their time
+:mod:`agentrt.agents.bfcl_env` through an ``@agentrt.tool`` function, so their time
 counts as the program's interruption, not its service. Anything the model
 writes is handled: an unparseable reply gets an observation saying so and
 the step budget bounds the turn.
 
 Run it alone::
 
-    python -m agents.react --base-url http://localhost:8000/v1 --task 3
+    python -m agentrt.agents.react --base-url http://localhost:8000/v1 --task 3
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import agentrt
+from agentrt.agents.bfcl_env import Environment
+from agentrt.agents.llm import LLM, ToolCall
 from agentrt.datasets import BfclTask, load_bfcl_tasks
-from agents.bfcl_env import Environment
-from agents.llm import LLM, ToolCall
 
 SYSTEM = """You are an assistant that completes the user's requests by calling functions.
 To call a function, reply with exactly one line:
@@ -143,7 +143,7 @@ def load_tasks(count: int, seed: int) -> list[BfclTask]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from agents.runner import agent_arguments, run_agent
+    from agentrt.agents.runner import agent_arguments, run_agent
 
     parser = agent_arguments(__doc__ or "")
     parser.add_argument("--task", type=int, default=0, help="index of the BFCL multi-turn base task")

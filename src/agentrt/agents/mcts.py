@@ -9,7 +9,7 @@ same agentrt program.
 
 Run it alone::
 
-    python -m agents.mcts --base-url http://localhost:8000/v1
+    python -m agentrt.agents.mcts --base-url http://localhost:8000/v1
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass, field
 
 import agentrt
-from agents.llm import LLM
-from agents.questions import load_questions, parse_score
+from agentrt.agents.llm import LLM
+from agentrt.agents.questions import load_questions, parse_score
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def load_tasks(count: int, seed: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from agents.runner import agent_arguments, run_agent
+    from agentrt.agents.runner import agent_arguments, run_agent
 
     parser = agent_arguments(__doc__ or "")
     parser.add_argument("--question", default=None, help="a question (default: one from ShareGPT)")
