@@ -202,3 +202,33 @@ async def test_a_storm_of_calls_a_third_of_them_cancelled_leaves_the_engine_idle
     await eventually(lambda: is_idle(app, engine))
     assert engine.stats().preemptions_swap + engine.stats().preemptions_recompute > 0
     await assert_still_serves(app)
+
+
+async def test_a_top_k_no_int64_holds_is_a_400_and_the_engine_serves_on(
+    plas_app: tuple[Any, AsyncEngine],  # noqa: F811
+) -> None:
+    app, _ = plas_app
+    body = {"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 4, "top_k": 2**63}
+    reply = raw_client(app).post("/v1/completions", json=body)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == "top_k"
+    await assert_still_serves(app)
+    assert raw_client(app).get("/health").status_code == 200
+
+
+def test_health_is_a_503_once_the_engine_has_failed_for_good(
+    plas_app: tuple[Any, AsyncEngine],  # noqa: F811
+) -> None:
+    app, engine = plas_app
+    client = raw_client(app)
+    assert client.get("/health").status_code == 200
+
+    def broken(batch: Any) -> Any:
+        raise RuntimeError("device lost")
+
+    engine.engine.runner.execute = broken  # type: ignore[method-assign]
+    reply = client.post("/v1/completions", json={"model": MODEL, "prompt": [1, 2], "max_tokens": 2})
+    assert reply.status_code == 503
+    health = client.get("/health")
+    assert health.status_code == 503
+    assert "device lost" in health.json()["error"]["message"]

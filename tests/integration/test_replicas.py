@@ -92,6 +92,37 @@ async def test_a_killed_replica_fails_its_calls_promptly_and_its_programs_move(
         )
 
 
+@pytest.mark.slow  # imports torch and builds a model in two processes, twice for one of them
+async def test_a_replica_whose_engine_failed_is_taken_out_and_replaced() -> None:
+    from tests.integration.replica_engines import POISON_TOKEN
+
+    spec = EngineSpec(factory="tests.integration.replica_engines:faulty_tiny_llama_engine")
+    replicas = [ProcessBackend("r0", spec), ProcessBackend("r1", spec)]
+    config = RouterConfig(health_interval_s=0.2, restart_backoff_s=0.2)
+
+    def tokens(call_id: str, prompt: list[int]) -> GenerationRequest:
+        sampling = SamplingParams(max_tokens=3, temperature=0.0)
+        return GenerationRequest(call_id=call_id, prompt=prompt, sampling=sampling)
+
+    async with Router(replicas, config=config) as router:
+        pids = {r.engine_id: r.pid for r in replicas}
+        with pytest.raises(EngineUnavailable, match="model fault"):
+            await collect(router, tokens("poison", [1, 2, POISON_TOKEN]))
+
+        # Its health check now fails: the worker exits and a fresh one takes its place.
+        def replaced() -> bool:
+            return any(r.pid not in (None, pids[r.engine_id]) for r in replicas) and all(
+                s.up for s in router.engines()
+            )
+
+        await eventually(replaced, within=30)
+        [failed] = [s for s in router.engines() if s.restarts]
+        assert failed.restarts == 1
+        for i in range(6):  # every call lands on a working engine
+            events = await collect(router, tokens(f"after{i}", [1, 2, 3]))
+            assert events[-1].finish_reason == "length"
+
+
 async def test_calls_cross_the_process_boundary_intact() -> None:
     spec = EngineSpec(factory=ECHO, options={"max_model_len": 64})
     async with Router([ProcessBackend("r0", spec)]) as router:

@@ -7,7 +7,10 @@ on a queue, and every step's token events travel back in one
 ``call_soon_threadsafe`` per event loop, so each call's async iterator
 receives its tokens as they are produced. Requests are checked on the
 caller's side before they are queued, so a bad one raises at the first
-``__anext__`` and never reaches the step loop.
+``__anext__`` and never reaches the step loop. A call the engine fails on
+while it runs ends in an :class:`EngineError` for that call alone; only a
+failure of the step itself (the model) stops the engine, and from then on
+:meth:`AsyncEngine.stats` raises, so health checks see it.
 """
 
 from __future__ import annotations
@@ -112,6 +115,13 @@ class AsyncEngine:
         self._submit(lambda: self._deliver(self.engine.abort_request(call_id)))
 
     def stats(self) -> EngineStats:
+        """The engine's load; raises :class:`EngineUnavailable` once the step loop has failed.
+
+        That is how ``/health`` and the router's health check learn that this
+        engine is gone for good.
+        """
+        if self._failure is not None:
+            raise self._failure
         return self._stats
 
     def models(self) -> list[ModelInfo]:
@@ -168,8 +178,20 @@ class AsyncEngine:
             )
         except EngineError as e:
             self._deliver_error(request.call_id, e)
+        except Exception:  # add_request changes nothing when it raises: only this call is lost
+            log.exception("add_request_failed", call=request.call_id)
+            self._deliver_error(request.call_id, _call_failed())
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as e:  # the model (or the engine's own state) failed: nothing can go on
+            log.exception("engine_step_failed")
+            self._failure = EngineUnavailable(f"the engine failed: {e}")
+            self._closing = True
+            self._fail_all(self._failure)
+
+    def _loop(self) -> None:
         engine = self.engine
         while not self._closing:
             self._drain_commands()
@@ -178,14 +200,7 @@ class AsyncEngine:
                 self._wakeup.wait()
                 self._wakeup.clear()
                 continue
-            try:
-                events = engine.step()
-            except Exception as e:  # the model failed: nothing in flight can continue
-                log.exception("engine_step_failed")
-                self._failure = EngineUnavailable(f"the engine failed: {e}")
-                self._closing = True
-                self._fail_all(self._failure)
-                return
+            events = engine.step()
             self._stats = engine.stats()
             if events:
                 self._deliver(events)
@@ -199,11 +214,15 @@ class AsyncEngine:
             command()
 
     def _deliver(self, events: list[TokenEvent]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, TokenEvent]]] = {}
+        by_loop: dict[
+            asyncio.AbstractEventLoop, list[tuple[_Stream, TokenEvent | EngineError]]
+        ] = {}
         for event in events:
             stream = self._streams.get(event.call_id)
             if stream is not None:
-                by_loop.setdefault(stream.loop, []).append((stream, event))
+                # A call the engine failed on (LLMEngine.step) ends in an error for its consumer.
+                item = _call_failed() if event.finish_reason == "error" else event
+                by_loop.setdefault(stream.loop, []).append((stream, item))
         for loop, items in by_loop.items():
             _call_soon(loop, _put_all, items)
 
@@ -215,6 +234,11 @@ class AsyncEngine:
     def _fail_all(self, error: EngineError) -> None:
         for call_id in list(self._streams):
             self._deliver_error(call_id, error)
+
+
+def _call_failed() -> EngineError:
+    # The detail is in the engine's log; the client learns only that its call failed.
+    return EngineError("the engine failed on this call (internal error); other calls go on")
 
 
 def _put_all(items: list[tuple[_Stream, TokenEvent | EngineError]]) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -58,6 +59,9 @@ from agentrt.scheduling.call import Call
 from agentrt.scheduling.scheduler import make_scheduler
 
 log = get_logger(__name__)
+
+# The token id of a row the sampler failed on: no vocabulary has it.
+FAILED_TOKEN = -1
 
 # Starting guesses for the preemption cost model; both are replaced by measurements.
 INITIAL_COPY_BYTES_PER_S = 5e9
@@ -265,16 +269,21 @@ class LLMEngine:
             )
             for index, seq_id in enumerate(seq_ids)
         ]
+        # Everything that can fail is built before the engine's own state changes.
         detokenizers = [self._make_detokenizer(sampling, prompt_token_ids) for _ in seqs]
-        for seq, detok in zip(seqs, detokenizers, strict=True):
-            self.seqs[seq.seq_id] = seq
-            self.sampling_states[seq.seq_id] = SamplingState(
+        states = [
+            SamplingState(
                 sampling,
                 prompt_token_ids=prompt_token_ids,
                 choice_index=seq.index,
                 eos_token_ids=self.eos_token_ids,
                 device=self.runner.device,
             )
+            for seq in seqs
+        ]
+        for seq, detok, state in zip(seqs, detokenizers, states, strict=True):
+            self.seqs[seq.seq_id] = seq
+            self.sampling_states[seq.seq_id] = state
             self.detokenizers[seq.seq_id] = detok
             self.scheduler.add(seq.call, now)
         self.requests[request_id] = Request(request_id, seqs, prompt_len)
@@ -295,11 +304,15 @@ class LLMEngine:
             return None
         return IncrementalDetokenizer(self.tokenizer, prompt_token_ids=prompt, stop=sampling.stop)
 
-    def abort_request(self, request_id: str) -> list[TokenEvent]:
+    def abort_request(
+        self, request_id: str, reason: Literal["abort", "error"] = "abort"
+    ) -> list[TokenEvent]:
         """Drop a call and free everything it holds.
 
-        Returns a final ``abort`` event for each choice still open (the last
-        one carries usage and timings); empty if the call is unknown or done.
+        Returns a final event with ``finish_reason=reason`` for each choice
+        still open (the last one carries usage and timings); empty if the call
+        is unknown or done. ``"error"`` is how a call the engine failed on
+        ends (see :meth:`step`).
         """
         request = self.requests.get(request_id)
         if request is None:
@@ -309,12 +322,10 @@ class LLMEngine:
         for seq in request.seqs:
             if not seq.is_finished:
                 self.scheduler.abort(seq.seq_id, now)
-                seq.finish_reason = "abort"
+                seq.finish_reason = reason
                 seq.timings.finished = now
                 self._release(seq)
-                events.append(
-                    TokenEvent(call_id=request_id, index=seq.index, finish_reason="abort")
-                )
+                events.append(TokenEvent(call_id=request_id, index=seq.index, finish_reason=reason))
         self._last_batch = [s for s in self._last_batch if not s.is_finished]
         for event in events:
             self._complete(event, now)
@@ -325,7 +336,12 @@ class LLMEngine:
 
     # --- step --------------------------------------------------------------
     def step(self) -> list[TokenEvent]:
-        """Run one engine step; returns the token events it produced (possibly none)."""
+        """Run one engine step; returns the token events it produced (possibly none).
+
+        A failure while sampling or post-processing one call ends that call
+        (``finish_reason="error"``) and no other; a failure of the model
+        itself propagates, since no call in the batch can go on.
+        """
         began = time.perf_counter()
         batch = self._schedule()
         if not batch:
@@ -333,14 +349,39 @@ class LLMEngine:
         prefill, decode, kv = self._step_shape(batch)
         started = time.perf_counter()
         logits = self.runner.execute(batch)
-        states = [self.sampling_states[item.seq.seq_id] for item in batch if item.samples]
-        sampled = self.sampler(logits, states) if states else None
+        seq_ids = [item.seq.seq_id for item in batch if item.samples]
+        sampled = self._sample(logits, seq_ids) if seq_ids else None
         elapsed = time.perf_counter() - started
         events = self._postprocess(batch, sampled, elapsed)
         # The simulator's cost model is fitted to these (bench engine, /v1/engine/stats).
         self.last_step = StepRecord(prefill, decode, kv, time.perf_counter() - began)
         self.step_moments = self.step_moments.plus(StepMoments.of(self.last_step))
         return events
+
+    def _sample(self, logits: torch.Tensor, seq_ids: list[str]) -> SamplerOutput:
+        """Sample the whole batch at once; if that fails, row by row, so only a failing row is lost.
+
+        A row that cannot be sampled gets the token id ``-1``, which
+        :meth:`_postprocess` turns into the end of its call.
+        """
+        states = [self.sampling_states[seq_id] for seq_id in seq_ids]
+        try:
+            return self.sampler(logits, states)
+        except Exception:
+            log.exception("batch_sampling_failed", rows=len(states))
+        token_ids: list[int] = []
+        logprobs: list[SampledLogprobs | None] = []
+        for row, state in enumerate(states):
+            try:
+                out = self.sampler(logits[row : row + 1], [state])
+            except Exception:
+                log.exception("sampling_failed", call=seq_ids[row])
+                token_ids.append(FAILED_TOKEN)
+                logprobs.append(None)
+            else:
+                token_ids.extend(out.token_ids)
+                logprobs.extend(out.logprobs)
+        return SamplerOutput(token_ids, logprobs)
 
     @staticmethod
     def _step_shape(batch: list[ScheduledSeq]) -> tuple[int, int, int]:
@@ -504,13 +545,26 @@ class LLMEngine:
         events: list[TokenEvent] = []
         if sampled is None:
             return events
+        failed: list[str] = []
         token_ids, logprobs = sampled.token_ids, sampled.logprobs
         for item, token, lp in zip(sampling_items, token_ids, logprobs, strict=True):
-            events.append(self._accept_token(item.seq, token, lp, now))
-        counters.generated_tokens += len(token_ids)
-        finished_requests = [e for e in events if e.finish_reason is not None]
-        for event in finished_requests:
+            seq = item.seq
+            if seq.request_id in failed:
+                continue
+            try:
+                if token == FAILED_TOKEN:
+                    raise RuntimeError("no token could be sampled")
+                event = self._accept_token(seq, token, lp, now)
+            except Exception:
+                log.exception("call_failed_in_step", call=seq.seq_id)
+                failed.append(seq.request_id)
+                continue
+            events.append(event)
+            counters.generated_tokens += 1
+        for event in [e for e in events if e.finish_reason is not None]:
             self._complete(event, now)
+        for request_id in failed:
+            events.extend(self.abort_request(request_id, "error"))
         return events
 
     def _accept_token(

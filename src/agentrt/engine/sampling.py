@@ -33,48 +33,23 @@ from typing import NamedTuple
 
 import torch
 
-from agentrt.protocol.engine import MAX_LOGIT_BIAS, InvalidRequest, SamplingParams
+from agentrt.protocol.engine import InvalidRequest, SamplingParams
+from agentrt.protocol.limits import sampling_violation
 
 # Below this temperature a row is treated as greedy (dividing by it would overflow).
 GREEDY_TEMPERATURE = 1e-5
-# OpenAI's cap on top_logprobs.
-MAX_TOP_LOGPROBS = 20
 
 
 def validate_sampling_params(params: SamplingParams, vocab_size: int | None = None) -> None:
     """Raise :class:`InvalidRequest` (naming the field) for values no sampler can honour."""
-    if params.temperature < 0:
-        raise InvalidRequest("temperature must be >= 0", param="temperature")
-    if not 0.0 < params.top_p <= 1.0:
-        raise InvalidRequest("top_p must be in (0, 1]", param="top_p")
-    if params.top_k == 0 or params.top_k < -1:
-        raise InvalidRequest("top_k must be -1 (disabled) or >= 1", param="top_k")
-    if not 0.0 <= params.min_p <= 1.0:
-        raise InvalidRequest("min_p must be in [0, 1]", param="min_p")
-    if not -2.0 <= params.presence_penalty <= 2.0:
-        raise InvalidRequest("presence_penalty must be in [-2, 2]", param="presence_penalty")
-    if not -2.0 <= params.frequency_penalty <= 2.0:
-        raise InvalidRequest("frequency_penalty must be in [-2, 2]", param="frequency_penalty")
-    if params.repetition_penalty <= 0:
-        raise InvalidRequest("repetition_penalty must be > 0", param="repetition_penalty")
-    if params.n < 1:
-        raise InvalidRequest("n must be >= 1", param="n")
-    if params.max_tokens is not None and params.max_tokens < 1:
-        raise InvalidRequest("max_tokens must be >= 1", param="max_tokens")
-    if not 0 <= params.top_logprobs <= MAX_TOP_LOGPROBS:
-        raise InvalidRequest(
-            f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]", param="top_logprobs"
-        )
+    violation = sampling_violation(params)
+    if violation is not None:
+        raise InvalidRequest(violation.message, param=violation.param)
     if params.top_logprobs and not params.logprobs:
         raise InvalidRequest("top_logprobs requires logprobs=true", param="top_logprobs")
     if vocab_size is not None and any(not 0 <= t < vocab_size for t in params.stop_token_ids):
         raise InvalidRequest(
             "stop_token_ids must be token ids of the model", param="stop_token_ids"
-        )
-    if any(not -MAX_LOGIT_BIAS <= v <= MAX_LOGIT_BIAS for v in params.logit_bias.values()):
-        raise InvalidRequest(
-            f"logit_bias values must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]",
-            param="logit_bias",
         )
     if vocab_size is not None and any(not 0 <= t < vocab_size for t in params.logit_bias):
         raise InvalidRequest("logit_bias keys must be token ids of the model", param="logit_bias")

@@ -16,12 +16,11 @@ import msgspec
 FinishReason = Literal["stop", "length", "abort", "error", "tool_calls"]
 
 
-# OpenAI's bound on a logit_bias value: -100 bans a token, +100 all but forces it.
-MAX_LOGIT_BIAS = 100.0
-
-
 class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Per-request sampling parameters (OpenAI's plus vLLM's extras)."""
+    """Per-request sampling parameters (OpenAI's plus vLLM's extras).
+
+    Their bounds are in :mod:`agentrt.protocol.limits`.
+    """
 
     max_tokens: int | None = None  # None: up to the model's context
     temperature: float = 1.0
@@ -38,7 +37,7 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
     n: int = 1
     logprobs: bool = False
     top_logprobs: int = 0
-    # OpenAI's logit_bias: token id -> value in [-100, 100] added to its logit before sampling.
+    # OpenAI's logit_bias: token id -> value added to its logit before sampling.
     logit_bias: dict[int, float] = msgspec.field(default_factory=dict)
 
 

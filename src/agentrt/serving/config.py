@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from agentrt.protocol.limits import SAMPLING_BOUNDS
+
 Policy = Literal["fcfs", "las", "mlfq", "plas", "atlas"]
 
 
@@ -49,3 +51,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if not self.shutdown_timeout >= 0:
             raise ValueError("shutdown_timeout must be >= 0 seconds")
+        # The server's limits tighten the bounds every engine shares; they cannot widen them.
+        if not 1 <= self.max_tokens_limit <= SAMPLING_BOUNDS["max_tokens"].high:
+            raise ValueError(
+                f"max_tokens_limit must be in {SAMPLING_BOUNDS['max_tokens'].describe()}"
+            )
+        if not 1 <= self.max_n <= SAMPLING_BOUNDS["n"].high:
+            raise ValueError(f"max_n must be in {SAMPLING_BOUNDS['n'].describe()}")

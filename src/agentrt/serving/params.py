@@ -2,18 +2,21 @@
 
 Everything a client can get wrong is caught here, before the engine sees the
 call, and answered with a 400 that names the parameter. Limits that protect
-the server (``max_tokens``, ``n``) come from :class:`ServerConfig`.
+the server (``max_tokens``, ``n``) come from :class:`ServerConfig`; the
+bounds of every numeric field from :mod:`agentrt.protocol.limits`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from agentrt.protocol.engine import (
-    MAX_LOGIT_BIAS,
-    GenerationRequest,
-    ProgramTag,
-    SamplingParams,
+from agentrt.protocol.engine import GenerationRequest, ProgramTag, SamplingParams
+from agentrt.protocol.limits import (
+    SAMPLING_BOUNDS,
+    Violation,
+    priority_violation,
+    sampling_violation,
+    token_ids_violation,
 )
 from agentrt.protocol.openai import (
     ChatCompletionRequest,
@@ -24,19 +27,7 @@ from agentrt.protocol.openai import (
 from agentrt.serving.config import ServerConfig
 from agentrt.serving.errors import APIError, bad_request
 
-MAX_TOP_LOGPROBS = 20
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
-
-
-def _check_range(
-    name: str, value: float | None, low: float, high: float, *, low_open: bool = False
-) -> None:
-    if value is None:
-        return
-    too_low = value <= low if low_open else value < low
-    if too_low or value > high:
-        bracket = "(" if low_open else "["
-        raise bad_request(f"{name} must be in {bracket}{low}, {high}], got {value}", param=name)
 
 
 def sampling_params(
@@ -47,7 +38,11 @@ def sampling_params(
     logprobs: bool,
     top_logprobs: int,
 ) -> SamplingParams:
-    """The engine's sampling parameters, after checking every value against its valid range."""
+    """The engine's sampling parameters, after checking every value against its bound.
+
+    The server's own limits (``max_tokens_limit``, ``max_n``) come first, then
+    the bounds every engine shares (:mod:`agentrt.protocol.limits`).
+    """
     if max_tokens is not None and not 1 <= max_tokens <= config.max_tokens_limit:
         raise bad_request(
             f"max_tokens must be between 1 and {config.max_tokens_limit}, got {max_tokens}",
@@ -56,24 +51,6 @@ def sampling_params(
     n = body.n if body.n is not None else 1
     if not 1 <= n <= config.max_n:
         raise bad_request(f"n must be between 1 and {config.max_n}, got {n}", param="n")
-    _check_range("temperature", body.temperature, 0.0, 2.0)
-    _check_range("top_p", body.top_p, 0.0, 1.0, low_open=True)
-    _check_range("min_p", body.min_p, 0.0, 1.0)
-    _check_range("presence_penalty", body.presence_penalty, -2.0, 2.0)
-    _check_range("frequency_penalty", body.frequency_penalty, -2.0, 2.0)
-    _check_range("repetition_penalty", body.repetition_penalty, 0.0, 10.0, low_open=True)
-    if body.top_k is not None and body.top_k < -1:
-        raise bad_request(f"top_k must be -1 (disabled) or >= 1, got {body.top_k}", param="top_k")
-    if not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
-        raise bad_request(
-            f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}", param="top_logprobs"
-        )
-    bias = body.logit_bias or {}
-    if any(not -MAX_LOGIT_BIAS <= v <= MAX_LOGIT_BIAS for v in bias.values()):
-        raise bad_request(
-            f"logit_bias values must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]",
-            param="logit_bias",
-        )
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if any(not s for s in stop):
         raise bad_request("stop strings must not be empty", param="stop")
@@ -88,7 +65,7 @@ def sampling_params(
         "ignore_eos": bool(body.ignore_eos),
         "logprobs": logprobs,
         "top_logprobs": top_logprobs,
-        "logit_bias": dict(bias),
+        "logit_bias": dict(body.logit_bias or {}),
     }
     optional = {
         "temperature": body.temperature,
@@ -98,7 +75,15 @@ def sampling_params(
         "repetition_penalty": body.repetition_penalty,
     }
     params.update({k: v for k, v in optional.items() if v is not None})
-    return SamplingParams(**params)
+    sampling = SamplingParams(**params)
+    _refuse(sampling_violation(sampling))
+    _refuse(priority_violation(body.priority))
+    return sampling
+
+
+def _refuse(violation: Violation | None) -> None:
+    if violation is not None:
+        raise bad_request(violation.message, param=violation.param)
 
 
 def offered_tools(body: ChatCompletionRequest) -> tuple[list[dict[str, Any]] | None, set[str]]:
@@ -195,6 +180,9 @@ def completion_requests(
         raise bad_request("echo needs text prompts", param="echo")
     max_tokens = body.max_tokens if body.max_tokens is not None else DEFAULT_COMPLETION_MAX_TOKENS
     top = body.logprobs if body.logprobs is not None else 0
+    if not SAMPLING_BOUNDS["top_logprobs"].admits(top):
+        bound = SAMPLING_BOUNDS["top_logprobs"].describe()
+        raise bad_request(f"logprobs must be in {bound}, got {top}", param="logprobs")
     sampling = sampling_params(
         body, config, max_tokens=max_tokens, logprobs=body.logprobs is not None, top_logprobs=top
     )
@@ -219,13 +207,17 @@ def split_prompts(prompt: str | list[str | int | list[int]]) -> list[str | list[
     if not prompt:
         raise bad_request("prompt must not be empty", param="prompt")
     if all(isinstance(p, int) for p in prompt):
-        return [[p for p in prompt if isinstance(p, int)]]
+        ids = [p for p in prompt if isinstance(p, int)]
+        _refuse(token_ids_violation(ids, "prompt"))
+        return [ids]
     if len({type(p) for p in prompt}) > 1:
         raise bad_request("prompt mixes texts, token ids and lists of token ids", param="prompt")
     out: list[str | list[int]] = []
     for p in prompt:
         if isinstance(p, list) and not p:
             raise bad_request("a token-id prompt must not be empty", param="prompt")
+        if isinstance(p, list):
+            _refuse(token_ids_violation(p, "prompt"))
         if not isinstance(p, int):
             out.append(p)
     return out

@@ -5,7 +5,8 @@ Started by :class:`~agentrt.serving.backends.process.ProcessBackend` as
 engine to build (:class:`~agentrt.serving.backends.wire.Init`); after
 ``Ready`` every call runs as its own task and streams its token events back.
 The worker exits when the router says so or its end of the socket closes,
-so a router that dies takes its workers with it.
+so a router that dies takes its workers with it; it also exits when its
+engine fails for good (a health ping finds it so), so the router replaces it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import anyio
 from anyio.abc import TaskGroup, UNIXSocketStream
 
 from agentrt.log import get_logger
-from agentrt.protocol.engine import EngineClient, GenerationRequest
+from agentrt.protocol.engine import EngineClient, EngineError, GenerationRequest
 from agentrt.serving.backends.errors import error_info
 from agentrt.serving.backends.hosting import hosted_engine
 from agentrt.serving.backends.wire import (
@@ -41,6 +42,8 @@ from agentrt.serving.backends.wire import (
 )
 
 log = get_logger("agentrt.serving.worker")
+# The exit status of a worker whose engine failed (the router restarts it).
+ENGINE_FAILED = 3
 _GONE = (
     anyio.EndOfStream,
     anyio.IncompleteRead,
@@ -89,8 +92,13 @@ class _Calls:
             scope.cancel()
 
 
-async def _dispatch(channel: Channel, engine: EngineClient, tg: TaskGroup) -> None:
-    """Read the router's messages until it says Shutdown or goes away."""
+async def _dispatch(channel: Channel, engine: EngineClient, tg: TaskGroup) -> str | None:
+    """Read the router's messages until it says Shutdown or goes away, or the engine fails.
+
+    Returns why the engine failed (its health check raised), else None. A
+    failed engine cannot recover in place: the worker exits, and the router
+    replaces it as it replaces a worker that was killed.
+    """
     calls = _Calls(engine, channel)
     try:
         while True:
@@ -105,17 +113,25 @@ async def _dispatch(channel: Channel, engine: EngineClient, tg: TaskGroup) -> No
                 case EndProgram(program_id=program_id):
                     tg.start_soon(engine.end_program, program_id)
                 case Ping(seq=seq):
-                    await channel.send(Pong(seq=seq, stats=engine.stats()))
+                    try:
+                        stats = engine.stats()
+                    except EngineError as e:
+                        log.error("engine_failed", error=str(e))
+                        return str(e)
+                    await channel.send(Pong(seq=seq, stats=stats))
                 case Shutdown():
-                    return
+                    return None
                 case _:
                     log.warning("unexpected_message", kind=type(message).__name__)
     except (*_GONE, FrameError):
-        return
+        return None
 
 
-async def serve(channel: Channel) -> None:
-    """Build the engine the router asks for, then serve calls until told to stop."""
+async def serve(channel: Channel) -> str | None:
+    """Build the engine the router asks for, then serve calls until told to stop.
+
+    Returns why the engine failed, or None when the worker stopped as asked.
+    """
     init = await channel.receive()
     if not isinstance(init, Init):
         raise FrameError(f"expected Init, got {type(init).__name__}")
@@ -124,8 +140,9 @@ async def serve(channel: Channel) -> None:
             await channel.send(Ready(models=engine.models(), pid=os.getpid()))
             log.info("worker_ready", factory=init.engine.factory, pid=os.getpid())
             async with anyio.create_task_group() as tg:
-                await _dispatch(channel, engine, tg)
+                failure = await _dispatch(channel, engine, tg)
                 tg.cancel_scope.cancel()
+            return failure
     except Exception as e:
         log.exception("worker_failed", factory=init.engine.factory)
         with anyio.CancelScope(shield=True), anyio.move_on_after(1):
@@ -133,14 +150,15 @@ async def serve(channel: Channel) -> None:
         raise
 
 
-async def _main(fd: int) -> None:
+async def _main(fd: int) -> str | None:
     stream = await UNIXSocketStream.from_socket(socket.socket(fileno=fd))
     channel = Channel(stream, ToWorker)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(channel.write_loop)
-            await serve(channel)
+            failure = await serve(channel)
             tg.cancel_scope.cancel()
+        return failure
     finally:
         await channel.aclose()
 
@@ -150,11 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or not args[0].isdigit():
         sys.stderr.write("usage: python -m agentrt.serving.backends.worker FD\n")
         return 2
+    failure: str | None = None
     try:
-        anyio.run(_main, int(args[0]))
+        failure = anyio.run(_main, int(args[0]))
     except* _GONE:
         pass
-    return 0
+    return ENGINE_FAILED if failure is not None else 0
 
 
 if __name__ == "__main__":
