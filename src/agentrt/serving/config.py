@@ -38,6 +38,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_body_bytes: int = 4 * 1024 * 1024
     max_tokens_limit: int = 32768  # the largest max_tokens a request may ask for
     max_n: int = 16
+    # /v1/completions: prompts in one request (each is its own engine call), and prompts x n.
+    max_prompts_per_request: int = 128
+    max_choices_per_request: int = 256
     max_concurrent_requests: int = 1024  # generation requests handed to the engine at once
     max_queued_requests: int = 1024  # requests waiting at the server for one of those slots
     queue_timeout: float = 30.0  # seconds a queued request waits before a 429
@@ -58,3 +61,5 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             )
         if not 1 <= self.max_n <= SAMPLING_BOUNDS["n"].high:
             raise ValueError(f"max_n must be in {SAMPLING_BOUNDS['n'].describe()}")
+        if self.max_prompts_per_request < 1 or self.max_choices_per_request < 1:
+            raise ValueError("max_prompts_per_request and max_choices_per_request must be >= 1")

@@ -32,20 +32,25 @@ class RequestLimiter:
         self._freed: anyio.Event | None = None  # set when a slot frees; created on the serving loop
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold a slot for the body of the ``async with``; raise a 429 :class:`APIError` if none comes."""
-        if self.running >= self.max_concurrent:
-            await self._wait_for_slot()
-        self.running += 1
+    async def slot(self, calls: int = 1) -> AsyncIterator[None]:
+        """Hold ``calls`` slots for the body of the ``async with``; raise a 429 :class:`APIError` if they do not come.
+
+        A request takes one slot per engine call it makes (a batch of prompts
+        is several), at most every slot there is.
+        """
+        calls = max(1, min(calls, self.max_concurrent))
+        if self.running + calls > self.max_concurrent:
+            await self._wait_for_slot(calls)
+        self.running += calls
         try:
             yield
         finally:
-            self.running -= 1
+            self.running -= calls
             if self._freed is not None:
                 self._freed.set()
                 self._freed = None
 
-    async def _wait_for_slot(self) -> None:
+    async def _wait_for_slot(self, calls: int) -> None:
         if self.queued >= self.max_queued:
             raise overloaded(
                 f"server overloaded: {self.running} requests running and {self.queued} queued",
@@ -54,7 +59,7 @@ class RequestLimiter:
         self.queued += 1
         try:
             with anyio.move_on_after(self.queue_timeout) as scope:
-                while self.running >= self.max_concurrent:
+                while self.running + calls > self.max_concurrent:
                     if self._freed is None:
                         self._freed = anyio.Event()
                     await self._freed.wait()

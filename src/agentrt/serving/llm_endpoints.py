@@ -44,7 +44,7 @@ def _generation_exchange(
 
     async def handler(channel: Channel) -> None:
         try:
-            async with state.limiter.slot():
+            async with state.limiter.slot(len(gen.trackers)):
                 for t in gen.trackers:
                     state.programs.call_started(t.request, interrupt)
                 try:

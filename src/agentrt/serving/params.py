@@ -172,8 +172,12 @@ def completion_requests(
     program: ProgramTag | None,
     arrival: float,
 ) -> list[GenerationRequest]:
-    """One engine request per prompt of the body (a batch of prompts is several calls)."""
-    prompts = split_prompts(body.prompt)
+    """One engine request per prompt of the body (a batch of prompts is several calls).
+
+    The number of prompts, and of prompts times ``n``, is bounded by the
+    server's config: each prompt is an engine call, built on the event loop.
+    """
+    prompts = split_prompts(body.prompt, config.max_prompts_per_request)
     if body.suffix:
         raise bad_request("suffix is not supported", param="suffix")
     if body.echo and any(isinstance(p, list) for p in prompts):
@@ -186,6 +190,12 @@ def completion_requests(
     sampling = sampling_params(
         body, config, max_tokens=max_tokens, logprobs=body.logprobs is not None, top_logprobs=top
     )
+    if len(prompts) * sampling.n > config.max_choices_per_request:
+        raise bad_request(
+            f"{len(prompts)} prompts x n={sampling.n} is more than the "
+            f"{config.max_choices_per_request} choices one request may ask for",
+            param="n",
+        )
     return [
         GenerationRequest(
             call_id=call_id if len(prompts) == 1 else f"{call_id}-{i}",
@@ -200,7 +210,9 @@ def completion_requests(
     ]
 
 
-def split_prompts(prompt: str | list[str | int | list[int]]) -> list[str | list[int]]:
+def split_prompts(
+    prompt: str | list[str | int | list[int]], max_prompts: int
+) -> list[str | list[int]]:
     """The prompts of a body: a text, texts, token ids, or lists of token ids (not mixed)."""
     if isinstance(prompt, str):
         return [prompt]
@@ -210,6 +222,10 @@ def split_prompts(prompt: str | list[str | int | list[int]]) -> list[str | list[
         ids = [p for p in prompt if isinstance(p, int)]
         _refuse(token_ids_violation(ids, "prompt"))
         return [ids]
+    if len(prompt) > max_prompts:
+        raise bad_request(
+            f"at most {max_prompts} prompts per request, got {len(prompt)}", param="prompt"
+        )
     if len({type(p) for p in prompt}) > 1:
         raise bad_request("prompt mixes texts, token ids and lists of token ids", param="prompt")
     out: list[str | list[int]] = []

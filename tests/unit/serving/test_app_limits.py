@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
-from tests.unit.serving.inprocess_clients import raw_client, serving
+from tests.unit.serving.inprocess_clients import raw_client, serving, sync_client
 
 from agentrt.engine.sampling import validate_sampling_params
 from agentrt.protocol.engine import InvalidRequest, SamplingParams
 from agentrt.protocol.limits import INT32_MAX, INT64_MAX, INT64_MIN, SAMPLING_BOUNDS
+from agentrt.serving.echo import EchoEngine
 
 USER = [{"role": "user", "content": "hello world"}]
 # Integers msgspec decodes without complaint but no int64 holds, and the extremes of the types.
@@ -120,3 +122,60 @@ def test_the_engine_refuses_what_the_edge_refuses(field: str, value: float) -> N
     with pytest.raises(InvalidRequest) as err:
         validate_sampling_params(params, vocab_size=64)
     assert err.value.param == field
+
+
+def test_too_many_prompts_in_one_request_is_a_400_before_any_call_is_made() -> None:
+    with serving(max_prompts_per_request=8) as (app, engine):
+        too_many = raw_client(app).post(
+            "/v1/completions", json={"model": "echo", "prompt": ["a"] * 9, "max_tokens": 1}
+        )
+        just_enough = raw_client(app).post(
+            "/v1/completions", json={"model": "echo", "prompt": ["a"] * 8, "max_tokens": 1}
+        )
+    assert too_many.status_code == 400, too_many.text
+    assert error_of(too_many)["param"] == "prompt"
+    assert "at most 8 prompts" in error_of(too_many)["message"]
+    assert just_enough.status_code == 200
+    assert len(engine.requests) == 8
+
+
+def test_prompts_times_n_is_bounded() -> None:
+    with serving(max_choices_per_request=12) as (app, engine):
+        over = raw_client(app).post(
+            "/v1/completions", json={"model": "echo", "prompt": ["a", "b", "c"], "n": 5}
+        )
+        at = raw_client(app).post(
+            "/v1/completions", json={"model": "echo", "prompt": ["a", "b", "c"], "n": 4}
+        )
+    assert over.status_code == 400, over.text
+    assert error_of(over)["param"] == "n"
+    assert at.status_code == 200
+    assert len(at.json()["choices"]) == 12
+    assert len(engine.requests) == 3
+
+
+def test_each_prompt_of_a_request_holds_its_own_server_slot() -> None:
+    """Three slots, no queue: a three-prompt request running leaves no room for another call."""
+    engine = EchoEngine(token_delay=0.05)
+    with serving(engine, max_concurrent_requests=3, max_queued_requests=0) as (app, _):
+        client = sync_client(app)
+        running = threading.Event()
+        texts: list[str] = []
+
+        def batch() -> None:
+            stream = client.completions.create(
+                model="echo", prompt=["a b c d e f"] * 3, max_tokens=6, stream=True
+            )
+            for chunk in stream:
+                running.set()
+                texts.append(chunk.choices[0].text)
+
+        worker = threading.Thread(target=batch)
+        worker.start()
+        assert running.wait(10)
+        refused = raw_client(app).post("/v1/completions", json={"model": "echo", "prompt": "x"})
+        worker.join(10)
+        after = raw_client(app).post("/v1/completions", json={"model": "echo", "prompt": "x"})
+    assert refused.status_code == 429, refused.text
+    assert after.status_code == 200
+    assert "".join(texts).count("f") == 3  # the batch itself was not disturbed
