@@ -68,48 +68,62 @@ def paged_attention(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
+    """transformers' attention interface: ``[1, heads, tokens, d]`` in, ``[1, tokens, heads, d]`` out."""
     meta: AttentionMetadata | None = kwargs.get("attn_metadata")
     if meta is None:
         raise RuntimeError(
             f"the '{ATTENTION_NAME}' attention runs only inside agentrt's engine (no attn_metadata given)"
         )
     layer: int = module.layer_idx  # type: ignore[assignment]
-    k_cache, v_cache = meta.kv_cache.layer(layer)
-    k_cache.index_copy_(0, meta.slot_mapping, key[0].transpose(0, 1))
-    v_cache.index_copy_(0, meta.slot_mapping, value[0].transpose(0, 1))
-    if meta.xformers_bias is not None:
-        return _xformers_attention(query, k_cache, v_cache, meta, scaling), None
+    out = attend(
+        layer,
+        query[0].transpose(0, 1),
+        key[0].transpose(0, 1),
+        value[0].transpose(0, 1),
+        meta,
+        scaling,
+    )
+    return out.unsqueeze(0), None
 
-    q = query[0]  # [heads, tokens, d]
-    heads, tokens, d = q.shape
-    kv_heads = key.shape[1]
+
+def attend(
+    layer: int,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    meta: AttentionMetadata,
+    scaling: float | None,
+) -> torch.Tensor:
+    """Store one layer's new keys and values and attend every sequence to its own context.
+
+    ``q`` is ``[tokens, heads, d]``, ``k`` and ``v`` ``[tokens, kv_heads, d]``
+    (any strides); returns ``[tokens, heads, d]``.
+    """
+    k_cache, v_cache = meta.kv_cache.layer(layer)
+    k_cache.index_copy_(0, meta.slot_mapping, k)
+    v_cache.index_copy_(0, meta.slot_mapping, v)
+    if meta.xformers_bias is not None:
+        return _xformers_attention(q, k_cache, v_cache, meta, scaling)
+
+    tokens, heads, d = q.shape
+    kv_heads = k.shape[1]
     group = heads // kv_heads
     k_blocks, v_blocks = meta.kv_cache.layer_blocks(layer)
-    out = q.new_empty(tokens, heads, d)
     b = meta.num_decode
+    if b == tokens and not meta.prefills:
+        return _decode_attention(q, k_blocks, v_blocks, meta, kv_heads, scaling)
+    out = q.new_empty(tokens, heads, d)
     if b:
-        assert meta.decode_blocks is not None and meta.decode_mask is not None
-        ctx = meta.decode_mask.shape[-1]
-        keys = (
-            k_blocks.index_select(0, meta.decode_blocks).view(b, ctx, kv_heads, d).transpose(1, 2)
-        )
-        values = (
-            v_blocks.index_select(0, meta.decode_blocks).view(b, ctx, kv_heads, d).transpose(1, 2)
-        )
-        qd = q[:, :b].transpose(0, 1).reshape(b, kv_heads, group, d)
-        o = F.scaled_dot_product_attention(
-            qd, keys, values, attn_mask=meta.decode_mask, scale=scaling
-        )
-        out[:b] = o.reshape(b, heads, d)
+        out[:b] = _decode_attention(q[:b], k_blocks, v_blocks, meta, kv_heads, scaling)
     for span in meta.prefills:
         rows = slice(span.start, span.start + span.length)
         if span.blocks is None:
             # No cached context: plain causal attention over the new keys. Without a mask SDPA
             # takes its fused (flash) CPU kernel; a boolean mask sends it to the slow math path.
             o = F.scaled_dot_product_attention(
-                q[:, rows],
-                key[0, :, rows],
-                value[0, :, rows],
+                q[rows].transpose(0, 1),
+                k[rows].transpose(0, 1),
+                v[rows].transpose(0, 1),
                 is_causal=True,
                 scale=scaling,
                 enable_gqa=group > 1,
@@ -120,10 +134,29 @@ def paged_attention(
             keys = k_blocks.index_select(0, span.blocks).view(n, kv_heads, d)[: span.context]
             values = v_blocks.index_select(0, span.blocks).view(n, kv_heads, d)[: span.context]
             keys, values = keys.transpose(0, 1), values.transpose(0, 1)
-            qp = q[:, rows].reshape(kv_heads, group * span.length, d)
+            qp = q[rows].transpose(0, 1).reshape(kv_heads, group * span.length, d)
             o = F.scaled_dot_product_attention(qp, keys, values, attn_mask=span.mask, scale=scaling)
             out[rows] = o.view(heads, span.length, d).transpose(0, 1)
-    return out.unsqueeze(0), None
+    return out
+
+
+def _decode_attention(
+    q: torch.Tensor,
+    k_blocks: torch.Tensor,
+    v_blocks: torch.Tensor,
+    meta: AttentionMetadata,
+    kv_heads: int,
+    scaling: float | None,
+) -> torch.Tensor:
+    """One SDPA call for all single-token rows: ``q`` ``[b, heads, d]`` -> ``[b, heads, d]``."""
+    assert meta.decode_blocks is not None and meta.decode_mask is not None
+    b, heads, d = q.shape
+    ctx = meta.decode_mask.shape[-1]
+    keys = k_blocks.index_select(0, meta.decode_blocks).view(b, ctx, kv_heads, d).transpose(1, 2)
+    values = v_blocks.index_select(0, meta.decode_blocks).view(b, ctx, kv_heads, d).transpose(1, 2)
+    qd = q.reshape(b, kv_heads, heads // kv_heads, d)
+    o = F.scaled_dot_product_attention(qd, keys, values, attn_mask=meta.decode_mask, scale=scaling)
+    return o.reshape(b, heads, d)
 
 
 def _xformers_attention(
@@ -136,11 +169,11 @@ def _xformers_attention(
     from xformers.ops import memory_efficient_attention
 
     assert meta.all_kv_slots is not None
-    heads, tokens, d = query.shape[1], query.shape[2], query.shape[3]
+    tokens, heads, d = query.shape
     kv_heads = k_cache.shape[1]
     group = heads // kv_heads
     # xformers' grouped layout [batch, seq, kv_heads, group, d] shares each kv head across its group.
-    q = query[0].transpose(0, 1).reshape(1, tokens, kv_heads, group, d)
+    q = query.reshape(1, tokens, kv_heads, group, d)
     k = (
         k_cache.index_select(0, meta.all_kv_slots)
         .unsqueeze(0)
@@ -156,7 +189,7 @@ def _xformers_attention(
     o: torch.Tensor = memory_efficient_attention(
         q, k, v, attn_bias=meta.xformers_bias, scale=scaling
     )
-    return o.reshape(1, tokens, heads, d)
+    return o.reshape(tokens, heads, d)
 
 
 def register_attention() -> str:

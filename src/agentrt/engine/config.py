@@ -41,6 +41,9 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # CPU, float32: keep a oneDNN-packed copy of each linear weight for decode-sized
     # batches (faster; one more copy of those weights in memory). See engine/linear.py.
     packed_linears: bool = True
+    # Run supported architectures (Llama, Mistral, Qwen2) through the engine's own lean
+    # forward (fused projections; engine/decoder.py) instead of transformers' modules.
+    lean_decoder: bool = True
     block_size: int = 16
     kv_cache_memory: float = 0.1
     num_kv_blocks: int | None = None

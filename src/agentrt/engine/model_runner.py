@@ -23,6 +23,7 @@ from agentrt.engine.attention import (
     xformers_available,
 )
 from agentrt.engine.config import EngineConfig
+from agentrt.engine.decoder import LeanDecoder, unsupported_reason
 from agentrt.engine.kv_cache import PagedKVCache
 from agentrt.engine.linear import pack_linears
 from agentrt.engine.loader import resolve_dtype
@@ -104,15 +105,18 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.block_size = config.block_size
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        packed = pack_linears(self.model) if config.packed_linears else 0
         self.shape = ModelShape.of(model.config)
         self.group = self.shape.num_heads // self.shape.num_kv_heads
-        register_attention()
-        self.model.set_attn_implementation(ATTENTION_NAME)
         self.use_xformers = self.device.type == "cuda" and xformers_available()
         if self.device.type == "cuda" and not self.use_xformers:
             log.warning("xformers_missing", detail="CUDA without xformers: using the SDPA path")
         num_blocks = kv_pool_blocks(config, self.shape, self.dtype, self.device)
+        self.decoder = self._lean_decoder(num_blocks * config.block_size)
+        packed = 0
+        if self.decoder is None:
+            packed = pack_linears(self.model) if config.packed_linears else 0
+            register_attention()
+            self.model.set_attn_implementation(ATTENTION_NAME)
         self.kv_cache = PagedKVCache(
             self.shape.num_layers,
             num_blocks,
@@ -129,8 +133,24 @@ class ModelRunner:
             bytes=num_blocks * self.kv_cache.block_bytes,
             attention="xformers" if self.use_xformers else "sdpa",
             dtype=str(self.dtype),
+            forward="lean" if self.decoder is not None else "transformers",
             packed_linears=packed,
         )
+
+    def _lean_decoder(self, pool_tokens: int) -> LeanDecoder | None:
+        """The lean forward when the config asks for it and the model allows it, else ``None``."""
+        if not self.config.lean_decoder:
+            return None
+        reason = unsupported_reason(self.model)
+        if reason is not None:
+            log.info("lean_decoder_unavailable", reason=reason)
+            return None
+        # No sequence outgrows the KV pool, so the rotary tables need no more positions.
+        positions = pool_tokens
+        if self.config.max_model_len is not None:
+            positions = min(positions, self.config.max_model_len)
+        with torch.inference_mode():
+            return LeanDecoder(self.model, positions, pack=self.config.packed_linears)
 
     @torch.inference_mode()
     def execute(self, batch: list[ScheduledSeq]) -> torch.Tensor:
@@ -138,6 +158,8 @@ class ModelRunner:
         ``[num_sampling_seqs, vocab]`` for the sequences whose context this step completes,
         in batch order."""
         input_ids, positions, meta, keep = self._prepare(batch)
+        if self.decoder is not None:
+            return self.decoder.forward(input_ids, positions, meta, keep)
         out = self.model(
             input_ids=input_ids.unsqueeze(0),
             position_ids=positions.unsqueeze(0),

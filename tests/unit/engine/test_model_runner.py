@@ -35,12 +35,15 @@ def last_logits(model: torch.nn.Module, tokens: list[int]) -> torch.Tensor:
         return model(input_ids=torch.tensor([tokens])).logits[0, -1]
 
 
-def test_ragged_batch_logits_equal_one_forward_per_sequence() -> None:
+@pytest.mark.parametrize("lean", [True, False], ids=["lean-decoder", "transformers-forward"])
+def test_ragged_batch_logits_equal_one_forward_per_sequence(lean: bool) -> None:
     reference = make_tiny_llama()
     reference.set_attn_implementation("sdpa")
     runner = ModelRunner(
-        make_tiny_llama(), EngineConfig(dtype="float32", num_kv_blocks=64, block_size=4)
+        make_tiny_llama(),
+        EngineConfig(dtype="float32", num_kv_blocks=64, block_size=4, lean_decoder=lean),
     )
+    assert (runner.decoder is not None) == lean
     bm = BlockManager(64, 4, enable_prefix_caching=False)
     a, b, c = (seq(n, p) for n, p in zip("abc", random_prompts([9, 14, 6], seed=41), strict=True))
     # First step: a and b prefill fully, c only its first 4 tokens (a chunk).
@@ -82,7 +85,7 @@ def test_kv_pool_size_from_bytes_fraction_or_block_count() -> None:
 
 def test_the_paged_attention_refuses_to_run_outside_the_engine() -> None:
     model = make_tiny_llama()
-    ModelRunner(model, EngineConfig(dtype="float32", num_kv_blocks=4))
+    ModelRunner(model, EngineConfig(dtype="float32", num_kv_blocks=4, lean_decoder=False))
     assert model.config._attn_implementation == ATTENTION_NAME
     with pytest.raises(RuntimeError, match="inside agentrt's engine"):
         model(input_ids=torch.tensor([[1, 2, 3]]))

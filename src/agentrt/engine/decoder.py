@@ -1,0 +1,187 @@
+"""A lean forward pass for Llama-family decoders over the engine's flattened batch.
+
+transformers' modules cost a decode step more in Python and operator
+dispatch than in arithmetic: at one token per sequence every projection,
+norm and rotary embedding is a separate small kernel launched through
+several layers of ``nn.Module`` calls. This forward reads the same weights
+and does the same arithmetic with fewer, larger operations:
+
+- the query, key and value projections are one matrix (``qkv``), and the
+  gate and up projections another (``gate_up``), so each layer makes four
+  matrix multiplications instead of seven;
+- the rotary embedding is applied to the queries and keys together, from
+  cos/sin tables computed once for every position (by the model's own
+  rotary module, so scaled RoPE variants come out the same);
+- attention is :func:`~agentrt.engine.attention.attend` on the paged cache,
+  as on the transformers path;
+- the final norm and ``lm_head`` run only on the rows whose logits are kept.
+
+Architectures it does not know (and Llama variants it cannot reproduce
+exactly) keep the transformers forward: :func:`unsupported_reason` says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from agentrt.engine.attention import AttentionMetadata, attend
+from agentrt.engine.matmul import Weight, fuse
+
+# Model types whose decoder layers are exactly: RMSNorm, attention (q/k/v/o projections, RoPE),
+# RMSNorm, SiLU-gated MLP, each with a residual; no embedding scale, no norms inside attention.
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
+
+
+@dataclass
+class Layer:
+    input_norm: torch.Tensor
+    qkv: Weight
+    o: Weight
+    post_norm: torch.Tensor
+    gate_up: Weight
+    down: Weight
+
+
+def _text_config(model: Any) -> Any:
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why :class:`LeanDecoder` cannot run ``model`` exactly; ``None`` when it can."""
+    config = _text_config(model)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model type {model_type!r} is not one of {sorted(SUPPORTED_MODEL_TYPES)}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r} is not silu"
+    inner = getattr(model, "model", None)
+    rotary = getattr(inner, "rotary_emb", None)
+    if inner is None or rotary is None or not hasattr(model, "lm_head"):
+        return "the model has no .model.rotary_emb or no .lm_head"
+    rope_type = str(getattr(rotary, "rope_type", "default"))
+    if "dynamic" in rope_type or "longrope" in rope_type:
+        return f"rope type {rope_type!r} changes with the sequence length"
+    layer = inner.layers[0]
+    attn = layer.self_attn
+    if any(hasattr(attn, name) for name in ("q_norm", "k_norm")):
+        return "the attention normalises queries or keys"
+    if not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
+        return "the attention has no separate q/k/v/o projections"
+    if not all(hasattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
+        return "the MLP has no gate/up/down projections"
+    return None
+
+
+def _fuse_in_place(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fuse the linears' weights and point each linear at its rows of the fused copy.
+
+    The model's own modules keep working on the same memory, so fusing costs
+    no second copy of the weights.
+    """
+    weight, bias = fuse([m.weight.detach() for m in linears], [m.bias for m in linears])
+    row = 0
+    for m in linears:
+        rows = m.weight.shape[0]
+        m.weight = torch.nn.Parameter(weight[row : row + rows], requires_grad=False)
+        if m.bias is not None and bias is not None:
+            m.bias = torch.nn.Parameter(bias[row : row + rows], requires_grad=False)
+        row += rows
+    return weight, bias
+
+
+class LeanDecoder:
+    """The forward pass of a supported model, on weights shared with (or fused from) it."""
+
+    def __init__(self, model: Any, max_positions: int, pack: bool) -> None:
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"LeanDecoder cannot run this model: {reason}")
+        config = _text_config(model)
+        inner = model.model
+        first = inner.layers[0].self_attn
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = first.head_dim
+        self.scaling = float(first.scaling)
+        self.eps = float(inner.norm.variance_epsilon)
+        self.embed = inner.embed_tokens.weight
+        self.norm = inner.norm.weight
+        self.lm_head = Weight(model.lm_head.weight, model.lm_head.bias, pack)
+        self.layers = [self._layer(layer, pack) for layer in inner.layers]
+        self.cos, self.sin = self._rope_tables(inner.rotary_emb, max_positions)
+        self.q_width = self.num_heads * self.head_dim
+        self.qk_width = (self.num_heads + self.num_kv_heads) * self.head_dim
+
+    @staticmethod
+    def _layer(layer: Any, pack: bool) -> Layer:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv = _fuse_in_place([attn.q_proj, attn.k_proj, attn.v_proj])
+        gate_up = _fuse_in_place([mlp.gate_proj, mlp.up_proj])
+        return Layer(
+            input_norm=layer.input_layernorm.weight,
+            qkv=Weight(*qkv, pack),
+            o=Weight(attn.o_proj.weight, attn.o_proj.bias, pack),
+            post_norm=layer.post_attention_layernorm.weight,
+            gate_up=Weight(*gate_up, pack),
+            down=Weight(mlp.down_proj.weight, mlp.down_proj.bias, pack),
+        )
+
+    def _rope_tables(self, rotary: Any, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[positions, 1, head_dim]`` cos and sign-folded sin, in the model's dtype.
+
+        ``rotate_half(x) * sin`` equals ``roll(x, half) * sin'`` where ``sin'``
+        has its first half negated, so the rotation is one ``roll``.
+        """
+        ids = torch.arange(positions, device=self.embed.device).unsqueeze(0)
+        cos, sin = rotary(self.embed[:1], ids)
+        half = self.head_dim // 2
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        return cos[0].unsqueeze(1).contiguous(), sin[0].unsqueeze(1).contiguous()
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights one decode step streams (every projection and the head)."""
+        per_layer = sum(
+            w.nbytes
+            for layer in self.layers
+            for w in (layer.qkv, layer.o, layer.gate_up, layer.down)
+        )
+        return per_layer + self.lm_head.nbytes
+
+    def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # transformers' LlamaRMSNorm, operation for operation (float32 statistics).
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * xf.to(x.dtype)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        keep: torch.Tensor,
+    ) -> torch.Tensor:
+        """``[tokens]`` ids and positions in; float32 logits of the ``keep`` rows out."""
+        tokens = input_ids.shape[0]
+        heads, kv_heads, d = self.num_heads, self.num_kv_heads, self.head_dim
+        cos, sin = self.cos[positions], self.sin[positions]
+        half = d // 2
+        h = F.embedding(input_ids, self.embed)
+        for index, layer in enumerate(self.layers):
+            x = self._rms_norm(h, layer.input_norm)
+            qkv = layer.qkv(x)
+            qk = qkv[:, : self.qk_width].view(tokens, heads + kv_heads, d)
+            qk = qk * cos + qk.roll(half, -1) * sin
+            v = qkv[:, self.qk_width :].view(tokens, kv_heads, d)
+            o = attend(index, qk[:, :heads], qk[:, heads:], v, meta, self.scaling)
+            h = h + layer.o(o.reshape(tokens, self.q_width))
+            x = self._rms_norm(h, layer.post_norm)
+            gate, up = layer.gate_up(x).chunk(2, dim=-1)
+            h = h + layer.down(F.silu(gate) * up)
+        h = self._rms_norm(h.index_select(0, keep), self.norm)
+        return self.lm_head(h).float()
