@@ -28,7 +28,7 @@ from agentrt.sdk.http import (
     add_program_headers,
     add_program_headers_async,
 )
-from agentrt.sdk.instrument import instrument
+from agentrt.sdk.instrument import instrument, instrument_client, uninstrument
 from agentrt.sdk.program import ProgramScope, parallel, program, tool
 
 if TYPE_CHECKING:
@@ -57,11 +57,13 @@ __all__ = [
     "add_program_headers_async",
     "current_program",
     "instrument",
+    "instrument_client",
     "parallel",
     "program",
     "propagation_headers",
     "serve_in_process",
     "tool",
+    "uninstrument",
 ]
 
 

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 _current_thread = threading.current_thread
 _running_loop = asyncio._get_running_loop
 _current_task = asyncio.current_task
+_perf_counter = time.perf_counter
+
+# How many finished calls a program remembers the end time of. A call's end matters to
+# the calls that follow it, which start soon after; older ends are never looked up.
+MAX_CALL_ENDS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,7 @@ class ProgramRecord:
     __slots__ = (
         "_thread_counter",
         "_thread_prefix",
+        "call_ends",
         "ended",
         "interrupt_seconds",
         "lock",
@@ -91,6 +97,9 @@ class ProgramRecord:
         self.interrupt_seconds = 0.0
         self.servers: dict[str, ServerEntry] = {}
         self.ended = False
+        # call id -> time.perf_counter() when the call finished (its response was read):
+        # the start of the interrupt before the calls that follow it. The newest only.
+        self.call_ends: dict[str, float] = {}
 
     def new_thread_id(self) -> str:
         with self.lock:
@@ -100,6 +109,15 @@ class ProgramRecord:
     def add_interrupt(self, seconds: float) -> None:
         with self.lock:
             self.interrupt_seconds += seconds
+
+    def call_ended(self, call_id: str) -> None:
+        """Note that ``call_id`` finished now (its whole response was read, or it failed)."""
+        ends = self.call_ends
+        ends[call_id] = _perf_counter()
+        if len(ends) > MAX_CALL_ENDS:
+            with self.lock:
+                while len(ends) > MAX_CALL_ENDS:
+                    del ends[next(iter(ends))]
 
 
 class Strand:
@@ -302,8 +320,15 @@ def begin_call() -> tuple[ProgramRecord, dict[str, str]] | None:
         strand.last_call_id = call_id
         _BINDING.set(Binding(strand, b.thread_ref, b.task_ref, call_id))
     strand.calls += 1
+    # The interrupt is the time since the call this one follows finished, whatever ran
+    # meanwhile; tool time measured by @agentrt.tool or a framework hook stands in where
+    # that end is unknown (a parent in another process, a stream never read to its end).
     interrupt = strand.pending_interrupt
     strand.pending_interrupt = 0.0
+    if parent is not None:
+        ended = record.call_ends.get(parent)
+        if ended is not None:
+            interrupt = max(interrupt, _perf_counter() - ended)
     headers = format_headers(
         program_id=record.program_id,
         thread_id=thread_id,

@@ -41,13 +41,19 @@ class Outcome(enum.Enum):
 
 
 class ProgramServer(Protocol):
-    """A client that can end programs on its server (both agentrt clients are)."""
+    """How a program's end reaches one server (through the client, hook or transport that
+    carried its calls there)."""
 
     def is_closed(self) -> bool: ...
 
-    def _agentrt_end_program_sync(self, program_id: str) -> tuple[Outcome, str]: ...
+    def end_program_sync(self, program_id: str) -> tuple[Outcome, str]: ...
 
-    async def _agentrt_end_program_async(self, program_id: str) -> tuple[Outcome, str]: ...
+    async def end_program_async(self, program_id: str) -> tuple[Outcome, str]: ...
+
+
+def server_key(base_url: str) -> str:
+    """The key a server is known by: its API base URL, without a trailing slash."""
+    return base_url.rstrip("/")
 
 
 class ServerEntry:
@@ -182,7 +188,7 @@ def end_program_sync(record: ProgramRecord) -> None:
     """End ``record`` on every server that saw it (blocking, bounded by each client's timeout)."""
     for entry in _servers_to_end(record):
         try:
-            outcome, detail = entry.client._agentrt_end_program_sync(record.program_id)
+            outcome, detail = entry.client.end_program_sync(record.program_id)
         except Exception as exc:  # a client must never break the user's program
             outcome, detail = Outcome.FAILED, repr(exc)
         _note_end(record, entry, outcome, detail)
@@ -192,7 +198,7 @@ async def end_program_async(record: ProgramRecord) -> None:
     """End ``record`` on every server that saw it (awaits; the caller shields it from cancellation)."""
     for entry in _servers_to_end(record):
         try:
-            outcome, detail = await entry.client._agentrt_end_program_async(record.program_id)
+            outcome, detail = await entry.client.end_program_async(record.program_id)
         except Exception as exc:
             outcome, detail = Outcome.FAILED, repr(exc)
         _note_end(record, entry, outcome, detail)

@@ -1,12 +1,19 @@
-"""``agentrt.OpenAI`` and ``agentrt.AsyncOpenAI``: the official clients, plus the program headers.
+"""``agentrt.OpenAI`` and ``agentrt.AsyncOpenAI``, and the same behaviour for any openai client.
 
 They override one method of the openai client, ``request``, through which
 every API call passes once (retries included, streaming included): inside a
 program, the request gets the program headers of the thread or task that
 makes it, computed at that moment (an LLM call also gets its call id, kept
 across retries), and the program is announced to the client's server before
-its first call there. Outside a program ``request`` is the original one, so
+its first call there. The call's end (its response read, a stream consumed
+or closed) is noted, so the next call of the thread reports the time between
+them as its interrupt. Outside a program ``request`` is the original one, so
 the clients behave exactly like ``openai.OpenAI`` / ``openai.AsyncOpenAI``.
+
+:func:`install` puts the same ``request`` on ``openai.OpenAI`` and
+``openai.AsyncOpenAI`` themselves (``agentrt.instrument()``), so clients that
+a framework builds carry programs too; :func:`instrument_openai_client`
+switches one existing client over by giving it the matching subclass.
 
 ``app=`` (an ASGI app, e.g. agentrt's own server app) makes the client talk to
 that app in-process through ``agentrt.serving.inprocess``'s streaming transports.
@@ -18,21 +25,23 @@ import asyncio
 import os
 import threading
 from collections.abc import Coroutine
-from typing import Any, Literal, overload
+from typing import Any
 from urllib.parse import quote
 
 import openai
-from openai._base_client import _AsyncStreamT, _StreamT
 from openai._compat import model_copy
 from openai._models import FinalRequestOptions
-from openai._types import NotGiven, ResponseT
+from openai._types import NotGiven, RequestOptions
 
-from agentrt.protocol.headers import is_llm_call_path
+from agentrt.protocol.headers import CALL, PROGRAM, is_llm_call_path
 from agentrt.sdk import lifecycle
 from agentrt.sdk.context import ProgramRecord, begin_call, peek, propagation_headers
 from agentrt.sdk.lifecycle import Outcome
 
 _NONE = type(None)
+# Seconds allowed for each program announcement or end (never retried), unless the client
+# has a ``lifecycle_timeout`` of its own.
+LIFECYCLE_TIMEOUT = 5.0
 # Where an in-process client "is": never resolved, only used to build request URLs.
 IN_PROCESS_BASE_URL = "http://agentrt.in-process/v1"
 _PROGRAMS = "/programs"
@@ -41,10 +50,17 @@ _PROGRAMS = "/programs"
 def _with_program_headers(
     options: FinalRequestOptions,
 ) -> tuple[FinalRequestOptions, ProgramRecord | None]:
-    """A copy of ``options`` with the calling code's program headers (explicit headers win)."""
+    """A copy of ``options`` with the calling code's program headers (explicit headers win).
+
+    A request that already names its program (an agentrt client sent it through
+    an instrumented parent class, or the caller set the header) is left alone.
+    """
     path = options.url
     record: ProgramRecord | None = None
     if path.startswith(_PROGRAMS):
+        return options, None
+    given = options.headers
+    if not isinstance(given, NotGiven) and PROGRAM in given:
         return options, None
     if is_llm_call_path(path):
         started = begin_call()
@@ -103,178 +119,354 @@ def _in_process_kwargs(app: Any, kwargs: dict[str, Any], *, is_async: bool) -> N
         kwargs["api_key"] = "agentrt-in-process"
 
 
-class OpenAI(openai.OpenAI):
-    """``openai.OpenAI`` whose requests carry the current agent program's headers."""
+# -------------------------------------------------------------------------- the request hooks
 
-    # Seconds allowed for each program announcement or end (never retried).
-    lifecycle_timeout: float = 5.0
 
-    def __init__(self, *, app: Any = None, **kwargs: Any) -> None:
-        if app is not None:
-            _in_process_kwargs(app, kwargs, is_async=False)
-        super().__init__(**kwargs)
+def _track_end(result: Any, record: ProgramRecord, call_id: str) -> Any:
+    """Note the call's end: now, or when the stream ``result`` is consumed or closed."""
+    iterator = getattr(result, "_iterator", None) if isinstance(result, openai.Stream) else None
+    if iterator is not None:
+        result._iterator = _sync_stream_end(iterator, record, call_id)
+        return result
+    iterator = (
+        getattr(result, "_iterator", None) if isinstance(result, openai.AsyncStream) else None
+    )
+    if iterator is not None:
+        result._iterator = _async_stream_end(iterator, record, call_id)
+        return result
+    record.call_ended(call_id)
+    return result
 
-    @overload
-    def request(
-        self,
-        cast_to: type[ResponseT],
-        options: FinalRequestOptions,
-        *,
-        stream: Literal[True],
-        stream_cls: type[_StreamT],
-    ) -> _StreamT: ...
-    @overload
-    def request(
-        self,
-        cast_to: type[ResponseT],
-        options: FinalRequestOptions,
-        *,
-        stream: Literal[False] = False,
-    ) -> ResponseT: ...
-    @overload
-    def request(
-        self,
-        cast_to: type[ResponseT],
-        options: FinalRequestOptions,
-        *,
-        stream: bool = False,
-        stream_cls: type[_StreamT] | None = None,
-    ) -> ResponseT | _StreamT: ...
-    def request(
-        self,
-        cast_to: type[ResponseT],
-        options: FinalRequestOptions,
-        *,
-        stream: bool = False,
-        stream_cls: type[_StreamT] | None = None,
-    ) -> ResponseT | _StreamT:
-        if peek() is not None:
-            options, record = _with_program_headers(options)
-            if record is not None:
-                key = str(self.base_url)
-                if lifecycle.claim_announcement(record, key, self):
-                    self._agentrt_announce(record, key)
-        return super().request(cast_to, options, stream=stream, stream_cls=stream_cls)
 
-    def _agentrt_announce(self, record: ProgramRecord, key: str) -> None:
+def _sync_stream_end(iterator: Any, record: ProgramRecord, call_id: str) -> Any:
+    try:
+        yield from iterator
+    finally:
+        record.call_ended(call_id)
+
+
+async def _async_stream_end(iterator: Any, record: ProgramRecord, call_id: str) -> Any:
+    try:
+        async for item in iterator:
+            yield item
+    finally:
+        record.call_ended(call_id)
+
+
+def sync_request(
+    client: openai.OpenAI,
+    send: Any,
+    cast_to: Any,
+    options: FinalRequestOptions,
+    stream: bool,
+    stream_cls: Any,
+) -> Any:
+    """``request`` of a sync client inside a program: headers, announcement, end of call."""
+    options, record = _with_program_headers(options)
+    if record is None:
+        return send(cast_to, options, stream=stream, stream_cls=stream_cls)
+    key = lifecycle.server_key(str(client.base_url))
+    if key not in record.servers and lifecycle.claim_announcement(record, key, SyncServer(client)):
+        SyncServer(client).announce(record, key)
+    call_id = str(options.headers[CALL])  # type: ignore[index]
+    try:
+        result = send(cast_to, options, stream=stream, stream_cls=stream_cls)
+    except BaseException:
+        record.call_ended(call_id)
+        raise
+    return _track_end(result, record, call_id)
+
+
+async def async_request(
+    client: openai.AsyncOpenAI,
+    send: Any,
+    cast_to: Any,
+    options: FinalRequestOptions,
+    stream: bool,
+    stream_cls: Any,
+) -> Any:
+    """``request`` of an async client inside a program: headers, announcement, end of call."""
+    options, record = _with_program_headers(options)
+    if record is None:
+        return await send(cast_to, options, stream=stream, stream_cls=stream_cls)
+    key = lifecycle.server_key(str(client.base_url))
+    if key not in record.servers and lifecycle.claim_announcement(record, key, AsyncServer(client)):
+        await AsyncServer(client).announce(record, key)
+    call_id = str(options.headers[CALL])  # type: ignore[index]
+    try:
+        result = await send(cast_to, options, stream=stream, stream_cls=stream_cls)
+    except BaseException:
+        record.call_ended(call_id)
+        raise
+    return _track_end(result, record, call_id)
+
+
+# -------------------------------------------------------------------------- lifecycle through a client
+
+
+def _lifecycle_options(client: Any) -> RequestOptions:
+    return {"timeout": getattr(client, "lifecycle_timeout", LIFECYCLE_TIMEOUT), "max_retries": 0}
+
+
+class SyncServer:
+    """The server of a sync openai client, as the program lifecycle reaches it."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: openai.OpenAI) -> None:
+        self.client = client
+
+    def is_closed(self) -> bool:
+        return self.client.is_closed()
+
+    def announce(self, record: ProgramRecord, key: str) -> None:
         try:
-            self.post(
+            self.client.post(
                 _PROGRAMS,
                 body=lifecycle.start_body(record),
                 cast_to=_NONE,
-                options={"timeout": self.lifecycle_timeout, "max_retries": 0},
+                options=_lifecycle_options(self.client),
             )
             outcome, detail = Outcome.OK, ""
         except Exception as exc:  # never break the user's call over an announcement
             outcome, detail = _outcome_of(exc, announcing=True)
         lifecycle.note_announcement(record, key, outcome, detail)
 
-    def _agentrt_end_program_sync(self, program_id: str) -> tuple[Outcome, str]:
+    def end_program_sync(self, program_id: str) -> tuple[Outcome, str]:
         try:
-            self.delete(
+            self.client.delete(
                 f"{_PROGRAMS}/{quote(program_id, safe='')}",
                 cast_to=_NONE,
-                options={"timeout": self.lifecycle_timeout, "max_retries": 0},
+                options=_lifecycle_options(self.client),
             )
         except Exception as exc:
             return _outcome_of(exc, announcing=False)
         return Outcome.OK, ""
 
-    async def _agentrt_end_program_async(self, program_id: str) -> tuple[Outcome, str]:
+    async def end_program_async(self, program_id: str) -> tuple[Outcome, str]:
         import anyio
 
-        return await anyio.to_thread.run_sync(self._agentrt_end_program_sync, program_id)
+        return await anyio.to_thread.run_sync(self.end_program_sync, program_id)
 
 
-class AsyncOpenAI(openai.AsyncOpenAI):
-    """``openai.AsyncOpenAI`` whose requests carry the current agent program's headers."""
+class AsyncServer:
+    """The server of an async openai client, as the program lifecycle reaches it."""
 
-    lifecycle_timeout: float = 5.0
+    __slots__ = ("client",)
 
-    def __init__(self, *, app: Any = None, **kwargs: Any) -> None:
-        if app is not None:
-            _in_process_kwargs(app, kwargs, is_async=True)
-        super().__init__(**kwargs)
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        self.client = client
 
-    @overload
-    async def request(
-        self,
-        cast_to: type[ResponseT],
-        options: FinalRequestOptions,
-        *,
-        stream: Literal[False] = False,
-    ) -> ResponseT: ...
-    @overload
-    async def request(
-        self,
-        cast_to: type[ResponseT],
-        options: FinalRequestOptions,
-        *,
-        stream: Literal[True],
-        stream_cls: type[_AsyncStreamT],
-    ) -> _AsyncStreamT: ...
-    @overload
-    async def request(
-        self,
-        cast_to: type[ResponseT],
-        options: FinalRequestOptions,
-        *,
-        stream: bool,
-        stream_cls: type[_AsyncStreamT] | None = None,
-    ) -> ResponseT | _AsyncStreamT: ...
-    async def request(
-        self,
-        cast_to: type[ResponseT],
-        options: FinalRequestOptions,
-        *,
-        stream: bool = False,
-        stream_cls: type[_AsyncStreamT] | None = None,
-    ) -> ResponseT | _AsyncStreamT:
-        if peek() is not None:
-            options, record = _with_program_headers(options)
-            if record is not None:
-                key = str(self.base_url)
-                if lifecycle.claim_announcement(record, key, self):
-                    await self._agentrt_announce(record, key)
-        return await super().request(cast_to, options, stream=stream, stream_cls=stream_cls)
+    def is_closed(self) -> bool:
+        return self.client.is_closed()
 
-    async def _agentrt_announce(self, record: ProgramRecord, key: str) -> None:
+    async def announce(self, record: ProgramRecord, key: str) -> None:
         try:
-            await self.post(
+            await self.client.post(
                 _PROGRAMS,
                 body=lifecycle.start_body(record),
                 cast_to=_NONE,
-                options={"timeout": self.lifecycle_timeout, "max_retries": 0},
+                options=_lifecycle_options(self.client),
             )
             outcome, detail = Outcome.OK, ""
         except Exception as exc:
             outcome, detail = _outcome_of(exc, announcing=True)
         lifecycle.note_announcement(record, key, outcome, detail)
 
-    async def _agentrt_end_program_async(self, program_id: str) -> tuple[Outcome, str]:
+    async def end_program_async(self, program_id: str) -> tuple[Outcome, str]:
         try:
-            await self.delete(
+            await self.client.delete(
                 f"{_PROGRAMS}/{quote(program_id, safe='')}",
                 cast_to=_NONE,
-                options={"timeout": self.lifecycle_timeout, "max_retries": 0},
+                options=_lifecycle_options(self.client),
             )
         except Exception as exc:
             return _outcome_of(exc, announcing=False)
         return Outcome.OK, ""
 
-    def _agentrt_end_program_sync(self, program_id: str) -> tuple[Outcome, str]:
+    def end_program_sync(self, program_id: str) -> tuple[Outcome, str]:
         # A sync program used this async client (it ran its own event loop inside the
         # program). That loop may be gone, so the DELETE runs on a private loop in a
         # helper thread, never on a loop this thread may be running.
         result: list[tuple[Outcome, str]] = []
 
         def run() -> None:
-            coro: Coroutine[Any, Any, tuple[Outcome, str]] = self._agentrt_end_program_async(
-                program_id
-            )
+            coro: Coroutine[Any, Any, tuple[Outcome, str]] = self.end_program_async(program_id)
             result.append(asyncio.run(coro))
 
         worker = threading.Thread(target=run, name="agentrt-end-program", daemon=True)
         worker.start()
-        worker.join(self.lifecycle_timeout + 1.0)
+        timeout = getattr(self.client, "lifecycle_timeout", LIFECYCLE_TIMEOUT)
+        worker.join(timeout + 1.0)
         return result[0] if result else (Outcome.TIMED_OUT, "timed out ending the program")
+
+
+# -------------------------------------------------------------------------- the client classes
+
+
+def _program_subclass(base: type[Any]) -> type[Any]:
+    """The subclass of openai client class ``base`` whose ``request`` carries the program.
+
+    It adds nothing to the instance layout, so an existing client's class can be
+    switched to it (:func:`instrument_openai_client`).
+    """
+    if issubclass(base, openai.AsyncOpenAI):
+
+        class AsyncProgramClient(base):  # type: ignore[misc]
+            _agentrt_program_client = True
+            # Seconds allowed for each program announcement or end (never retried).
+            lifecycle_timeout: float = LIFECYCLE_TIMEOUT
+
+            async def request(
+                self,
+                cast_to: Any,
+                options: FinalRequestOptions,
+                *,
+                stream: bool = False,
+                stream_cls: Any = None,
+            ) -> Any:
+                send = super().request
+                if peek() is None:
+                    return await send(cast_to, options, stream=stream, stream_cls=stream_cls)
+                return await async_request(self, send, cast_to, options, stream, stream_cls)
+
+        sub: type[Any] = AsyncProgramClient
+    else:
+
+        class ProgramClient(base):  # type: ignore[misc]
+            _agentrt_program_client = True
+            lifecycle_timeout: float = LIFECYCLE_TIMEOUT
+
+            def request(
+                self,
+                cast_to: Any,
+                options: FinalRequestOptions,
+                *,
+                stream: bool = False,
+                stream_cls: Any = None,
+            ) -> Any:
+                send = super().request
+                if peek() is None:
+                    return send(cast_to, options, stream=stream, stream_cls=stream_cls)
+                return sync_request(self, send, cast_to, options, stream, stream_cls)
+
+        sub = ProgramClient
+    sub.__name__, sub.__qualname__ = base.__name__, base.__qualname__
+    sub.__module__ = base.__module__
+    return sub
+
+
+class OpenAI(_program_subclass(openai.OpenAI)):  # type: ignore[misc]
+    """``openai.OpenAI`` whose requests carry the current agent program's headers."""
+
+    __module__ = "agentrt.sdk.openai_clients"
+
+    def __init__(self, *, app: Any = None, **kwargs: Any) -> None:
+        if app is not None:
+            _in_process_kwargs(app, kwargs, is_async=False)
+        super().__init__(**kwargs)
+
+
+class AsyncOpenAI(_program_subclass(openai.AsyncOpenAI)):  # type: ignore[misc]
+    """``openai.AsyncOpenAI`` whose requests carry the current agent program's headers."""
+
+    __module__ = "agentrt.sdk.openai_clients"
+
+    def __init__(self, *, app: Any = None, **kwargs: Any) -> None:
+        if app is not None:
+            _in_process_kwargs(app, kwargs, is_async=True)
+        super().__init__(**kwargs)
+
+
+_subclasses: dict[type[Any], type[Any]] = {openai.OpenAI: OpenAI, openai.AsyncOpenAI: AsyncOpenAI}
+_subclasses_lock = threading.Lock()
+
+
+def _program_class(cls: type[Any]) -> type[Any]:
+    """The class an instance of openai client class ``cls`` is switched to."""
+    if getattr(cls, "_agentrt_program_client", False):
+        return cls
+    with _subclasses_lock:
+        sub = _subclasses.get(cls)
+        if sub is None:
+            sub = _subclasses[cls] = _program_subclass(cls)
+        return sub
+
+
+def instrument_openai_client(client: openai.OpenAI | openai.AsyncOpenAI) -> None:
+    """Make one existing openai client (and its ``with_options`` copies) carry programs."""
+    client.__class__ = _program_class(type(client))
+
+
+# -------------------------------------------------------------------------- global instrumentation
+
+# The ``request`` each patched class had before (None: the one it inherits).
+_own: dict[type[Any], Any] = {}
+# What the patched ``request`` hands over to: the class's original one.
+_sync_send: Any = openai.OpenAI.request
+_async_send: Any = openai.AsyncOpenAI.request
+
+
+def _patched_sync_request(
+    self: openai.OpenAI,
+    cast_to: Any,
+    options: FinalRequestOptions,
+    *,
+    stream: bool = False,
+    stream_cls: Any = None,
+) -> Any:
+    if peek() is None:
+        return _sync_send(self, cast_to, options, stream=stream, stream_cls=stream_cls)
+    send = _sync_send.__get__(self)
+    return sync_request(self, send, cast_to, options, stream, stream_cls)
+
+
+async def _patched_async_request(
+    self: openai.AsyncOpenAI,
+    cast_to: Any,
+    options: FinalRequestOptions,
+    *,
+    stream: bool = False,
+    stream_cls: Any = None,
+) -> Any:
+    if peek() is None:
+        return await _async_send(self, cast_to, options, stream=stream, stream_cls=stream_cls)
+    send = _async_send.__get__(self)
+    return await async_request(self, send, cast_to, options, stream, stream_cls)
+
+
+_PATCHES: dict[type[Any], Any] = {
+    openai.OpenAI: _patched_sync_request,
+    openai.AsyncOpenAI: _patched_async_request,
+}
+
+
+def install() -> None:
+    """Give ``openai.OpenAI`` and ``openai.AsyncOpenAI`` (and so every subclass) the hook."""
+    global _sync_send, _async_send
+    for cls, patch in _PATCHES.items():
+        if cls.__dict__.get("request") is patch:
+            continue
+        _own[cls] = cls.__dict__.get("request")
+        original = cls.request
+        if cls is openai.OpenAI:
+            _sync_send = original
+        else:
+            _async_send = original
+        cls.request = patch
+
+
+def uninstall() -> None:
+    """Put the openai client classes back as they were."""
+    for cls, patch in _PATCHES.items():
+        if cls.__dict__.get("request") is not patch:
+            continue
+        own = _own.pop(cls, None)
+        if own is None:
+            del cls.request
+        else:
+            cls.request = own
+
+
+def is_installed() -> bool:
+    return all(cls.__dict__.get("request") is patch for cls, patch in _PATCHES.items())

@@ -18,9 +18,10 @@ def server() -> RecordingServer:
 
 @pytest.fixture(autouse=True)
 def _fresh_sdk_state() -> Iterator[None]:
-    """Each test starts instrumented and with no server remembered as unsupported."""
-    instrument(threads=True)
+    """Each test starts with threads (not openai) instrumented and no server remembered as
+    unsupported."""
+    instrument(threads=True, openai=False)
     lifecycle.forget_unsupported_servers()
     yield
-    instrument(threads=True)
+    instrument(threads=True, openai=False)
     lifecycle.forget_unsupported_servers()

@@ -7,6 +7,7 @@ endpoints, and records every request with the agentrt headers it carried.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Callable
@@ -196,8 +197,19 @@ class RecordingServer:
             **kwargs,
         )
 
+    def async_handler(self, module: Any) -> Callable[[Any], Any]:
+        """The handler for async clients: it yields to the event loop once, as network I/O
+        would, so that concurrent tasks' calls overlap."""
+        handle = self.handler(module)
+
+        async def handle_async(request: Any) -> Any:
+            await asyncio.sleep(0)
+            return handle(request)
+
+        return handle_async
+
     def async_client(self, base_url: str = BASE_URL, **kwargs: Any) -> agentrt.AsyncOpenAI:
-        transport = httpx.MockTransport(self.handler(httpx))
+        transport = httpx.MockTransport(self.async_handler(httpx))
         return agentrt.AsyncOpenAI(
             base_url=base_url,
             api_key="sk-test",

@@ -180,19 +180,30 @@ def test_the_sync_event_hook_adds_propagation_headers_but_no_call_id() -> None:
 
 def test_raw_llm_calls_through_a_hooked_httpx_client_get_call_ids() -> None:
     seen: list[httpx.Headers] = []
+    lifecycle: list[tuple[str, str, bytes]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.headers)
+        if "/programs" in request.url.path:
+            lifecycle.append((request.method, request.url.path, request.read()))
+            assert h.PROGRAM not in request.headers
+        else:
+            seen.append(request.headers)
         return httpx.Response(200, json={})
 
     transport = agentrt.ProgramHeadersTransport(httpx.MockTransport(handler))
-    with httpx.Client(transport=transport) as client, agentrt.program():
+    with httpx.Client(transport=transport) as client, agentrt.program("raw") as ctx:
         client.post("http://llm.test/v1/chat/completions", json={})
         client.post("http://llm.test/v1/chat/completions", json={}, headers={h.CALL: "mine"})
     first, second = seen
     assert first[h.CALL] and h.PARENT_CALL not in first
     assert second[h.CALL] == "mine"  # the caller's own header is kept
     assert second[h.PARENT_CALL] == first[h.CALL]
+    # The transport announced the program (with its name) before its first call, through
+    # itself, and ended it when the program returned.
+    (post, post_path, body), (delete, delete_path, _) = lifecycle
+    assert (post, post_path) == ("POST", "/v1/programs")
+    assert json.loads(body)["name"] == "raw" and json.loads(body)["program_id"] == ctx.program_id
+    assert (delete, delete_path) == ("DELETE", f"/v1/programs/{ctx.program_id}")
 
 
 async def test_the_async_event_hook(server: RecordingServer) -> None:
