@@ -11,6 +11,14 @@ owner had made when the context was copied (the binding is replaced after
 every call, so a copied context keeps the value of its moment). Nothing is
 patched to make this work for tasks: comparing owners is enough.
 
+One exception keeps sequential code on one thread when a framework runs each
+step in a task of its own: a task of the owner's event loop whose context
+holds the owner's latest binding (the owner made no call since starting it)
+*continues* the owner's strand while it runs, unless another task already
+does. Tasks that use the strand meanwhile fork, as does the owner if it makes
+a call before that task ends; so the branches of a gather, which overlap,
+stay parallel threads (the first to call continues the strand).
+
 All per-call work here is a few attribute reads; see ``agentrt bench sdk``.
 """
 
@@ -125,8 +133,11 @@ class Strand:
 
     __slots__ = (
         "calls",
+        "claim_point",
         "forked_from",
+        "holder",
         "last_call_id",
+        "owner_binding",
         "pending_interrupt",
         "record",
         "thread_id",
@@ -143,6 +154,13 @@ class Strand:
         self.pending_interrupt = 0.0  # tool seconds since the strand's last call
         self.tool_depth = 0
         self.calls = 0
+        # A task that continues this strand for its owner (a step run in a task of its own);
+        # while it runs, other tasks that use the strand's binding fork instead.
+        self.holder: _Ref[asyncio.Task[object]] | None = None
+        self.claim_point: str | None = None  # the strand's last call when the holder took it
+        # The owner's latest binding: a task whose copied context holds it was started by
+        # the owner since its last call, so it may continue the strand.
+        self.owner_binding: Binding | None = None
 
 
 _Ref = weakref.ReferenceType
@@ -220,7 +238,10 @@ def new_binding(strand: Strand, *, owned: bool = True, branching: bool = False) 
     if not owned:
         return Binding(strand, None, None, strand.last_call_id)
     thread_ref, task_ref = _refs(*_owner())
-    return Binding(strand, thread_ref, task_ref, strand.last_call_id, branching)
+    b = Binding(strand, thread_ref, task_ref, strand.last_call_id, branching)
+    if not branching:
+        strand.owner_binding = b
+    return b
 
 
 def _owned_here(b: Binding) -> bool:
@@ -241,6 +262,9 @@ def resolve() -> Binding | None:
         return None
     if not _owned_here(b):
         return _rebind(b)
+    if b.strand.holder is not None and not b.branching and _held_elsewhere(b.strand):
+        # The owner runs while a task it started continues its strand: the owner forks.
+        return _fork(b, *_owner())
     if b.fork_point is not b.strand.last_call_id and not b.branching:
         # The strand moved on in another context (a continuation): refresh the snapshot.
         b = _advance(b)
@@ -274,6 +298,7 @@ def _rebind(b: Binding) -> Binding:
             b.claimed = True
         if first:
             nb = Binding(strand, *_refs(thread, task), strand.last_call_id)
+            strand.owner_binding = nb
             _BINDING.set(nb)
             return nb
     elif task is not None and b.task_ref is None and b.thread_ref() is thread:
@@ -283,17 +308,60 @@ def _rebind(b: Binding) -> Binding:
         if claimed is None or claimed is task:
             b.continuation = weakref.ref(task)
             nb = Binding(strand, *_refs(thread, task), strand.last_call_id)
+            strand.owner_binding = nb
             _BINDING.set(nb)
             return nb
+    elif (
+        task is not None
+        and b is strand.owner_binding
+        and b.thread_ref() is thread
+        and not _held_elsewhere(strand)
+    ):
+        # A task of the owner's event loop, started since the owner's last call (a step
+        # run in a task of its own, the first branch of a gather): it continues the strand
+        # while it runs. Tasks that use the strand meanwhile fork, so concurrent tasks stay
+        # parallel threads; so does the owner, should it make a call before the task ends.
+        strand.holder = weakref.ref(task)
+        strand.claim_point = strand.last_call_id
+        nb = Binding(strand, *_refs(thread, task), strand.last_call_id)
+        _BINDING.set(nb)
+        return nb
+    return _fork(b, thread, task)
+
+
+def _held_elsewhere(strand: Strand) -> bool:
+    """True while a task other than the calling one continues ``strand``."""
+    ref = strand.holder
+    if ref is None:
+        return False
+    holder = ref()
+    if holder is None or holder.done():
+        strand.holder = None
+        return False
+    loop = _running_loop()
+    return holder is not (_current_task(loop) if loop is not None else None)
+
+
+def _fork(b: Binding, thread: threading.Thread, task: asyncio.Task[object] | None) -> Binding:
+    strand = b.strand
+    point = b.fork_point
+    if b is strand.owner_binding and strand.holder is not None:
+        # The owner's own position: where the strand was when the task continuing it took
+        # it (tasks that continued it before, and finished, moved it for the owner).
+        point = strand.claim_point
     record = strand.record
-    forked = Strand(record, record.new_thread_id(), forked_from=b.fork_point)
-    nb = Binding(forked, *_refs(thread, task), b.fork_point)
+    forked = Strand(record, record.new_thread_id(), forked_from=point)
+    nb = Binding(forked, *_refs(thread, task), point)
+    forked.owner_binding = nb
     _BINDING.set(nb)
     return nb
 
 
 def _advance(b: Binding) -> Binding:
-    nb = Binding(b.strand, b.thread_ref, b.task_ref, b.strand.last_call_id)
+    strand = b.strand
+    nb = Binding(strand, b.thread_ref, b.task_ref, strand.last_call_id)
+    if strand.holder is None:
+        strand.owner_binding = nb
     _BINDING.set(nb)
     return nb
 
@@ -318,7 +386,10 @@ def begin_call() -> tuple[ProgramRecord, dict[str, str]] | None:
         thread_id = strand.thread_id
         parent = strand.last_call_id
         strand.last_call_id = call_id
-        _BINDING.set(Binding(strand, b.thread_ref, b.task_ref, call_id))
+        nb = Binding(strand, b.thread_ref, b.task_ref, call_id)
+        if strand.holder is None:
+            strand.owner_binding = nb
+        _BINDING.set(nb)
     strand.calls += 1
     # The interrupt is the time since the call this one follows finished, whatever ran
     # meanwhile; tool time measured by @agentrt.tool or a framework hook stands in where

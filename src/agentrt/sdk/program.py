@@ -309,7 +309,11 @@ class parallel:
         restore(self._token, self._outer)
         last = self._branching.branch_last
         if last is not None:
-            self._branching.strand.last_call_id = last
+            # Resolved first: should a task continue the strand meanwhile, this code forks
+            # (a strand of its own) rather than move the task's strand.
+            outer = resolve()
+            if outer is not None:
+                outer.strand.last_call_id = last
             resolve()  # refreshes the restored binding, so copies taken now fork after `last`
         self._token = self._outer = self._branching = None
 

@@ -67,5 +67,6 @@ async def test_the_async_client_reaches_the_app_from_tasks_of_the_program(
     root = engine.requests[0]
     branches = engine.requests[1:]
     assert {r.program.program_id for r in engine.requests if r.program} == {ctx.program_id}
-    assert {r.program.thread_id for r in branches if r.program} == {"1", "2"}
+    # The first branch of the gather continues the main thread, the other forks.
+    assert {r.program.thread_id for r in branches if r.program} == {"0", "1"}
     assert {r.program.parent_call_id for r in branches if r.program} == {root.call_id}

@@ -230,6 +230,30 @@ def test_the_interrupt_is_the_time_between_calls_whatever_ran(server: RecordingS
     assert 0.05 <= float(third.headers[h.INTERRUPT]) < 0.08
 
 
+@pytest.mark.usefixtures("instrumented")
+async def test_steps_in_fresh_tasks_report_the_pause_between_them(
+    server: RecordingServer,
+) -> None:
+    client = plain_async(server)
+
+    async def step(text: str) -> None:
+        await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": text}]
+        )
+
+    async with agentrt.program():
+        await asyncio.create_task(step("one"))
+        await asyncio.sleep(0.1)
+        await asyncio.create_task(step("two"))
+        await asyncio.gather(step("left"), step("right"))
+    one, two, *branches = server.calls()
+    assert one.thread == two.thread == "0" and two.parent == one.call
+    assert float(two.headers[h.INTERRUPT]) >= 0.1
+    # The gather's branches overlap: two threads, both after "two" (parallel to ATLAS).
+    assert {b.thread for b in branches} == {"0", "1"}
+    assert {b.parent for b in branches} == {two.call}
+
+
 class _Recorder(http.server.BaseHTTPRequestHandler):
     """A real loopback HTTP server: what a bare event hook's own client has to reach."""
 

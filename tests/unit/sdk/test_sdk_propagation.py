@@ -1,8 +1,10 @@
 """The program context follows the code: threads, pools, tasks, anyio, tools, sub-programs.
 
 Each test fans out from a program and asserts the exact program, thread and
-parent ids the server sees: a thread or task started inside a program is a
-new thread of it, whose first call follows the call made before the fork.
+parent ids the server sees: a thread started inside a program is a new thread
+of it, whose first call follows the call made before the fork. An asyncio
+task started since its owner's last call continues the owner's thread while
+it runs (a step in a task of its own); tasks running alongside it fork.
 """
 
 from __future__ import annotations
@@ -24,9 +26,17 @@ def by_prompt(calls: list[Seen]) -> dict[str, Seen]:
 
 
 def assert_branches(
-    calls: dict[str, Seen], names: list[str], fork_point: str | None, program: str
+    calls: dict[str, Seen],
+    names: list[str],
+    fork_point: str | None,
+    program: str,
+    continued: str | None = None,
 ) -> None:
-    """Each name is a branch making calls `name-1`, `name-2`, forked after `fork_point`."""
+    """Each name is a branch making calls `name-1`, `name-2`, forked after `fork_point`.
+
+    ``continued``: the branch that continues the main thread "0" (the first task of a
+    gather to run); the others are new threads 1, 2, ...
+    """
     threads = set()
     for name in names:
         first, second = calls[f"{name}-1"], calls[f"{name}-2"]
@@ -34,9 +44,12 @@ def assert_branches(
         assert first.thread == second.thread
         assert first.parent == fork_point
         assert second.parent == first.call
-        threads.add(first.thread)
-    assert "0" not in threads
-    assert threads == {str(i) for i in range(1, len(names) + 1)}
+        if name == continued:
+            assert first.thread == "0"
+        else:
+            threads.add(first.thread)
+    forked = len(names) - (continued is not None)
+    assert threads == {str(i) for i in range(1, forked + 1)}
 
 
 def branch(client: agentrt.OpenAI, name: str) -> str:
@@ -144,17 +157,46 @@ async def test_run_in_executor_and_asyncio_to_thread_follow_the_program(
     assert len(threads) == 2 and not threads & {"0", "1"}
 
 
-async def test_asyncio_gather_and_tasks_are_threads_of_the_program(server: RecordingServer) -> None:
+async def test_asyncio_gather_branches_are_threads_of_the_program(server: RecordingServer) -> None:
     client = server.async_client()
     async with agentrt.program() as ctx:
         await aask(client, "before")
         await asyncio.gather(*(abranch(client, f"g{i}") for i in range(3)))
-        await asyncio.create_task(abranch(client, "task"))
         await aask(client, "after")
     calls = by_prompt(server.calls())
     before = calls["before"]
-    assert_branches(calls, ["g0", "g1", "g2", "task"], before.call, ctx.program_id)
-    assert calls["after"].thread == "0" and calls["after"].parent == before.call
+    assert_branches(calls, ["g0", "g1", "g2"], before.call, ctx.program_id, continued="g0")
+    # The main thread goes on after the branch that continued it.
+    assert calls["after"].thread == "0" and calls["after"].parent == calls["g0-2"].call
+
+
+async def test_steps_in_fresh_tasks_continue_the_thread(server: RecordingServer) -> None:
+    client = server.async_client()
+    async with agentrt.program():
+        await aask(client, "before")
+        await asyncio.create_task(abranch(client, "step"))
+        await asyncio.create_task(aask(client, "next"))
+        await aask(client, "after")
+    calls = server.calls()
+    assert [c.prompt for c in calls] == ["before", "step-1", "step-2", "next", "after"]
+    assert {c.thread for c in calls} == {"0"}
+    assert [c.parent for c in calls] == [None] + [c.call for c in calls[:-1]]
+
+
+async def test_the_owner_forks_when_it_calls_while_a_task_continues_its_thread(
+    server: RecordingServer,
+) -> None:
+    client = server.async_client()
+    async with agentrt.program():
+        await aask(client, "before")
+        task = asyncio.create_task(abranch(client, "bg"))
+        await asyncio.sleep(0)  # the task starts and takes the thread over
+        await aask(client, "meanwhile")
+        await task
+    calls = by_prompt(server.calls())
+    assert calls["bg-1"].thread == "0" and calls["bg-1"].parent == calls["before"].call
+    assert calls["meanwhile"].thread == "1"
+    assert calls["meanwhile"].parent == calls["before"].call
 
 
 async def test_a_task_forks_after_the_call_made_before_it_was_created(
@@ -171,17 +213,25 @@ async def test_a_task_forks_after_the_call_made_before_it_was_created(
     assert calls["c1"].parent == calls["c0"].call
 
 
-async def test_anyio_task_groups_and_to_thread_follow_the_program(server: RecordingServer) -> None:
+async def test_anyio_task_groups_follow_the_program(server: RecordingServer) -> None:
     aclient = server.async_client()
-    client = server.sync_client()
     async with agentrt.program() as ctx:
         await aask(aclient, "before")
         async with anyio.create_task_group() as tg:
             tg.start_soon(abranch, aclient, "tg0")
             tg.start_soon(abranch, aclient, "tg1")
+    calls = by_prompt(server.calls())
+    assert_branches(calls, ["tg0", "tg1"], calls["before"].call, ctx.program_id, continued="tg0")
+
+
+async def test_anyio_to_thread_is_a_new_thread(server: RecordingServer) -> None:
+    aclient = server.async_client()
+    client = server.sync_client()
+    async with agentrt.program() as ctx:
+        await aask(aclient, "before")
         await anyio.to_thread.run_sync(branch, client, "thr")
     calls = by_prompt(server.calls())
-    assert_branches(calls, ["tg0", "tg1", "thr"], calls["before"].call, ctx.program_id)
+    assert_branches(calls, ["thr"], calls["before"].call, ctx.program_id)
 
 
 def test_asyncio_run_inside_a_sync_program_continues_its_main_thread(
@@ -201,8 +251,8 @@ def test_asyncio_run_inside_a_sync_program_continues_its_main_thread(
     calls = by_prompt(server.calls())
     inside = calls["inside"]
     assert inside.thread == "0" and inside.parent == calls["before"].call
-    assert_branches(calls, ["x", "y"], inside.call, ctx.program_id)
-    assert calls["after"].thread == "0" and calls["after"].parent == inside.call
+    assert_branches(calls, ["x", "y"], inside.call, ctx.program_id, continued="x")
+    assert calls["after"].thread == "0" and calls["after"].parent == calls["x-2"].call
 
 
 def test_tools_run_in_the_calling_thread_and_report_their_time(server: RecordingServer) -> None:

@@ -85,13 +85,15 @@ async def test_a_remote_tool_that_forks_gets_thread_ids_that_never_collide(
         await tools.post("/fanout")
     calls = by_prompt(server.calls())
     local = {calls["local-a"].thread, calls["local-b"].thread}
-    assert local == {"1", "2"}
+    assert local == {"0", "1"}  # the gather's first branch continues the main thread
     # The first branch to call continues the caller's thread; the other is a new thread
     # whose id carries the tool server's random prefix, so it cannot collide with the caller's.
     continued, forked = sorted([calls["fan-a"].thread or "", calls["fan-b"].thread or ""], key=len)
     assert continued == "0"
     assert "." in forked and forked not in local
-    assert {calls["fan-a"].parent, calls["fan-b"].parent} == {calls["before"].call}
+    # Both follow the main thread's last call: the gather branch that continued it.
+    main = calls["local-a"] if calls["local-a"].thread == "0" else calls["local-b"]
+    assert {calls["fan-a"].parent, calls["fan-b"].parent} == {main.call}
     assert {calls["fan-a"].program, calls["fan-b"].program} == {ctx.program_id}
 
 
