@@ -219,20 +219,59 @@ def _tool_done(strand: Strand, started: float) -> None:
         strand.record.add_interrupt(elapsed)
 
 
+class ToolSpan:
+    """One tool run reported by a framework hook (start and end may come from different code)."""
+
+    __slots__ = ("_done", "started", "strand")
+
+    def __init__(self, strand: Strand) -> None:
+        self.strand = strand
+        self.started = time.perf_counter()
+        self._done = False
+        strand.tool_depth += 1
+
+    def end(self) -> None:
+        """The tool returned or failed: its time counts toward the thread's next call (once)."""
+        if not self._done:
+            self._done = True
+            _tool_done(self.strand, self.started)
+
+
+def start_tool_span() -> ToolSpan | None:
+    """Start timing a tool in the calling code's program thread; None outside any program."""
+    b = resolve()
+    return ToolSpan(b.strand) if b is not None else None
+
+
 @overload
 def tool(fn: F, /) -> F: ...
 @overload
 def tool(fn: None = None, /) -> Callable[[F], F]: ...
-def tool(fn: Callable[..., Any] | None = None, /) -> Any:
+def tool(fn: Any = None, /) -> Any:
     """Mark a tool the program calls: its wall time becomes the program's interrupt time.
 
     The time a thread spends in tools (outermost tool calls only) is sent with
-    the thread's next LLM call (``x-agentrt-interrupt``). Outside a program the
-    function runs unchanged.
+    the thread's next LLM call (``x-agentrt-interrupt``) where the end of the
+    thread's previous call is unknown; otherwise the time between the two calls
+    is sent, which includes it. Outside a program the function runs unchanged.
+    It also takes a tool object of LangChain, the OpenAI Agents SDK or
+    pydantic-ai (``@agentrt.tool`` above the framework's decorator) and times
+    the function inside it; below the framework's decorator it works as on any
+    function.
     """
     if fn is None:
         return tool
+    from agentrt.integrations import framework_tool
+
+    adapted = framework_tool(fn, timed_function)
+    if adapted is not None:
+        return adapted
     _reject_generators(fn, "tool")
+    return timed_function(fn)
+
+
+def timed_function(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (sync or async) timed as a tool of the calling program thread."""
     wrapped = fn
 
     async def timed(coro: Awaitable[Any]) -> Any:
