@@ -47,6 +47,7 @@ _perf_counter = time.perf_counter
 # How many finished calls a program remembers the end time of. A call's end matters to
 # the calls that follow it, which start soon after; older ends are never looked up.
 MAX_CALL_ENDS = 256
+_TRIM = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +123,10 @@ class ProgramRecord:
         """Note that ``call_id`` finished now (its whole response was read, or it failed)."""
         ends = self.call_ends
         ends[call_id] = _perf_counter()
-        if len(ends) > MAX_CALL_ENDS:
-            with self.lock:
-                while len(ends) > MAX_CALL_ENDS:
-                    del ends[next(iter(ends))]
+        if len(ends) > MAX_CALL_ENDS + _TRIM:
+            with self.lock:  # the oldest go, a batch at a time
+                for old in list(ends)[: len(ends) - MAX_CALL_ENDS]:
+                    ends.pop(old, None)
 
 
 class Strand:

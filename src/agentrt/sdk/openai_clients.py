@@ -124,18 +124,31 @@ def _in_process_kwargs(app: Any, kwargs: dict[str, Any], *, is_async: bool) -> N
 
 def _track_end(result: Any, record: ProgramRecord, call_id: str) -> Any:
     """Note the call's end: now, or when the stream ``result`` is consumed or closed."""
-    iterator = getattr(result, "_iterator", None) if isinstance(result, openai.Stream) else None
-    if iterator is not None:
-        result._iterator = _sync_stream_end(iterator, record, call_id)
-        return result
-    iterator = (
-        getattr(result, "_iterator", None) if isinstance(result, openai.AsyncStream) else None
-    )
-    if iterator is not None:
-        result._iterator = _async_stream_end(iterator, record, call_id)
-        return result
+    if isinstance(result, _STREAMS):
+        iterator = getattr(result, "_iterator", None)
+        if iterator is not None:
+            if isinstance(result, openai.Stream):
+                result._iterator = _sync_stream_end(iterator, record, call_id)
+            else:
+                result._iterator = _async_stream_end(iterator, record, call_id)
+            return result
     record.call_ended(call_id)
     return result
+
+
+_STREAMS = (openai.Stream, openai.AsyncStream)
+
+
+def _server_key(client: Any) -> str:
+    """The server key of ``client``'s base URL (kept on the client while the URL is the same)."""
+    url = client._base_url
+    cached = client.__dict__.get("_agentrt_server_key")
+    if cached is not None and cached[0] is url:
+        key: str = cached[1]
+        return key
+    key = lifecycle.server_key(str(url))
+    client.__dict__["_agentrt_server_key"] = (url, key)
+    return key
 
 
 def _sync_stream_end(iterator: Any, record: ProgramRecord, call_id: str) -> Any:
@@ -165,10 +178,10 @@ def sync_request(
     options, record = _with_program_headers(options)
     if record is None:
         return send(cast_to, options, stream=stream, stream_cls=stream_cls)
-    key = lifecycle.server_key(str(client.base_url))
+    key = _server_key(client)
     if key not in record.servers and lifecycle.claim_announcement(record, key, SyncServer(client)):
         SyncServer(client).announce(record, key)
-    call_id = str(options.headers[CALL])  # type: ignore[index]
+    call_id: str = options.headers[CALL]  # type: ignore[assignment,index]
     try:
         result = send(cast_to, options, stream=stream, stream_cls=stream_cls)
     except BaseException:
@@ -189,10 +202,10 @@ async def async_request(
     options, record = _with_program_headers(options)
     if record is None:
         return await send(cast_to, options, stream=stream, stream_cls=stream_cls)
-    key = lifecycle.server_key(str(client.base_url))
+    key = _server_key(client)
     if key not in record.servers and lifecycle.claim_announcement(record, key, AsyncServer(client)):
         await AsyncServer(client).announce(record, key)
-    call_id = str(options.headers[CALL])  # type: ignore[index]
+    call_id: str = options.headers[CALL]  # type: ignore[assignment,index]
     try:
         result = await send(cast_to, options, stream=stream, stream_cls=stream_cls)
     except BaseException:

@@ -42,9 +42,14 @@ def test_bench_sdk_prints_a_table_and_writes_json(
         "begin_call_us",
         "fork_and_call_us",
         "client_ratio",
+        "bare_openai_call_us",
+        "headers_by_hand_call_us",
+        "instrumented_openai_call_us",
     ):
         assert results[key] > 0
     assert results["hook_inside_us"] > results["hook_outside_us"]
+    assert "agentrt's own work per instrumented call" in table
+    assert "request" not in __import__("openai").OpenAI.__dict__  # the bench cleaned up
 
 
 def test_bench_sdk_refuses_nonsense_arguments() -> None:
