@@ -25,6 +25,7 @@ _RECIPE = re.compile(r"<!-- recipe: ([\w-]+) -->\n```python\n(.*?)```", re.DOTAL
 EXPECTED = {
     "langchain": ("langchain_openai", 1),
     "langgraph": ("langgraph", 2),
+    "openai-agents": ("agents", 1),
     "pydantic-ai": ("pydantic_ai", 1),
     "httpx": ("httpx", 2),
 }

@@ -7,6 +7,8 @@ only a framework knows, through the framework's own hooks:
 
 - :mod:`agentrt.integrations.langchain`: a callback handler reporting tool
   runs (``pip install agentrt[langchain]``);
+- :mod:`agentrt.integrations.openai_agents`: run hooks reporting tool runs of
+  the OpenAI Agents SDK (``agentrt[openai-agents]``);
 - :mod:`agentrt.integrations.pydantic_ai`: lets ``@agentrt.tool`` take a
   pydantic-ai ``Tool`` (``agentrt[pydantic-ai]``).
 
@@ -26,6 +28,7 @@ from typing import Any
 _ADAPTERS = {
     "langchain_core": "agentrt.integrations.langchain",
     "langchain": "agentrt.integrations.langchain",
+    "agents": "agentrt.integrations.openai_agents",
     "pydantic_ai": "agentrt.integrations.pydantic_ai",
 }
 

@@ -181,6 +181,71 @@ async def test_langgraph_nodes_are_one_program_thread(server: Server) -> None:
     await assert_ended_within_a_second(server, ctx.program_id)
 
 
+# ---------------------------------------------------------------------------------- Agents SDK
+
+
+def agents_sdk() -> Any:
+    agents = pytest.importorskip("agents")
+    agents.set_tracing_disabled(True)  # the SDK would export traces to OpenAI
+    return agents
+
+
+async def run_agent(server: Server, agents: Any, client: Any, tool: Any, name: str) -> None:
+    from agentrt.integrations.openai_agents import AgentrtRunHooks
+
+    model = agents.OpenAIChatCompletionsModel(model="echo", openai_client=client)
+    agent = agents.Agent(name="a", instructions="Be brief.", tools=[tool], model=model)
+    async with agentrt.program(name) as ctx:
+        result = await agents.Runner.run(agent, tool_call("lookup", q="x"), hooks=AgentrtRunHooks())
+        timed = tool_seconds()
+        info = await server.program(ctx.program_id)
+    assert result.final_output == "found x"
+    assert timed >= PAUSE  # the hooks reported the tool run
+    assert_seen(info, name, calls=2, interrupt=PAUSE)
+    await assert_ended_within_a_second(server, ctx.program_id)
+
+
+@pytest.mark.usefixtures("instrumented")
+@pytest.mark.parametrize("order", ["agentrt-above", "agentrt-below"])
+async def test_agents_sdk_chat_completions_with_a_function_tool(server: Server, order: str) -> None:
+    agents = agents_sdk()
+    import openai
+
+    async def lookup(q: str) -> str:
+        """Look q up."""
+        await asyncio.sleep(PAUSE)
+        return f"found {q}"
+
+    if order == "agentrt-above":
+        tool = agentrt.tool(agents.function_tool(lookup))
+    else:
+        tool = agents.function_tool(agentrt.tool(lookup))
+    assert tool.params_json_schema["properties"] == {"q": {"title": "Q", "type": "string"}}
+    client = openai.AsyncOpenAI(base_url=BASE_URL, api_key="k", http_client=server.async_http())
+    await run_agent(server, agents, client, tool, "agent")
+
+
+async def test_agents_sdk_with_instrument_client_alone(server: Server) -> None:
+    agents = agents_sdk()
+    import openai
+
+    @agents.function_tool
+    async def lookup(q: str) -> str:
+        """Look q up."""
+        await asyncio.sleep(PAUSE)
+        return f"found {q}"
+
+    client = openai.AsyncOpenAI(base_url=BASE_URL, api_key="k", http_client=server.async_http())
+    agentrt.instrument_client(client)
+    await run_agent(server, agents, client, lookup, "agent-one-client")
+
+
+def test_agents_sdk_objects_that_are_no_function_tool_are_refused() -> None:
+    agents = agents_sdk()
+    with pytest.raises(TypeError, match=r"put @agentrt\.tool below @function_tool"):
+        agentrt.tool(agents.WebSearchTool())
+
+
 # ---------------------------------------------------------------------------------- pydantic-ai
 
 
