@@ -454,31 +454,36 @@ _PATCHES: dict[type[Any], Any] = {
 }
 
 
+_install_lock = threading.Lock()
+
+
 def install() -> None:
     """Give ``openai.OpenAI`` and ``openai.AsyncOpenAI`` (and so every subclass) the hook."""
     global _sync_send, _async_send
-    for cls, patch in _PATCHES.items():
-        if cls.__dict__.get("request") is patch:
-            continue
-        _own[cls] = cls.__dict__.get("request")
-        original = cls.request
-        if cls is openai.OpenAI:
-            _sync_send = original
-        else:
-            _async_send = original
-        cls.request = patch
+    with _install_lock:
+        for cls, patch in _PATCHES.items():
+            if cls.__dict__.get("request") is patch:
+                continue
+            _own[cls] = cls.__dict__.get("request")
+            original = cls.request
+            if cls is openai.OpenAI:
+                _sync_send = original
+            else:
+                _async_send = original
+            cls.request = patch
 
 
 def uninstall() -> None:
     """Put the openai client classes back as they were."""
-    for cls, patch in _PATCHES.items():
-        if cls.__dict__.get("request") is not patch:
-            continue
-        own = _own.pop(cls, None)
-        if own is None:
-            del cls.request
-        else:
-            cls.request = own
+    with _install_lock:
+        for cls, patch in _PATCHES.items():
+            if cls.__dict__.get("request") is not patch:
+                continue
+            own = _own.pop(cls, None)
+            if own is None:
+                del cls.request
+            else:
+                cls.request = own
 
 
 def is_installed() -> bool:

@@ -124,6 +124,21 @@ def test_instrumenting_is_idempotent_and_undone_by_uninstrument() -> None:
     assert not openai_clients.is_installed()
 
 
+def test_instrumenting_from_many_threads_at_once_leaves_openai_restorable() -> None:
+    def toggle(i: int) -> None:
+        for _ in range(50):
+            agentrt.instrument(openai=bool(i % 2))
+
+    threads = [threading.Thread(target=toggle, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    agentrt.uninstrument()
+    assert "request" not in openai.OpenAI.__dict__
+    assert "request" not in openai.AsyncOpenAI.__dict__
+
+
 def test_opting_out_by_argument(server: RecordingServer) -> None:
     agentrt.instrument(openai=False)
     with agentrt.program():
