@@ -11,7 +11,14 @@ One command, one process, one model (SmolLM2-135M-Instruct by default):
    multiply peak measured in the same command, same dtype);
 3. single-stream decode tokens/s;
 4. one swap-out + swap-in of a ``--swap-tokens`` context: one batched copy
-   against one copy per block.
+   against one copy per block;
+5. with ``--quality`` (needs a tokenizer): greedy-token agreement with a
+   float32, unquantized engine over 20 prompts and the perplexity of a fixed
+   text under both (``agentrt.bench.quality``).
+
+Unless ``--skip-baseline``, single-stream decode is also timed through
+transformers' ``generate`` on the same model (its own KV cache, no
+batching), so the engine's per-step overhead shows as a ratio.
 
 On CUDA the same runs on the GPU (xformers attention when installed, pinned
 swap pool). Prompts are random token ids from a seeded generator: the model's
@@ -32,6 +39,7 @@ from typing import Any
 
 import msgspec
 
+from agentrt.bench.quality import Quality
 from agentrt.log import get_logger
 from agentrt.protocol.engine import StepRecord
 
@@ -60,6 +68,9 @@ class Decode(msgspec.Struct, kw_only=True):
     tok_s: float
     gflops: float  # 2 x params x tok_s
     roofline_fraction: float  # of the peak measured in this command
+    weight_gb_s: float | None = None  # weight bytes one step streams x steps per second
+    baseline_tok_s: float | None = None  # transformers generate, single stream only
+    ratio: float | None = None  # tok_s / baseline_tok_s
 
 
 class Swap(msgspec.Struct, kw_only=True):
@@ -77,6 +88,7 @@ class EngineBenchResult(msgspec.Struct, kw_only=True):
     device: str
     dtype: str
     dtype_reason: str  # why this dtype ran: configured, or what ``auto`` saw on this host
+    quantization: str
     parameters: int
     threads: int
     attention: str
@@ -86,6 +98,7 @@ class EngineBenchResult(msgspec.Struct, kw_only=True):
     batched_decode: Decode
     single_stream: Decode
     swap: Swap
+    quality: Quality | None
     steps: list[StepRecord]
 
 
@@ -99,6 +112,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"]
     )
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    parser.add_argument(
+        "--quantization",
+        default="none",
+        choices=["none", "int8", "int4"],
+        help="weight-only quantized decode (CPU): int8, or int4 with an int8 head",
+    )
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--min-prompt-len", type=int, default=16)
@@ -108,6 +127,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--swap-tokens", type=int, default=2048)
     parser.add_argument(
         "--skip-baseline", action="store_true", help="do not run transformers' generate_batch"
+    )
+    parser.add_argument(
+        "--quality",
+        action="store_true",
+        help="also measure greedy agreement and perplexity against float32 (unquantized)",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--seed", type=int, default=0)
@@ -172,17 +196,26 @@ def run(args: argparse.Namespace) -> int:
         engine, args.decode_batch, args.decode_steps, generator, steps, params, peak
     )
     single = run_decode(engine, 1, args.decode_steps, generator, steps, params, peak)
+    decoder = engine.runner.decoder
+    if decoder is not None:
+        for d in (batched, single):
+            d.weight_gb_s = decoder.weight_bytes * d.tok_s / d.batch / 1e9
+    if not args.skip_baseline:
+        single.baseline_tok_s = generate_tok_s(loaded, args.decode_steps, generator)
+        single.ratio = single.tok_s / single.baseline_tok_s
     log.info(
         "bench_engine_decode_done",
         batched_tok_s=round(batched.tok_s, 1),
         single_tok_s=round(single.tok_s, 1),
     )
     swap = run_swap(engine, args.swap_tokens)
+    quality = run_quality(args, device, loaded, engine) if args.quality else None
     result = EngineBenchResult(
         model=loaded.name,
         device=device,
         dtype=args.dtype,
         dtype_reason=reason,
+        quantization=args.quantization,
         parameters=params,
         threads=torch.get_num_threads(),
         attention="xformers" if engine.runner.use_xformers else "sdpa",
@@ -192,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
         batched_decode=batched,
         single_stream=single,
         swap=swap,
+        quality=quality,
         steps=steps,
     )
     print_result(result)
@@ -230,6 +264,7 @@ def make_engine(args: argparse.Namespace, loaded: Any, prompts: list[list[int]])
         swap_space=2 * (args.swap_tokens // block + 1) * loaded_block_bytes(loaded, block),
         enable_prefix_caching=False,  # random prompts share nothing; keep the figures about compute
         seed=args.seed,
+        quantization=args.quantization,
     )
     return LLMEngine(config, loaded)
 
@@ -308,6 +343,66 @@ def run_baseline(
     if failed:
         raise RuntimeError(f"transformers' generate_batch failed: {failed[0]}")
     return seconds, sum(len(o.generated_tokens) for o in outputs.values())
+
+
+def generate_tok_s(loaded: Any, new_tokens: int, generator: Any) -> float:
+    """transformers ``generate`` decode speed, one stream: ``new_tokens`` more tokens' extra time.
+
+    Runs on the engine's own model object (the lean decoder shares its
+    weights), with transformers' SDPA attention for the duration.
+    """
+    import torch
+
+    model = loaded.model
+    prompt = torch.randint(0, loaded.vocab_size, (1, 64), generator=generator)
+    mask = torch.ones_like(prompt)
+    before = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")
+
+    def seconds(tokens: int) -> float:
+        started = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(
+                prompt,
+                attention_mask=mask,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        return time.perf_counter() - started
+
+    try:
+        seconds(2)  # warm-up
+        extra = min(seconds(new_tokens + 1) for _ in range(2)) - min(seconds(1) for _ in range(2))
+    finally:
+        model.set_attn_implementation(before)
+    return new_tokens / max(extra, 1e-9)
+
+
+def run_quality(args: argparse.Namespace, device: str, loaded: Any, engine: Any) -> Quality:
+    """Agreement and perplexity of the bench's engine against a float32, unquantized one."""
+    from agentrt.bench import quality
+    from agentrt.engine.config import EngineConfig
+    from agentrt.engine.llm_engine import LLMEngine
+    from agentrt.engine.loader import load_model
+
+    if loaded.tokenizer is None:
+        raise SystemExit("--quality needs a model with a tokenizer")
+    reference_loaded = load_model(args.model, dtype="float32", device=device)
+    reference = LLMEngine(
+        EngineConfig(
+            dtype="float32",
+            device=device,
+            num_kv_blocks=engine.runner.kv_cache.num_blocks,
+            block_size=engine.config.block_size,
+            enable_prefix_caching=False,
+            seed=args.seed,
+        ),
+        reference_loaded,
+    )
+    setting = args.dtype + ("" if args.quantization == "none" else f", {args.quantization} weights")
+    return quality.measure(engine, reference, loaded.tokenizer, setting)
 
 
 def matmul_peak_gflops(dtype: str, device: str, size: int = 2048, repeats: int = 5) -> float:
@@ -432,8 +527,9 @@ def print_result(result: EngineBenchResult) -> None:
     from rich.table import Table
 
     table = Table(
-        title=f"agentrt bench engine: {result.model}, {result.dtype} ({result.dtype_reason}) "
-        f"on {result.device} ({result.threads} threads, {result.attention} attention)"
+        title=f"agentrt bench engine: {result.model}, {result.dtype} ({result.dtype_reason})"
+        f"{'' if result.quantization == 'none' else ', ' + result.quantization + ' weights'} on {result.device} "
+        f"({result.threads} threads, {result.attention} attention)"
     )
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -452,16 +548,29 @@ def print_result(result: EngineBenchResult) -> None:
         ("batched decode", result.batched_decode),
         ("single-stream decode", result.single_stream),
     ):
-        table.add_row(
-            f"{label} (batch {d.batch})",
-            f"{d.tok_s:.1f} tok/s",
-            f"{d.gflops:.1f} GFLOP/s = {100 * d.roofline_fraction:.0f}% of {peak}",
-        )
+        against = f"{d.gflops:.1f} GFLOP/s = {100 * d.roofline_fraction:.0f}% of {peak}"
+        if d.weight_gb_s is not None:
+            against += f"; weights streamed {d.weight_gb_s:.1f} GB/s"
+        if d.baseline_tok_s is not None and d.ratio is not None:
+            against += f"; transformers generate {d.baseline_tok_s:.1f} tok/s: {d.ratio:.2f}x"
+        table.add_row(f"{label} (batch {d.batch})", f"{d.tok_s:.1f} tok/s", against)
     s = result.swap
     table.add_row(
         f"swap out+in, {s.tokens}-token context ({s.bytes / 2**20:.1f} MiB{', pinned' if s.pinned else ''})",
         f"{1e3 * s.batched_seconds:.2f} ms batched",
         f"{1e3 * s.per_block_seconds:.2f} ms per block: {s.speedup:.1f}x",
     )
+    q = result.quality
+    if q is not None:
+        table.add_row(
+            f"greedy agreement with float32 ({q.prompts} prompts, {q.tokens} tokens)",
+            f"{100 * q.teacher_forced_agreement:.1f}% teacher-forced",
+            f"{100 * q.free_running_agreement:.1f}% free-running ({q.setting})",
+        )
+        table.add_row(
+            f"perplexity, fixed text ({q.text_tokens} tokens)",
+            f"{q.perplexity:.3f}",
+            f"float32 {q.reference_perplexity:.3f}: {q.perplexity_ratio:.4f}x",
+        )
     table.add_row("engine steps recorded", str(len(result.steps)), "")
     Console().print(table)

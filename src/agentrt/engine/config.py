@@ -16,6 +16,7 @@ from agentrt.scheduling import SchedulerConfig
 
 PreemptionMode = Literal["auto", "swap", "recompute"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+Quantization = Literal["none", "int8", "int4"]
 
 
 class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -44,6 +45,9 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Run supported architectures (Llama, Mistral, Qwen2) through the engine's own lean
     # forward (fused projections; engine/decoder.py) instead of transformers' modules.
     lean_decoder: bool = True
+    # Weight-only quantized decode (CPU, lean decoder only): int8 per channel, or int4 in
+    # groups of 32 with an int8 head; prompt chunks above 64 tokens use the dense weights.
+    quantization: Quantization = "none"
     block_size: int = 16
     kv_cache_memory: float = 0.1
     num_kv_blocks: int | None = None
@@ -77,5 +81,7 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("EngineConfig.num_threads must be >= 1")
         if self.swap_space < 0:
             raise ConfigError("EngineConfig.swap_space must be >= 0")
+        if self.quantization != "none" and not self.lean_decoder:
+            raise ConfigError("EngineConfig.quantization needs lean_decoder = true")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ConfigError("EngineConfig.max_model_len must be >= 2")

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from agentrt.engine.attention import AttentionMetadata, attend
-from agentrt.engine.matmul import Weight, fuse
+from agentrt.engine.matmul import Weight, fuse, make_weight
 
 # Model types whose decoder layers are exactly: RMSNorm, attention (q/k/v/o projections, RoPE),
 # RMSNorm, SiLU-gated MLP, each with a residual; no embedding scale, no norms inside attention.
@@ -97,7 +97,9 @@ def _fuse_in_place(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | Non
 class LeanDecoder:
     """The forward pass of a supported model, on weights shared with (or fused from) it."""
 
-    def __init__(self, model: Any, max_positions: int, pack: bool) -> None:
+    def __init__(
+        self, model: Any, max_positions: int, pack: bool, quantization: str = "none"
+    ) -> None:
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"LeanDecoder cannot run this model: {reason}")
@@ -111,24 +113,28 @@ class LeanDecoder:
         self.eps = float(inner.norm.variance_epsilon)
         self.embed = inner.embed_tokens.weight
         self.norm = inner.norm.weight
-        self.lm_head = Weight(model.lm_head.weight, model.lm_head.bias, pack)
-        self.layers = [self._layer(layer, pack) for layer in inner.layers]
+        # The head picks the token directly, so int4 models keep it in int8 (see matmul.py).
+        head_quantization = "int8" if quantization == "int4" else quantization
+        self.lm_head = make_weight(
+            model.lm_head.weight, model.lm_head.bias, head_quantization, pack
+        )
+        self.layers = [self._layer(layer, pack, quantization) for layer in inner.layers]
         self.cos, self.sin = self._rope_tables(inner.rotary_emb, max_positions)
         self.q_width = self.num_heads * self.head_dim
         self.qk_width = (self.num_heads + self.num_kv_heads) * self.head_dim
 
     @staticmethod
-    def _layer(layer: Any, pack: bool) -> Layer:
+    def _layer(layer: Any, pack: bool, quantization: str) -> Layer:
         attn, mlp = layer.self_attn, layer.mlp
         qkv = _fuse_in_place([attn.q_proj, attn.k_proj, attn.v_proj])
         gate_up = _fuse_in_place([mlp.gate_proj, mlp.up_proj])
         return Layer(
             input_norm=layer.input_layernorm.weight,
-            qkv=Weight(*qkv, pack),
-            o=Weight(attn.o_proj.weight, attn.o_proj.bias, pack),
+            qkv=make_weight(*qkv, quantization, pack),
+            o=make_weight(attn.o_proj.weight, attn.o_proj.bias, quantization, pack),
             post_norm=layer.post_attention_layernorm.weight,
-            gate_up=Weight(*gate_up, pack),
-            down=Weight(mlp.down_proj.weight, mlp.down_proj.bias, pack),
+            gate_up=make_weight(*gate_up, quantization, pack),
+            down=make_weight(mlp.down_proj.weight, mlp.down_proj.bias, quantization, pack),
         )
 
     def _rope_tables(self, rotary: Any, positions: int) -> tuple[torch.Tensor, torch.Tensor]:

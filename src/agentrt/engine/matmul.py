@@ -33,9 +33,8 @@ class Weight:
 
     @property
     def nbytes(self) -> int:
-        """Bytes one multiplication streams from memory (the dense weight and bias)."""
-        size = self.weight.numel() * self.weight.element_size()
-        return size + (self.bias.numel() * self.bias.element_size() if self.bias is not None else 0)
+        """Bytes one decode-sized multiplication streams from memory (weight and bias)."""
+        return _size(self.weight) + (_size(self.bias) if self.bias is not None else 0)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None and x.shape[0] <= MAX_PACKED_ROWS:
@@ -44,6 +43,10 @@ class Weight:
             )
             return out
         return F.linear(x, self.weight, self.bias)
+
+
+def _size(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 def fuse(
@@ -62,3 +65,120 @@ def fuse(
         for w, b in zip(weights, biases, strict=True)
     ]
     return weight, torch.cat(parts)
+
+
+# Rows above which a quantized weight multiplies with its dense copy instead (prefill chunks):
+# the weight-only kernels are built for few rows, the dense GEMM for many.
+MAX_QUANTIZED_ROWS = 64
+INT4_GROUP = 32
+
+
+def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The activation dtype torch's weight-only CPU kernels run fast in.
+
+    They are written for bfloat16 activations; float32 ones take a path
+    tens of times slower, so float32 models feed them bfloat16 (and get
+    float32 back) on CPUs with native bfloat16 instructions.
+    """
+    from agentrt.engine.loader import cpu_has_bf16_instructions
+
+    if dtype == torch.float32 and cpu_has_bf16_instructions():
+        return torch.bfloat16
+    return dtype
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel symmetric int8: ``weight ~ q * scales[:, None]``; float32 scales."""
+    w = weight.detach().float()
+    scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-8)
+    q = (w / scales.unsqueeze(1)).round().clamp(-127, 127).to(torch.int8)
+    return q, scales
+
+
+def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric int4 in groups of :data:`INT4_GROUP` inputs: ``w ~ q * scale + low``.
+
+    Returns ``q`` (int32 in [0, 15], ``[out, in]``) and the per-group
+    ``scale`` and ``low`` (``[out, in / group]``, float32).
+    """
+    n, k = weight.shape
+    if k % INT4_GROUP:
+        raise ValueError(f"int4 needs in_features divisible by {INT4_GROUP}, got {k}")
+    groups = weight.detach().float().view(n, k // INT4_GROUP, INT4_GROUP)
+    low = groups.amin(dim=-1, keepdim=True)
+    scale = ((groups.amax(dim=-1, keepdim=True) - low) / 15).clamp(min=1e-8)
+    q = ((groups - low) / scale).round().clamp(0, 15).view(n, k).to(torch.int32)
+    return q, scale.squeeze(-1), low.squeeze(-1)
+
+
+class Int8Weight(Weight):
+    """int8 weights (:func:`quantize_int8`) multiplied by ``aten._weight_int8pack_mm``.
+
+    Above :data:`MAX_QUANTIZED_ROWS` rows the dense weight is used instead.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__(weight, bias, pack=False)
+        self.act_dtype = kernel_dtype(weight.dtype)
+        self.qweight, scales = quantize_int8(weight)
+        self.scales = scales.to(self.act_dtype)
+
+    @property
+    def nbytes(self) -> int:
+        bias = _size(self.bias) if self.bias is not None else 0
+        return _size(self.qweight) + _size(self.scales) + bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > MAX_QUANTIZED_ROWS:
+            return F.linear(x, self.weight, self.bias)
+        out = torch.ops.aten._weight_int8pack_mm(x.to(self.act_dtype), self.qweight, self.scales)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.to(x.dtype)
+
+
+class Int4Weight(Weight):
+    """int4 weights (:func:`quantize_int4`) multiplied by ``aten._weight_int4pack_mm_for_cpu``.
+
+    The kernel reads each group's pair as ``(scale, zero)`` and computes
+    ``(q - 8) * scale + zero``, so ``zero = low + 8 * scale``. Above
+    :data:`MAX_QUANTIZED_ROWS` rows the dense weight is used instead.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__(weight, bias, pack=False)
+        self.act_dtype = kernel_dtype(weight.dtype)
+        q, scale, low = quantize_int4(weight)
+        self.qweight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        pairs = torch.stack((scale, low + 8 * scale), dim=-1)  # [out, groups, 2]
+        self.scales_and_zeros = pairs.transpose(0, 1).contiguous().to(self.act_dtype)
+
+    @property
+    def nbytes(self) -> int:
+        bias = _size(self.bias) if self.bias is not None else 0
+        return _size(self.qweight) + _size(self.scales_and_zeros) + bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > MAX_QUANTIZED_ROWS:
+            return F.linear(x, self.weight, self.bias)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.to(self.act_dtype), self.qweight, INT4_GROUP, self.scales_and_zeros
+        )
+        if self.bias is not None:
+            out = out + self.bias
+        return out.to(x.dtype)
+
+
+def make_weight(
+    weight: torch.Tensor, bias: torch.Tensor | None, quantization: str, pack: bool
+) -> Weight:
+    """The :class:`Weight` kind for ``quantization`` (``none``, ``int8`` or ``int4``)."""
+    if quantization == "none":
+        return Weight(weight, bias, pack)
+    if weight.device.type != "cpu":
+        raise ValueError(f"{quantization} weights run on CPU only, not {weight.device.type}")
+    if quantization == "int8":
+        return Int8Weight(weight, bias)
+    if quantization == "int4":
+        return Int4Weight(weight, bias)
+    raise ValueError(f"unknown quantization {quantization!r}; use none, int8 or int4")

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from agentrt.config import ConfigError
 from agentrt.engine.attention import (
     ATTENTION_NAME,
     AttentionMetadata,
@@ -139,10 +140,15 @@ class ModelRunner:
 
     def _lean_decoder(self, pool_tokens: int) -> LeanDecoder | None:
         """The lean forward when the config asks for it and the model allows it, else ``None``."""
+        quantization = self.config.quantization
         if not self.config.lean_decoder:
             return None
         reason = unsupported_reason(self.model)
+        if reason is None and quantization != "none" and self.device.type != "cpu":
+            reason = f"{quantization} weights run on CPU only"
         if reason is not None:
+            if quantization != "none":
+                raise ConfigError(f"quantization {quantization!r} is not available: {reason}")
             log.info("lean_decoder_unavailable", reason=reason)
             return None
         # No sequence outgrows the KV pool, so the rotary tables need no more positions.
@@ -150,14 +156,22 @@ class ModelRunner:
         if self.config.max_model_len is not None:
             positions = min(positions, self.config.max_model_len)
         with torch.inference_mode():
-            return LeanDecoder(self.model, positions, pack=self.config.packed_linears)
+            decoder = LeanDecoder(
+                self.model, positions, pack=self.config.packed_linears, quantization=quantization
+            )
+        log.info(
+            "lean_decoder_ready",
+            quantization=quantization,
+            weight_bytes_per_step=decoder.weight_bytes,
+        )
+        return decoder
 
     @torch.inference_mode()
-    def execute(self, batch: list[ScheduledSeq]) -> torch.Tensor:
+    def execute(self, batch: list[ScheduledSeq], every_token: bool = False) -> torch.Tensor:
         """Run the model once over ``batch`` (decode sequences first); return float32 logits
         ``[num_sampling_seqs, vocab]`` for the sequences whose context this step completes,
-        in batch order."""
-        input_ids, positions, meta, keep = self._prepare(batch)
+        in batch order; with ``every_token``, ``[tokens fed, vocab]`` (scoring a text)."""
+        input_ids, positions, meta, keep = self._prepare(batch, every_token)
         if self.decoder is not None:
             return self.decoder.forward(input_ids, positions, meta, keep)
         out = self.model(
@@ -171,7 +185,7 @@ class ModelRunner:
         return logits
 
     def _prepare(
-        self, batch: list[ScheduledSeq]
+        self, batch: list[ScheduledSeq], every_token: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
         dev, bs = self.device, self.block_size
         tokens: list[int] = []
@@ -222,7 +236,10 @@ class ModelRunner:
                 self._prefill_span(tables[i], starts[i], lens[i], int(first_row[i]))
                 for i in range(num_decode, len(batch))
             )
-        keep = [int(first_row[i]) + lens[i] - 1 for i, item in enumerate(batch) if item.samples]
+        if every_token:
+            keep = list(range(len(tokens)))
+        else:
+            keep = [int(first_row[i]) + lens[i] - 1 for i, item in enumerate(batch) if item.samples]
         return (
             torch.tensor(tokens, dtype=torch.long, device=dev),
             positions.to(dev),

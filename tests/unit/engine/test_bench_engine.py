@@ -22,6 +22,8 @@ def test_quick_bench_writes_every_section(tiny_folder: Path, tmp_path: Path) -> 
     assert t["engine_tokens"] == t["baseline_tokens"] == 6 * 8
     assert t["ratio"] == t["engine_tok_s"] / t["baseline_tok_s"]
     assert result["batched_decode"]["batch"] == 4 and result["single_stream"]["batch"] == 1
+    single = result["single_stream"]
+    assert single["ratio"] == single["tok_s"] / single["baseline_tok_s"]
     for decode in (result["batched_decode"], result["single_stream"]):
         assert decode["steps"] >= 1 and decode["tok_s"] > 0 and decode["roofline_fraction"] > 0
     swap = result["swap"]
@@ -59,3 +61,20 @@ def test_the_report_says_which_dtype_ran_and_why(
     assert main([*args, "--dtype", "float32", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert (result["dtype"], result["dtype_reason"]) == ("float32", "configured")
+
+
+def test_quick_bench_with_int8_weights_measures_quality(tiny_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "engine.json"
+    args = ["bench", "engine", "--model", str(tiny_folder), "--quick", "--skip-baseline"]
+    args += ["--dtype", "float32", "--quantization", "int8", "--quality", "--json", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["quantization"] == "int8"
+    assert result["single_stream"]["weight_gb_s"] > 0
+    q = result["quality"]
+    assert q["prompts"] == 20 and q["tokens"] == 20 * 32 and q["text_tokens"] > 300
+    assert 0 <= q["free_running_agreement"] <= 1
+    # int8 weights barely move a float32 model: nearly every reference token stays first.
+    assert q["teacher_forced_agreement"] >= 0.9
+    assert q["perplexity_ratio"] == q["perplexity"] / q["reference_perplexity"]
+    assert abs(q["perplexity_ratio"] - 1) < 0.02
