@@ -52,6 +52,7 @@ class AttentionMetadata:
     num_decode: int = 0  # rows [0, num_decode) are single-token sequences
     decode_blocks: torch.Tensor | None = None  # [num_decode * max_blocks] block ids, row-major
     decode_mask: torch.Tensor | None = None  # [num_decode, 1, 1, max_blocks * block_size] additive
+    decode_context: int = 0  # one decode row: its context length, instead of a mask
     prefills: tuple[PrefillSpan, ...] = ()
     # xformers path: every sequence's context slots concatenated, and the bias.
     all_kv_slots: torch.Tensor | None = None
@@ -148,14 +149,22 @@ def _decode_attention(
     kv_heads: int,
     scaling: float | None,
 ) -> torch.Tensor:
-    """One SDPA call for all single-token rows: ``q`` ``[b, heads, d]`` -> ``[b, heads, d]``."""
-    assert meta.decode_blocks is not None and meta.decode_mask is not None
+    """One SDPA call for all single-token rows: ``q`` ``[b, heads, d]`` -> ``[b, heads, d]``.
+
+    Several rows are padded to the longest context and masked; a single row
+    is cut to its own context and needs no mask.
+    """
+    assert meta.decode_blocks is not None
     b, heads, d = q.shape
-    ctx = meta.decode_mask.shape[-1]
-    keys = k_blocks.index_select(0, meta.decode_blocks).view(b, ctx, kv_heads, d).transpose(1, 2)
-    values = v_blocks.index_select(0, meta.decode_blocks).view(b, ctx, kv_heads, d).transpose(1, 2)
+    ctx = meta.decode_blocks.shape[0] // b * meta.kv_cache.block_size
+    keys = k_blocks.index_select(0, meta.decode_blocks).view(b, ctx, kv_heads, d)
+    values = v_blocks.index_select(0, meta.decode_blocks).view(b, ctx, kv_heads, d)
+    if meta.decode_mask is None:
+        keys, values = keys[:, : meta.decode_context], values[:, : meta.decode_context]
     qd = q.reshape(b, kv_heads, heads // kv_heads, d)
-    o = F.scaled_dot_product_attention(qd, keys, values, attn_mask=meta.decode_mask, scale=scaling)
+    o = F.scaled_dot_product_attention(
+        qd, keys.transpose(1, 2), values.transpose(1, 2), attn_mask=meta.decode_mask, scale=scaling
+    )
     return o.reshape(b, heads, d)
 
 

@@ -187,6 +187,8 @@ class ModelRunner:
     def _prepare(
         self, batch: list[ScheduledSeq], every_token: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+        if not every_token and not self.use_xformers and all(i.num_tokens == 1 for i in batch):
+            return self._prepare_decode(batch)
         dev, bs = self.device, self.block_size
         tokens: list[int] = []
         starts: list[int] = []
@@ -246,6 +248,49 @@ class ModelRunner:
             meta,
             torch.tensor(keep, dtype=torch.long, device=dev),
         )
+
+    def _prepare_decode(
+        self, batch: list[ScheduledSeq]
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+        """:meth:`_prepare` for a batch of single-token rows, from Python lists in a few tensors.
+
+        One sequence needs no mask: its keys are cut to its context length.
+        """
+        bs = self.block_size
+        n = len(batch)
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        keep: list[int] = []
+        for row, item in enumerate(batch):
+            seq = item.seq
+            pos = seq.num_computed_tokens
+            ids.append(seq.token_ids[pos])
+            positions.append(pos)
+            slots.append(seq.block_table[pos // bs] * bs + pos % bs)
+            if pos + 1 == seq.num_tokens:
+                keep.append(row)
+        blocks = -(-(max(positions) + 1) // bs)
+        flat: list[int] = []
+        for item in batch:
+            table = item.seq.block_table[:blocks]
+            flat.extend(table)
+            flat.extend([0] * (blocks - len(table)))
+        step = torch.tensor(ids + positions + slots + keep + flat, dtype=torch.long)
+        step = step.to(self.device)
+        meta = AttentionMetadata(kv_cache=self.kv_cache, slot_mapping=step[2 * n : 3 * n])
+        meta.num_decode = n
+        meta.decode_blocks = step[3 * n + len(keep) :]
+        if n == 1:
+            meta.decode_context = positions[0] + 1
+        else:
+            context = torch.tensor(positions, dtype=torch.long).add_(1).unsqueeze(1)
+            hidden = torch.arange(blocks * bs).unsqueeze(0) >= context
+            mask = torch.zeros(n, 1, 1, blocks * bs, dtype=self.dtype)
+            meta.decode_mask = mask.masked_fill_(hidden.view(n, 1, 1, -1), float("-inf")).to(
+                self.device
+            )
+        return step[:n], step[n : 2 * n], meta, step[3 * n : 3 * n + len(keep)]
 
     def _prefill_span(self, table: torch.Tensor, start: int, length: int, row: int) -> PrefillSpan:
         context = start + length
