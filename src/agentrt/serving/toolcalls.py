@@ -11,7 +11,6 @@ start of a tool call.
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
@@ -20,8 +19,8 @@ import msgspec
 from agentrt.protocol.openai import FunctionCall, ToolCall
 
 OPEN = "<tool_call>"
-_TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+CLOSE = "</tool_call>"
+FENCE = "```"
 
 
 def new_tool_call_id() -> str:
@@ -35,21 +34,52 @@ def parse_tool_calls(text: str, tool_names: set[str]) -> tuple[str | None, list[
     """
     if OPEN in text:
         calls: list[ToolCall] = []
-        for block in _TAGGED.findall(text):
+        outside, blocks = _split_tagged(text)
+        for block in blocks:
             parsed = _calls_in(block, tool_names)
             if parsed is None:
                 return text, []
             calls += parsed
         if not calls:
             return text, []
-        content = _TAGGED.sub("", text).strip()
+        content = "".join(outside).strip()
         return (content or None), calls
     stripped = text.strip()
-    fenced = _FENCE.match(stripped)
-    parsed = _calls_in(fenced.group(1) if fenced else stripped, tool_names)
+    parsed = _calls_in(_unfenced(stripped), tool_names)
     if parsed:
         return None, parsed
     return text, []
+
+
+def _split_tagged(text: str) -> tuple[list[str], list[str]]:
+    """The text outside ``<tool_call>...</tool_call>`` blocks, and each block's content, stripped.
+
+    A block without its closing tag runs to the end of the text. One pass of
+    ``str.find``: linear in the text, whatever the model wrote (a regex with
+    a lazy group between optional whitespace is quadratic on long blank runs).
+    """
+    outside: list[str] = []
+    blocks: list[str] = []
+    at = 0
+    while (start := text.find(OPEN, at)) >= 0:
+        outside.append(text[at:start])
+        body = start + len(OPEN)
+        end = text.find(CLOSE, body)
+        if end < 0:
+            blocks.append(text[body:].strip())
+            return outside, blocks
+        blocks.append(text[body:end].strip())
+        at = end + len(CLOSE)
+    outside.append(text[at:])
+    return outside, blocks
+
+
+def _unfenced(text: str) -> str:
+    """The inside of a Markdown code fence (optionally tagged ``json``) that is the whole text, else the text."""
+    if len(text) < 2 * len(FENCE) or not (text.startswith(FENCE) and text.endswith(FENCE)):
+        return text
+    inner = text[len(FENCE) : -len(FENCE)]
+    return inner.removeprefix("json").strip()
 
 
 def _calls_in(document: str, tool_names: set[str]) -> list[ToolCall] | None:
@@ -93,12 +123,15 @@ class ToolCallStream:
     def __init__(self, tool_names: set[str]) -> None:
         self.tool_names = tool_names
         self._held = ""
+        # Inside (or possibly at) a tool call, the text is held until the end, piece by
+        # piece: appending to one growing string would copy it once per token.
+        self._captured: list[str] = []
         self._sent_any = False
-        self._capturing = False  # inside (or possibly at) a tool call: hold until the end
+        self._capturing = False
 
     def feed(self, text: str) -> str:
         if self._capturing:
-            self._held += text
+            self._captured.append(text)
             return ""
         buffer = self._held + text
         if not self._sent_any:
@@ -121,7 +154,8 @@ class ToolCallStream:
         return self._send(buffer[: len(buffer) - keep])
 
     def finish(self) -> tuple[str, list[ToolCall]]:
-        held, self._held = self._held, ""
+        held = self._held + "".join(self._captured)
+        self._held, self._captured = "", []
         if not held:
             return "", []
         content, calls = parse_tool_calls(held, self.tool_names)

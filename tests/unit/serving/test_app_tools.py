@@ -7,11 +7,15 @@ model output it wants parsed as the user message.
 from __future__ import annotations
 
 import json
+import re
+import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.unit.serving.inprocess_clients import async_client, serving, sync_client
 
-from agentrt.serving.toolcalls import ToolCallStream, parse_tool_calls
+from agentrt.serving.toolcalls import ToolCallStream, _calls_in, parse_tool_calls
 
 WEATHER = {
     "type": "function",
@@ -159,3 +163,62 @@ def test_the_stream_parser_and_the_whole_text_parser_agree() -> None:
     assert [(c.function.name, c.function.arguments) for c in calls] == [
         (c.function.name, c.function.arguments) for c in expected
     ]
+
+
+# The parser before it was made linear, kept as the reference it must agree with on short texts.
+_REFERENCE_TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+_REFERENCE_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+
+
+def reference_parse(text: str, names: set[str]) -> tuple[str | None, list[tuple[str, str]]]:
+    def calls_of(document: str) -> list[tuple[str, str]] | None:
+        calls = _calls_in(document, names)  # the JSON side, unchanged
+        return None if calls is None else [(c.function.name, c.function.arguments) for c in calls]
+
+    if "<tool_call>" in text:
+        found: list[tuple[str, str]] = []
+        for block in _REFERENCE_TAGGED.findall(text):
+            parsed = calls_of(block)
+            if parsed is None:
+                return text, []
+            found += parsed
+        if not found:
+            return text, []
+        return (_REFERENCE_TAGGED.sub("", text).strip() or None), found
+    stripped = text.strip()
+    fenced = _REFERENCE_FENCE.match(stripped)
+    parsed = calls_of(fenced.group(1) if fenced else stripped)
+    return (None, parsed) if parsed else (text, [])
+
+
+CALL = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+PIECES = ["<tool_call>", "</tool_call>", "```", "json", CALL, "[", "]", " ", "\n", "hi", "x"]
+
+
+@given(st.lists(st.sampled_from(PIECES), max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_the_linear_parser_agrees_with_the_regex_it_replaced(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    names = {"get_weather"}
+    content, calls = parse_tool_calls(text, names)
+    assert (content, [(c.function.name, c.function.arguments) for c in calls]) == reference_parse(
+        text, names
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<tool_call>x" + " " * 40_000 + "x",
+        "```json" + " " * 40_000 + "x",
+        "<tool_call>" + "<tool_call> " * 20_000,
+    ],
+)
+def test_parsing_takes_linear_time_on_long_blank_runs(text: str) -> None:
+    started = time.perf_counter()
+    assert parse_tool_calls(text, {"get_weather"}) == (text, [])
+    stream = ToolCallStream({"get_weather"})
+    sent = "".join(stream.feed(text[i : i + 4]) for i in range(0, len(text), 4))
+    assert sent + stream.finish()[0] == text
+    # The regexes this replaced took over 20 s on each of these (quadratic); linear is milliseconds.
+    assert time.perf_counter() - started < 2.0
