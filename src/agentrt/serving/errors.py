@@ -30,6 +30,7 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        close_connection: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -38,6 +39,8 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.retry_after = retry_after
+        # Answered before the request body was read: the connection must not be reused.
+        self.close_connection = close_connection
 
     def body(self) -> ErrorBody:
         return ErrorBody(
@@ -60,11 +63,14 @@ def not_found(message: str, *, param: str | None = None, code: str | None = None
 
 
 def body_too_large(limit: int) -> APIError:
+    """A 413 that closes the connection: kept alive, the server would go on reading (and
+    discarding) the rest of the body, however large the client says it is."""
     return APIError(
         413,
         f"request body exceeds the limit of {limit} bytes",
         type="invalid_request_error",
         code="request_too_large",
+        close_connection=True,
     )
 
 
@@ -110,10 +116,14 @@ def as_api_error(error: APIError | EngineError) -> APIError:
 
 
 def error_headers(error: APIError) -> dict[str, str]:
-    """``Retry-After`` (whole seconds, at least 1) for errors that suggest one."""
-    if error.retry_after is None:
-        return {}
-    return {"retry-after": str(max(1, math.ceil(error.retry_after)))}
+    """``Retry-After`` (whole seconds, at least 1) for errors that suggest one;
+    ``Connection: close`` for those answered before the body was read."""
+    headers: dict[str, str] = {}
+    if error.retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(error.retry_after)))
+    if error.close_connection:
+        headers["connection"] = "close"
+    return headers
 
 
 def error_response(error: APIError, headers: dict[str, str] | None = None) -> Response:

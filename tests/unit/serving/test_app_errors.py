@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -145,6 +146,21 @@ def test_a_body_over_the_size_limit_is_a_413() -> None:
         )
     assert response.status_code == 413
     assert error_of(response)["code"] == "request_too_large"
+    assert response.headers["connection"] == "close"  # the rest of the body is never read
+    assert engine.requests == []
+
+
+def test_a_streamed_body_over_the_size_limit_is_a_413_that_closes_the_connection() -> None:
+    def body() -> Iterator[bytes]:  # no content-length: the server finds out while reading
+        for _ in range(100):
+            yield b"x" * 100
+
+    with serving(max_body_bytes=1000) as (app, engine):
+        response = raw_client(app).post(
+            "/v1/completions", content=body(), headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 413
+    assert response.headers["connection"] == "close"
     assert engine.requests == []
 
 
