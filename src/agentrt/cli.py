@@ -16,6 +16,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("agentrt.serving.cli", "serve the OpenAI-compatible API (embedded engine, replicas or remote engines)"),
     "bench": ("agentrt.bench.cli", "run a benchmark (prints a table, writes JSON)"),
     "sim": ("agentrt.sim.cli", "simulate scheduling policies at cluster scale; `sim fit` fits a profile"),
+    "plan": (
+        "agentrt.parallel.cli",
+        "build parallel plans (data, tensor) for a model over N devices; --verify runs them",
+    ),
 }
 
 

@@ -1,0 +1,145 @@
+"""``agentrt plan``: build the shipped parallel plans for a model and N devices, and optionally run them.
+
+Prints, per plan, the collectives phase 3 inserted, their predicted time
+under the alpha-beta model and the parameter bytes each device holds;
+``--verify`` runs the plan on N local gloo processes against one device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", required=True, help="tiny-llama | tiny-gpt | a transformers model folder"
+    )
+    parser.add_argument("--devices", type=int, required=True, help="number of devices to plan for")
+    parser.add_argument("--plan", default="all", help="dp | tp | all (default: every shipped plan)")
+    parser.add_argument("--batch", type=int, default=4, help="example batch size (default 4)")
+    parser.add_argument("--seq", type=int, default=8, help="example sequence length (default 8)")
+    parser.add_argument(
+        "--train",
+        action="store_true",
+        help="plan a training step (loss, backward) instead of a forward",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="run each plan on N local gloo processes and compare with one device",
+    )
+    parser.add_argument(
+        "--json", default=None, metavar="PATH", help="also write the report as JSON"
+    )
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _report(args: argparse.Namespace) -> dict[str, Any]:
+    from agentrt.parallel.comm import lower
+    from agentrt.parallel.errors import ParallelError
+    from agentrt.parallel.graph import capture
+    from agentrt.parallel.launch import example_inputs, load_model, verify, vocab_of
+    from agentrt.parallel.models import Logits, NextTokenLoss
+    from agentrt.parallel.plans import PLANS
+
+    if args.devices < 1:
+        raise ParallelError(f"--devices must be at least 1, got {args.devices}")
+    names = list(PLANS) if args.plan == "all" else [args.plan]
+    for name in names:
+        if name not in PLANS:
+            raise ParallelError(f"unknown plan {name!r}; shipped plans: {', '.join(PLANS)}")
+    model = load_model(args.model)
+    inputs = example_inputs(vocab_of(model), args.batch, args.seq, 0)
+    wrapper = NextTokenLoss(model) if args.train else Logits(model)
+    graph = capture(wrapper, inputs if args.train else inputs[:1])
+    report: dict[str, Any] = {
+        "model": args.model,
+        "devices": args.devices,
+        "train": args.train,
+        "operators": len(graph.ops),
+        "replicated_unknown_operators": graph.unknown,
+        "plans": [],
+    }
+    for name in names:
+        entry: dict[str, Any] = {"plan": name}
+        try:
+            program = lower(PLANS[name](graph, args.devices))
+        except ParallelError as exc:
+            entry["error"] = str(exc)
+            report["plans"].append(entry)
+            continue
+        entry["split_operators"] = sum(
+            1 for op in graph.ops if program.plan.transform_of(op) is not None
+        )
+        entry["collectives"] = program.collectives(train=args.train)
+        entry["predicted_comm_seconds"] = program.comm_seconds(train=args.train)
+        entry["param_bytes_per_device"] = program.param_bytes()
+        if args.verify:
+            entry["verify"] = verify(
+                args.model, name, args.devices, train=args.train, batch=args.batch, seq=args.seq
+            ).as_dict()
+        report["plans"].append(entry)
+    if all("error" in p for p in report["plans"]):
+        raise ParallelError("; ".join(f"{p['plan']}: {p['error']}" for p in report["plans"]))
+    return report
+
+
+def _print(report: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    console = Console(width=None if sys.stdout.isatty() else 200, highlight=False, markup=False)
+    mode = "training step" if report["train"] else "forward"
+    console.print(
+        f"{report['model']} on {report['devices']} devices ({mode}, {report['operators']} operators)"
+    )
+    if report["replicated_unknown_operators"]:
+        console.print(
+            f"replicated (no annotation): {', '.join(report['replicated_unknown_operators'])}"
+        )
+    header = f"{'plan':<5} {'split ops':>9} {'comm (pred.)':>12} {'params/dev':>11}  collectives"
+    console.print(header)
+    for p in report["plans"]:
+        if "error" in p:
+            console.print(f"{p['plan']:<5} error: {p['error']}")
+            continue
+        coll = ", ".join(f"{k} x{v}" for k, v in sorted(p["collectives"].items())) or "none"
+        console.print(
+            f"{p['plan']:<5} {p['split_operators']:>9} {p['predicted_comm_seconds'] * 1e3:>9.2f} ms {_fmt_bytes(p['param_bytes_per_device']):>11}  {coll}"
+        )
+        v = p.get("verify")
+        if v:
+            verdict = "OK" if v["ok"] else "MISMATCH"
+            console.print(
+                f"      verify: {verdict} logits err {v['max_output_error']:.2e}, loss err {v['loss_error']:.2e}, "
+                f"grad err {v['max_grad_error']:.2e} (atol {v['atol']:.0e}); forward {v['seconds_parallel'] * 1e3:.1f} ms vs {v['seconds_single'] * 1e3:.1f} ms on one process"
+            )
+
+
+def run(args: argparse.Namespace) -> int:
+    from agentrt.parallel.errors import ParallelError
+
+    try:
+        report = _report(args)
+    except ParallelError as exc:
+        from rich.console import Console
+
+        Console(stderr=True, highlight=False, markup=False, soft_wrap=True).print(
+            f"agentrt plan: error: {exc}"
+        )
+        return 2
+    _print(report)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2)
+    failed = any(not p.get("verify", {"ok": True})["ok"] for p in report["plans"])
+    return 1 if failed else 0

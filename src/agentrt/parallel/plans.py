@@ -1,0 +1,102 @@
+"""The shipped plans, each a short function over the phase-1 primitives.
+
+Both follow one rule, :func:`follow`: an operator reading a split tensor is
+split the same way when its annotation allows, else replicated (and phase 3
+gathers what it reads). A plan only says where splitting starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.distributed.tensor import Partial, Placement, Replicate, Shard
+
+from agentrt.parallel.comm import output_layout
+from agentrt.parallel.errors import PlanError
+from agentrt.parallel.graph import Graph, Op
+from agentrt.parallel.plan import Plan
+
+Chooser = Callable[[Op, list[Placement]], str | None]
+
+
+def follow(plan: Plan, layouts: dict[str, Placement], choose: Chooser | None = None) -> Plan:
+    """Transform every operator in program order, splitting along what its inputs are split on.
+
+    ``layouts`` gives the starting layout of placeholders (anything missing is
+    replicated); ``choose`` may pick a label first (None: fall back to the rule).
+    """
+    n = plan.ndevices
+    for op in plan.graph.ops:
+        reads = [layouts.get(t.name, Replicate()) for t in op.inputs]
+        candidates = [choose(op, reads)] if choose is not None else []
+        candidates += [
+            op.anno.inputs[i][p.dim] for i, p in enumerate(reads) if isinstance(p, Shard)
+        ]
+        for label in candidates:
+            if label is None or not op.known:
+                continue
+            try:
+                plan.partition(op, label, n)
+                break
+            except PlanError:
+                continue
+        else:
+            plan.replicate(op)
+        split = plan.transform_of(op)
+        for i, t in enumerate(op.outputs):
+            layouts[t.name] = output_layout(op, i, split)
+    return plan
+
+
+def data_parallel(graph: Graph, ndevices: int) -> Plan:
+    """Split the batch (dimension 0 of every input) over all devices; weights are replicated.
+
+    Phase 3 then all-reduces each weight's gradient, since every device's
+    copy of a weight feeds only its share of the batch.
+    """
+    for t in graph.inputs:
+        if not t.shape or t.shape[0] % ndevices:
+            raise PlanError(
+                f"data parallel: input {t.name} has batch size {t.shape[0] if t.shape else 0}, which {ndevices} devices do not divide"
+            )
+    return follow(Plan(graph, ndevices), {t.name: Shard(0) for t in graph.inputs})
+
+
+def _is_weight_linear(op: Op) -> bool:
+    return (
+        op.target is torch.ops.aten.linear.default
+        and op.inputs[1].kind == "param"
+        and len(op.inputs[1].shape) == 2
+    )
+
+
+def tensor_parallel(graph: Graph, ndevices: int) -> Plan:
+    """Megatron: a linear reading a whole activation is split by columns, one reading columns by rows.
+
+    Attention heads and the MLP's hidden units then stay split between the
+    two; the row-split linear's partial output is all-reduced before the
+    residual add, which is Megatron's one all-reduce per block and direction.
+    """
+
+    def choose(op: Op, reads: list[Placement]) -> str | None:
+        if not _is_weight_linear(op):
+            return None
+        x = reads[0]
+        if isinstance(x, Replicate):
+            return "n"
+        if isinstance(x, Shard) and x.dim == len(op.inputs[0].shape) - 1:
+            return "k"
+        return None
+
+    plan = follow(Plan(graph, ndevices), {}, choose)
+    if not any(_is_weight_linear(op) and plan.transform_of(op) is not None for op in graph.ops):
+        raise PlanError(
+            f"tensor parallel: no linear layer of this model splits over {ndevices} devices"
+        )
+    return plan
+
+
+PLANS: dict[str, Callable[[Graph, int], Plan]] = {"dp": data_parallel, "tp": tensor_parallel}
+
+__all__ = ["PLANS", "Partial", "data_parallel", "follow", "tensor_parallel"]

@@ -1,0 +1,163 @@
+"""Run a lowered program on one rank of a ``torch.distributed`` group.
+
+Each rank walks the same instruction list: adapt the inputs of an operator
+(the collectives, through DTensor's ``redistribute``), then call the ATen
+operator on its local pieces with its arguments localized. The adapters are
+autograd functions whose backward runs the backward path phase 3 chose, so a
+loss computed this way back-propagates across devices like the single-device
+model, weight-gradient reduction included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
+from torch.fx.node import map_arg
+
+from agentrt.parallel.comm import Adapter, Program, Step
+
+
+def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
+    stride, acc = [], 1
+    for size in reversed(shape):
+        stride.append(acc)
+        acc *= size
+    return tuple(reversed(stride))
+
+
+def _run_steps(
+    x: torch.Tensor, steps: tuple[Step, ...], mesh: DeviceMesh, shape: tuple[int, ...]
+) -> torch.Tensor:
+    for step in steps:
+        if step.prim == "local-vchunk":
+            # DTensor keeps Replicate -> Partial internal; device 0 keeps the value, the others add zero.
+            x = x if mesh.get_local_rank() == 0 else torch.zeros_like(x)
+            continue
+        full = DTensor.from_local(
+            x.contiguous(),
+            mesh,
+            [step.src],
+            run_check=False,
+            shape=torch.Size(shape),
+            stride=_contiguous_stride(shape),
+        )
+        x = full.redistribute(mesh, [step.dst]).to_local()
+    return x
+
+
+class _Move(torch.autograd.Function):
+    """One adapter: its forward path on the way in, its backward path on the gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, adapter: Adapter, mesh: DeviceMesh) -> torch.Tensor:  # type: ignore[override]
+        ctx.adapter, ctx.mesh = adapter, mesh
+        out = _run_steps(x, adapter.forward, mesh, adapter.tensor.shape)
+        return out if out is not x else x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        adapter: Adapter = ctx.adapter
+        return _run_steps(grad, adapter.backward, ctx.mesh, adapter.tensor.shape), None, None
+
+
+def local_piece(full: torch.Tensor, placement: Placement, rank: int, n: int) -> torch.Tensor:
+    """This rank's piece of a full tensor in ``placement`` (a partial sum never stores state)."""
+    if isinstance(placement, Shard):
+        return full.chunk(n, dim=placement.dim)[rank].clone()
+    return full.clone()
+
+
+def _bind(node: torch.fx.Node, local: dict[str, list[torch.Tensor]], alias: dict[str, str]) -> Any:
+    """``node``'s (args, kwargs) with each tensor argument replaced by its adapted local piece, in order."""
+    cursor = {name: iter(values) for name, values in local.items()}
+    return map_arg((node.args, node.kwargs), lambda n: next(cursor[alias.get(n.name, n.name)]))
+
+
+class Runner:
+    """One rank's executor of a :class:`~agentrt.parallel.comm.Program`."""
+
+    def __init__(self, program: Program, mesh: DeviceMesh, *, train: bool = False) -> None:
+        self.program = program
+        self.mesh = mesh
+        self.rank = mesh.get_local_rank()
+        self.n = program.ndevices
+        graph = program.plan.graph
+        self.state: dict[str, torch.Tensor] = {}
+        for name, value in graph.state.items():
+            piece = local_piece(value, program.storage[name], self.rank, self.n)
+            if train and graph.tensors[name].kind == "param" and piece.is_floating_point():
+                piece.requires_grad_(True)
+            self.state[name] = piece
+
+    @property
+    def parameters(self) -> dict[str, torch.Tensor]:
+        """Trainable local pieces by the module's parameter name."""
+        graph = self.program.plan.graph
+        return {graph.fqn[k]: v for k, v in self.state.items() if v.requires_grad}
+
+    def _adapt(self, value: torch.Tensor, adapter: Adapter) -> torch.Tensor:
+        if not adapter.forward and not adapter.backward:
+            return value
+        if value.requires_grad and value.is_floating_point():
+            return _Move.apply(value, adapter, self.mesh)
+        return _run_steps(value, adapter.forward, self.mesh, adapter.tensor.shape)
+
+    def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Run the program on the full user inputs (every rank passes the same); returns full outputs."""
+        graph = self.program.plan.graph
+        env: dict[str, torch.Tensor] = dict(self.state)
+        for t, value in zip(graph.inputs, inputs, strict=True):
+            env[t.name] = value
+        # One adapter per (tensor, layout, gradient layout): its consumers' gradients are summed
+        # before its backward collective runs, once.
+        cache: dict[tuple[str, Any, Any], torch.Tensor] = {}
+        for op, adapters in self.program.steps:
+            local: dict[str, list[torch.Tensor]] = {}
+            for t, adapter in zip(op.inputs, adapters, strict=True):
+                if adapter.key not in cache:
+                    cache[adapter.key] = self._adapt(env[t.name], adapter)
+                local.setdefault(t.name, []).append(cache[adapter.key])
+            args, kwargs = _bind(op.node, local, graph.alias)
+            split = self.program.plan.transform_of(op)
+            if split is not None:
+                split = type(split)(split.label, split.n, self.rank)
+                if op.anno.localize is not None:
+                    args, kwargs = op.anno.localize(tuple(args), dict(kwargs), op.anno, split)
+            result = op.target(*args, **kwargs)
+            if len(op.outputs) == 1 and not isinstance(result, (list, tuple)):
+                env[op.outputs[0].name] = result
+            else:
+                for t, value in zip(op.outputs, result, strict=True):
+                    env[t.name] = value
+        return [self._adapt(env[a.tensor.name], a) for a in self.program.outputs]
+
+    def full_grads(self) -> dict[str, torch.Tensor]:
+        """Every parameter's gradient, made whole on every rank (for checking against one device)."""
+        graph = self.program.plan.graph
+        grads = {}
+        for name, piece in self.state.items():
+            if not piece.requires_grad:
+                continue
+            grad = piece.grad if piece.grad is not None else torch.zeros_like(piece)
+            placement = self.program.storage[name]
+            shape = graph.tensors[name].shape
+            full = DTensor.from_local(
+                grad.contiguous(),
+                self.mesh,
+                [placement],
+                run_check=False,
+                shape=torch.Size(shape),
+                stride=_contiguous_stride(shape),
+            )
+            grads[graph.fqn[name]] = full.redistribute(self.mesh, [Replicate()]).to_local()
+        return grads
+
+
+def init_mesh(n: int) -> DeviceMesh:
+    """The 1-D mesh over the current process group (gloo on CPU, NCCL on CUDA)."""
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    return DeviceMesh(device, list(range(n)))
