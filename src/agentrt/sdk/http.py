@@ -17,8 +17,10 @@ Before a program's first LLM call to a server, the program is announced
 there (``POST {base}/programs``, the base being the URL up to the LLM-call
 path), and when the program ends, it is ended there: through the hooked
 client or the wrapped transport, or, for a bare event hook, which knows no
-client, through a short-lived client of its own. The end of each LLM call
-(its response body read or closed) is noted for the interrupt of the next.
+client, through a short-lived client of its own. The transports and a hooked
+client also note the end of each LLM call (its response body read or closed),
+from which the next call's interrupt is measured; a bare request hook sees no
+response, so there only ``@agentrt.tool`` time is reported.
 """
 
 from __future__ import annotations
