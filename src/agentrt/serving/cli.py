@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from agentrt.config import ConfigError
     from agentrt.log import get_logger
     from agentrt.serving.app import create_app
+    from agentrt.serving.connections import uvicorn_options
     from agentrt.serving.engines import open_engine
 
     log = get_logger("agentrt.serve")
@@ -126,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             lifespan="on",
             # uvicorn takes whole seconds
             timeout_graceful_shutdown=math.ceil(config.shutdown_timeout),
+            **uvicorn_options(config),
         )
     )
     server.run()

@@ -45,6 +45,16 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_queued_requests: int = 1024  # requests waiting at the server for one of those slots
     queue_timeout: float = 30.0  # seconds a queued request waits before a 429
     retry_after: float = 1.0  # the Retry-After the server suggests when it sheds load
+    # Connections (agentrt serve): the seconds a request head and a request body may take to
+    # arrive; uvicorn's idle time between requests, cap on connections and tasks (beyond it
+    # new requests get a 503; default: what the file-descriptor limit leaves room for), cap on
+    # the bytes of a request head, and listen backlog.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    timeout_keep_alive: float = 5.0
+    limit_concurrency: int | None = None
+    h11_max_incomplete_event_size: int = 16 * 1024
+    backlog: int = 2048
     log_requests: bool = True
     # After SIGTERM/SIGINT, in-flight requests get this many seconds to finish
     # before their connections are cut and the process exits (a stuck stream
@@ -61,5 +71,12 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             )
         if not 1 <= self.max_n <= SAMPLING_BOUNDS["n"].high:
             raise ValueError(f"max_n must be in {SAMPLING_BOUNDS['n'].describe()}")
+        for name in ("header_timeout", "body_timeout", "timeout_keep_alive"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds")
+        if self.limit_concurrency is not None and self.limit_concurrency < 1:
+            raise ValueError("limit_concurrency must be >= 1")
+        if self.h11_max_incomplete_event_size < 1024 or self.backlog < 1:
+            raise ValueError("h11_max_incomplete_event_size must be >= 1024 and backlog >= 1")
         if self.max_prompts_per_request < 1 or self.max_choices_per_request < 1:
             raise ValueError("max_prompts_per_request and max_choices_per_request must be >= 1")

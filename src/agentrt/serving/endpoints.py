@@ -43,7 +43,7 @@ async def list_models(request: Request) -> Response:
 
 async def start_program(request: Request) -> Response:
     state = server_state(request)
-    body = await decode_body(request, program_start_decoder, state.config.max_body_bytes)
+    body = await decode_body(request, program_start_decoder, state.config)
     tenant = tenant_of(request)
     try:
         parsed = parse_headers({PROGRAM: body.program_id})

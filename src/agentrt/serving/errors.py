@@ -74,6 +74,16 @@ def body_too_large(limit: int) -> APIError:
     )
 
 
+def body_timed_out(seconds: float) -> APIError:
+    return APIError(
+        408,
+        f"the request body did not arrive within {seconds:g} s",
+        type="invalid_request_error",
+        code="request_timeout",
+        close_connection=True,
+    )
+
+
 def overloaded(message: str, retry_after: float) -> APIError:
     return APIError(
         429, message, type="rate_limit_error", code="server_overloaded", retry_after=retry_after

@@ -107,7 +107,7 @@ class _Intake:
 async def _intake(request: Request, decoder: Any) -> _Intake:
     state = server_state(request)
     arrival = time.monotonic()
-    body = await decode_body(request, decoder, state.config.max_body_bytes)
+    body = await decode_body(request, decoder, state.config)
     models = state.served_models()
     check_model(body.model, set(models))
     headers = call_headers(request)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
+import anyio
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,7 +24,7 @@ from agentrt.protocol.headers import CallHeaders, HeaderError, parse_asgi_header
 from agentrt.protocol.openai import encoder
 from agentrt.serving.auth import KeyRing, scoped_id
 from agentrt.serving.config import ServerConfig
-from agentrt.serving.errors import bad_request, body_too_large, from_decode_error
+from agentrt.serving.errors import bad_request, body_timed_out, body_too_large, from_decode_error
 from agentrt.serving.limits import RequestLimiter
 from agentrt.serving.metrics import ServerMetrics
 from agentrt.serving.programs import ProgramDirectory
@@ -78,23 +79,30 @@ def tenant_of(request: Request) -> str:
 # ---------------------------------------------------------------------------- bodies and headers
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes (413) without reading them all."""
+async def read_body(request: Request, limit: int, seconds: float) -> bytes:
+    """The request body, refusing more than ``limit`` bytes (413) without reading them all,
+    and a body that takes more than ``seconds`` to arrive (408): a client sending a
+    byte now and then must not hold a connection and a task for ever."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise body_too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise body_too_large(limit)
-        chunks.append(chunk)
+    with anyio.move_on_after(seconds) as deadline:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise body_too_large(limit)
+            chunks.append(chunk)
+    if deadline.cancelled_caught:
+        raise body_timed_out(seconds)
     return b"".join(chunks)
 
 
-async def decode_body(request: Request, decoder: msgspec.json.Decoder[T], limit: int) -> T:
-    raw = await read_body(request, limit)
+async def decode_body(
+    request: Request, decoder: msgspec.json.Decoder[T], config: ServerConfig
+) -> T:
+    raw = await read_body(request, config.max_body_bytes, config.body_timeout)
     if not raw.strip():
         raise bad_request("request body is empty; expected a JSON object", code="invalid_json")
     try:
