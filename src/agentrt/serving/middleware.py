@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
 
 import structlog
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,8 +44,31 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return error_response(internal_error())
 
 
+# A client's x-request-id is echoed and logged only if it is a short token of these characters.
+MAX_REQUEST_ID = 128
+_REQUEST_ID = re.compile(rf"[A-Za-z0-9._:/+=@\-]{{1,{MAX_REQUEST_ID}}}")
+# What the access log and the metrics call a request whose client left before any answer (nginx's code).
+CLIENT_CLOSED = 499
+
+
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's ``x-request-id`` when it is a safe token, else a fresh one.
+
+    The id goes back in a response header and into every log line of the
+    request: no control characters, no unbounded length.
+    """
+    given = next((v for k, v in headers if k == b"x-request-id"), b"")
+    text = given.decode("latin-1")
+    return text if _REQUEST_ID.fullmatch(text) else uuid.uuid4().hex
+
+
 class RequestIdMiddleware:
-    """Echo (or assign) ``x-request-id``, bind it to the logs, log one line per request, count failures."""
+    """Echo (or assign) ``x-request-id``, bind it to the logs, log one line per request, count failures.
+
+    A request whose client went away before it was answered is logged with
+    status 499 and is not a failure of the server; one that ended in an
+    unhandled exception counts as a 500.
+    """
 
     def __init__(
         self, app: ASGIApp, metrics: Callable[[], ServerMetrics], log_requests: bool
@@ -57,12 +81,9 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None
-        )
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id_of(scope["headers"])
         started = time.monotonic()
-        status = 500
+        status = CLIENT_CLOSED  # until a response starts
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -77,8 +98,16 @@ class RequestIdMiddleware:
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 await self.app(scope, receive, send_with_id)
+            except ClientDisconnect:
+                # The client left while its body was being read (or sent one the server could
+                # not parse, and the server cut it off): nobody is left to answer.
+                pass
+            except Exception:
+                if status == CLIENT_CLOSED:
+                    status = 500
+                raise
             finally:
-                if status >= 400:
+                if status >= 400 and status != CLIENT_CLOSED:
                     self.metrics().failures.labels(status=str(status)).inc()
                 if self.log_requests and scope["path"] not in ("/metrics", "/health"):
                     log.info(
