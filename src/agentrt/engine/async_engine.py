@@ -6,8 +6,9 @@ call, abort it, start or end a program) travels to the worker as a command
 on a queue, and every step's token events travel back in one
 ``call_soon_threadsafe`` per event loop, so each call's async iterator
 receives its tokens as they are produced. Requests are checked on the
-caller's side before they are queued, so a bad one raises at the first
-``__anext__`` and never reaches the step loop. A call the engine fails on
+caller's side before they are queued (long prompts are tokenized in a
+worker thread), so a bad one raises at the first ``__anext__`` and never
+reaches the step loop. A call the engine fails on
 while it runs ends in an :class:`EngineError` for that call alone; only a
 failure of the step itself (the model) stops the engine, and from then on
 :meth:`AsyncEngine.stats` raises, so health checks see it.
@@ -42,6 +43,10 @@ from agentrt.protocol.engine import (
 )
 
 log = get_logger(__name__)
+
+# A prompt longer than this (characters, or token ids to check) is tokenized and checked
+# in a worker thread: on the event loop a 3 MB message would stall every other request.
+INLINE_TOKENIZE_CHARS = 16 * 1024
 
 
 @dataclass
@@ -86,8 +91,10 @@ class AsyncEngine:
         """Stream the call's events; the last one carries ``usage`` and ``timings``."""
         if self._failure is not None:
             raise self._failure
-        prompt_ids = self._prompt_ids(request)
-        self.engine.check_request(prompt_ids, request.sampling)
+        if _text_size(request) > INLINE_TOKENIZE_CHARS:
+            prompt_ids = await anyio.to_thread.run_sync(self._checked_prompt_ids, request)
+        else:
+            prompt_ids = self._checked_prompt_ids(request)
         call_id = request.call_id
         if call_id in self._streams:
             raise InvalidRequest(f"call id {call_id!r} is already in use")
@@ -143,6 +150,11 @@ class AsyncEngine:
         self._fail_all(EngineUnavailable("the engine was shut down"))
 
     # --- caller side ----------------------------------------------------------
+    def _checked_prompt_ids(self, request: GenerationRequest) -> list[int]:
+        prompt_ids = self._prompt_ids(request)
+        self.engine.check_request(prompt_ids, request.sampling)
+        return prompt_ids
+
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         tokenizer = self.engine.tokenizer
         if (request.prompt is None) == (request.messages is None):
@@ -234,6 +246,14 @@ class AsyncEngine:
     def _fail_all(self, error: EngineError) -> None:
         for call_id in list(self._streams):
             self._deliver_error(call_id, error)
+
+
+def _text_size(request: GenerationRequest) -> int:
+    """Characters (or token ids) the call's prompt holds, to decide where to tokenize it."""
+    if request.prompt is not None:
+        return len(request.prompt)
+    messages = sum(len(str(m.get("content") or "")) for m in request.messages or ())
+    return messages + sum(len(str(tool)) for tool in request.tools or ())
 
 
 def _call_failed() -> EngineError:

@@ -30,6 +30,10 @@ MAX_LOGIT_BIAS = 100.0
 MAX_TOP_LOGPROBS = 20
 # The most choices one call may ask for, whatever the server allows.
 MAX_N = 128
+# Stop conditions are checked at every token of the call, inside the step loop all calls share.
+MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 256  # characters
+MAX_STOP_TOKEN_IDS = 256
 
 
 class Bound(NamedTuple):
@@ -83,6 +87,15 @@ def sampling_violation(params: SamplingParams) -> Violation | None:
             return Violation(name, f"{name} must be in {bound.describe()}, got {_number(value)}")
     if params.top_k == 0:
         return Violation("top_k", "top_k must be -1 (disabled) or >= 1, got 0")
+    if len(params.stop) > MAX_STOP_STRINGS:
+        return Violation("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(params.stop)}")
+    if any(len(s) > MAX_STOP_LENGTH for s in params.stop):
+        return Violation("stop", f"a stop string may have at most {MAX_STOP_LENGTH} characters")
+    if len(params.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+        return Violation(
+            "stop_token_ids",
+            f"at most {MAX_STOP_TOKEN_IDS} stop_token_ids, got {len(params.stop_token_ids)}",
+        )
     if not all(TOKEN_ID_BOUND.admits(t) for t in params.stop_token_ids):
         return Violation("stop_token_ids", f"stop_token_ids must be in {TOKEN_ID_BOUND.describe()}")
     if not all(TOKEN_ID_BOUND.admits(t) for t in params.logit_bias):

@@ -8,6 +8,7 @@ a failure of the model step itself stops the engine, and then its
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from tests.unit.engine.helpers import (
 )
 
 from agentrt.engine import AsyncEngine
+from agentrt.engine.async_engine import INLINE_TOKENIZE_CHARS
 from agentrt.engine.llm_engine import LLMEngine
 from agentrt.engine.sampling import SamplingState
 from agentrt.protocol.engine import (
@@ -133,3 +135,29 @@ async def test_an_engine_whose_model_failed_reports_itself_unavailable(
         engine.stats()
     with pytest.raises(EngineUnavailable):
         await collect(engine, request("c2", prompt, max_tokens=4))
+
+
+class _ThreadRecordingTokenizer:
+    """Encodes a character as its code point modulo the tiny vocabulary; notes the thread it ran on."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def encode(self, text: str) -> list[int]:
+        self.threads.append(threading.get_ident())
+        return [1 + ord(c) % 200 for c in text]
+
+
+async def test_a_long_prompt_is_tokenized_off_the_event_loop(engine: AsyncEngine) -> None:
+    tokenizer = _ThreadRecordingTokenizer()
+    engine.engine.tokenizer = tokenizer
+    loop_thread = threading.get_ident()
+    # Both are refused once tokenized (too long for the tiny model's context), before any step.
+    for call_id, prompt in [("long", "x" * (INLINE_TOKENIZE_CHARS + 1)), ("short", "hello")]:
+        req = GenerationRequest(
+            call_id=call_id, prompt=prompt, sampling=SamplingParams(max_tokens=5000)
+        )
+        with pytest.raises(EngineError, match="maximum context length"):
+            await collect(engine, req)
+    assert tokenizer.threads[0] != loop_thread  # the long one, in a worker thread
+    assert tokenizer.threads[1] == loop_thread  # a short one is not worth the hop

@@ -37,6 +37,9 @@ PAST_THE_BOUND: list[tuple[str, Any]] = [
     ("stop_token_ids", [INT32_MAX + 1]),
     ("stop_token_ids", [-1]),
     ("logit_bias", {str(2**63): 1.0}),
+    ("stop", [f"s{i}" for i in range(17)]),
+    ("stop", ["x" * 257]),
+    ("stop_token_ids", list(range(257))),
 ]
 PAST_THE_BOUND += [(name, v) for name in ("top_k", "seed", "priority") for v in HUGE_INTS]
 PAST_THE_BOUND += [
