@@ -15,6 +15,11 @@ Key file (TOML)::
     [keys]
     "sk-team-a-1" = "team-a"
     "sk-team-b-1" = "team-b"
+
+    [tenants.team-a]          # optional: this tenant's share (see TenantLimits)
+    max_concurrent_requests = 64
+    max_queued_requests = 64
+    max_programs = 5000
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import hashlib
 import tomllib
 from pathlib import Path
 
+import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentrt.config import ConfigError
@@ -37,18 +43,40 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-class KeyRing:
-    """Which tenant each API key belongs to."""
+class TenantLimits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One tenant's share of the server (``[tenants.NAME]`` in the key file); unset: the server's default share."""
 
-    def __init__(self, keys: dict[str, str] | None = None) -> None:
+    max_concurrent_requests: int | None = None
+    max_queued_requests: int | None = None
+    max_programs: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_concurrent_requests", "max_programs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_queued_requests is not None and self.max_queued_requests < 0:
+            raise ValueError("max_queued_requests must be >= 0")
+
+
+class KeyRing:
+    """Which tenant each API key belongs to, and the shares the key file gives tenants."""
+
+    def __init__(
+        self, keys: dict[str, str] | None = None, limits: dict[str, TenantLimits] | None = None
+    ) -> None:
         self._tenants = {_digest(k): t for k, t in (keys or {}).items()}
+        self.tenants = frozenset((keys or {}).values())
+        self.limits = limits or {}
 
     @classmethod
     def from_config(cls, api_keys: list[str], api_key_file: str | None) -> KeyRing:
         keys = dict.fromkeys(api_keys, DEFAULT_TENANT)
+        limits: dict[str, TenantLimits] = {}
         if api_key_file is not None:
             keys.update(load_key_file(api_key_file))
-        return cls(keys)
+            limits = load_tenant_limits(api_key_file)
+        return cls(keys, limits)
 
     @property
     def enabled(self) -> bool:
@@ -78,6 +106,21 @@ def load_key_file(path: str | Path) -> dict[str, str]:
         if not key:
             raise ConfigError(f"API key file {path}: empty key")
     return dict(keys)
+
+
+def load_tenant_limits(path: str | Path) -> dict[str, TenantLimits]:
+    """Read the optional ``[tenants.NAME]`` tables of a key file."""
+    try:
+        with open(path, "rb") as f:
+            tables = tomllib.load(f).get("tenants", {})
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read API key file {path}: {e}") from e
+    if not isinstance(tables, dict):
+        raise ConfigError(f"API key file {path}: [tenants] must be a table of tenant tables")
+    try:
+        return {str(name): msgspec.convert(table, TenantLimits) for name, table in tables.items()}
+    except (msgspec.ValidationError, ValueError) as e:
+        raise ConfigError(f"API key file {path}: [tenants]: {e}") from e
 
 
 def presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:

@@ -44,6 +44,12 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_concurrent_requests: int = 1024  # generation requests handed to the engine at once
     max_queued_requests: int = 1024  # requests waiting at the server for one of those slots
     queue_timeout: float = 30.0  # seconds a queued request waits before a 429
+    # Each tenant's share (overridden per tenant by [tenants.NAME] in api_key_file): in-flight
+    # and queued requests (unset: half the server's once the key file names two tenants or
+    # more, else all of it) and the size of its own program table.
+    tenant_max_concurrent_requests: int | None = None
+    tenant_max_queued_requests: int | None = None
+    tenant_max_programs: int = 100_000
     retry_after: float = 1.0  # the Retry-After the server suggests when it sheds load
     # Connections (agentrt serve): the seconds a request head and a request body may take to
     # arrive; uvicorn's idle time between requests, cap on connections and tasks (beyond it

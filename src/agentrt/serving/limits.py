@@ -9,7 +9,7 @@ calls that hold slots; this only protects the server from unbounded load.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -70,3 +70,37 @@ class RequestLimiter:
                 )
         finally:
             self.queued -= 1
+
+
+class TenantLimiter:
+    """The server's :class:`RequestLimiter` behind one per tenant, so one tenant's flood
+    queues (and is refused) against its own share before it can take every slot."""
+
+    def __init__(self, server: RequestLimiter, share: Callable[[str], tuple[int, int]]) -> None:
+        self.server = server
+        self.share = share  # tenant -> (max concurrent, max queued)
+        self.tenants: dict[str, RequestLimiter] = {}
+
+    @property
+    def running(self) -> int:
+        return self.server.running
+
+    @property
+    def queued(self) -> int:
+        return self.server.queued + sum(t.queued for t in self.tenants.values())
+
+    def of(self, tenant: str) -> RequestLimiter:
+        limiter = self.tenants.get(tenant)
+        if limiter is None:
+            concurrent, queued = self.share(tenant)
+            limiter = RequestLimiter(
+                concurrent, queued, self.server.queue_timeout, self.server.retry_after
+            )
+            self.tenants[tenant] = limiter
+        return limiter
+
+    @asynccontextmanager
+    async def slot(self, tenant: str, calls: int = 1) -> AsyncIterator[None]:
+        """Hold ``calls`` slots of the tenant's share and of the server's; 429 if either is full."""
+        async with self.of(tenant).slot(calls), self.server.slot(calls):
+            yield

@@ -39,12 +39,13 @@ def _generation_exchange(
     gen: Generation,
     interrupt: float,
     answer: Callable[[Channel], Awaitable[None]],
+    tenant: str,
 ) -> Exchange:
     """Run ``answer`` in a server slot; errors before the response started become JSON errors."""
 
     async def handler(channel: Channel) -> None:
         try:
-            async with state.limiter.slot(len(gen.trackers)):
+            async with state.limiter.slot(tenant, len(gen.trackers)):
                 for t in gen.trackers:
                     state.programs.call_started(t.request, interrupt)
                 try:
@@ -134,7 +135,11 @@ async def chat_completions(request: Request) -> Exchange:
     gen = call.generation([gen_request], "chatcmpl-")
     stream = bool(call.body.stream)
     return _generation_exchange(
-        call.state, gen, call.interrupt, lambda ch: answer_chat(gen, ch, tool_names, stream)
+        call.state,
+        gen,
+        call.interrupt,
+        lambda ch: answer_chat(gen, ch, tool_names, stream),
+        call.tenant,
     )
 
 
@@ -151,7 +156,11 @@ async def completions(request: Request) -> Exchange:
     echo = [r.prompt for r in requests if isinstance(r.prompt, str)] if call.body.echo else None
     stream = bool(call.body.stream)
     return _generation_exchange(
-        call.state, gen, call.interrupt, lambda ch: answer_completion(gen, ch, stream, echo)
+        call.state,
+        gen,
+        call.interrupt,
+        lambda ch: answer_completion(gen, ch, stream, echo),
+        call.tenant,
     )
 
 

@@ -12,6 +12,7 @@ scheduling; this one answers what a client may inspect.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agentrt.protocol.engine import GenerationRequest, Timings
@@ -35,19 +36,37 @@ class _Meta:
 
 
 class ProgramDirectory:
+    """Each tenant's programs in a table of its own, so one tenant's flood evicts only its own.
+
+    ``max_programs`` is the bound of one tenant's table (a number, or a
+    function of the tenant).
+    """
+
     def __init__(
         self,
         metrics: ServerMetrics | None = None,
         *,
         ttl: float = 600.0,
-        max_programs: int = 100_000,
+        max_programs: int | Callable[[str], int] = 100_000,
     ) -> None:
-        self.table = ProcessTable(ttl=ttl, max_programs=max_programs, max_call_records=64)
+        self.ttl = ttl
+        self.max_programs = max_programs
         self.metrics = metrics
-        self._meta: dict[str, _Meta] = {}
+        self._tables: dict[str, ProcessTable] = {}
+        self._metas: dict[str, dict[str, _Meta]] = {}
 
     def __len__(self) -> int:
-        return len(self.table)
+        return sum(len(t) for t in self._tables.values())
+
+    def table(self, tenant: str) -> ProcessTable:
+        table = self._tables.get(tenant)
+        if table is None:
+            bound = self.max_programs
+            limit = bound(tenant) if callable(bound) else bound
+            table = ProcessTable(ttl=self.ttl, max_programs=limit, max_call_records=64)
+            self._tables[tenant] = table
+            self._metas[tenant] = {}
+        return table
 
     # ------------------------------------------------------------------ lifecycle (tenant view)
 
@@ -55,26 +74,28 @@ class ProgramDirectory:
         """Create or update a program; ``ValueError`` (and no change) if its metadata would
         grow past :data:`MAX_METADATA_ENTRIES` over repeated starts."""
         scoped = scoped_id(tenant, body.program_id)
-        known = self._meta.get(scoped)
+        table = self.table(tenant)
+        known = self._metas[tenant].get(scoped)
         merged = {**(known.metadata if known else {}), **body.metadata}
         if len(merged) > MAX_METADATA_ENTRIES:
             raise ValueError(f"a program keeps at most {MAX_METADATA_ENTRIES} metadata entries")
-        self.table.start(scoped, time.monotonic())
-        meta = self._meta_of(scoped)
+        table.start(scoped, time.monotonic())
+        meta = self._meta_of(tenant, scoped)
         if body.name:
             meta.name = body.name
         meta.metadata = merged
-        self._prune()
+        self._prune(tenant)
         return self._info(tenant, scoped)
 
     def end(self, tenant: str, program_id: str) -> ProgramInfo | None:
         scoped = scoped_id(tenant, program_id)
-        entry = self.table.get(scoped)
+        table = self.table(tenant)
+        entry = table.get(scoped)
         if entry is None:
             return None
         info = self._info(tenant, scoped, state="ended")
-        self.table.end(scoped, time.monotonic())
-        meta = self._meta.pop(scoped, None)
+        table.end(scoped, time.monotonic())
+        meta = self._metas[tenant].pop(scoped, None)
         if self.metrics is not None and meta is not None:
             self.metrics.observe_program(
                 max(0.0, time.time() - meta.created), entry.total_service, entry.wait, meta.calls
@@ -83,39 +104,38 @@ class ProgramDirectory:
 
     def get(self, tenant: str, program_id: str) -> ProgramInfo | None:
         scoped = scoped_id(tenant, program_id)
-        self.table.expire(time.monotonic())
-        if scoped not in self.table:
+        table = self.table(tenant)
+        table.expire(time.monotonic())
+        if scoped not in table:
             return None
         return self._info(tenant, scoped, with_calls=True)
 
     def list(self, tenant: str) -> list[ProgramInfo]:
-        self.table.expire(time.monotonic())
-        prefix = scoped_id(tenant, "")
-        return [
-            self._info(tenant, e.program_id)
-            for e in self.table.programs()
-            if e.program_id.startswith(prefix)
-        ]
+        table = self.table(tenant)
+        table.expire(time.monotonic())
+        return [self._info(tenant, e.program_id) for e in table.programs()]
 
     # ------------------------------------------------------------------ calls (scoped ids, from the app)
 
     def call_started(self, request: GenerationRequest, interrupt_seconds: float = 0.0) -> None:
         if request.program is None:
             return
-        scoped = request.program.program_id
+        tenant, scoped = request.program.tenant, request.program.program_id
+        table = self.table(tenant)
         now = time.monotonic()
         if interrupt_seconds > 0 and request.program.parent_call_id is not None:
-            self.table.record_interrupt(
+            table.record_interrupt(
                 scoped, interrupt_seconds, now, call_id=request.program.parent_call_id
             )
-        self.table.call_started(scoped, request.call_id, request.program.thread_id, now)
-        self._meta_of(scoped).calls += 1
-        self._prune()
+        table.call_started(scoped, request.call_id, request.program.thread_id, now)
+        self._meta_of(tenant, scoped).calls += 1
+        self._prune(tenant)
 
     def call_ended(self, request: GenerationRequest, timings: Timings | None, outcome: str) -> None:
         if request.program is None:
             return
-        entry = self.table.get(request.program.program_id)
+        table = self.table(request.program.tenant)
+        entry = table.get(request.program.program_id)
         if entry is None:
             return
         record = entry.live.get(request.call_id)
@@ -124,29 +144,29 @@ class ProgramDirectory:
         if timings is not None:
             record.wait = timings.queue_time
             record.service = timings.model_time
-        self.table.call_ended(
-            request.program.program_id, request.call_id, time.monotonic(), outcome
-        )
+        table.call_ended(request.program.program_id, request.call_id, time.monotonic(), outcome)
 
     # ------------------------------------------------------------------ internals
 
-    def _meta_of(self, scoped: str) -> _Meta:
-        meta = self._meta.get(scoped)
+    def _meta_of(self, tenant: str, scoped: str) -> _Meta:
+        metas = self._metas[tenant]
+        meta = metas.get(scoped)
         if meta is None:
-            meta = self._meta[scoped] = _Meta(name=None, created=time.time())
+            meta = metas[scoped] = _Meta(name=None, created=time.time())
         return meta
 
-    def _prune(self) -> None:
+    def _prune(self, tenant: str) -> None:
         # The table evicts and expires on its own; drop the metadata of programs it no longer holds.
-        if len(self._meta) > 2 * len(self.table) + 64:
-            for scoped in [s for s in self._meta if s not in self.table]:
-                del self._meta[scoped]
+        table, metas = self._tables[tenant], self._metas[tenant]
+        if len(metas) > 2 * len(table) + 64:
+            for scoped in [s for s in metas if s not in table]:
+                del metas[scoped]
 
     def _info(
         self, tenant: str, scoped: str, *, state: str = "running", with_calls: bool = False
     ) -> ProgramInfo:
-        entry = self.table.get(scoped)
-        meta = self._meta_of(scoped)
+        entry = self.table(tenant).get(scoped)
+        meta = self._meta_of(tenant, scoped)
         assert entry is not None
         return ProgramInfo(
             id=unscoped_id(tenant, scoped),

@@ -25,7 +25,7 @@ from agentrt.protocol.openai import encoder
 from agentrt.serving.auth import KeyRing, scoped_id
 from agentrt.serving.config import ServerConfig
 from agentrt.serving.errors import bad_request, body_timed_out, body_too_large, from_decode_error
-from agentrt.serving.limits import RequestLimiter
+from agentrt.serving.limits import RequestLimiter, TenantLimiter
 from agentrt.serving.metrics import ServerMetrics
 from agentrt.serving.programs import ProgramDirectory
 
@@ -39,16 +39,40 @@ class ServerState:
         self.engine = engine
         self.config = config
         self.keys = keys
-        self.limiter = RequestLimiter(
+        server = RequestLimiter(
             config.max_concurrent_requests,
             config.max_queued_requests,
             config.queue_timeout,
             config.retry_after,
         )
+        self.limiter = TenantLimiter(server, self._tenant_share)
         self.metrics = ServerMetrics(
             self._engine_stats, lambda: self.limiter.queued, lambda: len(self.programs)
         )
-        self.programs = ProgramDirectory(self.metrics)
+        self.programs = ProgramDirectory(self.metrics, max_programs=self._tenant_programs)
+
+    def _tenant_share(self, tenant: str) -> tuple[int, int]:
+        """A tenant's in-flight and queued requests: its key-file entry, else the config's, else
+        half the server's when several tenants share it (so no one of them can take it all)."""
+        config, own = self.config, self.keys.limits.get(tenant)
+        shared = len(self.keys.tenants) >= 2
+        concurrent = (own and own.max_concurrent_requests) or config.tenant_max_concurrent_requests
+        if concurrent is None:
+            concurrent = (
+                max(1, config.max_concurrent_requests // 2)
+                if shared
+                else config.max_concurrent_requests
+            )
+        queued = own.max_queued_requests if own and own.max_queued_requests is not None else None
+        if queued is None:
+            queued = config.tenant_max_queued_requests
+        if queued is None:
+            queued = config.max_queued_requests // 2 if shared else config.max_queued_requests
+        return concurrent, queued
+
+    def _tenant_programs(self, tenant: str) -> int:
+        own = self.keys.limits.get(tenant)
+        return (own and own.max_programs) or self.config.tenant_max_programs
 
     def _engine_stats(self) -> EngineStats:
         try:
