@@ -516,7 +516,10 @@ class Router:
         for engine in self._engines.values():
             if not engine.up:
                 continue
-            s = engine.backend.stats()
+            try:
+                s = engine.backend.stats()
+            except EngineError:  # failed since its last health check, which will take it down
+                continue
             for name in (
                 "running",
                 "waiting",

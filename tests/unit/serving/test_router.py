@@ -12,6 +12,7 @@ import pytest
 from tests.polling import eventually
 
 from agentrt.protocol.engine import (
+    EngineStats,
     EngineUnavailable,
     GenerationRequest,
     InvalidRequest,
@@ -333,3 +334,22 @@ async def test_a_call_stuck_in_an_engine_that_stops_answering_fails_instead_of_h
         echoes[0].stats = wedged  # type: ignore[method-assign]
         await eventually(lambda: failure, within=5)
         assert "engine stopped answering" in str(failure[0])
+
+
+class _Failed(EchoEngine):
+    """An engine that has failed for good: its stats say so, as AsyncEngine's do."""
+
+    def stats(self) -> EngineStats:
+        raise EngineUnavailable("the engine failed: model fault")
+
+
+async def test_an_engine_that_failed_is_taken_down_and_the_others_keep_serving() -> None:
+    failed = _Failed()
+    async with Router(
+        [LocalBackend("bad", failed), LocalBackend("good", EchoEngine())], config=FAST
+    ) as router:
+        router.stats()  # the live engine's numbers: the failed one is left out, not an error
+        await eventually(lambda: not router.engines()[0].up)
+        for i in range(4):
+            events = await collect(router, chat(f"c{i}"))
+            assert events[-1].finish_reason is not None
