@@ -26,6 +26,7 @@ def test_quick_bench_writes_every_section(tiny_folder: Path, tmp_path: Path) -> 
     assert single["ratio"] == single["tok_s"] / single["baseline_tok_s"]
     for decode in (result["batched_decode"], result["single_stream"]):
         assert decode["steps"] >= 1 and decode["tok_s"] > 0 and decode["roofline_fraction"] > 0
+        assert decode["best_tok_s"] >= decode["tok_s"]
     swap = result["swap"]
     assert swap["tokens"] == 128 and swap["blocks"] == 8 and swap["speedup"] > 0
     steps = result["steps"]
