@@ -15,12 +15,14 @@ def test_loads_from_toml_with_overrides(tmp_path: Path) -> None:
     path = tmp_path / "engine.toml"
     path.write_text(
         '[engine]\nblock_size = 32\npreemption_mode = "swap"\nkv_cache_memory = 1073741824\n'
+        'quantization = "int4"\n'
         '[engine.scheduler]\npolicy = "plas"\nservice_unit = "tokens"\n'
     )
     config = load_config(EngineConfig, path, "engine", {"max_num_seqs": 8, "dtype": None})
     assert config.block_size == 32 and config.preemption_mode == "swap"
     assert config.kv_cache_memory == 1073741824 and config.max_num_seqs == 8
     assert config.scheduler.policy == "plas" and config.dtype == "auto"
+    assert config.quantization == "int4" and config.lean_decoder
 
 
 @pytest.mark.parametrize(
@@ -33,6 +35,8 @@ def test_loads_from_toml_with_overrides(tmp_path: Path) -> None:
         {"num_threads": 0},
         {"preemption_mode": "drop"},
         {"dtype": "int8"},
+        {"quantization": "int3"},
+        {"quantization": "int8", "lean_decoder": False},
         {"no_such_field": 1},
         {"scheduler": {"policy": "sjf"}},
     ],
