@@ -28,6 +28,7 @@ from agentrt.engine.decoder import LeanDecoder, unsupported_reason
 from agentrt.engine.kv_cache import PagedKVCache
 from agentrt.engine.linear import pack_linears
 from agentrt.engine.loader import resolve_dtype
+from agentrt.engine.matmul import kernel_dtype
 from agentrt.engine.sequence import Sequence
 from agentrt.log import get_logger
 
@@ -158,6 +159,12 @@ class ModelRunner:
         with torch.inference_mode():
             decoder = LeanDecoder(
                 self.model, positions, pack=self.config.packed_linears, quantization=quantization
+            )
+        if quantization != "none" and kernel_dtype(self.dtype) == torch.float32:
+            log.warning(
+                "quantized_float32_activations",
+                detail="this CPU has no native bfloat16, so the weight-only kernels get float32 "
+                "activations, their slow path; compare with `agentrt bench engine`",
             )
         log.info(
             "lean_decoder_ready",

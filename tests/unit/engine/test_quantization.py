@@ -140,3 +140,19 @@ def test_scoring_matches_the_models_own_forward() -> None:
     assert_block_pool_clean(engine)
     with pytest.raises(ValueError, match="nothing"):
         token_logits(engine, [])
+
+
+@pytest.mark.parametrize(("native_bf16", "warned"), [(True, False), (False, True)])
+def test_float32_activations_are_warned_about(
+    monkeypatch: pytest.MonkeyPatch, native_bf16: bool, warned: bool
+) -> None:
+    from structlog.testing import capture_logs
+
+    from agentrt.engine import loader
+
+    monkeypatch.setattr(loader, "cpu_has_bf16_instructions", lambda: native_bf16)
+    with capture_logs() as logs:
+        engine = tiny_engine(quantization="int8")
+    assert any(e["event"] == "quantized_float32_activations" for e in logs) == warned
+    act = engine.runner.decoder.layers[0].qkv.act_dtype  # type: ignore[union-attr]
+    assert act == (torch.bfloat16 if native_bf16 else torch.float32)
