@@ -9,6 +9,9 @@ Splitting an operator on a label splits every tensor that has it:
   split), and the inputs listed as ``additive`` (a bias) must be value-split;
 - ``^`` marks a dimension that cannot be split (a softmax or norm axis).
 
+An operator whose split needs more than sliced arguments supplies a
+``kernel`` for its sub-operators (the vocabulary-parallel embedding does).
+
 A label shared by a reshape's input and output (``b s (h d) -> b s h d``)
 ties the reshape group's leading dimensions, so splitting heads after a view
 splits the hidden dimension before it. Labels are computed per call from the
@@ -49,6 +52,9 @@ class Anno:
     frozen: frozenset[str] = frozenset()
     additive: frozenset[int] = frozenset()
     localize: Localizer | None = field(default=None, compare=False)
+    # A different computation for a sub-operator, when slicing the arguments is not enough
+    # (a vocabulary-split embedding looks up only its rows): Split -> callable like the target.
+    kernel: Callable[[Split], Callable[..., Any]] | None = field(default=None, compare=False)
 
     @property
     def labels(self) -> list[str]:

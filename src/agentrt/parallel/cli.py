@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run each plan on N local gloo processes and compare with one device",
     )
     parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float64"],
+        help="dtype of the --verify run (float64 separates plan errors from rounding on deep models)",
+    )
+    parser.add_argument(
         "--json", default=None, metavar="PATH", help="also write the report as JSON"
     )
 
@@ -45,6 +51,8 @@ def _fmt_bytes(n: float) -> str:
 
 
 def _report(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
     from agentrt.parallel.comm import lower
     from agentrt.parallel.errors import ParallelError
     from agentrt.parallel.graph import capture
@@ -86,7 +94,13 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
         entry["param_bytes_per_device"] = program.param_bytes()
         if args.verify:
             entry["verify"] = verify(
-                args.model, name, args.devices, train=args.train, batch=args.batch, seq=args.seq
+                args.model,
+                name,
+                args.devices,
+                train=args.train,
+                batch=args.batch,
+                seq=args.seq,
+                dtype=getattr(torch, args.dtype),
             ).as_dict()
         report["plans"].append(entry)
     if all("error" in p for p in report["plans"]):
@@ -120,7 +134,7 @@ def _print(report: dict[str, Any]) -> None:
         if v:
             verdict = "OK" if v["ok"] else "MISMATCH"
             console.print(
-                f"      verify: {verdict} logits err {v['max_output_error']:.2e}, loss err {v['loss_error']:.2e}, "
+                f"      verify ({v['dtype']}): {verdict} logits err {v['max_output_error']:.2e} ({v['max_output_rel_error']:.1e} of the largest), loss err {v['loss_error']:.2e}, "
                 f"grad err {v['max_grad_error']:.2e} (atol {v['atol']:.0e}); forward {v['seconds_parallel'] * 1e3:.1f} ms vs {v['seconds_single'] * 1e3:.1f} ms on one process"
             )
 

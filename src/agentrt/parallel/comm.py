@@ -15,7 +15,6 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import torch
 from torch.distributed.tensor import Partial, Placement, Replicate, Shard
 
 from agentrt.parallel.errors import PlanError
@@ -281,7 +280,3 @@ def _adapter(
     if differentiable:
         backward, _ = cheapest_path(grad_src, grad_dst, t, n, cost)
     return Adapter(t, src, dst, grad_src, grad_dst, tuple(forward), tuple(backward), seconds)
-
-
-def is_float(t: torch.Tensor) -> bool:
-    return t.dtype.is_floating_point

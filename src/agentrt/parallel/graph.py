@@ -69,12 +69,14 @@ class Graph:
     alias: dict[str, str] = field(default_factory=dict)  # getitem node -> the tensor it selects
     producer: dict[str, Op] = field(default_factory=dict)
     consumers: dict[str, list[Op]] = field(default_factory=dict)
+    _by_name: dict[str, Op] = field(default_factory=dict, repr=False)
 
     def op(self, name: str) -> Op:
-        for op in self.ops:
-            if op.name == name:
-                return op
-        raise KeyError(f"no operator named {name!r}")
+        if len(self._by_name) != len(self.ops):
+            self._by_name = {op.name: op for op in self.ops}
+        if name not in self._by_name:
+            raise KeyError(f"no operator named {name!r}")
+        return self._by_name[name]
 
     def flat_inputs(
         self, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None

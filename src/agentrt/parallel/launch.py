@@ -1,14 +1,14 @@
 """Run a plan on N local processes (gloo) and compare it with one device.
 
-The parent captures the model once and hands each process the exported
-program (``torch.export.save``), so a worker needs no model code; each builds
-the plan, lowers it and runs its rank, and rank 0 writes what it saw to a
-file the parent reads. The parent computes the single-device reference.
+The parent captures the model once (the loss and the logits of a training
+step, or the logits alone) and hands each process the exported program
+through a file (``torch.export.save``), so a worker needs no model code; each builds the
+plan, lowers it and runs its rank, and rank 0 writes what it saw to a file
+the parent reads. The parent computes the single-device reference.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import tempfile
@@ -25,22 +25,26 @@ import torch.multiprocessing as mp
 from agentrt.parallel.comm import lower
 from agentrt.parallel.errors import ParallelError
 from agentrt.parallel.graph import Graph, capture, from_program
-from agentrt.parallel.models import BUILTIN, Logits, NextTokenLoss
+from agentrt.parallel.models import BUILTIN, Logits, LossAndLogits
 from agentrt.parallel.plans import PLANS
 from agentrt.parallel.runtime import Runner, init_mesh
 
 
-def load_model(spec: str, seed: int = 0) -> torch.nn.Module:
+def load_model(spec: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A built-in tiny model by name (``tiny-llama``, ``tiny-gpt``) or a transformers model folder."""
     if spec in BUILTIN:
-        return BUILTIN[spec](seed)
+        return BUILTIN[spec](seed).to(dtype)
     if not os.path.isdir(spec):
         raise ParallelError(
             f"unknown model {spec!r}: give a model folder or one of {', '.join(BUILTIN)}"
         )
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32).eval()
+    try:
+        return AutoModelForCausalLM.from_pretrained(spec, dtype=dtype).eval()
+    except (OSError, ValueError, KeyError) as exc:  # no config, unknown architecture, bad weights
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ParallelError(f"cannot load a causal LM from {spec}: {first}") from None
 
 
 def example_inputs(
@@ -67,7 +71,9 @@ class Verification:
     plan: str
     ndevices: int
     train: bool
-    max_output_error: float  # logits
+    dtype: str
+    max_output_error: float  # logits, absolute
+    max_output_rel_error: float  # the same over the largest logit
     loss_error: float  # the rest are 0.0 for a forward check
     max_grad_error: float
     second_loss_error: float  # after one SGD step on each side
@@ -77,10 +83,13 @@ class Verification:
 
     @property
     def ok(self) -> bool:
-        return (
-            max(self.max_output_error, self.loss_error, self.max_grad_error, self.second_loss_error)
-            <= self.atol
+        worst = (
+            self.max_output_error,
+            self.loss_error,
+            self.max_grad_error,
+            self.second_loss_error,
         )
+        return max(worst) <= self.atol
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
@@ -95,7 +104,7 @@ def free_port() -> int:
 _LR = 0.1
 
 
-def _timed(forward: Callable[[], torch.Tensor], repeats: int = 3) -> tuple[torch.Tensor, float]:
+def _timed(forward: Callable[[], Any], repeats: int = 3) -> tuple[Any, float]:
     """The output and the fastest of ``repeats`` no-grad forwards (the first pays one-time costs)."""
     best = float("inf")
     with torch.no_grad():
@@ -106,14 +115,8 @@ def _timed(forward: Callable[[], torch.Tensor], repeats: int = 3) -> tuple[torch
     return out, best
 
 
-def _save(graph: Graph) -> bytes:
-    buf = io.BytesIO()
-    torch.export.save(graph.program, buf)
-    return buf.getvalue()
-
-
-def _load(blob: bytes) -> Graph:
-    return from_program(torch.export.load(io.BytesIO(blob)))
+def _load(path: str) -> Graph:
+    return from_program(torch.export.load(path))
 
 
 def _worker(
@@ -121,11 +124,12 @@ def _worker(
     n: int,
     port: int,
     plan: str,
-    programs: list[bytes],
-    inputs: tuple[torch.Tensor, ...],
+    program: str,
+    train: bool,
+    inputs: list[torch.Tensor],
     out: str,
 ) -> None:
-    """One rank: load the captured programs (no model code needed), plan, lower and run them."""
+    """One rank: load the captured program (no model code needed), plan, lower and run it."""
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
@@ -135,55 +139,49 @@ def _worker(
         timeout=timedelta(seconds=120),
     )
     try:
-        mesh = init_mesh(n)
-        runner = Runner(lower(PLANS[plan](_load(programs[0]), n)), mesh)
+        graph = _load(program)
+        runner = Runner(lower(PLANS[plan](graph, n)), init_mesh(n), train=train, copy=False)
         dist.barrier()
-        logits, seconds = _timed(lambda: runner.forward(list(inputs[:1]))[0])
-        result: dict[str, Any] = {"logits": logits, "seconds": seconds}
-        if len(programs) > 1:
-            runner = Runner(lower(PLANS[plan](_load(programs[1]), n)), mesh, train=True)
-            loss = runner.forward(list(inputs))[0]
+        outputs, seconds = _timed(lambda: runner.forward(inputs))
+        result: dict[str, Any] = {"logits": outputs[-1], "seconds": seconds}
+        if train:
+            loss = runner.forward(inputs)[0]
             loss.backward()
-            result["loss"], result["grads"] = loss.detach(), runner.full_grads()
+            result["loss"], result["grads"] = loss.detach(), runner.full_grads(keep=rank == 0)
             with torch.no_grad():
                 for piece in runner.parameters.values():
                     piece -= _LR * piece.grad
-                result["second_loss"] = runner.forward(list(inputs))[0]
+                result["second_loss"] = runner.forward(inputs)[0]
         if rank == 0:
             torch.save(result, out)
     finally:
         dist.destroy_process_group()
 
 
-def _reference(spec: str, train: bool, inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+def _reference(model: torch.nn.Module, train: bool, inputs: list[torch.Tensor]) -> dict[str, Any]:
+    """One device, one thread (as each rank runs), so the forward times compare."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each rank runs, so the forward times compare
+    torch.set_num_threads(1)
     try:
-        return _reference_run(spec, train, inputs)
+        step = LossAndLogits(model) if train else Logits(model)
+        outputs, seconds = _timed(lambda: step(*inputs))
+        result: dict[str, Any] = {"logits": outputs[-1] if train else outputs, "seconds": seconds}
+        if train:
+            loss = step(*inputs)[0]
+            loss.backward()
+            result["loss"] = loss.detach()
+            # Every name of a tied weight (export keeps one of them), with the weight's identity.
+            named = list(step.named_parameters(remove_duplicate=False))
+            result["grads"] = {k: p.grad for k, p in named if p.grad is not None}
+            result["weight_of"] = {k: id(p) for k, p in named}
+            with torch.no_grad():
+                for p in step.parameters():
+                    if p.grad is not None:
+                        p -= _LR * p.grad
+                result["second_loss"] = step(*inputs)[0]
+        return result
     finally:
         torch.set_num_threads(threads)
-
-
-def _reference_run(spec: str, train: bool, inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
-    model = load_model(spec)
-    logits, seconds = _timed(lambda: Logits(model)(inputs[0]))
-    result: dict[str, Any] = {"logits": logits, "seconds": seconds}
-    if train:
-        step = NextTokenLoss(model)
-        loss = step(*inputs)
-        loss.backward()
-        result["loss"] = loss.detach()
-        result["grads"] = {
-            name: p.grad.detach().clone()
-            for name, p in step.named_parameters()
-            if p.grad is not None
-        }
-        with torch.no_grad():
-            for p in step.parameters():
-                if p.grad is not None:
-                    p -= _LR * p.grad
-            result["second_loss"] = step(*inputs)
-    return result
 
 
 def verify(
@@ -196,25 +194,24 @@ def verify(
     seq: int = 8,
     seed: int = 0,
     atol: float = 1e-4,
+    dtype: torch.dtype = torch.float32,
 ) -> Verification:
     """Run ``plan`` on ``ndevices`` gloo processes and compare outputs (and gradients) with one device."""
     if plan not in PLANS:
         raise ParallelError(f"unknown plan {plan!r}; shipped plans: {', '.join(PLANS)}")
-    model = load_model(spec, seed)
-    inputs = example_inputs(vocab_of(model), batch, seq, seed)
-    graphs = [capture(Logits(model), inputs[:1])] + (
-        [capture(NextTokenLoss(model), inputs)] if train else []
-    )
-    for graph in graphs:
-        lower(PLANS[plan](graph, ndevices))  # a plan error is raised here, not in N processes
-    programs = [_save(graph) for graph in graphs]
-    ref = _reference(spec, train, inputs)
+    model = load_model(spec, seed, dtype)
+    inputs = list(example_inputs(vocab_of(model), batch, seq, seed))[: 2 if train else 1]
+    graph = capture(LossAndLogits(model) if train else Logits(model), tuple(inputs))
+    lower(PLANS[plan](graph, ndevices))  # a plan error is raised here, not in N processes
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "rank0.pt")
+        program, out = os.path.join(tmp, "program.pt2"), os.path.join(tmp, "rank0.pt")
+        torch.export.save(graph.program, program)  # before the reference's SGD step changes weights
+        ref = _reference(model, train, inputs)
+        del model, graph  # the workers load their own copy; the parent keeps only the reference
         try:
             mp.start_processes(
                 _worker,
-                args=(ndevices, free_port(), plan, programs, inputs, out),
+                args=(ndevices, free_port(), plan, program, train, inputs, out),
                 nprocs=ndevices,
                 join=True,
                 start_method="spawn",
@@ -222,30 +219,52 @@ def verify(
         except mp.ProcessExitedException as exc:
             raise ParallelError(f"plan {plan!r}: a process of {ndevices} exited: {exc}") from None
         except mp.ProcessRaisedException as exc:
-            lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+            where = next((line for line in reversed(lines) if line.startswith("File ")), "")
             raise ParallelError(
                 f"plan {plan!r} failed on {ndevices} processes: {lines[-1] if lines else exc}"
+                + (f" ({where})" if where else "")
             ) from None
         got = torch.load(out)
+    return _compare(spec, plan, ndevices, train, dtype, got, ref, atol)
 
-    def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
-        return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
 
-    out_err = max_err(got["logits"], ref["logits"])
+def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+
+
+def _compare(
+    spec: str,
+    plan: str,
+    n: int,
+    train: bool,
+    dtype: torch.dtype,
+    got: dict[str, Any],
+    ref: dict[str, Any],
+    atol: float,
+) -> Verification:
+    out_err = _max_err(got["logits"], ref["logits"])
+    rel_err = out_err / max(float(ref["logits"].abs().max()), 1e-30)
     loss_err = grad_err = second_err = 0.0
     if train:
-        loss_err = max_err(got["loss"], ref["loss"])
-        missing = set(ref["grads"]) ^ set(got["grads"])
-        if missing:
-            raise ParallelError(f"parameters without a gradient on one side: {sorted(missing)[:3]}")
-        grad_err = max(max_err(got["grads"][k], ref["grads"][k]) for k in ref["grads"])
-        second_err = max_err(got["second_loss"], ref["second_loss"])
+        loss_err = _max_err(got["loss"], ref["loss"])
+        unknown = set(got["grads"]) - set(ref["grads"])
+        covered = {ref["weight_of"][k] for k in got["grads"] if k in ref["weight_of"]}
+        uncovered = {k for k in ref["grads"] if ref["weight_of"][k] not in covered}
+        if unknown or uncovered:
+            raise ParallelError(
+                f"parameters without a gradient on one side: {sorted(unknown | uncovered)[:3]}"
+            )
+        grad_err = max(_max_err(got["grads"][k], ref["grads"][k]) for k in got["grads"])
+        second_err = _max_err(got["second_loss"], ref["second_loss"])
     return Verification(
         spec,
         plan,
-        ndevices,
+        n,
         train,
+        str(dtype).removeprefix("torch."),
         out_err,
+        rel_err,
         loss_err,
         grad_err,
         second_err,

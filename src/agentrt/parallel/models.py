@@ -85,6 +85,10 @@ def _logits(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
+def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") / labels.numel()
+
+
 class Logits(nn.Module):
     """``input_ids -> logits`` for any causal LM (transformers or a module returning logits)."""
 
@@ -113,6 +117,16 @@ class NextTokenLoss(nn.Module):
             F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")
             / labels.numel()
         )
+
+
+class LossAndLogits(NextTokenLoss):
+    """``(input_ids, labels) -> (loss, logits)``: one capture checks both the step and the forward."""
+
+    def forward(
+        self, input_ids: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        logits = _logits(self.model, input_ids)
+        return _loss(logits, labels), logits
 
 
 BUILTIN = {"tiny-llama": tiny_llama, "tiny-gpt": tiny_gpt}

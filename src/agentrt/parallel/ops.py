@@ -6,12 +6,21 @@ fixed-rank operators or a function of the traced call for shape-dependent ones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from agentrt.parallel.anno import Anno, Annotator, Labeler, Labels, OpView, parse, shape_localizer
+from agentrt.parallel.anno import (
+    Anno,
+    Annotator,
+    Labeler,
+    Labels,
+    OpView,
+    Split,
+    parse,
+    shape_localizer,
+)
 
 aten = torch.ops.aten
 _REGISTRY: dict[Any, Annotator] = {}
@@ -130,9 +139,36 @@ def _matmul(view: OpView) -> Anno:
 
 
 def _embedding(view: OpView) -> Anno:
+    """Rows of the table (``V``) split Megatron's way: each device looks up its rows, the sum is whole."""
     ids = view.in_shapes[1]
     batch = tuple(_dims("d", len(ids)))
-    return Anno((("V", "E"), batch), ((*batch, "E"),), frozen=frozenset({"V"}))
+    return Anno(
+        (("V", "E"), batch), ((*batch, "E"),), reduce=frozenset({"V"}), kernel=_vocab_embedding
+    )
+
+
+def _vocab_embedding(split: Split) -> Callable[..., torch.Tensor]:
+    if split.label != "V":
+        return aten.embedding.default
+
+    def lookup(
+        weight: torch.Tensor,
+        ids: torch.Tensor,
+        padding_idx: int = -1,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+    ) -> torch.Tensor:
+        rows = weight.shape[0]
+        start = split.index * rows
+        local = ids - start
+        outside = (local < 0) | (local >= rows)
+        pad = padding_idx - start if 0 <= padding_idx - start < rows else -1
+        out = aten.embedding.default(
+            weight, local.masked_fill(outside, 0), pad, scale_grad_by_freq, sparse
+        )
+        return out.masked_fill(outside.unsqueeze(-1), 0.0)
+
+    return lookup
 
 
 def _sdpa(view: OpView) -> Anno:

@@ -74,12 +74,17 @@ def _is_weight_linear(op: Op) -> bool:
 def tensor_parallel(graph: Graph, ndevices: int) -> Plan:
     """Megatron: a linear reading a whole activation is split by columns, one reading columns by rows.
 
+    Embedding tables are split by vocabulary rows (each device looks up the
+    ids it holds; the partial sums are all-reduced).
+
     Attention heads and the MLP's hidden units then stay split between the
     two; the row-split linear's partial output is all-reduced before the
     residual add, which is Megatron's one all-reduce per block and direction.
     """
 
     def choose(op: Op, reads: list[Placement]) -> str | None:
+        if op.target is torch.ops.aten.embedding.default and op.inputs[0].kind == "param":
+            return "V"  # vocabulary-parallel embedding: a partial sum, all-reduced once
         if not _is_weight_linear(op):
             return None
         x = reads[0]

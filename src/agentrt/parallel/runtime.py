@@ -18,6 +18,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
 from torch.fx.node import map_arg
 
+from agentrt.parallel.anno import Split
 from agentrt.parallel.comm import Adapter, Program, Step
 
 
@@ -64,11 +65,17 @@ class _Move(torch.autograd.Function):
         return _run_steps(grad, adapter.backward, ctx.mesh, adapter.tensor.shape), None, None
 
 
-def local_piece(full: torch.Tensor, placement: Placement, rank: int, n: int) -> torch.Tensor:
-    """This rank's piece of a full tensor in ``placement`` (a partial sum never stores state)."""
+def local_piece(
+    full: torch.Tensor, placement: Placement, rank: int, n: int, *, copy: bool = True
+) -> torch.Tensor:
+    """This rank's piece of a full tensor in ``placement`` (a partial sum never stores state).
+
+    ``copy=False`` lets a replicated piece share the full tensor's memory (a
+    worker that owns the captured program has no one else to protect).
+    """
     if isinstance(placement, Shard):
         return full.chunk(n, dim=placement.dim)[rank].clone()
-    return full.clone()
+    return full.clone() if copy else full.detach()
 
 
 def _bind(node: torch.fx.Node, local: dict[str, list[torch.Tensor]], alias: dict[str, str]) -> Any:
@@ -80,7 +87,9 @@ def _bind(node: torch.fx.Node, local: dict[str, list[torch.Tensor]], alias: dict
 class Runner:
     """One rank's executor of a :class:`~agentrt.parallel.comm.Program`."""
 
-    def __init__(self, program: Program, mesh: DeviceMesh, *, train: bool = False) -> None:
+    def __init__(
+        self, program: Program, mesh: DeviceMesh, *, train: bool = False, copy: bool = True
+    ) -> None:
         self.program = program
         self.mesh = mesh
         self.rank = mesh.get_local_rank()
@@ -88,8 +97,9 @@ class Runner:
         graph = program.plan.graph
         self.state: dict[str, torch.Tensor] = {}
         for name, value in graph.state.items():
-            piece = local_piece(value, program.storage[name], self.rank, self.n)
-            if train and graph.tensors[name].kind == "param" and piece.is_floating_point():
+            piece = local_piece(value, program.storage[name], self.rank, self.n, copy=copy)
+            trainable = graph.tensors[name].kind == "param" and name in graph.consumers
+            if train and trainable and piece.is_floating_point():
                 piece.requires_grad_(True)
             self.state[name] = piece
 
@@ -123,11 +133,14 @@ class Runner:
                 local.setdefault(t.name, []).append(cache[adapter.key])
             args, kwargs = _bind(op.node, local, graph.alias)
             split = self.program.plan.transform_of(op)
+            kernel = op.target
             if split is not None:
-                split = type(split)(split.label, split.n, self.rank)
+                split = Split(split.label, split.n, self.rank)
                 if op.anno.localize is not None:
                     args, kwargs = op.anno.localize(tuple(args), dict(kwargs), op.anno, split)
-            result = op.target(*args, **kwargs)
+                if op.anno.kernel is not None:
+                    kernel = op.anno.kernel(split)
+            result = kernel(*args, **kwargs)
             if len(op.outputs) == 1 and not isinstance(result, (list, tuple)):
                 env[op.outputs[0].name] = result
             else:
@@ -135,8 +148,12 @@ class Runner:
                     env[t.name] = value
         return [self._adapt(env[a.tensor.name], a) for a in self.program.outputs]
 
-    def full_grads(self) -> dict[str, torch.Tensor]:
-        """Every parameter's gradient, made whole on every rank (for checking against one device)."""
+    def full_grads(self, *, keep: bool = True) -> dict[str, torch.Tensor]:
+        """Every parameter's gradient, made whole (for checking against one device).
+
+        Every rank must call it (the gathers are collective); ranks that pass
+        ``keep=False`` drop each whole gradient at once and return nothing.
+        """
         graph = self.program.plan.graph
         grads = {}
         for name, piece in self.state.items():
@@ -153,7 +170,9 @@ class Runner:
                 shape=torch.Size(shape),
                 stride=_contiguous_stride(shape),
             )
-            grads[graph.fqn[name]] = full.redistribute(self.mesh, [Replicate()]).to_local()
+            whole = full.redistribute(self.mesh, [Replicate()]).to_local()
+            if keep:
+                grads[graph.fqn[name]] = whole
         return grads
 
 

@@ -23,3 +23,14 @@ def gpt_logits_graph() -> Any:
     from agentrt.parallel.models import Logits, tiny_gpt
 
     return capture(Logits(tiny_gpt()), (torch.randint(0, 256, (4, 8)),))
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder() -> Any:
+    """SmolLM2-135M as a transformers folder (the engine's cached GGUF conversion); skips without it."""
+    from agentrt.engine.loader import ModelLoadError, default_gguf_path, gguf_to_hf_folder
+
+    try:
+        return gguf_to_hf_folder(default_gguf_path())
+    except ModelLoadError as e:
+        pytest.skip(str(e))

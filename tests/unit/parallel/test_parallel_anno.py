@@ -104,3 +104,13 @@ def test_register_op_overrides_and_extends() -> None:
     assert annotator_for(op) is None
     register_op(op, "a b -> a b")
     assert annotator_for(op)(view(op, [], [(2, 3)], [(2, 3)])).inputs == (("a", "b"),)
+
+
+def test_vocabulary_split_embedding_pieces_sum_to_the_lookup() -> None:
+    target = aten.embedding.default
+    anno = annotator_for(target)(view(target, [], [(10, 4), (2, 3)], [(2, 3, 4)]))
+    assert anno.reduce == {"V"}
+    weight = torch.randn(10, 4)
+    ids = torch.tensor([[0, 4, 9], [5, 5, 2]])
+    parts = [anno.kernel(Split("V", 2, i))(weight.chunk(2)[i], ids, 5) for i in range(2)]
+    torch.testing.assert_close(parts[0] + parts[1], torch.nn.functional.embedding(ids, weight))

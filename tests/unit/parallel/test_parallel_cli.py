@@ -47,6 +47,14 @@ def test_bad_requests_are_one_line_errors(
     assert message in err and "Traceback" not in err
 
 
+def test_a_folder_without_a_model_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", "--model", str(tmp_path), "--devices", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot load a causal LM from {tmp_path}" in err and "Traceback" not in err
+
+
 def test_one_plan_failing_is_reported_beside_the_others(capsys: pytest.CaptureFixture[str]) -> None:
     # batch 6 divides over 3 devices, tiny-gpt's 64-wide layers do not
     assert main(["plan", "--model", "tiny-gpt", "--devices", "3", "--batch", "6"]) == 0
@@ -59,4 +67,4 @@ def test_plan_verify_runs_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
     assert (
         main(["plan", "--model", "tiny-llama", "--devices", "2", "--plan", "tp", "--verify"]) == 0
     )
-    assert "verify: OK" in capsys.readouterr().out
+    assert "verify (float32): OK" in capsys.readouterr().out

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import torch
 
 from agentrt.parallel import PlanError
 from agentrt.parallel.launch import verify
@@ -28,3 +31,39 @@ def test_plan_on_four_processes_matches_one_device(plan: str) -> None:
     # tensor parallel over 4 splits the 4 query heads but must gather the 2 key/value heads
     result = verify("tiny-llama", plan, 4, train=True)
     assert result.ok, result.as_dict()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("plan", "ndevices"), [("tp", 3), ("dp", 2)])
+def test_smollm2_training_step_matches_one_device(
+    smollm2_folder: Any, plan: str, ndevices: int
+) -> None:
+    # float64: 30 layers of float32 differ by up to ~1e-3 on the logits from GEMM shapes alone
+    # (batch 1 against batch 2 under data parallelism), which would hide a real plan error.
+    # Over 3 devices Megatron splits SmolLM2 cleanly: 9 heads, 3 key/value heads, 1536 MLP units.
+    result = verify(str(smollm2_folder), plan, ndevices, train=True, batch=2, dtype=torch.float64)
+    assert result.ok, result.as_dict()
+    assert result.max_output_error < 1e-9 and result.max_grad_error < 1e-9
+
+
+def test_the_comparison_flags_a_gradient_or_a_missing_weight() -> None:
+    from agentrt.parallel.errors import ParallelError
+    from agentrt.parallel.launch import _compare
+
+    logits = torch.ones(2, 3)
+    ref = {
+        "logits": logits,
+        "loss": torch.tensor(1.0),
+        "second_loss": torch.tensor(0.5),
+        "grads": {"w": torch.zeros(2), "tied": torch.zeros(2)},
+        "weight_of": {"w": 1, "tied": 1},  # two names, one weight
+        "seconds": 0.0,
+    }
+    got = {**ref, "grads": {"w": torch.tensor([0.0, 2e-4])}}
+    result = _compare("m", "dp", 2, True, torch.float32, got, ref, 1e-4)
+    assert not result.ok and result.max_grad_error == pytest.approx(2e-4)
+    assert _compare(
+        "m", "dp", 2, True, torch.float32, {**ref, "grads": {"w": torch.zeros(2)}}, ref, 1e-4
+    ).ok
+    with pytest.raises(ParallelError, match="without a gradient"):
+        _compare("m", "dp", 2, True, torch.float32, {**ref, "grads": {}}, ref, 1e-4)

@@ -141,8 +141,11 @@ def test_tensor_parallel_is_megatron_column_then_row(llama_loss_graph: Any) -> N
     assert all(
         program.plan.transform_of(op) is not None for op in sdpa
     )  # heads stay split through attention
-    # two all-reduces per layer forward (after attention and after the MLP), one gather of the logits
-    assert program.collectives() == {"all-reduce": 4, "all-gather": 1}
+    embedding = next(op for op in g.ops if op.target is aten.embedding.default)
+    assert program.plan.transform_of(embedding).label == "V"  # vocabulary-parallel
+    # one all-reduce after the embedding, two per layer (after attention and after the MLP),
+    # one gather of the logits
+    assert program.collectives() == {"all-reduce": 5, "all-gather": 1}
     assert program.param_bytes() < lower(data_parallel(g, 2)).param_bytes()
 
 
