@@ -17,7 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("agentrt.bench.cli", "run a benchmark (prints a table, writes JSON)"),
     "sim": ("agentrt.sim.cli", "simulate scheduling policies at cluster scale; `sim fit` fits a profile"),
     "plan": (
-        "agentrt.parallel.cli",
+        "agentrt.parallelism.cli",
         "build parallel plans (data, tensor) for a model over N devices; --verify runs them",
     ),
 }

@@ -22,12 +22,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from agentrt.parallel.comm import lower
-from agentrt.parallel.errors import ParallelError
-from agentrt.parallel.graph import Graph, capture, from_program
-from agentrt.parallel.models import BUILTIN, Logits, LossAndLogits
-from agentrt.parallel.plans import PLANS
-from agentrt.parallel.runtime import Runner, init_mesh
+from agentrt.parallelism.comm import lower
+from agentrt.parallelism.errors import ParallelError
+from agentrt.parallelism.graph import Graph, capture, from_program
+from agentrt.parallelism.models import BUILTIN, Logits, LossAndLogits
+from agentrt.parallelism.plans import PLANS
+from agentrt.parallelism.runtime import Runner, init_mesh
 
 
 def load_model(spec: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:

@@ -10,17 +10,17 @@ import torch
 
 @pytest.fixture(scope="session")
 def llama_loss_graph() -> Any:
-    from agentrt.parallel import capture
-    from agentrt.parallel.launch import example_inputs
-    from agentrt.parallel.models import NextTokenLoss, tiny_llama
+    from agentrt.parallelism import capture
+    from agentrt.parallelism.launch import example_inputs
+    from agentrt.parallelism.models import NextTokenLoss, tiny_llama
 
     return capture(NextTokenLoss(tiny_llama()), example_inputs(256, 4, 8, 0))
 
 
 @pytest.fixture(scope="session")
 def gpt_logits_graph() -> Any:
-    from agentrt.parallel import capture
-    from agentrt.parallel.models import Logits, tiny_gpt
+    from agentrt.parallelism import capture
+    from agentrt.parallelism.models import Logits, tiny_gpt
 
     return capture(Logits(tiny_gpt()), (torch.randint(0, 256, (4, 8)),))
 

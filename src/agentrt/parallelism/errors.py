@@ -1,4 +1,4 @@
-"""Errors a user of ``agentrt.parallel`` can see: each names the operator, dimension or limit at fault."""
+"""Errors a user of ``agentrt.parallelism`` can see: each names the operator, dimension or limit at fault."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from agentrt.parallel.anno import (
+from agentrt.parallelism.anno import (
     Anno,
     Annotator,
     Labeler,

@@ -18,8 +18,8 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
 from torch.fx.node import map_arg
 
-from agentrt.parallel.anno import Split
-from agentrt.parallel.comm import Adapter, Program, Step
+from agentrt.parallelism.anno import Split
+from agentrt.parallelism.comm import Adapter, Program, Step
 
 
 def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -85,7 +85,7 @@ def _bind(node: torch.fx.Node, local: dict[str, list[torch.Tensor]], alias: dict
 
 
 class Runner:
-    """One rank's executor of a :class:`~agentrt.parallel.comm.Program`."""
+    """One rank's executor of a :class:`~agentrt.parallelism.comm.Program`."""
 
     def __init__(
         self, program: Program, mesh: DeviceMesh, *, train: bool = False, copy: bool = True

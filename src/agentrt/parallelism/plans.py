@@ -12,10 +12,10 @@ from collections.abc import Callable
 import torch
 from torch.distributed.tensor import Partial, Placement, Replicate, Shard
 
-from agentrt.parallel.comm import output_layout
-from agentrt.parallel.errors import PlanError
-from agentrt.parallel.graph import Graph, Op
-from agentrt.parallel.plan import Plan
+from agentrt.parallelism.comm import output_layout
+from agentrt.parallelism.errors import PlanError
+from agentrt.parallelism.graph import Graph, Op
+from agentrt.parallelism.plan import Plan
 
 Chooser = Callable[[Op, list[Placement]], str | None]
 

@@ -1,4 +1,4 @@
-"""``agentrt.parallel``: SuperScaler-style parallel plans in three phases.
+"""``agentrt.parallelism``: SuperScaler-style parallel plans in three phases.
 
 1. transform operators (:meth:`Plan.partition`, :meth:`Plan.replicate`) along
    the dimensions their annotations allow;
@@ -9,14 +9,14 @@
 See ``README.md`` in this folder for a worked example and what is torch's.
 """
 
-from agentrt.parallel.anno import Anno, OpView, Split, parse
-from agentrt.parallel.comm import CostModel, Program, cheapest_path, lower
-from agentrt.parallel.errors import CaptureError, ParallelError, PlanError, ScheduleError
-from agentrt.parallel.graph import Graph, Op, capture
-from agentrt.parallel.ops import register_op
-from agentrt.parallel.plan import Plan, SubOp
-from agentrt.parallel.plans import PLANS, data_parallel, follow, tensor_parallel
-from agentrt.parallel.tensor import PTensor, VTensor, covers, vtensors
+from agentrt.parallelism.anno import Anno, OpView, Split, parse
+from agentrt.parallelism.comm import CostModel, Program, cheapest_path, lower
+from agentrt.parallelism.errors import CaptureError, ParallelError, PlanError, ScheduleError
+from agentrt.parallelism.graph import Graph, Op, capture
+from agentrt.parallelism.ops import register_op
+from agentrt.parallelism.plan import Plan, SubOp
+from agentrt.parallelism.plans import PLANS, data_parallel, follow, tensor_parallel
+from agentrt.parallelism.tensor import PTensor, VTensor, covers, vtensors
 
 __all__ = [
     "PLANS",

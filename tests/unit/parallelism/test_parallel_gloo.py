@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import torch
 
-from agentrt.parallel import PlanError
-from agentrt.parallel.launch import verify
+from agentrt.parallelism import PlanError
+from agentrt.parallelism.launch import verify
 
 
 @pytest.mark.parametrize("plan", ["dp", "tp"])
@@ -47,8 +47,8 @@ def test_smollm2_training_step_matches_one_device(
 
 
 def test_the_comparison_flags_a_gradient_or_a_missing_weight() -> None:
-    from agentrt.parallel.errors import ParallelError
-    from agentrt.parallel.launch import _compare
+    from agentrt.parallelism.errors import ParallelError
+    from agentrt.parallelism.launch import _compare
 
     logits = torch.ones(2, 3)
     ref = {

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agentrt.parallel import parse, register_op
-from agentrt.parallel.anno import OpView, Split
-from agentrt.parallel.ops import annotator_for, reshape_groups
+from agentrt.parallelism import parse, register_op
+from agentrt.parallelism.anno import OpView, Split
+from agentrt.parallelism.ops import annotator_for, reshape_groups
 
 aten = torch.ops.aten
 

@@ -1,6 +1,6 @@
 """Phases 1 and 2: transform operators (partition, replicate), then place and order the sub-operators.
 
-A :class:`Plan` records decisions only; :func:`agentrt.parallel.comm.lower`
+A :class:`Plan` records decisions only; :func:`agentrt.parallelism.comm.lower`
 turns it into a program with the communication filled in (phase 3).
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-from agentrt.parallel.anno import Split
-from agentrt.parallel.errors import PlanError, ScheduleError
-from agentrt.parallel.graph import Graph, Op
+from agentrt.parallelism.anno import Split
+from agentrt.parallelism.errors import PlanError, ScheduleError
+from agentrt.parallelism.graph import Graph, Op
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Plan:
         self._check_free(op)
         if not op.known:
             raise PlanError(
-                f"{op.name}: {op.target} has no annotation, so it can only be replicated; register one with agentrt.parallel.register_op"
+                f"{op.name}: {op.target} has no annotation, so it can only be replicated; register one with agentrt.parallelism.register_op"
             )
         if label in op.anno.frozen:
             raise PlanError(

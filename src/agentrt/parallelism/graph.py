@@ -3,7 +3,7 @@
 transformers 5 dropped torch.fx tracing, and ``torch.export`` (non-strict,
 the training IR: ATen operators before decomposition) captures its models as
 they are. Every call becomes an :class:`Op` whose tensors are
-:class:`~agentrt.parallel.tensor.PTensor` s and whose annotation comes from
+:class:`~agentrt.parallelism.tensor.PTensor` s and whose annotation comes from
 the registry; an operator without one is kept, replicated, and named in a
 warning so a user knows which annotation to register.
 """
@@ -22,10 +22,10 @@ from torch.fx.node import map_arg
 from torch.utils import _pytree as pytree
 
 from agentrt.log import get_logger
-from agentrt.parallel.anno import Anno, OpView
-from agentrt.parallel.errors import CaptureError
-from agentrt.parallel.ops import annotator_for, replicate_only
-from agentrt.parallel.tensor import PTensor
+from agentrt.parallelism.anno import Anno, OpView
+from agentrt.parallelism.errors import CaptureError
+from agentrt.parallelism.ops import annotator_for, replicate_only
+from agentrt.parallelism.tensor import PTensor
 
 _KINDS = {
     InputKind.PARAMETER: "param",
@@ -166,7 +166,7 @@ def from_program(program: ExportedProgram) -> Graph:
         try:
             anno = annotator(view) if annotator is not None else replicate_only(view)
         except (IndexError, KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
-            get_logger("agentrt.parallel").warning(
+            get_logger("agentrt.parallelism").warning(
                 "parallel.annotation_failed", op=node.name, target=str(node.target), error=str(exc)
             )
             anno, known = replicate_only(view), False
@@ -185,10 +185,10 @@ def from_program(program: ExportedProgram) -> Graph:
         for t in op.inputs:
             graph.consumers.setdefault(t.name, []).append(op)
     if unknown:
-        get_logger("agentrt.parallel").warning(
+        get_logger("agentrt.parallelism").warning(
             "parallel.unknown_ops_replicated",
             ops=list(unknown),
-            hint="agentrt.parallel.register_op(target, annotation)",
+            hint="agentrt.parallelism.register_op(target, annotation)",
         )
     return graph
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.distributed.tensor import Partial, Replicate, Shard
 
-from agentrt.parallel import (
+from agentrt.parallelism import (
     CostModel,
     Plan,
     PlanError,
@@ -18,7 +18,7 @@ from agentrt.parallel import (
     lower,
     tensor_parallel,
 )
-from agentrt.parallel.tensor import PTensor
+from agentrt.parallelism.tensor import PTensor
 
 aten = torch.ops.aten
 

@@ -53,12 +53,12 @@ def _fmt_bytes(n: float) -> str:
 def _report(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from agentrt.parallel.comm import lower
-    from agentrt.parallel.errors import ParallelError
-    from agentrt.parallel.graph import capture
-    from agentrt.parallel.launch import example_inputs, load_model, verify, vocab_of
-    from agentrt.parallel.models import Logits, NextTokenLoss
-    from agentrt.parallel.plans import PLANS
+    from agentrt.parallelism.comm import lower
+    from agentrt.parallelism.errors import ParallelError
+    from agentrt.parallelism.graph import capture
+    from agentrt.parallelism.launch import example_inputs, load_model, verify, vocab_of
+    from agentrt.parallelism.models import Logits, NextTokenLoss
+    from agentrt.parallelism.plans import PLANS
 
     if args.devices < 1:
         raise ParallelError(f"--devices must be at least 1, got {args.devices}")
@@ -140,7 +140,7 @@ def _print(report: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agentrt.parallel.errors import ParallelError
+    from agentrt.parallelism.errors import ParallelError
 
     try:
         report = _report(args)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 from torch.distributed.tensor import Partial, Placement, Replicate, Shard
 
-from agentrt.parallel.errors import PlanError
-from agentrt.parallel.graph import Op
-from agentrt.parallel.plan import Plan
-from agentrt.parallel.tensor import PTensor, covers, vtensors
+from agentrt.parallelism.errors import PlanError
+from agentrt.parallelism.graph import Op
+from agentrt.parallelism.plan import Plan
+from agentrt.parallelism.tensor import PTensor, covers, vtensors
 
 
 @dataclass(frozen=True)

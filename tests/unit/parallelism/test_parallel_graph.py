@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.distributed.tensor import Partial, Replicate, Shard
 
-from agentrt.parallel import CaptureError, Plan, PlanError, capture, register_op
-from agentrt.parallel.tensor import PTensor, VTensor, covers, vtensors
+from agentrt.parallelism import CaptureError, Plan, PlanError, capture, register_op
+from agentrt.parallelism.tensor import PTensor, VTensor, covers, vtensors
 
 
 def test_llama_captures_with_every_operator_annotated(llama_loss_graph: Any) -> None:
@@ -60,7 +60,7 @@ def test_registering_an_annotation_makes_the_operator_splittable() -> None:
         assert g.unknown == []
         Plan(g, 2).partition(g.ops[0], "a", 2)
     finally:
-        from agentrt.parallel.ops import _REGISTRY
+        from agentrt.parallelism.ops import _REGISTRY
 
         _REGISTRY.pop(target, None)
 
@@ -90,7 +90,7 @@ def test_vtensors_of_each_layout_rebuild_the_ptensor() -> None:
 def test_reduction_split_leaves_a_partial_and_a_spatial_split_a_shard(
     gpt_logits_graph: Any,
 ) -> None:
-    from agentrt.parallel.comm import output_layout
+    from agentrt.parallelism.comm import output_layout
 
     g = gpt_logits_graph
     linear = next(op for op in g.ops if op.target is torch.ops.aten.linear.default)
