@@ -148,10 +148,13 @@ def test_float32_activations_are_warned_about(
 ) -> None:
     from structlog.testing import capture_logs
 
-    from agentrt.engine import loader
+    from agentrt.engine import loader, model_runner
+    from agentrt.log import get_logger
 
     monkeypatch.setattr(loader, "cpu_has_bf16_instructions", lambda: native_bf16)
     with capture_logs() as logs:
+        # A logger bound before another test reconfigured logging would bypass the capture.
+        monkeypatch.setattr(model_runner, "log", get_logger(model_runner.__name__))
         engine = tiny_engine(quantization="int8")
     assert any(e["event"] == "quantized_float32_activations" for e in logs) == warned
     act = engine.runner.decoder.layers[0].qkv.act_dtype  # type: ignore[union-attr]
