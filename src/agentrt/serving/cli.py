@@ -38,6 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-num-seqs", type=int, help="calls per engine batch")
     parser.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="the embedded engine's dtype (default auto: bfloat16 with native support, else float32)",
+    )
+    parser.add_argument(
+        "--quantization",
+        choices=["none", "int8", "int4"],
+        help="weight-only quantized decode on CPU (default none)",
+    )
+    parser.add_argument(
         "--kv-cache-memory", help="KV pool: bytes (2GiB, 512MB) or a fraction of memory (0.3)"
     )
     parser.add_argument(

@@ -61,7 +61,12 @@ def engine_config(server: ServerConfig, toml_path: str | Path | None = None) -> 
     """The embedded engine's config: ``[engine]`` of the file, then the server's flags."""
     from agentrt.engine import EngineConfig
 
-    overrides: dict[str, Any] = {"model": server.model, "max_num_seqs": server.max_num_seqs}
+    overrides: dict[str, Any] = {
+        "model": server.model,
+        "max_num_seqs": server.max_num_seqs,
+        "dtype": server.dtype,
+        "quantization": server.quantization,
+    }
     if server.kv_cache_memory is not None:
         overrides["kv_cache_memory"] = parse_memory(server.kv_cache_memory)
     config = load_config(EngineConfig, toml_path, "engine", overrides)

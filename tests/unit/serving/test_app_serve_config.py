@@ -124,3 +124,15 @@ def test_a_bad_size_or_a_bad_config_is_refused_with_exit_code_2(tmp_path: Path) 
     assert main(["serve", "--config", str(toml)]) == 2
     toml.write_text("[server]\nno_such_option = 1\n")
     assert main(["serve", "--config", str(toml)]) == 2
+
+
+def test_dtype_and_quantization_flags_win_over_the_engine_table(tmp_path: Path) -> None:
+    toml = tmp_path / "s.toml"
+    toml.write_text('[engine]\ndtype = "bfloat16"\nquantization = "int4"\nmax_num_seqs = 4\n')
+    flags = ("--config", str(toml), "--dtype", "float32", "--quantization", "int8")
+    engine = engine_config(server_config(parse(*flags)), toml)  # type: ignore[arg-type]
+    assert (engine.dtype, engine.quantization, engine.max_num_seqs) == ("float32", "int8", 4)
+    unset = engine_config(server_config(parse("--config", str(toml))), toml)  # type: ignore[arg-type]
+    assert (unset.dtype, unset.quantization) == ("bfloat16", "int4")
+    with pytest.raises(SystemExit):
+        parse("--quantization", "int3")
