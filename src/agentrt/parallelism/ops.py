@@ -220,26 +220,22 @@ def _along_dims(view: OpView, dims: Sequence[int], *, reduce: bool, keepdim: boo
     )
 
 
-def _sum(view: OpView) -> Anno:
+def _reduced_dims(view: OpView) -> list[int]:
+    """The ``dim`` argument of a sum or mean as a list; none or ``[]`` means every dimension."""
     dims = view.arg(1, "dim", None)
-    rank = len(view.in_shapes[0])
-    dims = (
-        list(range(rank))
-        if dims is None or dims == []
-        else ([dims] if isinstance(dims, int) else dims)
-    )
-    return _along_dims(view, dims, reduce=True, keepdim=bool(view.arg(2, "keepdim", False)))
+    if dims is None or dims == []:
+        return list(range(len(view.in_shapes[0])))
+    return [dims] if isinstance(dims, int) else list(dims)
+
+
+def _sum(view: OpView) -> Anno:
+    keepdim = bool(view.arg(2, "keepdim", False))
+    return _along_dims(view, _reduced_dims(view), reduce=True, keepdim=keepdim)
 
 
 def _mean(view: OpView) -> Anno:
-    dims = view.arg(1, "dim", None)
-    rank = len(view.in_shapes[0])
-    dims = (
-        list(range(rank))
-        if dims is None or dims == []
-        else ([dims] if isinstance(dims, int) else dims)
-    )
-    return _along_dims(view, dims, reduce=False, keepdim=bool(view.arg(2, "keepdim", False)))
+    keepdim = bool(view.arg(2, "keepdim", False))
+    return _along_dims(view, _reduced_dims(view), reduce=False, keepdim=keepdim)
 
 
 def _frozen_dims(view: OpView, dims: Sequence[int]) -> Anno:

@@ -25,6 +25,7 @@ response, so there only ``@agentrt.tool`` time is reported.
 
 from __future__ import annotations
 
+import abc
 import importlib
 import inspect
 from collections.abc import Callable, MutableMapping
@@ -242,19 +243,20 @@ def _failure(exc: Exception) -> tuple[Outcome, str]:
     return Outcome.FAILED, repr(exc)[:300]
 
 
-class _HttpServer:
+class _HttpServer(abc.ABC):
     """A server reached by sending lifecycle requests through ``send`` (sync or async)."""
 
     def __init__(self, module: Any, base: str) -> None:
         self.module = module
         self.base = base
 
-    # Subclasses send one request and return its status code.
+    @abc.abstractmethod
     def _send_sync(self, request: Any) -> int:
-        raise NotImplementedError
+        """Send one request; its status code."""
 
+    @abc.abstractmethod
     async def _send_async(self, request: Any) -> int:
-        raise NotImplementedError
+        """Send one request; its status code."""
 
     def is_closed(self) -> bool:
         return False

@@ -9,6 +9,8 @@ from tests.conftest import make_tiny_llama, make_tiny_loaded
 
 from agentrt.engine.config import EngineConfig
 from agentrt.engine.llm_engine import LLMEngine
+from agentrt.engine.sequence import Sequence
+from agentrt.protocol.engine import SamplingParams
 from agentrt.scheduling import SchedulerConfig
 
 
@@ -50,3 +52,18 @@ def assert_block_pool_clean(engine: LLMEngine) -> None:
     assert all(count == 0 for count in bm.ref_counts)
     assert engine.swap_pool.num_free_blocks == engine.swap_pool.num_blocks
     assert not engine.seqs and not engine.requests
+
+
+def seq(name: str, tokens: list[int]) -> Sequence:
+    """A prompt-only sequence for driving the model runner directly."""
+    return Sequence(
+        seq_id=name,
+        request_id=name,
+        index=0,
+        token_ids=tokens,
+        num_prompt_tokens=len(tokens),
+        sampling=SamplingParams(),
+        max_tokens=4,
+        arrival=0.0,
+        call=None,
+    )

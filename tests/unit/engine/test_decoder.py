@@ -7,14 +7,12 @@ from typing import Any
 import pytest
 import torch
 from tests.conftest import make_tiny_llama
-from tests.unit.engine.helpers import random_prompts
+from tests.unit.engine.helpers import random_prompts, seq
 
 from agentrt.engine.block_manager import BlockManager
 from agentrt.engine.config import EngineConfig
 from agentrt.engine.decoder import LeanDecoder, unsupported_reason
 from agentrt.engine.model_runner import ModelRunner, ScheduledSeq
-from agentrt.engine.sequence import Sequence
-from agentrt.protocol.engine import SamplingParams
 
 SMALL = {
     "vocab_size": 256,
@@ -52,20 +50,6 @@ def llama3_scaled_rope() -> Any:
     }
     torch.manual_seed(4)
     return LlamaForCausalLM(LlamaConfig(**SMALL, rope_parameters=rope)).eval()
-
-
-def seq(name: str, tokens: list[int]) -> Sequence:
-    return Sequence(
-        seq_id=name,
-        request_id=name,
-        index=0,
-        token_ids=tokens,
-        num_prompt_tokens=len(tokens),
-        sampling=SamplingParams(),
-        max_tokens=4,
-        arrival=0.0,
-        call=None,
-    )
 
 
 def reference_logits(model: Any, tokens: list[int]) -> torch.Tensor:

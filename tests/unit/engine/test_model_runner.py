@@ -5,29 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from tests.conftest import make_tiny_llama
-from tests.unit.engine.helpers import random_prompts
+from tests.unit.engine.helpers import random_prompts, seq
 
 from agentrt.engine.attention import ATTENTION_NAME
 from agentrt.engine.block_manager import BlockManager
 from agentrt.engine.config import EngineConfig
 from agentrt.engine.kv_cache import PagedKVCache
 from agentrt.engine.model_runner import ModelRunner, ModelShape, ScheduledSeq, kv_pool_blocks
-from agentrt.engine.sequence import Sequence
-from agentrt.protocol.engine import SamplingParams
-
-
-def seq(name: str, tokens: list[int]) -> Sequence:
-    return Sequence(
-        seq_id=name,
-        request_id=name,
-        index=0,
-        token_ids=tokens,
-        num_prompt_tokens=len(tokens),
-        sampling=SamplingParams(),
-        max_tokens=4,
-        arrival=0.0,
-        call=None,
-    )
 
 
 def last_logits(model: torch.nn.Module, tokens: list[int]) -> torch.Tensor:
