@@ -128,11 +128,12 @@ async def test_a_client_cancelled_as_its_response_starts_frees_its_server_slot(
     """The app's loop has handed the response over, but the client is cancelled before it sees it."""
     app, engine = plas_app
     runner = AppRunner.for_app(app)
-    called, returned = threading.Event(), threading.Event()
+    called, proceed, returned = threading.Event(), threading.Event(), threading.Event()
     open_exchange = runner.open
 
     async def open_and_signal(*args: Any) -> Any:
         called.set()
+        proceed.wait(10)  # hold the app's loop until the test's loop is about to block
         try:
             return await open_exchange(*args)
         finally:
@@ -151,6 +152,7 @@ async def test_a_client_cancelled_as_its_response_starts_frees_its_server_slot(
         )
     )
     await eventually(called.is_set)
+    proceed.set()
     assert returned.wait(10)  # blocks this loop: the client cannot take the response in time
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
