@@ -419,9 +419,8 @@ class LLMEngine:
         batch: list[ScheduledSeq] = []
         seqs = [self.seqs[c.call_id] for c in decision.batch]
         for seq in seqs:  # acquire every prefix hit before any allocation can evict one
-            chunk, hits = admission.plan[seq.seq_id]
             if seq.status is SeqStatus.WAITING:
-                self.block_manager.acquire_prefix(seq, hits)
+                self.block_manager.acquire_prefix(seq, admission.plan[seq.seq_id][1])
         for seq in seqs:
             chunk, _ = admission.plan[seq.seq_id]
             self._prepare_to_run(seq, chunk, now)

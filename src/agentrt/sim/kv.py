@@ -125,7 +125,3 @@ class KvCache:
         while self.used > self.capacity and lru:
             key = next(iter(lru))
             self.evicted_blocks += self.blocks(self.drop(key))
-
-    def held_blocks(self, key: str, tokens: int) -> int:
-        """Blocks the key takes if someone needs ``tokens`` of it (at least what is resident)."""
-        return self.blocks(max(tokens, self.resident.get(key, 0)))
