@@ -17,6 +17,9 @@ Pure Python, no I/O, deterministic. Public API:
   known about each program (service, wait, engine affinity, call records);
 - :class:`Balancer` (``round_robin | least_used | locality``) and
   :class:`NoEngineAvailable`;
+- :class:`RetentionPolicy` / :class:`RetentionConfig` (:mod:`agentrt.scheduling.retention`):
+  which cached KV a pool keeps across a program's tool calls (TTL pins learned
+  from interrupt durations, eviction by expected reuse), for engine and simulator;
 - the policies themselves (:mod:`agentrt.scheduling.policies`), the two
   completion rules :func:`plas_service` / :func:`atlas_service`, and
   :func:`queue_level` (program priority -> queue level, e.g. to map onto a
@@ -62,6 +65,17 @@ from agentrt.scheduling.policies import (
     queue_level,
 )
 from agentrt.scheduling.process_table import CallRecord, ProcessTable, ProgramEntry
+from agentrt.scheduling.retention import (
+    RETENTION_MODES,
+    InterruptPredictor,
+    Pressure,
+    RetentionConfig,
+    RetentionCounters,
+    RetentionMode,
+    RetentionPolicy,
+    choose_ttl,
+    policy_priority,
+)
 from agentrt.scheduling.scheduler import (
     Admission,
     Decision,
@@ -72,6 +86,7 @@ from agentrt.scheduling.scheduler import (
 
 __all__ = [
     "POLICIES",
+    "RETENTION_MODES",
     "Admission",
     "Balancer",
     "BalancerConfig",
@@ -79,18 +94,26 @@ __all__ = [
     "Call",
     "CallRecord",
     "Decision",
+    "InterruptPredictor",
     "NoEngineAvailable",
     "Policy",
     "PolicyName",
+    "Pressure",
     "ProcessTable",
     "ProgramEntry",
+    "RetentionConfig",
+    "RetentionCounters",
+    "RetentionMode",
+    "RetentionPolicy",
     "Scheduler",
     "SchedulerConfig",
     "SchedulerCounters",
     "ServiceUnit",
     "atlas_service",
+    "choose_ttl",
     "make_policy",
     "make_scheduler",
     "plas_service",
+    "policy_priority",
     "queue_level",
 ]
