@@ -33,8 +33,8 @@ from agentrt.protocol.engine import (
     TokenEvent,
 )
 from agentrt.protocol.headers import PROGRAM, HeaderError, format_headers, parse_headers
-from agentrt.serving.backends.errors import EngineLost, ErrorInfo, engine_error
-from agentrt.serving.backends.openai_wire import (
+from agentrt.serving.router.backends.errors import EngineLost, ErrorInfo, engine_error
+from agentrt.serving.router.backends.openai_wire import (
     ChunkDecoder,
     PriorityOrder,
     RemoteStreamError,

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from agentrt.serving.errors import overloaded
+from agentrt.serving.http.errors import overloaded
 
 
 class RequestLimiter:

@@ -32,7 +32,7 @@ import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentrt.config import ConfigError
-from agentrt.serving.errors import error_response, unauthorized
+from agentrt.serving.http.errors import error_response, unauthorized
 
 DEFAULT_TENANT = "default"
 OPEN_PATHS = frozenset({"/health"})

@@ -8,7 +8,7 @@ actor that dies (node lost, ``ray.kill``, OOM) fails its in-flight calls
 with :class:`EngineUnavailable` and is replaced with a fresh actor.
 
 Messages cross Ray as msgpack bytes of the worker-process structs
-(:mod:`~agentrt.serving.backends.wire`), so an engine error keeps its type.
+(:mod:`~agentrt.serving.router.backends.wire`), so an engine error keeps its type.
 Needs the ``ray`` extra and the asyncio event loop (Ray's).
 """
 
@@ -34,9 +34,9 @@ from agentrt.protocol.engine import (
     ProgramTag,
     TokenEvent,
 )
-from agentrt.serving.backends.errors import EngineLost, engine_error, error_info
-from agentrt.serving.backends.hosting import EngineSpec, hosted_engine
-from agentrt.serving.backends.wire import Event, Failed
+from agentrt.serving.router.backends.errors import EngineLost, engine_error, error_info
+from agentrt.serving.router.backends.hosting import EngineSpec, hosted_engine
+from agentrt.serving.router.backends.wire import Event, Failed
 
 log = get_logger("agentrt.serving.ray")
 _encode = msgspec.msgpack.encode

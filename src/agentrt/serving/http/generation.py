@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from agentrt.log import get_logger
 from agentrt.protocol.engine import EngineClient, EngineError
 from agentrt.protocol.openai import PromptTokensDetails, UsageInfo, encoder
-from agentrt.serving.calls import CallTracker
-from agentrt.serving.errors import APIError, from_engine_error, internal_error
-from agentrt.serving.exchange import Channel, ClientGone
-from agentrt.serving.programs import ProgramDirectory
+from agentrt.serving.http.calls import CallTracker
+from agentrt.serving.http.errors import APIError, from_engine_error, internal_error
+from agentrt.serving.http.exchange import Channel, ClientGone
+from agentrt.serving.http.programs import ProgramDirectory
 
 log = get_logger("agentrt.serving")
 

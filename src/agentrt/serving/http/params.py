@@ -25,7 +25,7 @@ from agentrt.protocol.openai import (
     chat_message_dict,
 )
 from agentrt.serving.config import ServerConfig
-from agentrt.serving.errors import APIError, bad_request
+from agentrt.serving.http.errors import APIError, bad_request
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 

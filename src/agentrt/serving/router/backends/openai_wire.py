@@ -25,7 +25,7 @@ from agentrt.protocol.engine import (
     TopLogprob,
     Usage,
 )
-from agentrt.serving.backends.errors import ErrorInfo
+from agentrt.serving.router.backends.errors import ErrorInfo
 
 # Sampling fields beyond OpenAI's that vLLM and SGLang accept; sent only when not at their default.
 _EXTRAS = ("top_k", "min_p", "repetition_penalty", "ignore_eos", "stop_token_ids")

@@ -18,9 +18,9 @@ from agentrt.protocol.openai import (
     CompletionLogprobs,
     encoder,
 )
-from agentrt.serving.calls import CallTracker, run_call
-from agentrt.serving.exchange import Channel
-from agentrt.serving.generation import Generation, usage_info
+from agentrt.serving.http.calls import CallTracker, run_call
+from agentrt.serving.http.exchange import Channel
+from agentrt.serving.http.generation import Generation, usage_info
 
 
 def completion_logprobs(

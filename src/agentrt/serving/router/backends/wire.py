@@ -24,8 +24,8 @@ from agentrt.protocol.engine import (
     ProgramTag,
     TokenEvent,
 )
-from agentrt.serving.backends.errors import ErrorInfo
-from agentrt.serving.backends.hosting import EngineSpec
+from agentrt.serving.router.backends.errors import ErrorInfo
+from agentrt.serving.router.backends.hosting import EngineSpec
 
 MAX_FRAME = 64 * 1024 * 1024  # a request with a huge prompt still fits; garbage does not
 _HEADER = struct.Struct(">I")

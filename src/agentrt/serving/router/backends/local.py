@@ -21,8 +21,8 @@ from agentrt.protocol.engine import (
     ProgramTag,
     TokenEvent,
 )
-from agentrt.serving.backends.errors import EngineLost
-from agentrt.serving.backends.hosting import running
+from agentrt.serving.router.backends.errors import EngineLost
+from agentrt.serving.router.backends.hosting import running
 
 
 class LocalBackend:

@@ -23,8 +23,8 @@ from agentrt.protocol.programs import (
     ProgramStart,
 )
 from agentrt.scheduling.process_table import ProcessTable, ProgramEntry
-from agentrt.serving.auth import scoped_id, unscoped_id
-from agentrt.serving.metrics import ServerMetrics
+from agentrt.serving.http.auth import scoped_id, unscoped_id
+from agentrt.serving.http.metrics import ServerMetrics
 
 
 @dataclass

@@ -56,8 +56,8 @@ from agentrt.scheduling import (
     SchedulerConfig,
     make_policy,
 )
-from agentrt.serving.backends import Backend
-from agentrt.serving.backends.errors import EngineLost
+from agentrt.serving.router.backends import Backend
+from agentrt.serving.router.backends.errors import EngineLost
 
 log = get_logger("agentrt.serving.router")
 _CLOSE_TIMEOUT = 5.0  # longest wait for an engine to close an abandoned call

@@ -7,7 +7,7 @@ health check:
 - :class:`LocalBackend`: an engine object in this process;
 - :class:`ProcessBackend`: an embedded engine in a worker process (``--replicas N``);
 - :class:`RemoteBackend`: a vLLM / SGLang / agentrt / OpenAI-compatible server (``--backend URL``);
-- ``RayBackend`` (:mod:`agentrt.serving.backends.ray`, needs the ``ray`` extra):
+- ``RayBackend`` (:mod:`agentrt.serving.router.backends.ray`, needs the ``ray`` extra):
   an engine in a Ray actor (``--ray-address``).
 """
 
@@ -18,10 +18,10 @@ from typing import Protocol, runtime_checkable
 from anyio.abc import TaskStatus
 
 from agentrt.protocol.engine import EngineClient
-from agentrt.serving.backends.hosting import EngineSpec
-from agentrt.serving.backends.local import LocalBackend
-from agentrt.serving.backends.process import ProcessBackend
-from agentrt.serving.backends.remote import RemoteBackend, RemoteBackendConfig, parse_backend
+from agentrt.serving.router.backends.hosting import EngineSpec
+from agentrt.serving.router.backends.local import LocalBackend
+from agentrt.serving.router.backends.process import ProcessBackend
+from agentrt.serving.router.backends.remote import RemoteBackend, RemoteBackendConfig, parse_backend
 
 
 @runtime_checkable

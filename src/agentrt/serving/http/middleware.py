@@ -15,8 +15,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentrt.log import get_logger
 from agentrt.protocol.engine import EngineError
-from agentrt.serving.errors import APIError, as_api_error, error_response, internal_error
-from agentrt.serving.metrics import ServerMetrics
+from agentrt.serving.http.errors import APIError, as_api_error, error_response, internal_error
+from agentrt.serving.http.metrics import ServerMetrics
 
 log = get_logger("agentrt.serving")
 

@@ -1,8 +1,8 @@
 """A replica worker process: hosts one engine and serves the router over an inherited socket.
 
-Started by :class:`~agentrt.serving.backends.process.ProcessBackend` as
-``python -m agentrt.serving.backends.worker FD``. The first message names the
-engine to build (:class:`~agentrt.serving.backends.wire.Init`); after
+Started by :class:`~agentrt.serving.router.backends.process.ProcessBackend` as
+``python -m agentrt.serving.router.backends.worker FD``. The first message names the
+engine to build (:class:`~agentrt.serving.router.backends.wire.Init`); after
 ``Ready`` every call runs as its own task and streams its token events back.
 The worker exits when the router says so or its end of the socket closes,
 so a router that dies takes its workers with it; it also exits when its
@@ -20,9 +20,9 @@ from anyio.abc import TaskGroup, UNIXSocketStream
 
 from agentrt.log import get_logger
 from agentrt.protocol.engine import EngineClient, EngineError, GenerationRequest
-from agentrt.serving.backends.errors import error_info
-from agentrt.serving.backends.hosting import hosted_engine
-from agentrt.serving.backends.wire import (
+from agentrt.serving.router.backends.errors import error_info
+from agentrt.serving.router.backends.hosting import hosted_engine
+from agentrt.serving.router.backends.wire import (
     Abort,
     Channel,
     EndProgram,
@@ -166,7 +166,7 @@ async def _main(fd: int) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not args[0].isdigit():
-        sys.stderr.write("usage: python -m agentrt.serving.backends.worker FD\n")
+        sys.stderr.write("usage: python -m agentrt.serving.router.backends.worker FD\n")
         return 2
     failure: str | None = None
     try:

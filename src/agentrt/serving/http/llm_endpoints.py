@@ -14,22 +14,16 @@ from agentrt.log import get_logger
 from agentrt.protocol.engine import EngineError, GenerationRequest
 from agentrt.protocol.headers import CallHeaders
 from agentrt.protocol.openai import chat_request_decoder, completion_request_decoder, encoder
-from agentrt.serving.auth import scoped_id, unscoped_id
-from agentrt.serving.calls import CallTracker
-from agentrt.serving.chat import answer_chat
-from agentrt.serving.completions import answer_completion
-from agentrt.serving.errors import APIError, as_api_error, error_headers, internal_error
-from agentrt.serving.exchange import Channel, Exchange
-from agentrt.serving.generation import Generation
-from agentrt.serving.params import chat_request, check_model, completion_requests
-from agentrt.serving.state import (
-    ServerState,
-    call_headers,
-    decode_body,
-    program_tag,
-    server_state,
-    tenant_of,
-)
+from agentrt.serving.http.auth import scoped_id, unscoped_id
+from agentrt.serving.http.bodies import call_headers, decode_body, program_tag
+from agentrt.serving.http.calls import CallTracker
+from agentrt.serving.http.chat import answer_chat
+from agentrt.serving.http.completions import answer_completion
+from agentrt.serving.http.errors import APIError, as_api_error, error_headers, internal_error
+from agentrt.serving.http.exchange import Channel, Exchange
+from agentrt.serving.http.generation import Generation
+from agentrt.serving.http.params import chat_request, check_model, completion_requests
+from agentrt.serving.http.state import ServerState, server_state, tenant_of
 
 log = get_logger("agentrt.serving")
 

@@ -10,10 +10,17 @@ from agentrt.protocol.engine import EngineError, ProgramTag
 from agentrt.protocol.headers import PROGRAM, HeaderError, parse_headers
 from agentrt.protocol.openai import Model, ModelList
 from agentrt.protocol.programs import program_start_decoder
-from agentrt.serving.auth import scoped_id
-from agentrt.serving.errors import APIError, as_api_error, bad_request, error_response, not_found
-from agentrt.serving.metrics import CONTENT_TYPE
-from agentrt.serving.state import decode_body, json_response, server_state, tenant_of
+from agentrt.serving.http.auth import scoped_id
+from agentrt.serving.http.bodies import decode_body, json_response
+from agentrt.serving.http.errors import (
+    APIError,
+    as_api_error,
+    bad_request,
+    error_response,
+    not_found,
+)
+from agentrt.serving.http.metrics import CONTENT_TYPE
+from agentrt.serving.http.state import server_state, tenant_of
 
 
 async def list_models(request: Request) -> Response:

@@ -20,10 +20,10 @@ from agentrt.protocol.openai import (
     TopLogprobEntry,
     encoder,
 )
-from agentrt.serving.calls import CallTracker, run_call
-from agentrt.serving.exchange import Channel
-from agentrt.serving.generation import Generation, usage_info
-from agentrt.serving.toolcalls import ToolCallStream, parse_tool_calls
+from agentrt.serving.http.calls import CallTracker, run_call
+from agentrt.serving.http.exchange import Channel
+from agentrt.serving.http.generation import Generation, usage_info
+from agentrt.serving.http.toolcalls import ToolCallStream, parse_tool_calls
 
 
 def chat_logprobs(entries: list[TokenLogprob] | None) -> ChatLogprobs | None:

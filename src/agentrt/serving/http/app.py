@@ -22,9 +22,9 @@ from starlette.routing import Route
 
 from agentrt.log import get_logger
 from agentrt.protocol.engine import EngineClient, EngineError
-from agentrt.serving.auth import AuthMiddleware, KeyRing
 from agentrt.serving.config import ServerConfig
-from agentrt.serving.endpoints import (
+from agentrt.serving.http.auth import AuthMiddleware, KeyRing
+from agentrt.serving.http.endpoints import (
     end_program,
     engine_stats,
     get_program,
@@ -34,16 +34,17 @@ from agentrt.serving.endpoints import (
     metrics,
     start_program,
 )
-from agentrt.serving.errors import APIError
-from agentrt.serving.llm_endpoints import chat_completions, completions
-from agentrt.serving.middleware import (
+from agentrt.serving.http.errors import APIError
+from agentrt.serving.http.llm_endpoints import chat_completions, completions
+from agentrt.serving.http.middleware import (
     RequestIdMiddleware,
     api_error,
     engine_error,
     http_error,
     unexpected_error,
 )
-from agentrt.serving.state import NotStarted, ServerState
+from agentrt.serving.http.pending import NotStarted
+from agentrt.serving.http.state import ServerState
 
 log = get_logger("agentrt.serving")
 

@@ -22,7 +22,7 @@ from agentrt.protocol.engine import (
     Usage,
 )
 from agentrt.protocol.openai import AgentrtInfo
-from agentrt.serving.metrics import ServerMetrics
+from agentrt.serving.http.metrics import ServerMetrics
 
 
 class CallTracker:

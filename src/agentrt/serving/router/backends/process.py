@@ -1,8 +1,8 @@
 """Embedded engine replicas in worker processes (``agentrt serve --replicas N``).
 
-Each :class:`ProcessBackend` spawns one worker (``agentrt.serving.backends.worker``)
+Each :class:`ProcessBackend` spawns one worker (``agentrt.serving.router.backends.worker``)
 connected by a socket pair and speaks the msgspec protocol of
-:mod:`~agentrt.serving.backends.wire` over it. Every call gets its own
+:mod:`~agentrt.serving.router.backends.wire` over it. Every call gets its own
 in-memory stream fed by one reader task. A worker that dies (crash, OOM
 kill, SIGKILL) closes its end of the socket: the reader sees it at once,
 every call in flight on it fails with :class:`EngineUnavailable`, and
@@ -36,9 +36,9 @@ from agentrt.protocol.engine import (
     ProgramTag,
     TokenEvent,
 )
-from agentrt.serving.backends.errors import EngineLost, engine_error
-from agentrt.serving.backends.hosting import EngineSpec
-from agentrt.serving.backends.wire import (
+from agentrt.serving.router.backends.errors import EngineLost, engine_error
+from agentrt.serving.router.backends.hosting import EngineSpec
+from agentrt.serving.router.backends.wire import (
     Abort,
     Channel,
     EndProgram,
@@ -102,7 +102,12 @@ class ProcessBackend:
             parent, child = socket.socketpair()
             try:
                 process = await anyio.open_process(
-                    [sys.executable, "-m", "agentrt.serving.backends.worker", str(child.fileno())],
+                    [
+                        sys.executable,
+                        "-m",
+                        "agentrt.serving.router.backends.worker",
+                        str(child.fileno()),
+                    ],
                     pass_fds=[child.fileno()],
                     stdin=subprocess.DEVNULL,
                     stdout=None,
