@@ -228,8 +228,7 @@ class LLMEngine:
         thread_id = program.thread_id if program else ""
         if program is not None and program.attained_service > 0:
             # Service the program received on other engines (a router tells us): count it too.
-            entry = self.scheduler.table.start(program_id, now)
-            entry.service = max(entry.service, program.attained_service)
+            self.scheduler.accounting.credit(program_id, program.attained_service, now)
         seq_ids = (
             [request_id] if sampling.n == 1 else [f"{request_id}#{i}" for i in range(sampling.n)]
         )
