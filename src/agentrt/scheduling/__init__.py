@@ -21,6 +21,9 @@ Pure Python, no I/O, deterministic. Public API:
   program directory;
 - :class:`Balancer` (``round_robin | least_used | locality``; it pins
   programs to engines) and :class:`NoEngineAvailable`;
+- :class:`RetentionPolicy` / :class:`RetentionConfig` (:mod:`agentrt.scheduling.retention`):
+  which cached KV a pool keeps across a program's tool calls (TTL pins learned
+  from interrupt durations, eviction by expected reuse), for engine and simulator;
 - the policies themselves (:mod:`agentrt.scheduling.policies`), the two
   completion rules :func:`plas_service` / :func:`atlas_service`, and
   :func:`queue_level` (program priority -> queue level, e.g. to map onto a
@@ -67,6 +70,17 @@ from agentrt.scheduling.policies import (
     queue_level,
 )
 from agentrt.scheduling.process_table import CallOutcome, CallRecord, ProcessTable, ProgramEntry
+from agentrt.scheduling.retention import (
+    RETENTION_MODES,
+    InterruptPredictor,
+    Pressure,
+    RetentionConfig,
+    RetentionCounters,
+    RetentionMode,
+    RetentionPolicy,
+    choose_ttl,
+    policy_priority,
+)
 from agentrt.scheduling.scheduler import (
     Admission,
     Decision,
@@ -77,6 +91,7 @@ from agentrt.scheduling.scheduler import (
 
 __all__ = [
     "POLICIES",
+    "RETENTION_MODES",
     "Admission",
     "Balancer",
     "BalancerConfig",
@@ -85,19 +100,27 @@ __all__ = [
     "CallOutcome",
     "CallRecord",
     "Decision",
+    "InterruptPredictor",
     "NoEngineAvailable",
     "Policy",
     "PolicyName",
+    "Pressure",
     "ProcessTable",
     "ProgramAccounting",
     "ProgramEntry",
+    "RetentionConfig",
+    "RetentionCounters",
+    "RetentionMode",
+    "RetentionPolicy",
     "Scheduler",
     "SchedulerConfig",
     "SchedulerCounters",
     "ServiceUnit",
     "atlas_service",
+    "choose_ttl",
     "make_policy",
     "make_scheduler",
     "plas_service",
+    "policy_priority",
     "queue_level",
 ]
