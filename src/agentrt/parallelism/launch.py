@@ -10,17 +10,14 @@ the parent reads. The parent computes the single-device reference.
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from agentrt.parallelism.comm import lower
 from agentrt.parallelism.errors import ParallelError
@@ -28,6 +25,7 @@ from agentrt.parallelism.graph import Graph, capture, from_program
 from agentrt.parallelism.models import BUILTIN, Logits, LossAndLogits
 from agentrt.parallelism.plans import PLANS
 from agentrt.parallelism.runtime import Runner, init_mesh
+from agentrt.parallelism.spawn import run_ranks
 
 
 def load_model(spec: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -95,12 +93,6 @@ class Verification:
         return {**asdict(self), "ok": self.ok}
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 _LR = 0.1
 
 
@@ -122,7 +114,6 @@ def _load(path: str) -> Graph:
 def _worker(
     rank: int,
     n: int,
-    port: int,
     plan: str,
     program: str,
     train: bool,
@@ -130,32 +121,21 @@ def _worker(
     out: str,
 ) -> None:
     """One rank: load the captured program (no model code needed), plan, lower and run it."""
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=n,
-        timeout=timedelta(seconds=120),
-    )
-    try:
-        graph = _load(program)
-        runner = Runner(lower(PLANS[plan](graph, n)), init_mesh(n), train=train, copy=False)
-        dist.barrier()
-        outputs, seconds = _timed(lambda: runner.forward(inputs))
-        result: dict[str, Any] = {"logits": outputs[-1], "seconds": seconds}
-        if train:
-            loss = runner.forward(inputs)[0]
-            loss.backward()
-            result["loss"], result["grads"] = loss.detach(), runner.full_grads(keep=rank == 0)
-            with torch.no_grad():
-                for piece in runner.parameters.values():
-                    piece -= _LR * piece.grad
-                result["second_loss"] = runner.forward(inputs)[0]
-        if rank == 0:
-            torch.save(result, out)
-    finally:
-        dist.destroy_process_group()
+    graph = _load(program)
+    runner = Runner(lower(PLANS[plan](graph, n)), init_mesh(n), train=train, copy=False)
+    dist.barrier()
+    outputs, seconds = _timed(lambda: runner.forward(inputs))
+    result: dict[str, Any] = {"logits": outputs[-1], "seconds": seconds}
+    if train:
+        loss = runner.forward(inputs)[0]
+        loss.backward()
+        result["loss"], result["grads"] = loss.detach(), runner.full_grads(keep=rank == 0)
+        with torch.no_grad():
+            for piece in runner.parameters.values():
+                piece -= _LR * piece.grad
+            result["second_loss"] = runner.forward(inputs)[0]
+    if rank == 0:
+        torch.save(result, out)
 
 
 def _reference(model: torch.nn.Module, train: bool, inputs: list[torch.Tensor]) -> dict[str, Any]:
@@ -208,23 +188,12 @@ def verify(
         torch.export.save(graph.program, program)  # before the reference's SGD step changes weights
         ref = _reference(model, train, inputs)
         del model, graph  # the workers load their own copy; the parent keeps only the reference
-        try:
-            mp.start_processes(
-                _worker,
-                args=(ndevices, free_port(), plan, program, train, inputs, out),
-                nprocs=ndevices,
-                join=True,
-                start_method="spawn",
-            )
-        except mp.ProcessExitedException as exc:
-            raise ParallelError(f"plan {plan!r}: a process of {ndevices} exited: {exc}") from None
-        except mp.ProcessRaisedException as exc:
-            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-            where = next((line for line in reversed(lines) if line.startswith("File ")), "")
-            raise ParallelError(
-                f"plan {plan!r} failed on {ndevices} processes: {lines[-1] if lines else exc}"
-                + (f" ({where})" if where else "")
-            ) from None
+        run_ranks(
+            _worker,
+            ndevices,
+            (plan, program, train, inputs, out),
+            what=f"plan {plan!r}",
+        )
         got = torch.load(out)
     return _compare(spec, plan, ndevices, train, dtype, got, ref, atol)
 
