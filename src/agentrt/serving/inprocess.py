@@ -496,12 +496,10 @@ def serve_in_process(engine_or_config: Any = None, *, config: Any = None) -> Any
     and closed at interpreter exit; ``config`` (a ``ServerConfig``) sets the
     server's limits and keys.
     """
-    from contextlib import asynccontextmanager
-
     from agentrt.engine.config import EngineConfig
     from agentrt.protocol.engine import EngineClient
     from agentrt.serving.config import ServerConfig
-    from agentrt.serving.engines import open_engine
+    from agentrt.serving.engines import embedded, open_engine
     from agentrt.serving.http.app import create_app
 
     server = config or (
@@ -511,18 +509,7 @@ def serve_in_process(engine_or_config: Any = None, *, config: Any = None) -> Any
         return create_app(engine_or_config, server)
     if isinstance(engine_or_config, EngineConfig):
         engine_config = engine_or_config
-
-        @asynccontextmanager
-        async def embedded() -> AsyncIterator[EngineClient]:
-            from agentrt.engine import AsyncEngine
-
-            engine = await AsyncEngine.start(engine_config)
-            try:
-                yield engine
-            finally:
-                await engine.close()
-
-        return create_app(embedded, server)
+        return create_app(lambda: embedded(engine_config), server)
     if engine_or_config is not None and not isinstance(engine_or_config, ServerConfig):
         raise TypeError(
             f"serve_in_process takes an EngineClient, EngineConfig or ServerConfig, not {type(engine_or_config).__name__}"
