@@ -35,6 +35,7 @@ from concurrent.futures import Future
 from typing import Any, ClassVar, TypeVar
 
 import anyio
+import msgspec
 import sniffio
 from anyio.from_thread import BlockingPortal
 from starlette.types import ASGIApp, Message
@@ -494,7 +495,8 @@ def serve_in_process(engine_or_config: Any = None, *, config: Any = None) -> Any
     engine or router it describes), or None (the embedded default model).
     The engine is built when the app is first used, on the app's own loop,
     and closed at interpreter exit; ``config`` (a ``ServerConfig``) sets the
-    server's limits and keys.
+    server's limits and keys. The server logs its requests at debug level
+    (``AGENTRT_LOG_LEVEL=debug`` shows them).
     """
     from agentrt.engine.config import EngineConfig
     from agentrt.protocol.engine import EngineClient
@@ -505,6 +507,8 @@ def serve_in_process(engine_or_config: Any = None, *, config: Any = None) -> Any
     server = config or (
         engine_or_config if isinstance(engine_or_config, ServerConfig) else ServerConfig()
     )
+    # The server's lines about each request are not the program's output.
+    server = msgspec.structs.replace(server, request_log_level="debug")
     if isinstance(engine_or_config, EngineClient):
         return create_app(engine_or_config, server)
     if isinstance(engine_or_config, EngineConfig):

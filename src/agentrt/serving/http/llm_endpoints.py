@@ -101,7 +101,8 @@ class _Intake:
                 tenant=self.tenant,
                 stream=bool(self.body.stream),
                 interrupt=self.headers.interrupt_seconds if self.headers else 0.0,
-            )
+            ),
+            log_level=self.state.log_level,
         )
 
 
