@@ -64,7 +64,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limit_concurrency: int | None = None
     h11_max_incomplete_event_size: int = 16 * 1024
     backlog: int = 2048
+    # One log line per request (and the startup and disconnect lines), at this level: "info"
+    # for agentrt serve; serve_in_process uses "debug", so the user's terminal shows the program.
     log_requests: bool = True
+    request_log_level: Literal["debug", "info"] = "info"
     # After SIGTERM/SIGINT, in-flight requests get this many seconds to finish
     # before their connections are cut and the process exits (a stuck stream
     # must not keep a stopping server alive).

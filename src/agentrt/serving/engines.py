@@ -73,6 +73,15 @@ def engine_config(server: ServerConfig, toml_path: str | Path | None = None) -> 
     return msgspec.structs.replace(config, scheduler=scheduler_config(server, toml_path))
 
 
+@asynccontextmanager
+async def embedded(config: EngineConfig) -> AsyncIterator[EngineClient]:
+    """The embedded engine with ``config``, loaded off the event loop and closed when the block exits."""
+    from agentrt.engine import AsyncEngine
+
+    async with await AsyncEngine.start(config) as engine:
+        yield engine
+
+
 async def embedded_engine(**config: Any) -> EngineClient:
     """Engine factory for worker processes and Ray actors: an ``AsyncEngine`` from ``EngineConfig`` fields."""
     from agentrt.engine import AsyncEngine, EngineConfig
@@ -98,13 +107,8 @@ async def open_engine(
             yield engine
         return
     if not _routed(server, remotes):
-        from agentrt.engine import AsyncEngine
-
-        engine = await AsyncEngine.start(engine_config(server, toml_path))
-        try:
+        async with embedded(engine_config(server, toml_path)) as engine:
             yield engine
-        finally:
-            await engine.close()
         return
     async with _router(server, toml_path, remotes) as router:
         yield router
