@@ -20,7 +20,9 @@ One command, one process, one model (SmolLM2-135M-Instruct by default):
    and quantization, and each named server, measured alike over HTTP with
    streaming: decode tokens/s at 1, 8 and 32 streams, time to first token for
    a 2,000-token prompt, and each one's memory roofline fraction
-   (``agentrt.bench.peer``). ``--compare-only`` skips sections 1 to 5.
+   (``agentrt.bench.peer``). ``--llama-server PATH`` adds a freshly started
+   llama.cpp server on the GGUF file, one slot per stream, as ``llama.cpp``
+   (``agentrt.bench.llama_server``). ``--compare-only`` skips sections 1 to 5.
 
 Unless ``--skip-baseline``, single-stream decode is also timed through
 transformers' ``generate`` on the same model (its own KV cache, no
@@ -45,6 +47,7 @@ from typing import Any
 
 import msgspec
 
+from agentrt.bench import llama_server
 from agentrt.bench.peer import PeerComparison, parse_peer
 from agentrt.bench.quality import Quality
 from agentrt.bench.swap import Swap, run_swap
@@ -176,8 +179,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--startup-timeout",
         type=float,
         default=600.0,
-        help="seconds for `agentrt serve` to be healthy",
+        help="seconds for `agentrt serve` (and a managed llama-server) to be healthy",
     )
+    llama_server.add_arguments(parser)
 
 
 def parse_counts(text: str) -> list[int]:
@@ -211,8 +215,9 @@ def run(args: argparse.Namespace) -> int:
         apply_quick(args)
     if args.min_prompt_len < 1 or args.max_prompt_len < args.min_prompt_len:
         raise SystemExit("need 1 <= --min-prompt-len <= --max-prompt-len")
-    if args.compare_only and not args.compare:
-        raise SystemExit("--compare-only needs at least one --compare NAME=URL")
+    compared = bool(args.compare or args.llama_server)
+    if args.compare_only and not compared:
+        raise SystemExit("--compare-only needs --compare NAME=URL or --llama-server")
     if min(args.compare_prompt_len, args.compare_output_len, args.ttft_prompt_len) < 2:
         raise SystemExit(
             "--compare-prompt-len, --compare-output-len and --ttft-prompt-len must be >= 2"
@@ -239,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
         if engine.runner.decoder is not None:
             weight_bytes = engine.runner.decoder.weight_bytes
     comparison = None
-    if args.compare:
+    if compared:
         from agentrt.bench.peer import run_comparison
 
         if weight_bytes is None:

@@ -19,7 +19,9 @@ of each server sees (HTTP, tokenization and detokenization included):
   bandwidth measured in this command. The KV cache each step also reads is
   left out, so at many streams with long contexts the fraction understates.
 
-Every prompt starts with its own request number, so no server can answer one
+All servers are up for the whole run and take turns, measurement by
+measurement, so drift in the machine's background load spreads over all of
+them. Every prompt starts with its own request number, so no server can answer one
 from a prompt cache filled by another (llama.cpp and agentrt both keep one).
 A server with fewer parallel slots than streams queues the rest; its rate
 then includes that queueing (start llama.cpp's with ``-np`` at least the
@@ -31,6 +33,8 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -281,54 +285,80 @@ async def concurrent_streams(
     return [timings[i] for i in range(len(texts))]
 
 
-async def measure_system(
-    client: httpx.AsyncClient,
-    label: str,
-    base_url: str,
-    model: str,
-    how: str,
-    weights: tuple[int | None, str],
-    prompts: Prompts,
-    options: Any,
-    bandwidth: float,
-) -> PeerMeasure:
-    """Warm a server up, then time its decode at every stream count and its first token."""
-    model = model or await first_model(client, base_url)
-    log.info("bench_peer_start", system=label, base_url=base_url, model=model)
-    await stream_completion(client, base_url, model, prompts.next(options.ttft_prompt_len), 2)
-    await stream_completion(client, base_url, model, prompts.next(options.prompt_len), 4)
-    decode = []
-    for streams in options.streams:
-        texts = [prompts.next(options.prompt_len) for _ in range(streams)]
-        timings = await concurrent_streams(client, base_url, model, texts, options.output_len)
-        decode.append(decode_rate(timings, options.output_len, weights[0], bandwidth))
-        log.info(
-            "bench_peer_decode", system=label, streams=streams, tok_s=round(decode[-1].tok_s, 1)
-        )
-    seconds, counted = [], []
-    for _ in range(options.ttft_repeats):
+@dataclass
+class System:
+    """A server under comparison, as the measurement sees it."""
+
+    label: str
+    base_url: str
+    model: str  # "" asks the server's /models
+    how: str
+    weights: tuple[int | None, str] | None = None  # None: ask its /props
+    decode: list[StreamDecode] = field(default_factory=list)
+    ttft: list[tuple[float, int]] = field(default_factory=list)  # (seconds, prompt tokens)
+
+
+async def measure_all(
+    http: httpx.AsyncClient, systems: list[System], prompts: Prompts, options: Any, bandwidth: float
+) -> list[PeerMeasure]:
+    """Warm every server up, then take each measurement on every server in turn.
+
+    Taking turns measurement by measurement spreads drift in the machine's
+    background load over all systems instead of onto whichever ran last.
+    """
+    for system in systems:
+        system.model = system.model or await first_model(http, system.base_url)
+        if system.weights is None:
+            system.weights = await peer_weight_bytes(http, system.base_url)
+        log.info("bench_peer_warm_up", system=system.label, model=system.model)
         prompt = prompts.next(options.ttft_prompt_len)
-        timing = await stream_completion(client, base_url, model, prompt, 1)
-        seconds.append(timing.first_token - timing.sent)
-        counted.append(timing.prompt_tokens or prompts.count(prompt))
+        await stream_completion(http, system.base_url, system.model, prompt, 2)
+        prompt = prompts.next(options.prompt_len)
+        await stream_completion(http, system.base_url, system.model, prompt, 4)
+    for streams in options.streams:
+        for system in systems:
+            texts = [prompts.next(options.prompt_len) for _ in range(streams)]
+            timings = await concurrent_streams(
+                http, system.base_url, system.model, texts, options.output_len
+            )
+            assert system.weights is not None
+            rate = decode_rate(timings, options.output_len, system.weights[0], bandwidth)
+            system.decode.append(rate)
+            log.info(
+                "bench_peer_decode",
+                system=system.label,
+                streams=streams,
+                tok_s=round(rate.tok_s, 1),
+            )
+    for _ in range(options.ttft_repeats):
+        for system in systems:
+            prompt = prompts.next(options.ttft_prompt_len)
+            timing = await stream_completion(http, system.base_url, system.model, prompt, 1)
+            counted = timing.prompt_tokens or prompts.count(prompt)
+            system.ttft.append((timing.first_token - timing.sent, counted))
+    return [summary(system) for system in systems]
+
+
+def summary(system: System) -> PeerMeasure:
+    seconds = [t for t, _ in system.ttft]
+    tokens = statistics.median(n for _, n in system.ttft)
     median = statistics.median(seconds)
-    first_token = FirstToken(
-        prompt_tokens=int(statistics.median(counted)),
-        repeats=len(seconds),
-        seconds=median,
-        best_seconds=min(seconds),
-        prefill_tok_s=statistics.median(counted) / median,
-    )
-    log.info("bench_peer_first_token", system=label, seconds=round(median, 3))
+    assert system.weights is not None
     return PeerMeasure(
-        label=label,
-        base_url=base_url,
-        model=model,
-        how=how,
-        weight_bytes=weights[0],
-        weight_source=weights[1],
-        decode=decode,
-        first_token=first_token,
+        label=system.label,
+        base_url=system.base_url,
+        model=system.model,
+        how=system.how,
+        weight_bytes=system.weights[0],
+        weight_source=system.weights[1],
+        decode=system.decode,
+        first_token=FirstToken(
+            prompt_tokens=int(tokens),
+            repeats=len(seconds),
+            seconds=median,
+            best_seconds=min(seconds),
+            prefill_tok_s=tokens / median,
+        ),
     )
 
 
@@ -352,11 +382,24 @@ def agentrt_serve_args(args: Any) -> list[str]:
     ]
 
 
+def managed_llama_server(args: Any) -> Any:
+    """``--llama-server``'s config: a slot per stream, each slot room for the longest prompt."""
+    from agentrt.bench.llama_server import LlamaServerError, config_from_args
+
+    longest = max(args.ttft_prompt_len, args.compare_prompt_len + args.compare_output_len)
+    try:
+        return config_from_args(args, max(args.compare_streams), longest + 64)
+    except LlamaServerError as e:
+        raise SystemExit(str(e)) from e
+
+
 def run_comparison(args: Any, tokenizer: Any, agentrt_weight_bytes: int | None) -> PeerComparison:
-    """Measure a freshly started ``agentrt serve`` and then every ``--compare`` server, one at a time."""
+    """Measure a freshly started ``agentrt serve``, every ``--compare`` server and a freshly started
+    ``--llama-server``, taking turns; all are up for the whole run (only one is loaded at a time)."""
     import argparse
 
     from agentrt.bench.compare import ServerStartError, agentrt_server
+    from agentrt.bench.llama_server import LlamaServerError, llama_server
 
     if tokenizer is None:
         raise SystemExit("--compare needs a model with a tokenizer (the prompts are text)")
@@ -373,48 +416,27 @@ def run_comparison(args: Any, tokenizer: Any, agentrt_weight_bytes: int | None) 
     how = "agentrt serve " + " ".join(serve_args)
     source = "the lean decoder's weights" if agentrt_weight_bytes is not None else "unknown"
 
-    async def measure_peers() -> list[PeerMeasure]:
-        async with client() as http:
-            measured = []
-            for name, url, model in args.compare:
-                weights = await peer_weight_bytes(http, url)
-                measured.append(
-                    await measure_system(
-                        http,
-                        name,
-                        url,
-                        model,
-                        "external server",
-                        weights,
-                        prompts,
-                        options,
-                        bandwidth,
-                    )
-                )
-            return measured
+    systems = [System("agentrt", "", "", how, (agentrt_weight_bytes, source))]
+    systems += [System(name, url, model, "external server") for name, url, model in args.compare]
+    managed = managed_llama_server(args)
 
-    async def measure_agentrt(url: str) -> PeerMeasure:
+    async def measure() -> list[PeerMeasure]:
         async with client() as http:
-            return await measure_system(
-                http,
-                "agentrt",
-                url,
-                "",
-                how,
-                (agentrt_weight_bytes, source),
-                prompts,
-                options,
-                bandwidth,
+            return await measure_all(http, systems, prompts, options, bandwidth)
+
+    with ExitStack() as servers:
+        try:
+            systems[0].base_url = servers.enter_context(
+                agentrt_server("fcfs", serve_args, args.startup_timeout)
             )
-
-    try:
-        with agentrt_server("fcfs", serve_args, args.startup_timeout) as url:
-            systems = [anyio.run(measure_agentrt, url)]
-    except ServerStartError as e:
-        raise SystemExit(str(e)) from e
-    systems += anyio.run(measure_peers)
+            if managed is not None:
+                url = servers.enter_context(llama_server(managed, args.startup_timeout))
+                systems.append(System("llama.cpp", url, "", managed.describe()))
+        except (ServerStartError, LlamaServerError) as e:
+            raise SystemExit(str(e)) from e
+        measured = anyio.run(measure)
     return PeerComparison(
-        memory_gb_s=bandwidth, prompt_len=args.compare_prompt_len, systems=systems
+        memory_gb_s=bandwidth, prompt_len=args.compare_prompt_len, systems=measured
     )
 
 

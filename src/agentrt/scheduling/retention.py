@@ -25,14 +25,17 @@ asks it for the next victim when it needs room. The policy decides:
   interrupt and turns a live pin into an *awaited* one (its call is queued);
   :meth:`RetentionPolicy.call_admitted` closes it (the call holds the KV).
   A pin whose TTL passes before its program calls again *expires*: its units
-  become ordinary cache, evicted first.
+  become ordinary cache, at the place their release gave them.
 - **Eviction order** (:meth:`RetentionPolicy.victim`): first the units of no
   live pin, least recently released first (what vLLM and SGLang do for every
   unit); then, only when none is left, the pins by expected reuse: the pin of
   the program the active scheduling policy ranks last (its queue level, see
   :func:`policy_priority`) and, among equals, the one expected back latest
   (an awaited pin is expected now). That pin *yields* whole: all its units
-  become ordinary cache, evicted first.
+  become ordinary cache and go, oldest release first. A closed pin's units
+  keep their release order among ordinary ones, so a unit other programs share
+  (a system prompt, tool docs) is not pushed ahead of colder ones because the
+  program that released it last has ended.
 - **Budget and pressure.** Pins cover at most ``pin_budget`` of the pool's
   blocks; a new pin that does not fit displaces pins the eviction order
   would take before it, or is refused. Pins never block a running call: the
@@ -193,7 +196,7 @@ class _Pin:
         self.return_at = return_at
         self.level = 0.0
         self.awaited = False
-        self.units: OrderedDict[Unit, int] = OrderedDict()  # released under the pin, in order
+        self.units: dict[Unit, int] = {}  # released under the pin -> release number
 
     def evict_key(self) -> tuple[float, float]:
         """Larger is evicted sooner: ranked last by the policy, then expected back latest."""
@@ -235,7 +238,10 @@ class RetentionPolicy:
         )
         self.counters = RetentionCounters()
         self.pinned_blocks = 0
-        self._lru: OrderedDict[Unit, int] = OrderedDict()  # units of no live pin, oldest first
+        # Units of no live pin -> their release number; a heap of (number, unit) orders them.
+        self._lru: dict[Unit, int] = {}
+        self._lru_heap: list[tuple[int, Unit]] = []
+        self._released = 0
         self._owner: dict[Unit, _Pin] = {}
         self._pins: dict[str, _Pin] = {}
         self._order: list[tuple[float, float, int, _Pin]] = []  # max-heap on evict_key
@@ -254,16 +260,17 @@ class RetentionPolicy:
         return unit in self._lru or unit in self._owner
 
     def release(self, unit: Unit, blocks: int, program_id: str | None = None) -> None:
-        """Nobody holds ``unit`` now; the last holder was a call of ``program_id``."""
+        """Nobody holds ``unit`` (of ``blocks`` blocks) now; the last holder was a call of
+        ``program_id``. A unit of a live pin belongs to it until the pin closes; it then
+        takes the place among ordinary units that this release gave it."""
+        self.discard(unit)
+        self._released += 1
         pin = self._pins.get(program_id) if program_id is not None else None
         if pin is not None:
-            self._lru.pop(unit, None)
             self._owner[unit] = pin
-            pin.units[unit] = blocks
+            pin.units[unit] = self._released
             return
-        self._owner.pop(unit, None)
-        self._lru[unit] = blocks
-        self._lru.move_to_end(unit)
+        self._to_lru(unit, self._released)
 
     def acquire(self, unit: Unit) -> None:
         """``unit`` is held again (a prefix hit): no longer evictable."""
@@ -271,7 +278,7 @@ class RetentionPolicy:
 
     def discard(self, unit: Unit) -> None:
         """``unit`` left the cache (evicted, freed): forget it."""
-        if self._lru.pop(unit, None) is None:
+        if self._lru.pop(unit, None) is None and self._owner:
             pin = self._owner.pop(unit, None)
             if pin is not None:
                 pin.units.pop(unit, None)
@@ -289,8 +296,11 @@ class RetentionPolicy:
             if pin is None:
                 return None
             self.counters.yielded += 1
-            self._unpin(pin, front=True)
-        return next(iter(self._lru))
+            self._unpin(pin)
+        heap, lru = self._lru_heap, self._lru
+        while lru.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # stale: the unit was taken back or evicted
+        return heap[0][1]
 
     # --- what the driver tells the policy about programs ---
 
@@ -348,7 +358,7 @@ class RetentionPolicy:
             return
         if now > pin.deadline and not pin.awaited:
             self.counters.expired += 1
-            self._unpin(pin, front=True)
+            self._unpin(pin)
             return
         if not pin.awaited:
             self.counters.reused += 1
@@ -361,7 +371,7 @@ class RetentionPolicy:
         """A call of ``program_id`` took its KV (the cache acquired its units): the pin closes."""
         pin = self._pins.get(program_id)
         if pin is not None:
-            self._unpin(pin, front=False)
+            self._unpin(pin)
 
     def program_ended(self, program_id: str) -> None:
         """The program is done: its pin goes, and what was learned about it."""
@@ -369,7 +379,7 @@ class RetentionPolicy:
         self.predictor.forget_program(program_id)
         pin = self._pins.get(program_id)
         if pin is not None:
-            self._unpin(pin, front=True)
+            self._unpin(pin)
 
     def expire(self, now: float) -> list[str]:
         """Unpin the programs whose TTL passed before they called again; returns their ids."""
@@ -380,7 +390,7 @@ class RetentionPolicy:
             if self._pins.get(pin.program_id) is not pin or pin.awaited or pin.deadline != deadline:
                 continue
             self.counters.expired += 1
-            self._unpin(pin, front=True)
+            self._unpin(pin)
             expired.append(pin.program_id)
         return expired
 
@@ -456,21 +466,25 @@ class RetentionPolicy:
             return False
         for pin in victims:
             self.counters.displaced += 1
-            self._unpin(pin, front=True)
+            self._unpin(pin)
         return True
 
-    def _unpin(self, pin: _Pin, *, front: bool) -> None:
-        """Close a pin; its units become ordinary cache (evicted first when ``front``)."""
+    def _to_lru(self, unit: Unit, number: int) -> None:
+        self._lru[unit] = number
+        heapq.heappush(self._lru_heap, (number, unit))
+        if len(self._lru_heap) > 2 * len(self._lru) + 64:
+            lru = self._lru
+            self._lru_heap = [(n, u) for u, n in lru.items()]
+            heapq.heapify(self._lru_heap)
+
+    def _unpin(self, pin: _Pin) -> None:
+        """Close a pin; its units become ordinary cache, in their release order."""
         del self._pins[pin.program_id]
         self.pinned_blocks -= pin.blocks
-        lru, owner = self._lru, self._owner
-        units = list(pin.units.items())
-        for unit, blocks in units:
+        owner = self._owner
+        for unit, number in pin.units.items():
             del owner[unit]
-            lru[unit] = blocks
-        if front:
-            for unit, _ in reversed(units):
-                lru.move_to_end(unit, last=False)
+            self._to_lru(unit, number)
         pin.units.clear()
 
 

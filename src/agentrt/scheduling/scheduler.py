@@ -142,6 +142,11 @@ class Scheduler:
         """The calls of the last decision's batch that are still live."""
         return list(self._running.values())
 
+    @property
+    def num_waiting(self) -> int:
+        """Live calls not running (the simulator's retention weighs pins against them)."""
+        return len(self._calls) - len(self._running)
+
     def calls_per_level(self) -> list[int]:
         """Live calls per queue level, top first (one level for fcfs and las); for metrics."""
         counts = [0] * (len(self._quanta) if self.policy.uses_levels else 1)

@@ -24,7 +24,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from agentrt.scheduling import Call, Scheduler
+from agentrt.scheduling import (
+    Call,
+    Pressure,
+    RetentionConfig,
+    RetentionPolicy,
+    Scheduler,
+    policy_priority,
+)
 from agentrt.sim.kv import KvCache
 from agentrt.sim.profile import EngineProfile
 from agentrt.sim.spec import CallSpec, Segment
@@ -145,6 +152,7 @@ class WindowAdmission:
                 )
             updates.append((key, tokens))
         if self.blocks + extra > kv.capacity:
+            engine.kv_bound = True
             return False
         for key, tokens in updates:
             reserved[key] = tokens
@@ -192,6 +200,7 @@ class SimEngine:
         steps_per_schedule: int,
         charge_wall_time: bool = True,
         key_tokens: dict[str, int] | None = None,
+        retention: RetentionConfig | None = None,
     ) -> None:
         if steps_per_schedule < 1:
             raise ValueError("steps_per_schedule must be >= 1")
@@ -200,7 +209,15 @@ class SimEngine:
         self.scheduler = scheduler
         self.preemption = preemption
         self.steps = steps_per_schedule
-        self.kv = KvCache(profile.kv_blocks, profile.block_size, profile.prefix_caching)
+        # Which cached KV stays: the same policy object the engine's block manager uses.
+        self.retention = RetentionPolicy(
+            retention or RetentionConfig(mode="off"),
+            profile.kv_blocks,
+            policy_priority(scheduler),
+        )
+        self.kv = KvCache(
+            profile.kv_blocks, profile.block_size, profile.prefix_caching, self.retention
+        )
         self.host_used = 0  # blocks in the host swap pool
         self.live: dict[str, LiveCall] = {}
         self.busy_until: float | None = None  # end of the running window, None when idle
@@ -212,6 +229,7 @@ class SimEngine:
         # ``demand_blocks``. Without it there is no bound and every decision reserves per segment.
         self.key_tokens = key_tokens
         self.demand_blocks = 0
+        self.kv_bound = False  # the last decision refused a call for KV blocks
 
     def add(self, live: LiveCall, now: float) -> None:
         self.live[live.call.call_id] = live
@@ -219,6 +237,7 @@ class SimEngine:
             key_tokens, blocks = self.key_tokens, self.kv.blocks
             live.max_blocks = sum(blocks(key_tokens[key]) for key, _ in live.spec.segments)
             self.demand_blocks += live.max_blocks
+        self.retention.call_arrived(live.call.program_id, now)
         self.scheduler.add(live.call, now)
 
     def run_window(self, now: float, on_finish: Callable[[LiveCall, float], None]) -> float | None:
@@ -230,6 +249,7 @@ class SimEngine:
         scheduler = self.scheduler
         if not len(scheduler):
             return None
+        self.kv_bound = False
         decision = scheduler.schedule(now, WindowAdmission(self, self.steps))
         swap_s = 0.0
         for call in decision.preempted:
@@ -270,7 +290,7 @@ class SimEngine:
         else:
             self.counters.recomputes += 1
             live.computed = 0
-        kv.release(segments)
+        kv.release(segments, live.call.program_id)
         live.on_gpu = False
         return seconds
 
@@ -294,6 +314,7 @@ class SimEngine:
             live.computed = kv.cached_prefix(live.spec.segments, live.target - 1)
             self.counters.cached_tokens += live.computed
         kv.acquire(live.spec.segments)
+        self.retention.call_admitted(live.call.program_id)
         live.on_gpu = True
         return seconds
 
@@ -424,14 +445,35 @@ class SimEngine:
                 charge(live.call, service, end)
         counters.prefill_tokens += window_prefill
         counters.decode_tokens += window_decode
-        kv.evict_to_fit()
+        kv.evict_to_fit(end)
         return end
 
     def complete(self, live: LiveCall, now: float) -> None:
-        """A call finished: tell the scheduler, release its KV into the prefix cache."""
+        """A call finished: tell the scheduler, offer its context to the retention policy
+        (a pin, when the cost model says so), release its KV into the prefix cache."""
         live.finished = now
         self.demand_blocks -= live.max_blocks
-        self.scheduler.finish(live.call.call_id, now)
-        self.kv.release(live.spec.segments)
+        scheduler = self.scheduler
+        scheduler.finish(live.call.call_id, now)
+        program_id = live.call.program_id
+        if self.retention.enabled:
+            # The pin covers what the release hands over (keys only this call holds); calls
+            # wait on memory only when the last decision ran out of blocks.
+            kv = self.kv
+            refs, resident = kv.refs, kv.resident
+            tokens = sum(resident.get(k, 0) for k, _ in live.spec.segments if refs.get(k) == 1)
+            waiting = scheduler.num_waiting if self.kv_bound else 0
+            self.retention.call_finished(
+                program_id,
+                now,
+                blocks=kv.blocks(tokens),
+                reload_s=tokens * self.profile.prefill_token_s,
+                pressure=Pressure(waiting, self.profile.max_batch_size),
+            )
+        self.kv.release(live.spec.segments, program_id)
         live.on_gpu = False
         del self.live[live.call.call_id]
+
+    def program_ended(self, program_id: str) -> None:
+        """The program's last call is done: no pin of it is worth keeping."""
+        self.retention.program_ended(program_id)

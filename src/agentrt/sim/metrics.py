@@ -157,6 +157,12 @@ class EngineSummary(msgspec.Struct, kw_only=True):
     steps: int
     decode_tokens: int
     prefill_tokens: int
+    # KV retention (zero with it off): contexts pinned after a call, pins whose program
+    # called again in time, pins that expired first, pins that yielded to memory pressure.
+    pins: int = 0
+    pins_reused: int = 0
+    pins_expired: int = 0
+    pins_yielded: int = 0
 
 
 class RunResult(msgspec.Struct, kw_only=True):
@@ -225,6 +231,10 @@ def summarize(
             steps=sum(c.steps for c in counters),
             decode_tokens=sum(c.decode_tokens for c in counters),
             prefill_tokens=prefill,
+            pins=sum(e.retention.counters.pins for e in engines),
+            pins_reused=sum(e.retention.counters.reused for e in engines),
+            pins_expired=sum(e.retention.counters.expired for e in engines),
+            pins_yielded=sum(e.retention.counters.yielded for e in engines),
         ),
         sim_seconds=wall_seconds,
     )

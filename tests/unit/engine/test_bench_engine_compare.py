@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 from tests.unit.agents.live_server import echo_server
+from tests.unit.bench.llama_fakes import fake_llama_binary, flag, starts, write_gguf
 
 from agentrt.bench.peer import StreamTiming, decode_rate, parse_peer
 from agentrt.cli import main
 
 
-def test_compare_measures_agentrt_serve_and_a_streaming_peer(
+def test_compare_measures_agentrt_serve_a_streaming_peer_and_a_managed_llama_server(
     tiny_folder: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -20,24 +21,26 @@ def test_compare_measures_agentrt_serve_and_a_streaming_peer(
 ) -> None:
     monkeypatch.setenv("COLUMNS", "300")  # one line per table row, so phrases stay whole
     out = tmp_path / "engine.json"
+    binary = fake_llama_binary(tmp_path, monkeypatch)
+    gguf = write_gguf(tmp_path / "m.gguf", tied=True)
     with echo_server(token_delay=0.002) as (url, engine):
         code = main([
             "bench", "engine", "--model", str(tiny_folder), "--dtype", "float32", "--compare-only",
             "--compare", f"echo={url}", "--compare-streams", "1,3", "--compare-prompt-len", "40",
             "--compare-output-len", "6", "--ttft-prompt-len", "120", "--ttft-repeats", "2",
-            "--json", str(out),
+            "--llama-server", str(binary), "--llama-model", str(gguf), "--json", str(out),
         ])  # fmt: skip
     assert code == 0
     result = json.loads(out.read_text())
     assert result["single_stream"] is None and result["swap"] is None  # --compare-only
     comparison = result["comparison"]
-    agentrt, echo = comparison["systems"]
-    assert (agentrt["label"], echo["label"]) == ("agentrt", "echo")
+    agentrt, echo, llama = comparison["systems"]
+    assert [s["label"] for s in comparison["systems"]] == ["agentrt", "echo", "llama.cpp"]
     assert (
         agentrt["how"].startswith("agentrt serve --model ") and "--dtype float32" in agentrt["how"]
     )
     assert echo["how"] == "external server" and echo["model"] == "echo"
-    for system in (agentrt, echo):
+    for system in (agentrt, echo, llama):
         assert [d["streams"] for d in system["decode"]] == [1, 3]
         for d in system["decode"]:
             assert d["output_len"] == 6 and d["tok_s"] > 0 and d["per_stream_tok_s"] > 0
@@ -58,6 +61,15 @@ def test_compare_measures_agentrt_serve_and_a_streaming_peer(
     assert sorted({r.sampling.max_tokens for r in engine.requests}) == [1, 2, 4, 6]
     prompts = [r.prompt for r in engine.requests]
     assert len(set(prompts)) == len(prompts)  # no prompt cache can serve one from another
+    # The managed server: a slot per stream, each with room for the longest prompt; the GGUF
+    # file its /props names gives the roofline's bytes.
+    assert llama["how"] == "llama-server -m m.gguf -t 2 -np 3 -c 552".replace(
+        "-t 2", f"-t {flag(starts(tmp_path)[0], '--threads')}"
+    )
+    [argv] = starts(tmp_path)
+    assert flag(argv, "--parallel") == "3" and flag(argv, "--ctx-size") == str(3 * (120 + 64))
+    assert llama["weight_bytes"] == 256 and llama["weight_source"] == f"GGUF tensors of {gguf}"
+    assert all(d["roofline_fraction"] > 0 for d in llama["decode"])
     printed = capsys.readouterr().out
     assert "agentrt speed / echo" in printed and "time to first token, " in printed
     assert "weights read per decode step" in printed

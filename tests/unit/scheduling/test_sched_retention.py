@@ -159,7 +159,7 @@ def test_an_awaited_context_outlives_a_pinned_one() -> None:
     assert drain(pol, 0.6) == ["b1", "a1"]
 
 
-def test_expired_pins_become_first_to_go() -> None:
+def test_expired_pins_become_ordinary_cache_in_release_order() -> None:
     pol = policy(min_samples=1, max_ttl_s=60.0)
     pol.predictor.observe(2.0, tool=None, program_id="a")
     pol.predictor.observe(2.0, tool=None, program_id="a")
@@ -168,7 +168,8 @@ def test_expired_pins_become_first_to_go() -> None:
     assert pol.expire(1.0) == []
     assert pol.expire(2.5) == ["a"]
     assert pol.counters.expired == 1 and not pol.pinned("a")
-    assert drain(pol, 3.0) == ["a1", "old"]
+    pol.release("new", 1, None)
+    assert drain(pol, 3.0) == ["old", "a1", "new"]
 
 
 def test_a_late_call_counts_its_pin_as_expired() -> None:
