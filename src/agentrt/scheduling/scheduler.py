@@ -301,15 +301,7 @@ class Scheduler:
         call.running = False
         call._stop_waiting(self.clock(now))
         del self._records[call.seq]
-        entry = self.accounting.retire(
-            call.program_id,
-            call_id,
-            now,
-            wait=call._wait_acc,
-            service=call.service,
-            outcome=outcome,
-            call=call,
-        )
+        entry = self.accounting.retire(call, now, wait=call._wait_acc, outcome=outcome)
         if entry is not None and self._starvation and self.policy.program_aware:
             for sibling in siblings.values():
                 self._push_deadline(sibling, entry)
