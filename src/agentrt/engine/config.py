@@ -48,6 +48,11 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Weight-only quantized decode (CPU, lean decoder only): int8 per channel, or int4 in
     # groups of 32 with an int8 head; prompt chunks above 64 tokens use the dense weights.
     quantization: Quantization = "none"
+    # Decode-only steps through torch.compile (inductor), one graph per power-of-two batch
+    # bucket, cached on disk under compile_cache_dir (None: $AGENTRT_CACHE_DIR/inductor).
+    # Lean decoder only. Off by default: on CPU it measured no faster than the eager step.
+    compile: bool = False
+    compile_cache_dir: str | None = None
     block_size: int = 16
     kv_cache_memory: float = 0.1
     num_kv_blocks: int | None = None

@@ -29,6 +29,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The embedded engine's dtype and weight-only quantization; unset: [engine] of the file.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     quantization: Literal["none", "int8", "int4"] | None = None
+    compile: bool | None = None  # the embedded engine's compiled decode; unset: [engine]
     # KV pool size for the embedded engine: bytes ("2GiB", "512MB", an int) or a fraction ("0.5").
     kv_cache_memory: str | float | None = None
     replicas: int = 1

@@ -66,6 +66,7 @@ def engine_config(server: ServerConfig, toml_path: str | Path | None = None) -> 
         "max_num_seqs": server.max_num_seqs,
         "dtype": server.dtype,
         "quantization": server.quantization,
+        "compile": server.compile,
     }
     if server.kv_cache_memory is not None:
         overrides["kv_cache_memory"] = parse_memory(server.kv_cache_memory)
