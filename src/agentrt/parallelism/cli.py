@@ -18,7 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", required=True, help="tiny-llama | tiny-gpt | a transformers model folder"
     )
     parser.add_argument("--devices", type=int, required=True, help="number of devices to plan for")
-    parser.add_argument("--plan", default="all", help="dp | tp | all (default: every shipped plan)")
+    parser.add_argument(
+        "--plan",
+        default="all",
+        help="dp | tp | coshard | pp | gpipe | 1f1b | 3d | all (default: every shipped plan)",
+    )
     parser.add_argument("--batch", type=int, default=4, help="example batch size (default 4)")
     parser.add_argument("--seq", type=int, default=8, help="example sequence length (default 8)")
     parser.add_argument(
@@ -58,14 +62,16 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
     from agentrt.parallelism.graph import capture
     from agentrt.parallelism.launch import example_inputs, load_model, verify, vocab_of
     from agentrt.parallelism.models import Logits, NextTokenLoss
+    from agentrt.parallelism.pipeline import PIPELINE_PLANS
     from agentrt.parallelism.plans import PLANS
 
     if args.devices < 1:
         raise ParallelError(f"--devices must be at least 1, got {args.devices}")
-    names = list(PLANS) if args.plan == "all" else [args.plan]
+    shipped = [*PLANS, *PIPELINE_PLANS]
+    names = shipped if args.plan == "all" else [args.plan]
     for name in names:
-        if name not in PLANS:
-            raise ParallelError(f"unknown plan {name!r}; shipped plans: {', '.join(PLANS)}")
+        if name not in shipped:
+            raise ParallelError(f"unknown plan {name!r}; shipped plans: {', '.join(shipped)}")
     model = load_model(args.model)
     inputs = example_inputs(vocab_of(model), args.batch, args.seq, 0)
     wrapper = NextTokenLoss(model) if args.train else Logits(model)
@@ -81,6 +87,10 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
     for name in names:
         entry: dict[str, Any] = {"plan": name}
         try:
+            if name in PIPELINE_PLANS:
+                entry.update(_pipeline_entry(name, model, inputs[0], args))
+                report["plans"].append(entry)
+                continue
             program = lower(PLANS[name](graph, args.devices))
         except ParallelError as exc:
             entry["error"] = str(exc)
@@ -106,6 +116,54 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
     if all("error" in p for p in report["plans"]):
         raise ParallelError("; ".join(f"{p['plan']}: {p['error']}" for p in report["plans"]))
     return report
+
+
+def _pipeline_entry(name: str, model: Any, ids: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """A pipeline plan is built on the model captured at the micro-batch size."""
+    import torch
+
+    from agentrt.parallelism.comm import lower
+    from agentrt.parallelism.graph import capture
+    from agentrt.parallelism.launch import default_micro_batches, verify
+    from agentrt.parallelism.models import Logits
+    from agentrt.parallelism.pipeline import pipeline_plan
+
+    nmicro = default_micro_batches(args.batch, args.devices)
+    graph = capture(Logits(model), (ids[: args.batch // nmicro],))
+    built = pipeline_plan(name, graph, args.devices, nmicro=nmicro, train=args.train)
+    inner = [lower(p) for p in built.inner] if built.inner is not None else None
+    sends = {t for spec in built.specs[:-1] for t in spec.outputs}
+    entry: dict[str, Any] = {
+        "stages": len(built.specs),
+        "devices_per_stage": built.width,
+        "micro_batches": nmicro,
+        "schedule": built.plan.pipe.kind if built.plan.pipe is not None else None,
+        "split_operators": sum(
+            1 for p in inner or [] for op in p.plan.graph.ops if p.plan.transform_of(op) is not None
+        ),
+        "collectives": {
+            "send/recv": len(sends) * nmicro * (2 if args.train else 1),
+            **{k: v for p in inner or [] for k, v in p.collectives(train=args.train).items()},
+        },
+        "predicted_comm_seconds": sum(p.comm_seconds(train=args.train) for p in inner or [])
+        * nmicro,
+        "param_bytes_per_device": max(
+            (p.param_bytes() for p in inner)
+            if inner is not None
+            else (sum(graph.tensors[n].nbytes for n in s.state) for s in built.specs)
+        ),
+    }
+    if args.verify:
+        entry["verify"] = verify(
+            args.model,
+            name,
+            args.devices,
+            train=args.train,
+            batch=args.batch,
+            seq=args.seq,
+            dtype=getattr(torch, args.dtype),
+        ).as_dict()
+    return entry
 
 
 def _print(report: dict[str, Any]) -> None:
