@@ -23,9 +23,14 @@ from agentrt.parallelism.comm import lower
 from agentrt.parallelism.errors import ParallelError
 from agentrt.parallelism.graph import Graph, capture, from_program
 from agentrt.parallelism.models import BUILTIN, Logits, LossAndLogits, _loss
-from agentrt.parallelism.pipeline import PIPELINE_PLANS, StageModule, pipeline_plan, stages
+from agentrt.parallelism.pipeline import (
+    PIPELINE_PLANS,
+    SplitStageModule,
+    StageModule,
+    pipeline_plan,
+)
 from agentrt.parallelism.plans import PLANS
-from agentrt.parallelism.runtime import Runner, init_mesh
+from agentrt.parallelism.runtime import Runner, init_mesh, init_mesh_2d
 from agentrt.parallelism.spawn import run_ranks
 
 
@@ -155,9 +160,19 @@ def _pipe_worker(
 
     graph = _load(program)
     built = pipeline_plan(plan, graph, n, nmicro=nmicro, train=train)
-    assert built.pipe is not None
-    spec = stages(built)[rank]
-    module = StageModule(spec, graph, train=train)
+    pipe = built.plan.pipe
+    assert pipe is not None
+    stage_index, position = built.place(rank)
+    spec = built.specs[stage_index]
+    group = None
+    module: StageModule | SplitStageModule
+    if built.inner is None:
+        module = StageModule(spec, graph, train=train)
+    else:
+        mesh = init_mesh_2d(pipe.nstages, built.width)
+        group = mesh["pp"].get_group()
+        program_ = lower(built.inner[stage_index])
+        module = SplitStageModule(spec, program_, mesh["tp"], train=train)
 
     def examples(names: list[str]) -> tuple[torch.Tensor, ...]:
         # static shapes (no shape-inference run); floating tensors carry gradients in training
@@ -169,15 +184,16 @@ def _pipe_worker(
 
     stage = PipelineStage(
         module,
-        rank,
-        n,
+        stage_index,
+        pipe.nstages,
         torch.device("cpu"),
         input_args=examples(spec.inputs),
         output_args=examples(spec.outputs),
+        group=group,
     )
-    kind = Schedule1F1B if built.pipe.kind == "1f1b" else ScheduleGPipe
+    kind = Schedule1F1B if pipe.kind == "1f1b" else ScheduleGPipe
     schedule = kind(stage, nmicro, loss_fn=_loss if train else None)
-    first, last = rank == 0, rank == n - 1
+    first, last = stage_index == 0, stage_index == pipe.nstages - 1
 
     def run(losses: list[torch.Tensor], *, forward_only: bool = False) -> Any:
         args = (inputs[0],) if first else ()
@@ -187,7 +203,7 @@ def _pipe_worker(
         with torch.no_grad() if not train else torch.enable_grad():
             return schedule.step(*args, **kwargs)
 
-    tied = module.tied_groups()
+    tied = module.tied_groups(built.width, position)
     module.trace = []
     losses: list[torch.Tensor] = []
     logits = run(losses)
@@ -195,17 +211,19 @@ def _pipe_worker(
     result: dict[str, Any] = {"trace": module.trace}
     module.trace = None
     if train:
-        result["grads"] = {k: g.detach().clone() for k, g in module.grads().items()}
+        grads = module.grads()  # collective across a split stage's group
+        if position == 0:
+            result["grads"] = {k: g.detach().clone() for k, g in grads.items()}
         with torch.no_grad():
             for p in module.weights.values():
                 if p.grad is not None:
                     p -= _LR * p.grad
         second: list[torch.Tensor] = []
         run(second, forward_only=True)
-        if last:
+        if last and position == 0:
             result["loss"] = torch.stack(losses).mean().detach()
             result["second_loss"] = torch.stack(second).mean().detach()
-    if last:
+    if last and position == 0:
         result["logits"] = logits.detach()
     dist.barrier()
     best = float("inf")
@@ -273,14 +291,18 @@ def verify(
     inputs = list(example_inputs(vocab_of(model), batch, seq, seed))[: 2 if train else 1]
     expected: list[list[str]] = []
     if piped:
-        nmicro = micro_batches or max(m for m in range(1, 2 * ndevices + 1) if batch % m == 0)
+        nmicro = micro_batches or default_micro_batches(batch, ndevices)
         if batch % nmicro:
             raise ParallelError(f"{nmicro} micro-batches do not divide the batch of {batch}")
         graph = capture(Logits(model), (inputs[0][: batch // nmicro],))
+        # a plan error is raised here, not in N processes
         built = pipeline_plan(plan, graph, ndevices, nmicro=nmicro, train=train)
-        stages(built)  # a plan error is raised here, not in N processes
-        assert built.pipe is not None
-        expected = [[b.kind for b in seq_] for seq_ in built.pipe.sequences]
+        for inner in built.inner or []:
+            lower(inner)
+        assert built.plan.pipe is not None
+        expected = [
+            [b.kind for b in built.plan.pipe.sequences[built.place(r)[0]]] for r in range(ndevices)
+        ]
         worker, args = _pipe_worker, (plan, train, nmicro, inputs)
     else:
         graph = capture(LossAndLogits(model) if train else Logits(model), tuple(inputs))
@@ -299,9 +321,14 @@ def verify(
     return _compare(spec, plan, ndevices, train, dtype, got, ref, atol)
 
 
+def default_micro_batches(batch: int, ndevices: int) -> int:
+    """As many micro-batches as divide the batch, up to twice the devices."""
+    return max(m for m in range(1, 2 * ndevices + 1) if batch % m == 0)
+
+
 def _merge(parts: list[dict[str, Any]], expected: list[list[str]]) -> dict[str, Any]:
     """One result from every stage's file: the last stage's outputs, every stage's gradients."""
-    got = dict(parts[-1])
+    got = dict(next(part for part in reversed(parts) if "logits" in part))
     got["grads"] = {k: g for part in parts for k, g in part.get("grads", {}).items()}
     got["seconds"] = max(part["seconds"] for part in parts)
     got["as_scheduled"] = [part["trace"] for part in parts] == expected
