@@ -56,6 +56,7 @@ from agentrt.protocol.engine import (
     Usage,
 )
 from agentrt.scheduling.call import Call
+from agentrt.scheduling.retention import RetentionPolicy, policy_priority
 from agentrt.scheduling.scheduler import make_scheduler
 
 log = get_logger(__name__)
@@ -153,8 +154,13 @@ class LLMEngine:
         self.clock = clock
         self.runner = ModelRunner(loaded.model, config)
         cache = self.runner.kv_cache
+        self.scheduler = make_scheduler(config.scheduler)
         self.block_manager = BlockManager(
-            cache.num_blocks, config.block_size, config.enable_prefix_caching
+            cache.num_blocks,
+            config.block_size,
+            config.enable_prefix_caching,
+            RetentionPolicy(config.retention, cache.num_blocks, policy_priority(self.scheduler)),
+            clock,
         )
         self.swap_pool = HostSwapPool(cache, config.swap_space)
         limit = loaded.max_model_len
@@ -166,7 +172,6 @@ class LLMEngine:
         generator = torch.Generator(device=self.runner.device)
         generator.manual_seed(config.seed)
         self.sampler = Sampler(generator)
-        self.scheduler = make_scheduler(config.scheduler)
         self.token_service = config.scheduler.service_unit == "tokens"
         self.requests: dict[str, Request] = {}
         self.seqs: dict[str, Sequence] = {}
@@ -286,6 +291,7 @@ class LLMEngine:
             self.sampling_states[seq.seq_id] = state
             self.detokenizers[seq.seq_id] = detok
             self.scheduler.add(seq.call, now)
+        self.block_manager.evictable.call_arrived(program_id, now)
         self.requests[request_id] = Request(request_id, seqs, prompt_len)
         return seqs
 
@@ -296,6 +302,7 @@ class LLMEngine:
     def end_program(self, program_id: str) -> None:
         """A program ended: its entry goes now, or with its last live call."""
         self.scheduler.table.end(program_id, self.clock())
+        self.block_manager.evictable.program_ended(program_id)
 
     def _make_detokenizer(
         self, sampling: SamplingParams, prompt: list[int]
@@ -610,6 +617,11 @@ class LLMEngine:
             seq.stop_reason = stop_reason
             seq.timings.finished = now
             self.scheduler.finish(seq.seq_id, now)
+            # Calls wait on memory once no never-used block is left: only then does a pin
+            # cost the waiting calls anything (it yields to running ones regardless).
+            bm = self.block_manager
+            waiting = self.scheduler.num_waiting if not bm.free_ids else 0
+            bm.call_finished(seq, self._seconds_per_token, waiting, self.config.max_num_seqs)
             self._release(seq)
         return event
 
