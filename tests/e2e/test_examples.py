@@ -36,7 +36,7 @@ def test_drop_in_client_runs_a_program_against_a_server() -> None:
 
 
 def test_standalone_server_example_starts_serves_and_stops() -> None:
-    out = run_example("standalone_server.py", free_port(), "--engine-factory", "agentrt.serving.echo:EchoEngine")
+    out = run_example("standalone_server.py", free_port(), "--engine-factory", "agentrt.testing.echo:EchoEngine")
     assert out.strip() == "What is the capital of France?"
 
 

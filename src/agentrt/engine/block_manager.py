@@ -28,10 +28,6 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _program_of(seq: Sequence) -> str | None:
-    return seq.call.program_id if seq.call is not None else None
-
-
 class OutOfBlocks(RuntimeError):
     """The pool cannot give a block; admission control is meant to prevent this."""
 
@@ -113,9 +109,7 @@ class BlockManager:
         assert not seq.block_table, "acquire_prefix on a sequence that holds blocks"
         for b in blocks:
             self._ref(b)
-        program_id = _program_of(seq)
-        if program_id is not None:
-            self.evictable.call_admitted(program_id)
+        self.evictable.call_admitted(seq.call.program_id)
         seq.block_table = list(blocks)
         seq.num_computed_tokens = len(blocks) * self.block_size
         seq.num_registered_blocks = len(blocks)
@@ -179,13 +173,12 @@ class BlockManager:
         :meth:`free` releases it (the blocks only this sequence holds, that the prefix cache
         keeps). ``reload_token_s``: seconds to recompute one token; ``waiting``: calls
         waiting for KV blocks now. Returns the pin's TTL, or None."""
-        program_id = _program_of(seq)
-        if not self.enable_prefix_caching or not self.evictable.enabled or program_id is None:
+        if not self.enable_prefix_caching or not self.evictable.enabled:
             return None
         refs, hashes = self.ref_counts, self.block_hash
         blocks = sum(1 for b in seq.block_table if refs[b] == 1 and hashes[b] is not None)
         return self.evictable.call_finished(
-            program_id,
+            seq.call.program_id,
             self.clock(),
             blocks=blocks,
             reload_s=blocks * self.block_size * reload_token_s,
@@ -195,7 +188,7 @@ class BlockManager:
     def free(self, seq: Sequence) -> None:
         """Release all of ``seq``'s blocks; cached ones stay reusable until evicted."""
         # Reverse order: a prefix's first blocks are freed last, so they are evicted last.
-        program_id = _program_of(seq)
+        program_id = seq.call.program_id
         for block in reversed(seq.block_table):
             self.ref_counts[block] -= 1
             if self.ref_counts[block] == 0:

@@ -214,6 +214,10 @@ def lower(plan: Plan, cost: CostModel | None = None) -> Program:
     """Phase 3: fill in the communication of ``plan`` and return the per-rank program."""
     cost = cost or CostModel()
     graph, n = plan.graph, plan.ndevices
+    if plan.pipe is not None:
+        raise PlanError(
+            "a pipeline plan is lowered stage by stage: agentrt.parallelism.pipeline.stages"
+        )
     for name, subs in plan.subops.items():
         if len(subs) != n or any(plan.device[s] != s.index for s in subs):
             raise PlanError(

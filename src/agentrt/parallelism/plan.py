@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from agentrt.parallelism.anno import Split
 from agentrt.parallelism.errors import PlanError, ScheduleError
 from agentrt.parallelism.graph import Graph, Op
+from agentrt.parallelism.schedule import PipeSchedule
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Plan:
         self.subops: dict[str, list[SubOp]] = {}
         self.device: dict[SubOp, int] = {}
         self._before: list[tuple[str, str]] = []
+        self.pipe: PipeSchedule | None = None  # the micro-batch order of a pipeline plan
 
     def _op(self, op: Op | str) -> Op:
         return self.graph.op(op) if isinstance(op, str) else op

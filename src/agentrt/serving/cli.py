@@ -110,9 +110,9 @@ def run(args: argparse.Namespace) -> int:
 
     from agentrt.config import ConfigError
     from agentrt.log import get_logger
-    from agentrt.serving.app import create_app
-    from agentrt.serving.connections import uvicorn_options
     from agentrt.serving.engines import open_engine
+    from agentrt.serving.http.app import create_app
+    from agentrt.serving.http.connections import uvicorn_options
 
     log = get_logger("agentrt.serve")
     try:

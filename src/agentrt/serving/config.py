@@ -21,7 +21,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The id clients use in "model"; defaults to the engine's own model id.
     served_model_name: str | None = None
     # Any engine "package.module:callable" builds instead of the embedded one
-    # (called with engine_options as keyword arguments), e.g. "agentrt.serving.echo:EchoEngine".
+    # (called with engine_options as keyword arguments), e.g. "agentrt.testing.echo:EchoEngine".
     engine_factory: str | None = None
     engine_options: dict[str, Any] = msgspec.field(default_factory=dict)
     scheduling_policy: Policy = "atlas"

@@ -3,7 +3,7 @@
 - nothing else asked: the embedded engine in this process (the default model
   unless ``model`` names another);
 - ``engine_factory``: any engine a ``"package.module:callable"`` builds (e.g.
-  ``agentrt.serving.echo:EchoEngine`` for a model-free server);
+  ``agentrt.testing.echo:EchoEngine`` for a model-free server);
 - ``replicas > 1``, ``backends`` or ``ray_address``: the program-aware
   :class:`~agentrt.serving.router.Router` over worker-process replicas,
   remote OpenAI-compatible servers and Ray actors.
@@ -86,7 +86,7 @@ async def open_engine(
     server: ServerConfig, toml_path: str | Path | None = None
 ) -> AsyncIterator[EngineClient]:
     """Start the engine (or router) the config describes; close it when the block exits."""
-    from agentrt.serving.backends.hosting import EngineSpec, hosted_engine
+    from agentrt.serving.router.backends.hosting import EngineSpec, hosted_engine
 
     if server.replicas < 1:
         raise ConfigError("replicas must be >= 1")
@@ -116,7 +116,7 @@ def remote_tables(toml_path: str | Path | None) -> list[Any]:
         return []
     import tomllib
 
-    from agentrt.serving.backends import RemoteBackendConfig
+    from agentrt.serving.router.backends import RemoteBackendConfig
 
     with open(toml_path, "rb") as f:
         tables = tomllib.load(f).get("remote", [])
@@ -139,9 +139,9 @@ def _routed(server: ServerConfig, remotes: list[Any]) -> bool:
 
 def _router(server: ServerConfig, toml_path: str | Path | None, remotes: list[Any]) -> Any:
     from agentrt.scheduling import BalancerConfig
-    from agentrt.serving.backends import ProcessBackend, RemoteBackend, parse_backend
-    from agentrt.serving.backends.hosting import EngineSpec
     from agentrt.serving.router import Router, RouterConfig
+    from agentrt.serving.router.backends import ProcessBackend, RemoteBackend, parse_backend
+    from agentrt.serving.router.backends.hosting import EngineSpec
 
     if server.engine_factory is not None:
         spec = EngineSpec(factory=server.engine_factory, options=server.engine_options)
@@ -152,7 +152,7 @@ def _router(server: ServerConfig, toml_path: str | Path | None, remotes: list[An
         )
     backends: list[Any] = []
     if server.ray_address is not None:
-        from agentrt.serving.backends.ray import RayBackend, RayPlacement
+        from agentrt.serving.router.backends.ray import RayBackend, RayPlacement
 
         placement = load_config(RayPlacement, toml_path, "ray", {"address": server.ray_address})
         backends += [RayBackend(f"ray-{i}", spec, placement) for i in range(server.replicas)]

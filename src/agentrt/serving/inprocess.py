@@ -500,9 +500,9 @@ def serve_in_process(engine_or_config: Any = None, *, config: Any = None) -> Any
 
     from agentrt.engine.config import EngineConfig
     from agentrt.protocol.engine import EngineClient
-    from agentrt.serving.app import create_app
     from agentrt.serving.config import ServerConfig
     from agentrt.serving.engines import open_engine
+    from agentrt.serving.http.app import create_app
 
     server = config or (
         engine_or_config if isinstance(engine_or_config, ServerConfig) else ServerConfig()

@@ -144,7 +144,3 @@ class KvCache:
             if key is None:
                 break
             self.evicted_blocks += self.blocks(self.drop(key))  # type: ignore[arg-type]
-
-    def held_blocks(self, key: str, tokens: int) -> int:
-        """Blocks the key takes if someone needs ``tokens`` of it (at least what is resident)."""
-        return self.blocks(max(tokens, self.resident.get(key, 0)))

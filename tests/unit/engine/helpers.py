@@ -9,9 +9,11 @@ from tests.conftest import make_tiny_llama, make_tiny_loaded
 
 from agentrt.engine.config import EngineConfig
 from agentrt.engine.llm_engine import LLMEngine
+from agentrt.engine.sampling import SamplingState
 from agentrt.engine.sequence import Sequence
 from agentrt.protocol.engine import SamplingParams
 from agentrt.scheduling import SchedulerConfig
+from agentrt.scheduling.call import Call
 
 
 def random_prompts(lengths: list[int], seed: int = 1, vocab: int = 256) -> list[list[int]]:
@@ -62,8 +64,8 @@ def seq(name: str, tokens: list[int]) -> Sequence:
         index=0,
         token_ids=tokens,
         num_prompt_tokens=len(tokens),
-        sampling=SamplingParams(),
+        state=SamplingState(SamplingParams()),
         max_tokens=4,
         arrival=0.0,
-        call=None,
+        call=Call(name, name),
     )

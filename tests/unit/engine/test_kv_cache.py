@@ -1,4 +1,4 @@
-"""The paged KV tensors and the host swap pool (batched and per-block copies)."""
+"""The paged KV tensors and the host swap pool."""
 
 from __future__ import annotations
 
@@ -39,19 +39,6 @@ def test_swap_out_and_in_restores_every_layer_into_other_blocks() -> None:
     pool.swap_in(handle, [0, 1, 7])
     assert torch.equal(c.kv[:, :, [0, 1, 7]], before)
     assert pool.num_free_blocks == 4
-
-
-def test_per_block_copies_give_the_same_bytes() -> None:
-    c = cache()
-    pool = HostSwapPool(c, capacity_bytes=8 * c.block_bytes)
-    batched = pool.swap_out([3, 1, 4])
-    per_block = pool.swap_out_per_block([3, 1, 4])
-    assert batched is not None and per_block is not None
-    assert torch.equal(pool.view(batched), pool.view(per_block))
-    expected = c.kv[:, :, [3, 1, 4]].clone()
-    c.kv.zero_()
-    pool.swap_in_per_block(per_block, [0, 2, 5])
-    assert torch.equal(c.kv[:, :, [0, 2, 5]], expected)
 
 
 def test_a_full_pool_refuses_and_released_ranges_merge() -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import random
 
 import pytest
-from tests.unit.engine.helpers import assert_block_pool_clean, make_tiny_loaded, tiny_engine
+from tests.unit.engine.helpers import assert_block_pool_clean, make_tiny_loaded, seq, tiny_engine
 
 from agentrt.engine.block_manager import BlockManager
 from agentrt.engine.config import EngineConfig
 from agentrt.engine.llm_engine import LLMEngine
 from agentrt.engine.sequence import Sequence
 from agentrt.protocol.engine import ProgramTag, SamplingParams
-from agentrt.scheduling import Call, RetentionConfig, RetentionPolicy, SchedulerConfig
+from agentrt.scheduling import RetentionConfig, RetentionPolicy, SchedulerConfig
 from agentrt.sim.kv import KvCache
 
 TTL = RetentionConfig(mode="ttl", pin_budget=1.0, min_samples=1)
@@ -27,17 +27,8 @@ class Clock:
 
 
 def program_seq(program: str, tokens: list[int]) -> Sequence:
-    return Sequence(
-        seq_id=program,
-        request_id=program,
-        index=0,
-        token_ids=list(tokens),
-        num_prompt_tokens=len(tokens),
-        sampling=SamplingParams(),
-        max_tokens=4,
-        arrival=0.0,
-        call=Call(program, program),
-    )
+    """A prompt-only sequence whose call belongs to program ``program``."""
+    return seq(program, tokens)
 
 
 def learn(policy: RetentionPolicy, program: str, seconds: float) -> None:

@@ -133,20 +133,6 @@ def test_records_hold_arrival_wait_service_level_and_interrupts() -> None:
         sched.table.record_interrupt("p", -1.0, 2.0)
 
 
-def test_pins_are_dropped_with_their_engine_and_with_their_program() -> None:
-    table = ProcessTable()
-    table.pin("a", "e1", 0.0)
-    table.pin("b", "e1", 0.0)
-    table.pin("c", "e2", 0.0)
-    table.pin("c", "e1", 0.0)  # re-pinned elsewhere
-    assert table.unpin_engine("e2") == []
-    assert table.unpin_engine("e1") == ["a", "b", "c"]
-    assert all(e.engine_id is None for e in table.programs())
-    table.pin("a", "e3", 1.0)
-    table.end("a", 2.0)
-    assert table.unpin_engine("e3") == []
-
-
 def test_a_shared_table_sees_service_from_every_scheduler() -> None:
     table = ProcessTable()
     config = SchedulerConfig(policy="atlas", service_unit="tokens")

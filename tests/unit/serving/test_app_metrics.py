@@ -7,7 +7,7 @@ import re
 from tests.unit.serving.inprocess_clients import raw_client, serving, sync_client
 
 from agentrt.protocol.engine import EngineStats
-from agentrt.serving.echo import EchoEngine
+from agentrt.testing.echo import EchoEngine
 
 NAMES = [
     "agentrt:time_to_first_token_seconds",

@@ -17,10 +17,10 @@ import pytest
 from tests.unit.serving.inprocess_clients import async_client, serving, sync_client
 
 import agentrt
-from agentrt.serving.app import create_app
 from agentrt.serving.config import ServerConfig
-from agentrt.serving.echo import EchoEngine
+from agentrt.serving.http.app import create_app
 from agentrt.serving.inprocess import AppRunner, serve_in_process
+from agentrt.testing.echo import EchoEngine
 
 WORDS = " ".join(f"w{i}" for i in range(20))
 ASK = [{"role": "user", "content": WORDS}]
