@@ -16,7 +16,7 @@ program for a predicted time-to-live and go last, by expected reuse.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from collections.abc import Sequence as SequenceABC
 
@@ -26,6 +26,10 @@ from agentrt.scheduling import Pressure, RetentionConfig, RetentionPolicy
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+# Programs whose last context the manager remembers, to count recomputed prompt tokens.
+MAX_TRACKED_PROGRAMS = 4096
 
 
 class OutOfBlocks(RuntimeError):
@@ -56,6 +60,10 @@ class BlockManager:
         self.clock = clock
         self.prefix_queried_tokens = 0
         self.prefix_hit_tokens = 0
+        # Program -> hashes of the full blocks its last completed call computed, to count
+        # the prompt tokens a next call computes again (bounded: least recent go first).
+        self._previous: OrderedDict[str, list[int]] = OrderedDict()
+        self.recomputed_prompt_tokens = 0
 
     # --- accounting -------------------------------------------------------
     @property
@@ -117,6 +125,22 @@ class BlockManager:
             self.prefix_queried_tokens += seq.num_prompt_tokens
             self.prefix_hit_tokens += seq.num_computed_tokens
             seq.num_cached_tokens = seq.num_computed_tokens
+            self._count_recomputed(seq, len(blocks))
+
+    def _count_recomputed(self, seq: Sequence, hits: int) -> None:
+        """Add the full blocks of the program's previous context that ``seq`` shares
+        but did not find cached: their tokens are computed again."""
+        previous = self._previous.get(seq.call.program_id)
+        if not previous:
+            return
+        limit = min(len(previous), (seq.num_tokens - 1) // self.block_size)
+        self._extend_hashes(seq, limit)
+        hashes = seq.block_hashes
+        common = 0
+        while common < limit and hashes[common] == previous[common]:
+            common += 1
+        if common > hits:
+            self.recomputed_prompt_tokens += (common - hits) * self.block_size
 
     def register_computed_blocks(self, seq: Sequence) -> None:
         """Offer the sequence's newly completed full blocks to the prefix cache."""
@@ -169,11 +193,19 @@ class BlockManager:
     def call_finished(
         self, seq: Sequence, reload_token_s: float, waiting: int, batch_slots: int
     ) -> float | None:
-        """``seq`` completed: let the retention policy pin its program's context before
-        :meth:`free` releases it (the blocks only this sequence holds, that the prefix cache
-        keeps). ``reload_token_s``: seconds to recompute one token; ``waiting``: calls
-        waiting for KV blocks now. Returns the pin's TTL, or None."""
-        if not self.enable_prefix_caching or not self.evictable.enabled:
+        """``seq`` completed: remember its context (for :attr:`recomputed_prompt_tokens`) and
+        let the retention policy pin it before :meth:`free` releases it (the blocks only this
+        sequence holds, that the prefix cache keeps). ``reload_token_s``: seconds to
+        recompute one token; ``waiting``: calls waiting for KV blocks now. Returns the
+        pin's TTL, or None."""
+        if not self.enable_prefix_caching:
+            return None
+        previous = self._previous
+        previous[seq.call.program_id] = seq.block_hashes[: seq.num_registered_blocks]
+        previous.move_to_end(seq.call.program_id)
+        if len(previous) > MAX_TRACKED_PROGRAMS:
+            previous.popitem(last=False)
+        if not self.evictable.enabled:
             return None
         refs, hashes = self.ref_counts, self.block_hash
         blocks = sum(1 for b in seq.block_table if refs[b] == 1 and hashes[b] is not None)
@@ -184,6 +216,11 @@ class BlockManager:
             reload_s=blocks * self.block_size * reload_token_s,
             pressure=Pressure(waiting, batch_slots),
         )
+
+    def program_ended(self, program_id: str) -> None:
+        """The program will not call again: forget its context and its pin."""
+        self._previous.pop(program_id, None)
+        self.evictable.program_ended(program_id)
 
     def free(self, seq: Sequence) -> None:
         """Release all of ``seq``'s blocks; cached ones stay reusable until evicted."""

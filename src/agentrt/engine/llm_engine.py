@@ -284,7 +284,7 @@ class LLMEngine:
     def end_program(self, program_id: str) -> None:
         """A program ended: its entry goes now, or with its last live call."""
         self.scheduler.table.end(program_id, self.clock())
-        self.block_manager.evictable.program_ended(program_id)
+        self.block_manager.program_ended(program_id)
 
     def abort_request(
         self, request_id: str, reason: Literal["abort", "error"] = "abort"
@@ -571,7 +571,7 @@ class LLMEngine:
         Calls wait on memory once no never-used block is left: only then does a pin cost
         the waiting calls anything (it yields to running ones regardless)."""
         bm = self.block_manager
-        waiting = self.scheduler.num_waiting if not bm.free_ids else 0
+        waiting = len(self.scheduler) - len(self.scheduler.running) if not bm.free_ids else 0
         bm.call_finished(seq, self._seconds_per_token, waiting, self.config.max_num_seqs)
 
     def _release(self, seq: Sequence) -> None:
@@ -610,6 +610,12 @@ class LLMEngine:
             preemptions_recompute=c.preemptions_recompute,
             steps=c.steps,
             generated_tokens=c.generated_tokens,
+            kv_pinned_blocks=bm.evictable.pinned_blocks,
+            kv_pins=bm.evictable.counters.pins,
+            kv_pins_reused=bm.evictable.counters.reused,
+            kv_pins_expired=bm.evictable.counters.expired,
+            kv_pins_yielded=bm.evictable.counters.yielded,
+            recomputed_prompt_tokens=bm.recomputed_prompt_tokens,
             calls_per_level=levels,
             step_moments=self.step_moments,
         )

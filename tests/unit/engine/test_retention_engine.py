@@ -145,10 +145,17 @@ def test_a_pinned_context_survives_other_programs_during_a_tool_call(mode: str) 
     agent_turn(engine, "agent", [*history, 7, 8, 9], 1)
     reused = engine.block_manager.prefix_hit_tokens - hits
     retained = engine.block_manager.evictable.counters
+    stats = engine.stats()
     if mode == "ttl":
         assert reused == 40 and retained.reused == 1  # the whole history, from the pin
+        # The agent's two calls: the one-shot programs' pins do not fit the budget the
+        # agent's holds, and rank below it (expected back later), so they are refused.
+        assert stats.kv_pins == 2 and stats.kv_pins_reused == 1
+        assert retained.refused == 3
+        assert stats.recomputed_prompt_tokens == 0
     else:
-        assert reused == 0 and retained.pins == 0
+        assert reused == 0 and retained.pins == 0 and stats.kv_pins == 0
+        assert stats.recomputed_prompt_tokens == 40  # the history's ten full blocks, again
     assert_block_pool_clean(engine)
 
 
