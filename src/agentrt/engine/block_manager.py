@@ -230,7 +230,7 @@ class BlockManager:
             self.ref_counts[block] -= 1
             if self.ref_counts[block] == 0:
                 if self.block_hash[block] is not None:
-                    self.evictable.release(block, 1, program_id)
+                    self.evictable.release(block, program_id)
                 else:
                     self.free_ids.append(block)
         seq.block_table = []
