@@ -12,7 +12,7 @@ from typing import Literal
 import msgspec
 
 from agentrt.config import ConfigError
-from agentrt.scheduling import SchedulerConfig
+from agentrt.scheduling import RetentionConfig, SchedulerConfig
 
 PreemptionMode = Literal["auto", "swap", "recompute"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -65,6 +65,9 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     enable_prefix_caching: bool = True
     seed: int = 0
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
+    # Program-aware KV retention (``[engine.retention]``): ``mode = "ttl"`` pins a finished
+    # call's blocks for its program's predicted tool time and evicts by expected reuse.
+    retention: RetentionConfig = msgspec.field(default_factory=lambda: RetentionConfig(mode="off"))
 
     def __post_init__(self) -> None:
         positive = {

@@ -53,6 +53,7 @@ from agentrt.protocol.engine import (
     TokenEvent,
 )
 from agentrt.scheduling.call import Call
+from agentrt.scheduling.retention import RetentionPolicy, policy_priority
 from agentrt.scheduling.scheduler import make_scheduler
 
 log = get_logger(__name__)
@@ -143,8 +144,13 @@ class LLMEngine:
         self.clock = clock
         self.runner = ModelRunner(loaded.model, config)
         cache = self.runner.kv_cache
+        self.scheduler = make_scheduler(config.scheduler)
         self.block_manager = BlockManager(
-            cache.num_blocks, config.block_size, config.enable_prefix_caching
+            cache.num_blocks,
+            config.block_size,
+            config.enable_prefix_caching,
+            RetentionPolicy(config.retention, cache.num_blocks, policy_priority(self.scheduler)),
+            clock,
         )
         self.swap_pool = HostSwapPool(cache, config.swap_space)
         limit = loaded.max_model_len
@@ -157,7 +163,6 @@ class LLMEngine:
         generator.manual_seed(config.seed)
         self.sampler = Sampler(generator)
         self.output = OutputProcessor(self.tokenizer, self.max_model_len)
-        self.scheduler = make_scheduler(config.scheduler)
         self.token_service = config.scheduler.service_unit == "tokens"
         self.requests: dict[str, Request] = {}
         self.seqs: dict[str, Sequence] = {}
@@ -268,6 +273,7 @@ class LLMEngine:
         for seq in seqs:
             self.seqs[seq.seq_id] = seq
             self.scheduler.add(seq.call, now)
+        self.block_manager.evictable.call_arrived(program_id, now)
         self.requests[request_id] = Request(request_id, seqs, prompt_len)
         return seqs
 
@@ -278,6 +284,7 @@ class LLMEngine:
     def end_program(self, program_id: str) -> None:
         """A program ended: its entry goes now, or with its last live call."""
         self.scheduler.table.end(program_id, self.clock())
+        self.block_manager.program_ended(program_id)
 
     def abort_request(
         self, request_id: str, reason: Literal["abort", "error"] = "abort"
@@ -531,6 +538,7 @@ class LLMEngine:
                 event = self.output.accept(seq, token, lp, now)
                 if event.finish_reason is not None:
                     self.scheduler.finish(seq.seq_id, now)
+                    self._retain(seq)
                     self._release(seq)
             except Exception:
                 log.exception("call_failed_in_step", call=seq.seq_id)
@@ -556,6 +564,15 @@ class LLMEngine:
         del self.requests[request.request_id]
         for seq in request.seqs:
             self.seqs.pop(seq.seq_id, None)
+
+    def _retain(self, seq: Sequence) -> None:
+        """Offer a completed sequence's context to the retention policy (before its release).
+
+        Calls wait on memory once no never-used block is left: only then does a pin cost
+        the waiting calls anything (it yields to running ones regardless)."""
+        bm = self.block_manager
+        waiting = len(self.scheduler) - len(self.scheduler.running) if not bm.free_ids else 0
+        bm.call_finished(seq, self._seconds_per_token, waiting, self.config.max_num_seqs)
 
     def _release(self, seq: Sequence) -> None:
         """Give back whatever KV the sequence holds, on device or host."""
@@ -593,6 +610,12 @@ class LLMEngine:
             preemptions_recompute=c.preemptions_recompute,
             steps=c.steps,
             generated_tokens=c.generated_tokens,
+            kv_pinned_blocks=bm.evictable.pinned_blocks,
+            kv_pins=bm.evictable.counters.pins,
+            kv_pins_reused=bm.evictable.counters.reused,
+            kv_pins_expired=bm.evictable.counters.expired,
+            kv_pins_yielded=bm.evictable.counters.yielded,
+            recomputed_prompt_tokens=bm.recomputed_prompt_tokens,
             calls_per_level=levels,
             step_moments=self.step_moments,
         )

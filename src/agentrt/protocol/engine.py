@@ -199,6 +199,16 @@ class EngineStats(msgspec.Struct, kw_only=True):
     preemptions_recompute: int = 0
     steps: int = 0
     generated_tokens: int = 0
+    # KV retention (agentrt.scheduling.RetentionPolicy): blocks pinned to programs now;
+    # pins made, reused by the program's next call, expired first, yielded to pressure;
+    # prompt tokens of a program's previous context (the full blocks its last call
+    # computed) that its next call computed again because they had been evicted.
+    kv_pinned_blocks: int = 0
+    kv_pins: int = 0
+    kv_pins_reused: int = 0
+    kv_pins_expired: int = 0
+    kv_pins_yielded: int = 0
+    recomputed_prompt_tokens: int = 0
     # Live calls (waiting or running) per scheduler queue level, top level first.
     calls_per_level: list[int] = msgspec.field(default_factory=list)
     # Step-time sums over the engine's lifetime (empty for engines that do not time steps).

@@ -2,9 +2,9 @@
 
 One object per KV pool (an engine's blocks, a simulated engine's segments),
 used by the engine and the simulator alike. The cache hands it the *units*
-it may evict (a block id, a segment key: anything hashable, with its size in
-blocks) when their last user releases them, takes them back on reuse, and
-asks it for the next victim when it needs room. The policy decides:
+it may evict (a block id, a segment key: anything hashable) when their last
+user releases them, takes them back on reuse, and asks it for the next
+victim when it needs room. The policy decides:
 
 - **Pins.** When a call of a program finishes, :meth:`RetentionPolicy.call_finished`
   decides whether the program's context stays *pinned* and for how long (a
@@ -259,10 +259,11 @@ class RetentionPolicy:
     def __contains__(self, unit: object) -> bool:
         return unit in self._lru or unit in self._owner
 
-    def release(self, unit: Unit, blocks: int, program_id: str | None = None) -> None:
-        """Nobody holds ``unit`` (of ``blocks`` blocks) now; the last holder was a call of
-        ``program_id``. A unit of a live pin belongs to it until the pin closes; it then
-        takes the place among ordinary units that this release gave it."""
+    def release(self, unit: Unit, program_id: str | None = None) -> None:
+        """Nobody holds ``unit`` now; the last holder was a call of ``program_id``. A unit
+        of a live pin belongs to it until the pin closes; it then takes the place among
+        ordinary units that this release gave it. (A pin's size is what
+        :meth:`call_finished` was told; units only say which cache entries it covers.)"""
         self.discard(unit)
         self._released += 1
         pin = self._pins.get(program_id) if program_id is not None else None

@@ -57,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--kv-cache-memory", help="KV pool: bytes (2GiB, 512MB) or a fraction of memory (0.3)"
     )
     parser.add_argument(
+        "--kv-retention",
+        choices=["off", "ttl"],
+        help="ttl: keep a program's KV pinned across its tool calls and evict by expected "
+        "reuse instead of LRU (default off, or [engine.retention] mode of the file)",
+    )
+    parser.add_argument(
         "--replicas", type=int, help="embedded engines in worker processes, behind the router"
     )
     parser.add_argument(

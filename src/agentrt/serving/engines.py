@@ -71,6 +71,9 @@ def engine_config(server: ServerConfig, toml_path: str | Path | None = None) -> 
     if server.kv_cache_memory is not None:
         overrides["kv_cache_memory"] = parse_memory(server.kv_cache_memory)
     config = load_config(EngineConfig, toml_path, "engine", overrides)
+    if server.kv_retention is not None:
+        retention = msgspec.structs.replace(config.retention, mode=server.kv_retention)
+        config = msgspec.structs.replace(config, retention=retention)
     return msgspec.structs.replace(config, scheduler=scheduler_config(server, toml_path))
 
 

@@ -462,7 +462,7 @@ class SimEngine:
             kv = self.kv
             refs, resident = kv.refs, kv.resident
             tokens = sum(resident.get(k, 0) for k, _ in live.spec.segments if refs.get(k) == 1)
-            waiting = scheduler.num_waiting if self.kv_bound else 0
+            waiting = len(scheduler) - len(scheduler.running) if self.kv_bound else 0
             self.retention.call_finished(
                 program_id,
                 now,

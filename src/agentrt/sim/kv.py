@@ -91,7 +91,7 @@ class KvCache:
             if tokens is None:
                 continue
             if self.prefix_caching:
-                self.evictable.release(key, self.blocks(tokens), program_id)
+                self.evictable.release(key, program_id)
             else:
                 self.drop(key)
 

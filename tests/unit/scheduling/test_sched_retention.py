@@ -29,7 +29,7 @@ def finish(
     """A call of ``program`` ends holding ``units`` (one block each): pin, then release."""
     ttl = pol.call_finished(program, now, blocks=len(units), reload_s=reload_s)
     for unit in reversed(units):
-        pol.release(unit, 1, program)
+        pol.release(unit, program)
     return ttl
 
 
@@ -119,16 +119,16 @@ def test_off_is_least_recently_released_first() -> None:
     assert finish(pol, "a", 0.0, ["a1", "a2"]) is None
     finish(pol, "b", 1.0, ["b1"])
     pol.acquire("a2")
-    pol.release("a2", 1, "a")
+    pol.release("a2", "a")
     assert pol.pinned_blocks == 0
     assert drain(pol, 2.0) == ["a1", "b1", "a2"]
 
 
 def test_unpinned_units_go_before_pinned_ones() -> None:
     pol = policy()
-    pol.release("shared-old", 1, None)
+    pol.release("shared-old", None)
     finish(pol, "a", 0.0, ["a1", "a2"])
-    pol.release("ended", 1, "gone")
+    pol.release("ended", "gone")
     order = drain(pol, 0.1)
     assert order[:2] == ["shared-old", "ended"]
     assert set(order[2:]) == {"a1", "a2"}
@@ -143,7 +143,7 @@ def test_pins_yield_by_priority_then_expected_return() -> None:
     pol.predictor.observe(9.0, tool="slow", program_id=None)
     for name, tool in (("low", "fast"), ("high", "slow"), ("soon", "fast"), ("late", "slow")):
         pol.call_finished(name, 0.0, blocks=1, reload_s=1.0, tool=tool)
-        pol.release(name, 1, name)
+        pol.release(name, name)
     # lowest priority first, then the one expected back latest (ties: any order of equals)
     order = drain(pol, 0.5)
     assert order[0] == "low"
@@ -163,12 +163,12 @@ def test_expired_pins_become_ordinary_cache_in_release_order() -> None:
     pol = policy(min_samples=1, max_ttl_s=60.0)
     pol.predictor.observe(2.0, tool=None, program_id="a")
     pol.predictor.observe(2.0, tool=None, program_id="a")
-    pol.release("old", 1, None)
+    pol.release("old", None)
     assert finish(pol, "a", 0.0, ["a1"]) == 2.0
     assert pol.expire(1.0) == []
     assert pol.expire(2.5) == ["a"]
     assert pol.counters.expired == 1 and not pol.pinned("a")
-    pol.release("new", 1, None)
+    pol.release("new", None)
     assert drain(pol, 3.0) == ["old", "a1", "new"]
 
 
@@ -299,7 +299,7 @@ class ModelPool:
         for unit in reversed(units):
             del self.refs[unit]
             self.cached.add(unit)
-            self.pol.release(unit, 1, program)
+            self.pol.release(unit, program)
         self.running.discard(program)
 
 

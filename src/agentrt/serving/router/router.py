@@ -530,6 +530,12 @@ class Router:
                 "preemptions_recompute",
                 "steps",
                 "generated_tokens",
+                "kv_pinned_blocks",
+                "kv_pins",
+                "kv_pins_reused",
+                "kv_pins_expired",
+                "kv_pins_yielded",
+                "recomputed_prompt_tokens",
             ):
                 setattr(total, name, getattr(total, name) + getattr(s, name))
             levels = total.calls_per_level
