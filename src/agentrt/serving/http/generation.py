@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from agentrt.log import get_logger
 from agentrt.protocol.engine import EngineClient, EngineError
 from agentrt.protocol.openai import PromptTokensDetails, UsageInfo, encoder
+from agentrt.scheduling import CallOutcome
 from agentrt.serving.http.calls import CallTracker
 from agentrt.serving.http.errors import APIError, from_engine_error, internal_error
 from agentrt.serving.http.exchange import Channel, ClientGone
@@ -48,19 +49,17 @@ class Generation:
             out["server-timing"] = tracker.server_timing()
         return out
 
-    def started(self) -> None:
-        for t in self.trackers:
-            self.programs.call_started(t.request)
-
     def finished(self, tracker: CallTracker) -> None:
         self.programs.call_ended(
-            tracker.request, tracker.timings, "finished" if tracker.finish_reason else "aborted"
+            tracker.request,
+            tracker.timings,
+            CallOutcome.FINISHED if tracker.finish_reason else CallOutcome.ABORTED,
         )
 
     def abandoned(self) -> None:
         """The request ended without finishing some calls (error or disconnect): close their records."""
         for t in self.trackers:
-            self.programs.call_ended(t.request, t.timings, "aborted")
+            self.programs.call_ended(t.request, t.timings, CallOutcome.ABORTED)
 
     async def stream_errors(self, channel: Channel, work: Awaitable[None]) -> None:
         """Run ``work``; an error after the SSE stream opened is sent as an SSE error event, then ``[DONE]``.
