@@ -130,7 +130,8 @@ def agentrt_server(policy: str, extra_args: list[str], startup_timeout: float) -
                "--scheduling-policy", policy, "--shutdown-timeout", str(SERVER_SHUTDOWN_S), *extra_args]
     log_file = tempfile.NamedTemporaryFile(prefix=f"agentrt-serve-{policy}-", suffix=".log", delete=False)  # noqa: SIM115
     log.info("starting server", policy=policy, port=port, log=log_file.name)
-    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ})
+    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ},
+                               preexec_fn=llama_server.stop_with_parent)
     try:
         deadline = time.monotonic() + startup_timeout
         while True:
