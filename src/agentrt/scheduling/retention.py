@@ -238,6 +238,10 @@ class RetentionPolicy:
         )
         self.counters = RetentionCounters()
         self.pinned_blocks = 0
+        # Called with (program id, its units) when a pin yields, expires or is displaced,
+        # before any unit is evicted: the cache may copy them to host memory so that the
+        # program's next call reloads them instead of recomputing them.
+        self.on_yield: Callable[[str, list[Unit]], None] | None = None
         # Units of no live pin -> their release number; a heap of (number, unit) orders them.
         self._lru: dict[Unit, int] = {}
         self._lru_heap: list[tuple[int, Unit]] = []
@@ -297,7 +301,7 @@ class RetentionPolicy:
             if pin is None:
                 return None
             self.counters.yielded += 1
-            self._unpin(pin)
+            self._unpin(pin, lost=True)
         heap, lru = self._lru_heap, self._lru
         while lru.get(heap[0][1]) != heap[0][0]:
             heapq.heappop(heap)  # stale: the unit was taken back or evicted
@@ -391,7 +395,7 @@ class RetentionPolicy:
             if self._pins.get(pin.program_id) is not pin or pin.awaited or pin.deadline != deadline:
                 continue
             self.counters.expired += 1
-            self._unpin(pin)
+            self._unpin(pin, lost=True)
             expired.append(pin.program_id)
         return expired
 
@@ -467,7 +471,7 @@ class RetentionPolicy:
             return False
         for pin in victims:
             self.counters.displaced += 1
-            self._unpin(pin)
+            self._unpin(pin, lost=True)
         return True
 
     def _to_lru(self, unit: Unit, number: int) -> None:
@@ -478,8 +482,12 @@ class RetentionPolicy:
             self._lru_heap = [(n, u) for u, n in lru.items()]
             heapq.heapify(self._lru_heap)
 
-    def _unpin(self, pin: _Pin) -> None:
-        """Close a pin; its units become ordinary cache, in their release order."""
+    def _unpin(self, pin: _Pin, *, lost: bool = False) -> None:
+        """Close a pin; its units become ordinary cache, in their release order. ``lost``:
+        the program may still come back for them (yielded, expired, displaced), so the
+        cache is offered them first (:attr:`on_yield`)."""
+        if lost and self.on_yield is not None and pin.units:
+            self.on_yield(pin.program_id, list(pin.units))
         del self._pins[pin.program_id]
         self.pinned_blocks -= pin.blocks
         owner = self._owner

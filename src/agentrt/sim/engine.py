@@ -170,9 +170,11 @@ class EngineCounters:
         "busy_s",
         "cached_tokens",
         "decode_tokens",
+        "offloads",
         "preemptions",
         "prefill_tokens",
         "recomputes",
+        "restores",
         "steps",
         "swap_blocks",
         "swap_s",
@@ -186,6 +188,7 @@ class EngineCounters:
         self.cached_tokens = self.decode_tokens = self.prefill_tokens = 0
         self.preemptions = self.recomputes = self.swap_blocks = self.swaps_in = self.swaps_out = 0
         self.steps = self.windows = 0
+        self.offloads = self.restores = 0  # yielded pins copied to host, and copied back
 
 
 class SimEngine:
@@ -218,7 +221,13 @@ class SimEngine:
         self.kv = KvCache(
             profile.kv_blocks, profile.block_size, profile.prefix_caching, self.retention
         )
-        self.host_used = 0  # blocks in the host swap pool
+        self.host_used = 0  # blocks in the host swap pool (swapped calls and offloaded pins)
+        # Contexts of yielded pins copied to the host pool, by program: (key, tokens), oldest
+        # program first; they come back when the program's next call is loaded.
+        self.offloaded: dict[str, list[Segment]] = {}
+        self._offload_s = 0.0  # copy time of offloads, charged to the next window
+        if self.retention.enabled and profile.host_blocks:
+            self.retention.on_yield = self._offload
         self.live: dict[str, LiveCall] = {}
         self.busy_until: float | None = None  # end of the running window, None when idle
         self.counters = EngineCounters()
@@ -251,7 +260,7 @@ class SimEngine:
             return None
         self.kv_bound = False
         decision = scheduler.schedule(now, WindowAdmission(self, self.steps))
-        swap_s = 0.0
+        swap_s, self._offload_s = self._offload_s, 0.0
         for call in decision.preempted:
             swap_s += self._preempt(self.live[call.call_id])
         batch = [self.live[call.call_id] for call in decision.batch]
@@ -278,7 +287,7 @@ class SimEngine:
         blocks = sum(kv.blocks(t) for _, t in held)
         seconds = 0.0
         profile = self.profile
-        if self.preemption == "swap" and blocks and self.host_used + blocks <= profile.host_blocks:
+        if self.preemption == "swap" and blocks and self._host_room(blocks):
             for key, _ in held:
                 if kv.refs.get(key) == 1:  # nobody else uses it: its GPU blocks are freed
                     kv.drop(key)
@@ -311,6 +320,8 @@ class SimEngine:
             self.counters.swap_blocks += copied
             seconds = profile.swap_overhead_s + copied * profile.swap_block_s
         else:
+            if self.offloaded:
+                seconds += self._restore(live)
             live.computed = kv.cached_prefix(live.spec.segments, live.target - 1)
             self.counters.cached_tokens += live.computed
         kv.acquire(live.spec.segments)
@@ -475,5 +486,54 @@ class SimEngine:
         del self.live[live.call.call_id]
 
     def program_ended(self, program_id: str) -> None:
-        """The program's last call is done: no pin of it is worth keeping."""
+        """The program's last call is done: no pin of it is worth keeping, nor its host copy."""
         self.retention.program_ended(program_id)
+        self._drop_offloaded(program_id)
+
+    # --- pinned contexts in the host pool ---
+
+    def _offload(self, program_id: str, keys: list[object]) -> None:
+        """A pin yields: copy its keys to the host pool when there is room (swapped calls
+        come first: they take the room back), so its next call swaps them in."""
+        kv = self.kv
+        held = [(k, kv.resident[k]) for k in keys if k in kv.resident]  # type: ignore[index]
+        blocks = sum(kv.blocks(t) for _, t in held)
+        if not blocks or self.host_used + blocks > self.profile.host_blocks:
+            return
+        self.offloaded.setdefault(program_id, []).extend(held)  # type: ignore[arg-type]
+        self.host_used += blocks
+        self._offload_s += self.profile.swap_overhead_s + blocks * self.profile.swap_block_s
+        self.counters.offloads += 1
+        self.counters.swap_blocks += blocks
+
+    def _restore(self, live: LiveCall) -> float:
+        """Bring the program's offloaded keys that this call uses back; returns the seconds."""
+        held = self.offloaded.pop(live.call.program_id, None)
+        if held is None:
+            return 0.0
+        kv = self.kv
+        wanted = {key for key, _ in live.spec.segments}
+        copied = 0
+        for key, tokens in held:
+            self.host_used -= kv.blocks(tokens)
+            have = kv.resident.get(key, 0)
+            if key in wanted and tokens > have:
+                copied += kv.blocks(tokens) - kv.blocks(have)
+                kv.grow(key, tokens)
+        if not copied:
+            return 0.0
+        self.counters.restores += 1
+        self.counters.swap_blocks += copied
+        return self.profile.swap_overhead_s + copied * self.profile.swap_block_s
+
+    def _drop_offloaded(self, program_id: str) -> None:
+        for _, tokens in self.offloaded.pop(program_id, ()):
+            self.host_used -= self.kv.blocks(tokens)
+
+    def _host_room(self, blocks: int) -> bool:
+        """Room for a swapped call in the host pool, dropping offloaded contexts (oldest
+        first) to make it."""
+        limit = self.profile.host_blocks
+        while self.host_used + blocks > limit and self.offloaded:
+            self._drop_offloaded(next(iter(self.offloaded)))
+        return self.host_used + blocks <= limit

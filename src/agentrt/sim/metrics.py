@@ -163,6 +163,8 @@ class EngineSummary(msgspec.Struct, kw_only=True):
     pins_reused: int = 0
     pins_expired: int = 0
     pins_yielded: int = 0
+    pins_offloaded: int = 0  # yielded pins copied to the host pool
+    pins_restored: int = 0  # of those, copied back for the program's next call
 
 
 class RunResult(msgspec.Struct, kw_only=True):
@@ -235,6 +237,8 @@ def summarize(
             pins_reused=sum(e.retention.counters.reused for e in engines),
             pins_expired=sum(e.retention.counters.expired for e in engines),
             pins_yielded=sum(e.retention.counters.yielded for e in engines),
+            pins_offloaded=sum(c.offloads for c in counters),
+            pins_restored=sum(c.restores for c in counters),
         ),
         sim_seconds=wall_seconds,
     )

@@ -189,6 +189,27 @@ def test_admission_closes_the_pin_and_keeps_the_rest_cached() -> None:
     assert "a2" in pol and "a1" not in pol
 
 
+def test_the_cache_is_offered_lost_pins_only() -> None:
+    levels = {"a": 2.0, "b": 0.0, "c": 1.0, "d": 0.0, "e": 0.0}
+    pol = RetentionPolicy(RetentionConfig(pin_budget=0.5, min_samples=1), 4, levels.__getitem__)
+    offered: list[tuple[str, list[object]]] = []
+    pol.on_yield = lambda program, units: offered.append((program, units))
+    finish(pol, "a", 0.0, ["a1", "a2"])
+    finish(pol, "b", 0.0, ["b1"])  # the budget (2 blocks) is full: a (level 2) is displaced
+    assert offered == [("a", ["a2", "a1"])]
+    pol.call_arrived("b", 0.5)
+    pol.call_admitted("b")  # admitted: its units are held, nothing to offer
+    finish(pol, "c", 1.0, ["c1"])
+    pol.program_ended("c")  # ended: nobody comes back for it
+    finish(pol, "d", 1.0, ["d1"])
+    pol.expire(10.0)  # expired: d may still come back
+    assert [p for p, _ in offered] == ["a", "d"]
+    finish(pol, "e", 10.0, ["e1"])
+    while pol.victim(10.0) not in (None, "e1"):
+        pol.discard(pol.victim(10.0))
+    assert pol.victim(10.0) == "e1" and offered[-1] == ("e", ["e1"])  # yielded
+
+
 def test_program_end_unpins() -> None:
     pol = policy()
     finish(pol, "a", 0.0, ["a1"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from agentrt.scheduling import RetentionConfig, SchedulerConfig
@@ -47,15 +48,26 @@ def test_a_pinned_context_outlives_one_shot_programs_lru_would_keep(
     assert latency["a"] < {o.program_id: o.latency for o in lru._outcomes}["a"]
 
 
-def test_a_pin_yields_to_running_calls(small_profile: EngineProfile) -> None:
+@pytest.mark.parametrize("host_blocks", [0, 1000])
+def test_a_pin_yields_to_running_calls_to_the_host_pool_when_it_has_room(
+    small_profile: EngineProfile, host_blocks: int
+) -> None:
     # The three one-shot programs run at once and need every block but the pin's:
-    # the pin yields rather than holding them up.
+    # the pin yields rather than holding them up. With room in the host pool its
+    # context is copied there and swapped back in for the agent's next call.
+    profile = msgspec.structs.replace(small_profile, host_blocks=host_blocks)
     programs = [agent(2.0), *(one_shot(i, 0.6) for i in range(3))]
-    ttl = run(small_profile, "ttl", programs)
-    counters = ttl.engines["engine-0"].retention.counters
-    assert counters.yielded == 1
-    assert ttl.engines["engine-0"].counters.cached_tokens == 0
+    ttl = run(profile, "ttl", programs)
+    engine = ttl.engines["engine-0"]
+    assert engine.retention.counters.yielded == 1
     assert {o.program_id for o in ttl._outcomes} == {"a", "o0", "o1", "o2"}
+    if host_blocks:
+        assert (engine.counters.offloads, engine.counters.restores) == (1, 1)
+        assert engine.counters.cached_tokens == 1600
+    else:
+        assert (engine.counters.offloads, engine.counters.restores) == (0, 0)
+        assert engine.counters.cached_tokens == 0
+    assert engine.host_used == 0 and not engine.offloaded
 
 
 def test_a_pin_past_its_ttl_expires(small_profile: EngineProfile) -> None:
@@ -73,7 +85,5 @@ def test_off_keeps_no_pins_and_reports_none(small_profile: EngineProfile) -> Non
 
 
 def test_sim_config_rejects_an_unknown_mode() -> None:
-    import msgspec
-
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"kv_retention": "forever"}, SimConfig)
