@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         dest="backends",
         metavar="URL",
-        help="a remote OpenAI-compatible server ([vllm+|sglang+|agentrt+]URL); repeatable",
+        help="a remote OpenAI-compatible server ([vllm+|sglang+|llamacpp+|agentrt+|openai+]URL"
+        "[,max_inflight=N]); repeatable",
     )
     parser.add_argument(
         "--ray-address", help="place the engine replicas on this Ray cluster ('auto', ray://...)"

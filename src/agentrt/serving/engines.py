@@ -167,10 +167,13 @@ def _router(server: ServerConfig, toml_path: str | Path | None, remotes: list[An
     elif server.replicas > 1 or not (server.backends or remotes):
         backends += [ProcessBackend(f"replica-{i}", spec) for i in range(server.replicas)]
     configs = [parse_backend(url) for url in server.backends] + remotes
-    backends += [RemoteBackend(f"remote-{i}", c) for i, c in enumerate(configs)]
+    scheduler = scheduler_config(server, toml_path)
+    backends += [
+        RemoteBackend(f"remote-{i}", c, scheduler=scheduler) for i, c in enumerate(configs)
+    ]
     return Router(
         backends,
         config=load_config(RouterConfig, toml_path, "router"),
-        scheduler=scheduler_config(server, toml_path),
+        scheduler=scheduler,
         balancer=load_config(BalancerConfig, toml_path, "balancer"),
     )

@@ -341,16 +341,17 @@ class Router:
 
         Program-aware engines get it in the tag (each only sees the calls
         routed to it); program-unaware ones get the level it maps to as the
-        call's ``priority``.
+        call's ``priority``, and the tag too, for the admission queue that
+        holds their calls beyond the server's slots.
         """
         request, call = live.request, live.call
         if call is None or request.program is None:
             return request
-        if live.engine.backend.program_aware:
-            if call.start_value <= 0:
-                return request
+        if call.start_value > 0:
             tag = msgspec.structs.replace(request.program, attained_service=call.start_value)
-            return msgspec.structs.replace(request, program=tag)
+            request = msgspec.structs.replace(request, program=tag)
+        if live.engine.backend.program_aware:
+            return request
         if request.priority is not None and self.scheduler_config.honor_request_priority:
             return request
         return msgspec.structs.replace(request, priority=call.level)
