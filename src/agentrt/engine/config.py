@@ -51,7 +51,8 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     quantization: Quantization = "none"
     # Decode-only steps through torch.compile (inductor), one graph per power-of-two batch
     # bucket, cached on disk under compile_cache_dir (None: $AGENTRT_CACHE_DIR/inductor).
-    # Lean decoder only. Off by default: on CPU it measured no faster than the eager step.
+    # Lean decoder only. Off by default: with a cold cache the first step of each bucket
+    # stalls the engine while it compiles (minutes on a small CPU host).
     compile: bool = False
     compile_cache_dir: str | None = None
     block_size: int = 16
