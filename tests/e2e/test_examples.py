@@ -60,5 +60,10 @@ def test_in_process_example_streams_parallel_answers() -> None:
 
 
 @pytest.mark.slow
+def test_framework_agent_example_answers_through_the_agents_sdk() -> None:
+    assert "Paris" in run_example("framework_agent.py")
+
+
+@pytest.mark.slow
 def test_standalone_server_example_with_the_default_model() -> None:
     assert "Paris" in run_example("standalone_server.py", free_port())

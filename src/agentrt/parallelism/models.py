@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def tiny_llama(seed: int = 0, *, vocab: int = 256, layers: int = 2) -> nn.Module:
-    """A random Llama (GQA, rotary, RMSNorm, SwiGLU) small enough for a unit test."""
+def tiny_llama(
+    seed: int = 0, *, vocab: int = 256, layers: int = 2, tied: bool = False
+) -> nn.Module:
+    """A random Llama (GQA, rotary, RMSNorm, SwiGLU) small enough for a unit test (``tied``: LM head = embedding)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -28,6 +30,7 @@ def tiny_llama(seed: int = 0, *, vocab: int = 256, layers: int = 2) -> nn.Module
         bos_token_id=None,
         eos_token_id=None,
         pad_token_id=0,
+        tie_word_embeddings=tied,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).to(torch.float32).eval()
@@ -129,4 +132,8 @@ class LossAndLogits(NextTokenLoss):
         return _loss(logits, labels), logits
 
 
-BUILTIN = {"tiny-llama": tiny_llama, "tiny-gpt": tiny_gpt}
+def tiny_llama_tied(seed: int = 0) -> nn.Module:
+    return tiny_llama(seed, tied=True)
+
+
+BUILTIN = {"tiny-llama": tiny_llama, "tiny-gpt": tiny_gpt, "tiny-llama-tied": tiny_llama_tied}

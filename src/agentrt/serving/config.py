@@ -29,8 +29,11 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The embedded engine's dtype and weight-only quantization; unset: [engine] of the file.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     quantization: Literal["none", "int8", "int4"] | None = None
+    compile: bool | None = None  # the embedded engine's compiled decode; unset: [engine]
     # KV pool size for the embedded engine: bytes ("2GiB", "512MB", an int) or a fraction ("0.5").
     kv_cache_memory: str | float | None = None
+    # Program-aware KV retention of the embedded engine; unset: [engine.retention] of the file.
+    kv_retention: Literal["off", "ttl"] | None = None
     replicas: int = 1
     backends: list[str] = msgspec.field(default_factory=list)  # remote OpenAI-compatible servers
     ray_address: str | None = None

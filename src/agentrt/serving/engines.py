@@ -66,10 +66,14 @@ def engine_config(server: ServerConfig, toml_path: str | Path | None = None) -> 
         "max_num_seqs": server.max_num_seqs,
         "dtype": server.dtype,
         "quantization": server.quantization,
+        "compile": server.compile,
     }
     if server.kv_cache_memory is not None:
         overrides["kv_cache_memory"] = parse_memory(server.kv_cache_memory)
     config = load_config(EngineConfig, toml_path, "engine", overrides)
+    if server.kv_retention is not None:
+        retention = msgspec.structs.replace(config.retention, mode=server.kv_retention)
+        config = msgspec.structs.replace(config, retention=retention)
     return msgspec.structs.replace(config, scheduler=scheduler_config(server, toml_path))
 
 
@@ -163,10 +167,13 @@ def _router(server: ServerConfig, toml_path: str | Path | None, remotes: list[An
     elif server.replicas > 1 or not (server.backends or remotes):
         backends += [ProcessBackend(f"replica-{i}", spec) for i in range(server.replicas)]
     configs = [parse_backend(url) for url in server.backends] + remotes
-    backends += [RemoteBackend(f"remote-{i}", c) for i, c in enumerate(configs)]
+    scheduler = scheduler_config(server, toml_path)
+    backends += [
+        RemoteBackend(f"remote-{i}", c, scheduler=scheduler) for i, c in enumerate(configs)
+    ]
     return Router(
         backends,
         config=load_config(RouterConfig, toml_path, "router"),
-        scheduler=scheduler_config(server, toml_path),
+        scheduler=scheduler,
         balancer=load_config(BalancerConfig, toml_path, "balancer"),
     )

@@ -53,7 +53,7 @@ def test_a_row_the_sampler_cannot_sample_ends_its_call_and_no_other() -> None:
     engine.add_request("good", good, SamplingParams(temperature=0.0, max_tokens=8))
     engine.add_request("bad", bad, SamplingParams(temperature=1.0, top_k=5, max_tokens=8, n=2))
     for seq_id in ("bad#0", "bad#1"):  # what a top_k that slipped past validation looks like
-        state = engine.sampling_states[seq_id]
+        state = engine.seqs[seq_id].state
         state.params = msgspec.structs.replace(state.params, top_k=HUGE_TOP_K)
 
     events = run_to_completion(engine)
@@ -78,7 +78,7 @@ def test_a_token_the_engine_cannot_post_process_ends_its_call_and_no_other() -> 
     good, bad = random_prompts([5, 6], seed=4)
     engine.add_request("good", good, SamplingParams(temperature=0.0, max_tokens=6))
     engine.add_request("bad", bad, SamplingParams(temperature=0.0, max_tokens=6))
-    engine.sampling_states["bad"] = _ExplodingState(SamplingParams(temperature=0.0, max_tokens=6))
+    engine.seqs["bad"].state = _ExplodingState(SamplingParams(temperature=0.0, max_tokens=6))
 
     events = run_to_completion(engine)
 

@@ -21,6 +21,7 @@ import anyio
 from agentrt.log import get_logger
 from agentrt.protocol.engine import EngineError, TokenEvent
 from agentrt.protocol.openai import encoder
+from agentrt.scheduling import CallOutcome
 from agentrt.serving.http.calls import CallTracker, run_call
 from agentrt.serving.http.errors import APIError, as_api_error, error_headers, internal_error
 from agentrt.serving.http.exchange import Channel, ClientGone
@@ -55,7 +56,7 @@ class Generation:
                 finally:
                     # Calls the request did not see finish (an error, a disconnect) end here.
                     for t in self.trackers:
-                        programs.call_ended(t.request, t.timings, "aborted")
+                        programs.call_ended(t.request, t.timings, CallOutcome.ABORTED)
         except ClientGone:
             raise
         except Exception as e:
@@ -106,7 +107,7 @@ class Generation:
         self, tracker: CallTracker, on_event: Callable[[TokenEvent], Coroutine[Any, Any, None]]
     ) -> None:
         await run_call(self.state.engine, tracker, on_event)
-        outcome = "finished" if tracker.finish_reason else "aborted"
+        outcome = CallOutcome.FINISHED if tracker.finish_reason else CallOutcome.ABORTED
         self.state.programs.call_ended(tracker.request, tracker.timings, outcome)
 
     async def _each(self, run: Callable[[int, CallTracker], Coroutine[Any, Any, None]]) -> None:

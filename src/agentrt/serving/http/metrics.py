@@ -121,6 +121,32 @@ class EngineStatsCollector(Collector):
             "Preemptions that dropped the KV to recompute it.",
             s.preemptions_recompute,
         )
+        yield _gauge(
+            "agentrt:kv_cache_pinned_blocks",
+            "Cached KV blocks pinned to programs waiting on a tool (see [engine.retention]).",
+            s.kv_pinned_blocks,
+        )
+        yield _counter("agentrt:num_kv_pins", "Contexts pinned after a call.", s.kv_pins)
+        yield _counter(
+            "agentrt:num_kv_pins_reused",
+            "Pins whose program called again before the pin's time-to-live ran out.",
+            s.kv_pins_reused,
+        )
+        yield _counter(
+            "agentrt:num_kv_pins_expired",
+            "Pins whose time-to-live ran out before their program called again.",
+            s.kv_pins_expired,
+        )
+        yield _counter(
+            "agentrt:num_kv_pins_yielded",
+            "Pins evicted because running calls needed the blocks.",
+            s.kv_pins_yielded,
+        )
+        yield _counter(
+            "agentrt:recomputed_prompt_tokens",
+            "Prompt tokens computed again after their KV was evicted or dropped.",
+            s.recomputed_prompt_tokens,
+        )
         levels = GaugeMetricFamily(
             "agentrt:calls_per_queue_level",
             "Live calls in each queue level of the scheduler (0 = top).",
