@@ -17,7 +17,7 @@ import math
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -121,7 +121,7 @@ class EchoEngine:
         finally:
             self._queue.release_on_behalf_of(request.call_id)
 
-    async def _generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         arrival = request.arrival_time or time.monotonic()
         prompt_pieces = tokenize(self._prompt_text(request))
         prompt_len = len(request.prompt) if isinstance(request.prompt, list) else len(prompt_pieces)

@@ -93,15 +93,7 @@ class ChatRenderer:
                     stop_reason=c.stop_reason,
                 )
             )
-        reply = self.reply
-        return ChatCompletion(
-            id=reply.response_id,
-            created=reply.created,
-            model=reply.model,
-            choices=out,
-            usage=reply.usage(),
-            agentrt=reply.trackers[0].info(reply.program_id),
-        )
+        return self.reply.whole(ChatCompletion, out)
 
     # ------------------------------------------------------------------ SSE chunks
 
@@ -128,16 +120,7 @@ class ChatRenderer:
         return out
 
     def usage_chunk(self) -> ChatCompletionChunk:
-        reply = self.reply
-        final = ChatCompletionChunk(
-            id=reply.response_id,
-            created=reply.created,
-            model=reply.model,
-            choices=[],
-            usage=reply.usage(),
-        )
-        final.agentrt = reply.trackers[0].info(reply.program_id)
-        return final
+        return self.reply.usage_chunk(ChatCompletionChunk)
 
     def _finish(self, i: int, event: TokenEvent) -> list[msgspec.Struct]:
         """The chunks that end choice ``i``: the text and tool calls held back, then the finish reason."""
@@ -168,10 +151,4 @@ class ChatRenderer:
         return out
 
     def _chunk(self, choice: ChatChunkChoice) -> ChatCompletionChunk:
-        reply = self.reply
-        c = ChatCompletionChunk(
-            id=reply.response_id, created=reply.created, model=reply.model, choices=[choice]
-        )
-        if reply.include_usage:
-            c.usage = None
-        return c
+        return self.reply.chunk(ChatCompletionChunk, [choice])

@@ -72,15 +72,7 @@ class CompletionRenderer:
             )
             for i, c in sorted(self._choices.items())
         ]
-        reply = self.reply
-        return Completion(
-            id=reply.response_id,
-            created=reply.created,
-            model=reply.model,
-            choices=out,
-            usage=reply.usage(),
-            agentrt=reply.trackers[0].info(reply.program_id),
-        )
+        return self.reply.whole(Completion, out)
 
     # ------------------------------------------------------------------ SSE chunks
 
@@ -92,7 +84,6 @@ class CompletionRenderer:
             text = self.echo_prompts[call] + text
         if not (text or event.logprobs or event.finish_reason is not None):
             return []
-        reply = self.reply
         choice = CompletionChoice(
             index=index,
             text=text,
@@ -100,21 +91,7 @@ class CompletionRenderer:
             logprobs=completion_logprobs(event.logprobs, 0),
             stop_reason=event.stop_reason,
         )
-        chunk = CompletionChunk(
-            id=reply.response_id, created=reply.created, model=reply.model, choices=[choice]
-        )
-        if reply.include_usage:
-            chunk.usage = None
-        return [chunk]
+        return [self.reply.chunk(CompletionChunk, [choice])]
 
     def usage_chunk(self) -> CompletionChunk:
-        reply = self.reply
-        final = CompletionChunk(
-            id=reply.response_id,
-            created=reply.created,
-            model=reply.model,
-            choices=[],
-            usage=reply.usage(),
-        )
-        final.agentrt = reply.trackers[0].info(reply.program_id)
-        return final
+        return self.reply.usage_chunk(CompletionChunk)

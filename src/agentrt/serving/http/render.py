@@ -9,14 +9,17 @@ running the calls, sending and reporting errors is :mod:`.generation`'s job.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
 from agentrt.protocol.engine import TokenEvent
 from agentrt.protocol.openai import PromptTokensDetails, UsageInfo
 from agentrt.serving.http.calls import CallTracker
+
+T = TypeVar("T")
 
 
 @dataclass(kw_only=True)
@@ -43,6 +46,28 @@ class Reply:
                 cached_tokens=sum(u.cached_tokens for u in usages)
             ),
         )
+
+    def whole(self, make: Callable[..., T], choices: list[Any]) -> T:
+        """The whole response (``ChatCompletion``, ``Completion``) with ``choices``."""
+        return make(
+            id=self.response_id,
+            created=self.created,
+            model=self.model,
+            choices=choices,
+            usage=self.usage(),
+            agentrt=self.trackers[0].info(self.program_id),
+        )
+
+    def chunk(self, make: Callable[..., T], choices: list[Any]) -> T:
+        """One SSE chunk; its ``usage`` is null when the stream ends with a usage chunk."""
+        usage: dict[str, Any] = {"usage": None} if self.include_usage else {}
+        return make(
+            id=self.response_id, created=self.created, model=self.model, choices=choices, **usage
+        )
+
+    def usage_chunk(self, make: Callable[..., T]) -> T:
+        """The stream's last chunk when it asked for the usage: no choices, the usage and timings."""
+        return self.whole(make, [])
 
 
 class Renderer(Protocol):
