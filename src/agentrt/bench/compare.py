@@ -3,9 +3,11 @@
 Starts ``agentrt serve`` once per ``--policies`` entry (each on a free
 loopback port, all up for the whole sweep), adds any
 ``--external NAME=URL[#MODEL]`` server (vLLM, SGLang, ``transformers serve``,
-llama.cpp's server), runs the same rate sweep against each, rate by rate with the systems
-taking turns (only one is loaded at a time; interleaving spreads drift in the
-machine's background load over all of them), and reports each
+llama.cpp's server) and, with ``--llama-server PATH``, a llama.cpp server it
+starts fresh per rate with as many slots as agentrt's batch, runs the same
+rate sweep against each, rate by rate with the systems taking turns (only
+one is loaded at a time; interleaving spreads drift in the machine's
+background load over all of them), and reports each
 system's throughput at equal mean latency as a ratio against the first
 system (Autellix's headline metric), with p95 latency at the baseline's load;
 once on mean program latency and once on the paper's program-level token
@@ -29,6 +31,7 @@ from typing import Any
 
 import msgspec
 
+from agentrt.bench import llama_server
 from agentrt.bench.program_metrics import AtLatency, interpolate, rate_at_latency
 from agentrt.bench.serve import BenchResult, SystemResult, add_workload_arguments, validate
 from agentrt.log import get_logger
@@ -101,6 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the simulated engine's batch limit (default: --serve-arg --max-num-seqs, else the profile's)")
     parser.add_argument("--from-json", default=None, metavar="FILE",
                         help="report (and --simulate) a saved `bench compare --json` run instead of measuring")
+    llama_server.add_arguments(parser)
     add_workload_arguments(parser)
 
 
@@ -126,7 +130,8 @@ def agentrt_server(policy: str, extra_args: list[str], startup_timeout: float) -
                "--scheduling-policy", policy, "--shutdown-timeout", str(SERVER_SHUTDOWN_S), *extra_args]
     log_file = tempfile.NamedTemporaryFile(prefix=f"agentrt-serve-{policy}-", suffix=".log", delete=False)  # noqa: SIM115
     log.info("starting server", policy=policy, port=port, log=log_file.name)
-    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ})
+    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ},
+                               preexec_fn=llama_server.stop_with_parent)
     try:
         deadline = time.monotonic() + startup_timeout
         while True:
@@ -226,13 +231,23 @@ def serve_flag(serve_args: list[str], flag: str) -> str | None:
     return None
 
 
+def llama_config(args: argparse.Namespace) -> llama_server.LlamaServerConfig | None:
+    """``--llama-server``: as many slots as agentrt's batch (its ``--max-num-seqs``), 4,096 tokens each."""
+    from agentrt.engine.config import EngineConfig
+
+    batch = serve_flag(args.serve_arg, "--max-num-seqs")
+    slots = int(batch) if batch else EngineConfig().max_num_seqs
+    return llama_server.config_from_args(args, slots, 4096)
+
+
 def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None:
     """Run every system at each rate in turn, on fresh agentrt servers for each rate.
 
     Every rate replays the same seeded programs, so a server kept across rates
     would find the earlier rates' prompts in its prefix cache and the later
     rates would look faster than they are (measured: mean latency 173 s at
-    0.3 programs/s, then 67 s at 0.9). Fresh servers start cold. External
+    0.3 programs/s, then 67 s at 0.9). Fresh servers start cold, and so does
+    the llama.cpp server of ``--llama-server``, started per rate too. External
     servers keep their caches between rates: restart them yourself, or give
     one rate per command. None when a server could not start (reported on
     ``console``).
@@ -244,6 +259,11 @@ def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None
     from agentrt.bench.serve_report import Progress
 
     extra = {"ignore_eos": True} if args.ignore_eos else {}
+    try:
+        llama = llama_config(args)
+    except llama_server.LlamaServerError as e:
+        console.print(f"[red]error:[/red] {e}")
+        return None
     systems: list[SystemResult] = []
     began = time.monotonic()
     with Progress(enabled=not args.no_progress) as progress:
@@ -261,6 +281,15 @@ def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None
                                           extra_body=extra))
                 for name, url, model in args.external:
                     targets.append(Target(label=name, base_url=url, model=model or args.model or "",
+                                          extra_body=extra))
+                if llama is not None:
+                    try:
+                        url = servers.enter_context(llama_server.llama_server(llama, args.startup_timeout))
+                    except llama_server.LlamaServerError as e:
+                        progress.stop()
+                        console.print(f"[red]error:[/red] {e}")
+                        return None
+                    targets.append(Target(label="llama.cpp", base_url=url, model=args.model or "",
                                           extra_body=extra))
                 offset = time.monotonic() - began
                 one_rate = argparse.Namespace(**{**vars(args), "rates": [rate]})
@@ -306,8 +335,8 @@ def run(args: argparse.Namespace) -> int:
 
     console = report_console()
     problem = validate(args)
-    if problem is None and not args.policies and not args.external and not args.from_json:
-        problem = "nothing to compare: give --policies and/or --external"
+    if problem is None and not (args.policies or args.external or args.llama_server or args.from_json):
+        problem = "nothing to compare: give --policies, --external and/or --llama-server"
     if problem is None and args.fit_steps and not args.simulate:
         problem = "--fit-steps fits the profile given with --simulate PROFILE"
     if problem:

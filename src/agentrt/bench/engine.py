@@ -14,7 +14,15 @@ One command, one process, one model (SmolLM2-135M-Instruct by default):
    against one copy per block;
 5. with ``--quality`` (needs a tokenizer): greedy-token agreement with a
    float32, unquantized engine over 20 prompts and the perplexity of a fixed
-   text under both (``agentrt.bench.quality``).
+   text under both (``agentrt.bench.quality``);
+6. with ``--compare NAME=URL`` (an OpenAI-compatible server already running,
+   e.g. llama.cpp's): ``agentrt serve`` started with the bench's model, dtype
+   and quantization, and each named server, measured alike over HTTP with
+   streaming: decode tokens/s at 1, 8 and 32 streams, time to first token for
+   a 2,000-token prompt, and each one's memory roofline fraction
+   (``agentrt.bench.peer``). ``--llama-server PATH`` adds a freshly started
+   llama.cpp server on the GGUF file, one slot per stream, as ``llama.cpp``
+   (``agentrt.bench.llama_server``). ``--compare-only`` skips sections 1 to 5.
 
 Unless ``--skip-baseline``, single-stream decode is also timed through
 transformers' ``generate`` on the same model (its own KV cache, no
@@ -39,13 +47,16 @@ from typing import Any
 
 import msgspec
 
+from agentrt.bench import llama_server
+from agentrt.bench.peer import PeerComparison, parse_peer
 from agentrt.bench.quality import Quality
+from agentrt.bench.swap import Swap, run_swap
 from agentrt.log import get_logger
 from agentrt.protocol.engine import StepRecord
 
 log = get_logger(__name__)
 
-# What NOTES.md measured on the 2-core CPU machine; shown next to the peak measured here.
+# Matrix-multiply peaks measured on the project's 2-core CPU hosts; shown next to the peak measured here.
 REFERENCE_PEAK_GFLOPS = {"float32": 87.0, "bfloat16": 235.0}
 
 
@@ -74,16 +85,6 @@ class Decode(msgspec.Struct, kw_only=True):
     ratio: float | None = None  # tok_s / baseline_tok_s
 
 
-class Swap(msgspec.Struct, kw_only=True):
-    tokens: int
-    blocks: int
-    bytes: int
-    pinned: bool
-    batched_seconds: float  # one swap-out + swap-in, median of repeats
-    per_block_seconds: float
-    speedup: float
-
-
 class EngineBenchResult(msgspec.Struct, kw_only=True):
     model: str
     device: str
@@ -94,13 +95,14 @@ class EngineBenchResult(msgspec.Struct, kw_only=True):
     threads: int
     attention: str
     peak_gflops: float  # best dense matmul measured here, in the bench's dtype
-    reference_peak_gflops: float | None  # NOTES.md's figure for this dtype (CPU only)
+    reference_peak_gflops: float | None  # the reference peak for this dtype (CPU only)
     throughput: Throughput | None
-    batched_decode: Decode
-    single_stream: Decode
-    swap: Swap
+    batched_decode: Decode | None  # None with --compare-only, as every in-process section
+    single_stream: Decode | None
+    swap: Swap | None
     quality: Quality | None
     steps: list[StepRecord]
+    comparison: PeerComparison | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +139,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    compare = parser.add_argument_group(
+        "comparison with other servers, over HTTP (agentrt.bench.peer)"
+    )
+    compare.add_argument(
+        "--compare",
+        type=parse_peer,
+        action="append",
+        default=[],
+        metavar="NAME=URL[#MODEL]",
+        help="a running OpenAI-compatible server to measure next to `agentrt serve` (repeatable), "
+        "e.g. llama.cpp=http://127.0.0.1:8080/v1",
+    )
+    compare.add_argument(
+        "--compare-only", action="store_true", help="skip the in-process sections; needs --compare"
+    )
+    compare.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for the compared `agentrt serve` (repeatable)",
+    )
+    compare.add_argument(
+        "--compare-streams",
+        type=parse_counts,
+        default=[1, 8, 32],
+        help="concurrent streams per decode measurement (comma list)",
+    )
+    compare.add_argument(
+        "--compare-prompt-len", type=int, default=64, help="tokens per decode prompt"
+    )
+    compare.add_argument(
+        "--compare-output-len", type=int, default=64, help="tokens per decode stream"
+    )
+    compare.add_argument("--ttft-prompt-len", type=int, default=2000)
+    compare.add_argument("--ttft-repeats", type=int, default=3)
+    compare.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=600.0,
+        help="seconds for `agentrt serve` (and a managed llama-server) to be healthy",
+    )
+    llama_server.add_arguments(parser)
+
+
+def parse_counts(text: str) -> list[int]:
+    try:
+        counts = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma list of positive integers, got {text!r}"
+        )
+    return counts
 
 
 def apply_quick(args: argparse.Namespace) -> None:
@@ -158,10 +215,67 @@ def run(args: argparse.Namespace) -> int:
         apply_quick(args)
     if args.min_prompt_len < 1 or args.max_prompt_len < args.min_prompt_len:
         raise SystemExit("need 1 <= --min-prompt-len <= --max-prompt-len")
+    compared = bool(args.compare or args.llama_server)
+    if args.compare_only and not compared:
+        raise SystemExit("--compare-only needs --compare NAME=URL or --llama-server")
+    if min(args.compare_prompt_len, args.compare_output_len, args.ttft_prompt_len) < 2:
+        raise SystemExit(
+            "--compare-prompt-len, --compare-output-len and --ttft-prompt-len must be >= 2"
+        )
+    if args.ttft_repeats < 1:
+        raise SystemExit("--ttft-repeats must be >= 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     reason = dtype_reason(args.dtype, device)
     args.dtype = str(resolve_dtype(args.dtype, device)).removeprefix("torch.")
     loaded = load_model(args.model, dtype=args.dtype, device=device)
+    peak = matmul_peak_gflops(args.dtype, device, size=1024 if args.quick else 2048)
+    sections: dict[str, Any] = {
+        "attention": "not run",
+        "throughput": None,
+        "batched_decode": None,
+        "single_stream": None,
+        "swap": None,
+        "quality": None,
+        "steps": [],
+    }
+    weight_bytes = None
+    if not args.compare_only:
+        engine = run_sections(args, device, loaded, peak, sections)
+        if engine.runner.decoder is not None:
+            weight_bytes = engine.runner.decoder.weight_bytes
+    comparison = None
+    if compared:
+        from agentrt.bench.peer import run_comparison
+
+        if weight_bytes is None:
+            weight_bytes = decoder_weight_bytes(loaded, args.quantization)
+        comparison = run_comparison(args, loaded.tokenizer, weight_bytes)
+    result = EngineBenchResult(
+        model=loaded.name,
+        device=device,
+        dtype=args.dtype,
+        dtype_reason=reason,
+        quantization=args.quantization,
+        parameters=loaded.num_parameters,
+        threads=torch.get_num_threads(),
+        peak_gflops=peak,
+        reference_peak_gflops=REFERENCE_PEAK_GFLOPS.get(args.dtype) if device == "cpu" else None,
+        comparison=comparison,
+        **sections,
+    )
+    print_result(result)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(msgspec.json.format(msgspec.json.encode(result)))
+    return 0
+
+
+def run_sections(
+    args: argparse.Namespace, device: str, loaded: Any, peak: float, out: dict[str, Any]
+) -> Any:
+    """Sections 1 to 5 on an in-process engine; fills ``out`` and returns the engine."""
+    import torch
+
     generator = torch.Generator().manual_seed(args.seed)
     prompts = make_prompts(args, loaded.vocab_size, generator)
 
@@ -191,7 +305,6 @@ def run(args: argparse.Namespace) -> int:
             baseline_tok_s=base_tokens / base_seconds,
             ratio=(tokens / seconds) / (base_tokens / base_seconds),
         )
-    peak = matmul_peak_gflops(args.dtype, device, size=1024 if args.quick else 2048)
     params = loaded.num_parameters
     batched = run_decode(
         engine, args.decode_batch, args.decode_steps, generator, steps, params, peak
@@ -209,31 +322,31 @@ def run(args: argparse.Namespace) -> int:
         batched_tok_s=round(batched.tok_s, 1),
         single_tok_s=round(single.tok_s, 1),
     )
-    swap = run_swap(engine, args.swap_tokens)
-    quality = run_quality(args, device, loaded, engine) if args.quality else None
-    result = EngineBenchResult(
-        model=loaded.name,
-        device=device,
-        dtype=args.dtype,
-        dtype_reason=reason,
-        quantization=args.quantization,
-        parameters=params,
-        threads=torch.get_num_threads(),
+    out.update(
         attention="xformers" if engine.runner.use_xformers else "sdpa",
-        peak_gflops=peak,
-        reference_peak_gflops=REFERENCE_PEAK_GFLOPS.get(args.dtype) if device == "cpu" else None,
         throughput=throughput,
         batched_decode=batched,
         single_stream=single,
-        swap=swap,
-        quality=quality,
+        swap=run_swap(engine, args.swap_tokens),
+        quality=run_quality(args, device, loaded, engine) if args.quality else None,
         steps=steps,
     )
-    print_result(result)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_bytes(msgspec.json.format(msgspec.json.encode(result)))
-    return 0
+    return engine
+
+
+def decoder_weight_bytes(loaded: Any, quantization: str) -> int | None:
+    """Weight bytes one decode step of the lean decoder reads, built here from ``loaded``;
+    ``None`` when the engine would not run this model through it (or not quantized on this device)."""
+    import torch
+
+    from agentrt.engine.decoder import LeanDecoder, unsupported_reason
+
+    if unsupported_reason(loaded.model) is not None:
+        return None
+    if quantization != "none" and loaded.device.type != "cpu":
+        return None
+    with torch.inference_mode():
+        return LeanDecoder(loaded.model, 1, pack=False, quantization=quantization).weight_bytes
 
 
 def make_prompts(args: argparse.Namespace, vocab_size: int, generator: Any) -> list[list[int]]:
@@ -471,59 +584,6 @@ def run_decode(
     )
 
 
-def run_swap(engine: Any, tokens: int, repeats: int = 5) -> Swap:
-    """One swap-out + swap-in of a ``tokens`` context: batched against one copy per block."""
-    import torch
-
-    from agentrt.engine.kv_cache import HostSwapPool
-
-    cache = engine.runner.kv_cache
-    blocks = -(-tokens // cache.block_size)
-    if blocks > cache.num_blocks:
-        raise RuntimeError(f"the KV pool has {cache.num_blocks} blocks, {blocks} needed")
-    pool = HostSwapPool(cache, 2 * blocks * cache.block_bytes)
-    # Every other block, reversed: a victim's blocks are rarely contiguous.
-    ids = list(range(cache.num_blocks - 1, -1, -1))[: 2 * blocks : 2][:blocks]
-    if len(ids) < blocks:
-        ids = list(range(blocks))
-    cache.by_block[torch.tensor(ids, device=cache.device)] = torch.randn(
-        blocks, *cache.by_block.shape[1:], device=cache.device
-    ).to(cache.dtype)
-    expected = cache.by_block[torch.tensor(ids, device=cache.device)].clone()
-
-    def batched() -> None:
-        handle = pool.swap_out(ids)
-        assert handle is not None
-        pool.swap_in(handle, ids)
-
-    def per_block() -> None:
-        handle = pool.swap_out_per_block(ids)
-        assert handle is not None
-        pool.swap_in_per_block(handle, ids)
-
-    timings = {}
-    for name, fn in (("batched", batched), ("per_block", per_block)):
-        fn()  # touch the host pages once
-        runs = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            fn()
-            runs.append(time.perf_counter() - started)
-        timings[name] = statistics.median(runs)
-    if not torch.equal(cache.by_block[torch.tensor(ids, device=cache.device)], expected):
-        raise RuntimeError("swap round trip changed the KV contents")
-    cache.kv.zero_()
-    return Swap(
-        tokens=tokens,
-        blocks=blocks,
-        bytes=blocks * cache.block_bytes,
-        pinned=pool.pinned,
-        batched_seconds=timings["batched"],
-        per_block_seconds=timings["per_block"],
-        speedup=timings["per_block"] / timings["batched"],
-    )
-
-
 def print_result(result: EngineBenchResult) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -545,11 +605,13 @@ def print_result(result: EngineBenchResult) -> None:
         )
     peak = f"matmul peak {result.peak_gflops:.0f} GFLOP/s"
     if result.reference_peak_gflops is not None:
-        peak += f" (NOTES: {result.reference_peak_gflops:.0f})"
+        peak += f" (reference: {result.reference_peak_gflops:.0f})"
     for label, d in (
         ("batched decode", result.batched_decode),
         ("single-stream decode", result.single_stream),
     ):
+        if d is None:
+            continue
         against = f"{d.gflops:.1f} GFLOP/s = {100 * d.roofline_fraction:.0f}% of {peak}"
         if d.weight_gb_s is not None:
             against += f"; weights streamed {d.weight_gb_s:.1f} GB/s"
@@ -558,11 +620,12 @@ def print_result(result: EngineBenchResult) -> None:
         value = f"{d.tok_s:.1f} tok/s (best step {d.best_tok_s:.1f})"
         table.add_row(f"{label} (batch {d.batch})", value, against)
     s = result.swap
-    table.add_row(
-        f"swap out+in, {s.tokens}-token context ({s.bytes / 2**20:.1f} MiB{', pinned' if s.pinned else ''})",
-        f"{1e3 * s.batched_seconds:.2f} ms batched",
-        f"{1e3 * s.per_block_seconds:.2f} ms per block: {s.speedup:.1f}x",
-    )
+    if s is not None:
+        table.add_row(
+            f"swap out+in, {s.tokens}-token context ({s.bytes / 2**20:.1f} MiB{', pinned' if s.pinned else ''})",
+            f"{1e3 * s.batched_seconds:.2f} ms batched",
+            f"{1e3 * s.per_block_seconds:.2f} ms per block: {s.speedup:.1f}x",
+        )
     q = result.quality
     if q is not None:
         table.add_row(
@@ -576,4 +639,9 @@ def print_result(result: EngineBenchResult) -> None:
             f"float32 {q.reference_perplexity:.3f}: {q.perplexity_ratio:.4f}x",
         )
     table.add_row("engine steps recorded", str(len(result.steps)), "")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if result.comparison is not None:
+        from agentrt.bench.peer import print_comparison
+
+        print_comparison(console, result.comparison)

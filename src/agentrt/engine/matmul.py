@@ -38,11 +38,35 @@ class Weight:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None and x.shape[0] <= MAX_PACKED_ROWS:
+            if torch.compiler.is_compiling():
+                return packed_linear(x, self.packed, self.bias, self.out_features)
             out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
                 x, self.packed, self.bias, "none", [], ""
             )
             return out
         return F.linear(x, self.weight, self.bias)
+
+
+@torch.library.custom_op("agentrt::packed_linear", mutates_args=())
+def packed_linear(
+    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
+    """``x @ W.T + b`` with oneDNN's packed ``W``, as one operator opaque to ``torch.compile``.
+
+    Inductor lowers ``mkldnn._linear_pointwise`` only for weights it packed
+    itself (frozen graph constants); wrapped, a compiled graph calls the
+    engine's packed kernel like any other external kernel. Eager calls skip
+    the wrapper (it costs tens of microseconds a call).
+    """
+    out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return out
+
+
+@packed_linear.register_fake
+def _packed_linear_fake(
+    x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
+    return x.new_empty(x.shape[0], out_features)
 
 
 def _size(t: torch.Tensor) -> int:

