@@ -535,6 +535,8 @@ class Router:
                 "kv_pins_reused",
                 "kv_pins_expired",
                 "kv_pins_yielded",
+                "kv_pins_offloaded",
+                "kv_pins_restored",
                 "recomputed_prompt_tokens",
             ):
                 setattr(total, name, getattr(total, name) + getattr(s, name))
