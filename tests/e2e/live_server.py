@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-ECHO = "agentrt.serving.echo:EchoEngine"
+ECHO = "agentrt.testing.echo:EchoEngine"
 
 
 def free_port() -> int:

@@ -14,10 +14,14 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def run_example(name: str, *args: str, timeout: float = 600) -> str:
+    return run_example_process(name, *args, timeout=timeout).stdout
+
+
+def run_example_process(name: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True,
                           timeout=timeout, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return done
 
 
 def free_port() -> str:
@@ -36,14 +40,16 @@ def test_drop_in_client_runs_a_program_against_a_server() -> None:
 
 
 def test_standalone_server_example_starts_serves_and_stops() -> None:
-    out = run_example("standalone_server.py", free_port(), "--engine-factory", "agentrt.serving.echo:EchoEngine")
+    out = run_example("standalone_server.py", free_port(), "--engine-factory", "agentrt.testing.echo:EchoEngine")
     assert out.strip() == "What is the capital of France?"
 
 
 @pytest.mark.slow
 def test_decorator_example_answers_with_the_default_model() -> None:
-    out = run_example("decorator.py")
-    assert "Paris" in out and "Tip:" in out
+    done = run_example_process("decorator.py")
+    assert "Paris" in done.stdout and "Tip:" in done.stdout
+    # The in-process server's startup and per-request lines stay out of the user's terminal.
+    assert '"logger": "agentrt.serving"' not in done.stderr, done.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -51,6 +57,11 @@ def test_in_process_example_streams_parallel_answers() -> None:
     lines = run_example("in_process.py").strip().splitlines()
     assert [line.split(":")[0] for line in lines] == ["Paris", "Tokyo", "Lima"]
     assert all(len(line.split(":", 1)[1].strip()) > 3 for line in lines)
+
+
+@pytest.mark.slow
+def test_framework_agent_example_answers_through_the_agents_sdk() -> None:
+    assert "Paris" in run_example("framework_agent.py")
 
 
 @pytest.mark.slow

@@ -22,8 +22,8 @@ from tests.unit.serving.inprocess_clients import async_client, raw_client
 from agentrt.engine import AsyncEngine
 from agentrt.engine.chat import encode_chat
 from agentrt.protocol.engine import InvalidRequest
+from agentrt.serving.http.toolcalls import parse_tool_calls
 from agentrt.serving.inprocess import AppRunner
-from agentrt.serving.toolcalls import parse_tool_calls
 
 USER = {"role": "user", "content": "hi"}
 DEEP_JSON = "[" * 5000 + "]" * 5000  # nested past any recursion limit, a few KB

@@ -21,15 +21,15 @@ from agentrt.protocol.engine import (
     SamplingParams,
     TokenEvent,
 )
-from agentrt.serving.backends import EngineSpec
 from agentrt.serving.router import Router, RouterConfig
+from agentrt.serving.router.backends import EngineSpec
 
 ray = pytest.importorskip("ray")
-from agentrt.serving.backends.ray import RayBackend, RayPlacement  # noqa: E402
+from agentrt.serving.router.backends.ray import RayBackend, RayPlacement  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
-ECHO = "agentrt.serving.echo:EchoEngine"
+ECHO = "agentrt.testing.echo:EchoEngine"
 LONG = "word " * 3000  # past the locality threshold: the program is pinned to one actor
 FAST = RouterConfig(health_interval_s=0.2, health_timeout_s=5.0, restart_backoff_s=0.2)
 PLACEMENT = RayPlacement(num_cpus=0.5)

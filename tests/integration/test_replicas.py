@@ -23,12 +23,12 @@ from agentrt.protocol.engine import (
     SamplingParams,
     TokenEvent,
 )
-from agentrt.serving.backends import EngineSpec, ProcessBackend
 from agentrt.serving.config import ServerConfig
 from agentrt.serving.engines import open_engine
 from agentrt.serving.router import Router, RouterConfig
+from agentrt.serving.router.backends import EngineSpec, ProcessBackend
 
-ECHO = "agentrt.serving.echo:EchoEngine"
+ECHO = "agentrt.testing.echo:EchoEngine"
 LONG = "word " * 3000  # past the locality threshold: the program is pinned to one replica
 
 

@@ -22,13 +22,13 @@ import uvicorn
 from starlette.applications import Starlette
 from tests.polling import eventually
 
-from agentrt.serving.app import create_app
-from agentrt.serving.backends import ProcessBackend
 from agentrt.serving.config import ServerConfig
 from agentrt.serving.engines import open_engine
+from agentrt.serving.http.app import create_app
 from agentrt.serving.router import Router
+from agentrt.serving.router.backends import ProcessBackend
 
-ECHO = "agentrt.serving.echo:EchoEngine"
+ECHO = "agentrt.testing.echo:EchoEngine"
 LONG = "word " * 3000  # past the locality threshold: the program is pinned to one replica
 
 

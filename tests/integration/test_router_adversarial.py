@@ -27,18 +27,18 @@ from agentrt.protocol.engine import (
     ProgramTag,
 )
 from agentrt.scheduling import BalancerConfig, SchedulerConfig
-from agentrt.serving.backends import (
+from agentrt.serving.router import Router, RouterConfig
+from agentrt.serving.router.backends import (
     EngineSpec,
     LocalBackend,
     ProcessBackend,
     RemoteBackend,
     RemoteBackendConfig,
 )
-from agentrt.serving.echo import EchoEngine
-from agentrt.serving.router import Router, RouterConfig
+from agentrt.testing.echo import EchoEngine
 
 FAST = RouterConfig(health_interval_s=0.1, health_timeout_s=0.5, restart_backoff_s=0.1)
-ECHO = "agentrt.serving.echo:EchoEngine"
+ECHO = "agentrt.testing.echo:EchoEngine"
 BIG = "w" * 1_500_000  # one frame larger than the worker channel's 1 MiB send buffer
 
 # -- a scripted remote server -------------------------------------------------

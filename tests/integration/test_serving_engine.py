@@ -20,8 +20,8 @@ from agentrt.engine import AsyncEngine, EngineConfig
 from agentrt.engine.llm_engine import LLMEngine
 from agentrt.protocol.engine import EngineStats
 from agentrt.scheduling import SchedulerConfig
-from agentrt.serving.app import create_app
 from agentrt.serving.config import ServerConfig
+from agentrt.serving.http.app import create_app
 from agentrt.serving.inprocess import AppRunner
 from agentrt.sim.fit import fit_moments
 

@@ -50,12 +50,13 @@ import msgspec
 from agentrt.bench import llama_server
 from agentrt.bench.peer import PeerComparison, parse_peer
 from agentrt.bench.quality import Quality
+from agentrt.bench.swap import Swap, run_swap
 from agentrt.log import get_logger
 from agentrt.protocol.engine import StepRecord
 
 log = get_logger(__name__)
 
-# What NOTES.md measured on the 2-core CPU machine; shown next to the peak measured here.
+# Matrix-multiply peaks measured on the project's 2-core CPU hosts; shown next to the peak measured here.
 REFERENCE_PEAK_GFLOPS = {"float32": 87.0, "bfloat16": 235.0}
 
 
@@ -84,16 +85,6 @@ class Decode(msgspec.Struct, kw_only=True):
     ratio: float | None = None  # tok_s / baseline_tok_s
 
 
-class Swap(msgspec.Struct, kw_only=True):
-    tokens: int
-    blocks: int
-    bytes: int
-    pinned: bool
-    batched_seconds: float  # one swap-out + swap-in, median of repeats
-    per_block_seconds: float
-    speedup: float
-
-
 class EngineBenchResult(msgspec.Struct, kw_only=True):
     model: str
     device: str
@@ -104,7 +95,7 @@ class EngineBenchResult(msgspec.Struct, kw_only=True):
     threads: int
     attention: str
     peak_gflops: float  # best dense matmul measured here, in the bench's dtype
-    reference_peak_gflops: float | None  # NOTES.md's figure for this dtype (CPU only)
+    reference_peak_gflops: float | None  # the reference peak for this dtype (CPU only)
     throughput: Throughput | None
     batched_decode: Decode | None  # None with --compare-only, as every in-process section
     single_stream: Decode | None
@@ -129,6 +120,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="none",
         choices=["none", "int8", "int4"],
         help="weight-only quantized decode (CPU): int8, or int4 with an int8 head",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode steps through torch.compile ([engine] compile); the first step of each "
+        "batch size compiles (cached on disk) and warm_up does not cover it",
     )
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=128)
@@ -388,6 +385,7 @@ def make_engine(args: argparse.Namespace, loaded: Any, prompts: list[list[int]])
         enable_prefix_caching=False,  # random prompts share nothing; keep the figures about compute
         seed=args.seed,
         quantization=args.quantization,
+        compile=args.compile,
     )
     return LLMEngine(config, loaded)
 
@@ -593,59 +591,6 @@ def run_decode(
     )
 
 
-def run_swap(engine: Any, tokens: int, repeats: int = 5) -> Swap:
-    """One swap-out + swap-in of a ``tokens`` context: batched against one copy per block."""
-    import torch
-
-    from agentrt.engine.kv_cache import HostSwapPool
-
-    cache = engine.runner.kv_cache
-    blocks = -(-tokens // cache.block_size)
-    if blocks > cache.num_blocks:
-        raise RuntimeError(f"the KV pool has {cache.num_blocks} blocks, {blocks} needed")
-    pool = HostSwapPool(cache, 2 * blocks * cache.block_bytes)
-    # Every other block, reversed: a victim's blocks are rarely contiguous.
-    ids = list(range(cache.num_blocks - 1, -1, -1))[: 2 * blocks : 2][:blocks]
-    if len(ids) < blocks:
-        ids = list(range(blocks))
-    cache.by_block[torch.tensor(ids, device=cache.device)] = torch.randn(
-        blocks, *cache.by_block.shape[1:], device=cache.device
-    ).to(cache.dtype)
-    expected = cache.by_block[torch.tensor(ids, device=cache.device)].clone()
-
-    def batched() -> None:
-        handle = pool.swap_out(ids)
-        assert handle is not None
-        pool.swap_in(handle, ids)
-
-    def per_block() -> None:
-        handle = pool.swap_out_per_block(ids)
-        assert handle is not None
-        pool.swap_in_per_block(handle, ids)
-
-    timings = {}
-    for name, fn in (("batched", batched), ("per_block", per_block)):
-        fn()  # touch the host pages once
-        runs = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            fn()
-            runs.append(time.perf_counter() - started)
-        timings[name] = statistics.median(runs)
-    if not torch.equal(cache.by_block[torch.tensor(ids, device=cache.device)], expected):
-        raise RuntimeError("swap round trip changed the KV contents")
-    cache.kv.zero_()
-    return Swap(
-        tokens=tokens,
-        blocks=blocks,
-        bytes=blocks * cache.block_bytes,
-        pinned=pool.pinned,
-        batched_seconds=timings["batched"],
-        per_block_seconds=timings["per_block"],
-        speedup=timings["per_block"] / timings["batched"],
-    )
-
-
 def print_result(result: EngineBenchResult) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -667,7 +612,7 @@ def print_result(result: EngineBenchResult) -> None:
         )
     peak = f"matmul peak {result.peak_gflops:.0f} GFLOP/s"
     if result.reference_peak_gflops is not None:
-        peak += f" (NOTES: {result.reference_peak_gflops:.0f})"
+        peak += f" (reference: {result.reference_peak_gflops:.0f})"
     for label, d in (
         ("batched decode", result.batched_decode),
         ("single-stream decode", result.single_stream),

@@ -137,12 +137,12 @@ async def _measure(args: argparse.Namespace) -> dict[str, list[float]]:
     import httpx
     import openai
 
-    from agentrt.serving.app import create_app
-    from agentrt.serving.backends import LocalBackend
     from agentrt.serving.config import ServerConfig
-    from agentrt.serving.echo import EchoEngine
+    from agentrt.serving.http.app import create_app
     from agentrt.serving.inprocess import AppRunner, AsyncASGITransport, http
     from agentrt.serving.router import Router
+    from agentrt.serving.router.backends import LocalBackend
+    from agentrt.testing.echo import EchoEngine
 
     n, warmup, tokens = args.calls, args.warmup, args.tokens
     timings: dict[str, list[float]] = {}

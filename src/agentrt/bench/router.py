@@ -34,7 +34,7 @@ import msgspec
 
 from agentrt.protocol.engine import EngineClient, GenerationRequest, SamplingParams
 
-ECHO = "agentrt.serving.echo:EchoEngine"
+ECHO = "agentrt.testing.echo:EchoEngine"
 
 
 class LayerResult(msgspec.Struct, kw_only=True):
@@ -127,8 +127,8 @@ async def _http_client(engine: EngineClient) -> AsyncIterator[Any]:
     import httpx
     import uvicorn
 
-    from agentrt.serving.app import create_app
     from agentrt.serving.config import ServerConfig
+    from agentrt.serving.http.app import create_app
 
     app = create_app(engine, ServerConfig(log_requests=False), close_engine=False)
     sock = socket.socket()
@@ -144,9 +144,9 @@ async def _http_client(engine: EngineClient) -> AsyncIterator[Any]:
 
 
 async def _measure(args: argparse.Namespace) -> dict[str, list[float]]:
-    from agentrt.serving.backends import EngineSpec, LocalBackend, ProcessBackend
-    from agentrt.serving.echo import EchoEngine
     from agentrt.serving.router import Router
+    from agentrt.serving.router.backends import EngineSpec, LocalBackend, ProcessBackend
+    from agentrt.testing.echo import EchoEngine
 
     tokens = args.tokens
     async with AsyncExitStack() as stack:

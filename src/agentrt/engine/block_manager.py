@@ -5,20 +5,35 @@ A block holds ``block_size`` consecutive tokens of one or more sequences
 of its tokens and every token before it, so two sequences with the same
 first ``k * block_size`` tokens reuse the same ``k`` blocks: the turns of one
 agent program reuse their history. A block whose last user leaves keeps its
-contents and hash and becomes *evictable*; it is reused (least recently freed
-first) only when no never-used block is left, so a later turn can still hit it.
+contents and hash and becomes *evictable*; it is reused only when no
+never-used block is left, so a later turn can still hit it. Which evictable
+block goes first is the :class:`~agentrt.scheduling.RetentionPolicy`'s choice,
+the object the simulator's cache uses too: least recently freed first with
+retention off; with it on, a finished call's blocks stay pinned to its
+program for a predicted time-to-live and go last, by expected reuse.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from collections.abc import Sequence as SequenceABC
+from typing import TYPE_CHECKING
 
 from agentrt.engine.sequence import Sequence
+from agentrt.scheduling import Pressure, RetentionConfig, RetentionPolicy
+
+if TYPE_CHECKING:
+    from agentrt.engine.kv_cache import HostRange, HostSwapPool
 
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+# Programs whose last context the manager remembers, to count recomputed prompt tokens.
+MAX_TRACKED_PROGRAMS = 4096
 
 
 class OutOfBlocks(RuntimeError):
@@ -26,7 +41,14 @@ class OutOfBlocks(RuntimeError):
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool) -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_prefix_caching: bool,
+        retention: RetentionPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
@@ -35,9 +57,90 @@ class BlockManager:
         self.block_tokens: list[tuple[int, ...] | None] = [None] * num_blocks
         self.hash_to_block: dict[int, int] = {}
         self.free_ids: deque[int] = deque(range(num_blocks))
-        self.evictable: OrderedDict[int, None] = OrderedDict()  # ref 0 but still cached, LRU first
+        if retention is None:  # (a policy with nothing evictable is falsy: test for None)
+            retention = RetentionPolicy(RetentionConfig(mode="off"), num_blocks)
+        # Blocks with ref 0 that are still cached, and the order they are reused in.
+        self.evictable = retention
+        self.clock = clock
         self.prefix_queried_tokens = 0
         self.prefix_hit_tokens = 0
+        # Program -> hashes of the full blocks its last completed call computed, to count
+        # the prompt tokens a next call computes again (bounded: least recent go first).
+        self._previous: OrderedDict[str, list[int]] = OrderedDict()
+        self.recomputed_prompt_tokens = 0
+        # Host copies of lost pins (see attach_host): program -> range and (hash, tokens)
+        # of each block in it, oldest first.
+        self.host: HostSwapPool | None = None
+        self._offloaded: OrderedDict[str, tuple[HostRange, list[tuple[int, tuple[int, ...]]]]] = (
+            OrderedDict()
+        )
+        self.offloads = self.restores = 0
+
+    # --- lost pins in the host pool ---------------------------------------
+    def attach_host(self, host: HostSwapPool) -> None:
+        """Copy lost pins (yielded, expired, displaced) to ``host`` when it has room, and back
+        when their program calls again (:meth:`call_arrived`) instead of recomputing them.
+
+        Preempted calls come first: an offload only takes host blocks while at least half of
+        the pool stays free for their swaps, and offloaded copies are dropped when a swap
+        needs the room (:meth:`make_host_room`)."""
+        self.host = host
+        if self.enable_prefix_caching and self.evictable.enabled and host.num_blocks:
+            self.evictable.on_yield = self._offload
+
+    def _offload(self, program_id: str, units: list[object]) -> None:
+        host = self.host
+        assert host is not None
+        hashes, tokens = self.block_hash, self.block_tokens
+        blocks = [b for b in units if hashes[b] is not None]  # type: ignore[index]
+        if not blocks or host.num_free_blocks - len(blocks) < host.num_blocks // 2:
+            return
+        handle = host.swap_out(blocks)  # type: ignore[arg-type]
+        if handle is None:
+            return
+        self._drop_offloaded(program_id)
+        ids = [(hashes[b], tokens[b]) for b in blocks]  # type: ignore[index]
+        self._offloaded[program_id] = (handle, ids)  # type: ignore[assignment]
+        self.offloads += 1
+
+    def call_arrived(self, program_id: str, now: float) -> None:
+        """A call of ``program_id`` arrived: tell the retention policy, and bring the program's
+        host copy back into cached blocks, taken as any allocation takes them (free blocks,
+        then the policy's victims: the arriving program's context is the one expected now).
+        Nothing is held: the restored blocks are ordinary cache until the call is admitted."""
+        self.evictable.call_arrived(program_id, now)
+        found = self._offloaded.pop(program_id, None)
+        if found is None:
+            return
+        handle, ids = found
+        host = self.host
+        assert host is not None
+        if len(ids) > self.num_free_blocks:
+            host.release(handle)
+            return
+        fresh = [self._take_free_block() for _ in ids]
+        host.swap_in(handle, fresh)
+        for block, (h, tokens) in zip(fresh, ids, strict=True):
+            self.ref_counts[block] = 0
+            if h in self.hash_to_block:  # still cached on the device: the copy is not needed
+                self.free_ids.append(block)
+                continue
+            self.hash_to_block[h] = block
+            self.block_hash[block] = h
+            self.block_tokens[block] = tokens
+            self.evictable.release(block, program_id)
+        self.restores += 1
+
+    def make_host_room(self, num_blocks: int) -> None:
+        """Drop host copies of lost pins (oldest first) until ``num_blocks`` fit for a swap."""
+        host = self.host
+        while host is not None and self._offloaded and not host.can_hold(num_blocks):
+            self._drop_offloaded(next(iter(self._offloaded)))
+
+    def _drop_offloaded(self, program_id: str) -> None:
+        found = self._offloaded.pop(program_id, None)
+        if found is not None and self.host is not None:
+            self.host.release(found[0])
 
     # --- accounting -------------------------------------------------------
     @property
@@ -91,6 +194,7 @@ class BlockManager:
         assert not seq.block_table, "acquire_prefix on a sequence that holds blocks"
         for b in blocks:
             self._ref(b)
+        self.evictable.call_admitted(seq.call.program_id)
         seq.block_table = list(blocks)
         seq.num_computed_tokens = len(blocks) * self.block_size
         seq.num_registered_blocks = len(blocks)
@@ -98,6 +202,22 @@ class BlockManager:
             self.prefix_queried_tokens += seq.num_prompt_tokens
             self.prefix_hit_tokens += seq.num_computed_tokens
             seq.num_cached_tokens = seq.num_computed_tokens
+            self._count_recomputed(seq, len(blocks))
+
+    def _count_recomputed(self, seq: Sequence, hits: int) -> None:
+        """Add the full blocks of the program's previous context that ``seq`` shares
+        but did not find cached: their tokens are computed again."""
+        previous = self._previous.get(seq.call.program_id)
+        if not previous:
+            return
+        limit = min(len(previous), (seq.num_tokens - 1) // self.block_size)
+        self._extend_hashes(seq, limit)
+        hashes = seq.block_hashes
+        common = 0
+        while common < limit and hashes[common] == previous[common]:
+            common += 1
+        if common > hits:
+            self.recomputed_prompt_tokens += (common - hits) * self.block_size
 
     def register_computed_blocks(self, seq: Sequence) -> None:
         """Offer the sequence's newly completed full blocks to the prefix cache."""
@@ -120,14 +240,15 @@ class BlockManager:
     # --- allocation -------------------------------------------------------
     def _ref(self, block: int) -> None:
         if self.ref_counts[block] == 0:
-            self.evictable.pop(block, None)
+            self.evictable.acquire(block)
         self.ref_counts[block] += 1
 
     def _take_free_block(self) -> int:
         if self.free_ids:
             block = self.free_ids.popleft()
-        elif self.evictable:
-            block, _ = self.evictable.popitem(last=False)
+        elif (victim := self.evictable.victim(self.clock())) is not None:
+            block = victim  # type: ignore[assignment]
+            self.evictable.discard(block)
             h = self.block_hash[block]
             if h is not None and self.hash_to_block.get(h) == block:
                 del self.hash_to_block[h]
@@ -146,14 +267,48 @@ class BlockManager:
         for _ in range(need):
             seq.block_table.append(self._take_free_block())
 
+    def call_finished(
+        self, seq: Sequence, reload_token_s: float, waiting: int, batch_slots: int
+    ) -> float | None:
+        """``seq`` completed: remember its context (for :attr:`recomputed_prompt_tokens`) and
+        let the retention policy pin it before :meth:`free` releases it (the blocks only this
+        sequence holds, that the prefix cache keeps). ``reload_token_s``: seconds to
+        recompute one token; ``waiting``: calls waiting for KV blocks now. Returns the
+        pin's TTL, or None."""
+        if not self.enable_prefix_caching:
+            return None
+        previous = self._previous
+        previous[seq.call.program_id] = seq.block_hashes[: seq.num_registered_blocks]
+        previous.move_to_end(seq.call.program_id)
+        if len(previous) > MAX_TRACKED_PROGRAMS:
+            previous.popitem(last=False)
+        if not self.evictable.enabled:
+            return None
+        refs, hashes = self.ref_counts, self.block_hash
+        blocks = sum(1 for b in seq.block_table if refs[b] == 1 and hashes[b] is not None)
+        return self.evictable.call_finished(
+            seq.call.program_id,
+            self.clock(),
+            blocks=blocks,
+            reload_s=blocks * self.block_size * reload_token_s,
+            pressure=Pressure(waiting, batch_slots),
+        )
+
+    def program_ended(self, program_id: str) -> None:
+        """The program will not call again: forget its context and its pin."""
+        self._previous.pop(program_id, None)
+        self.evictable.program_ended(program_id)
+        self._drop_offloaded(program_id)
+
     def free(self, seq: Sequence) -> None:
         """Release all of ``seq``'s blocks; cached ones stay reusable until evicted."""
         # Reverse order: a prefix's first blocks are freed last, so they are evicted last.
+        program_id = seq.call.program_id
         for block in reversed(seq.block_table):
             self.ref_counts[block] -= 1
             if self.ref_counts[block] == 0:
                 if self.block_hash[block] is not None:
-                    self.evictable[block] = None
+                    self.evictable.release(block, program_id)
                 else:
                     self.free_ids.append(block)
         seq.block_table = []

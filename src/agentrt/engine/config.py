@@ -12,7 +12,7 @@ from typing import Literal
 import msgspec
 
 from agentrt.config import ConfigError
-from agentrt.scheduling import SchedulerConfig
+from agentrt.scheduling import RetentionConfig, SchedulerConfig
 
 PreemptionMode = Literal["auto", "swap", "recompute"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -46,8 +46,15 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # forward (fused projections; engine/decoder.py) instead of transformers' modules.
     lean_decoder: bool = True
     # Weight-only quantized decode (CPU, lean decoder only): int8 per channel, or int4 in
-    # groups of 32 with an int8 head; prompt chunks above 64 tokens use the dense weights.
+    # groups of 32 with an int8 head; steps of more rows than matmul.max_quantized_rows
+    # (wide decode batches, prompt chunks) multiply by the dense weights.
     quantization: Quantization = "none"
+    # Decode-only steps through torch.compile (inductor), one graph per power-of-two batch
+    # bucket, cached on disk under compile_cache_dir (None: $AGENTRT_CACHE_DIR/inductor).
+    # Lean decoder only. Off by default: with a cold cache the first step of each bucket
+    # stalls the engine while it compiles (minutes on a small CPU host).
+    compile: bool = False
+    compile_cache_dir: str | None = None
     block_size: int = 16
     kv_cache_memory: float = 0.1
     num_kv_blocks: int | None = None
@@ -60,6 +67,9 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     enable_prefix_caching: bool = True
     seed: int = 0
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
+    # Program-aware KV retention (``[engine.retention]``): ``mode = "ttl"`` pins a finished
+    # call's blocks for its program's predicted tool time and evicts by expected reuse.
+    retention: RetentionConfig = msgspec.field(default_factory=lambda: RetentionConfig(mode="off"))
 
     def __post_init__(self) -> None:
         positive = {

@@ -9,20 +9,12 @@ memory, laid out ``[layers * 2, blocks, block_size * kv_heads * head_dim]``
 inside the range, so a swap moves the victim's blocks of every layer in one
 batched copy (Autellix's batched swap) rather than one copy per block.
 
-Where the batched copy pays: on CUDA the gather runs on the device and the
-pool is pinned, so the transfer is one DMA with one set-up, against one DMA
-(and its launch and set-up latency) per block. On CPU both paths move the
-same bytes through memcpy and are bound by memory bandwidth; the batched
-path only saves the per-copy overhead (a dispatch and a thread-pool
-fork/join per block, which on an oversubscribed machine can cost a scheduler
-time slice each). To stay at memcpy speed it must be *one 2-D row op*: the
-cache is viewed as ``[layers * 2 * blocks, block elements]`` rows and the
-victim's rows of every layer are gathered with one ``index_select`` over a
-flat row index (torch's row-memcpy loop). A 3-D ``index_select`` over the
-block dimension instead runs one strided copy per block, no faster than the
-per-block path. Swap-in scatters with one ``index_copy_`` over the same rows;
-it copies element by element (measured ~1.4x memcpy), still one op.
-The per-block path exists only so the benchmark can show the difference.
+On CPU a swap must be one 2-D row op to run at memcpy speed: the cache is
+viewed as ``[layers * 2 * blocks, block elements]`` rows and the victim's rows
+of every layer are gathered with one ``index_select`` over a flat row index
+(a 3-D ``index_select`` over the block dimension runs one strided copy per
+block instead); swap-in scatters with one ``index_copy_`` over the same rows.
+On CUDA the gather runs on the device into a pinned pool: one DMA.
 """
 
 from __future__ import annotations
@@ -68,12 +60,9 @@ class PagedKVCache:
         self._values = [
             self.kv[layer, 1].view(slots, num_kv_heads, head_dim) for layer in range(num_layers)
         ]
-        # 2-D block rows: index_select over whole rows runs at memcpy speed, several
-        # times faster than over the 4-D view.
+        # 2-D block rows: index_select over whole rows runs at memcpy speed.
         self._key_blocks = [self.kv[layer, 0].view(num_blocks, -1) for layer in range(num_layers)]
         self._value_blocks = [self.kv[layer, 1].view(num_blocks, -1) for layer in range(num_layers)]
-        # Block-major view (no copy): one block across all layers, e.g. for tests and benchmarks.
-        self.by_block = self.kv.permute(2, 0, 1, 3, 4, 5)
         # [layers * 2, blocks, block elements]: whole-block rows of every layer, for swaps.
         self.rows = self.kv.view(num_layers * 2, num_blocks, -1)
         # The same rows flattened to 2-D, so one index_select gathers them at memcpy speed.
@@ -140,7 +129,8 @@ class HostSwapPool:
         flat = self.buffer[handle.start * self.block_elements :][:size]
         return flat.view(self.cache.rows.shape[0], handle.num_blocks, -1)
 
-    def _reserve(self, num_blocks: int) -> HostRange | None:
+    def reserve(self, num_blocks: int) -> HostRange | None:
+        """Take a free range of ``num_blocks`` host blocks (first fit) without copying into it."""
         for i, (start, length) in enumerate(self._free):
             if length >= num_blocks:
                 if length == num_blocks:
@@ -173,7 +163,7 @@ class HostSwapPool:
 
     def swap_out(self, block_ids: list[int]) -> HostRange | None:
         """Copy the blocks to host in one batched copy; ``None`` when no range is large enough."""
-        handle = self._reserve(len(block_ids))
+        handle = self.reserve(len(block_ids))
         if handle is None:
             return None
         dst = self.view(handle)
@@ -196,25 +186,4 @@ class HostSwapPool:
         else:
             flat_src = src.reshape(-1, src.shape[-1])
             self.cache.flat_rows.index_copy_(0, self._flat_index(block_ids), flat_src)
-        self.release(handle)
-
-    def swap_out_per_block(self, block_ids: list[int]) -> HostRange | None:
-        """One copy per block (vLLM's old way); kept only for the swap benchmark."""
-        handle = self._reserve(len(block_ids))
-        if handle is None:
-            return None
-        dst = self.view(handle)
-        for i, block in enumerate(block_ids):
-            dst[:, i].copy_(self.cache.rows[:, block], non_blocking=self.pinned)
-        if self.pinned:
-            torch.cuda.current_stream(self.cache.device).synchronize()
-        return handle
-
-    def swap_in_per_block(self, handle: HostRange, block_ids: list[int]) -> None:
-        """One copy per block back to the device; kept only for the swap benchmark."""
-        src = self.view(handle)
-        for i, block in enumerate(block_ids):
-            self.cache.rows[:, block].copy_(src[:, i], non_blocking=self.pinned)
-        if self.pinned:
-            torch.cuda.current_stream(self.cache.device).synchronize()
         self.release(handle)

@@ -3,12 +3,8 @@
 ``F.linear`` hands ``x @ W.T`` to MKL's sgemm. With few rows (a decode step
 has one per running sequence) each weight element feeds only a few
 multiply-adds, so the speed is set by how well the kernel streams the weight
-from memory, and MKL does that poorly on the AMD EPYC hosts of this project.
-oneDNN's inner product over a weight reordered once into its blocked layout
-streams it far better. Measured with torch 2.13 on 2 cores, 1536x576 weights
-out of cache: 1.5x faster at 1 row, 1.2x at 32, equal at 128, 0.9x from 512
-rows up; the 49,152-row ``lm_head`` at 32 rows 2.1x. A batch-32 decode step
-of SmolLM2-135M runs ~20% faster (same process, alternating steps).
+from memory; oneDNN's inner product over a weight reordered once into its
+blocked layout streams it better than MKL on this project's CPU hosts.
 
 The packed copy is kept next to the dense weight, which costs one more copy
 of the linear weights in memory (set ``EngineConfig.packed_linears = false``

@@ -9,9 +9,10 @@ A step has three verbs, as in nano-vllm:
   cost model says is cheaper;
 - **run**: the model runner executes the flattened batch once and the
   sampler picks the next token of every sequence whose context is complete;
-- **postprocess**: tokens are appended, stop conditions checked, text
-  detokenised, the measured model time charged back to the scheduler, and
-  finished sequences release their blocks.
+- **postprocess**: the measured model time is charged back to the
+  scheduler, the :class:`~agentrt.engine.output_processor.OutputProcessor`
+  turns the sampled tokens into events (stop checks, text, logprobs, usage),
+  and finished sequences release their blocks.
 
 This class is not thread-safe; :class:`~agentrt.engine.async_engine.AsyncEngine`
 owns one from a single worker thread.
@@ -21,17 +22,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
-from agentrt.engine.block_manager import BlockManager
+from agentrt.engine.block_manager import BlockManager, cdiv
 from agentrt.engine.config import EngineConfig
-from agentrt.engine.detokenizer import IncrementalDetokenizer, token_text
 from agentrt.engine.kv_cache import HostSwapPool
 from agentrt.engine.loader import LoadedModel, load_model
 from agentrt.engine.model_runner import ModelRunner, ScheduledSeq
+from agentrt.engine.output_processor import OutputProcessor
 from agentrt.engine.sampling import (
     SampledLogprobs,
     Sampler,
@@ -39,7 +39,7 @@ from agentrt.engine.sampling import (
     SamplingState,
     validate_sampling_params,
 )
-from agentrt.engine.sequence import SeqStatus, Sequence
+from agentrt.engine.sequence import Request, SeqStatus, Sequence
 from agentrt.log import get_logger
 from agentrt.protocol.engine import (
     EngineStats,
@@ -51,11 +51,9 @@ from agentrt.protocol.engine import (
     StepRecord,
     Timings,
     TokenEvent,
-    TokenLogprob,
-    TopLogprob,
-    Usage,
 )
 from agentrt.scheduling.call import Call
+from agentrt.scheduling.retention import RetentionPolicy, policy_priority
 from agentrt.scheduling.scheduler import make_scheduler
 
 log = get_logger(__name__)
@@ -69,17 +67,10 @@ INITIAL_SECONDS_PER_TOKEN = 1e-3
 EMA = 0.2
 
 
-@dataclass
-class Request:
-    """One call and its choices, with what its final event reports."""
-
-    request_id: str
-    seqs: list[Sequence]
-    prompt_tokens: int
-    open_choices: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.open_choices = len(self.seqs)
+def prefill_chunk(remaining: int, tokens_left: int, slots_left: int) -> int:
+    """Tokens a sequence feeds this step: what it still needs, up to what is left of the
+    token budget less one token for each batch slot still open after it (at least one)."""
+    return min(remaining, max(1, tokens_left - (slots_left - 1)))
 
 
 class StepAdmission:
@@ -119,7 +110,7 @@ class StepAdmission:
         else:  # swapped: its computed context comes back into fresh blocks
             computed = seq.num_computed_tokens
         remaining = seq.num_tokens - computed
-        chunk = min(remaining, max(1, self.tokens_left - (self.slots_left - 1)))
+        chunk = prefill_chunk(remaining, self.tokens_left, self.slots_left)
         new_held = [b for b in held if b not in self.held]
         new = bm.blocks_for(computed + chunk) - len(held)
         if len(self.held) + len(new_held) + self.new_blocks + new > bm.num_blocks:
@@ -153,10 +144,16 @@ class LLMEngine:
         self.clock = clock
         self.runner = ModelRunner(loaded.model, config)
         cache = self.runner.kv_cache
+        self.scheduler = make_scheduler(config.scheduler)
         self.block_manager = BlockManager(
-            cache.num_blocks, config.block_size, config.enable_prefix_caching
+            cache.num_blocks,
+            config.block_size,
+            config.enable_prefix_caching,
+            RetentionPolicy(config.retention, cache.num_blocks, policy_priority(self.scheduler)),
+            clock,
         )
         self.swap_pool = HostSwapPool(cache, config.swap_space)
+        self.block_manager.attach_host(self.swap_pool)
         limit = loaded.max_model_len
         if config.max_model_len is not None:
             limit = min(limit, config.max_model_len)
@@ -166,12 +163,10 @@ class LLMEngine:
         generator = torch.Generator(device=self.runner.device)
         generator.manual_seed(config.seed)
         self.sampler = Sampler(generator)
-        self.scheduler = make_scheduler(config.scheduler)
+        self.output = OutputProcessor(self.tokenizer, self.max_model_len)
         self.token_service = config.scheduler.service_unit == "tokens"
         self.requests: dict[str, Request] = {}
         self.seqs: dict[str, Sequence] = {}
-        self.sampling_states: dict[str, SamplingState] = {}
-        self.detokenizers: dict[str, IncrementalDetokenizer | None] = {}
         self.stats_counters = EngineStats(kv_blocks_total=cache.num_blocks)
         self.step_moments = StepMoments()
         self.last_step: StepRecord | None = None
@@ -239,13 +234,13 @@ class LLMEngine:
         thread_id = program.thread_id if program else ""
         if program is not None and program.attained_service > 0:
             # Service the program received on other engines (a router tells us): count it too.
-            entry = self.scheduler.table.start(program_id, now)
-            entry.service = max(entry.service, program.attained_service)
+            self.scheduler.accounting.credit(program_id, program.attained_service, now)
         seq_ids = (
             [request_id] if sampling.n == 1 else [f"{request_id}#{i}" for i in range(sampling.n)]
         )
         if any(seq_id in self.seqs for seq_id in seq_ids):
             raise InvalidRequest(f"call id {request_id!r} clashes with a running call's choice")
+        # Everything that can fail is built before the engine's own state changes.
         seqs = [
             Sequence(
                 seq_id=seq_id,
@@ -253,7 +248,14 @@ class LLMEngine:
                 index=index,
                 token_ids=list(prompt_token_ids),
                 num_prompt_tokens=prompt_len,
-                sampling=sampling,
+                state=SamplingState(
+                    sampling,
+                    prompt_token_ids=prompt_token_ids,
+                    choice_index=index,
+                    eos_token_ids=self.eos_token_ids,
+                    device=self.runner.device,
+                ),
+                detokenizer=self.output.detokenizer(sampling, prompt_token_ids),
                 max_tokens=max_tokens,
                 arrival=arrival,
                 call=Call(
@@ -269,23 +271,10 @@ class LLMEngine:
             )
             for index, seq_id in enumerate(seq_ids)
         ]
-        # Everything that can fail is built before the engine's own state changes.
-        detokenizers = [self._make_detokenizer(sampling, prompt_token_ids) for _ in seqs]
-        states = [
-            SamplingState(
-                sampling,
-                prompt_token_ids=prompt_token_ids,
-                choice_index=seq.index,
-                eos_token_ids=self.eos_token_ids,
-                device=self.runner.device,
-            )
-            for seq in seqs
-        ]
-        for seq, detok, state in zip(seqs, detokenizers, states, strict=True):
+        for seq in seqs:
             self.seqs[seq.seq_id] = seq
-            self.sampling_states[seq.seq_id] = state
-            self.detokenizers[seq.seq_id] = detok
             self.scheduler.add(seq.call, now)
+        self.block_manager.call_arrived(program_id, now)
         self.requests[request_id] = Request(request_id, seqs, prompt_len)
         return seqs
 
@@ -296,13 +285,7 @@ class LLMEngine:
     def end_program(self, program_id: str) -> None:
         """A program ended: its entry goes now, or with its last live call."""
         self.scheduler.table.end(program_id, self.clock())
-
-    def _make_detokenizer(
-        self, sampling: SamplingParams, prompt: list[int]
-    ) -> IncrementalDetokenizer | None:
-        if self.tokenizer is None:
-            return None
-        return IncrementalDetokenizer(self.tokenizer, prompt_token_ids=prompt, stop=sampling.stop)
+        self.block_manager.program_ended(program_id)
 
     def abort_request(
         self, request_id: str, reason: Literal["abort", "error"] = "abort"
@@ -349,8 +332,8 @@ class LLMEngine:
         prefill, decode, kv = self._step_shape(batch)
         started = time.perf_counter()
         logits = self.runner.execute(batch)
-        seq_ids = [item.seq.seq_id for item in batch if item.samples]
-        sampled = self._sample(logits, seq_ids) if seq_ids else None
+        to_sample = [item.seq for item in batch if item.samples]
+        sampled = self._sample(logits, to_sample) if to_sample else None
         elapsed = time.perf_counter() - started
         events = self._postprocess(batch, sampled, elapsed)
         # The simulator's cost model is fitted to these (bench engine, /v1/engine/stats).
@@ -358,13 +341,13 @@ class LLMEngine:
         self.step_moments = self.step_moments.plus(StepMoments.of(self.last_step))
         return events
 
-    def _sample(self, logits: torch.Tensor, seq_ids: list[str]) -> SamplerOutput:
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         """Sample the whole batch at once; if that fails, row by row, so only a failing row is lost.
 
         A row that cannot be sampled gets the token id ``-1``, which
         :meth:`_postprocess` turns into the end of its call.
         """
-        states = [self.sampling_states[seq_id] for seq_id in seq_ids]
+        states = [seq.state for seq in seqs]
         try:
             return self.sampler(logits, states)
         except Exception:
@@ -375,7 +358,7 @@ class LLMEngine:
             try:
                 out = self.sampler(logits[row : row + 1], [state])
             except Exception:
-                log.exception("sampling_failed", call=seq_ids[row])
+                log.exception("sampling_failed", call=seqs[row].seq_id)
                 token_ids.append(FAILED_TOKEN)
                 logprobs.append(None)
             else:
@@ -419,9 +402,8 @@ class LLMEngine:
         batch: list[ScheduledSeq] = []
         seqs = [self.seqs[c.call_id] for c in decision.batch]
         for seq in seqs:  # acquire every prefix hit before any allocation can evict one
-            chunk, hits = admission.plan[seq.seq_id]
             if seq.status is SeqStatus.WAITING:
-                self.block_manager.acquire_prefix(seq, hits)
+                self.block_manager.acquire_prefix(seq, admission.plan[seq.seq_id][1])
         for seq in seqs:
             chunk, _ = admission.plan[seq.seq_id]
             self._prepare_to_run(seq, chunk, now)
@@ -440,8 +422,7 @@ class LLMEngine:
         plan: list[ScheduledSeq] = []
         need = 0
         for i, seq in enumerate(seqs):
-            remaining = seq.num_uncomputed_tokens
-            chunk = min(remaining, max(1, tokens_left - (len(seqs) - i - 1)))
+            chunk = prefill_chunk(seq.num_uncomputed_tokens, tokens_left, len(seqs) - i)
             if chunk <= 0 or tokens_left <= 0:
                 return None
             tokens_left -= chunk
@@ -462,6 +443,7 @@ class LLMEngine:
         bm = self.block_manager
         if seq.status is SeqStatus.SWAPPED:
             handle = seq.swap_handle
+            assert handle is not None  # a swapped sequence holds its host range
             bm.allocate(seq, seq.num_computed_tokens)
             self.swap_pool.swap_in(handle, seq.block_table[: handle.num_blocks])
             seq.swap_handle = None
@@ -484,7 +466,7 @@ class LLMEngine:
             seq.status = SeqStatus.WAITING
             return
         blocks = len(seq.block_table)
-        full_blocks = -(-seq.num_computed_tokens // self.config.block_size)
+        full_blocks = cdiv(seq.num_computed_tokens, self.config.block_size)
         swap = self._prefer_swap(seq, full_blocks)
         if swap:
             started = time.perf_counter()
@@ -506,6 +488,8 @@ class LLMEngine:
 
     def _prefer_swap(self, seq: Sequence, num_blocks: int) -> bool:
         mode = self.config.preemption_mode
+        if mode != "recompute":
+            self.block_manager.make_host_room(num_blocks)  # host copies of lost pins go first
         if mode == "recompute" or not self.swap_pool.can_hold(num_blocks):
             return False
         if mode == "swap":
@@ -554,7 +538,11 @@ class LLMEngine:
             try:
                 if token == FAILED_TOKEN:
                     raise RuntimeError("no token could be sampled")
-                event = self._accept_token(seq, token, lp, now)
+                event = self.output.accept(seq, token, lp, now)
+                if event.finish_reason is not None:
+                    self.scheduler.finish(seq.seq_id, now)
+                    self._retain(seq)
+                    self._release(seq)
             except Exception:
                 log.exception("call_failed_in_step", call=seq.seq_id)
                 failed.append(seq.request_id)
@@ -567,63 +555,6 @@ class LLMEngine:
             events.extend(self.abort_request(request_id, "error"))
         return events
 
-    def _accept_token(
-        self, seq: Sequence, token: int, lp: SampledLogprobs | None, now: float
-    ) -> TokenEvent:
-        seq.token_ids.append(token)
-        state = self.sampling_states[seq.seq_id]
-        state.append(token)
-        if seq.timings.first_token is None:
-            seq.timings.first_token = now
-        detok = self.detokenizers[seq.seq_id]
-        text = ""
-        finish: str | None = None
-        stop_reason: str | int | None = None
-        if state.is_stop_token(token):
-            # The stop token's own text is not part of the output (as in vLLM).
-            finish, stop_reason = "stop", state.stop_reason(token)
-        elif detok is not None:
-            delta = detok.add([token])
-            text = delta.text
-            if delta.stop is not None:
-                finish, stop_reason = "stop", delta.stop
-        if finish is None and (
-            seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= self.max_model_len
-        ):
-            finish = "length"
-        if finish is not None and detok is not None and not detok.finished:
-            tail = detok.flush()
-            text += tail.text
-            if tail.stop is not None:  # a stop string completed by the held-back UTF-8 tail
-                finish, stop_reason = "stop", tail.stop
-        event = TokenEvent(
-            call_id=seq.request_id,
-            index=seq.index,
-            token_ids=[token],
-            text=text,
-            logprobs=[self._token_logprob(token, lp)] if lp is not None else None,
-            finish_reason=finish,  # type: ignore[arg-type]
-            stop_reason=stop_reason,
-        )
-        if finish is not None:
-            seq.finish_reason = finish  # type: ignore[assignment]
-            seq.stop_reason = stop_reason
-            seq.timings.finished = now
-            self.scheduler.finish(seq.seq_id, now)
-            self._release(seq)
-        return event
-
-    def _token_logprob(self, token: int, lp: SampledLogprobs) -> TokenLogprob:
-        return TokenLogprob(
-            token_id=token,
-            token=self._token_text(token),
-            logprob=lp.logprob,
-            top=[TopLogprob(token_id=t, token=self._token_text(t), logprob=v) for t, v in lp.top],
-        )
-
-    def _token_text(self, token: int) -> str:
-        return token_text(self.tokenizer, token) if self.tokenizer is not None else ""
-
     def _complete(self, event: TokenEvent, now: float) -> None:
         """A choice finished; on the call's last choice, attach usage and timings and forget it."""
         request = self.requests.get(event.call_id)
@@ -632,30 +563,19 @@ class LLMEngine:
         request.open_choices -= 1
         if request.open_choices > 0:
             return
-        seqs = request.seqs
-        event.usage = Usage(
-            prompt_tokens=request.prompt_tokens,
-            completion_tokens=sum(s.num_output_tokens for s in seqs),
-            cached_tokens=max(s.num_cached_tokens for s in seqs),
-        )
-        event.timings = Timings(
-            arrival=min(s.timings.arrival for s in seqs),
-            first_scheduled=min(
-                (s.timings.first_scheduled for s in seqs if s.timings.first_scheduled is not None),
-                default=None,
-            ),
-            first_token=min(
-                (s.timings.first_token for s in seqs if s.timings.first_token is not None),
-                default=None,
-            ),
-            finished=now,
-            queue_time=max(s.timings.queue_time for s in seqs),
-            model_time=sum(s.timings.model_time for s in seqs),
-            preemptions=sum(s.timings.preemptions for s in seqs),
-        )
+        self.output.close(event, request, now)
         del self.requests[request.request_id]
-        for seq in seqs:
-            self._forget(seq)
+        for seq in request.seqs:
+            self.seqs.pop(seq.seq_id, None)
+
+    def _retain(self, seq: Sequence) -> None:
+        """Offer a completed sequence's context to the retention policy (before its release).
+
+        Calls wait on memory once no never-used block is left: only then does a pin cost
+        the waiting calls anything (it yields to running ones regardless)."""
+        bm = self.block_manager
+        waiting = len(self.scheduler) - len(self.scheduler.running) if not bm.free_ids else 0
+        bm.call_finished(seq, self._seconds_per_token, waiting, self.config.max_num_seqs)
 
     def _release(self, seq: Sequence) -> None:
         """Give back whatever KV the sequence holds, on device or host."""
@@ -664,11 +584,6 @@ class LLMEngine:
             seq.swap_handle = None
         self.block_manager.free(seq)
         seq.status = SeqStatus.FINISHED
-
-    def _forget(self, seq: Sequence) -> None:
-        self.seqs.pop(seq.seq_id, None)
-        self.sampling_states.pop(seq.seq_id, None)
-        self.detokenizers.pop(seq.seq_id, None)
 
     # --- introspection ----------------------------------------------------
     def stats(self) -> EngineStats:
@@ -698,6 +613,14 @@ class LLMEngine:
             preemptions_recompute=c.preemptions_recompute,
             steps=c.steps,
             generated_tokens=c.generated_tokens,
+            kv_pinned_blocks=bm.evictable.pinned_blocks,
+            kv_pins=bm.evictable.counters.pins,
+            kv_pins_reused=bm.evictable.counters.reused,
+            kv_pins_expired=bm.evictable.counters.expired,
+            kv_pins_yielded=bm.evictable.counters.yielded,
+            kv_pins_offloaded=bm.offloads,
+            kv_pins_restored=bm.restores,
+            recomputed_prompt_tokens=bm.recomputed_prompt_tokens,
             calls_per_level=levels,
             step_moments=self.step_moments,
         )

@@ -99,9 +99,7 @@ def auto_dtype(device: torch.device) -> torch.dtype:
     CUDA: bfloat16 where the GPU supports it, else float16. CPU: bfloat16
     only when the CPU has bfloat16 dot-product instructions (x86
     ``avx512_bf16`` or ``amx_bf16``, Arm ``bf16``); without them torch emulates
-    bfloat16 and it is much slower than float32: 4.6x slower for a
-    decode-sized matmul on this project's AMD EPYC hosts (AVX2 only), where
-    the Intel hosts with AMX ran it 2.7x faster than float32.
+    bfloat16, which is much slower than float32.
     """
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -10,30 +10,36 @@ the parent reads. The parent computes the single-device reference.
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from agentrt.parallelism.comm import lower
 from agentrt.parallelism.errors import ParallelError
 from agentrt.parallelism.graph import Graph, capture, from_program
-from agentrt.parallelism.models import BUILTIN, Logits, LossAndLogits
+from agentrt.parallelism.interlaced import interlaced
+from agentrt.parallelism.models import BUILTIN, Logits, LossAndLogits, _loss
+from agentrt.parallelism.pipeline import (
+    PIPELINE_PLANS,
+    SplitStageModule,
+    StageModule,
+    pipeline_plan,
+)
 from agentrt.parallelism.plans import PLANS
-from agentrt.parallelism.runtime import Runner, init_mesh
+from agentrt.parallelism.runtime import Runner, init_mesh, init_mesh_2d
+from agentrt.parallelism.spawn import run_ranks
 
 
 def load_model(spec: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A built-in tiny model by name (``tiny-llama``, ``tiny-gpt``) or a transformers model folder."""
     if spec in BUILTIN:
-        return BUILTIN[spec](seed).to(dtype)
+        model = BUILTIN[spec](seed)
+        return model if next(model.parameters()).device.type == "meta" else model.to(dtype)
     if not os.path.isdir(spec):
         raise ParallelError(
             f"unknown model {spec!r}: give a model folder or one of {', '.join(BUILTIN)}"
@@ -80,6 +86,7 @@ class Verification:
     seconds_parallel: float  # fastest of three forwards, rank 0
     seconds_single: float
     atol: float
+    as_scheduled: bool = True  # a pipeline ran its blocks in the order its schedule predicts
 
     @property
     def ok(self) -> bool:
@@ -89,16 +96,10 @@ class Verification:
             self.max_grad_error,
             self.second_loss_error,
         )
-        return max(worst) <= self.atol
+        return max(worst) <= self.atol and self.as_scheduled
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 _LR = 0.1
@@ -122,7 +123,6 @@ def _load(path: str) -> Graph:
 def _worker(
     rank: int,
     n: int,
-    port: int,
     plan: str,
     program: str,
     train: bool,
@@ -130,32 +130,151 @@ def _worker(
     out: str,
 ) -> None:
     """One rank: load the captured program (no model code needed), plan, lower and run it."""
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=n,
-        timeout=timedelta(seconds=120),
+    graph = _load(program)
+    runner = Runner(lower(PLANS[plan](graph, n)), init_mesh(n), train=train, copy=False)
+    dist.barrier()
+    outputs, seconds = _timed(lambda: runner.forward(inputs))
+    result: dict[str, Any] = {"logits": outputs[-1], "seconds": seconds}
+    if train:
+        loss = runner.forward(inputs)[0]
+        loss.backward()
+        result["loss"], result["grads"] = loss.detach(), runner.full_grads(keep=rank == 0)
+        with torch.no_grad():
+            for piece in runner.parameters.values():
+                piece -= _LR * piece.grad
+            result["second_loss"] = runner.forward(inputs)[0]
+    if rank == 0:
+        torch.save(result, f"{out}.0")
+
+
+def _pipe_worker(
+    rank: int,
+    n: int,
+    plan: str,
+    program: str,
+    train: bool,
+    nmicro: int,
+    inputs: list[torch.Tensor],
+    out: str,
+) -> None:
+    """One pipeline stage: torch's PipelineStage and schedule over our stage module; every rank writes a file."""
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+    graph = _load(program)
+    built = pipeline_plan(plan, graph, n, nmicro=nmicro, train=train)
+    pipe = built.plan.pipe
+    assert pipe is not None
+    stage_index, position = built.place(rank)
+    spec = built.specs[stage_index]
+    group = None
+    module: StageModule | SplitStageModule
+    if built.inner is None:
+        module = StageModule(spec, graph, train=train)
+    else:
+        mesh = init_mesh_2d(pipe.nstages, built.width)
+        group = mesh["pp"].get_group()
+        program_ = lower(built.inner[stage_index])
+        module = SplitStageModule(spec, program_, mesh["tp"], train=train)
+
+    def examples(names: list[str]) -> tuple[torch.Tensor, ...]:
+        # static shapes (no shape-inference run); floating tensors carry gradients in training
+        metas = [graph.tensors[name] for name in names]
+        return tuple(
+            torch.zeros(t.shape, dtype=t.dtype).requires_grad_(train and t.dtype.is_floating_point)
+            for t in metas
+        )
+
+    stage = PipelineStage(
+        module,
+        stage_index,
+        pipe.nstages,
+        torch.device("cpu"),
+        input_args=examples(spec.inputs),
+        output_args=examples(spec.outputs),
+        group=group,
     )
-    try:
-        graph = _load(program)
-        runner = Runner(lower(PLANS[plan](graph, n)), init_mesh(n), train=train, copy=False)
+    kind = Schedule1F1B if pipe.kind == "1f1b" else ScheduleGPipe
+    schedule = kind(stage, nmicro, loss_fn=_loss if train else None)
+    first, last = stage_index == 0, stage_index == pipe.nstages - 1
+
+    def run(losses: list[torch.Tensor], *, forward_only: bool = False) -> Any:
+        args = (inputs[0],) if first else ()
+        kwargs: dict[str, Any] = {"target": inputs[1], "losses": losses} if last and train else {}
+        if forward_only and train:
+            return schedule.eval(*args, **kwargs)
+        with torch.no_grad() if not train else torch.enable_grad():
+            return schedule.step(*args, **kwargs)
+
+    tied = module.tied_groups(built.width, position)
+    module.trace = []
+    losses: list[torch.Tensor] = []
+    logits = run(losses)
+    module.reduce_tied(tied)
+    result: dict[str, Any] = {"trace": module.trace}
+    module.trace = None
+    if train:
+        grads = module.grads()  # collective across a split stage's group
+        if position == 0:
+            result["grads"] = {k: g.detach().clone() for k, g in grads.items()}
+        with torch.no_grad():
+            for p in module.weights.values():
+                if p.grad is not None:
+                    p -= _LR * p.grad
+        second: list[torch.Tensor] = []
+        run(second, forward_only=True)
+        if last and position == 0:
+            result["loss"] = torch.stack(losses).mean().detach()
+            result["second_loss"] = torch.stack(second).mean().detach()
+    if last and position == 0:
+        result["logits"] = logits.detach()
+    dist.barrier()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        run([], forward_only=True)
         dist.barrier()
-        outputs, seconds = _timed(lambda: runner.forward(inputs))
-        result: dict[str, Any] = {"logits": outputs[-1], "seconds": seconds}
-        if train:
-            loss = runner.forward(inputs)[0]
-            loss.backward()
-            result["loss"], result["grads"] = loss.detach(), runner.full_grads(keep=rank == 0)
-            with torch.no_grad():
-                for piece in runner.parameters.values():
+        best = min(best, time.perf_counter() - start)
+    result["seconds"] = best
+    torch.save(result, f"{out}.{rank}")
+
+
+def _interlaced_worker(
+    rank: int,
+    n: int,
+    plan: str,
+    program: str,
+    train: bool,
+    nmicro: int,
+    inputs: list[torch.Tensor],
+    out: str,
+) -> None:
+    """One device of an interlaced pipeline; rank 0 writes the outputs, every rank its stage's gradients."""
+    from agentrt.parallelism.interlaced import InterlacedRunner, interlaced
+
+    graph = _load(program)
+    runner = InterlacedRunner(interlaced(graph, n, nmicro=nmicro), init_mesh(n), train=train)
+    ids = list(inputs[0].chunk(nmicro))
+    labels = list(inputs[1].chunk(nmicro)) if train else None
+    dist.barrier()
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(3):
+            start = time.perf_counter()
+            runner.step(ids, None, _loss)
+            dist.barrier()
+            best = min(best, time.perf_counter() - start)
+    logits, loss = runner.step(ids, labels, _loss)
+    result: dict[str, Any] = {"logits": logits, "seconds": best, "trace": []}
+    if train:
+        grads = runner.full_grads(keep=rank == 0)
+        result["loss"] = loss
+        result["grads"] = grads if rank == 0 else runner.stage.grads()
+        with torch.no_grad():
+            for piece in runner.parameters():
+                if piece.grad is not None:
                     piece -= _LR * piece.grad
-                result["second_loss"] = runner.forward(inputs)[0]
-        if rank == 0:
-            torch.save(result, out)
-    finally:
-        dist.destroy_process_group()
+            result["second_loss"] = runner.step(ids, labels, _loss)[1]
+    torch.save(result, f"{out}.{rank}")
 
 
 def _reference(model: torch.nn.Module, train: bool, inputs: list[torch.Tensor]) -> dict[str, Any]:
@@ -195,38 +314,72 @@ def verify(
     seed: int = 0,
     atol: float = 1e-4,
     dtype: torch.dtype = torch.float32,
+    micro_batches: int | None = None,
 ) -> Verification:
-    """Run ``plan`` on ``ndevices`` gloo processes and compare outputs (and gradients) with one device."""
-    if plan not in PLANS:
-        raise ParallelError(f"unknown plan {plan!r}; shipped plans: {', '.join(PLANS)}")
+    """Run ``plan`` on ``ndevices`` gloo processes and compare outputs (and gradients) with one device.
+
+    A pipeline plan is captured at the micro-batch size (``micro_batches``
+    of them make the batch; by default as many as divide it, up to twice the
+    stages) and checked, besides the numbers, to run its blocks in the order
+    its schedule predicts.
+    """
+    piped = plan in PIPELINE_PLANS
+    if plan not in PLANS and not piped:
+        raise ParallelError(
+            f"unknown plan {plan!r}; shipped plans: {', '.join([*PLANS, *PIPELINE_PLANS])}"
+        )
     model = load_model(spec, seed, dtype)
     inputs = list(example_inputs(vocab_of(model), batch, seq, seed))[: 2 if train else 1]
-    graph = capture(LossAndLogits(model) if train else Logits(model), tuple(inputs))
-    lower(PLANS[plan](graph, ndevices))  # a plan error is raised here, not in N processes
+    expected: list[list[str]] = []
+    if piped:
+        nmicro = micro_batches or default_micro_batches(batch, ndevices)
+        if batch % nmicro:
+            raise ParallelError(f"{nmicro} micro-batches do not divide the batch of {batch}")
+        graph = capture(Logits(model), (inputs[0][: batch // nmicro],))
+        # a plan error is raised here, not in N processes
+        if plan == "interlaced":
+            interlaced(graph, ndevices, nmicro=nmicro)
+        else:
+            built = pipeline_plan(plan, graph, ndevices, nmicro=nmicro, train=train)
+            for inner in built.inner or []:
+                lower(inner)
+            assert built.plan.pipe is not None
+            expected = [
+                [b.kind for b in built.plan.pipe.sequences[built.place(r)[0]]]
+                for r in range(ndevices)
+            ]
+        worker, args = _pipe_worker, (plan, train, nmicro, inputs)
+        if plan == "interlaced":
+            worker, expected = _interlaced_worker, [[] for _ in range(ndevices)]
+    else:
+        graph = capture(LossAndLogits(model) if train else Logits(model), tuple(inputs))
+        lower(PLANS[plan](graph, ndevices))  # a plan error is raised here, not in N processes
+        worker, args = _worker, (plan, train, inputs)
     with tempfile.TemporaryDirectory() as tmp:
-        program, out = os.path.join(tmp, "program.pt2"), os.path.join(tmp, "rank0.pt")
+        program, out = os.path.join(tmp, "program.pt2"), os.path.join(tmp, "rank.pt")
         torch.export.save(graph.program, program)  # before the reference's SGD step changes weights
         ref = _reference(model, train, inputs)
         del model, graph  # the workers load their own copy; the parent keeps only the reference
-        try:
-            mp.start_processes(
-                _worker,
-                args=(ndevices, free_port(), plan, program, train, inputs, out),
-                nprocs=ndevices,
-                join=True,
-                start_method="spawn",
-            )
-        except mp.ProcessExitedException as exc:
-            raise ParallelError(f"plan {plan!r}: a process of {ndevices} exited: {exc}") from None
-        except mp.ProcessRaisedException as exc:
-            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-            where = next((line for line in reversed(lines) if line.startswith("File ")), "")
-            raise ParallelError(
-                f"plan {plan!r} failed on {ndevices} processes: {lines[-1] if lines else exc}"
-                + (f" ({where})" if where else "")
-            ) from None
-        got = torch.load(out)
+        run_ranks(worker, ndevices, (args[0], program, *args[1:], out), what=f"plan {plan!r}")
+        if piped:
+            got = _merge([torch.load(f"{out}.{r}") for r in range(ndevices)], expected)
+        else:
+            got = torch.load(f"{out}.0")
     return _compare(spec, plan, ndevices, train, dtype, got, ref, atol)
+
+
+def default_micro_batches(batch: int, ndevices: int) -> int:
+    """As many micro-batches as divide the batch, up to twice the devices."""
+    return max(m for m in range(1, 2 * ndevices + 1) if batch % m == 0)
+
+
+def _merge(parts: list[dict[str, Any]], expected: list[list[str]]) -> dict[str, Any]:
+    """One result from every stage's file: the last stage's outputs, every stage's gradients."""
+    got = dict(next(part for part in reversed(parts) if "logits" in part))
+    got["grads"] = {k: g for part in parts for k, g in part.get("grads", {}).items()}
+    got["seconds"] = max(part["seconds"] for part in parts)
+    got["as_scheduled"] = [part["trace"] for part in parts] == expected
+    return got
 
 
 def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -271,4 +424,5 @@ def _compare(
         float(got["seconds"]),
         float(ref["seconds"]),
         atol,
+        bool(got.get("as_scheduled", True)),
     )

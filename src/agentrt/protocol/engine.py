@@ -199,10 +199,50 @@ class EngineStats(msgspec.Struct, kw_only=True):
     preemptions_recompute: int = 0
     steps: int = 0
     generated_tokens: int = 0
+    # KV retention (agentrt.scheduling.RetentionPolicy): blocks pinned to programs now;
+    # pins made, reused by the program's next call, expired first, yielded to pressure;
+    # prompt tokens of a program's previous context (the full blocks its last call
+    # computed) that its next call computed again because they had been evicted.
+    kv_pinned_blocks: int = 0
+    kv_pins: int = 0
+    kv_pins_reused: int = 0
+    kv_pins_expired: int = 0
+    kv_pins_yielded: int = 0
+    kv_pins_offloaded: int = 0  # lost pins copied to the host pool
+    kv_pins_restored: int = 0  # of those, copied back for their program's next call
+    recomputed_prompt_tokens: int = 0
     # Live calls (waiting or running) per scheduler queue level, top level first.
     calls_per_level: list[int] = msgspec.field(default_factory=list)
     # Step-time sums over the engine's lifetime (empty for engines that do not time steps).
     step_moments: StepMoments = msgspec.field(default_factory=StepMoments)
+
+    def plus(self, other: EngineStats) -> EngineStats:
+        """The stats of two engines as one: counts add (per level for ``calls_per_level``),
+        ``kv_usage`` is that of the summed pools, ``prefix_hit_rate`` their mean weighted
+        by KV pool size."""
+        summed: dict[str, Any] = {}
+        for name in self.__struct_fields__:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if isinstance(mine, int):
+                summed[name] = mine + theirs
+        levels = [0] * max(len(self.calls_per_level), len(other.calls_per_level))
+        for counts in (self.calls_per_level, other.calls_per_level):
+            for level, count in enumerate(counts):
+                levels[level] += count
+        blocks = summed["kv_blocks_total"]
+        hit_rate = 0.0
+        if blocks:
+            hit_rate = (
+                self.prefix_hit_rate * self.kv_blocks_total
+                + other.prefix_hit_rate * other.kv_blocks_total
+            ) / blocks
+        return EngineStats(
+            **summed,
+            kv_usage=summed["kv_blocks_used"] / blocks if blocks else 0.0,
+            prefix_hit_rate=hit_rate,
+            calls_per_level=levels,
+            step_moments=self.step_moments.plus(other.step_moments),
+        )
 
 
 class ModelInfo(msgspec.Struct, kw_only=True):

@@ -15,8 +15,15 @@ Pure Python, no I/O, deterministic. Public API:
   ``Scheduler.calls_per_level()`` for metrics;
 - :class:`ProcessTable`, :class:`ProgramEntry`, :class:`CallRecord`: what is
   known about each program (service, wait, engine affinity, call records);
-- :class:`Balancer` (``round_robin | least_used | locality``) and
-  :class:`NoEngineAvailable`;
+- :class:`ProgramAccounting`: the one writer of a call's life into its
+  program's entry (``admit`` a call; ``retire`` it with its wait, service and
+  :class:`CallOutcome`), used by the scheduler, the router and the server's
+  program directory;
+- :class:`Balancer` (``round_robin | least_used | locality``; it pins
+  programs to engines) and :class:`NoEngineAvailable`;
+- :class:`RetentionPolicy` / :class:`RetentionConfig` (:mod:`agentrt.scheduling.retention`):
+  which cached KV a pool keeps across a program's tool calls (TTL pins learned
+  from interrupt durations, eviction by expected reuse), for engine and simulator;
 - the policies themselves (:mod:`agentrt.scheduling.policies`), the two
   completion rules :func:`plas_service` / :func:`atlas_service`, and
   :func:`queue_level` (program priority -> queue level, e.g. to map onto a
@@ -44,6 +51,7 @@ belongs to one thread (the engine's step loop, the router's event loop).
 The cost of a decision is measured by ``agentrt bench scheduler``.
 """
 
+from agentrt.scheduling.accounting import ProgramAccounting
 from agentrt.scheduling.balancer import Balancer, NoEngineAvailable
 from agentrt.scheduling.call import Call
 from agentrt.scheduling.config import (
@@ -61,7 +69,18 @@ from agentrt.scheduling.policies import (
     plas_service,
     queue_level,
 )
-from agentrt.scheduling.process_table import CallRecord, ProcessTable, ProgramEntry
+from agentrt.scheduling.process_table import CallOutcome, CallRecord, ProcessTable, ProgramEntry
+from agentrt.scheduling.retention import (
+    RETENTION_MODES,
+    InterruptPredictor,
+    Pressure,
+    RetentionConfig,
+    RetentionCounters,
+    RetentionMode,
+    RetentionPolicy,
+    choose_ttl,
+    policy_priority,
+)
 from agentrt.scheduling.scheduler import (
     Admission,
     Decision,
@@ -72,25 +91,36 @@ from agentrt.scheduling.scheduler import (
 
 __all__ = [
     "POLICIES",
+    "RETENTION_MODES",
     "Admission",
     "Balancer",
     "BalancerConfig",
     "BalancerPolicy",
     "Call",
+    "CallOutcome",
     "CallRecord",
     "Decision",
+    "InterruptPredictor",
     "NoEngineAvailable",
     "Policy",
     "PolicyName",
+    "Pressure",
     "ProcessTable",
+    "ProgramAccounting",
     "ProgramEntry",
+    "RetentionConfig",
+    "RetentionCounters",
+    "RetentionMode",
+    "RetentionPolicy",
     "Scheduler",
     "SchedulerConfig",
     "SchedulerCounters",
     "ServiceUnit",
     "atlas_service",
+    "choose_ttl",
     "make_policy",
     "make_scheduler",
     "plas_service",
+    "policy_priority",
     "queue_level",
 ]

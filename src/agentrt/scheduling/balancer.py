@@ -7,8 +7,9 @@
   prompt tokens go to the least used engine (short prompts share little more
   than the system prompt, which every engine caches); longer calls go to the
   engine their program is pinned to, pinned on the first long call, so the
-  program's history stays in one engine's prefix cache. Pins live in the
-  process table (``ProgramEntry.engine_id``).
+  program's history stays in one engine's prefix cache. The balancer pins
+  and unpins; the pin is kept in the program's process-table entry
+  (``ProgramEntry.engine_id``), so it goes when the program does.
 
 The balancer counts live calls itself: :meth:`route` adds one to the chosen
 engine, :meth:`release` takes it back when the call ends. When an engine
@@ -59,7 +60,12 @@ class Balancer:
     def remove_engine(self, engine_id: str) -> list[str]:
         """Stop routing to ``engine_id``; returns the programs that were pinned to it."""
         self._load.pop(engine_id, None)
-        return self.table.unpin_engine(engine_id)
+        unpinned: list[str] = []
+        for entry in self.table.programs():  # engines leave rarely; pins are not indexed by engine
+            if entry.engine_id == engine_id:
+                entry.engine_id = None
+                unpinned.append(entry.program_id)
+        return sorted(unpinned)
 
     def engine_failed(self, engine_id: str) -> list[str]:
         """The engine died: unpin its programs so their next calls re-route; returns them."""
@@ -102,5 +108,5 @@ class Balancer:
         if pinned is not None and pinned in self._load:
             return pinned
         engine_id = self._least_used()
-        self.table.pin(program_id, engine_id, now)
+        self.table.start(program_id, now).engine_id = engine_id
         return engine_id

@@ -16,8 +16,7 @@ floor) is in the configured *service unit*:
   given it, so the anti-starvation ratio compares like with like.
 
 Knobs left as ``None`` take the default of the chosen unit (the
-``DEFAULTS_BY_UNIT`` table below). They are starting points the simulator
-sweeps (``agentrt sim``); the values it measures replace them here.
+``DEFAULTS_BY_UNIT`` table below), chosen with the simulator (``agentrt sim``).
 """
 
 from __future__ import annotations
@@ -43,17 +42,11 @@ class UnitDefaults(msgspec.Struct, frozen=True):
 
 
 # time: seconds of model time, each call charged the whole duration of every
-# step it ran in. A step of an 8B model on one A100 takes ~15 ms alone and
-# ~40-80 ms with a full batch, so 0.5 s is ~6-30 steps of a call and the 8
-# levels reach 32 s: a BFCL program (~10 calls of ~35 tokens) stays in the top
-# four levels, ShareGPT conversations and LATS trees (~100 s of service at
-# load) sink to the last two. `agentrt sim` measured first boundary/quantum
-# 0.5, 2, 4 and 8 s and K = 8 or 10 within 1-2% of one another on `mixed`
-# (see src/agentrt/sim/README.md), so the smallest keeps new programs apart
-# soonest.
-# tokens: the same scale expressed in processed tokens. The starvation floor
-# is one decode step's worth of service: it only keeps the ratio finite (a call
-# below the top level has a program priority or a used quantum far above it).
+# step it ran in; 8 levels from 0.5 s reach 32 s, so short programs stay in the
+# top levels and long ones sink (src/agentrt/sim/README.md has the sweep behind
+# these values).
+# tokens: the same scale in processed tokens. The starvation floor is one decode
+# step's worth of service: it only keeps the ratio finite.
 DEFAULTS_BY_UNIT: dict[ServiceUnit, UnitDefaults] = {
     "time": UnitDefaults(first_boundary=0.5, first_quantum=0.5, starvation_floor=0.025),
     "tokens": UnitDefaults(first_boundary=256.0, first_quantum=256.0, starvation_floor=1.0),

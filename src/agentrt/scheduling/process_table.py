@@ -18,7 +18,16 @@ process (the router's), so program service is global across engines.
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict, deque
+
+
+class CallOutcome(enum.StrEnum):
+    """Where a call's record stands; the values are what ``/v1/programs`` reports."""
+
+    LIVE = "live"
+    FINISHED = "finished"
+    ABORTED = "aborted"
 
 
 class CallRecord:
@@ -44,11 +53,11 @@ class CallRecord:
         self.service = 0.0
         self.level = 0
         self.finished: float | None = None
-        self.outcome = "live"  # live | finished | aborted
+        self.outcome = CallOutcome.LIVE
         self.interrupt_time = 0.0  # tool / human time the SDK reported after this call
 
     def __repr__(self) -> str:
-        return f"CallRecord({self.call_id!r}, {self.outcome}, wait={self.wait:g}, service={self.service:g})"
+        return f"CallRecord({self.call_id!r}, {self.outcome.value}, wait={self.wait:g}, service={self.service:g})"
 
 
 class ProgramEntry:
@@ -77,7 +86,7 @@ class ProgramEntry:
         self.service = 0.0
         self.total_service = 0.0  # sum of the service of all completed calls
         self.wait = 0.0  # W_p: sum of the waits of completed calls
-        self.engine_id: str | None = None  # pinned engine (locality balancer)
+        self.engine_id: str | None = None  # pinned engine (set and cleared by the Balancer)
         self.last_arrival: float | None = None
         self.last_completion: float | None = None
         self.last_activity = now
@@ -111,7 +120,6 @@ class ProcessTable:
         self._busy: dict[str, ProgramEntry] = {}  # programs with live calls
         # Programs without live calls, least recently active first.
         self._idle: OrderedDict[str, ProgramEntry] = OrderedDict()
-        self._pinned: dict[str, set[str]] = {}  # engine id -> pinned program ids
 
     # --- lookup ---
 
@@ -181,9 +189,9 @@ class ProcessTable:
         return entry, record
 
     def call_ended(
-        self, program_id: str, call_id: str, now: float, outcome: str
+        self, program_id: str, call_id: str, now: float, outcome: CallOutcome
     ) -> CallRecord | None:
-        """Close a call's record (its wait, service, level already filled in by the scheduler).
+        """Close a call's record (its wait, service, level filled in by ``ProgramAccounting.retire``).
 
         The record moves to the program's recent records; its wait and
         service are added to the program's totals.
@@ -202,7 +210,6 @@ class ProcessTable:
         if not entry.live:
             del self._busy[program_id]
             if entry.ended:
-                self._remove_pins(entry)
                 return record
             entry.last_activity = now
             self._idle[program_id] = entry
@@ -228,25 +235,6 @@ class ProcessTable:
                 record.interrupt_time += seconds
         return True
 
-    # --- engine affinity ---
-
-    def pin(self, program_id: str, engine_id: str, now: float) -> ProgramEntry:
-        entry = self.start(program_id, now)
-        if entry.engine_id is not None:
-            self._pinned.get(entry.engine_id, set()).discard(program_id)
-        entry.engine_id = engine_id
-        self._pinned.setdefault(engine_id, set()).add(program_id)
-        return entry
-
-    def unpin_engine(self, engine_id: str) -> list[str]:
-        """Forget every pin to ``engine_id`` (it failed or left); returns the programs unpinned."""
-        programs = sorted(self._pinned.pop(engine_id, set()))
-        for program_id in programs:
-            entry = self.get(program_id)
-            if entry is not None:
-                entry.engine_id = None
-        return programs
-
     # --- internals ---
 
     def _touch(self, entry: ProgramEntry, now: float) -> None:
@@ -263,12 +251,3 @@ class ProcessTable:
     def _remove(self, entry: ProgramEntry) -> None:
         self._idle.pop(entry.program_id, None)
         self._busy.pop(entry.program_id, None)
-        self._remove_pins(entry)
-
-    def _remove_pins(self, entry: ProgramEntry) -> None:
-        if entry.engine_id is not None:
-            pinned = self._pinned.get(entry.engine_id)
-            if pinned is not None:
-                pinned.discard(entry.program_id)
-                if not pinned:
-                    del self._pinned[entry.engine_id]

@@ -25,10 +25,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agentrt.scheduling.accounting import ProgramAccounting
 from agentrt.scheduling.call import Call
 from agentrt.scheduling.config import SchedulerConfig
 from agentrt.scheduling.policies import Policy, make_policy
-from agentrt.scheduling.process_table import CallRecord, ProcessTable, ProgramEntry
+from agentrt.scheduling.process_table import CallOutcome, CallRecord, ProcessTable, ProgramEntry
 
 _Key = tuple[float, float, int]
 
@@ -98,7 +99,7 @@ class Scheduler:
                 max_call_records=self.config.max_call_records,
             )
         )
-        self._boundaries = self.config.boundaries
+        self.accounting = ProgramAccounting(self.table, self.policy, self.config.boundaries)
         self._quanta = self.config.quanta
         self._floor = self.config.floor
         self._beta = self.config.beta
@@ -143,6 +144,7 @@ class Scheduler:
 
     @property
     def num_waiting(self) -> int:
+        """Live calls not running (the simulator's retention weighs pins against them)."""
         return len(self._calls) - len(self._running)
 
     def calls_per_level(self) -> list[int]:
@@ -165,19 +167,15 @@ class Scheduler:
         """A new call arrives: it takes its program's priority and enters its queue."""
         if call.call_id in self._calls:
             raise ValueError(f"call {call.call_id!r} is already scheduled")
-        entry, record = self.table.call_started(call.program_id, call.call_id, call.thread_id, now)
-        policy = self.policy
+        entry, record = self.accounting.admit(call, now)
         call.seq = self._next_seq
         self._next_seq += 1
-        call.start_value = policy.start_value(entry.service)
-        call.level = policy.entry_level(call.start_value, self._boundaries)
         call.quantum = self._quanta[call.level]
         call.service = call.service_c = 0.0
         call.running = False
         call._wait_acc = call._wait_c_acc = 0.0
         call._waiting_since = None
         call._start_waiting(self.clock(now))
-        record.level = call.level
         self._calls[call.call_id] = call
         self._by_seq[call.seq] = call
         self._by_program.setdefault(call.program_id, {})[call.call_id] = call
@@ -267,12 +265,12 @@ class Scheduler:
 
     def finish(self, call_id: str, now: float) -> Call | None:
         """The call completed: update its program's service (PLAS/ATLAS rule). None if unknown."""
-        return self._leave(call_id, now, "finished")
+        return self._leave(call_id, now, CallOutcome.FINISHED)
 
     def abort(self, call_id: str, now: float) -> Call | None:
         """The call was cancelled. The service it received still counts for its program
         (otherwise aborting and retrying would reset a program's priority). None if unknown."""
-        return self._leave(call_id, now, "aborted")
+        return self._leave(call_id, now, CallOutcome.ABORTED)
 
     # --- internals ---
 
@@ -285,11 +283,11 @@ class Scheduler:
             self._steps += 1
         self._last_step_now = max(self._last_step_now, now)
 
-    def _leave(self, call_id: str, now: float, outcome: str) -> Call | None:
+    def _leave(self, call_id: str, now: float, outcome: CallOutcome) -> Call | None:
         call = self._calls.pop(call_id, None)
         if call is None:
             return None
-        if outcome == "finished":
+        if outcome is CallOutcome.FINISHED:
             self.counters.finished += 1
         else:
             self.counters.aborted += 1
@@ -302,15 +300,11 @@ class Scheduler:
         self._running.pop(call_id, None)
         call.running = False
         call._stop_waiting(self.clock(now))
-        record = self._records.pop(call.seq)
-        record.wait, record.service, record.level = call._wait_acc, call.service, call.level
-        entry = self.table.get(call.program_id)
-        if entry is not None:
-            entry.service = self.policy.updated_service(entry.service, call)
-            self.table.call_ended(call.program_id, call_id, now, outcome)
-            if self._starvation and self.policy.program_aware:
-                for sibling in siblings.values():
-                    self._push_deadline(sibling, entry)
+        del self._records[call.seq]
+        entry = self.accounting.retire(call, now, wait=call._wait_acc, outcome=outcome)
+        if entry is not None and self._starvation and self.policy.program_aware:
+            for sibling in siblings.values():
+                self._push_deadline(sibling, entry)
         return call
 
     def _key(self, call: Call) -> _Key:

@@ -37,7 +37,7 @@ from agentrt.protocol.headers import MAX_NAME_LENGTH, format_headers
 from agentrt.sdk.ids import uuid7
 
 if TYPE_CHECKING:
-    from agentrt.sdk.lifecycle import ServerEntry
+    from agentrt.sdk.servers import ServerEntry
 
 _current_thread = threading.current_thread
 _running_loop = asyncio._get_running_loop

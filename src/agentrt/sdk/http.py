@@ -43,7 +43,7 @@ from agentrt.sdk.context import (
     propagation_headers,
     restore,
 )
-from agentrt.sdk.lifecycle import Outcome
+from agentrt.sdk.servers import Outcome, server_key
 
 _EXTENSION = "agentrt.call"  # request.extensions key: (record, call id) of an LLM call
 _LIFECYCLE_TIMEOUT = 5.0
@@ -119,7 +119,7 @@ def _claim(
 ) -> tuple[str, Any] | None:
     """``(key, server)`` when this request must announce ``record`` to its server first."""
     base = _base_url(request)
-    key = lifecycle.server_key(base)
+    key = server_key(base)
     if key in record.servers:
         return None
     server = make_server(base)

@@ -13,58 +13,21 @@ idle programs by itself anyway.
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
 from agentrt.log import get_logger
 from agentrt.protocol.programs import ProgramStart
 from agentrt.sdk.context import ProgramRecord
+from agentrt.sdk.servers import Outcome, ProgramServer, ServerEntry
 
 
 def _log() -> Any:
     # Looked up per event (these are rare), so the current logging configuration applies.
     return get_logger("agentrt.sdk.lifecycle")
-
-
-class Outcome(enum.Enum):
-    """How a server answered a lifecycle request."""
-
-    OK = "ok"
-    UNSUPPORTED = "unsupported"  # 404/405 on the announcement: no /programs endpoints
-    NOT_FOUND = "not_found"  # 404 when ending: the server had already forgotten the program
-    TIMED_OUT = "timed_out"  # no answer within the client's lifecycle_timeout
-    FAILED = "failed"  # network error, 5xx, ...
-
-
-class ProgramServer(Protocol):
-    """How a program's end reaches one server (through the client, hook or transport that
-    carried its calls there)."""
-
-    def is_closed(self) -> bool: ...
-
-    def end_program_sync(self, program_id: str) -> tuple[Outcome, str]: ...
-
-    async def end_program_async(self, program_id: str) -> tuple[Outcome, str]: ...
-
-
-def server_key(base_url: str) -> str:
-    """The key a server is known by: its API base URL, without a trailing slash."""
-    return base_url.rstrip("/")
-
-
-class ServerEntry:
-    """One server a program was announced to, and the client that reaches it."""
-
-    __slots__ = ("client", "key", "outcome")
-
-    def __init__(self, key: str, client: ProgramServer) -> None:
-        self.key = key
-        self.client = client
-        self.outcome: Outcome | None = None  # None while the announcement is in flight
 
 
 # How long the program endpoints of a server that timed out are not asked again.

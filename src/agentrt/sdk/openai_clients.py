@@ -36,7 +36,7 @@ from openai._types import NotGiven, RequestOptions
 from agentrt.protocol.headers import CALL, PROGRAM, is_llm_call_path
 from agentrt.sdk import lifecycle
 from agentrt.sdk.context import ProgramRecord, begin_call, peek, propagation_headers
-from agentrt.sdk.lifecycle import Outcome
+from agentrt.sdk.servers import Outcome, server_key
 
 _NONE = type(None)
 # Seconds allowed for each program announcement or end (never retried), unless the client
@@ -146,7 +146,7 @@ def _server_key(client: Any) -> str:
     if cached is not None and cached[0] is url:
         key: str = cached[1]
         return key
-    key = lifecycle.server_key(str(url))
+    key = server_key(str(url))
     client.__dict__["_agentrt_server_key"] = (url, key)
     return key
 

@@ -48,7 +48,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weight-only quantized decode on CPU (default none)",
     )
     parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode steps through torch.compile, cached on disk (default: [engine] compile)",
+    )
+    parser.add_argument(
         "--kv-cache-memory", help="KV pool: bytes (2GiB, 512MB) or a fraction of memory (0.3)"
+    )
+    parser.add_argument(
+        "--kv-retention",
+        choices=["off", "ttl"],
+        help="ttl: keep a program's KV pinned across its tool calls and evict by expected "
+        "reuse instead of LRU (default off, or [engine.retention] mode of the file)",
     )
     parser.add_argument(
         "--replicas", type=int, help="embedded engines in worker processes, behind the router"
@@ -58,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         dest="backends",
         metavar="URL",
-        help="a remote OpenAI-compatible server ([vllm+|sglang+|agentrt+]URL); repeatable",
+        help="a remote OpenAI-compatible server ([vllm+|sglang+|llamacpp+|agentrt+|openai+]URL"
+        "[,max_inflight=N]); repeatable",
     )
     parser.add_argument(
         "--ray-address", help="place the engine replicas on this Ray cluster ('auto', ray://...)"
@@ -110,9 +123,9 @@ def run(args: argparse.Namespace) -> int:
 
     from agentrt.config import ConfigError
     from agentrt.log import get_logger
-    from agentrt.serving.app import create_app
-    from agentrt.serving.connections import uvicorn_options
     from agentrt.serving.engines import open_engine
+    from agentrt.serving.http.app import create_app
+    from agentrt.serving.http.connections import uvicorn_options
 
     log = get_logger("agentrt.serve")
     try:

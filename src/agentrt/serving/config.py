@@ -21,7 +21,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The id clients use in "model"; defaults to the engine's own model id.
     served_model_name: str | None = None
     # Any engine "package.module:callable" builds instead of the embedded one
-    # (called with engine_options as keyword arguments), e.g. "agentrt.serving.echo:EchoEngine".
+    # (called with engine_options as keyword arguments), e.g. "agentrt.testing.echo:EchoEngine".
     engine_factory: str | None = None
     engine_options: dict[str, Any] = msgspec.field(default_factory=dict)
     scheduling_policy: Policy = "atlas"
@@ -29,8 +29,11 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The embedded engine's dtype and weight-only quantization; unset: [engine] of the file.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     quantization: Literal["none", "int8", "int4"] | None = None
+    compile: bool | None = None  # the embedded engine's compiled decode; unset: [engine]
     # KV pool size for the embedded engine: bytes ("2GiB", "512MB", an int) or a fraction ("0.5").
     kv_cache_memory: str | float | None = None
+    # Program-aware KV retention of the embedded engine; unset: [engine.retention] of the file.
+    kv_retention: Literal["off", "ttl"] | None = None
     replicas: int = 1
     backends: list[str] = msgspec.field(default_factory=list)  # remote OpenAI-compatible servers
     ray_address: str | None = None
@@ -64,7 +67,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limit_concurrency: int | None = None
     h11_max_incomplete_event_size: int = 16 * 1024
     backlog: int = 2048
+    # One log line per request (and the startup and disconnect lines), at this level: "info"
+    # for agentrt serve; serve_in_process uses "debug", so the user's terminal shows the program.
     log_requests: bool = True
+    request_log_level: Literal["debug", "info"] = "info"
     # After SIGTERM/SIGINT, in-flight requests get this many seconds to finish
     # before their connections are cut and the process exits (a stuck stream
     # must not keep a stopping server alive).

@@ -3,7 +3,7 @@
 - nothing else asked: the embedded engine in this process (the default model
   unless ``model`` names another);
 - ``engine_factory``: any engine a ``"package.module:callable"`` builds (e.g.
-  ``agentrt.serving.echo:EchoEngine`` for a model-free server);
+  ``agentrt.testing.echo:EchoEngine`` for a model-free server);
 - ``replicas > 1``, ``backends`` or ``ray_address``: the program-aware
   :class:`~agentrt.serving.router.Router` over worker-process replicas,
   remote OpenAI-compatible servers and Ray actors.
@@ -66,11 +66,24 @@ def engine_config(server: ServerConfig, toml_path: str | Path | None = None) -> 
         "max_num_seqs": server.max_num_seqs,
         "dtype": server.dtype,
         "quantization": server.quantization,
+        "compile": server.compile,
     }
     if server.kv_cache_memory is not None:
         overrides["kv_cache_memory"] = parse_memory(server.kv_cache_memory)
     config = load_config(EngineConfig, toml_path, "engine", overrides)
+    if server.kv_retention is not None:
+        retention = msgspec.structs.replace(config.retention, mode=server.kv_retention)
+        config = msgspec.structs.replace(config, retention=retention)
     return msgspec.structs.replace(config, scheduler=scheduler_config(server, toml_path))
+
+
+@asynccontextmanager
+async def embedded(config: EngineConfig) -> AsyncIterator[EngineClient]:
+    """The embedded engine with ``config``, loaded off the event loop and closed when the block exits."""
+    from agentrt.engine import AsyncEngine
+
+    async with await AsyncEngine.start(config) as engine:
+        yield engine
 
 
 async def embedded_engine(**config: Any) -> EngineClient:
@@ -86,7 +99,7 @@ async def open_engine(
     server: ServerConfig, toml_path: str | Path | None = None
 ) -> AsyncIterator[EngineClient]:
     """Start the engine (or router) the config describes; close it when the block exits."""
-    from agentrt.serving.backends.hosting import EngineSpec, hosted_engine
+    from agentrt.serving.router.backends.hosting import EngineSpec, hosted_engine
 
     if server.replicas < 1:
         raise ConfigError("replicas must be >= 1")
@@ -98,13 +111,8 @@ async def open_engine(
             yield engine
         return
     if not _routed(server, remotes):
-        from agentrt.engine import AsyncEngine
-
-        engine = await AsyncEngine.start(engine_config(server, toml_path))
-        try:
+        async with embedded(engine_config(server, toml_path)) as engine:
             yield engine
-        finally:
-            await engine.close()
         return
     async with _router(server, toml_path, remotes) as router:
         yield router
@@ -116,7 +124,7 @@ def remote_tables(toml_path: str | Path | None) -> list[Any]:
         return []
     import tomllib
 
-    from agentrt.serving.backends import RemoteBackendConfig
+    from agentrt.serving.router.backends import RemoteBackendConfig
 
     with open(toml_path, "rb") as f:
         tables = tomllib.load(f).get("remote", [])
@@ -139,9 +147,9 @@ def _routed(server: ServerConfig, remotes: list[Any]) -> bool:
 
 def _router(server: ServerConfig, toml_path: str | Path | None, remotes: list[Any]) -> Any:
     from agentrt.scheduling import BalancerConfig
-    from agentrt.serving.backends import ProcessBackend, RemoteBackend, parse_backend
-    from agentrt.serving.backends.hosting import EngineSpec
     from agentrt.serving.router import Router, RouterConfig
+    from agentrt.serving.router.backends import ProcessBackend, RemoteBackend, parse_backend
+    from agentrt.serving.router.backends.hosting import EngineSpec
 
     if server.engine_factory is not None:
         spec = EngineSpec(factory=server.engine_factory, options=server.engine_options)
@@ -152,17 +160,20 @@ def _router(server: ServerConfig, toml_path: str | Path | None, remotes: list[An
         )
     backends: list[Any] = []
     if server.ray_address is not None:
-        from agentrt.serving.backends.ray import RayBackend, RayPlacement
+        from agentrt.serving.router.backends.ray import RayBackend, RayPlacement
 
         placement = load_config(RayPlacement, toml_path, "ray", {"address": server.ray_address})
         backends += [RayBackend(f"ray-{i}", spec, placement) for i in range(server.replicas)]
     elif server.replicas > 1 or not (server.backends or remotes):
         backends += [ProcessBackend(f"replica-{i}", spec) for i in range(server.replicas)]
     configs = [parse_backend(url) for url in server.backends] + remotes
-    backends += [RemoteBackend(f"remote-{i}", c) for i, c in enumerate(configs)]
+    scheduler = scheduler_config(server, toml_path)
+    backends += [
+        RemoteBackend(f"remote-{i}", c, scheduler=scheduler) for i, c in enumerate(configs)
+    ]
     return Router(
         backends,
         config=load_config(RouterConfig, toml_path, "router"),
-        scheduler=scheduler_config(server, toml_path),
+        scheduler=scheduler,
         balancer=load_config(BalancerConfig, toml_path, "balancer"),
     )

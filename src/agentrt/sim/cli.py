@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agentrt.scheduling.config import POLICIES
+from agentrt.scheduling.retention import RETENTION_MODES
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -99,6 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps-per-schedule", type=int, default=None)
     parser.add_argument("--preemption", choices=["auto", "swap", "recompute"], default=None)
+    parser.add_argument(
+        "--kv-retention",
+        type=_choices(RETENTION_MODES),
+        default=None,
+        help="off|ttl, or off,ttl to compare both (default: [sim] kv_retention, off): ttl pins "
+        "a program's KV across its tool calls and evicts by expected reuse instead of LRU",
+    )
     parser.add_argument(
         "--latency-target",
         type=float,
@@ -218,13 +226,15 @@ def _sweep(args: argparse.Namespace) -> int:
             "engines": args.engines,
             "steps_per_schedule": args.steps_per_schedule,
             "preemption": args.preemption,
+            "kv_retention": args.kv_retention[0] if args.kv_retention else None,
         },
     )
     n = args.programs or (300 if args.workload in ("mixed", "lats") else 1000)
     workload = make_workload(args.workload, max_context=profile.max_model_len)
     programs = workload.generate(n, args.seed)
     rates = args.rates or default_rates(programs, profile, sim.engines)
-    total = len(rates) * len(args.policies) * len(args.balancer)
+    retentions = args.kv_retention or [sim.kv_retention]
+    total = len(rates) * len(args.policies) * len(args.balancer) * len(retentions)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"simulating {args.workload}", total=total)
         report = run_sweep(
@@ -241,6 +251,7 @@ def _sweep(args: argparse.Namespace) -> int:
             args.target_factor or DEFAULT_TARGET_FACTOR,
             on_point=lambda point: progress.advance(task),
             token_latency_target=args.token_latency_target,
+            retentions=retentions,
         )
     console.print(points_table(report))
     console.print(headline_table(report))

@@ -24,7 +24,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from agentrt.scheduling import Call, Scheduler
+from agentrt.scheduling import (
+    Call,
+    Pressure,
+    RetentionConfig,
+    RetentionPolicy,
+    Scheduler,
+    policy_priority,
+)
 from agentrt.sim.kv import KvCache
 from agentrt.sim.profile import EngineProfile
 from agentrt.sim.spec import CallSpec, Segment
@@ -145,6 +152,7 @@ class WindowAdmission:
                 )
             updates.append((key, tokens))
         if self.blocks + extra > kv.capacity:
+            engine.kv_bound = True
             return False
         for key, tokens in updates:
             reserved[key] = tokens
@@ -162,9 +170,11 @@ class EngineCounters:
         "busy_s",
         "cached_tokens",
         "decode_tokens",
+        "offloads",
         "preemptions",
         "prefill_tokens",
         "recomputes",
+        "restores",
         "steps",
         "swap_blocks",
         "swap_s",
@@ -178,6 +188,7 @@ class EngineCounters:
         self.cached_tokens = self.decode_tokens = self.prefill_tokens = 0
         self.preemptions = self.recomputes = self.swap_blocks = self.swaps_in = self.swaps_out = 0
         self.steps = self.windows = 0
+        self.offloads = self.restores = 0  # yielded pins copied to host, and copied back
 
 
 class SimEngine:
@@ -192,6 +203,7 @@ class SimEngine:
         steps_per_schedule: int,
         charge_wall_time: bool = True,
         key_tokens: dict[str, int] | None = None,
+        retention: RetentionConfig | None = None,
     ) -> None:
         if steps_per_schedule < 1:
             raise ValueError("steps_per_schedule must be >= 1")
@@ -200,8 +212,22 @@ class SimEngine:
         self.scheduler = scheduler
         self.preemption = preemption
         self.steps = steps_per_schedule
-        self.kv = KvCache(profile.kv_blocks, profile.block_size, profile.prefix_caching)
-        self.host_used = 0  # blocks in the host swap pool
+        # Which cached KV stays: the same policy object the engine's block manager uses.
+        self.retention = RetentionPolicy(
+            retention or RetentionConfig(mode="off"),
+            profile.kv_blocks,
+            policy_priority(scheduler),
+        )
+        self.kv = KvCache(
+            profile.kv_blocks, profile.block_size, profile.prefix_caching, self.retention
+        )
+        self.host_used = 0  # blocks in the host swap pool (swapped calls and offloaded pins)
+        # Contexts of yielded pins copied to the host pool, by program: (key, tokens), oldest
+        # program first; they come back when the program's next call is loaded.
+        self.offloaded: dict[str, list[Segment]] = {}
+        self._offload_s = 0.0  # copy time of offloads, charged to the next window
+        if self.retention.enabled and profile.host_blocks:
+            self.retention.on_yield = self._offload
         self.live: dict[str, LiveCall] = {}
         self.busy_until: float | None = None  # end of the running window, None when idle
         self.counters = EngineCounters()
@@ -212,6 +238,7 @@ class SimEngine:
         # ``demand_blocks``. Without it there is no bound and every decision reserves per segment.
         self.key_tokens = key_tokens
         self.demand_blocks = 0
+        self.kv_bound = False  # the last decision refused a call for KV blocks
 
     def add(self, live: LiveCall, now: float) -> None:
         self.live[live.call.call_id] = live
@@ -219,6 +246,7 @@ class SimEngine:
             key_tokens, blocks = self.key_tokens, self.kv.blocks
             live.max_blocks = sum(blocks(key_tokens[key]) for key, _ in live.spec.segments)
             self.demand_blocks += live.max_blocks
+        self.retention.call_arrived(live.call.program_id, now)
         self.scheduler.add(live.call, now)
 
     def run_window(self, now: float, on_finish: Callable[[LiveCall, float], None]) -> float | None:
@@ -230,8 +258,9 @@ class SimEngine:
         scheduler = self.scheduler
         if not len(scheduler):
             return None
+        self.kv_bound = False
         decision = scheduler.schedule(now, WindowAdmission(self, self.steps))
-        swap_s = 0.0
+        swap_s, self._offload_s = self._offload_s, 0.0
         for call in decision.preempted:
             swap_s += self._preempt(self.live[call.call_id])
         batch = [self.live[call.call_id] for call in decision.batch]
@@ -258,7 +287,7 @@ class SimEngine:
         blocks = sum(kv.blocks(t) for _, t in held)
         seconds = 0.0
         profile = self.profile
-        if self.preemption == "swap" and blocks and self.host_used + blocks <= profile.host_blocks:
+        if self.preemption == "swap" and blocks and self._host_room(blocks):
             for key, _ in held:
                 if kv.refs.get(key) == 1:  # nobody else uses it: its GPU blocks are freed
                     kv.drop(key)
@@ -270,7 +299,7 @@ class SimEngine:
         else:
             self.counters.recomputes += 1
             live.computed = 0
-        kv.release(segments)
+        kv.release(segments, live.call.program_id)
         live.on_gpu = False
         return seconds
 
@@ -291,9 +320,12 @@ class SimEngine:
             self.counters.swap_blocks += copied
             seconds = profile.swap_overhead_s + copied * profile.swap_block_s
         else:
+            if self.offloaded:
+                seconds += self._restore(live)
             live.computed = kv.cached_prefix(live.spec.segments, live.target - 1)
             self.counters.cached_tokens += live.computed
         kv.acquire(live.spec.segments)
+        self.retention.call_admitted(live.call.program_id)
         live.on_gpu = True
         return seconds
 
@@ -424,14 +456,84 @@ class SimEngine:
                 charge(live.call, service, end)
         counters.prefill_tokens += window_prefill
         counters.decode_tokens += window_decode
-        kv.evict_to_fit()
+        kv.evict_to_fit(end)
         return end
 
     def complete(self, live: LiveCall, now: float) -> None:
-        """A call finished: tell the scheduler, release its KV into the prefix cache."""
+        """A call finished: tell the scheduler, offer its context to the retention policy
+        (a pin, when the cost model says so), release its KV into the prefix cache."""
         live.finished = now
         self.demand_blocks -= live.max_blocks
-        self.scheduler.finish(live.call.call_id, now)
-        self.kv.release(live.spec.segments)
+        scheduler = self.scheduler
+        scheduler.finish(live.call.call_id, now)
+        program_id = live.call.program_id
+        if self.retention.enabled:
+            # The pin covers what the release hands over (keys only this call holds); calls
+            # wait on memory only when the last decision ran out of blocks.
+            kv = self.kv
+            refs, resident = kv.refs, kv.resident
+            tokens = sum(resident.get(k, 0) for k, _ in live.spec.segments if refs.get(k) == 1)
+            waiting = len(scheduler) - len(scheduler.running) if self.kv_bound else 0
+            self.retention.call_finished(
+                program_id,
+                now,
+                blocks=kv.blocks(tokens),
+                reload_s=tokens * self.profile.prefill_token_s,
+                pressure=Pressure(waiting, self.profile.max_batch_size),
+            )
+        self.kv.release(live.spec.segments, program_id)
         live.on_gpu = False
         del self.live[live.call.call_id]
+
+    def program_ended(self, program_id: str) -> None:
+        """The program's last call is done: no pin of it is worth keeping, nor its host copy."""
+        self.retention.program_ended(program_id)
+        self._drop_offloaded(program_id)
+
+    # --- pinned contexts in the host pool ---
+
+    def _offload(self, program_id: str, keys: list[object]) -> None:
+        """A pin yields: copy its keys to the host pool when there is room (swapped calls
+        come first: they take the room back), so its next call swaps them in."""
+        kv = self.kv
+        held = [(k, kv.resident[k]) for k in keys if k in kv.resident]  # type: ignore[index]
+        blocks = sum(kv.blocks(t) for _, t in held)
+        if not blocks or self.host_used + blocks > self.profile.host_blocks:
+            return
+        self.offloaded.setdefault(program_id, []).extend(held)  # type: ignore[arg-type]
+        self.host_used += blocks
+        self._offload_s += self.profile.swap_overhead_s + blocks * self.profile.swap_block_s
+        self.counters.offloads += 1
+        self.counters.swap_blocks += blocks
+
+    def _restore(self, live: LiveCall) -> float:
+        """Bring the program's offloaded keys that this call uses back; returns the seconds."""
+        held = self.offloaded.pop(live.call.program_id, None)
+        if held is None:
+            return 0.0
+        kv = self.kv
+        wanted = {key for key, _ in live.spec.segments}
+        copied = 0
+        for key, tokens in held:
+            self.host_used -= kv.blocks(tokens)
+            have = kv.resident.get(key, 0)
+            if key in wanted and tokens > have:
+                copied += kv.blocks(tokens) - kv.blocks(have)
+                kv.grow(key, tokens)
+        if not copied:
+            return 0.0
+        self.counters.restores += 1
+        self.counters.swap_blocks += copied
+        return self.profile.swap_overhead_s + copied * self.profile.swap_block_s
+
+    def _drop_offloaded(self, program_id: str) -> None:
+        for _, tokens in self.offloaded.pop(program_id, ()):
+            self.host_used -= self.kv.blocks(tokens)
+
+    def _host_room(self, blocks: int) -> bool:
+        """Room for a swapped call in the host pool, dropping offloaded contexts (oldest
+        first) to make it."""
+        limit = self.profile.host_blocks
+        while self.host_used + blocks > limit and self.offloaded:
+            self._drop_offloaded(next(iter(self.offloaded)))
+        return self.host_used + blocks <= limit

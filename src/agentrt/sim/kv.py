@@ -3,17 +3,20 @@
 State per segment key (see :mod:`agentrt.sim.spec`): how many of its tokens
 have KV on the GPU (``resident``) and how many live calls hold it
 (``refs``). Keys nobody holds stay cached for later prefix hits (when prefix
-caching is on) and are evicted least recently used first when blocks run
-out. Each key occupies ``ceil(resident / block_size)`` blocks; sharing is
-per key, so two calls with the same system prompt and history hold those
-blocks once. Caching is block-granular: a hit never covers a partial block.
+caching is on); which of them go when blocks run out is the
+:class:`~agentrt.scheduling.RetentionPolicy`'s choice (the one the engine
+uses): least recently released first with retention off, pinned programs'
+contexts last with it on. Each key occupies ``ceil(resident / block_size)``
+blocks; sharing is per key, so two calls with the same system prompt and
+history hold those blocks once. Caching is block-granular: a hit never covers
+a partial block.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
+from agentrt.scheduling import RetentionConfig, RetentionPolicy
 from agentrt.sim.spec import Segment
 
 
@@ -21,21 +24,30 @@ class KvCache:
     __slots__ = (
         "block_size",
         "capacity",
+        "evictable",
         "evicted_blocks",
-        "lru",
         "prefix_caching",
         "refs",
         "resident",
         "used",
     )
 
-    def __init__(self, capacity_blocks: int, block_size: int, prefix_caching: bool) -> None:
+    def __init__(
+        self,
+        capacity_blocks: int,
+        block_size: int,
+        prefix_caching: bool,
+        retention: RetentionPolicy | None = None,
+    ) -> None:
         self.capacity = capacity_blocks
         self.block_size = block_size
         self.prefix_caching = prefix_caching
         self.resident: dict[str, int] = {}
         self.refs: dict[str, int] = {}
-        self.lru: OrderedDict[str, None] = OrderedDict()  # resident keys nobody holds, oldest first
+        # Resident keys nobody holds, and the order they go in.
+        if retention is None:  # (a policy with nothing evictable is falsy: test for None)
+            retention = RetentionPolicy(RetentionConfig(mode="off"), capacity_blocks)
+        self.evictable = retention
         self.used = 0  # blocks
         self.evicted_blocks = 0
 
@@ -58,23 +70,28 @@ class KvCache:
         return hit - hit % self.block_size
 
     def acquire(self, segments: Iterable[Segment]) -> None:
-        refs, lru = self.refs, self.lru
+        refs, evictable = self.refs, self.evictable
         for key, _ in segments:
-            refs[key] = refs.get(key, 0) + 1
-            lru.pop(key, None)
+            held = refs.get(key, 0)
+            if not held:
+                evictable.discard(key)
+            refs[key] = held + 1
 
-    def release(self, segments: Iterable[Segment]) -> None:
+    def release(self, segments: Sequence[Segment], program_id: str | None = None) -> None:
+        """The call's hold on its keys ends; keys nobody holds stay cached as ``program_id``'s."""
         refs = self.refs
+        resident = self.resident
         for key, _ in segments:
             left = refs[key] - 1
             if left:
                 refs[key] = left
                 continue
             del refs[key]
-            if key not in self.resident:
+            tokens = resident.get(key)
+            if tokens is None:
                 continue
             if self.prefix_caching:
-                self.lru[key] = None
+                self.evictable.release(key, program_id)
             else:
                 self.drop(key)
 
@@ -116,16 +133,14 @@ class KvCache:
         """Forget the key's KV (evicted or swapped out); returns the tokens it held."""
         tokens = self.resident.pop(key, 0)
         self.used -= self.blocks(tokens)
-        self.lru.pop(key, None)
+        self.evictable.discard(key)
         return tokens
 
-    def evict_to_fit(self) -> None:
-        """Evict cached keys nobody holds, least recently used first, until within capacity."""
-        lru = self.lru
-        while self.used > self.capacity and lru:
-            key = next(iter(lru))
-            self.evicted_blocks += self.blocks(self.drop(key))
-
-    def held_blocks(self, key: str, tokens: int) -> int:
-        """Blocks the key takes if someone needs ``tokens`` of it (at least what is resident)."""
-        return self.blocks(max(tokens, self.resident.get(key, 0)))
+    def evict_to_fit(self, now: float) -> None:
+        """Evict cached keys nobody holds, in the retention policy's order, until within capacity."""
+        victim = self.evictable.victim
+        while self.used > self.capacity:
+            key = victim(now)
+            if key is None:
+                break
+            self.evicted_blocks += self.blocks(self.drop(key))  # type: ignore[arg-type]

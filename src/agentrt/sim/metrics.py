@@ -157,6 +157,14 @@ class EngineSummary(msgspec.Struct, kw_only=True):
     steps: int
     decode_tokens: int
     prefill_tokens: int
+    # KV retention (zero with it off): contexts pinned after a call, pins whose program
+    # called again in time, pins that expired first, pins that yielded to memory pressure.
+    pins: int = 0
+    pins_reused: int = 0
+    pins_expired: int = 0
+    pins_yielded: int = 0
+    pins_offloaded: int = 0  # yielded pins copied to the host pool
+    pins_restored: int = 0  # of those, copied back for the program's next call
 
 
 class RunResult(msgspec.Struct, kw_only=True):
@@ -225,6 +233,12 @@ def summarize(
             steps=sum(c.steps for c in counters),
             decode_tokens=sum(c.decode_tokens for c in counters),
             prefill_tokens=prefill,
+            pins=sum(e.retention.counters.pins for e in engines),
+            pins_reused=sum(e.retention.counters.reused for e in engines),
+            pins_expired=sum(e.retention.counters.expired for e in engines),
+            pins_yielded=sum(e.retention.counters.yielded for e in engines),
+            pins_offloaded=sum(c.offloads for c in counters),
+            pins_restored=sum(c.restores for c in counters),
         ),
         sim_seconds=wall_seconds,
     )

@@ -22,6 +22,8 @@ from agentrt.scheduling import (
     BalancerPolicy,
     Call,
     ProcessTable,
+    RetentionConfig,
+    RetentionMode,
     SchedulerConfig,
     make_scheduler,
 )
@@ -44,6 +46,9 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     pool (Autellix), recomputing only when the pool is full.
     ``steps_per_schedule``: decode steps per scheduling decision (multi-step
     scheduling, the same for every policy).
+    ``kv_retention``: ``"ttl"`` keeps a program's context pinned across its tool
+    calls and evicts by expected reuse (:class:`~agentrt.scheduling.RetentionPolicy`,
+    tuned by ``retention``); ``"off"`` evicts least recently released first.
     """
 
     engines: int = 1
@@ -58,6 +63,8 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     # why not; a decoding call then earns ~1/batch of a step and never leaves
     # the top queue, so every queue policy degenerates to FCFS).
     service_accounting: Literal["share", "step"] = "step"
+    kv_retention: RetentionMode = "off"
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
 
     def __post_init__(self) -> None:
         if self.engines < 1:
@@ -69,6 +76,9 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
         if self.preemption != "auto":
             return self.preemption
         return "recompute" if policy == "fcfs" else "swap"
+
+    def retention_config(self) -> RetentionConfig:
+        return msgspec.structs.replace(self.retention, mode=self.kv_retention)
 
 
 class _ProgramRun:
@@ -125,6 +135,7 @@ class Simulation:
                 self.config.steps_per_schedule,
                 charge_wall_time=self.config.service_accounting == "step",
                 key_tokens=key_tokens,
+                retention=self.config.retention_config(),
             )
             for eid in engine_ids
         }
@@ -211,6 +222,8 @@ class Simulation:
         if run.done == len(run.spec.calls):
             outcome.finish(now, self.profile, run.spec)
             self._outcomes.append(outcome)
+            for each in self.engines.values():
+                each.program_ended(run.spec.program_id)
             self.table.end(run.spec.program_id, now)
 
 

@@ -42,11 +42,13 @@ def mean_of(result: RunResult, metric: LatencyMetric) -> float:
 
 
 class SweepPoint(msgspec.Struct, kw_only=True):
-    label: str  # policy, or policy@balancer when several balancers are compared
+    # policy; +retention mode when several are compared; @balancer when several are
+    label: str
     policy: str
     balancer: str
     rate: float
     result: RunResult
+    retention: str = "off"
 
 
 class Headline(msgspec.Struct, kw_only=True):
@@ -109,6 +111,10 @@ def rate_at_target(
     return best, True
 
 
+def policy_of(label: str) -> str:
+    return label.split("@")[0].split("+")[0]
+
+
 def headline(
     points: Sequence[SweepPoint], target: float, metric: LatencyMetric = "latency"
 ) -> list[Headline]:
@@ -120,7 +126,7 @@ def headline(
         )
         for label in labels
     }
-    fcfs = next((rates[label][0] for label in labels if label.split("@")[0] == "fcfs"), None)
+    fcfs = next((rates[label][0] for label in labels if policy_of(label) == "fcfs"), None)
 
     def ratio(rate: float | None) -> float | None:
         return rate / fcfs if fcfs and rate is not None else None
@@ -150,27 +156,38 @@ def run_sweep(
     target_factor: float = DEFAULT_TARGET_FACTOR,
     on_point: Callable[[SweepPoint], None] | None = None,
     token_latency_target: float | None = None,
+    retentions: Sequence[str] | None = None,
 ) -> SweepReport:
-    """Simulate every (balancer, policy, rate), FCFS first; then the headline ratios
-    at equal mean latency and at equal mean token latency (targets in seconds and
-    seconds per token; None: ``target_factor`` x FCFS's at the lowest rate)."""
+    """Simulate every (balancer, policy, retention mode, rate), FCFS without retention
+    first; then the headline ratios at equal mean latency and at equal mean token
+    latency (targets in seconds and seconds per token; None: ``target_factor`` x
+    FCFS's at the lowest rate, without retention when both modes run)."""
     ordered = sorted(policies, key=lambda p: p != "fcfs")
+    modes = sorted(retentions or [sim.kv_retention], key=lambda m: m != "off")
     points: list[SweepPoint] = []
     for balancer in balancers:
-        sim_b = msgspec.structs.replace(sim, balancer=balancer)
         for policy in ordered:
             config = msgspec.structs.replace(scheduler, policy=policy)
-            label = policy if len(balancers) == 1 else f"{policy}@{balancer}"
-            for rate in sorted(rates):
-                result = simulate(poisson_arrivals(programs, rate, seed), profile, config, sim_b)
-                result.rate = rate
-                point = SweepPoint(
-                    label=label, policy=policy, balancer=balancer, rate=rate, result=result
-                )
-                points.append(point)
-                if on_point is not None:
-                    on_point(point)
-    base = [p for p in points if p.policy == "fcfs"] or points
+            for mode in modes:
+                sim_b = msgspec.structs.replace(sim, balancer=balancer, kv_retention=mode)
+                label = policy + (f"+{mode}" if len(modes) > 1 else "")
+                label += f"@{balancer}" if len(balancers) > 1 else ""
+                for rate in sorted(rates):
+                    arrivals = poisson_arrivals(programs, rate, seed)
+                    result = simulate(arrivals, profile, config, sim_b)
+                    result.rate = rate
+                    point = SweepPoint(
+                        label=label,
+                        policy=policy,
+                        balancer=balancer,
+                        rate=rate,
+                        result=result,
+                        retention=mode,
+                    )
+                    points.append(point)
+                    if on_point is not None:
+                        on_point(point)
+    base = [p for p in points if p.policy == "fcfs" and p.retention == modes[0]] or points
     lowest = min(p.rate for p in base)
 
     def light_load(metric: LatencyMetric) -> float:

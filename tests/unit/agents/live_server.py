@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import uvicorn
 
-from agentrt.serving.app import create_app
 from agentrt.serving.config import ServerConfig
-from agentrt.serving.echo import EchoEngine
+from agentrt.serving.http.app import create_app
+from agentrt.testing.echo import EchoEngine
 
 
 @contextmanager

@@ -174,8 +174,8 @@ def test_an_in_process_app_is_driven_without_a_socket() -> None:
     from agentrt.bench.serve import sweep_target
     from agentrt.bench.serve_report import Progress
     from agentrt.sdk.openai_clients import IN_PROCESS_BASE_URL
-    from agentrt.serving.echo import EchoEngine
     from agentrt.serving.inprocess import AppRunner
+    from agentrt.testing.echo import EchoEngine
 
     engine = EchoEngine(token_delay=0.001)
     app = agentrt.serve_in_process(engine)
@@ -197,7 +197,7 @@ def test_an_in_process_app_is_driven_without_a_socket() -> None:
 def test_bench_compare_starts_one_agentrt_server_per_policy(tmp_path: Path, capsys) -> None:
     out = tmp_path / "policies.json"
     code = main(["bench", "compare", "--policies", "fcfs,plas", "--serve-arg=--engine-factory",
-                 "--serve-arg=agentrt.serving.echo:EchoEngine", "--workload", "tree_search", "--size", "small",
+                 "--serve-arg=agentrt.testing.echo:EchoEngine", "--workload", "tree_search", "--size", "small",
                  "--num-programs", "2", "--rates", "4,8", "--startup-timeout", "120", "--json", str(out),
                  "--simulate", "a100-llama3-8b", "--no-progress"])
     assert code == 0

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from agentrt.engine.block_manager import BlockManager, OutOfBlocks
+from agentrt.engine.sampling import SamplingState
 from agentrt.engine.sequence import Sequence
 from agentrt.protocol.engine import SamplingParams
+from agentrt.scheduling.call import Call
 
 
 def seq(tokens: list[int], name: str = "s") -> Sequence:
@@ -16,10 +18,10 @@ def seq(tokens: list[int], name: str = "s") -> Sequence:
         index=0,
         token_ids=list(tokens),
         num_prompt_tokens=len(tokens),
-        sampling=SamplingParams(),
+        state=SamplingState(SamplingParams()),
         max_tokens=8,
         arrival=0.0,
-        call=None,
+        call=Call(name, name),
     )
 
 

@@ -22,7 +22,6 @@ from tests.unit.engine.helpers import (
 )
 
 from agentrt.engine import AsyncEngine
-from agentrt.engine.async_engine import INLINE_TOKENIZE_CHARS
 from agentrt.engine.llm_engine import LLMEngine
 from agentrt.engine.sampling import SamplingState
 from agentrt.protocol.engine import (
@@ -54,7 +53,7 @@ def test_a_row_the_sampler_cannot_sample_ends_its_call_and_no_other() -> None:
     engine.add_request("good", good, SamplingParams(temperature=0.0, max_tokens=8))
     engine.add_request("bad", bad, SamplingParams(temperature=1.0, top_k=5, max_tokens=8, n=2))
     for seq_id in ("bad#0", "bad#1"):  # what a top_k that slipped past validation looks like
-        state = engine.sampling_states[seq_id]
+        state = engine.seqs[seq_id].state
         state.params = msgspec.structs.replace(state.params, top_k=HUGE_TOP_K)
 
     events = run_to_completion(engine)
@@ -79,7 +78,7 @@ def test_a_token_the_engine_cannot_post_process_ends_its_call_and_no_other() -> 
     good, bad = random_prompts([5, 6], seed=4)
     engine.add_request("good", good, SamplingParams(temperature=0.0, max_tokens=6))
     engine.add_request("bad", bad, SamplingParams(temperature=0.0, max_tokens=6))
-    engine.sampling_states["bad"] = _ExplodingState(SamplingParams(temperature=0.0, max_tokens=6))
+    engine.seqs["bad"].state = _ExplodingState(SamplingParams(temperature=0.0, max_tokens=6))
 
     events = run_to_completion(engine)
 
@@ -148,16 +147,15 @@ class _ThreadRecordingTokenizer:
         return [1 + ord(c) % 200 for c in text]
 
 
-async def test_a_long_prompt_is_tokenized_off_the_event_loop(engine: AsyncEngine) -> None:
+async def test_prompts_are_tokenized_off_the_event_loop(engine: AsyncEngine) -> None:
     tokenizer = _ThreadRecordingTokenizer()
     engine.engine.tokenizer = tokenizer
     loop_thread = threading.get_ident()
     # Both are refused once tokenized (too long for the tiny model's context), before any step.
-    for call_id, prompt in [("long", "x" * (INLINE_TOKENIZE_CHARS + 1)), ("short", "hello")]:
+    for call_id, prompt in [("long", "x" * 20_000), ("short", "hello")]:
         req = GenerationRequest(
             call_id=call_id, prompt=prompt, sampling=SamplingParams(max_tokens=5000)
         )
         with pytest.raises(EngineError, match="maximum context length"):
             await collect(engine, req)
-    assert tokenizer.threads[0] != loop_thread  # the long one, in a worker thread
-    assert tokenizer.threads[1] == loop_thread  # a short one is not worth the hop
+    assert len(tokenizer.threads) == 2 and loop_thread not in tokenizer.threads

@@ -1,28 +1,15 @@
-"""The paged KV tensors and the host swap pool (batched and per-block copies)."""
+"""The paged KV tensors and the host swap pool."""
 
 from __future__ import annotations
 
 import torch
+from tests.unit.engine.helpers import small_kv_cache
 
-from agentrt.engine.kv_cache import HostRange, HostSwapPool, PagedKVCache
-
-
-def cache(num_blocks: int = 8) -> PagedKVCache:
-    c = PagedKVCache(
-        num_layers=3,
-        num_blocks=num_blocks,
-        block_size=4,
-        num_kv_heads=2,
-        head_dim=8,
-        dtype=torch.float32,
-        device="cpu",
-    )
-    c.kv.copy_(torch.randn_like(c.kv))
-    return c
+from agentrt.engine.kv_cache import HostRange, HostSwapPool
 
 
 def test_a_layer_view_is_the_cache_itself() -> None:
-    c = cache()
+    c = small_kv_cache()
     keys, values = c.layer(1)
     keys[5].fill_(7.0)  # slot 5 = block 1, offset 1
     assert torch.all(c.kv[1, 0, 1, 1] == 7.0)
@@ -30,7 +17,7 @@ def test_a_layer_view_is_the_cache_itself() -> None:
 
 
 def test_swap_out_and_in_restores_every_layer_into_other_blocks() -> None:
-    c = cache()
+    c = small_kv_cache()
     pool = HostSwapPool(c, capacity_bytes=4 * c.block_bytes)
     before = c.kv[:, :, [2, 5, 6]].clone()
     handle = pool.swap_out([2, 5, 6])
@@ -41,21 +28,8 @@ def test_swap_out_and_in_restores_every_layer_into_other_blocks() -> None:
     assert pool.num_free_blocks == 4
 
 
-def test_per_block_copies_give_the_same_bytes() -> None:
-    c = cache()
-    pool = HostSwapPool(c, capacity_bytes=8 * c.block_bytes)
-    batched = pool.swap_out([3, 1, 4])
-    per_block = pool.swap_out_per_block([3, 1, 4])
-    assert batched is not None and per_block is not None
-    assert torch.equal(pool.view(batched), pool.view(per_block))
-    expected = c.kv[:, :, [3, 1, 4]].clone()
-    c.kv.zero_()
-    pool.swap_in_per_block(per_block, [0, 2, 5])
-    assert torch.equal(c.kv[:, :, [0, 2, 5]], expected)
-
-
 def test_a_full_pool_refuses_and_released_ranges_merge() -> None:
-    c = cache()
+    c = small_kv_cache()
     pool = HostSwapPool(c, capacity_bytes=5 * c.block_bytes)
     a, b, d = pool.swap_out([0, 1]), pool.swap_out([2]), pool.swap_out([3, 4])
     assert a and b and d
@@ -68,6 +42,6 @@ def test_a_full_pool_refuses_and_released_ranges_merge() -> None:
 
 
 def test_no_swap_space_means_no_swap() -> None:
-    c = cache()
+    c = small_kv_cache()
     pool = HostSwapPool(c, capacity_bytes=0)
     assert pool.num_blocks == 0 and pool.swap_out([0]) is None

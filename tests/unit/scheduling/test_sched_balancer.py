@@ -93,3 +93,16 @@ def test_pins_live_in_the_shared_process_table() -> None:
     assert table.get("p").engine_id == "a"  # type: ignore[union-attr]
     table.end("p", 1.0)
     assert lb.route("p", 9000, 2.0) == "b"  # a fresh program: pinned anew, to the least used
+
+
+def test_pins_are_dropped_with_their_engine_and_with_their_program() -> None:
+    lb = balancer("locality", engines="ab", threshold=0)
+    assert [lb.route(p, 1, 0.0) for p in "pqr"] == ["a", "b", "a"]
+    assert lb.remove_engine("a") == ["p", "r"]
+    assert lb.table.get("q").engine_id == "b"  # type: ignore[union-attr]
+    assert lb.remove_engine("b") == ["q"]
+    assert all(e.engine_id is None for e in lb.table.programs())
+    lb.add_engine("c")
+    assert lb.route("x", 1, 1.0) == "c"
+    lb.table.end("x", 2.0)
+    assert lb.remove_engine("c") == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tests.unit.scheduling.admissions import SlotAdmission
 
-from agentrt.scheduling import Call, ProcessTable, SchedulerConfig, make_scheduler
+from agentrt.scheduling import Call, CallOutcome, ProcessTable, SchedulerConfig, make_scheduler
 
 
 def test_a_program_is_created_on_start_or_on_its_first_call() -> None:
@@ -86,7 +86,7 @@ def test_programs_with_live_calls_are_never_evicted() -> None:
     entry = table.get("a")
     assert entry is not None
     entry.live["a.0"].service = 1.0
-    table.call_ended("a", "a.0", 4.0, "finished")  # back to idle: trimmed to the bound
+    table.call_ended("a", "a.0", 4.0, CallOutcome.FINISHED)  # back to idle: trimmed to the bound
     assert len(table) <= 3 and {"b", "c"} <= {e.program_id for e in table.programs()}
 
 
@@ -131,20 +131,6 @@ def test_records_hold_arrival_wait_service_level_and_interrupts() -> None:
     assert not sched.table.record_interrupt("unknown", 1.0, 2.0)
     with pytest.raises(ValueError):
         sched.table.record_interrupt("p", -1.0, 2.0)
-
-
-def test_pins_are_dropped_with_their_engine_and_with_their_program() -> None:
-    table = ProcessTable()
-    table.pin("a", "e1", 0.0)
-    table.pin("b", "e1", 0.0)
-    table.pin("c", "e2", 0.0)
-    table.pin("c", "e1", 0.0)  # re-pinned elsewhere
-    assert table.unpin_engine("e2") == []
-    assert table.unpin_engine("e1") == ["a", "b", "c"]
-    assert all(e.engine_id is None for e in table.programs())
-    table.pin("a", "e3", 1.0)
-    table.end("a", 2.0)
-    assert table.unpin_engine("e3") == []
 
 
 def test_a_shared_table_sees_service_from_every_scheduler() -> None:

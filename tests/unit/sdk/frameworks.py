@@ -16,7 +16,7 @@ from typing import Any
 import agentrt
 from agentrt.sdk.openai_clients import IN_PROCESS_BASE_URL
 from agentrt.serving import inprocess
-from agentrt.serving.echo import EchoEngine
+from agentrt.testing.echo import EchoEngine
 
 BASE_URL = IN_PROCESS_BASE_URL
 PAUSE = 0.4  # seconds of tool work between two calls

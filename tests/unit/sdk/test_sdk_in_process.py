@@ -9,7 +9,7 @@ import pytest
 import agentrt
 
 serving = pytest.importorskip("agentrt.serving.inprocess")  # the server extra
-from agentrt.serving.echo import EchoEngine  # noqa: E402
+from agentrt.testing.echo import EchoEngine  # noqa: E402
 
 
 @pytest.fixture

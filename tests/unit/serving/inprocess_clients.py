@@ -8,10 +8,10 @@ from typing import Any
 
 import openai
 
-from agentrt.serving.app import create_app
 from agentrt.serving.config import ServerConfig
-from agentrt.serving.echo import EchoEngine
+from agentrt.serving.http.app import create_app
 from agentrt.serving.inprocess import AppRunner, AsyncASGITransport, SyncASGITransport, http
+from agentrt.testing.echo import EchoEngine
 
 BASE_URL = "http://agentrt.test/v1"
 

@@ -9,7 +9,7 @@ import pytest
 from tests.unit.serving.inprocess_clients import raw_client, serving, sync_client
 
 from agentrt.config import ConfigError
-from agentrt.serving.auth import KeyRing, load_key_file
+from agentrt.serving.http.auth import KeyRing, load_key_file
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -122,7 +122,7 @@ def test_flag_keys_belong_to_the_default_tenant() -> None:
 
 
 def test_reusing_another_tenants_call_id_cannot_abort_its_call(key_file: str) -> None:
-    from agentrt.serving.echo import EchoEngine
+    from agentrt.testing.echo import EchoEngine
 
     engine = EchoEngine(token_delay=0.02)
     with serving(engine, api_key_file=key_file) as (app, _):

@@ -14,7 +14,7 @@ import anyio
 import pytest
 from tests.unit.serving.inprocess_clients import raw_client, serving
 
-from agentrt.serving.echo import EchoEngine
+from agentrt.testing.echo import EchoEngine
 
 CHAT = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "a b c d"}]}).encode()
 

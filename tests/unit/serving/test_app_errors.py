@@ -12,7 +12,7 @@ import pytest
 from tests.unit.serving.inprocess_clients import raw_client, serving, sync_client
 
 from agentrt.protocol.engine import EngineUnavailable, GenerationRequest, TokenEvent
-from agentrt.serving.echo import EchoEngine
+from agentrt.testing.echo import EchoEngine
 
 USER = [{"role": "user", "content": "hello world"}]
 

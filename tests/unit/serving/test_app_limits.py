@@ -11,7 +11,7 @@ from tests.unit.serving.inprocess_clients import raw_client, serving, sync_clien
 from agentrt.engine.sampling import validate_sampling_params
 from agentrt.protocol.engine import InvalidRequest, SamplingParams
 from agentrt.protocol.limits import INT32_MAX, INT64_MAX, INT64_MIN, SAMPLING_BOUNDS
-from agentrt.serving.echo import EchoEngine
+from agentrt.testing.echo import EchoEngine
 
 USER = [{"role": "user", "content": "hello world"}]
 # Integers msgspec decodes without complaint but no int64 holds, and the extremes of the types.

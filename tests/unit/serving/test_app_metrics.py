@@ -7,7 +7,7 @@ import re
 from tests.unit.serving.inprocess_clients import raw_client, serving, sync_client
 
 from agentrt.protocol.engine import EngineStats
-from agentrt.serving.echo import EchoEngine
+from agentrt.testing.echo import EchoEngine
 
 NAMES = [
     "agentrt:time_to_first_token_seconds",
@@ -26,6 +26,14 @@ NAMES = [
     "agentrt:num_swaps_total",
     "agentrt:num_recomputes_total",
     "agentrt:calls_per_queue_level",
+    "agentrt:kv_cache_pinned_blocks",
+    "agentrt:num_kv_pins_total",
+    "agentrt:num_kv_pins_reused_total",
+    "agentrt:num_kv_pins_expired_total",
+    "agentrt:num_kv_pins_yielded_total",
+    "agentrt:num_kv_pins_offloaded_total",
+    "agentrt:num_kv_pins_restored_total",
+    "agentrt:recomputed_prompt_tokens_total",
     "agentrt:program_e2e_latency_seconds",
     "agentrt:program_attained_service_seconds",
     "agentrt:program_wait_seconds",
@@ -43,6 +51,14 @@ class BusyEngine(EchoEngine):
         base.preemptions_swap = 4
         base.preemptions_recompute = 2
         base.calls_per_level = [5, 2, 0, 1]
+        base.kv_pinned_blocks = 12
+        base.kv_pins = 9
+        base.kv_pins_reused = 7
+        base.kv_pins_expired = 1
+        base.kv_pins_yielded = 1
+        base.kv_pins_offloaded = 3
+        base.kv_pins_restored = 2
+        base.recomputed_prompt_tokens = 320
         return base
 
 
@@ -92,6 +108,14 @@ def test_engine_state_is_read_at_scrape_time() -> None:
     assert value(text, "agentrt:num_recomputes_total") == 2
     assert value(text, 'agentrt:calls_per_queue_level{level="0"}') == 5
     assert value(text, 'agentrt:calls_per_queue_level{level="3"}') == 1
+    assert value(text, "agentrt:kv_cache_pinned_blocks") == 12
+    assert value(text, "agentrt:num_kv_pins_total") == 9
+    assert value(text, "agentrt:num_kv_pins_reused_total") == 7
+    assert value(text, "agentrt:num_kv_pins_expired_total") == 1
+    assert value(text, "agentrt:num_kv_pins_yielded_total") == 1
+    assert value(text, "agentrt:num_kv_pins_offloaded_total") == 3
+    assert value(text, "agentrt:num_kv_pins_restored_total") == 2
+    assert value(text, "agentrt:recomputed_prompt_tokens_total") == 320
 
 
 def test_two_apps_have_separate_registries() -> None:

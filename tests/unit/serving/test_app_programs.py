@@ -5,8 +5,8 @@ from __future__ import annotations
 from tests.unit.serving.inprocess_clients import raw_client, serving, sync_client
 
 import agentrt
-from agentrt.serving.echo import EchoEngine
 from agentrt.serving.inprocess import AppRunner
+from agentrt.testing.echo import EchoEngine
 
 USER = [{"role": "user", "content": "one two three"}]
 

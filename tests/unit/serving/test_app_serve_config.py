@@ -136,3 +136,27 @@ def test_dtype_and_quantization_flags_win_over_the_engine_table(tmp_path: Path) 
     assert (unset.dtype, unset.quantization) == ("bfloat16", "int4")
     with pytest.raises(SystemExit):
         parse("--quantization", "int3")
+
+
+def test_compile_flag_wins_over_the_engine_table(tmp_path: Path) -> None:
+    toml = tmp_path / "s.toml"
+    toml.write_text("[engine]\ncompile = true\n")
+    off = engine_config(server_config(parse("--config", str(toml), "--no-compile")), toml)  # type: ignore[arg-type]
+    assert off.compile is False
+    unset = engine_config(server_config(parse("--config", str(toml))), toml)  # type: ignore[arg-type]
+    assert unset.compile is True
+    on = engine_config(server_config(parse("--compile")))  # type: ignore[arg-type]
+    assert on.compile is True
+
+
+def test_kv_retention_flag_wins_over_the_engine_table(tmp_path: Path) -> None:
+    toml = tmp_path / "s.toml"
+    toml.write_text('[engine.retention]\nmode = "ttl"\npin_budget = 0.25\n')
+    unset = engine_config(server_config(parse("--config", str(toml))), toml)  # type: ignore[arg-type]
+    assert (unset.retention.mode, unset.retention.pin_budget) == ("ttl", 0.25)
+    flags = ("--config", str(toml), "--kv-retention", "off")
+    engine = engine_config(server_config(parse(*flags)), toml)  # type: ignore[arg-type]
+    assert (engine.retention.mode, engine.retention.pin_budget) == ("off", 0.25)
+    assert engine_config(server_config(parse())).retention.mode == "off"  # type: ignore[arg-type]
+    with pytest.raises(SystemExit):
+        parse("--kv-retention", "forever")

@@ -12,9 +12,9 @@ from tests.unit.serving.inprocess_clients import raw_client, serving, sync_clien
 
 from agentrt.config import ConfigError
 from agentrt.protocol.programs import ProgramStart
-from agentrt.serving.auth import load_tenant_limits
-from agentrt.serving.echo import EchoEngine
-from agentrt.serving.programs import ProgramDirectory
+from agentrt.serving.http.auth import load_tenant_limits
+from agentrt.serving.http.programs import ProgramDirectory
+from agentrt.testing.echo import EchoEngine
 
 KEYS = '[keys]\n"sk-alpha" = "alpha"\n"sk-beta" = "beta"\n'
 LONG = "a b c d e f g h"

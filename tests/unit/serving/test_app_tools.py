@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.unit.serving.inprocess_clients import async_client, serving, sync_client
 
-from agentrt.serving.toolcalls import ToolCallStream, _calls_in, parse_tool_calls
+from agentrt.serving.http.toolcalls import ToolCallStream, _calls_in, parse_tool_calls
 
 WEATHER = {
     "type": "function",

@@ -9,7 +9,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from agentrt.serving.config import ServerConfig
-from agentrt.serving.connections import uvicorn_options
+from agentrt.serving.http.connections import uvicorn_options
 
 
 def test_the_limits_reach_uvicorn() -> None:

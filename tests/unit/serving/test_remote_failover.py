@@ -20,8 +20,8 @@ from anyio.abc import Process
 from tests.polling import eventually
 
 from agentrt.protocol.engine import EngineUnavailable, GenerationRequest, SamplingParams
-from agentrt.serving.backends import RemoteBackend, parse_backend
 from agentrt.serving.router import Router, RouterConfig
+from agentrt.serving.router.backends import RemoteBackend, parse_backend
 
 FAST = RouterConfig(health_interval_s=0.1, health_timeout_s=2.0, restart_backoff_s=0.1)
 
@@ -69,7 +69,7 @@ def chat(call_id: str, text: str) -> GenerationRequest:
 async def test_a_killed_server_fails_its_calls_promptly_and_is_reconnected(tmp_path: Path) -> None:
     config = tmp_path / "remote.toml"
     config.write_text(
-        '[server]\nengine_factory = "agentrt.serving.echo:EchoEngine"\n'
+        '[server]\nengine_factory = "agentrt.testing.echo:EchoEngine"\n'
         "engine_options = { token_delay = 0.05 }\nlog_requests = false\n"
     )
     with socket.socket() as sock:

@@ -22,9 +22,9 @@ from agentrt.protocol.engine import (
     TokenEvent,
 )
 from agentrt.scheduling import BalancerConfig, SchedulerConfig
-from agentrt.serving.backends import LocalBackend
-from agentrt.serving.echo import EchoEngine
 from agentrt.serving.router import Router, RouterConfig, estimate_prompt_tokens
+from agentrt.serving.router.backends import LocalBackend
+from agentrt.testing.echo import EchoEngine
 
 FAST = RouterConfig(health_interval_s=0.05, health_timeout_s=1.0, restart_backoff_s=0.05)
 

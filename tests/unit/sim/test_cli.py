@@ -131,3 +131,27 @@ def test_unknown_policy_or_balancer_is_rejected(capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         main(["sim", "--balancer", "random"])
     assert "unknown random" in capsys.readouterr().err
+
+
+def test_sim_compares_retention_modes(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    args = ["sim", "--workload", "lats", "--programs", "4", "--rates", "0.2"]
+    args += ["--policies", "plas,fcfs", "--kv-retention", "ttl,off", "--json", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert [(p["label"], p["retention"]) for p in report["points"]] == [
+        ("fcfs+off", "off"),
+        ("fcfs+ttl", "ttl"),
+        ("plas+off", "off"),
+        ("plas+ttl", "ttl"),
+    ]
+    ttl = report["points"][1]["result"]["engines"]
+    assert ttl["pins"] > 0 and report["points"][0]["result"]["engines"]["pins"] == 0
+    assert report["headline"][0]["label"] == "fcfs+off"
+    assert report["headline"][0]["ratio_vs_fcfs"] == 1.0
+
+
+def test_sim_rejects_an_unknown_retention_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["sim", "--workload", "lats", "--kv-retention", "forever"])
+    assert "unknown forever" in capsys.readouterr().err

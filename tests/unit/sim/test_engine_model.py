@@ -158,7 +158,7 @@ def test_kv_cache_evicts_least_recently_used_unheld_keys() -> None:
     kv.release([("a", 16)])  # "a" is now the most recently used
     kv.acquire([("d", 32)])
     kv.grow("d", 32)
-    kv.evict_to_fit()
+    kv.evict_to_fit(0.0)
     assert set(kv.resident) == {"a", "c", "d"} or set(kv.resident) == {"a", "d"} | {"c"}
     assert "b" not in kv.resident
     assert kv.used <= kv.capacity

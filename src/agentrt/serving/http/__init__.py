@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP app: endpoints, request intake, renderers, errors, auth, limits, metrics."""

@@ -1,0 +1,1 @@
+"""What tests and benchmarks use in place of a model (``EchoEngine``)."""

@@ -1,0 +1,250 @@
+"""KV retention in the engine: the block manager evicts through the simulator's policy object."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from tests.unit.engine.helpers import assert_block_pool_clean, make_tiny_loaded, seq, tiny_engine
+
+from agentrt.engine.block_manager import BlockManager
+from agentrt.engine.config import EngineConfig
+from agentrt.engine.llm_engine import LLMEngine
+from agentrt.engine.sequence import Sequence
+from agentrt.protocol.engine import ProgramTag, SamplingParams
+from agentrt.scheduling import RetentionConfig, RetentionPolicy, SchedulerConfig
+from agentrt.sim.kv import KvCache
+
+TTL = RetentionConfig(mode="ttl", pin_budget=1.0, min_samples=1)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def program_seq(program: str, tokens: list[int]) -> Sequence:
+    """A prompt-only sequence whose call belongs to program ``program``."""
+    return seq(program, tokens)
+
+
+def learn(policy: RetentionPolicy, program: str, seconds: float) -> None:
+    policy.predictor.observe(seconds, tool=None, program_id=program)
+
+
+# Programs that each leave one block of context: p0 ends, the others wait on tools
+# predicted to take 5 s, 1 s and 3 s.
+RETURNS = {"p1": 5.0, "p2": 1.0, "p3": 3.0}
+
+
+def engine_evictions() -> list[str]:
+    clock = Clock()
+    policy = RetentionPolicy(TTL, 4)
+    bm = BlockManager(4, 4, True, policy, clock)
+    owner: dict[int, str] = {}
+    for i, program in enumerate(["p0", "p1", "p2", "p3"]):
+        if program in RETURNS:
+            learn(policy, program, RETURNS[program])
+        s = program_seq(program, [i + 1] * 4)
+        bm.acquire_prefix(s, bm.lookup_prefix(s))
+        bm.allocate(s, 4)
+        s.num_computed_tokens = 4
+        bm.register_computed_blocks(s)
+        owner[s.block_table[0]] = program
+        clock.now += 0.1
+        bm.call_finished(s, reload_token_s=0.01, waiting=0, batch_slots=4)
+        bm.free(s)
+        if program == "p0":
+            policy.program_ended("p0")
+    new = program_seq("p4", [9] * 8)
+    bm.allocate(new, 8)  # two blocks: two cached contexts go
+    return [owner[b] for b in new.block_table]
+
+
+def sim_evictions() -> list[str]:
+    policy = RetentionPolicy(TTL, 4)
+    kv = KvCache(4, 4, True, policy)
+    now = 0.0
+    for program in ["p0", "p1", "p2", "p3"]:
+        if program in RETURNS:
+            learn(policy, program, RETURNS[program])
+        kv.acquire([(program, 4)])
+        kv.grow(program, 4)
+        now += 0.1
+        policy.call_finished(program, now, blocks=1, reload_s=0.04)
+        kv.release([(program, 4)], program)
+        if program == "p0":
+            policy.program_ended("p0")
+    kv.acquire([("p4", 8)])
+    kv.grow("p4", 8)
+    before = set(kv.resident)
+    kv.evict_to_fit(now)
+    return sorted(before - set(kv.resident), key=["p0", "p1", "p2", "p3"].index)
+
+
+def test_engine_and_simulator_evict_the_same_contexts_from_the_same_state() -> None:
+    # The ended program's block first, then the pin expected back last (p1, in 5 s).
+    assert engine_evictions() == ["p0", "p1"]
+    assert sim_evictions() == ["p0", "p1"]
+
+
+def test_off_evicts_least_recently_freed_first_as_before() -> None:
+    bm = BlockManager(4, 2, True)
+    a, b = program_seq("a", [1, 2, 3]), program_seq("b", [4, 5, 6])
+    for s in (a, b):
+        bm.allocate(s, 3)
+        s.num_computed_tokens = 3
+        bm.register_computed_blocks(s)
+    bm.free(a)
+    bm.free(b)
+    c = program_seq("c", [7, 8, 9, 10, 11, 12])
+    bm.allocate(c, 6)  # the two never-used blocks and one cached one
+    assert bm.lookup_prefix(program_seq("a2", [1, 2, 3])) == []  # a's block went first
+    assert bm.lookup_prefix(program_seq("b2", [4, 5, 6])) != []
+
+
+def agent_turn(engine: LLMEngine, program: str, prompt: list[int], call: int) -> list[int]:
+    """One call of ``program``, run to completion; returns the tokens it generated."""
+    engine.add_request(
+        f"{program}-{call}",
+        prompt,
+        SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True),
+        program=ProgramTag(program_id=program),
+    )
+    out: list[int] = []
+    while engine.has_unfinished_requests():
+        for event in engine.step():
+            out += event.token_ids
+    return out
+
+
+@pytest.mark.parametrize("mode", ["off", "ttl"])
+def test_a_pinned_context_survives_other_programs_during_a_tool_call(mode: str) -> None:
+    clock = Clock()
+    retention = RetentionConfig(mode=mode, prior_interrupt_s=30.0)  # type: ignore[arg-type]
+    config = EngineConfig(
+        dtype="float32",
+        num_kv_blocks=24,
+        block_size=4,
+        scheduler=SchedulerConfig(policy="fcfs"),
+        retention=retention,
+    )
+    engine = LLMEngine(config, make_tiny_loaded(), clock=clock)
+    rng = random.Random(3)
+    history = [rng.randrange(1, 256) for _ in range(40)]  # 10 blocks
+    history += agent_turn(engine, "agent", history, 0)
+    clock.now += 1.0  # the agent's tool runs; three one-shot programs fill the pool
+    for i in range(3):
+        agent_turn(engine, f"other-{i}", [rng.randrange(1, 256) for _ in range(40)], 0)
+        engine.end_program(f"other-{i}")
+    clock.now += 1.0
+    hits = engine.block_manager.prefix_hit_tokens
+    agent_turn(engine, "agent", [*history, 7, 8, 9], 1)
+    reused = engine.block_manager.prefix_hit_tokens - hits
+    retained = engine.block_manager.evictable.counters
+    stats = engine.stats()
+    if mode == "ttl":
+        assert reused == 40 and retained.reused == 1  # the whole history, from the pin
+        # The agent's two calls: the one-shot programs' pins do not fit the budget the
+        # agent's holds, and rank below it (expected back later), so they are refused.
+        assert stats.kv_pins == 2 and stats.kv_pins_reused == 1
+        assert retained.refused == 3
+        assert stats.recomputed_prompt_tokens == 0
+    else:
+        assert reused == 0 and retained.pins == 0 and stats.kv_pins == 0
+        assert stats.recomputed_prompt_tokens == 40  # the history's ten full blocks, again
+    assert_block_pool_clean(engine)
+
+
+def test_pins_never_block_calls_under_pressure() -> None:
+    """Many programs with tool gaps on a pool far too small for their contexts: pins
+    yield, every call completes, and no block leaks."""
+    engine = tiny_engine(
+        num_kv_blocks=30,
+        block_size=4,
+        max_num_seqs=8,
+        scheduler=SchedulerConfig(policy="plas", service_unit="tokens"),
+        retention=RetentionConfig(mode="ttl", prior_interrupt_s=60.0, pin_budget=1.0),
+    )
+    rng = random.Random(5)
+    histories = {
+        f"p{i}": [rng.randrange(1, 256) for _ in range(rng.randint(8, 30))] for i in range(8)
+    }
+    done = 0
+    for turn in range(3):
+        for program, history in histories.items():
+            engine.add_request(
+                f"{program}-{turn}",
+                list(history),
+                SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True),
+                program=ProgramTag(program_id=program),
+            )
+        while engine.has_unfinished_requests():
+            for event in engine.step():
+                histories[event.call_id.split("-")[0]] += event.token_ids
+                done += event.usage is not None
+    counters = engine.block_manager.evictable.counters
+    assert done == 24
+    assert counters.pins > 0 and counters.yielded > 0
+    assert engine.block_manager.evictable.pinned_blocks <= engine.block_manager.evictable.budget
+    for program in histories:
+        engine.end_program(program)
+    assert engine.block_manager.evictable.pinned_blocks == 0
+    assert_block_pool_clean(engine)
+
+
+@pytest.mark.parametrize("swap_blocks", [0, 64])
+def test_a_yielded_pin_comes_back_from_the_host_pool(swap_blocks: int) -> None:
+    """The one-shot programs run at once and need the agent's pinned blocks: the pin
+    yields. With a host pool its blocks are copied there, and back when the agent calls
+    again: a prefix hit, and the same greedy tokens as recomputing them."""
+
+    block_bytes = tiny_engine(block_size=4).runner.kv_cache.block_bytes
+
+    def run(mode: str) -> tuple[list[int], LLMEngine]:
+        clock = Clock()
+        config = EngineConfig(
+            dtype="float32",
+            num_kv_blocks=24,
+            block_size=4,
+            max_num_seqs=8,
+            swap_space=swap_blocks * block_bytes,
+            scheduler=SchedulerConfig(policy="fcfs"),
+            retention=RetentionConfig(mode=mode, prior_interrupt_s=30.0),  # type: ignore[arg-type]
+        )
+        engine = LLMEngine(config, make_tiny_loaded(), clock=clock)
+        rng = random.Random(4)
+        history = [rng.randrange(1, 256) for _ in range(40)]
+        history += agent_turn(engine, "agent", history, 0)
+        clock.now += 1.0
+        for i in range(2):  # both at once: 2 x 11 blocks leave no room for the pin
+            engine.add_request(
+                f"other-{i}",
+                [rng.randrange(1, 256) for _ in range(40)],
+                SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True),
+                program=ProgramTag(program_id=f"other-{i}"),
+            )
+        while engine.has_unfinished_requests():
+            engine.step()
+        clock.now += 1.0
+        return agent_turn(engine, "agent", [*history, 7, 8, 9], 1), engine
+
+    recomputed, _ = run("off")
+    restored, engine = run("ttl")
+    bm = engine.block_manager
+    assert restored == recomputed
+    assert bm.evictable.counters.yielded >= 1
+    if swap_blocks:
+        assert bm.offloads >= 1 and bm.restores == 1
+        assert engine.stats().kv_pins_restored == 1
+        assert engine.stats().recomputed_prompt_tokens == 0
+    else:
+        assert (bm.offloads, bm.restores) == (0, 0)
+        assert engine.stats().recomputed_prompt_tokens > 0
+    for program in ("agent", "other-0", "other-1"):
+        engine.end_program(program)  # host copies of ended programs are dropped
+    assert engine.swap_pool.num_free_blocks == engine.swap_pool.num_blocks
+    assert bm.num_free_blocks == bm.num_blocks

@@ -1,0 +1,66 @@
+"""Local gloo groups start robustly: concurrent runs never share a rendezvous, failures are named."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from agentrt.parallelism.errors import ParallelError
+from agentrt.parallelism.spawn import run_ranks
+
+
+def _sum_ranks(rank: int, n: int, out: str) -> None:
+    x = torch.tensor([float(rank + 1)])
+    dist.all_reduce(x)
+    Path(f"{out}.{rank}").write_text(f"{n} {x.item()}")
+
+
+def _fail_on_rank_one(rank: int, n: int) -> None:
+    dist.barrier()
+    if rank == 1:
+        raise ValueError("rank one refuses")
+
+
+def _exit_on_rank_one(rank: int, n: int) -> None:
+    dist.barrier()
+    if rank == 1:
+        os._exit(3)
+
+
+def test_two_runs_started_together_each_form_their_own_group(tmp_path: Path) -> None:
+    errors: list[BaseException] = []
+
+    def run(tag: str) -> None:
+        try:
+            run_ranks(_sum_ranks, 2, (str(tmp_path / tag),), what=tag)
+        except BaseException as exc:  # reported to the main thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(tag,)) for tag in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for tag in ("a", "b"):
+        for rank in (0, 1):
+            assert (tmp_path / f"{tag}.{rank}").read_text() == "2 3.0"
+
+
+def test_an_exception_in_a_rank_is_a_clear_error() -> None:
+    with pytest.raises(
+        ParallelError, match=r"demo failed on 2 processes \(rank 1\): ValueError: rank one refuses"
+    ):
+        run_ranks(_fail_on_rank_one, 2, what="demo")
+
+
+def test_a_process_that_dies_after_joining_is_named_with_its_exit_code() -> None:
+    with pytest.raises(
+        ParallelError, match="demo: process 1 of 2 exited after joining the group with exit code 3"
+    ):
+        run_ranks(_exit_on_rank_one, 2, what="demo")

@@ -1,0 +1,356 @@
+"""The KV retention policy: TTL choice, interrupt prediction, eviction order, budget, yield."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agentrt.scheduling import (
+    Call,
+    InterruptPredictor,
+    Pressure,
+    RetentionConfig,
+    RetentionPolicy,
+    SchedulerConfig,
+    choose_ttl,
+    make_scheduler,
+    policy_priority,
+)
+
+
+def policy(capacity: int = 100, **config: object) -> RetentionPolicy:
+    return RetentionPolicy(RetentionConfig(**config), capacity)  # type: ignore[arg-type]
+
+
+def finish(
+    pol: RetentionPolicy, program: str, now: float, units: list[str], reload_s: float = 1.0
+) -> float | None:
+    """A call of ``program`` ends holding ``units`` (one block each): pin, then release."""
+    ttl = pol.call_finished(program, now, blocks=len(units), reload_s=reload_s)
+    for unit in reversed(units):
+        pol.release(unit, program)
+    return ttl
+
+
+def drain(pol: RetentionPolicy, now: float) -> list[object]:
+    order = []
+    while (unit := pol.victim(now)) is not None:
+        order.append(unit)
+        pol.discard(unit)
+    return order
+
+
+# --- the TTL rule ---
+
+
+def test_ttl_covers_every_observed_interrupt_when_nobody_waits() -> None:
+    assert choose_ttl([1.0, 2.0, 10.0], benefit_s=10.0, cost_rate=0.0, max_ttl_s=60.0) == 10.0
+
+
+def test_ttl_stops_where_holding_costs_more_than_it_saves() -> None:
+    # t=1: 10/3 - 1*1 = 2.33; t=2: 20/3 - 5/3 = 5.0; t=10: 10 - 13/3 = 5.67
+    assert choose_ttl([1.0, 2.0, 10.0], 10.0, 1.0, 60.0) == 10.0
+    # t=1: 3.33 - 3 = 0.33; t=2: 6.67 - 5 = 1.67; t=10: 10 - 13 = -3
+    assert choose_ttl([10.0, 1.0, 2.0], 10.0, 3.0, 60.0) == 2.0
+    assert choose_ttl([1.0, 2.0, 10.0], 10.0, 20.0, 60.0) is None
+
+
+def test_ttl_never_exceeds_the_maximum() -> None:
+    assert choose_ttl([1.0, 100.0], 10.0, 0.0, 60.0) == 1.0
+    assert choose_ttl([100.0], 10.0, 0.0, 60.0) is None
+
+
+def test_ttl_none_without_benefit_or_samples() -> None:
+    assert choose_ttl([1.0], 0.0, 0.0, 60.0) is None
+    assert choose_ttl([], 5.0, 0.0, 60.0) is None
+
+
+def test_pressure_shortens_or_refuses_the_pin() -> None:
+    samples = [0.5] * 5 + [30.0] * 5
+    pol = policy(capacity=100, window=10, min_samples=1)
+    for seconds in samples:
+        pol.predictor.observe(seconds, tool="search", program_id=None)
+    idle = pol.call_finished("p", 0.0, blocks=20, reload_s=2.0, tool="search")
+    busy = pol.call_finished(
+        "q", 0.0, blocks=20, reload_s=2.0, tool="search", pressure=Pressure(8, 32)
+    )
+    assert idle == 30.0
+    assert busy == 0.5
+
+
+# --- learning interrupts ---
+
+
+def test_predictor_prefers_the_tool_then_the_program_then_everything() -> None:
+    pred = InterruptPredictor(window=8, min_samples=2, prior_s=1.5, max_tracked=10)
+    assert list(pred.samples(tool="t", program_id="p")) == [1.5]
+    pred.observe(4.0, tool="t", program_id="p")
+    assert list(pred.samples(tool="t", program_id="p")) == [4.0]  # all samples so far
+    pred.observe(6.0, tool="u", program_id="p")
+    assert list(pred.samples(tool="t", program_id="p")) == [4.0, 6.0]  # the program's
+    pred.observe(8.0, tool="t", program_id="q")
+    assert list(pred.samples(tool="t", program_id="p")) == [4.0, 8.0]  # the tool's
+    with pytest.raises(ValueError, match="finite"):
+        pred.observe(float("nan"), tool=None, program_id=None)
+
+
+def test_predictor_memory_is_bounded() -> None:
+    pred = InterruptPredictor(window=2, min_samples=1, prior_s=1.0, max_tracked=3)
+    for i in range(10):
+        pred.observe(float(i), tool=f"t{i}", program_id=f"p{i}")
+        pred.observe(float(i), tool=f"t{i}", program_id=f"p{i}")
+    assert len(pred._tools) == 3 and len(pred._programs) == 3
+    assert all(len(w) == 2 for w in pred._tools.values())
+
+
+def test_the_gap_between_calls_is_learned_per_program() -> None:
+    pol = policy(min_samples=1)
+    pol.call_finished("p", 10.0, blocks=1, reload_s=1.0)
+    pol.call_arrived("p", 13.0)
+    assert list(pol.predictor.samples(tool=None, program_id="p")) == [3.0]
+
+
+# --- eviction order ---
+
+
+def test_off_is_least_recently_released_first() -> None:
+    pol = policy(mode="off")
+    assert finish(pol, "a", 0.0, ["a1", "a2"]) is None
+    finish(pol, "b", 1.0, ["b1"])
+    pol.acquire("a2")
+    pol.release("a2", "a")
+    assert pol.pinned_blocks == 0
+    assert drain(pol, 2.0) == ["a1", "b1", "a2"]
+
+
+def test_unpinned_units_go_before_pinned_ones() -> None:
+    pol = policy()
+    pol.release("shared-old", None)
+    finish(pol, "a", 0.0, ["a1", "a2"])
+    pol.release("ended", "gone")
+    order = drain(pol, 0.1)
+    assert order[:2] == ["shared-old", "ended"]
+    assert set(order[2:]) == {"a1", "a2"}
+    assert order[2:] == ["a2", "a1"]  # a context's tail goes before its head
+    assert pol.counters.yielded == 1 and pol.pinned_blocks == 0
+
+
+def test_pins_yield_by_priority_then_expected_return() -> None:
+    levels = {"low": 3.0, "high": 0.0, "soon": 0.0, "late": 0.0}
+    pol = RetentionPolicy(RetentionConfig(min_samples=1), 100, levels.__getitem__)
+    pol.predictor.observe(1.0, tool="fast", program_id=None)
+    pol.predictor.observe(9.0, tool="slow", program_id=None)
+    for name, tool in (("low", "fast"), ("high", "slow"), ("soon", "fast"), ("late", "slow")):
+        pol.call_finished(name, 0.0, blocks=1, reload_s=1.0, tool=tool)
+        pol.release(name, name)
+    # lowest priority first, then the one expected back latest (ties: any order of equals)
+    order = drain(pol, 0.5)
+    assert order[0] == "low"
+    assert order[-1] == "soon"
+
+
+def test_an_awaited_context_outlives_a_pinned_one() -> None:
+    pol = policy()
+    finish(pol, "a", 0.0, ["a1"])
+    finish(pol, "b", 0.0, ["b1"])
+    pol.call_arrived("a", 0.5)  # a's next call is queued: it needs a1 now
+    assert pol.counters.reused == 1
+    assert drain(pol, 0.6) == ["b1", "a1"]
+
+
+def test_expired_pins_become_ordinary_cache_in_release_order() -> None:
+    pol = policy(min_samples=1, max_ttl_s=60.0)
+    pol.predictor.observe(2.0, tool=None, program_id="a")
+    pol.predictor.observe(2.0, tool=None, program_id="a")
+    pol.release("old", None)
+    assert finish(pol, "a", 0.0, ["a1"]) == 2.0
+    assert pol.expire(1.0) == []
+    assert pol.expire(2.5) == ["a"]
+    assert pol.counters.expired == 1 and not pol.pinned("a")
+    pol.release("new", None)
+    assert drain(pol, 3.0) == ["old", "a1", "new"]
+
+
+def test_a_late_call_counts_its_pin_as_expired() -> None:
+    pol = policy(min_samples=1, prior_interrupt_s=1.0)
+    finish(pol, "a", 0.0, ["a1"])
+    pol.call_arrived("a", 5.0)
+    assert pol.counters.expired == 1 and pol.counters.reused == 0
+
+
+def test_admission_closes_the_pin_and_keeps_the_rest_cached() -> None:
+    pol = policy()
+    finish(pol, "a", 0.0, ["a1", "a2"])
+    pol.call_arrived("a", 0.1)
+    pol.acquire("a1")
+    pol.call_admitted("a")
+    assert not pol.pinned("a") and pol.pinned_blocks == 0
+    assert "a2" in pol and "a1" not in pol
+
+
+def test_the_cache_is_offered_lost_pins_only() -> None:
+    levels = {"a": 2.0, "b": 0.0, "c": 1.0, "d": 0.0, "e": 0.0}
+    pol = RetentionPolicy(RetentionConfig(pin_budget=0.5, min_samples=1), 4, levels.__getitem__)
+    offered: list[tuple[str, list[object]]] = []
+    pol.on_yield = lambda program, units: offered.append((program, units))
+    finish(pol, "a", 0.0, ["a1", "a2"])
+    finish(pol, "b", 0.0, ["b1"])  # the budget (2 blocks) is full: a (level 2) is displaced
+    assert offered == [("a", ["a2", "a1"])]
+    pol.call_arrived("b", 0.5)
+    pol.call_admitted("b")  # admitted: its units are held, nothing to offer
+    finish(pol, "c", 1.0, ["c1"])
+    pol.program_ended("c")  # ended: nobody comes back for it
+    finish(pol, "d", 1.0, ["d1"])
+    pol.expire(10.0)  # expired: d may still come back
+    assert [p for p, _ in offered] == ["a", "d"]
+    finish(pol, "e", 10.0, ["e1"])
+    while pol.victim(10.0) not in (None, "e1"):
+        pol.discard(pol.victim(10.0))
+    assert pol.victim(10.0) == "e1" and offered[-1] == ("e", ["e1"])  # yielded
+
+
+def test_program_end_unpins() -> None:
+    pol = policy()
+    finish(pol, "a", 0.0, ["a1"])
+    pol.program_ended("a")
+    assert not pol.pinned("a") and pol.pinned_units() == 0 and "a1" in pol
+
+
+# --- budget ---
+
+
+def test_a_pin_over_the_budget_displaces_worse_pins_or_is_refused() -> None:
+    levels = {"a": 2.0, "b": 0.0, "c": 1.0, "d": 5.0, "e": 0.0}
+    pol = RetentionPolicy(RetentionConfig(pin_budget=0.5), 10, levels.__getitem__)
+    assert pol.budget == 5
+    finish(pol, "a", 0.0, ["a1", "a2", "a3"])
+    finish(pol, "b", 0.0, ["b1", "b2"])
+    assert pol.pinned_blocks == 5
+    assert finish(pol, "c", 0.0, ["c1", "c2"]) is not None  # displaces a (level 2 > 1)
+    assert not pol.pinned("a") and pol.counters.displaced == 1
+    assert finish(pol, "d", 0.0, ["d1", "d2"]) is None  # ranks below every pin: refused
+    assert pol.counters.refused == 1
+    assert pol.pinned_blocks == 4
+    assert finish(pol, "e", 0.0, ["e"] * 6) is None  # larger than the whole budget
+
+
+def test_the_priority_of_the_active_policy() -> None:
+    sched = make_scheduler(SchedulerConfig(policy="plas", service_unit="tokens"))
+    call = sched.add(Call("c", "p", prompt_tokens=1), 0.0)
+    sched.charge(call, 5000.0, 0.0)
+    sched.finish("c", 1.0)
+    assert policy_priority(sched)("p") > policy_priority(sched)("unknown") == 0.0
+    fcfs = make_scheduler(SchedulerConfig(policy="fcfs"))
+    assert policy_priority(fcfs)("p") == 0.0
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="pin_budget"):
+        RetentionConfig(pin_budget=1.5)
+    with pytest.raises(ValueError, match="max_ttl_s"):
+        RetentionConfig(max_ttl_s=float("inf"))
+    with pytest.raises(ValueError, match="window"):
+        RetentionConfig(window=0)
+
+
+# --- properties, over random programs sharing a small pool ---
+
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["start", "finish", "end"]),
+        st.integers(0, 5),  # program
+        st.integers(0, 6),  # new units the call writes
+        st.sampled_from([0.0, 0.1, 0.5, 2.0, 10.0]),  # time that passes
+        st.integers(0, 40),  # calls waiting when it finishes
+    ),
+    max_size=80,
+)
+
+
+class ModelPool:
+    """A pool of one-block units driven through the policy, as an engine's cache is."""
+
+    def __init__(self, capacity: int, pol: RetentionPolicy) -> None:
+        self.capacity = capacity
+        self.pol = pol
+        self.refs: dict[str, int] = {}  # held units
+        self.cached: set[str] = set()  # resident, held by nobody
+        self.context: dict[str, list[str]] = {}  # program -> its units, in order
+        self.running: set[str] = set()
+
+    def start(self, program: str, new: int, now: float) -> bool:
+        pol = self.pol
+        units = self.context.get(program, [])
+        resident = [u for u in units if u in self.cached]
+        need = len(units) - len(resident) + new
+        held = len(self.refs)
+        if held + len(resident) + need > self.capacity:
+            return False  # admission would refuse it: not this test's concern
+        pol.call_arrived(program, now)
+        for unit in resident:  # prefix hit: taken out of the cache first
+            self.cached.discard(unit)
+            pol.acquire(unit)
+            self.refs[unit] = 1
+        while len(self.refs) + len(self.cached) + need > self.capacity:
+            victim = pol.victim(now)
+            assert victim is not None, "a pin blocked a call that fits"
+            assert victim in self.cached and victim not in self.refs
+            self.cached.discard(victim)  # type: ignore[arg-type]
+            pol.discard(victim)
+        fresh = [f"{program}:{len(units) + i}" for i in range(new)]
+        for unit in [*units, *fresh]:
+            self.refs[unit] = 1
+        self.context[program] = [*units, *fresh]
+        pol.call_admitted(program)
+        self.running.add(program)
+        return True
+
+    def finish(self, program: str, now: float, waiting: int) -> None:
+        units = self.context[program]
+        self.pol.call_finished(
+            program,
+            now,
+            blocks=len(units),
+            reload_s=0.01 * len(units),
+            pressure=Pressure(waiting, 4),
+        )
+        for unit in reversed(units):
+            del self.refs[unit]
+            self.cached.add(unit)
+            self.pol.release(unit, program)
+        self.running.discard(program)
+
+
+@PROPERTY
+@given(
+    ops=ops,
+    capacity=st.integers(4, 30),
+    budget=st.sampled_from([0.0, 0.25, 0.5, 1.0]),
+    mode=st.sampled_from(["off", "ttl"]),
+)
+def test_pins_stay_in_budget_and_never_block_a_call(
+    ops: list[tuple[str, int, int, float, int]], capacity: int, budget: float, mode: str
+) -> None:
+    pol = RetentionPolicy(RetentionConfig(mode=mode, pin_budget=budget, max_ttl_s=5.0), capacity)  # type: ignore[arg-type]
+    pool = ModelPool(capacity, pol)
+    now = 0.0
+    for kind, index, new, dt, waiting in ops:
+        now += dt
+        program = f"p{index}"
+        if kind == "start" and program not in pool.running:
+            pool.start(program, new, now)
+        elif kind == "finish" and program in pool.running:
+            pool.finish(program, now, waiting)
+        elif kind == "end" and program not in pool.running:
+            pol.program_ended(program)
+        assert 0 <= pol.pinned_blocks <= pol.budget
+        assert len(pol) == len(pool.cached)
+        assert all(unit in pol for unit in pool.cached)
+        assert not any(unit in pol for unit in pool.refs)
+        if mode == "off":
+            assert pol.pinned_blocks == 0
+    # Everything cached can be evicted, pinned or not.
+    assert len(drain(pol, now)) == len(pool.cached)
