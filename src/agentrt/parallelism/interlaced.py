@@ -92,7 +92,7 @@ def interlaced(
         )
     e_ops, h_ops = graph.ops[: emb + 1], graph.ops[head:]
     free = free_ops(graph)
-    body_ops = [op for op in graph.ops[emb + 1 : head]]
+    body_ops = graph.ops[emb + 1 : head]
     e_names = {t.name for op in e_ops for t in op.outputs}
     h_names = {op.name for op in h_ops}
     weights = {t.name for op in e_ops + h_ops for t in op.inputs if t.kind == "param"}
