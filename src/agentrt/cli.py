@@ -18,7 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("agentrt.sim.cli", "simulate scheduling policies at cluster scale; `sim fit` fits a profile"),
     "plan": (
         "agentrt.parallelism.cli",
-        "build parallel plans (data, tensor) for a model over N devices; --verify runs them",
+        "build parallel plans (data, tensor, co-shard, pipeline, 3-D) for a model over N devices; --verify runs them",
     ),
 }
 

@@ -14,10 +14,14 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def run_example(name: str, *args: str, timeout: float = 600) -> str:
+    return run_example_process(name, *args, timeout=timeout).stdout
+
+
+def run_example_process(name: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True,
                           timeout=timeout, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return done
 
 
 def free_port() -> str:
@@ -42,8 +46,10 @@ def test_standalone_server_example_starts_serves_and_stops() -> None:
 
 @pytest.mark.slow
 def test_decorator_example_answers_with_the_default_model() -> None:
-    out = run_example("decorator.py")
-    assert "Paris" in out and "Tip:" in out
+    done = run_example_process("decorator.py")
+    assert "Paris" in done.stdout and "Tip:" in done.stdout
+    # The in-process server's startup and per-request lines stay out of the user's terminal.
+    assert '"logger": "agentrt.serving"' not in done.stderr, done.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -20,10 +20,12 @@ The binary is ``--llama-server PATH``, else ``$AGENTRT_LLAMA_SERVER``, else
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -45,6 +47,7 @@ SIGILL_HINT = (
     "(e.g. AMX; try --llama-arg=--no-repack, or build with -DGGML_NATIVE=OFF)"
 )
 SHUTDOWN_S = 10.0
+PR_SET_PDEATHSIG = 1
 
 
 class LlamaServerError(RuntimeError):
@@ -176,7 +179,11 @@ def llama_server(config: LlamaServerConfig, startup_timeout: float = 300.0) -> I
     log_file = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)  # noqa: SIM115
     log.info("llama_server_starting", command=config.describe(), port=port, log=log_file.name)
     process = subprocess.Popen(
-        config.command(port), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        config.command(port),
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=stop_with_parent,
     )
     crashed = False
     try:
@@ -195,6 +202,14 @@ def llama_server(config: LlamaServerConfig, startup_timeout: float = 300.0) -> I
             log.warning("llama_server_exited_on_its_own", log=log_file.name)
         else:
             Path(log_file.name).unlink(missing_ok=True)
+
+
+def stop_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM it when the benchmark dies, even by SIGKILL or an
+    unhandled SIGTERM that skips the ``finally`` that stops it."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def wait_healthy(

@@ -28,31 +28,30 @@ class Swap(msgspec.Struct, kw_only=True):
 
 def swap_out_per_block(pool: HostSwapPool, block_ids: list[int]) -> HostRange | None:
     """Copy the blocks to a host range one block at a time; ``None`` when no range is large enough."""
-    import torch
-
     handle = pool.reserve(len(block_ids))
     if handle is None:
         return None
-    dst = pool.view(handle)
-    rows = pool.cache.rows
+    dst, rows = pool.view(handle), pool.cache.rows
     for i, block in enumerate(block_ids):
         dst[:, i].copy_(rows[:, block], non_blocking=pool.pinned)
-    if pool.pinned:
-        torch.cuda.current_stream(pool.cache.device).synchronize()
+    _wait_for_copies(pool)
     return handle
 
 
 def swap_in_per_block(pool: HostSwapPool, handle: HostRange, block_ids: list[int]) -> None:
     """Copy a host range back into ``block_ids`` one block at a time and free the range."""
-    import torch
-
-    src = pool.view(handle)
-    rows = pool.cache.rows
+    src, rows = pool.view(handle), pool.cache.rows
     for i, block in enumerate(block_ids):
         rows[:, block].copy_(src[:, i], non_blocking=pool.pinned)
-    if pool.pinned:
-        torch.cuda.current_stream(pool.cache.device).synchronize()
+    _wait_for_copies(pool)
     pool.release(handle)
+
+
+def _wait_for_copies(pool: HostSwapPool) -> None:
+    if pool.pinned:
+        import torch
+
+        torch.cuda.current_stream(pool.cache.device).synchronize()
 
 
 def run_swap(engine: Any, tokens: int, repeats: int = 5) -> Swap:

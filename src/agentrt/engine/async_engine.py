@@ -5,10 +5,10 @@ event loop never computes. Everything the loop asks of the engine (add a
 call, abort it, start or end a program) travels to the worker as a command
 on a queue, and every step's token events travel back in one
 ``call_soon_threadsafe`` per event loop, so each call's async iterator
-receives its tokens as they are produced. Requests are checked on the
-caller's side before they are queued (long prompts are tokenized in a
-worker thread), so a bad one raises at the first ``__anext__`` and never
-reaches the step loop. A call the engine fails on
+receives its tokens as they are produced. Requests are checked before they
+are queued, in a worker thread (a chat template and a tokenizer can take tens
+of milliseconds over a long prompt), so a bad one raises at the first
+``__anext__`` and never reaches the step loop. A call the engine fails on
 while it runs ends in an :class:`EngineError` for that call alone; only a
 failure of the step itself (the model) stops the engine, and from then on
 :meth:`AsyncEngine.stats` raises, so health checks see it.
@@ -44,10 +44,6 @@ from agentrt.protocol.engine import (
 
 log = get_logger(__name__)
 
-# A prompt longer than this (characters, or token ids to check) is tokenized and checked
-# in a worker thread: on the event loop a 3 MB message would stall every other request.
-INLINE_TOKENIZE_CHARS = 16 * 1024
-
 
 @dataclass
 class _Stream:
@@ -62,8 +58,9 @@ class AsyncEngine:
     """An :class:`EngineClient` that runs an :class:`LLMEngine` in a worker thread.
 
     Build it with ``await AsyncEngine.start(config)`` (loads the model off the
-    event loop), or directly from an existing :class:`LLMEngine`. Uses
-    asyncio (the backend the server runs on).
+    event loop), or directly from an existing :class:`LLMEngine`; ``async with``
+    it to close it when the block ends. Uses asyncio (the backend the server
+    runs on).
     """
 
     def __init__(self, engine: LLMEngine) -> None:
@@ -86,15 +83,18 @@ class AsyncEngine:
         engine = await anyio.to_thread.run_sync(lambda: LLMEngine(config, loaded))
         return cls(engine)
 
+    async def __aenter__(self) -> AsyncEngine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     # --- EngineClient ---------------------------------------------------------
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         """Stream the call's events; the last one carries ``usage`` and ``timings``."""
         if self._failure is not None:
             raise self._failure
-        if _text_size(request) > INLINE_TOKENIZE_CHARS:
-            prompt_ids = await anyio.to_thread.run_sync(self._checked_prompt_ids, request)
-        else:
-            prompt_ids = self._checked_prompt_ids(request)
+        prompt_ids = await anyio.to_thread.run_sync(self._checked_prompt_ids, request)
         call_id = request.call_id
         if call_id in self._streams:
             raise InvalidRequest(f"call id {call_id!r} is already in use")
@@ -246,14 +246,6 @@ class AsyncEngine:
     def _fail_all(self, error: EngineError) -> None:
         for call_id in list(self._streams):
             self._deliver_error(call_id, error)
-
-
-def _text_size(request: GenerationRequest) -> int:
-    """Characters (or token ids) the call's prompt holds, to decide where to tokenize it."""
-    if request.prompt is not None:
-        return len(request.prompt)
-    messages = sum(len(str(m.get("content") or "")) for m in request.messages or ())
-    return messages + sum(len(str(tool)) for tool in request.tools or ())
 
 
 def _call_failed() -> EngineError:

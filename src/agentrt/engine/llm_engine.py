@@ -332,8 +332,8 @@ class LLMEngine:
         prefill, decode, kv = self._step_shape(batch)
         started = time.perf_counter()
         logits = self.runner.execute(batch)
-        sampling = [item.seq for item in batch if item.samples]
-        sampled = self._sample(logits, sampling) if sampling else None
+        to_sample = [item.seq for item in batch if item.samples]
+        sampled = self._sample(logits, to_sample) if to_sample else None
         elapsed = time.perf_counter() - started
         events = self._postprocess(batch, sampled, elapsed)
         # The simulator's cost model is fitted to these (bench engine, /v1/engine/stats).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from agentrt.engine.attention import (
     register_attention,
     xformers_available,
 )
+from agentrt.engine.compiled import CompiledDecode, describe
 from agentrt.engine.config import EngineConfig
 from agentrt.engine.decoder import LeanDecoder, unsupported_reason
 from agentrt.engine.kv_cache import PagedKVCache
@@ -128,6 +130,7 @@ class ModelRunner:
             self.dtype,
             self.device,
         )
+        self.compiled = self._compiled_decode(num_blocks)
         log.info(
             "kv_cache_ready",
             blocks=num_blocks,
@@ -137,6 +140,24 @@ class ModelRunner:
             dtype=str(self.dtype),
             forward="lean" if self.decoder is not None else "transformers",
             packed_linears=packed,
+            **describe(self.compiled),
+        )
+
+    def _compiled_decode(self, num_blocks: int) -> CompiledDecode | None:
+        """The compiled decode path when the config asks for it and the lean decoder runs."""
+        if not self.config.compile or self.decoder is None or self.use_xformers:
+            return None
+        cache_dir = self.config.compile_cache_dir
+        max_len = min(
+            num_blocks * self.block_size,
+            self.config.max_model_len or self.shape.max_position_embeddings,
+        )
+        return CompiledDecode(
+            self.decoder,
+            self.kv_cache,
+            max_batch=self.config.max_num_seqs,
+            max_blocks=-(-max_len // self.block_size) + 1,
+            cache_dir=Path(cache_dir).expanduser() if cache_dir else None,
         )
 
     def _lean_decoder(self, pool_tokens: int) -> LeanDecoder | None:
@@ -178,6 +199,13 @@ class ModelRunner:
         """Run the model once over ``batch`` (decode sequences first); return float32 logits
         ``[num_sampling_seqs, vocab]`` for the sequences whose context this step completes,
         in batch order; with ``every_token``, ``[tokens fed, vocab]`` (scoring a text)."""
+        if (
+            self.compiled is not None
+            and not every_token
+            and len(batch) <= self.compiled.max_batch
+            and all(i.num_tokens == 1 for i in batch)
+        ):
+            return self._execute_compiled(batch)
         input_ids, positions, meta, keep = self._prepare(batch, every_token)
         if self.decoder is not None:
             return self.decoder.forward(input_ids, positions, meta, keep)
@@ -190,6 +218,21 @@ class ModelRunner:
         )
         logits: torch.Tensor = out.logits[0].float()
         return logits
+
+    def _execute_compiled(self, batch: list[ScheduledSeq]) -> torch.Tensor:
+        assert self.compiled is not None
+        ids: list[int] = []
+        positions: list[int] = []
+        keep: list[int] = []
+        for row, item in enumerate(batch):
+            seq = item.seq
+            pos = seq.num_computed_tokens
+            ids.append(seq.token_ids[pos])
+            positions.append(pos)
+            if pos + 1 == seq.num_tokens:
+                keep.append(row)
+        tables = [item.seq.block_table for item in batch]
+        return self.compiled.run(ids, positions, tables, keep)
 
     def _prepare(
         self, batch: list[ScheduledSeq], every_token: bool = False

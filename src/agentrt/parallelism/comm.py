@@ -219,10 +219,11 @@ def lower(plan: Plan, cost: CostModel | None = None) -> Program:
             "a pipeline plan is lowered stage by stage: agentrt.parallelism.pipeline.stages"
         )
     for name, subs in plan.subops.items():
-        if len(subs) != n or any(plan.device[s] != s.index for s in subs):
+        per = max(1, len(subs) // n)
+        if len(subs) != n * per or any(plan.device[s] != s.index // per for s in subs):
             raise PlanError(
-                f"{name}: this runtime runs every operator on all {n} devices with sub-operator i on device i; "
-                f"got {[plan.device[s] for s in subs]}"
+                f"{name}: this runtime runs every operator on all {n} devices, its k*n parts (co-shard) "
+                f"k consecutive ones per device; got {[plan.device[s] for s in subs]}"
             )
     order = plan.schedule()
     plan.check_order(order)
@@ -237,10 +238,10 @@ def lower(plan: Plan, cost: CostModel | None = None) -> Program:
             wanted = set(reads.get(name, [Replicate()]))
             only = next(iter(wanted)) if len(wanted) == 1 else Replicate()
             storage[name] = Replicate() if isinstance(only, Partial) else only
-        elif t.kind == "input":
-            storage[name] = Replicate()
+    for t in graph.inputs:  # user inputs, or what a pipeline stage receives: whole on every device
+        storage[t.name] = Replicate()
     program = Program(plan, n, cost, storage, {})
-    grads = _differentiable(order, graph.tensors.values())
+    grads = _differentiable(order, graph.tensors.values(), graph.inputs)
     layouts = dict(storage)
     for op in order:
         split = plan.transform_of(op)
@@ -260,9 +261,13 @@ def lower(plan: Plan, cost: CostModel | None = None) -> Program:
     return program
 
 
-def _differentiable(order: list[Op], tensors: Iterable[PTensor]) -> set[str]:
-    """Floating-point tensors that depend on a parameter: the only ones a backward pass reaches."""
+def _differentiable(
+    order: list[Op], tensors: Iterable[PTensor], inputs: Iterable[PTensor]
+) -> set[str]:
+    """Floating-point tensors that depend on a parameter or a floating input (a pipeline stage's
+    activations from the stage before): the only ones a backward pass reaches."""
     grads = {t.name for t in tensors if t.kind == "param" and t.dtype.is_floating_point}
+    grads |= {t.name for t in inputs if t.dtype.is_floating_point}
     for op in order:
         if any(t.name in grads for t in op.inputs):
             grads |= {t.name for t in op.outputs if t.dtype.is_floating_point}

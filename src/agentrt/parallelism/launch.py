@@ -22,17 +22,24 @@ import torch.distributed as dist
 from agentrt.parallelism.comm import lower
 from agentrt.parallelism.errors import ParallelError
 from agentrt.parallelism.graph import Graph, capture, from_program
+from agentrt.parallelism.interlaced import interlaced
 from agentrt.parallelism.models import BUILTIN, Logits, LossAndLogits, _loss
-from agentrt.parallelism.pipeline import PIPELINE_PLANS, StageModule, pipeline_plan, stages
+from agentrt.parallelism.pipeline import (
+    PIPELINE_PLANS,
+    SplitStageModule,
+    StageModule,
+    pipeline_plan,
+)
 from agentrt.parallelism.plans import PLANS
-from agentrt.parallelism.runtime import Runner, init_mesh
+from agentrt.parallelism.runtime import Runner, init_mesh, init_mesh_2d
 from agentrt.parallelism.spawn import run_ranks
 
 
 def load_model(spec: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A built-in tiny model by name (``tiny-llama``, ``tiny-gpt``) or a transformers model folder."""
     if spec in BUILTIN:
-        return BUILTIN[spec](seed).to(dtype)
+        model = BUILTIN[spec](seed)
+        return model if next(model.parameters()).device.type == "meta" else model.to(dtype)
     if not os.path.isdir(spec):
         raise ParallelError(
             f"unknown model {spec!r}: give a model folder or one of {', '.join(BUILTIN)}"
@@ -155,9 +162,19 @@ def _pipe_worker(
 
     graph = _load(program)
     built = pipeline_plan(plan, graph, n, nmicro=nmicro, train=train)
-    assert built.pipe is not None
-    spec = stages(built)[rank]
-    module = StageModule(spec, graph, train=train)
+    pipe = built.plan.pipe
+    assert pipe is not None
+    stage_index, position = built.place(rank)
+    spec = built.specs[stage_index]
+    group = None
+    module: StageModule | SplitStageModule
+    if built.inner is None:
+        module = StageModule(spec, graph, train=train)
+    else:
+        mesh = init_mesh_2d(pipe.nstages, built.width)
+        group = mesh["pp"].get_group()
+        program_ = lower(built.inner[stage_index])
+        module = SplitStageModule(spec, program_, mesh["tp"], train=train)
 
     def examples(names: list[str]) -> tuple[torch.Tensor, ...]:
         # static shapes (no shape-inference run); floating tensors carry gradients in training
@@ -169,15 +186,16 @@ def _pipe_worker(
 
     stage = PipelineStage(
         module,
-        rank,
-        n,
+        stage_index,
+        pipe.nstages,
         torch.device("cpu"),
         input_args=examples(spec.inputs),
         output_args=examples(spec.outputs),
+        group=group,
     )
-    kind = Schedule1F1B if built.pipe.kind == "1f1b" else ScheduleGPipe
+    kind = Schedule1F1B if pipe.kind == "1f1b" else ScheduleGPipe
     schedule = kind(stage, nmicro, loss_fn=_loss if train else None)
-    first, last = rank == 0, rank == n - 1
+    first, last = stage_index == 0, stage_index == pipe.nstages - 1
 
     def run(losses: list[torch.Tensor], *, forward_only: bool = False) -> Any:
         args = (inputs[0],) if first else ()
@@ -187,7 +205,7 @@ def _pipe_worker(
         with torch.no_grad() if not train else torch.enable_grad():
             return schedule.step(*args, **kwargs)
 
-    tied = module.tied_groups()
+    tied = module.tied_groups(built.width, position)
     module.trace = []
     losses: list[torch.Tensor] = []
     logits = run(losses)
@@ -195,17 +213,19 @@ def _pipe_worker(
     result: dict[str, Any] = {"trace": module.trace}
     module.trace = None
     if train:
-        result["grads"] = {k: g.detach().clone() for k, g in module.grads().items()}
+        grads = module.grads()  # collective across a split stage's group
+        if position == 0:
+            result["grads"] = {k: g.detach().clone() for k, g in grads.items()}
         with torch.no_grad():
             for p in module.weights.values():
                 if p.grad is not None:
                     p -= _LR * p.grad
         second: list[torch.Tensor] = []
         run(second, forward_only=True)
-        if last:
+        if last and position == 0:
             result["loss"] = torch.stack(losses).mean().detach()
             result["second_loss"] = torch.stack(second).mean().detach()
-    if last:
+    if last and position == 0:
         result["logits"] = logits.detach()
     dist.barrier()
     best = float("inf")
@@ -215,6 +235,45 @@ def _pipe_worker(
         dist.barrier()
         best = min(best, time.perf_counter() - start)
     result["seconds"] = best
+    torch.save(result, f"{out}.{rank}")
+
+
+def _interlaced_worker(
+    rank: int,
+    n: int,
+    plan: str,
+    program: str,
+    train: bool,
+    nmicro: int,
+    inputs: list[torch.Tensor],
+    out: str,
+) -> None:
+    """One device of an interlaced pipeline; rank 0 writes the outputs, every rank its stage's gradients."""
+    from agentrt.parallelism.interlaced import InterlacedRunner, interlaced
+
+    graph = _load(program)
+    runner = InterlacedRunner(interlaced(graph, n, nmicro=nmicro), init_mesh(n), train=train)
+    ids = list(inputs[0].chunk(nmicro))
+    labels = list(inputs[1].chunk(nmicro)) if train else None
+    dist.barrier()
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(3):
+            start = time.perf_counter()
+            runner.step(ids, None, _loss)
+            dist.barrier()
+            best = min(best, time.perf_counter() - start)
+    logits, loss = runner.step(ids, labels, _loss)
+    result: dict[str, Any] = {"logits": logits, "seconds": best, "trace": []}
+    if train:
+        grads = runner.full_grads(keep=rank == 0)
+        result["loss"] = loss
+        result["grads"] = grads if rank == 0 else runner.stage.grads()
+        with torch.no_grad():
+            for piece in runner.parameters():
+                if piece.grad is not None:
+                    piece -= _LR * piece.grad
+            result["second_loss"] = runner.step(ids, labels, _loss)[1]
     torch.save(result, f"{out}.{rank}")
 
 
@@ -273,15 +332,25 @@ def verify(
     inputs = list(example_inputs(vocab_of(model), batch, seq, seed))[: 2 if train else 1]
     expected: list[list[str]] = []
     if piped:
-        nmicro = micro_batches or max(m for m in range(1, 2 * ndevices + 1) if batch % m == 0)
+        nmicro = micro_batches or default_micro_batches(batch, ndevices)
         if batch % nmicro:
             raise ParallelError(f"{nmicro} micro-batches do not divide the batch of {batch}")
         graph = capture(Logits(model), (inputs[0][: batch // nmicro],))
-        built = pipeline_plan(plan, graph, ndevices, nmicro=nmicro, train=train)
-        stages(built)  # a plan error is raised here, not in N processes
-        assert built.pipe is not None
-        expected = [[b.kind for b in seq_] for seq_ in built.pipe.sequences]
+        # a plan error is raised here, not in N processes
+        if plan == "interlaced":
+            interlaced(graph, ndevices, nmicro=nmicro)
+        else:
+            built = pipeline_plan(plan, graph, ndevices, nmicro=nmicro, train=train)
+            for inner in built.inner or []:
+                lower(inner)
+            assert built.plan.pipe is not None
+            expected = [
+                [b.kind for b in built.plan.pipe.sequences[built.place(r)[0]]]
+                for r in range(ndevices)
+            ]
         worker, args = _pipe_worker, (plan, train, nmicro, inputs)
+        if plan == "interlaced":
+            worker, expected = _interlaced_worker, [[] for _ in range(ndevices)]
     else:
         graph = capture(LossAndLogits(model) if train else Logits(model), tuple(inputs))
         lower(PLANS[plan](graph, ndevices))  # a plan error is raised here, not in N processes
@@ -299,9 +368,14 @@ def verify(
     return _compare(spec, plan, ndevices, train, dtype, got, ref, atol)
 
 
+def default_micro_batches(batch: int, ndevices: int) -> int:
+    """As many micro-batches as divide the batch, up to twice the devices."""
+    return max(m for m in range(1, 2 * ndevices + 1) if batch % m == 0)
+
+
 def _merge(parts: list[dict[str, Any]], expected: list[list[str]]) -> dict[str, Any]:
     """One result from every stage's file: the last stage's outputs, every stage's gradients."""
-    got = dict(parts[-1])
+    got = dict(next(part for part in reversed(parts) if "logits" in part))
     got["grads"] = {k: g for part in parts for k, g in part.get("grads", {}).items()}
     got["seconds"] = max(part["seconds"] for part in parts)
     got["as_scheduled"] = [part["trace"] for part in parts] == expected

@@ -231,46 +231,23 @@ class _Mark(torch.autograd.Function):
         return grad, None
 
 
-class StageModule(nn.Module):
-    """One pipeline stage as a module: its weights as parameters, its operators interpreted in order.
+class _Stage(nn.Module):
+    """What every stage module shares: the weights as parameters, block tracing, gradient-ready outputs.
 
     ``trace``, when a list, records the blocks run (``F`` per forward, ``B``
     when a backward reaches the output), so a test can compare what ran with
     the schedule.
     """
 
-    def __init__(self, spec: StageSpec, graph: Graph, *, train: bool) -> None:
+    def __init__(self, spec: StageSpec, *, train: bool) -> None:
         super().__init__()
         self.spec = spec
-        self.alias = graph.alias
         self.weights = nn.ParameterDict()
-        self.fixed: dict[str, torch.Tensor] = {}
-        self.fqn = {name: graph.fqn[name] for name in spec.state}
-        for name in spec.state:
-            value = graph.state[name]
-            if graph.tensors[name].kind == "param" and value.is_floating_point():
-                self.weights[name] = nn.Parameter(value.clone(), requires_grad=train)
-            else:
-                self.fixed[name] = value
+        self.fqn: dict[str, str] = {}
         self.trace: list[str] | None = None
         self.training_stage = train
 
-    def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        env: dict[str, torch.Tensor] = dict(self.fixed)
-        env.update(self.weights.items())
-        env.update(zip(self.spec.inputs, args, strict=True))
-        for op in self.spec.ops:
-            args_, kwargs = map_arg(
-                (op.node.args, op.node.kwargs),
-                _feeder([env[t.name] for t in op.inputs]),
-            )
-            result = op.target(*args_, **kwargs)
-            if len(op.outputs) == 1 and not isinstance(result, (list, tuple)):
-                env[op.outputs[0].name] = result
-            else:
-                for t, value in zip(op.outputs, result, strict=True):
-                    env[t.name] = value
-        outs = [env[name] for name in self.spec.outputs]
+    def finish(self, outs: list[torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if self.training_stage and torch.is_grad_enabled():
             # torch's stages expect a gradient for every floating output; one that depends on no
             # weight (a rotary table computed from positions) becomes a leaf that absorbs it.
@@ -287,11 +264,20 @@ class StageModule(nn.Module):
                 outs[marked] = _Mark.apply(outs[marked], self.trace)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
-    def tied_groups(self) -> dict[str, Any]:
-        """One process group per tied weight; every rank must call this, in the same order."""
+    def tied_groups(self, width: int = 1, position: int = 0) -> dict[str, Any]:
+        """Per tied weight, the group of its holders at this rank's position in the stage groups.
+
+        Every rank must call this with the same ``width``: each group is created everywhere.
+        """
         import torch.distributed as dist
 
-        return {name: dist.new_group(ranks) for name, ranks in self.spec.tied.items()}
+        groups = {}
+        for name, holders in self.spec.tied.items():
+            for j in range(width):
+                group = dist.new_group([s * width + j for s in holders])
+                if j == position:
+                    groups[name] = group
+        return groups
 
     def reduce_tied(self, groups: dict[str, Any]) -> None:
         """Sum the gradients of this stage's copies of tied weights with the other holders' copies."""
@@ -302,23 +288,159 @@ class StageModule(nn.Module):
                 dist.all_reduce(self.weights[name].grad, group=group)
 
     def grads(self) -> dict[str, torch.Tensor]:
+        """This stage's weight gradients by the model's names (collective for a split stage)."""
         return {
             self.fqn[name]: p.grad if p.grad is not None else torch.zeros_like(p)
             for name, p in self.weights.items()
         }
 
 
-PIPELINE_PLANS = ("pp", "gpipe", "1f1b")
+class StageModule(_Stage):
+    """One pipeline stage on one device: its operators interpreted in order."""
+
+    def __init__(self, spec: StageSpec, graph: Graph, *, train: bool) -> None:
+        super().__init__(spec, train=train)
+        self.fixed: dict[str, torch.Tensor] = {}
+        self.fqn = {name: graph.fqn[name] for name in spec.state}
+        for name in spec.state:
+            value = graph.state[name]
+            if graph.tensors[name].kind == "param" and value.is_floating_point():
+                self.weights[name] = nn.Parameter(value.clone(), requires_grad=train)
+            else:
+                self.fixed[name] = value
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        env: dict[str, torch.Tensor] = dict(self.fixed)
+        env.update(self.weights.items())
+        env.update(zip(self.spec.inputs, args, strict=True))
+        for op in self.spec.ops:
+            args_, kwargs = map_arg(
+                (op.node.args, op.node.kwargs),
+                _feeder([env[t.name] for t in op.inputs]),
+            )
+            result = op.target(*args_, **kwargs)
+            if len(op.outputs) == 1 and not isinstance(result, (list, tuple)):
+                env[op.outputs[0].name] = result
+            else:
+                for t, value in zip(op.outputs, result, strict=True):
+                    env[t.name] = value
+        return self.finish([env[name] for name in self.spec.outputs])
 
 
-def pipeline_plan(name: str, graph: Graph, nstages: int, *, nmicro: int, train: bool) -> Plan:
-    """A shipped pipeline plan by name: ``pp`` is 1F1B for training and the forward-only pipeline to serve."""
-    if name not in PIPELINE_PLANS:
-        raise PlanError(f"unknown pipeline plan {name!r}; known: {', '.join(PIPELINE_PLANS)}")
-    if name == "pp":
+def stage_graph(graph: Graph, spec: StageSpec) -> Graph:
+    """The sub-graph of one stage, as a graph whose user inputs are what the stage receives.
+
+    A plan for one device group (tensor parallel inside a stage) is built and
+    lowered on it like on a whole model.
+    """
+    names = set(spec.inputs) | set(spec.state)
+    for op in spec.ops:
+        names |= {t.name for t in (*op.inputs, *op.outputs)}
+    sub = Graph(
+        graph.program,
+        list(spec.ops),
+        {k: graph.tensors[k] for k in graph.tensors if k in names},
+        [graph.tensors[k] for k in spec.inputs],
+        [graph.tensors[k] for k in spec.outputs],
+        {k: graph.state[k] for k in spec.state},
+        {k: graph.fqn[k] for k in spec.state},
+        [],
+        graph.alias,
+    )
+    for op in sub.ops:
+        for t in op.outputs:
+            sub.producer[t.name] = op
+        for t in op.inputs:
+            sub.consumers.setdefault(t.name, []).append(op)
+    return sub
+
+
+class SplitStageModule(_Stage):
+    """One pipeline stage over a group of devices: a lowered SPMD program of the stage's sub-graph.
+
+    The stage's weight pieces are this module's parameters (so torch's
+    schedule scales their gradients); its outputs are whole on every device
+    of the group, so each device sends to its counterpart in the next stage.
+    """
+
+    def __init__(self, spec: StageSpec, program: Any, mesh: Any, *, train: bool) -> None:
+        from agentrt.parallelism.runtime import Runner
+
+        super().__init__(spec, train=train)
+        self.runner = Runner(program, mesh, train=train, copy=False)
+        graph = program.plan.graph
+        for name, piece in list(self.runner.state.items()):
+            if piece.requires_grad:
+                self.weights[name] = nn.Parameter(piece, requires_grad=True)
+                self.runner.state[name] = self.weights[name]
+                self.fqn[name] = graph.fqn[name]
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return self.finish(self.runner.forward(list(args)))
+
+    def grads(self) -> dict[str, torch.Tensor]:
+        for name, p in self.weights.items():
+            self.runner.state[name] = p
+        return self.runner.full_grads()
+
+
+PIPELINE_PLANS = ("pp", "gpipe", "1f1b", "3d", "interlaced")
+
+
+@dataclass
+class Pipeline:
+    """A pipeline plan lowered for running: its stages, and each stage's plan over its device group."""
+
+    plan: Plan
+    specs: list[StageSpec]
+    width: int  # devices per stage
+    inner: list[Plan] | None  # None: every stage on one device
+
+    @property
+    def ndevices(self) -> int:
+        return len(self.specs) * self.width
+
+    def place(self, rank: int) -> tuple[int, int]:
+        """(stage, position in the stage's group) of ``rank``: rank = stage * width + position."""
+        return divmod(rank, self.width)
+
+
+def three_d(graph: Graph, ndevices: int, *, tp: int, nmicro: int, schedule: str) -> Pipeline:
+    """Megatron's 3-D plan without the data axis: ``ndevices // tp`` pipeline stages, each tensor parallel over ``tp``."""
+    from agentrt.parallelism.plans import tensor_parallel
+
+    if tp < 2 or ndevices % tp or ndevices // tp < 2:
+        raise PlanError(
+            f"3-D: {ndevices} devices do not make at least 2 pipeline stages of {tp} tensor-parallel devices"
+        )
+    outer = pipeline(graph, ndevices // tp, nmicro=nmicro, schedule=schedule)
+    specs = stages(outer)
+    inner = []
+    for spec in specs:
+        try:
+            inner.append(tensor_parallel(stage_graph(graph, spec), tp))
+        except PlanError as exc:
+            raise PlanError(f"3-D: stage {spec.index}: {exc}") from None
+    return Pipeline(outer, specs, tp, inner)
+
+
+def pipeline_plan(name: str, graph: Graph, ndevices: int, *, nmicro: int, train: bool) -> Pipeline:
+    """A shipped pipeline plan by name: ``pp`` is 1F1B for training and the forward-only pipeline to serve.
+
+    ``3d`` is tensor parallel over 2 devices inside each of ``ndevices / 2`` stages.
+    """
+    if name not in PIPELINE_PLANS or name == "interlaced":
+        raise PlanError(
+            f"unknown pipeline plan {name!r}; known: {', '.join(PIPELINE_PLANS[:-1])} "
+            "(the interlaced pipeline is agentrt.parallelism.interlaced)"
+        )
+    if name in ("pp", "3d"):
         kind = "1f1b" if train else "infer"
     elif not train:
         raise PlanError(f"plan {name!r} schedules a training step; serve with plan 'pp'")
     else:
         kind = name
-    return pipeline(graph, nstages, nmicro=nmicro, schedule=kind)
+    if name == "3d":
+        return three_d(graph, ndevices, tp=2, nmicro=nmicro, schedule=kind)
+    plan = pipeline(graph, ndevices, nmicro=nmicro, schedule=kind)
+    return Pipeline(plan, stages(plan), 1, None)

@@ -102,11 +102,16 @@ class Plan:
             raise PlanError(f"{op.name} is already transformed")
 
     def _place(self, op: Op, subops: list[SubOp]) -> None:
-        if len(subops) > self.ndevices:
-            raise PlanError(f"{op.name}: {len(subops)} sub-operators for {self.ndevices} devices")
+        """Sub-operator i on device i; with more sub-operators than devices (co-shard), consecutive
+        ones share a device: ``n * k`` parts put parts ``d*k .. d*k+k-1`` on device ``d``."""
+        if len(subops) > self.ndevices and len(subops) % self.ndevices:
+            raise PlanError(
+                f"{op.name}: {len(subops)} sub-operators are not a multiple of {self.ndevices} devices"
+            )
         self.subops[op.name] = subops
+        per = max(1, len(subops) // self.ndevices)
         for sub in subops:
-            self.device[sub] = sub.index
+            self.device[sub] = sub.index // per
 
     def transform_of(self, op: Op | str) -> Split | None:
         """The split of ``op`` (None: replicated; untransformed operators are replicated on every device)."""

@@ -20,11 +20,18 @@ from agentrt.parallelism.plan import Plan
 Chooser = Callable[[Op, list[Placement]], str | None]
 
 
-def follow(plan: Plan, layouts: dict[str, Placement], choose: Chooser | None = None) -> Plan:
+def follow(
+    plan: Plan,
+    layouts: dict[str, Placement],
+    choose: Chooser | None = None,
+    *,
+    colocate: Callable[[Op], int] | None = None,
+) -> Plan:
     """Transform every operator in program order, splitting along what its inputs are split on.
 
     ``layouts`` gives the starting layout of placeholders (anything missing is
-    replicated); ``choose`` may pick a label first (None: fall back to the rule).
+    replicated); ``choose`` may pick a label first (None: fall back to the rule);
+    ``colocate`` may ask for ``k`` parts per device (co-shard) where the size divides.
     """
     n = plan.ndevices
     for op in plan.graph.ops:
@@ -36,6 +43,13 @@ def follow(plan: Plan, layouts: dict[str, Placement], choose: Chooser | None = N
         for label in candidates:
             if label is None or not op.known:
                 continue
+            k = colocate(op) if colocate is not None else 1
+            try:
+                plan.partition(op, label, n * k)
+                break
+            except PlanError:
+                if k == 1:
+                    continue
             try:
                 plan.partition(op, label, n)
                 break
@@ -71,7 +85,13 @@ def _is_weight_linear(op: Op) -> bool:
     )
 
 
-def tensor_parallel(graph: Graph, ndevices: int) -> Plan:
+def tensor_parallel(
+    graph: Graph,
+    ndevices: int,
+    *,
+    colocate: Callable[[Op], int] | None = None,
+    require_linear: bool = True,
+) -> Plan:
     """Megatron: a linear reading a whole activation is split by columns, one reading columns by rows.
 
     Embedding tables are split by vocabulary rows (each device looks up the
@@ -94,14 +114,40 @@ def tensor_parallel(graph: Graph, ndevices: int) -> Plan:
             return "k"
         return None
 
-    plan = follow(Plan(graph, ndevices), {}, choose)
-    if not any(_is_weight_linear(op) and plan.transform_of(op) is not None for op in graph.ops):
+    plan = follow(Plan(graph, ndevices), {}, choose, colocate=colocate)
+    if require_linear and not any(
+        _is_weight_linear(op) and plan.transform_of(op) is not None for op in graph.ops
+    ):
         raise PlanError(
             f"tensor parallel: no linear layer of this model splits over {ndevices} devices"
         )
     return plan
 
 
-PLANS: dict[str, Callable[[Graph, int], Plan]] = {"dp": data_parallel, "tp": tensor_parallel}
+def coshard(graph: Graph, ndevices: int, colocate: int = 2) -> Plan:
+    """Megatron tensor parallel where attention runs as ``colocate`` parts per device, one after another.
 
-__all__ = ["PLANS", "Partial", "data_parallel", "follow", "tensor_parallel"]
+    Attention's score matrix is the largest activation of a transformer; cut
+    in ``ndevices * colocate`` head groups, each device computes (and, in
+    training, recomputes in the backward) one group at a time, so its peak
+    holds ``1/colocate`` of its share. The layouts, and so the communication,
+    are tensor parallelism's.
+    """
+    sdpa = torch.ops.aten.scaled_dot_product_attention.default
+    plan = tensor_parallel(
+        graph, ndevices, colocate=lambda op: colocate if op.target is sdpa else 1
+    )
+    if not any(len(plan.subops.get(op.name, [])) > ndevices for op in graph.ops):
+        raise PlanError(
+            f"co-shard: no attention of this model splits in {ndevices} x {colocate} head groups"
+        )
+    return plan
+
+
+PLANS: dict[str, Callable[[Graph, int], Plan]] = {
+    "dp": data_parallel,
+    "tp": tensor_parallel,
+    "coshard": coshard,
+}
+
+__all__ = ["PLANS", "Partial", "coshard", "data_parallel", "follow", "tensor_parallel"]

@@ -10,6 +10,7 @@ model, weight-gradient reduction included.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -17,9 +18,11 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Placement, Replicate, Shard
 from torch.fx.node import map_arg
+from torch.utils.checkpoint import checkpoint
 
 from agentrt.parallelism.anno import Split
 from agentrt.parallelism.comm import Adapter, Program, Step
+from agentrt.parallelism.graph import Op
 
 
 def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -92,6 +95,8 @@ class Runner:
     ) -> None:
         self.program = program
         self.mesh = mesh
+        # op name -> fastest seconds seen for it (adapters included), when set to a dict
+        self.timer: dict[str, float] | None = None
         self.rank = mesh.get_local_rank()
         self.n = program.ndevices
         graph = program.plan.graph
@@ -126,27 +131,78 @@ class Runner:
         # before its backward collective runs, once.
         cache: dict[tuple[str, Any, Any], torch.Tensor] = {}
         for op, adapters in self.program.steps:
-            local: dict[str, list[torch.Tensor]] = {}
+            start = time.perf_counter()
+            values = []
             for t, adapter in zip(op.inputs, adapters, strict=True):
                 if adapter.key not in cache:
                     cache[adapter.key] = self._adapt(env[t.name], adapter)
-                local.setdefault(t.name, []).append(cache[adapter.key])
-            args, kwargs = _bind(op.node, local, graph.alias)
+                values.append(cache[adapter.key])
             split = self.program.plan.transform_of(op)
-            kernel = op.target
-            if split is not None:
-                split = Split(split.label, split.n, self.rank)
-                if op.anno.localize is not None:
-                    args, kwargs = op.anno.localize(tuple(args), dict(kwargs), op.anno, split)
-                if op.anno.kernel is not None:
-                    kernel = op.anno.kernel(split)
-            result = kernel(*args, **kwargs)
+            if split is not None and split.n > self.n:
+                result = self._coshard(op, values, split)
+            else:
+                result = self._call(op, values, None if split is None else self.rank)
             if len(op.outputs) == 1 and not isinstance(result, (list, tuple)):
                 env[op.outputs[0].name] = result
             else:
                 for t, value in zip(op.outputs, result, strict=True):
                     env[t.name] = value
+            if self.timer is not None:
+                took = time.perf_counter() - start
+                self.timer[op.name] = min(self.timer.get(op.name, took), took)
         return [self._adapt(env[a.tensor.name], a) for a in self.program.outputs]
+
+    def _call(self, op: Op, values: list[torch.Tensor], index: int | None) -> Any:
+        """``op`` on local pieces (one per tensor input); ``index``: which part of its split this is."""
+        local: dict[str, list[torch.Tensor]] = {}
+        for t, value in zip(op.inputs, values, strict=True):
+            local.setdefault(t.name, []).append(value)
+        args, kwargs = _bind(op.node, local, self.program.plan.graph.alias)
+        split = self.program.plan.transform_of(op)
+        kernel = op.target
+        if split is not None and index is not None:
+            split = Split(split.label, split.n, index)
+            if op.anno.localize is not None:
+                args, kwargs = op.anno.localize(tuple(args), dict(kwargs), op.anno, split)
+            if op.anno.kernel is not None:
+                kernel = op.anno.kernel(split)
+        return kernel(*args, **kwargs)
+
+    def _coshard(self, op: Op, values: list[torch.Tensor], split: Split) -> Any:
+        """Co-shard: this device runs its ``k`` consecutive parts of ``op`` one after another.
+
+        Each part reads its chunk of the device's piece along the split label and
+        is recomputed in the backward (activation checkpointing), so only one
+        part's intermediates are alive at a time; the parts' outputs are
+        concatenated (or summed, for a reduction the output lacks).
+        """
+        k = split.n // self.n
+        label = split.label
+
+        def part(c: int, *vals: torch.Tensor) -> Any:
+            pieces = []
+            for i, (v, labels) in enumerate(zip(vals, op.anno.inputs, strict=True)):
+                if label in labels:
+                    v = v.chunk(k, dim=labels.index(label))[c]
+                elif label in op.anno.reduce and i in op.anno.additive and c:
+                    v = torch.zeros_like(v)  # a partial-sum input is added by one part only
+                pieces.append(v)
+            return self._call(op, pieces, self.rank * k + c)
+
+        grad = torch.is_grad_enabled() and any(v.requires_grad for v in values)
+        parts = [
+            checkpoint(part, c, *values, use_reentrant=False) if grad else part(c, *values)
+            for c in range(k)
+        ]
+        multi = isinstance(parts[0], (list, tuple))
+        outs = []
+        for i, labels in enumerate(op.anno.outputs):
+            got = [p[i] if multi else p for p in parts]
+            if label in labels:
+                outs.append(torch.cat(got, dim=labels.index(label)))
+            else:
+                outs.append(torch.stack(got).sum(0))
+        return outs if multi else outs[0]
 
     def full_grads(self, *, keep: bool = True) -> dict[str, torch.Tensor]:
         """Every parameter's gradient, made whole (for checking against one device).
@@ -180,3 +236,11 @@ def init_mesh(n: int) -> DeviceMesh:
     """The 1-D mesh over the current process group (gloo on CPU, NCCL on CUDA)."""
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
     return DeviceMesh(device, list(range(n)))
+
+
+def init_mesh_2d(stages: int, width: int) -> DeviceMesh:
+    """A (pipeline stage, position in the stage) mesh: ``mesh["tp"]`` is this rank's stage group,
+    ``mesh["pp"]`` the ranks at the same position in every stage."""
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    grid = torch.arange(stages * width).reshape(stages, width)
+    return DeviceMesh(device, grid, mesh_dim_names=("pp", "tp"))

@@ -43,33 +43,23 @@ class ProgramAccounting:
         return entry, record
 
     def retire(
-        self,
-        program_id: str,
-        call_id: str,
-        now: float,
-        *,
-        wait: float,
-        service: float,
-        outcome: CallOutcome,
-        call: Call | None = None,
+        self, call: Call, now: float, *, wait: float, outcome: CallOutcome
     ) -> ProgramEntry | None:
-        """The call left: close its record with ``wait``, ``service`` and ``outcome``.
+        """The call left with ``wait`` and ``call.service``: close its record with them and ``outcome``.
 
-        Its wait and service add to the program's totals; given the
-        :class:`Call` (and a policy), its level is recorded and the program's
-        priority updated. Returns the program's entry, None if it is gone.
+        Its wait and service add to the program's totals, its level is
+        recorded, and with a policy the program's priority is updated.
+        Returns the program's entry, None if it is gone.
         """
-        entry = self.table.get(program_id)
+        entry = self.table.get(call.program_id)
         if entry is None:
             return None
-        record = entry.live.get(call_id)
+        record = entry.live.get(call.call_id)
         if record is not None:
-            record.wait, record.service = wait, service
-            if call is not None:
-                record.level = call.level
-        if call is not None and self.policy is not None:
+            record.wait, record.service, record.level = wait, call.service, call.level
+        if self.policy is not None:
             entry.service = self.policy.updated_service(entry.service, call)
-        self.table.call_ended(program_id, call_id, now, outcome)
+        self.table.call_ended(call.program_id, call.call_id, now, outcome)
         return entry
 
     def credit(self, program_id: str, service: float, now: float) -> ProgramEntry:

@@ -142,6 +142,11 @@ class Scheduler:
         """The calls of the last decision's batch that are still live."""
         return list(self._running.values())
 
+    @property
+    def num_waiting(self) -> int:
+        """Live calls not running (the simulator's retention weighs pins against them)."""
+        return len(self._calls) - len(self._running)
+
     def calls_per_level(self) -> list[int]:
         """Live calls per queue level, top first (one level for fcfs and las); for metrics."""
         counts = [0] * (len(self._quanta) if self.policy.uses_levels else 1)
@@ -296,15 +301,7 @@ class Scheduler:
         call.running = False
         call._stop_waiting(self.clock(now))
         del self._records[call.seq]
-        entry = self.accounting.retire(
-            call.program_id,
-            call_id,
-            now,
-            wait=call._wait_acc,
-            service=call.service,
-            outcome=outcome,
-            call=call,
-        )
+        entry = self.accounting.retire(call, now, wait=call._wait_acc, outcome=outcome)
         if entry is not None and self._starvation and self.policy.program_aware:
             for sibling in siblings.values():
                 self._push_deadline(sibling, entry)

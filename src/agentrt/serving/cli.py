@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weight-only quantized decode on CPU (default none)",
     )
     parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode steps through torch.compile, cached on disk (default: [engine] compile)",
+    )
+    parser.add_argument(
         "--kv-cache-memory", help="KV pool: bytes (2GiB, 512MB) or a fraction of memory (0.3)"
     )
     parser.add_argument(
@@ -64,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         dest="backends",
         metavar="URL",
-        help="a remote OpenAI-compatible server ([vllm+|sglang+|agentrt+]URL); repeatable",
+        help="a remote OpenAI-compatible server ([vllm+|sglang+|llamacpp+|agentrt+|openai+]URL"
+        "[,max_inflight=N]); repeatable",
     )
     parser.add_argument(
         "--ray-address", help="place the engine replicas on this Ray cluster ('auto', ray://...)"

@@ -29,6 +29,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The embedded engine's dtype and weight-only quantization; unset: [engine] of the file.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     quantization: Literal["none", "int8", "int4"] | None = None
+    compile: bool | None = None  # the embedded engine's compiled decode; unset: [engine]
     # KV pool size for the embedded engine: bytes ("2GiB", "512MB", an int) or a fraction ("0.5").
     kv_cache_memory: str | float | None = None
     # Program-aware KV retention of the embedded engine; unset: [engine.retention] of the file.
@@ -66,7 +67,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limit_concurrency: int | None = None
     h11_max_incomplete_event_size: int = 16 * 1024
     backlog: int = 2048
+    # One log line per request (and the startup and disconnect lines), at this level: "info"
+    # for agentrt serve; serve_in_process uses "debug", so the user's terminal shows the program.
     log_requests: bool = True
+    request_log_level: Literal["debug", "info"] = "info"
     # After SIGTERM/SIGINT, in-flight requests get this many seconds to finish
     # before their connections are cut and the process exits (a stuck stream
     # must not keep a stopping server alive).

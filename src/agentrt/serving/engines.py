@@ -66,6 +66,7 @@ def engine_config(server: ServerConfig, toml_path: str | Path | None = None) -> 
         "max_num_seqs": server.max_num_seqs,
         "dtype": server.dtype,
         "quantization": server.quantization,
+        "compile": server.compile,
     }
     if server.kv_cache_memory is not None:
         overrides["kv_cache_memory"] = parse_memory(server.kv_cache_memory)
@@ -74,6 +75,15 @@ def engine_config(server: ServerConfig, toml_path: str | Path | None = None) -> 
         retention = msgspec.structs.replace(config.retention, mode=server.kv_retention)
         config = msgspec.structs.replace(config, retention=retention)
     return msgspec.structs.replace(config, scheduler=scheduler_config(server, toml_path))
+
+
+@asynccontextmanager
+async def embedded(config: EngineConfig) -> AsyncIterator[EngineClient]:
+    """The embedded engine with ``config``, loaded off the event loop and closed when the block exits."""
+    from agentrt.engine import AsyncEngine
+
+    async with await AsyncEngine.start(config) as engine:
+        yield engine
 
 
 async def embedded_engine(**config: Any) -> EngineClient:
@@ -101,13 +111,8 @@ async def open_engine(
             yield engine
         return
     if not _routed(server, remotes):
-        from agentrt.engine import AsyncEngine
-
-        engine = await AsyncEngine.start(engine_config(server, toml_path))
-        try:
+        async with embedded(engine_config(server, toml_path)) as engine:
             yield engine
-        finally:
-            await engine.close()
         return
     async with _router(server, toml_path, remotes) as router:
         yield router
@@ -162,10 +167,13 @@ def _router(server: ServerConfig, toml_path: str | Path | None, remotes: list[An
     elif server.replicas > 1 or not (server.backends or remotes):
         backends += [ProcessBackend(f"replica-{i}", spec) for i in range(server.replicas)]
     configs = [parse_backend(url) for url in server.backends] + remotes
-    backends += [RemoteBackend(f"remote-{i}", c) for i, c in enumerate(configs)]
+    scheduler = scheduler_config(server, toml_path)
+    backends += [
+        RemoteBackend(f"remote-{i}", c, scheduler=scheduler) for i, c in enumerate(configs)
+    ]
     return Router(
         backends,
         config=load_config(RouterConfig, toml_path, "router"),
-        scheduler=scheduler_config(server, toml_path),
+        scheduler=scheduler,
         balancer=load_config(BalancerConfig, toml_path, "balancer"),
     )

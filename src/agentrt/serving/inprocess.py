@@ -35,6 +35,7 @@ from concurrent.futures import Future
 from typing import Any, ClassVar, TypeVar
 
 import anyio
+import msgspec
 import sniffio
 from anyio.from_thread import BlockingPortal
 from starlette.types import ASGIApp, Message
@@ -494,35 +495,25 @@ def serve_in_process(engine_or_config: Any = None, *, config: Any = None) -> Any
     engine or router it describes), or None (the embedded default model).
     The engine is built when the app is first used, on the app's own loop,
     and closed at interpreter exit; ``config`` (a ``ServerConfig``) sets the
-    server's limits and keys.
+    server's limits and keys. The server logs its requests at debug level
+    (``AGENTRT_LOG_LEVEL=debug`` shows them).
     """
-    from contextlib import asynccontextmanager
-
     from agentrt.engine.config import EngineConfig
     from agentrt.protocol.engine import EngineClient
     from agentrt.serving.config import ServerConfig
-    from agentrt.serving.engines import open_engine
+    from agentrt.serving.engines import embedded, open_engine
     from agentrt.serving.http.app import create_app
 
     server = config or (
         engine_or_config if isinstance(engine_or_config, ServerConfig) else ServerConfig()
     )
+    # The server's lines about each request are not the program's output.
+    server = msgspec.structs.replace(server, request_log_level="debug")
     if isinstance(engine_or_config, EngineClient):
         return create_app(engine_or_config, server)
     if isinstance(engine_or_config, EngineConfig):
         engine_config = engine_or_config
-
-        @asynccontextmanager
-        async def embedded() -> AsyncIterator[EngineClient]:
-            from agentrt.engine import AsyncEngine
-
-            engine = await AsyncEngine.start(engine_config)
-            try:
-                yield engine
-            finally:
-                await engine.close()
-
-        return create_app(embedded, server)
+        return create_app(lambda: embedded(engine_config), server)
     if engine_or_config is not None and not isinstance(engine_or_config, ServerConfig):
         raise TypeError(
             f"serve_in_process takes an EngineClient, EngineConfig or ServerConfig, not {type(engine_or_config).__name__}"

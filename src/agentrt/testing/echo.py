@@ -7,6 +7,8 @@ against. It honours what a client can observe of a real engine: ``max_tokens``,
 stop strings and stop token ids, ``n``, logprobs, the context length (prompts
 that do not fit raise :class:`PromptTooLong`), a per-token delay for streaming,
 aborts, and a simulated KV pool whose blocks return to zero when calls end.
+With ``slots`` it runs at most that many calls and queues the rest first
+come, first served, as llama.cpp's server does with its parallel slots.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import math
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -53,6 +56,9 @@ class EchoEngine:
     ``max_running`` bounds concurrent calls (beyond it ``generate`` raises
     :class:`EngineOverloaded`, as a full engine would); ``block_size`` and
     ``kv_blocks_total`` size the simulated KV pool reported by :meth:`stats`.
+    ``slots`` bounds running calls too, but queues the calls beyond it (FIFO)
+    instead of refusing them; ``started`` lists call ids in the order they
+    got a slot, and ``peak_running`` the most that ran at once.
     Every aborted call id is appended to ``aborted``; started and ended
     programs are kept in ``programs`` so tests can see what the engine was told.
     """
@@ -67,6 +73,7 @@ class EchoEngine:
         max_running: int | None = None,
         block_size: int = 16,
         kv_blocks_total: int = 4096,
+        slots: int | None = None,
     ) -> None:
         self.model = model
         self.max_model_len = max_model_len
@@ -80,6 +87,11 @@ class EchoEngine:
         self.programs: dict[str, ProgramTag] = {}
         self.ended_programs: list[str] = []
         self.requests: list[GenerationRequest] = []
+        self.slots = slots
+        self.started: list[str] = []
+        self.peak_running = 0
+        self._queue = anyio.CapacityLimiter(slots) if slots is not None else None
+        self._queued = 0
         self._blocks: dict[str, int] = {}  # call id -> KV blocks held
         self._abort_requested: set[str] = set()
         self._generated = 0
@@ -87,7 +99,29 @@ class EchoEngine:
 
     # ------------------------------------------------------------------ EngineClient
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        if self._queue is None:
+            return self._generate(request)
+        return self._in_slot(request)
+
+    async def _in_slot(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        """Wait for a slot in arrival order, then run the call in it."""
+        assert self._queue is not None
+        self._queued += 1
+        try:
+            await self._queue.acquire_on_behalf_of(request.call_id)
+        finally:
+            self._queued -= 1
+        try:
+            self.started.append(request.call_id)
+            self.peak_running = max(self.peak_running, int(self._queue.borrowed_tokens))
+            async with aclosing(self._generate(request)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            self._queue.release_on_behalf_of(request.call_id)
+
+    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         arrival = request.arrival_time or time.monotonic()
         prompt_pieces = tokenize(self._prompt_text(request))
         prompt_len = len(request.prompt) if isinstance(request.prompt, list) else len(prompt_pieces)
@@ -138,6 +172,7 @@ class EchoEngine:
         used = sum(self._blocks.values())
         return EngineStats(
             running=len(self._blocks),
+            waiting=self._queued,
             kv_blocks_total=self.kv_blocks_total,
             kv_blocks_used=used,
             kv_usage=used / self.kv_blocks_total,

@@ -127,3 +127,39 @@ def test_bench_compare_says_when_the_binary_is_missing(tmp_path: Path, capsys) -
     ])  # fmt: skip
     assert code == 2
     assert "no executable llama-server" in capsys.readouterr().out
+
+
+def test_the_server_stops_when_the_benchmark_is_killed(fake_binary: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    model = write_gguf(tmp_path / "m.gguf", tied=True)
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from agentrt.bench.llama_server import LlamaServerConfig, llama_server\n"
+        f"config = LlamaServerConfig(binary=Path({str(fake_binary)!r}), model=Path({str(model)!r}),"
+        " slots=1, threads=1)\n"
+        "with llama_server(config, startup_timeout=60) as url:\n"
+        "    print(url, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    bench = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert bench.stdout is not None
+        url = bench.stdout.readline().strip()
+        assert httpx.get(url + "/models").status_code == 200
+    finally:
+        bench.kill()  # no finally block runs in it
+        bench.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url + "/models", timeout=1.0)
+        except httpx.HTTPError:
+            return
+        time.sleep(0.2)
+    pytest.fail("llama-server outlived the benchmark that started it")

@@ -8,6 +8,7 @@ import torch
 from tests.conftest import make_tiny_llama, make_tiny_loaded
 
 from agentrt.engine.config import EngineConfig
+from agentrt.engine.kv_cache import PagedKVCache
 from agentrt.engine.llm_engine import LLMEngine
 from agentrt.engine.sampling import SamplingState
 from agentrt.engine.sequence import Sequence
@@ -69,3 +70,18 @@ def seq(name: str, tokens: list[int]) -> Sequence:
         arrival=0.0,
         call=Call(name, name),
     )
+
+
+def small_kv_cache(num_blocks: int = 8) -> PagedKVCache:
+    """A float32 CPU cache of 3 layers, blocks of 4 tokens, 2 KV heads of dim 8, filled at random."""
+    cache = PagedKVCache(
+        num_layers=3,
+        num_blocks=num_blocks,
+        block_size=4,
+        num_kv_heads=2,
+        head_dim=8,
+        dtype=torch.float32,
+        device="cpu",
+    )
+    cache.kv.copy_(torch.randn_like(cache.kv))
+    return cache

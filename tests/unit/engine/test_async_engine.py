@@ -21,6 +21,7 @@ from tests.unit.engine.helpers import (
 from agentrt.engine import AsyncEngine
 from agentrt.protocol.engine import (
     EngineClient,
+    EngineUnavailable,
     GenerationRequest,
     InvalidRequest,
     ProgramTag,
@@ -48,6 +49,15 @@ async def collect(stream: AsyncIterator[TokenEvent]) -> list[TokenEvent]:
 
 def test_it_is_an_engine_client() -> None:
     assert issubclass(AsyncEngine, EngineClient)
+
+
+async def test_as_a_context_manager_it_serves_in_the_block_and_is_closed_after() -> None:
+    async with AsyncEngine(tiny_engine(num_kv_blocks=128)) as eng:
+        events = await collect(eng.generate(request("c1", [5, 6, 7], max_tokens=2)))
+        assert events[-1].finish_reason == "length"
+    assert not eng._thread.is_alive()
+    with pytest.raises(EngineUnavailable, match="shut down"):
+        await collect(eng.generate(request("c2", [5, 6, 7], max_tokens=2)))
 
 
 async def test_streams_greedy_tokens_with_usage_and_timings_on_the_last_event(

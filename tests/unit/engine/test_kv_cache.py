@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import torch
+from tests.unit.engine.helpers import small_kv_cache
 
-from agentrt.engine.kv_cache import HostRange, HostSwapPool, PagedKVCache
-
-
-def cache(num_blocks: int = 8) -> PagedKVCache:
-    c = PagedKVCache(
-        num_layers=3,
-        num_blocks=num_blocks,
-        block_size=4,
-        num_kv_heads=2,
-        head_dim=8,
-        dtype=torch.float32,
-        device="cpu",
-    )
-    c.kv.copy_(torch.randn_like(c.kv))
-    return c
+from agentrt.engine.kv_cache import HostRange, HostSwapPool
 
 
 def test_a_layer_view_is_the_cache_itself() -> None:
-    c = cache()
+    c = small_kv_cache()
     keys, values = c.layer(1)
     keys[5].fill_(7.0)  # slot 5 = block 1, offset 1
     assert torch.all(c.kv[1, 0, 1, 1] == 7.0)
@@ -30,7 +17,7 @@ def test_a_layer_view_is_the_cache_itself() -> None:
 
 
 def test_swap_out_and_in_restores_every_layer_into_other_blocks() -> None:
-    c = cache()
+    c = small_kv_cache()
     pool = HostSwapPool(c, capacity_bytes=4 * c.block_bytes)
     before = c.kv[:, :, [2, 5, 6]].clone()
     handle = pool.swap_out([2, 5, 6])
@@ -42,7 +29,7 @@ def test_swap_out_and_in_restores_every_layer_into_other_blocks() -> None:
 
 
 def test_a_full_pool_refuses_and_released_ranges_merge() -> None:
-    c = cache()
+    c = small_kv_cache()
     pool = HostSwapPool(c, capacity_bytes=5 * c.block_bytes)
     a, b, d = pool.swap_out([0, 1]), pool.swap_out([2]), pool.swap_out([3, 4])
     assert a and b and d
@@ -55,6 +42,6 @@ def test_a_full_pool_refuses_and_released_ranges_merge() -> None:
 
 
 def test_no_swap_space_means_no_swap() -> None:
-    c = cache()
+    c = small_kv_cache()
     pool = HostSwapPool(c, capacity_bytes=0)
     assert pool.num_blocks == 0 and pool.swap_out([0]) is None

@@ -20,6 +20,11 @@ def test_plan_on_two_processes_matches_one_device(model: str, plan: str) -> None
     assert result.max_grad_error <= 1e-4 and result.second_loss_error <= 1e-4
 
 
+def test_coshard_on_two_processes_matches_one_device() -> None:
+    result = verify("tiny-llama", "coshard", 2, train=True)
+    assert result.ok, result.as_dict()
+
+
 def test_a_plan_error_is_raised_before_any_process_starts() -> None:
     with pytest.raises(PlanError, match="batch size 4, which 3 devices do not divide"):
         verify("tiny-gpt", "dp", 3)

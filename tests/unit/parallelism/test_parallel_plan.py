@@ -96,7 +96,7 @@ def test_assign_must_stay_on_the_mesh(gpt_logits_graph: Any) -> None:
         plan.assign(subs[0], 2)
     plan.assign(subs[0], 1)
     plan.assign(subs[1], 0)
-    with pytest.raises(PlanError, match="sub-operator i on device i"):
+    with pytest.raises(PlanError, match="runs every operator on all 2 devices"):
         lower(plan)
 
 
@@ -214,3 +214,25 @@ def test_hand_written_megatron_mlp_gets_its_collectives_from_phase_3(llama_loss_
     # the two column splits share one backward all-reduce of the norm's output
     shared = [a for a in program.adapters if a.tensor.name == norm_out and a.backward]
     assert len(shared) == 1
+
+
+def test_coshard_runs_two_consecutive_attention_parts_per_device(llama_loss_graph: Any) -> None:
+    from agentrt.parallelism.plans import coshard
+
+    plan = coshard(llama_loss_graph, 2)
+    sdpa = [
+        op
+        for op in llama_loss_graph.ops
+        if plan.transform_of(op) is not None and len(plan.subops[op.name]) == 4
+    ]
+    assert sdpa and all(op.target is aten.scaled_dot_product_attention.default for op in sdpa)
+    for op in sdpa:
+        assert [plan.device[s] for s in plan.subops[op.name]] == [0, 0, 1, 1]
+    tp = lower(tensor_parallel(llama_loss_graph, 2))
+    co = lower(plan)
+    assert co.collectives(train=True) == tp.collectives(train=True)  # tensor parallel's layouts
+    with pytest.raises(PlanError, match="no attention of this model splits in 2 x 64 head groups"):
+        coshard(llama_loss_graph, 2, colocate=64)
+    fresh = Plan(llama_loss_graph, 2)
+    with pytest.raises(PlanError, match="3 sub-operators are not a multiple of 2 devices"):
+        fresh.replicate(llama_loss_graph.ops[0], 3)

@@ -13,10 +13,18 @@ from agentrt.scheduling import (
     make_policy,
 )
 
+FINISHED = CallOutcome.FINISHED
+
 
 def accounting(policy: str | None = "atlas") -> ProgramAccounting:
     boundaries = SchedulerConfig(service_unit="tokens").boundaries  # 256, 512, ...
     return ProgramAccounting(ProcessTable(), make_policy(policy) if policy else None, boundaries)
+
+
+def served(call_id: str, service: float, program_id: str = "p") -> Call:
+    call = Call(call_id, program_id)
+    call.service = service
+    return call
 
 
 def test_an_admitted_call_takes_its_programs_priority_and_level() -> None:
@@ -26,45 +34,31 @@ def test_an_admitted_call_takes_its_programs_priority_and_level() -> None:
     assert (first.start_value, first.level, record.level) == (0.0, 0, 0)
     assert (record.call_id, record.thread_id, record.outcome) == ("c1", "t0", CallOutcome.LIVE)
     first.service = 300.0
-    assert (
-        acc.retire(
-            "p", "c1", 1.0, wait=2.0, service=300.0, outcome=CallOutcome.FINISHED, call=first
-        )
-        is entry
-    )
+    assert acc.retire(first, 1.0, wait=2.0, outcome=FINISHED) is entry
     assert (entry.service, entry.total_service, entry.wait) == (300.0, 300.0, 2.0)
     second = Call("c2", "p")
     _, record = acc.admit(second, 2.0)
     assert (second.start_value, second.level, record.level) == (300.0, 1, 1)
 
 
-def test_atlas_keeps_the_critical_path_and_plas_the_sum() -> None:
-    for policy, expected in (("atlas", 100.0), ("plas", 160.0)):
-        acc = accounting(policy)
-        calls = [Call(f"c{i}", "p") for i in range(2)]
-        for call in calls:
-            acc.admit(call, 0.0)
-        for call, service in zip(calls, (100.0, 60.0), strict=True):
-            call.service = service
-            acc.retire(
-                "p",
-                call.call_id,
-                1.0,
-                wait=0.0,
-                service=service,
-                outcome=CallOutcome.FINISHED,
-                call=call,
-            )
-        entry = acc.table.get("p")
-        assert entry is not None and entry.service == expected and entry.total_service == 160.0
+@pytest.mark.parametrize(("policy", "expected"), [("atlas", 100.0), ("plas", 160.0)])
+def test_atlas_keeps_the_critical_path_and_plas_the_sum(policy: str, expected: float) -> None:
+    acc = accounting(policy)
+    calls = [served("c0", 100.0), served("c1", 60.0)]
+    for call in calls:
+        acc.admit(call, 0.0)
+    for call in calls:
+        acc.retire(call, 1.0, wait=0.0, outcome=FINISHED)
+    entry = acc.table.get("p")
+    assert entry is not None and entry.service == expected and entry.total_service == 160.0
 
 
 def test_a_retired_record_keeps_its_wait_service_level_and_outcome() -> None:
     acc = accounting()
     call = Call("c1", "p")
     entry, _ = acc.admit(call, 0.0)
-    call.level = 3
-    acc.retire("p", "c1", 5.0, wait=1.5, service=7.0, outcome=CallOutcome.ABORTED, call=call)
+    call.level, call.service = 3, 7.0
+    acc.retire(call, 5.0, wait=1.5, outcome=CallOutcome.ABORTED)
     record = entry.recent[-1]
     assert (record.wait, record.service, record.level) == (1.5, 7.0, 3)
     assert (record.outcome, record.finished) == ("aborted", 5.0)
@@ -73,19 +67,19 @@ def test_a_retired_record_keeps_its_wait_service_level_and_outcome() -> None:
 
 def test_without_a_policy_only_the_records_and_totals_are_kept() -> None:
     acc = accounting(None)
-    call = Call("c1", "p")
-    call.start_value, call.level = 9.0, 2
+    call = served("c1", 4.0)
+    call.start_value = 9.0
     entry, record = acc.admit(call, 0.0)
-    assert (call.start_value, call.level, record.level) == (9.0, 2, 0)
-    acc.retire("p", "c1", 1.0, wait=0.5, service=4.0, outcome=CallOutcome.FINISHED)
+    assert (call.start_value, record.level) == (9.0, 0)
+    acc.retire(call, 1.0, wait=0.5, outcome=FINISHED)
     assert (entry.service, entry.total_service, entry.wait) == (0.0, 4.0, 0.5)
 
 
 def test_retiring_an_unknown_program_or_call_changes_nothing() -> None:
-    acc = accounting()
-    assert acc.retire("nope", "c", 1.0, wait=1.0, service=1.0, outcome=CallOutcome.FINISHED) is None
+    acc = accounting(None)
+    assert acc.retire(served("c", 1.0, "nope"), 1.0, wait=1.0, outcome=FINISHED) is None
     acc.table.start("p", 0.0)
-    entry = acc.retire("p", "c", 1.0, wait=1.0, service=1.0, outcome=CallOutcome.FINISHED)
+    entry = acc.retire(served("c", 1.0), 1.0, wait=1.0, outcome=FINISHED)
     assert entry is not None and entry.total_service == 0.0 and not entry.recent
 
 

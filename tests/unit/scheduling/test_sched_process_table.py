@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tests.unit.scheduling.admissions import SlotAdmission
 
-from agentrt.scheduling import Call, ProcessTable, SchedulerConfig, make_scheduler
+from agentrt.scheduling import Call, CallOutcome, ProcessTable, SchedulerConfig, make_scheduler
 
 
 def test_a_program_is_created_on_start_or_on_its_first_call() -> None:
@@ -86,7 +86,7 @@ def test_programs_with_live_calls_are_never_evicted() -> None:
     entry = table.get("a")
     assert entry is not None
     entry.live["a.0"].service = 1.0
-    table.call_ended("a", "a.0", 4.0, "finished")  # back to idle: trimmed to the bound
+    table.call_ended("a", "a.0", 4.0, CallOutcome.FINISHED)  # back to idle: trimmed to the bound
     assert len(table) <= 3 and {"b", "c"} <= {e.program_id for e in table.programs()}
 
 

@@ -12,6 +12,7 @@ from tests.unit.scheduling.harness import ProgramSpec, run_programs
 from agentrt.scheduling import (
     POLICIES,
     Call,
+    CallOutcome,
     ProcessTable,
     Scheduler,
     SchedulerConfig,
@@ -213,7 +214,7 @@ def test_the_process_table_stays_bounded(events: list[tuple[str, int]], bound: i
             table.call_started(program, f"{program}.{i}", "", now)
             live.setdefault(program, []).append(f"{program}.{i}")
         elif kind == "done" and live.get(program):
-            table.call_ended(program, live[program].pop(), now, "finished")
+            table.call_ended(program, live[program].pop(), now, CallOutcome.FINISHED)
         elif kind == "end":
             table.end(program, now)
             if program in live and not live[program]:

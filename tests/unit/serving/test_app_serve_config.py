@@ -138,6 +138,17 @@ def test_dtype_and_quantization_flags_win_over_the_engine_table(tmp_path: Path) 
         parse("--quantization", "int3")
 
 
+def test_compile_flag_wins_over_the_engine_table(tmp_path: Path) -> None:
+    toml = tmp_path / "s.toml"
+    toml.write_text("[engine]\ncompile = true\n")
+    off = engine_config(server_config(parse("--config", str(toml), "--no-compile")), toml)  # type: ignore[arg-type]
+    assert off.compile is False
+    unset = engine_config(server_config(parse("--config", str(toml))), toml)  # type: ignore[arg-type]
+    assert unset.compile is True
+    on = engine_config(server_config(parse("--compile")))  # type: ignore[arg-type]
+    assert on.compile is True
+
+
 def test_kv_retention_flag_wins_over_the_engine_table(tmp_path: Path) -> None:
     toml = tmp_path / "s.toml"
     toml.write_text('[engine.retention]\nmode = "ttl"\npin_budget = 0.25\n')

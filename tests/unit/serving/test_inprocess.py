@@ -246,3 +246,41 @@ def test_an_app_started_inside_a_program_runs_its_lifespan_outside_it() -> None:
     finally:
         runner.close()
     assert seen == [None]
+
+
+class _Lines:
+    """Stands in for the server's loggers: records each line's level and event."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[int, str]] = []
+
+    def log(self, level: int, event: str, **fields: Any) -> None:
+        self.lines.append((level, event))
+
+
+@pytest.mark.parametrize("in_process", [True, False])
+def test_the_in_process_server_logs_requests_at_debug_and_the_standalone_one_at_info(
+    monkeypatch: pytest.MonkeyPatch, in_process: bool
+) -> None:
+    import logging
+
+    from agentrt.serving.http import app as app_module
+    from agentrt.serving.http import exchange, middleware
+
+    lines = _Lines()
+    for module in (app_module, exchange, middleware):
+        monkeypatch.setattr(module, "log", lines)
+    engine = EchoEngine(token_delay=0.02)
+    app = serve_in_process(engine) if in_process else create_app(engine, ServerConfig())
+    try:
+        client = sync_client(app)
+        client.chat.completions.create(model="echo", messages=ASK)
+        with client.chat.completions.create(model="echo", messages=ASK, stream=True) as stream:
+            next(iter(stream))  # then hang up: a disconnect line
+        assert wait_until(lambda: ("client disconnected" in {e for _, e in lines.lines}))
+    finally:
+        AppRunner.for_app(app).close()
+    events = [e for _, e in lines.lines]
+    assert events.count("request") == 2 and "serving" in events
+    expected = logging.DEBUG if in_process else logging.INFO
+    assert {level for level, _ in lines.lines} == {expected}

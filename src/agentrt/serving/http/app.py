@@ -79,7 +79,12 @@ def create_app(
                     raise
             elif close_engine:
                 stack.push_async_callback(engine.close)
-            log.info("serving", models=list(state.served_models()), auth=state.keys.enabled)
+            log.log(
+                state.log_level,
+                "serving",
+                models=list(state.served_models()),
+                auth=state.keys.enabled,
+            )
             yield
 
     routes = [
@@ -99,7 +104,10 @@ def create_app(
         routes=routes,
         middleware=[
             Middleware(
-                RequestIdMiddleware, metrics=lambda: state.metrics, log_requests=config.log_requests
+                RequestIdMiddleware,
+                metrics=lambda: state.metrics,
+                log_requests=config.log_requests,
+                log_level=state.log_level,
             ),
             Middleware(AuthMiddleware, keys=state.keys),
         ],

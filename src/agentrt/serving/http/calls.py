@@ -57,8 +57,9 @@ class CallTracker:
             self.last_token = now
         if event.usage is not None:
             self.usage = event.usage
-        if event.timings is not None:
+        if event.timings is not None:  # the engine's last event: the call is over on its side
             self.timings = event.timings
+            self.finished = now
         if event.finish_reason is not None:
             self.finish_reason = event.finish_reason
 

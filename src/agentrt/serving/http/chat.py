@@ -1,8 +1,8 @@
-"""``/v1/chat/completions``: one engine call, answered as one JSON body or as OpenAI's SSE chunks."""
+"""``/v1/chat/completions`` rendered: one engine call's events as a ``ChatCompletion`` or as OpenAI's SSE chunks."""
 
 from __future__ import annotations
 
-import time
+import msgspec
 
 from agentrt.protocol.engine import TokenEvent, TokenLogprob
 from agentrt.protocol.openai import (
@@ -18,11 +18,8 @@ from agentrt.protocol.openai import (
     ToolCallDelta,
     ToolCallFunctionDelta,
     TopLogprobEntry,
-    encoder,
 )
-from agentrt.serving.http.calls import CallTracker, run_call
-from agentrt.serving.http.exchange import Channel
-from agentrt.serving.http.generation import Generation, usage_info
+from agentrt.serving.http.render import Reply
 from agentrt.serving.http.toolcalls import ToolCallStream, parse_tool_calls
 
 
@@ -61,104 +58,78 @@ class _Choice:
             self.stop_reason = event.stop_reason
 
 
-async def answer_chat(
-    gen: Generation, channel: Channel, tool_names: set[str], stream: bool
-) -> None:
-    tracker = gen.trackers[0]
-    if stream:
-        await _stream(gen, channel, tracker, tool_names)
-        return
-    choices: dict[int, _Choice] = {}
+class ChatRenderer:
+    """The chat answer of one engine call; with ``tool_names``, tool calls are parsed out of the text."""
 
-    async def collect(event: TokenEvent) -> None:
-        choices.setdefault(event.index, _Choice()).add(event)
+    def __init__(self, reply: Reply, tool_names: set[str]) -> None:
+        self.reply = reply
+        self.tool_names = tool_names
+        self._choices: dict[int, _Choice] = {}
+        self._opened: set[int] = set()  # choices whose role chunk has gone out
+        self._tool_streams: dict[int, ToolCallStream] = {}
 
-    await run_call(gen.engine, tracker, collect)
-    gen.finished(tracker)
-    out: list[ChatChoice] = []
-    for index in sorted(choices):
-        c = choices[index]
-        content: str | None = "".join(c.text)
-        calls: list[ToolCall] = []
-        finish = c.finish_reason
-        if tool_names and content:
-            content, calls = parse_tool_calls(content, tool_names)
-            if calls:
-                finish = "tool_calls"
-        out.append(
-            ChatChoice(
-                index=index,
-                message=ResponseMessage(content=content, tool_calls=calls or None),
-                finish_reason=finish,
-                logprobs=chat_logprobs(c.logprobs),
-                stop_reason=c.stop_reason,
-            )
-        )
-    body = ChatCompletion(
-        id=gen.response_id,
-        created=gen.created,
-        model=gen.model,
-        choices=out,
-        usage=usage_info(gen.trackers),
-        agentrt=tracker.info(gen.program_id),
-    )
-    await channel.json(200, encoder.encode(body), gen.headers(tracker))
+    # ------------------------------------------------------------------ one JSON body
 
+    def add(self, call: int, event: TokenEvent) -> None:
+        self._choices.setdefault(event.index, _Choice()).add(event)
 
-async def _stream(
-    gen: Generation, channel: Channel, tracker: CallTracker, tool_names: set[str]
-) -> None:
-    include_usage = gen.include_usage
-    started: set[int] = set()
-    tool_streams: dict[int, ToolCallStream] = {}
-
-    def chunk(choices: list[ChatChunkChoice]) -> ChatCompletionChunk:
-        c = ChatCompletionChunk(
-            id=gen.response_id, created=gen.created, model=gen.model, choices=choices
-        )
-        if include_usage:
-            c.usage = None
-        return c
-
-    async def forward(event: TokenEvent) -> None:
-        if not channel.started:
-            await channel.open_stream(gen.headers(None))
-        i = event.index
-        if i not in started:
-            started.add(i)
-            await channel.event(
-                encoder.encode(
-                    chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
+    def body(self) -> ChatCompletion:
+        out: list[ChatChoice] = []
+        for index in sorted(self._choices):
+            c = self._choices[index]
+            content: str | None = "".join(c.text)
+            calls: list[ToolCall] = []
+            finish = c.finish_reason
+            if self.tool_names and content:
+                content, calls = parse_tool_calls(content, self.tool_names)
+                if calls:
+                    finish = "tool_calls"
+            out.append(
+                ChatChoice(
+                    index=index,
+                    message=ResponseMessage(content=content, tool_calls=calls or None),
+                    finish_reason=finish,
+                    logprobs=chat_logprobs(c.logprobs),
+                    stop_reason=c.stop_reason,
                 )
+            )
+        return self.reply.whole(ChatCompletion, out)
+
+    # ------------------------------------------------------------------ SSE chunks
+
+    def chunks(self, call: int, event: TokenEvent) -> list[msgspec.Struct]:
+        i = event.index
+        out: list[msgspec.Struct] = []
+        if i not in self._opened:
+            self._opened.add(i)
+            out.append(
+                self._chunk(ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content="")))
             )
         text = event.text
-        tools = None
-        if tool_names:
-            ts = tool_streams.setdefault(i, ToolCallStream(tool_names))
-            text = ts.feed(text)
+        if self.tool_names:
+            text = self._tool_streams.setdefault(i, ToolCallStream(self.tool_names)).feed(text)
         if text or event.logprobs:
-            await channel.event(
-                encoder.encode(
-                    chunk(
-                        [
-                            ChatChunkChoice(
-                                index=i,
-                                delta=ChatDelta(content=text or None),
-                                logprobs=chat_logprobs(event.logprobs),
-                            )
-                        ]
-                    )
+            delta = ChatDelta(content=text or None)
+            out.append(
+                self._chunk(
+                    ChatChunkChoice(index=i, delta=delta, logprobs=chat_logprobs(event.logprobs))
                 )
             )
-        if event.finish_reason is None:
-            return
-        finish: str = event.finish_reason
-        if tool_names:
-            tail, calls = tool_streams[i].finish()
+        if event.finish_reason is not None:
+            out += self._finish(i, event)
+        return out
+
+    def usage_chunk(self) -> ChatCompletionChunk:
+        return self.reply.usage_chunk(ChatCompletionChunk)
+
+    def _finish(self, i: int, event: TokenEvent) -> list[msgspec.Struct]:
+        """The chunks that end choice ``i``: the text and tool calls held back, then the finish reason."""
+        out: list[msgspec.Struct] = []
+        finish: str = event.finish_reason or ""
+        if self.tool_names:
+            tail, calls = self._tool_streams[i].finish()
             if tail:
-                await channel.event(
-                    encoder.encode(chunk([ChatChunkChoice(index=i, delta=ChatDelta(content=tail))]))
-                )
+                out.append(self._chunk(ChatChunkChoice(index=i, delta=ChatDelta(content=tail))))
             if calls:
                 tools = [
                     ToolCallDelta(
@@ -171,32 +142,13 @@ async def _stream(
                     )
                     for k, call in enumerate(calls)
                 ]
-                await channel.event(
-                    encoder.encode(
-                        chunk([ChatChunkChoice(index=i, delta=ChatDelta(tool_calls=tools))])
-                    )
-                )
+                out.append(self._chunk(ChatChunkChoice(index=i, delta=ChatDelta(tool_calls=tools))))
                 finish = "tool_calls"
-        last = chunk([ChatChunkChoice(index=i, delta=ChatDelta(), finish_reason=finish)])
-        if event.timings is not None and not include_usage:
-            tracker.finished = time.monotonic()
-            last.agentrt = tracker.info(gen.program_id)
-        await channel.event(encoder.encode(last))
+        last = self._chunk(ChatChunkChoice(index=i, delta=ChatDelta(), finish_reason=finish))
+        if event.timings is not None and not self.reply.include_usage:
+            last.agentrt = self.reply.trackers[0].info(self.reply.program_id)
+        out.append(last)
+        return out
 
-    await gen.stream_errors(channel, run_call(gen.engine, tracker, forward))
-    if channel.finished:
-        return
-    if not channel.started:
-        await channel.open_stream(gen.headers(None))
-    gen.finished(tracker)
-    if include_usage:
-        final = ChatCompletionChunk(
-            id=gen.response_id,
-            created=gen.created,
-            model=gen.model,
-            choices=[],
-            usage=usage_info(gen.trackers),
-        )
-        final.agentrt = tracker.info(gen.program_id)
-        await channel.event(encoder.encode(final))
-    await channel.close_stream()
+    def _chunk(self, choice: ChatChunkChoice) -> ChatCompletionChunk:
+        return self.reply.chunk(ChatCompletionChunk, [choice])

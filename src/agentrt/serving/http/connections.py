@@ -8,7 +8,7 @@ config values here. It has no deadline for a request head: a connection that
 never sends a byte, or sends its headers a byte at a time, stays open for
 ever, and enough of them exhaust the file descriptors. :func:`guarded_h11`
 adds that one deadline (``header_timeout``) to uvicorn's h11 protocol; the
-body's deadline (``body_timeout``) is the app's (:func:`~agentrt.serving.http.state.read_body`).
+body's deadline (``body_timeout``) is the app's (:func:`~agentrt.serving.http.bodies.read_body`).
 """
 
 from __future__ import annotations

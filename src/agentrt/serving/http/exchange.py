@@ -14,6 +14,7 @@ out decides how a late error is reported (JSON error vs an SSE error event).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -77,8 +78,9 @@ Handler = Callable[[Channel], Awaitable[None]]
 class Exchange:
     """ASGI app for one generation request: run ``handler``, cancel it if the client disconnects."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, log_level: int = logging.INFO) -> None:
         self.handler = handler
+        self.log_level = log_level
         self.disconnected = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -91,7 +93,7 @@ class Exchange:
                     if message["type"] == "http.disconnect":
                         if not channel.finished:
                             self.disconnected = True
-                            log.info("client disconnected", path=scope.get("path"))
+                            log.log(self.log_level, "client disconnected", path=scope.get("path"))
                         tg.cancel_scope.cancel()
                         return
 

@@ -1,87 +1,154 @@
-"""What the chat and completions handlers share: ids, the calls' trackers, program bookkeeping, errors."""
+"""One generation request from its server slot to its last byte, with one error path.
+
+:class:`Generation` takes the request's slot in the tenant's limiter, opens
+its calls' records in the program directory, runs the engine calls (side by
+side when there are several), feeds their events to the endpoint's renderer
+and sends what it returns: one JSON body, or an SSE stream opened at the
+first event. Whatever goes wrong after intake is answered in one place: as
+a JSON error while nothing has been sent, as an SSE error event (then
+``[DONE]``) once the stream is open.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable
-from dataclasses import dataclass, field
+import contextlib
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
 
 from agentrt.log import get_logger
-from agentrt.protocol.engine import EngineClient, EngineError
-from agentrt.protocol.openai import PromptTokensDetails, UsageInfo, encoder
-from agentrt.serving.http.calls import CallTracker
-from agentrt.serving.http.errors import APIError, from_engine_error, internal_error
+from agentrt.protocol.engine import EngineError, TokenEvent
+from agentrt.protocol.openai import encoder
+from agentrt.scheduling import CallOutcome
+from agentrt.serving.http.calls import CallTracker, run_call
+from agentrt.serving.http.errors import APIError, as_api_error, error_headers, internal_error
 from agentrt.serving.http.exchange import Channel, ClientGone
-from agentrt.serving.http.programs import ProgramDirectory
+from agentrt.serving.http.render import Renderer
+from agentrt.serving.http.state import ServerState
 
 log = get_logger("agentrt.serving")
 
 
-def usage_info(trackers: list[CallTracker]) -> UsageInfo:
-    prompt = sum(t.usage.prompt_tokens for t in trackers if t.usage is not None)
-    completion = sum(t.usage.completion_tokens for t in trackers if t.usage is not None)
-    cached = sum(t.usage.cached_tokens for t in trackers if t.usage is not None)
-    return UsageInfo(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
-    )
-
-
 @dataclass(kw_only=True)
 class Generation:
-    """One HTTP generation request: its engine calls and how to answer it."""
+    """A request's engine calls, run in a server slot and answered through ``renderer``."""
 
-    engine: EngineClient
-    trackers: list[CallTracker]
-    programs: ProgramDirectory
-    response_id: str
-    model: str
-    program_id: str | None  # as the client knows it (not tenant-scoped)
-    include_usage: bool = False
-    created: int = field(default_factory=lambda: int(time.time()))
+    state: ServerState
+    renderer: Renderer
+    tenant: str
+    stream: bool
+    interrupt: float = 0.0  # seconds the program spent in tools since its previous call
 
-    def headers(self, tracker: CallTracker | None) -> dict[str, str]:
+    @property
+    def trackers(self) -> list[CallTracker]:
+        return self.renderer.reply.trackers
+
+    async def __call__(self, channel: Channel) -> None:
+        programs = self.state.programs
+        try:
+            async with self.state.limiter.slot(self.tenant, len(self.trackers)):
+                for t in self.trackers:
+                    programs.call_started(t.request, self.interrupt)
+                try:
+                    await (self._stream(channel) if self.stream else self._whole(channel))
+                finally:
+                    # Calls the request did not see finish (an error, a disconnect) end here.
+                    for t in self.trackers:
+                        programs.call_ended(t.request, t.timings, CallOutcome.ABORTED)
+        except ClientGone:
+            raise
+        except Exception as e:
+            if channel.finished:
+                raise
+            await self._fail(channel, e)
+
+    async def _whole(self, channel: Channel) -> None:
+        renderer = self.renderer
+
+        async def run(call: int, tracker: CallTracker) -> None:
+            async def keep(event: TokenEvent) -> None:
+                renderer.add(call, event)
+
+            await self._call(tracker, keep)
+
+        await self._each(run)
+        body = encoder.encode(renderer.body())
+        await channel.json(200, body, self._headers(self.trackers[0]))
+
+    async def _stream(self, channel: Channel) -> None:
+        renderer = self.renderer
+        headers = self._headers(None)
+        # Calls of one request send side by side: each event's chunks go out together.
+        lock: contextlib.AbstractAsyncContextManager[Any] = (
+            anyio.Lock() if len(self.trackers) > 1 else contextlib.nullcontext()
+        )
+
+        async def run(call: int, tracker: CallTracker) -> None:
+            async def send(event: TokenEvent) -> None:
+                chunks = renderer.chunks(call, event)
+                async with lock:
+                    if not channel.started:
+                        await channel.open_stream(headers)
+                    for chunk in chunks:
+                        await channel.event(encoder.encode(chunk))
+
+            await self._call(tracker, send)
+
+        await self._each(run)
+        if not channel.started:
+            await channel.open_stream(headers)
+        if renderer.reply.include_usage:
+            await channel.event(encoder.encode(renderer.usage_chunk()))
+        await channel.close_stream()
+
+    async def _call(
+        self, tracker: CallTracker, on_event: Callable[[TokenEvent], Coroutine[Any, Any, None]]
+    ) -> None:
+        await run_call(self.state.engine, tracker, on_event)
+        outcome = CallOutcome.FINISHED if tracker.finish_reason else CallOutcome.ABORTED
+        self.state.programs.call_ended(tracker.request, tracker.timings, outcome)
+
+    async def _each(self, run: Callable[[int, CallTracker], Coroutine[Any, Any, None]]) -> None:
+        """Run one coroutine per call of the request side by side; the first error cancels the rest."""
+        if len(self.trackers) == 1:
+            await run(0, self.trackers[0])
+            return
+        try:
+            async with anyio.create_task_group() as tg:
+                for call, tracker in enumerate(self.trackers):
+                    tg.start_soon(run, call, tracker)
+        except BaseExceptionGroup as group:
+            # Surface one error as the request's error (all calls were aborted by their own cleanup).
+            raise _first_leaf(group) from None
+
+    async def _fail(self, channel: Channel, exc: Exception) -> None:
+        """Answer ``exc``: a JSON error before anything was sent, an SSE error event after."""
+        if isinstance(exc, APIError | EngineError):
+            error = as_api_error(exc)
+        else:
+            log.exception(
+                "generation failed",
+                response_id=self.renderer.reply.response_id,
+                streaming=channel.started,
+            )
+            error = internal_error()
+        body = encoder.encode(error.body())
+        if channel.started:
+            await channel.event(body)
+            await channel.close_stream()
+        else:
+            await channel.json(error.status, body, {**error_headers(error), **self._headers(None)})
+
+    def _headers(self, tracker: CallTracker | None) -> dict[str, str]:
         out = {"x-agentrt-call-id": self.trackers[0].client_call_id}
         if tracker is not None:
             out["server-timing"] = tracker.server_timing()
         return out
 
-    def started(self) -> None:
-        for t in self.trackers:
-            self.programs.call_started(t.request)
 
-    def finished(self, tracker: CallTracker) -> None:
-        self.programs.call_ended(
-            tracker.request, tracker.timings, "finished" if tracker.finish_reason else "aborted"
-        )
-
-    def abandoned(self) -> None:
-        """The request ended without finishing some calls (error or disconnect): close their records."""
-        for t in self.trackers:
-            self.programs.call_ended(t.request, t.timings, "aborted")
-
-    async def stream_errors(self, channel: Channel, work: Awaitable[None]) -> None:
-        """Run ``work``; an error after the SSE stream opened is sent as an SSE error event, then ``[DONE]``.
-
-        Before the stream opened, errors propagate, to be answered as a JSON error with their status.
-        """
-        try:
-            await work
-        except ClientGone:
-            raise
-        except (EngineError, APIError) as e:
-            if not channel.started:
-                raise
-            await _sse_error(channel, from_engine_error(e) if isinstance(e, EngineError) else e)
-        except Exception:
-            if not channel.started:
-                raise
-            log.exception("generation failed mid-stream", response_id=self.response_id)
-            await _sse_error(channel, internal_error())
-
-
-async def _sse_error(channel: Channel, error: APIError) -> None:
-    await channel.event(encoder.encode(error.body()))
-    await channel.close_stream()
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

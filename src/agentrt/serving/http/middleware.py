@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -71,11 +72,16 @@ class RequestIdMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, metrics: Callable[[], ServerMetrics], log_requests: bool
+        self,
+        app: ASGIApp,
+        metrics: Callable[[], ServerMetrics],
+        log_requests: bool,
+        log_level: int = logging.INFO,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.log_requests = log_requests
+        self.log_level = log_level
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,7 +116,8 @@ class RequestIdMiddleware:
                 if status >= 400 and status != CLIENT_CLOSED:
                     self.metrics().failures.labels(status=str(status)).inc()
                 if self.log_requests and scope["path"] not in ("/metrics", "/health"):
-                    log.info(
+                    log.log(
+                        self.log_level,
                         "request",
                         method=scope["method"],
                         path=scope["path"],

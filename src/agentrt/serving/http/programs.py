@@ -22,7 +22,7 @@ from agentrt.protocol.programs import (
     ProgramInfo,
     ProgramStart,
 )
-from agentrt.scheduling.process_table import ProcessTable, ProgramEntry
+from agentrt.scheduling import Call, CallOutcome, ProcessTable, ProgramAccounting, ProgramEntry
 from agentrt.serving.http.auth import scoped_id, unscoped_id
 from agentrt.serving.http.metrics import ServerMetrics
 
@@ -53,6 +53,7 @@ class ProgramDirectory:
         self.max_programs = max_programs
         self.metrics = metrics
         self._tables: dict[str, ProcessTable] = {}
+        self._accounts: dict[str, ProgramAccounting] = {}
         self._metas: dict[str, dict[str, _Meta]] = {}
 
     def __len__(self) -> int:
@@ -65,6 +66,7 @@ class ProgramDirectory:
             limit = bound(tenant) if callable(bound) else bound
             table = ProcessTable(ttl=self.ttl, max_programs=limit, max_call_records=64)
             self._tables[tenant] = table
+            self._accounts[tenant] = ProgramAccounting(table)
             self._metas[tenant] = {}
         return table
 
@@ -127,24 +129,23 @@ class ProgramDirectory:
             table.record_interrupt(
                 scoped, interrupt_seconds, now, call_id=request.program.parent_call_id
             )
-        table.call_started(scoped, request.call_id, request.program.thread_id, now)
+        call = Call(request.call_id, scoped, thread_id=request.program.thread_id)
+        self._accounts[tenant].admit(call, now)
         self._meta_of(tenant, scoped).calls += 1
         self._prune(tenant)
 
-    def call_ended(self, request: GenerationRequest, timings: Timings | None, outcome: str) -> None:
+    def call_ended(
+        self, request: GenerationRequest, timings: Timings | None, outcome: CallOutcome
+    ) -> None:
+        """Close the call's record with the engine's timings (its queue and model time)."""
         if request.program is None:
             return
-        table = self.table(request.program.tenant)
-        entry = table.get(request.program.program_id)
-        if entry is None:
-            return
-        record = entry.live.get(request.call_id)
-        if record is None:
-            return
-        if timings is not None:
-            record.wait = timings.queue_time
-            record.service = timings.model_time
-        table.call_ended(request.program.program_id, request.call_id, time.monotonic(), outcome)
+        tenant = request.program.tenant
+        self.table(tenant)
+        call = Call(request.call_id, request.program.program_id)
+        call.service = timings.model_time if timings is not None else 0.0
+        wait = timings.queue_time if timings is not None else 0.0
+        self._accounts[tenant].retire(call, time.monotonic(), wait=wait, outcome=outcome)
 
     # ------------------------------------------------------------------ internals
 
@@ -188,7 +189,7 @@ def _calls(tenant: str, entry: ProgramEntry) -> list[ProgramCall]:
         ProgramCall(
             id=unscoped_id(tenant, r.call_id),
             thread_id=r.thread_id,
-            state=r.outcome,
+            state=r.outcome.value,
             service=r.service,
             wait_seconds=r.wait,
             interrupt_seconds=r.interrupt_time,

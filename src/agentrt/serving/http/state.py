@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from starlette.requests import Request
 
 from agentrt.protocol.engine import EngineClient, EngineError, EngineStats
@@ -19,6 +21,7 @@ class ServerState:
         self.engine = engine
         self.config = config
         self.keys = keys
+        self.log_level = logging.getLevelNamesMapping()[config.request_log_level.upper()]
         server = RequestLimiter(
             config.max_concurrent_requests,
             config.max_queued_requests,

@@ -51,8 +51,10 @@ from agentrt.scheduling import (
     Balancer,
     BalancerConfig,
     Call,
+    CallOutcome,
     NoEngineAvailable,
     ProcessTable,
+    ProgramAccounting,
     SchedulerConfig,
     make_policy,
 )
@@ -182,8 +184,11 @@ class Router:
             max_call_records=self.scheduler_config.max_call_records,
         )
         self.balancer = Balancer(balancer or BalancerConfig(), table=self.table)
-        self.policy = make_policy(self.scheduler_config.policy)
-        self._boundaries = self.scheduler_config.boundaries
+        self.accounting = ProgramAccounting(
+            self.table,
+            make_policy(self.scheduler_config.policy),
+            self.scheduler_config.boundaries,
+        )
         self._engines = {b.engine_id: _Engine(b) for b in backends}
         self._calls: dict[str, _LiveCall] = {}
         self._tg: TaskGroup | None = None
@@ -317,9 +322,6 @@ class Router:
         engine = self._engines[engine_id]
         call = None
         if tag is not None:
-            entry, record = self.table.call_started(
-                tag.program_id, request.call_id, tag.thread_id, now
-            )
             call = Call(
                 request.call_id,
                 tag.program_id,
@@ -328,8 +330,7 @@ class Router:
                 thread_id=tag.thread_id,
                 priority=request.priority,
             )
-            call.start_value = self.policy.start_value(entry.service)
-            call.level = record.level = self.policy.entry_level(call.start_value, self._boundaries)
+            self.accounting.admit(call, now)
         live = _LiveCall(request, engine, call, now)
         self._calls[request.call_id] = live
         engine.calls[request.call_id] = live
@@ -340,16 +341,17 @@ class Router:
 
         Program-aware engines get it in the tag (each only sees the calls
         routed to it); program-unaware ones get the level it maps to as the
-        call's ``priority``.
+        call's ``priority``, and the tag too, for the admission queue that
+        holds their calls beyond the server's slots.
         """
         request, call = live.request, live.call
         if call is None or request.program is None:
             return request
-        if live.engine.backend.program_aware:
-            if call.start_value <= 0:
-                return request
+        if call.start_value > 0:
             tag = msgspec.structs.replace(request.program, attained_service=call.start_value)
-            return msgspec.structs.replace(request, program=tag)
+            request = msgspec.structs.replace(request, program=tag)
+        if live.engine.backend.program_aware:
+            return request
         if request.priority is not None and self.scheduler_config.honor_request_priority:
             return request
         return msgspec.structs.replace(request, priority=call.level)
@@ -358,7 +360,7 @@ class Router:
         live = self._route(request)
         backend = live.engine.backend
         events: AsyncIterator[TokenEvent] | None = None
-        outcome = "aborted"
+        outcome = CallOutcome.ABORTED
         try:
             tag = request.program
             if tag is not None and tag.program_id not in live.engine.programs:
@@ -369,7 +371,7 @@ class Router:
                 try:
                     event = await self._step(live, events.__anext__())
                 except StopAsyncIteration:
-                    outcome = "finished"
+                    outcome = CallOutcome.FINISHED
                     return
                 self._account(live, event)
                 yield event
@@ -426,7 +428,7 @@ class Router:
                 + event.usage.completion_tokens
             )
 
-    def _retire(self, live: _LiveCall, outcome: str) -> None:
+    def _retire(self, live: _LiveCall, outcome: CallOutcome) -> None:
         """The call left: release its engine slot and charge its program (PLAS/ATLAS rule)."""
         now = time.monotonic()
         call_id = live.request.call_id
@@ -440,18 +442,7 @@ class Router:
             call.service = float(live.tokens)
         else:  # engines that do not report model time: the call's time on the engine
             call.service = live.model_time or (now - live.dispatched)
-        entry = self.table.get(call.program_id)
-        if entry is None:
-            return
-        record = entry.live.get(call_id)
-        if record is not None:
-            record.service = call.service
-            record.wait = live.queue_time
-            record.level = call.level
-        entry.service = self.policy.updated_service(entry.service, call)
-        self.table.call_ended(
-            call.program_id, call_id, now, "finished" if outcome == "finished" else "aborted"
-        )
+        self.accounting.retire(call, now, wait=live.queue_time, outcome=outcome)
 
     async def abort(self, call_id: str) -> None:
         live = self._calls.get(call_id)
@@ -512,44 +503,13 @@ class Router:
         if not any(e.up for e in self._engines.values()):
             raise EngineUnavailable(f"no engine is available ({self._reasons()})")
         total = EngineStats()
-        hit_rates: list[float] = []
         for engine in self._engines.values():
             if not engine.up:
                 continue
             try:
-                s = engine.backend.stats()
+                total = total.plus(engine.backend.stats())
             except EngineError:  # failed since its last health check, which will take it down
                 continue
-            for name in (
-                "running",
-                "waiting",
-                "swapped",
-                "kv_blocks_total",
-                "kv_blocks_used",
-                "preemptions_swap",
-                "preemptions_recompute",
-                "steps",
-                "generated_tokens",
-                "kv_pinned_blocks",
-                "kv_pins",
-                "kv_pins_reused",
-                "kv_pins_expired",
-                "kv_pins_yielded",
-                "kv_pins_offloaded",
-                "kv_pins_restored",
-                "recomputed_prompt_tokens",
-            ):
-                setattr(total, name, getattr(total, name) + getattr(s, name))
-            levels = total.calls_per_level
-            levels.extend([0] * (len(s.calls_per_level) - len(levels)))
-            for level, count in enumerate(s.calls_per_level):
-                levels[level] += count
-            hit_rates.append(s.prefix_hit_rate)
-            total.step_moments = total.step_moments.plus(s.step_moments)
-        if total.kv_blocks_total:
-            total.kv_usage = total.kv_blocks_used / total.kv_blocks_total
-        if hit_rates:
-            total.prefix_hit_rate = sum(hit_rates) / len(hit_rates)
         return total
 
     def models(self) -> list[ModelInfo]:

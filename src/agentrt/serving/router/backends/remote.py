@@ -1,4 +1,4 @@
-"""A remote OpenAI-compatible server (vLLM, SGLang, another agentrt) as one engine of the router.
+"""A remote OpenAI-compatible server (vLLM, SGLang, llama.cpp, another agentrt) as one engine of the router.
 
 Each call becomes one streaming ``/v1/chat/completions`` or
 ``/v1/completions`` request over a shared httpx client. The program travels
@@ -8,6 +8,12 @@ as the body's ``priority`` field, in the order the server expects: vLLM
 runs lower values sooner, SGLang higher values sooner unless it was started
 with ``--schedule-low-priority-values-first``. Aborting a call closes its
 stream, which the server takes as a client disconnect.
+
+A server that runs what it is sent first come, first served gets admission
+instead (:mod:`agentrt.serving.router.admission`): at most ``max_inflight``
+calls in flight, the rest waiting here in the policy's order. llama.cpp's
+server says its slot count (``/props`` ``total_slots``); there each call also
+names the slot that holds its program's context (``id_slot``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from agentrt.protocol.engine import (
     TokenEvent,
 )
 from agentrt.protocol.headers import PROGRAM, HeaderError, format_headers, parse_headers
+from agentrt.scheduling import SchedulerConfig
+from agentrt.serving.router.admission import AdmissionQueue
 from agentrt.serving.router.backends.errors import EngineLost, ErrorInfo, engine_error
 from agentrt.serving.router.backends.openai_wire import (
     ChunkDecoder,
@@ -45,13 +53,16 @@ from agentrt.serving.router.backends.openai_wire import (
 
 log = get_logger("agentrt.serving.remote")
 
-RemoteKind = Literal["vllm", "sglang", "agentrt", "openai"]
+RemoteKind = Literal["vllm", "sglang", "agentrt", "openai", "llamacpp"]
 _DEFAULT_ORDER: dict[str, PriorityOrder] = {
     "vllm": "lower_first",
     "sglang": "higher_first",
     "agentrt": "lower_first",
     "openai": "none",  # OpenAI's own API and most other servers have no priority field
+    "llamacpp": "none",
 }
+# Kinds whose server may say its slot count at /props (llama.cpp's server does).
+_ASK_SLOTS = ("openai", "llamacpp")
 # Connection-level failures: the server is gone or unreachable, not unhappy with this call.
 _UNREACHABLE = (httpx.TransportError,)
 # Within a call, only a refused connection says the server is gone. A read timeout, a cut or
@@ -74,6 +85,15 @@ class RemoteBackendConfig(msgspec.Struct, kw_only=True, frozen=True):
     connect_timeout: float = 5.0
     read_timeout: float = 600.0  # longest silence inside one streamed call
     max_connections: int = 1024
+    # Calls in flight on the server; the rest wait in agentrt in the policy's order.
+    # None: the server's slot count where it says it (llama.cpp's /props), else no bound.
+    max_inflight: int | None = None
+    # On llama.cpp, send each call to the slot that holds its program's context (id_slot).
+    slot_affinity: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_inflight is not None and self.max_inflight < 1:
+            raise ValueError(f"max_inflight must be >= 1, got {self.max_inflight}")
 
     @property
     def order(self) -> PriorityOrder:
@@ -86,15 +106,24 @@ class RemoteBackendConfig(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def parse_backend(spec: str) -> RemoteBackendConfig:
-    """Parse a ``--backend`` value: ``URL`` or ``KIND+URL`` (e.g. ``sglang+http://gpu1:30000``)."""
+    """Parse a ``--backend`` value: ``[KIND+]URL[,max_inflight=N]``
+    (e.g. ``sglang+http://gpu1:30000``, ``vllm+http://gpu1:8000,max_inflight=256``)."""
+    spec, _, options = spec.partition(",")
+    max_inflight: int | None = None
+    for option in filter(None, options.split(",")):
+        name, _, value = option.partition("=")
+        if name != "max_inflight" or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"backend option {option!r}: expected max_inflight=N with N >= 1")
+        max_inflight = int(value)
     kind, sep, url = spec.partition("+")
     if sep and kind in _DEFAULT_ORDER:
-        return RemoteBackendConfig(url=url, kind=kind)  # type: ignore[arg-type]
+        return RemoteBackendConfig(url=url, kind=kind, max_inflight=max_inflight)  # type: ignore[arg-type]
     if not spec.startswith(("http://", "https://")):
         raise ValueError(
-            f"backend {spec!r} must be an http(s) URL, optionally prefixed with vllm+, sglang+, agentrt+ or openai+"
+            f"backend {spec!r} must be an http(s) URL, optionally prefixed with "
+            "vllm+, sglang+, agentrt+, llamacpp+ or openai+"
         )
-    return RemoteBackendConfig(url=spec)
+    return RemoteBackendConfig(url=spec, max_inflight=max_inflight)
 
 
 def program_headers(tag: ProgramTag | None, call_id: str) -> dict[str, str]:
@@ -132,11 +161,17 @@ class RemoteBackend:
     )
 
     def __init__(
-        self, engine_id: str, config: RemoteBackendConfig, *, start_timeout: float = 30.0
+        self,
+        engine_id: str,
+        config: RemoteBackendConfig,
+        *,
+        start_timeout: float = 30.0,
+        scheduler: SchedulerConfig | None = None,
     ) -> None:
         self.engine_id = engine_id
         self.config = config
         self.start_timeout = start_timeout
+        self.admission = AdmissionQueue(scheduler, limit=config.max_inflight)
         self._client: httpx.AsyncClient | None = None
         self._down_reason = "not started"
         self._models: list[ModelInfo] = []
@@ -159,6 +194,8 @@ class RemoteBackend:
             try:
                 with anyio.fail_after(self.start_timeout):
                     self._models = await self._fetch_models(client)
+                    slots = await self._fetch_slots(client)
+                self._admit_by(slots)
                 self._client = client
                 self._down_reason = ""
                 log.info(
@@ -167,6 +204,8 @@ class RemoteBackend:
                     url=c.root,
                     kind=c.kind,
                     models=[m.id for m in self._models],
+                    max_inflight=self.admission.limit,
+                    slots=slots is not None and c.slot_affinity,
                 )
                 task_status.started()
                 await anyio.sleep_forever()
@@ -196,6 +235,28 @@ class RemoteBackend:
             )
             for m in data
         ]
+
+    async def _fetch_slots(self, client: httpx.AsyncClient) -> int | None:
+        """The server's slot count when it says it (llama.cpp's ``/props`` ``total_slots``)."""
+        if self.config.kind not in _ASK_SLOTS:
+            return None
+        try:
+            response = await client.get("/props")
+        except _UNREACHABLE as e:
+            raise EngineLost(f"backend {self.config.root} unreachable: {e!r}") from None
+        if response.status_code != 200:
+            return None
+        try:
+            slots = response.json().get("total_slots")
+        except (ValueError, AttributeError):
+            return None
+        return slots if isinstance(slots, int) and slots >= 1 else None
+
+    def _admit_by(self, slots: int | None) -> None:
+        """Bound calls in flight by the configured count, else by the slots the server has."""
+        limit = self.config.max_inflight or slots
+        affinity = slots is not None and self.config.slot_affinity and limit == slots
+        self.admission.configure(limit, slots=affinity)
 
     async def close(self) -> None:
         if self._run_scope is not None:
@@ -229,6 +290,18 @@ class RemoteBackend:
         headers = program_headers(request.program, request.call_id)
         timings = Timings(arrival=request.arrival_time or time.monotonic())
         decoder = ChunkDecoder(request.call_id, chat=request.messages is not None)
+        tag = request.program
+        grant = await self.admission.acquire(
+            request.call_id,
+            tag.program_id if tag else None,
+            tag.thread_id if tag else "",
+            tag.attained_service if tag else 0.0,
+        )
+        admitted = time.monotonic()
+        timings.queue_time = grant.wait
+        if grant.slot is not None:
+            body["id_slot"] = grant.slot
+            body["cache_prompt"] = True
         self._running += 1
         try:
             async with client.stream(
@@ -243,7 +316,7 @@ class RemoteBackend:
                     )
                 timings.first_scheduled = time.monotonic()
                 async for payload in _sse_data(response):
-                    if payload == "[DONE]":
+                    if payload == b"[DONE]":
                         break
                     for event in decoder.feed(payload):
                         if timings.first_token is None:
@@ -255,6 +328,7 @@ class RemoteBackend:
                     f"engine {self.engine_id} ended the stream before finishing the call"
                 )
             timings.finished = time.monotonic()
+            timings.model_time = timings.finished - admitted
             if timings.first_token is None:
                 timings.first_token = timings.finished
             final[-1].timings = timings
@@ -280,6 +354,7 @@ class RemoteBackend:
             ) from None
         finally:
             self._running -= 1
+            self.admission.release(grant)
 
     async def abort(self, call_id: str) -> None:
         """Calls are aborted by closing their stream (the router closes the generator); nothing to send."""
@@ -296,7 +371,7 @@ class RemoteBackend:
             )
 
     def stats(self) -> EngineStats:
-        return EngineStats(running=self._running)
+        return EngineStats(running=self._running, waiting=self.admission.waiting)
 
     def models(self) -> list[ModelInfo]:
         return list(self._models)
@@ -306,6 +381,7 @@ class RemoteBackend:
 
     async def end_program(self, program_id: str) -> None:
         """Another agentrt frees the program's entry at once (``DELETE /v1/programs/{id}``); others need nothing."""
+        self.admission.end_program(program_id)
         if self.config.kind != "agentrt" or self._client is None:
             return
         try:
@@ -314,15 +390,39 @@ class RemoteBackend:
             log.warning("end_program_failed", engine_id=self.engine_id, error=repr(e))
 
 
-async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event (multi-line data joined with newlines)."""
-    lines: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-        elif line.startswith("data:"):
-            lines.append(line[5:].removeprefix(" "))
-    if lines:
-        yield "\n".join(lines)
+async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The ``data`` of each server-sent event, as bytes (multi-line data joined with newlines).
+
+    Events are cut out of the received bytes directly: no decoding to text and
+    no per-line strings, so a token costs one slice before msgspec decodes it.
+    """
+    pending = b""
+    async for received in response.aiter_bytes():
+        pending = pending + received if pending else received
+        if b"\r" in pending:  # CRLF or CR line ends (rare): normalised, a CR at the end kept
+            held = pending.endswith(b"\r")  # back in case an LF comes next
+            pending = pending[:-1] if held else pending
+            pending = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            pending += b"\r" if held else b""
+        start = 0
+        while (end := pending.find(b"\n\n", start)) >= 0:
+            data = _event_data(pending[start:end])
+            start = end + 2
+            if data is not None:
+                yield data
+        pending = pending[start:]
+    pending = pending.replace(b"\r", b"\n").strip(b"\n")
+    if pending:
+        data = _event_data(pending)
+        if data is not None:
+            yield data
+
+
+def _event_data(event: bytes) -> bytes | None:
+    """The data of one event (its ``data:`` lines joined), None when it has none."""
+    if event.startswith(b"data: ") and b"\n" not in event:
+        return event[6:]  # the shape every OpenAI-compatible server sends
+    lines = [
+        line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
+    ]
+    return b"\n".join(lines) if lines else None

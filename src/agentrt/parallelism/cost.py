@@ -1,0 +1,318 @@
+"""The cost model: predicted step time and memory per device of a plan.
+
+Three inputs, each replaceable:
+
+- **operator times**: measured on this machine (each operator of the graph
+  timed on its traced shapes, cached on disk by target and shapes), or from a
+  :class:`DeviceProfile` (peak FLOP/s, memory bandwidth and a per-call
+  overhead of a device such as an A100) for a cluster one is not running on.
+  A part of an operator split ``n`` ways takes the per-call overhead plus
+  ``1/n`` of the rest;
+- **communication**: phase 3's alpha-beta :class:`CostModel`, whose alpha and
+  beta are fitted to collectives measured on gloo (:func:`fit_alpha_beta`)
+  or taken from the profile (inside a node and across nodes);
+- **memory**: the bytes of the weights a device holds (twice in training:
+  their gradients) and of the activations it keeps (all of them for the
+  backward in training, the largest operator's in a forward).
+
+SPMD plans cost the sum of their operators' part times and their
+communication; a training step costs three forwards of compute (forward,
+and a backward of about twice the work). A pipeline's stages are timed the
+same way and played through the schedule's simulation, so bubbles count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.distributed.tensor import Shard
+
+from agentrt.parallelism.comm import CostModel, Program
+from agentrt.parallelism.errors import ParallelError
+from agentrt.parallelism.flops import op_flops
+from agentrt.parallelism.graph import Graph, Op
+
+PROFILES = Path(__file__).parent / "profiles"
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """A device and its interconnect, enough to price operators and collectives without running them."""
+
+    name: str
+    devices: int
+    nodes: int
+    flops: float  # sustained FLOP/s of the dense kernels
+    memory_bandwidth: float  # bytes/s
+    memory: int  # bytes per device
+    overhead: float  # seconds per operator call (launch)
+    alpha: float  # seconds per collective round inside a node
+    beta: float  # bytes/s between devices of a node
+    alpha_inter: float
+    beta_inter: float  # bytes/s per device across nodes
+
+    def comm(self, ndevices: int) -> CostModel:
+        """The alpha-beta model for a group of ``ndevices``: across nodes when it spans more than one."""
+        per_node = self.devices // self.nodes
+        if ndevices > per_node:
+            return CostModel(alpha=self.alpha_inter, beta=self.beta_inter)
+        return CostModel(alpha=self.alpha, beta=self.beta)
+
+
+def load_profile(spec: str) -> DeviceProfile:
+    """A shipped profile by name (``a100-80gb-x8``, ``v100-32gb-x32``) or a JSON file of the same fields."""
+    path = PROFILES / f"{spec}.json" if not spec.endswith(".json") else Path(spec)
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in PROFILES.glob("*.json")))
+        raise ParallelError(
+            f"unknown device profile {spec!r}: give a JSON file or one of {shipped}"
+        )
+    try:
+        data = json.loads(path.read_text())
+        return DeviceProfile(**{k: v for k, v in data.items() if not k.startswith("_")})
+    except (ValueError, TypeError) as exc:
+        raise ParallelError(f"device profile {path}: {exc}") from None
+
+
+def _cache_path() -> Path:
+    root = os.environ.get("AGENTRT_CACHE_DIR") or os.path.join(Path.home(), ".cache", "agentrt")
+    return Path(root) / "parallel-op-times.json"
+
+
+def _key(op: Op) -> str:
+    shapes = ";".join(f"{t.dtype}{list(t.shape)}" for t in op.inputs)
+    return f"{op.target}|{shapes}|runner-1-thread"
+
+
+class OpTimes:
+    """Seconds per operator call of a graph on one device: measured (and cached) or from a profile."""
+
+    def __init__(self, graph: Graph, profile: DeviceProfile | None = None, *, cache: bool = True):
+        self.graph = graph
+        self.profile = profile
+        self.seconds: dict[str, float] = {}
+        if profile is not None:
+            for op in graph.ops:
+                work = op_flops(op) / profile.flops
+                traffic = (
+                    sum(t.nbytes for t in (*op.inputs, *op.outputs)) / profile.memory_bandwidth
+                )
+                self.seconds[op.name] = profile.overhead + max(work, traffic)
+            self.overhead = profile.overhead
+        else:
+            self._measure(cache)
+            self.overhead = min(self.seconds.values(), default=0.0)
+
+    def _measure(self, cache: bool) -> None:
+        path = _cache_path()
+        known: dict[str, float] = {}
+        if cache and path.is_file():
+            try:
+                known = json.loads(path.read_text())
+            except ValueError:
+                known = {}
+        missing = [op for op in self.graph.ops if _key(op) not in known]
+        if missing:
+            known.update(_time_ops(self.graph, {op.name for op in missing}))
+            if cache:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(known))
+        floor = min(known.values(), default=0.0)
+        self.seconds = {op.name: known.get(_key(op), floor) for op in self.graph.ops}
+
+    def part(self, op: Op, ways: int) -> float:
+        """One of ``ways`` parts of ``op``: the call overhead, and its share of the rest."""
+        whole = self.seconds[op.name]
+        return self.overhead + max(whole - self.overhead, 0.0) / max(ways, 1)
+
+
+def _time_worker(rank: int, n: int, program: str, out: str) -> None:
+    from agentrt.parallelism.comm import lower
+    from agentrt.parallelism.graph import from_program
+    from agentrt.parallelism.plan import Plan
+    from agentrt.parallelism.runtime import Runner, init_mesh
+
+    graph = from_program(torch.export.load(program))
+    runner = Runner(lower(Plan(graph, 1)), init_mesh(1), copy=False)
+    runner.timer = {}
+    inputs = [
+        torch.randn(t.shape, dtype=t.dtype)
+        if t.dtype.is_floating_point
+        else torch.zeros(t.shape, dtype=t.dtype)
+        for t in graph.inputs
+    ]
+    with torch.no_grad():
+        for _ in range(3):
+            runner.forward(inputs)
+    torch.save(runner.timer, out)
+
+
+def _time_ops(graph: Graph, names: set[str]) -> dict[str, float]:
+    """Each operator's call through the per-rank runtime (binding included), fastest of three runs.
+
+    Measured in a one-rank process group, single-threaded like every rank.
+    """
+    import tempfile
+
+    from agentrt.parallelism.spawn import run_ranks
+
+    with tempfile.TemporaryDirectory() as tmp:
+        program, out = os.path.join(tmp, "program.pt2"), os.path.join(tmp, "times.pt")
+        torch.export.save(graph.program, program)
+        run_ranks(_time_worker, 1, (program, out), what="operator timing")
+        timer: dict[str, float] = torch.load(out)
+    return {_key(graph.op(name)): timer[name] for name in names if name in timer}
+
+
+@dataclass
+class Estimate:
+    """What the cost model predicts for one plan."""
+
+    plan: str
+    seconds: float  # one step (a forward, or a training step)
+    compute_seconds: float
+    comm_seconds: float
+    memory_bytes: int  # the most loaded device
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ways(program: Program, op: Op) -> int:
+    split = program.plan.transform_of(op)
+    return 1 if split is None else split.n
+
+
+def spmd_estimate(name: str, program: Program, times: OpTimes, *, train: bool) -> Estimate:
+    """A plan that runs every operator on every device: parts' times plus its collectives."""
+    graph, n = program.plan.graph, program.ndevices
+    compute = sum(times.part(op, _ways(program, op)) for op in graph.ops)
+    if train:
+        compute *= 3
+    comm = program.comm_seconds(train=train)
+    weights = program.param_bytes() * (2 if train else 1)
+    acts = [
+        sum(
+            t.nbytes // n if isinstance(program.layouts.get(t.name), Shard) else t.nbytes
+            for t in op.outputs
+        )
+        for op in graph.ops
+    ]
+    memory = weights + (sum(acts) if train else 2 * max(acts, default=0))
+    return Estimate(name, compute + comm, compute, comm, int(memory))
+
+
+def pipeline_estimate(
+    name: str, built: Any, graph: Graph, times: OpTimes, comm: CostModel, *, train: bool
+) -> Estimate:
+    """A pipeline (or 3-D) plan: stage times through the schedule's simulation, hops as point-to-point."""
+    from agentrt.parallelism.comm import lower
+
+    pipe = built.plan.pipe
+    forward, memory, inner_comm = [], [], 0.0
+    for i, spec in enumerate(built.specs):
+        if built.inner is not None:
+            program = lower(built.inner[i], comm)
+            est = spmd_estimate(name, program, times, train=False)
+            forward.append(est.seconds)
+            inner_comm += est.comm_seconds
+            weights = program.param_bytes()
+        else:
+            forward.append(sum(times.part(op, 1) for op in spec.ops))
+            weights = sum(graph.tensors[k].nbytes for k in spec.state)
+        acts = sum(t.nbytes for op in spec.ops for t in op.outputs) // built.width
+        in_flight = (
+            max(
+                sum(1 for b in pipe.sequences[i][: j + 1] if b.kind == "F")
+                - sum(1 for b in pipe.sequences[i][: j + 1] if b.kind == "B")
+                for j in range(len(pipe.sequences[i]))
+            )
+            if train
+            else 1
+        )
+        memory.append(weights * (2 if train else 1) + acts * in_flight)
+    hop_bytes = max(
+        (sum(graph.tensors[t].nbytes for t in spec.outputs) for spec in built.specs[:-1]),
+        default=0,
+    )
+    hop = comm.alpha + hop_bytes / comm.beta
+    backward = [2 * f for f in forward] if train else [0.0] * len(forward)
+    total = pipe.simulate(forward, backward, hop)
+    compute = sum(forward) * (3 if train else 1) * pipe.nmicro / len(forward)
+    return Estimate(name, total, compute, total - compute, int(max(memory)))
+
+
+def fit_alpha_beta(samples: list[tuple[int, float]], n: int) -> CostModel:
+    """Ring all-reduce times ``(bytes, seconds)`` on ``n`` devices fitted to alpha and beta.
+
+    Least squares of the *relative* error (each sample weighted by one over its
+    time squared), so a loaded host's slow large message does not swamp the
+    small ones a layer sends.
+    """
+    if len(samples) < 2:
+        raise ParallelError("fitting alpha and beta needs at least two message sizes")
+    rounds = 2 * (n - 1)
+    rows = [(rounds, 2 * (n - 1) / n * b, s) for b, s in samples]  # s = rounds*alpha + x/beta
+    w = [1.0 / (s * s) for _, _, s in rows]
+    saa = sum(wi * a * a for wi, (a, _, _) in zip(w, rows, strict=True))
+    sax = sum(wi * a * x for wi, (a, x, _) in zip(w, rows, strict=True))
+    sxx = sum(wi * x * x for wi, (_, x, _) in zip(w, rows, strict=True))
+    say = sum(wi * a * y for wi, (a, _, y) in zip(w, rows, strict=True))
+    sxy = sum(wi * x * y for wi, (_, x, y) in zip(w, rows, strict=True))
+    det = saa * sxx - sax * sax
+    if det <= 0:
+        raise ParallelError("fitting alpha and beta needs message sizes that differ")
+    alpha = (say * sxx - sax * sxy) / det
+    inv_beta = (saa * sxy - sax * say) / det
+    if alpha < 0 or inv_beta <= 0:  # a degenerate fit: fall back to a line through the extremes
+        (b0, s0), (b1, s1) = min(samples), max(samples)
+        inv_beta = max((s1 - s0) / max(2 * (n - 1) / n * (b1 - b0), 1), 1e-15)
+        alpha = max(s0 - 2 * (n - 1) / n * b0 * inv_beta, 0.0) / rounds
+    return CostModel(alpha=alpha, beta=1.0 / inv_beta)
+
+
+_SIZES = (4 << 10, 64 << 10, 256 << 10, 1 << 20)
+
+
+def _allreduce_worker(rank: int, n: int, out: str) -> None:
+    import torch.distributed as dist
+
+    samples = []
+    for size in _SIZES:
+        x = torch.zeros(size // 4)
+        best = float("inf")
+        for _ in range(5):
+            dist.barrier()
+            start = time.perf_counter()
+            dist.all_reduce(x)
+            best = min(best, time.perf_counter() - start)
+        samples.append((size, best))
+    if rank == 0:
+        Path(out).write_text(json.dumps(samples))
+
+
+def measured_comm(n: int = 2, *, cache: bool = True) -> tuple[CostModel, list[tuple[int, float]]]:
+    """Alpha and beta fitted to gloo all-reduces measured on ``n`` local processes (cached)."""
+    import tempfile
+
+    from agentrt.parallelism.spawn import run_ranks
+
+    path = _cache_path().with_name(f"parallel-gloo-allreduce-{n}.json")
+    if cache and path.is_file():
+        samples = [tuple(s) for s in json.loads(path.read_text())]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "samples.json")
+            run_ranks(_allreduce_worker, n, (out,), what="all-reduce measurement")
+            samples = [tuple(s) for s in json.loads(Path(out).read_text())]
+        if cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(samples))
+    pairs = [(int(b), float(t)) for b, t in samples]
+    return fit_alpha_beta(pairs, n), pairs

@@ -1,0 +1,283 @@
+"""Admission in front of an engine that runs whatever it is sent first come, first served.
+
+llama.cpp's server, Ollama or a vLLM without priority scheduling take every
+request they get into their own FIFO queue, so forwarding calls the moment
+they arrive leaves agentrt's policy nothing to decide. An
+:class:`AdmissionQueue` keeps at most ``limit`` calls in flight on such an
+engine (its slot count) and holds the rest here, in the order of the
+configured program-level policy: the waiting calls live in a
+:class:`~agentrt.scheduling.Scheduler` of their own (PLAS, ATLAS, MLFQ with
+its anti-starvation promotion), and each freed slot goes to the head of its
+order. A call leaves that scheduler when it is granted a slot (its wait
+closes there) or when its caller gives up (it is dropped, nothing was sent).
+
+The scheduler's table mirrors only what ordering needs: each call credits
+its program with the service the router has seen (``attained_service`` of
+the call's tag, all engines together), and the waits of granted calls make
+the program's W_p of the starvation ratio.
+
+With ``slots`` the engine's slots are told apart (llama.cpp's ``id_slot``):
+a program's thread goes back to the slot that holds its context when that
+slot is free; otherwise it takes a slot no thread holds, else the one used
+least recently, so a thread whose own slot is busy does not wait for it
+while another slot idles.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import anyio
+import msgspec
+
+from agentrt.scheduling import Call, Scheduler, SchedulerConfig
+
+
+class Grant:
+    """A call's admission: how long it waited and the slot it runs in (None: any)."""
+
+    __slots__ = ("slot", "wait")
+
+    def __init__(self, wait: float, slot: int | None) -> None:
+        self.wait = wait
+        self.slot = slot
+
+
+class _Waiter:
+    __slots__ = ("arrival", "event", "grant", "key")
+
+    def __init__(self, key: str, arrival: float) -> None:
+        self.key = key  # the program thread whose context it continues
+        self.arrival = arrival
+        self.event = anyio.Event()
+        self.grant: Grant | None = None
+
+
+class _Room:
+    """The scheduler's admission test: the first ``free`` calls in its order get a slot."""
+
+    __slots__ = ("free",)
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+
+    def admit(self, call: Call) -> bool:
+        if self.free <= 0:
+            return False
+        self.free -= 1
+        return True
+
+
+class _Slots:
+    """Which thread's context each engine slot holds, which slots are busy, and their last use."""
+
+    def __init__(self, count: int) -> None:
+        self.size = count
+        self.owner: list[str | None] = [None] * count
+        self.busy = [False] * count
+        self.used = [0] * count
+        self.home: dict[str, int] = {}
+        self._tick = 0
+
+    def resize(self, count: int) -> None:
+        """A restarted server may have another slot count: slots beyond it are no longer granted."""
+        extra = count - len(self.owner)
+        if extra > 0:
+            self.owner += [None] * extra
+            self.busy += [False] * extra
+            self.used += [0] * extra
+        self.size = count
+        for key in [k for k, slot in self.home.items() if slot >= count]:
+            del self.home[key]
+
+    def free_slots(self) -> list[int]:
+        return [i for i in range(self.size) if not self.busy[i]]
+
+    def assign(self, keys: list[str]) -> list[int]:
+        """Slots for threads granted together: first each one's own free slot, then the others."""
+        free = set(self.free_slots())
+        chosen: list[int | None] = [None] * len(keys)
+        for i, key in enumerate(keys):
+            slot = self.home.get(key)
+            if slot is not None and slot in free:
+                chosen[i] = slot
+                free.discard(slot)
+        for i in range(len(keys)):
+            if chosen[i] is None:
+                # A slot no thread holds, else the one used least recently.
+                slot = min(free, key=lambda s: (self.owner[s] is not None, self.used[s]))
+                free.discard(slot)
+                chosen[i] = slot
+        result = [slot for slot in chosen if slot is not None]
+        for key, slot in zip(keys, result, strict=True):
+            previous = self.owner[slot]
+            if previous is not None and self.home.get(previous) == slot:
+                del self.home[previous]
+            self.owner[slot] = key
+            self.home[key] = slot
+            self.busy[slot] = True
+            self._tick += 1
+            self.used[slot] = self._tick
+        return result
+
+    def release(self, slot: int) -> None:
+        self.busy[slot] = False
+
+    def forget(self, prefix: str) -> None:
+        """The program ended: its threads' slots hold nothing worth returning to."""
+        for key in [k for k in self.home if k.startswith(prefix)]:
+            self.owner[self.home.pop(key)] = None
+
+
+class AdmissionQueue:
+    """At most ``limit`` calls in flight; the rest wait here in the policy's order."""
+
+    def __init__(
+        self,
+        scheduler: SchedulerConfig | None = None,
+        *,
+        limit: int | None = None,
+        slots: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        config = scheduler or SchedulerConfig()
+        if config.service_unit != "time":
+            # Waits here are seconds of wall clock, whatever unit the engines' service is in;
+            # levels and quanta stay in that unit.
+            defaults = config.unit_defaults
+            config = msgspec.structs.replace(
+                config,
+                service_unit="time",
+                first_boundary=config.first_boundary or defaults.first_boundary,
+                first_quantum=config.first_quantum or defaults.first_quantum,
+                starvation_floor=config.starvation_floor or defaults.starvation_floor,
+            )
+        self._config = config
+        self._scheduler = Scheduler(config)
+        self._waiters: dict[str, _Waiter] = {}
+        self._clock = clock
+        self._slots: _Slots | None = None
+        self.limit: int | None = None
+        self.inflight = 0
+        self.configure(limit, slots=slots)
+
+    # -- configuration -------------------------------------------------------
+
+    def configure(self, limit: int | None, *, slots: bool = False) -> None:
+        """Bound calls in flight (None: no bound) and tell the engine's slots apart or not.
+
+        Slots need a bound (one slot per call in flight). Calls in flight keep
+        what they were granted; a server restarted with another slot count
+        gets the new one from here on.
+        """
+        if limit is not None and limit < 1:
+            raise ValueError(f"max_inflight must be >= 1, got {limit}")
+        if slots and limit is None:
+            raise ValueError("telling slots apart needs a bound on calls in flight")
+        self.limit = limit
+        if not slots:
+            self._slots = None
+        elif self._slots is None:
+            self._slots = _Slots(limit or 0)
+        else:
+            self._slots.resize(limit or 0)
+        self._dispatch()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    # -- calls ---------------------------------------------------------------
+
+    async def acquire(
+        self, call_id: str, program_id: str | None, thread_id: str, service: float
+    ) -> Grant:
+        """Wait for a slot. Cancelled while waiting, the call leaves no trace; release every grant."""
+        now = self._clock()
+        key = f"{program_id or call_id}\x00{thread_id}"
+        if self.limit is None:
+            self.inflight += 1
+            return Grant(0.0, None)
+        if not self._waiters and self._free() > 0:
+            self.inflight += 1
+            return Grant(0.0, self._assign([key])[0])
+        if call_id in self._waiters:
+            raise ValueError(f"call {call_id!r} is already waiting for admission")
+        program = program_id or call_id
+        if service > 0:
+            self._scheduler.accounting.credit(program, service, now)
+        self._scheduler.add(Call(call_id, program, arrival=now, thread_id=thread_id), now)
+        waiter = self._waiters[call_id] = _Waiter(key, now)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.grant is not None:  # granted, then cancelled before it could run
+                self.release(waiter.grant)
+            else:
+                del self._waiters[call_id]
+                self._drop(call_id, program)
+            raise
+        assert waiter.grant is not None
+        return waiter.grant
+
+    def release(self, grant: Grant) -> None:
+        """The call left the engine (finished, failed or aborted): its slot goes to the next."""
+        self.inflight -= 1
+        if (
+            grant.slot is not None
+            and self._slots is not None
+            and grant.slot < len(self._slots.busy)
+        ):
+            self._slots.release(grant.slot)
+        self._dispatch()
+
+    def end_program(self, program_id: str) -> None:
+        self._scheduler.table.end(program_id, self._clock())
+        if self._slots is not None:
+            self._slots.forget(f"{program_id}\x00")
+
+    # -- internals -----------------------------------------------------------
+
+    def _assign(self, keys: list[str]) -> list[int | None]:
+        if self._slots is None:
+            return [None] * len(keys)
+        return list(self._slots.assign(keys))
+
+    def _free(self) -> int:
+        if self.limit is None:
+            return len(self._waiters) + 1
+        if self._slots is not None:
+            return min(self.limit - self.inflight, len(self._slots.free_slots()))
+        return self.limit - self.inflight
+
+    def _dispatch(self) -> None:
+        """Grant free slots to the head of the policy's order."""
+        free = self._free()
+        if free <= 0 or not self._waiters:
+            return
+        now = self._clock()
+        decision = self._scheduler.schedule(now, _Room(free))
+        waiters = [self._waiters.pop(call.call_id) for call in decision.batch]
+        slots = self._assign([w.key for w in waiters])
+        for call, waiter, slot in zip(decision.batch, waiters, slots, strict=True):
+            self._scheduler.finish(call.call_id, now)
+            self.inflight += 1
+            waiter.grant = Grant(now - waiter.arrival, slot)
+            waiter.event.set()
+
+    def _drop(self, call_id: str, program_id: str) -> None:
+        """Remove an abandoned call without a record: it neither waited nor ran, as far as any
+        program's starvation ratio is concerned."""
+        scheduler = self._scheduler
+        call = scheduler.get(call_id)
+        if call is None:
+            return
+        entry = scheduler.table.get(program_id)
+        wait_before = entry.wait if entry is not None else 0.0
+        scheduler.abort(call_id, self._clock())
+        if entry is not None:
+            entry.wait = wait_before
+            entry.recent = type(entry.recent)(
+                (r for r in entry.recent if r.call_id != call_id), maxlen=entry.recent.maxlen
+            )
