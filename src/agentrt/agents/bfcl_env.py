@@ -12,6 +12,7 @@ a few hundred (log-normal, seeded), scaled by ``latency_scale``.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import math
 import random
@@ -19,7 +20,6 @@ import statistics
 import time
 import zlib
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
 from agentrt.datasets.bfcl import API_DOC_FILES, BfclTask, bfcl_data_dir
@@ -37,6 +37,10 @@ API_LATENCY: dict[str, float] = {
     "VehicleControlAPI": 0.15,
 }
 
+
+
+def _call_with_kwargs(method: Callable[..., Any], arguments: dict[str, Any]) -> Any:
+    return method(**arguments)
 
 class ToolError(Exception):
     """A tool call the environment rejects (unknown function, bad arguments); the agent sees the message."""
@@ -62,7 +66,8 @@ class FileSystem:
         entry = self._cwd().get(name)
         if entry is None or entry.get("type") != "file":
             raise ToolError(f"no such file: {name}")
-        return entry
+        file: dict[str, Any] = entry
+        return file
 
     def _lines(self, name: str) -> list[str]:
         return str(self._file(name).get("content", "")).splitlines() or [""]
@@ -302,7 +307,7 @@ class ServiceAPI:
         return {k: _response_value(k, v, {**self.state, **arguments}, salt) for k, v in response.items()}
 
 
-@lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def _api_of_function() -> dict[str, str]:
     """Function name -> BFCL API class, from the package's function-doc files."""
     data = bfcl_data_dir()
@@ -342,13 +347,13 @@ class Environment:
             elif api in API_LATENCY:
                 service = services.setdefault(api, ServiceAPI(state, {}))
                 service.docs[name] = doc
-                self._handlers[name] = (api, lambda args, n=name, s=service: s.call(n, args))
+                self._handlers[name] = (api, functools.partial(service.call, name))
                 continue
             else:
                 continue
             method = getattr(target, name, None)
             if method is not None:
-                self._handlers[name] = (api, lambda args, m=method: m(**args))
+                self._handlers[name] = (api, functools.partial(_call_with_kwargs, method))
 
     def tools(self) -> list[dict[str, Any]]:
         """The OpenAI ``tools`` list for this task (BFCL's doc types mapped to JSON Schema)."""

@@ -320,6 +320,7 @@ def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None
                     targets.append(Target(label="llama.cpp", base_url=url, model=args.model or "",
                                           extra_body=extra, queue_metrics=url.removesuffix("/v1")))
                 for policy in args.llama_front if llama is not None else []:
+                    assert llama is not None
                     try:
                         engine = servers.enter_context(llama_server.llama_server(llama, args.startup_timeout))
                         root = engine.removesuffix("/v1")

@@ -267,7 +267,8 @@ class Prompts:
         head = f"Request {self.issued}. "
         want = max(tokens - self.count(head), 1)
         ids = (self.body * (want // len(self.body) + 1))[:want]
-        return head + self.tokenizer.decode(ids)
+        text: str = self.tokenizer.decode(ids)
+        return head + text
 
 
 async def concurrent_streams(

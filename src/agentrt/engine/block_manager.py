@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from collections.abc import Sequence as SequenceABC
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from agentrt.engine.sequence import Sequence
 from agentrt.scheduling import Pressure, RetentionConfig, RetentionPolicy
@@ -92,15 +92,15 @@ class BlockManager:
         host = self.host
         assert host is not None
         hashes, tokens = self.block_hash, self.block_tokens
-        blocks = [b for b in units if hashes[b] is not None]  # type: ignore[index]
+        blocks = [b for b in cast("list[int]", units) if hashes[b] is not None]
         if not blocks or host.num_free_blocks - len(blocks) < host.num_blocks // 2:
             return
-        handle = host.swap_out(blocks)  # type: ignore[arg-type]
+        handle = host.swap_out(blocks)
         if handle is None:
             return
         self._drop_offloaded(program_id)
-        ids = [(hashes[b], tokens[b]) for b in blocks]  # type: ignore[index]
-        self._offloaded[program_id] = (handle, ids)  # type: ignore[assignment]
+        ids = [(cast(int, hashes[b]), cast("tuple[int, ...]", tokens[b])) for b in blocks]
+        self._offloaded[program_id] = (handle, ids)
         self.offloads += 1
 
     def call_arrived(self, program_id: str, now: float) -> None:

@@ -22,7 +22,7 @@ In token mode a call is charged the tokens processed.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 from agentrt.scheduling import (
     Call,
@@ -496,11 +496,11 @@ class SimEngine:
         """A pin yields: copy its keys to the host pool when there is room (swapped calls
         come first: they take the room back), so its next call swaps them in."""
         kv = self.kv
-        held = [(k, kv.resident[k]) for k in keys if k in kv.resident]  # type: ignore[index]
+        held = [(k, kv.resident[k]) for k in cast("list[str]", keys) if k in kv.resident]
         blocks = sum(kv.blocks(t) for _, t in held)
         if not blocks or self.host_used + blocks > self.profile.host_blocks:
             return
-        self.offloaded.setdefault(program_id, []).extend(held)  # type: ignore[arg-type]
+        self.offloaded.setdefault(program_id, []).extend(held)
         self.host_used += blocks
         self._offload_s += self.profile.swap_overhead_s + blocks * self.profile.swap_block_s
         self.counters.offloads += 1
