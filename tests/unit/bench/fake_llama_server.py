@@ -16,11 +16,11 @@ import time
 from typing import Any
 
 import uvicorn
-from agentrt.serving.app import create_app
-from agentrt.serving.echo import EchoEngine
 from starlette.responses import JSONResponse
 
 from agentrt.serving.config import ServerConfig
+from agentrt.serving.http.app import create_app
+from agentrt.testing.echo import EchoEngine
 
 LOADING_S = 0.5
 
