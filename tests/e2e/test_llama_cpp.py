@@ -69,3 +69,51 @@ def test_bench_engine_compares_agentrt_with_llama_cpp(gguf: Path, tmp_path: Path
         assert all(d["tok_s"] > 0 and d["roofline_fraction"] > 0 for d in system["decode"])
         # The same tokenizer counts the same prompt on both sides (llama.cpp may add a BOS).
         assert abs(system["first_token"]["prompt_tokens"] - 256) <= 2
+
+
+async def test_agentrt_admits_calls_to_the_slots_the_server_has(gguf: Path) -> None:
+    """The slot count comes from /props; calls beyond it wait in agentrt, the server's own queue
+    stays empty, and a program's next call finds its context in its slot's prompt cache."""
+    import anyio
+
+    from agentrt.bench.engine_queue import sampled
+    from agentrt.protocol.engine import GenerationRequest, ProgramTag, SamplingParams
+    from agentrt.scheduling import SchedulerConfig
+    from agentrt.serving.router import Router
+    from agentrt.serving.router.backends import RemoteBackend, parse_backend
+
+    assert LLAMA is not None
+    config = LlamaServerConfig(binary=LLAMA, model=gguf, slots=2, threads=2, ctx_per_slot=1024,
+                               extra_args=[*ARGS, "--metrics"])  # fmt: skip
+    history = " ".join(f"Fact {i}: the sky over city {i} is blue." for i in range(12))
+
+    def call(call_id: str, program: str, text: str) -> GenerationRequest:
+        return GenerationRequest(
+            call_id=call_id, messages=[{"role": "user", "content": text}],
+            program=ProgramTag(program_id=program, thread_id="main"),
+            sampling=SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True),
+        )  # fmt: skip
+
+    with llama_server(config, startup_timeout=120) as url:
+        root = url.removesuffix("/v1")
+        backend = RemoteBackend("llama", parse_backend(f"llamacpp+{root}"))
+        async with Router([backend], scheduler=SchedulerConfig(policy="plas")) as router:
+            assert backend.admission.limit == 2
+            finals = {}
+
+            async def one(i: int) -> None:
+                request = call(f"c{i}", f"p{i}", f"{i} {history}")
+                finals[i] = [e async for e in router.generate(request)][-1]
+
+            async with sampled(root, interval=0.05) as queue, anyio.create_task_group() as tg:
+                for i in range(5):
+                    tg.start_soon(one, i)
+            assert all(f.usage and f.usage.completion_tokens == 4 for f in finals.values())
+            assert sum(1 for f in finals.values() if f.timings and f.timings.queue_time > 0) >= 3
+            summary = queue.summary()
+            assert summary is not None and summary.samples > 0
+            assert summary.deferred_max == 0  # never more calls on the server than it has slots
+            # The last program granted a slot still has its context there: its next call,
+            # sent to that slot, reuses the whole history from the prompt cache.
+            again = [e async for e in router.generate(call("c4b", "p4", f"4 {history} And?"))][-1]
+            assert again.usage is not None and again.usage.cached_tokens >= 100

@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "compare": ("agentrt.bench.compare", "several servers/policies on the same workload: throughput at equal latency"),
     "engine": ("agentrt.bench.engine", "embedded engine: throughput vs transformers, decode roofline, swap cost"),
     "router": ("agentrt.bench.router", "per-call overhead of the router, a replica process and HTTP vs the engine (p50/p99)"),
+    "relay": ("agentrt.bench.relay", "CPU per token agentrt spends relaying a remote engine's stream (backend, router)"),
     "http": ("agentrt.bench.http_overhead", "per-call cost of the OpenAI app in-process and over loopback HTTP vs the engine (p50/p99)"),
 }
 

@@ -4,7 +4,10 @@ Starts ``agentrt serve`` once per ``--policies`` entry (each on a free
 loopback port, all up for the whole sweep), adds any
 ``--external NAME=URL[#MODEL]`` server (vLLM, SGLang, ``transformers serve``,
 llama.cpp's server) and, with ``--llama-server PATH``, a llama.cpp server it
-starts fresh per rate with as many slots as agentrt's batch, runs the same
+starts fresh per rate with as many slots as agentrt's batch (with
+``--llama-front POLICIES``, also agentrt in front of another freshly started
+one per policy: the engine alone against the same engine behind agentrt's
+admission, with the engine's own queue occupancy measured), runs the same
 rate sweep against each, rate by rate with the systems taking turns (only
 one is loaded at a time; interleaving spreads drift in the machine's
 background load over all of them), and reports each
@@ -17,6 +20,7 @@ latency (the second weighs the short programs, see :mod:`agentrt.sim.sweep`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import socket
@@ -105,6 +109,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-json", default=None, metavar="FILE",
                         help="report (and --simulate) a saved `bench compare --json` run instead of measuring")
     llama_server.add_arguments(parser)
+    parser.add_argument("--llama-front", type=parse_policies, default=[], metavar="POLICIES",
+                        help="with --llama-server: also `agentrt serve --backend llamacpp+URL` in front of "
+                        "a freshly started llama-server, one per policy (comma list)")
     add_workload_arguments(parser)
 
 
@@ -221,6 +228,25 @@ def print_comparison(console: Any, comparison: Comparison) -> None:
     console.print(table)
 
 
+def print_engine_queues(console: Any, systems: list[SystemResult]) -> None:
+    """The engine's own queue through each run, for the systems whose engine reports one."""
+    from rich.table import Table
+
+    rows = [(s.label, r) for s in systems for r in s.runs if r.engine_queue is not None]
+    if not rows:
+        return
+    table = Table(title="the engine's own queue (llama.cpp /metrics, sampled through each run)")
+    for column in ("system", "rate/s", "running (mean)", "queued (mean)", "queued (max)",
+                   "time queue non-empty", "samples"):
+        table.add_column(column, justify="left" if column == "system" else "right")
+    for label, run in rows:
+        q = run.engine_queue
+        assert q is not None
+        table.add_row(label, f"{run.rate:g}", f"{q.processing_mean:.2f}", f"{q.deferred_mean:.2f}",
+                      f"{q.deferred_max:.0f}", f"{q.deferred_share:.0%}", str(q.samples))
+    console.print(table)
+
+
 def serve_flag(serve_args: list[str], flag: str) -> str | None:
     """The value given to ``flag`` in the ``--serve-arg`` list (``--flag=V`` or ``--flag V``)."""
     for i, arg in enumerate(serve_args):
@@ -264,6 +290,8 @@ def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None
     except llama_server.LlamaServerError as e:
         console.print(f"[red]error:[/red] {e}")
         return None
+    if llama is not None:  # its /metrics counts the calls it runs and the ones it queues
+        llama = dataclasses.replace(llama, extra_args=[*llama.extra_args, "--metrics"])
     systems: list[SystemResult] = []
     began = time.monotonic()
     with Progress(enabled=not args.no_progress) as progress:
@@ -290,7 +318,19 @@ def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None
                         console.print(f"[red]error:[/red] {e}")
                         return None
                     targets.append(Target(label="llama.cpp", base_url=url, model=args.model or "",
-                                          extra_body=extra))
+                                          extra_body=extra, queue_metrics=url.removesuffix("/v1")))
+                for policy in args.llama_front if llama is not None else []:
+                    try:
+                        engine = servers.enter_context(llama_server.llama_server(llama, args.startup_timeout))
+                        root = engine.removesuffix("/v1")
+                        url = servers.enter_context(
+                            agentrt_server(policy, ["--backend", f"llamacpp+{root}"], args.startup_timeout))
+                    except (llama_server.LlamaServerError, ServerStartError) as e:
+                        progress.stop()
+                        console.print(f"[red]error:[/red] {e}")
+                        return None
+                    targets.append(Target(label=f"agentrt/{policy}+llama.cpp", base_url=url,
+                                          model=args.model or "", extra_body=extra, queue_metrics=root))
                 offset = time.monotonic() - began
                 one_rate = argparse.Namespace(**{**vars(args), "rates": [rate]})
                 measured = anyio.run(interruptible, sweep_targets, targets, one_rate, progress)
@@ -337,6 +377,8 @@ def run(args: argparse.Namespace) -> int:
     problem = validate(args)
     if problem is None and not (args.policies or args.external or args.llama_server or args.from_json):
         problem = "nothing to compare: give --policies, --external and/or --llama-server"
+    if problem is None and args.llama_front and not args.llama_server:
+        problem = "--llama-front puts agentrt in front of the llama.cpp server of --llama-server"
     if problem is None and args.fit_steps and not args.simulate:
         problem = "--fit-steps fits the profile given with --simulate PROFILE"
     if problem:
@@ -355,6 +397,7 @@ def run(args: argparse.Namespace) -> int:
     result.comparison = compare(systems, args.latency_target)
     result.token_comparison = compare(systems, args.token_latency_target, "token_latency")
     print_runs(console, systems)
+    print_engine_queues(console, systems)
     print_comparison(console, result.comparison)
     print_comparison(console, result.token_comparison)
     if args.simulate and not args.from_json:

@@ -121,6 +121,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["none", "int8", "int4"],
         help="weight-only quantized decode (CPU): int8, or int4 with an int8 head",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode steps through torch.compile ([engine] compile); the first step of each "
+        "batch size compiles (cached on disk) and warm_up does not cover it",
+    )
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--min-prompt-len", type=int, default=16)
@@ -379,6 +385,7 @@ def make_engine(args: argparse.Namespace, loaded: Any, prompts: list[list[int]])
         enable_prefix_caching=False,  # random prompts share nothing; keep the figures about compute
         seed=args.seed,
         quantization=args.quantization,
+        compile=args.compile,
     )
     return LLMEngine(config, loaded)
 

@@ -46,6 +46,7 @@ class Target:
     api_key: str = "EMPTY"
     extra_body: dict[str, Any] = field(default_factory=dict)
     app: Any = None  # an agentrt app served in this process (``agentrt.serve_in_process``) instead of a URL
+    queue_metrics: str = ""  # the root of the engine whose /metrics counts its own queue (llama.cpp)
 
 
 def unit_arrivals(count: int, seed: int) -> list[float]:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from agentrt.bench.engine_queue import EngineQueue
 from agentrt.protocol.engine import StepMoments
 from agentrt.sim.metrics import jain_index, percentile
 from agentrt.sim.sweep import rate_at_target
@@ -113,6 +114,7 @@ class RunSummary(msgspec.Struct, kw_only=True):
     fairness: float
     server: ServerCounters | None = None
     by_workload: dict[str, Distribution] = {}
+    engine_queue: EngineQueue | None = None  # the engine's own queue, where it reports one
 
 
 def covered(intervals: Sequence[tuple[float, float]]) -> float:

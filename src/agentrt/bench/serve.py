@@ -165,7 +165,14 @@ async def sweep_targets(targets: list[Any], args: argparse.Namespace, progress: 
     for rate in rates_of(args):
         for target, system in zip(targets, systems, strict=True):
             started = time.monotonic() - began
-            summary, results = await run_rate(target, args, rate, progress)
+            if target.queue_metrics:
+                from agentrt.bench.engine_queue import sampled
+
+                async with sampled(target.queue_metrics) as queue:
+                    summary, results = await run_rate(target, args, rate, progress)
+                summary.engine_queue = queue.summary()
+            else:
+                summary, results = await run_rate(target, args, rate, progress)
             summary.started = started
             system.runs.append(summary)
             system.programs.append(results)

@@ -19,9 +19,13 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from collections.abc import Sequence as SequenceABC
+from typing import TYPE_CHECKING
 
 from agentrt.engine.sequence import Sequence
 from agentrt.scheduling import Pressure, RetentionConfig, RetentionPolicy
+
+if TYPE_CHECKING:
+    from agentrt.engine.kv_cache import HostRange, HostSwapPool
 
 
 def cdiv(a: int, b: int) -> int:
@@ -64,6 +68,79 @@ class BlockManager:
         # the prompt tokens a next call computes again (bounded: least recent go first).
         self._previous: OrderedDict[str, list[int]] = OrderedDict()
         self.recomputed_prompt_tokens = 0
+        # Host copies of lost pins (see attach_host): program -> range and (hash, tokens)
+        # of each block in it, oldest first.
+        self.host: HostSwapPool | None = None
+        self._offloaded: OrderedDict[str, tuple[HostRange, list[tuple[int, tuple[int, ...]]]]] = (
+            OrderedDict()
+        )
+        self.offloads = self.restores = 0
+
+    # --- lost pins in the host pool ---------------------------------------
+    def attach_host(self, host: HostSwapPool) -> None:
+        """Copy lost pins (yielded, expired, displaced) to ``host`` when it has room, and back
+        when their program calls again (:meth:`call_arrived`) instead of recomputing them.
+
+        Preempted calls come first: an offload only takes host blocks while at least half of
+        the pool stays free for their swaps, and offloaded copies are dropped when a swap
+        needs the room (:meth:`make_host_room`)."""
+        self.host = host
+        if self.enable_prefix_caching and self.evictable.enabled and host.num_blocks:
+            self.evictable.on_yield = self._offload
+
+    def _offload(self, program_id: str, units: list[object]) -> None:
+        host = self.host
+        assert host is not None
+        hashes, tokens = self.block_hash, self.block_tokens
+        blocks = [b for b in units if hashes[b] is not None]  # type: ignore[index]
+        if not blocks or host.num_free_blocks - len(blocks) < host.num_blocks // 2:
+            return
+        handle = host.swap_out(blocks)  # type: ignore[arg-type]
+        if handle is None:
+            return
+        self._drop_offloaded(program_id)
+        ids = [(hashes[b], tokens[b]) for b in blocks]  # type: ignore[index]
+        self._offloaded[program_id] = (handle, ids)  # type: ignore[assignment]
+        self.offloads += 1
+
+    def call_arrived(self, program_id: str, now: float) -> None:
+        """A call of ``program_id`` arrived: tell the retention policy, and bring the program's
+        host copy back into cached blocks, taken as any allocation takes them (free blocks,
+        then the policy's victims: the arriving program's context is the one expected now).
+        Nothing is held: the restored blocks are ordinary cache until the call is admitted."""
+        self.evictable.call_arrived(program_id, now)
+        found = self._offloaded.pop(program_id, None)
+        if found is None:
+            return
+        handle, ids = found
+        host = self.host
+        assert host is not None
+        if len(ids) > self.num_free_blocks:
+            host.release(handle)
+            return
+        fresh = [self._take_free_block() for _ in ids]
+        host.swap_in(handle, fresh)
+        for block, (h, tokens) in zip(fresh, ids, strict=True):
+            self.ref_counts[block] = 0
+            if h in self.hash_to_block:  # still cached on the device: the copy is not needed
+                self.free_ids.append(block)
+                continue
+            self.hash_to_block[h] = block
+            self.block_hash[block] = h
+            self.block_tokens[block] = tokens
+            self.evictable.release(block, program_id)
+        self.restores += 1
+
+    def make_host_room(self, num_blocks: int) -> None:
+        """Drop host copies of lost pins (oldest first) until ``num_blocks`` fit for a swap."""
+        host = self.host
+        while host is not None and self._offloaded and not host.can_hold(num_blocks):
+            self._drop_offloaded(next(iter(self._offloaded)))
+
+    def _drop_offloaded(self, program_id: str) -> None:
+        found = self._offloaded.pop(program_id, None)
+        if found is not None and self.host is not None:
+            self.host.release(found[0])
 
     # --- accounting -------------------------------------------------------
     @property
@@ -221,6 +298,7 @@ class BlockManager:
         """The program will not call again: forget its context and its pin."""
         self._previous.pop(program_id, None)
         self.evictable.program_ended(program_id)
+        self._drop_offloaded(program_id)
 
     def free(self, seq: Sequence) -> None:
         """Release all of ``seq``'s blocks; cached ones stay reusable until evicted."""

@@ -128,10 +128,15 @@ class CompiledDecode:
             self._forward, backend=_backend, dynamic=False, fullgraph=True
         )
 
-    def buffer(self, bucket: int) -> torch.Tensor:
-        """The step-input buffer of one bucket, ``[bucket, 2 + max_blocks]`` int64."""
+    def buffer(self, bucket: int, blocks: int) -> torch.Tensor:
+        """The step-input buffer of one bucket, ``[bucket, 2 + max_blocks]`` int64.
+
+        It is allocated once per bucket; a context longer than ``max_blocks``
+        blocks (a sequence past the length the runner planned for) widens it.
+        """
         buf = self._buffers.get(bucket)
-        if buf is None:
+        if buf is None or buf.shape[1] < 2 + blocks:
+            self.max_blocks = max(self.max_blocks, blocks)
             buf = torch.zeros(bucket, 2 + self.max_blocks, dtype=torch.long)
             self._buffers[bucket] = buf
         return buf
@@ -158,7 +163,7 @@ class CompiledDecode:
             rows.extend(used)
             rows.extend([0] * (blocks - len(used)))
             slots.append(table[pos // bs] * bs + pos % bs)
-        buf = self.buffer(bucket)
+        buf = self.buffer(bucket, blocks)
         width = 2 + blocks
         step = buf[:, :width]
         step[:n].copy_(torch.tensor(rows, dtype=torch.long).view(n, width))

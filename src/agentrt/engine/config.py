@@ -46,11 +46,13 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # forward (fused projections; engine/decoder.py) instead of transformers' modules.
     lean_decoder: bool = True
     # Weight-only quantized decode (CPU, lean decoder only): int8 per channel, or int4 in
-    # groups of 32 with an int8 head; prompt chunks above 64 tokens use the dense weights.
+    # groups of 32 with an int8 head; steps of more rows than matmul.max_quantized_rows
+    # (wide decode batches, prompt chunks) multiply by the dense weights.
     quantization: Quantization = "none"
     # Decode-only steps through torch.compile (inductor), one graph per power-of-two batch
     # bucket, cached on disk under compile_cache_dir (None: $AGENTRT_CACHE_DIR/inductor).
-    # Lean decoder only. Off by default: on CPU it measured no faster than the eager step.
+    # Lean decoder only. Off by default: with a cold cache the first step of each bucket
+    # stalls the engine while it compiles (minutes on a small CPU host).
     compile: bool = False
     compile_cache_dir: str | None = None
     block_size: int = 16

@@ -153,6 +153,7 @@ class LLMEngine:
             clock,
         )
         self.swap_pool = HostSwapPool(cache, config.swap_space)
+        self.block_manager.attach_host(self.swap_pool)
         limit = loaded.max_model_len
         if config.max_model_len is not None:
             limit = min(limit, config.max_model_len)
@@ -273,7 +274,7 @@ class LLMEngine:
         for seq in seqs:
             self.seqs[seq.seq_id] = seq
             self.scheduler.add(seq.call, now)
-        self.block_manager.evictable.call_arrived(program_id, now)
+        self.block_manager.call_arrived(program_id, now)
         self.requests[request_id] = Request(request_id, seqs, prompt_len)
         return seqs
 
@@ -331,8 +332,8 @@ class LLMEngine:
         prefill, decode, kv = self._step_shape(batch)
         started = time.perf_counter()
         logits = self.runner.execute(batch)
-        sampling = [item.seq for item in batch if item.samples]
-        sampled = self._sample(logits, sampling) if sampling else None
+        to_sample = [item.seq for item in batch if item.samples]
+        sampled = self._sample(logits, to_sample) if to_sample else None
         elapsed = time.perf_counter() - started
         events = self._postprocess(batch, sampled, elapsed)
         # The simulator's cost model is fitted to these (bench engine, /v1/engine/stats).
@@ -487,6 +488,8 @@ class LLMEngine:
 
     def _prefer_swap(self, seq: Sequence, num_blocks: int) -> bool:
         mode = self.config.preemption_mode
+        if mode != "recompute":
+            self.block_manager.make_host_room(num_blocks)  # host copies of lost pins go first
         if mode == "recompute" or not self.swap_pool.can_hold(num_blocks):
             return False
         if mode == "swap":
@@ -615,6 +618,8 @@ class LLMEngine:
             kv_pins_reused=bm.evictable.counters.reused,
             kv_pins_expired=bm.evictable.counters.expired,
             kv_pins_yielded=bm.evictable.counters.yielded,
+            kv_pins_offloaded=bm.offloads,
+            kv_pins_restored=bm.restores,
             recomputed_prompt_tokens=bm.recomputed_prompt_tokens,
             calls_per_level=levels,
             step_moments=self.step_moments,

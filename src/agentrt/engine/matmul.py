@@ -91,9 +91,18 @@ def fuse(
     return weight, torch.cat(parts)
 
 
-# Rows above which a quantized weight multiplies with its dense copy instead (prefill chunks):
-# the weight-only kernels are built for few rows, the dense GEMM for many.
-MAX_QUANTIZED_ROWS = 64
+# Row counts up to which a weight-only kernel beats the dense weight; above them (wider
+# decode batches, prefill chunks) the dense copy multiplies. The quantized kernels
+# dequantize for every block of rows, so their cost grows with the rows, while the dense
+# GEMM's barely does. Crossovers measured on SmolLM2-135M's projection shapes (30 layers of
+# weights, one thread, CPU time, avx512_bf16 host): bfloat16 int8 8, int4 12-16; float32
+# (unpacked sgemm) int8 ~24, int4 ~32.
+QUANTIZED_ROW_LIMITS: dict[tuple[str, torch.dtype], int] = {
+    ("int8", torch.bfloat16): 8,
+    ("int4", torch.bfloat16): 12,
+    ("int8", torch.float32): 16,
+    ("int4", torch.float32): 32,
+}
 INT4_GROUP = 32
 
 
@@ -109,6 +118,14 @@ def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
     if dtype == torch.float32 and cpu_has_bf16_instructions():
         return torch.bfloat16
     return dtype
+
+
+def max_quantized_rows(quantization: str, dtype: torch.dtype) -> int:
+    """The most rows a ``quantization`` weight of a ``dtype`` model multiplies quantized."""
+    if quantization not in ("int8", "int4"):
+        raise ValueError(f"no quantized kernel for {quantization!r}")
+    key = (quantization, torch.float32 if dtype == torch.float32 else torch.bfloat16)
+    return QUANTIZED_ROW_LIMITS[key]
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,11 +155,12 @@ def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 class Int8Weight(Weight):
     """int8 weights (:func:`quantize_int8`) multiplied by ``aten._weight_int8pack_mm``.
 
-    Above :data:`MAX_QUANTIZED_ROWS` rows the dense weight is used instead.
+    Above :func:`max_quantized_rows` rows the dense weight is used instead.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__(weight, bias, pack=False)
+        self.max_rows = max_quantized_rows("int8", weight.dtype)
         self.act_dtype = kernel_dtype(weight.dtype)
         self.qweight, scales = quantize_int8(weight)
         self.scales = scales.to(self.act_dtype)
@@ -153,7 +171,7 @@ class Int8Weight(Weight):
         return _size(self.qweight) + _size(self.scales) + bias
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] > MAX_QUANTIZED_ROWS:
+        if x.shape[0] > self.max_rows:
             return F.linear(x, self.weight, self.bias)
         out = torch.ops.aten._weight_int8pack_mm(x.to(self.act_dtype), self.qweight, self.scales)
         if self.bias is not None:
@@ -166,11 +184,12 @@ class Int4Weight(Weight):
 
     The kernel reads each group's pair as ``(scale, zero)`` and computes
     ``(q - 8) * scale + zero``, so ``zero = low + 8 * scale``. Above
-    :data:`MAX_QUANTIZED_ROWS` rows the dense weight is used instead.
+    :func:`max_quantized_rows` rows the dense weight is used instead.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__(weight, bias, pack=False)
+        self.max_rows = max_quantized_rows("int4", weight.dtype)
         self.act_dtype = kernel_dtype(weight.dtype)
         q, scale, low = quantize_int4(weight)
         self.qweight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
@@ -183,7 +202,7 @@ class Int4Weight(Weight):
         return _size(self.qweight) + _size(self.scales_and_zeros) + bias
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] > MAX_QUANTIZED_ROWS:
+        if x.shape[0] > self.max_rows:
             return F.linear(x, self.weight, self.bias)
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.to(self.act_dtype), self.qweight, INT4_GROUP, self.scales_and_zeros

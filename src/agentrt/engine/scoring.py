@@ -3,9 +3,9 @@
 Used to measure what a lossy setting (a dtype, quantized weights) costs in
 quality: perplexity of a fixed text and next-token agreement with a
 reference model. The text is fed ``chunk`` tokens at a time through the
-engine's own KV pool, as chunked prefill is, so a chunk no longer than
-:data:`~agentrt.engine.matmul.MAX_QUANTIZED_ROWS` runs the same kernels a
-decode step runs.
+engine's own KV pool, as chunked prefill is; with quantized weights a chunk
+is no longer than :func:`~agentrt.engine.matmul.max_quantized_rows`, so it
+runs the same kernels a small decode step runs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from agentrt.engine.matmul import MAX_QUANTIZED_ROWS
+from agentrt.engine.matmul import max_quantized_rows
 from agentrt.engine.model_runner import ScheduledSeq
 from agentrt.engine.sampling import SamplingState
 from agentrt.engine.sequence import Sequence
@@ -26,9 +26,7 @@ if TYPE_CHECKING:
     from agentrt.engine.llm_engine import LLMEngine
 
 
-def token_logits(
-    engine: LLMEngine, tokens: list[int], chunk: int = MAX_QUANTIZED_ROWS
-) -> torch.Tensor:
+def token_logits(engine: LLMEngine, tokens: list[int], chunk: int | None = None) -> torch.Tensor:
     """float32 ``[len(tokens), vocab]``: row ``i`` predicts token ``i + 1``.
 
     The engine must have nothing running (the blocks are taken from its pool
@@ -38,6 +36,11 @@ def token_logits(
         raise RuntimeError("score texts only on an idle engine")
     if not tokens:
         raise ValueError("nothing to score")
+    if chunk is None:
+        quantization = engine.config.quantization
+        chunk = (
+            64 if quantization == "none" else max_quantized_rows(quantization, engine.runner.dtype)
+        )
     seq = Sequence(
         seq_id="score",
         request_id="score",

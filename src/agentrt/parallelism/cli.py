@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plan",
         default="all",
-        help="auto (search, ranked by the cost model) | dp | tp | coshard | pp | gpipe | 1f1b | 3d | all "
+        help="auto (search, ranked by the cost model) | dp | tp | coshard | pp | gpipe | 1f1b | 3d | interlaced | all "
         "(default: every shipped plan with its collectives)",
     )
     parser.add_argument(
@@ -146,6 +146,8 @@ def _pipeline_entry(name: str, model: Any, ids: Any, args: argparse.Namespace) -
 
     nmicro = default_micro_batches(args.batch, args.devices)
     graph = capture(Logits(model), (ids[: args.batch // nmicro],))
+    if name == "interlaced":
+        return _interlaced_entry(graph, nmicro, model, args)
     built = pipeline_plan(name, graph, args.devices, nmicro=nmicro, train=args.train)
     inner = [lower(p) for p in built.inner] if built.inner is not None else None
     sends = {t for spec in built.specs[:-1] for t in spec.outputs}
@@ -173,6 +175,53 @@ def _pipeline_entry(name: str, model: Any, ids: Any, args: argparse.Namespace) -
         entry["verify"] = verify(
             args.model,
             name,
+            args.devices,
+            train=args.train,
+            batch=args.batch,
+            seq=args.seq,
+            dtype=getattr(torch, args.dtype),
+        ).as_dict()
+    return entry
+
+
+def _interlaced_entry(
+    graph: Any, nmicro: int, model: Any, args: argparse.Namespace
+) -> dict[str, Any]:
+    import torch
+
+    from agentrt.parallelism.interlaced import interlaced
+    from agentrt.parallelism.launch import verify
+
+    built = interlaced(graph, args.devices, nmicro=nmicro)
+    collectives: dict[str, int] = {}
+    for p in (built.embed, built.head):
+        for k, v in p.collectives(train=args.train).items():
+            collectives[k] = collectives.get(k, 0) + v * nmicro
+    sends = {t for spec in built.body[:-1] for t in spec.outputs}
+    collectives["send/recv"] = len(sends) * nmicro * (2 if args.train else 1)
+    collectives["broadcast"] = len(built.head_in) * nmicro * (2 if args.train else 1)
+    entry: dict[str, Any] = {
+        "stages": len(built.body),
+        "devices_per_stage": 1,
+        "micro_batches": nmicro,
+        "schedule": "interlaced",
+        "split_operators": sum(
+            1
+            for p in (built.embed, built.head)
+            for op in p.plan.graph.ops
+            if p.plan.transform_of(op)
+        ),
+        "collectives": collectives,
+        "predicted_comm_seconds": nmicro
+        * (built.embed.comm_seconds(train=args.train) + built.head.comm_seconds(train=args.train)),
+        "param_bytes_per_device": built.embed.param_bytes()
+        + built.head.param_bytes()
+        + max(sum(graph.tensors[n].nbytes for n in s.state) for s in built.body),
+    }
+    if args.verify:
+        entry["verify"] = verify(
+            args.model,
+            "interlaced",
             args.devices,
             train=args.train,
             batch=args.batch,

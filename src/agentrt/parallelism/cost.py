@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 from torch.distributed.tensor import Shard
-from torch.fx.node import map_arg
 
 from agentrt.parallelism.comm import CostModel, Program
 from agentrt.parallelism.errors import ParallelError
@@ -88,7 +87,7 @@ def _cache_path() -> Path:
 
 def _key(op: Op) -> str:
     shapes = ";".join(f"{t.dtype}{list(t.shape)}" for t in op.inputs)
-    return f"{op.target}|{shapes}|{torch.get_num_threads()}"
+    return f"{op.target}|{shapes}|runner-1-thread"
 
 
 class OpTimes:
@@ -124,7 +123,8 @@ class OpTimes:
             if cache:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(known))
-        self.seconds = {op.name: known[_key(op)] for op in self.graph.ops}
+        floor = min(known.values(), default=0.0)
+        self.seconds = {op.name: known.get(_key(op), floor) for op in self.graph.ops}
 
     def part(self, op: Op, ways: int) -> float:
         """One of ``ways`` parts of ``op``: the call overhead, and its share of the rest."""
@@ -132,34 +132,42 @@ class OpTimes:
         return self.overhead + max(whole - self.overhead, 0.0) / max(ways, 1)
 
 
-def _time_ops(graph: Graph, names: set[str], repeats: int = 3) -> dict[str, float]:
-    """Run the graph once per repeat on random inputs, timing each operator call (best of ``repeats``)."""
-    best: dict[str, float] = {}
-    keys: dict[str, str] = {}
+def _time_worker(rank: int, n: int, program: str, out: str) -> None:
+    from agentrt.parallelism.comm import lower
+    from agentrt.parallelism.graph import from_program
+    from agentrt.parallelism.plan import Plan
+    from agentrt.parallelism.runtime import Runner, init_mesh
+
+    graph = from_program(torch.export.load(program))
+    runner = Runner(lower(Plan(graph, 1)), init_mesh(1), copy=False)
+    runner.timer = {}
+    inputs = [
+        torch.randn(t.shape, dtype=t.dtype)
+        if t.dtype.is_floating_point
+        else torch.zeros(t.shape, dtype=t.dtype)
+        for t in graph.inputs
+    ]
     with torch.no_grad():
-        for _ in range(repeats):
-            env: dict[str, Any] = dict(graph.state)
-            for t in graph.inputs:
-                env[t.name] = (
-                    torch.randn(t.shape, dtype=t.dtype)
-                    if t.dtype.is_floating_point
-                    else torch.zeros(t.shape, dtype=t.dtype)
-                )
-            for op in graph.ops:
-                values = iter([env[t.name] for t in op.inputs])
-                args, kwargs = map_arg((op.node.args, op.node.kwargs), lambda _n, v=values: next(v))
-                start = time.perf_counter()
-                result = op.target(*args, **kwargs)
-                took = time.perf_counter() - start
-                if len(op.outputs) == 1 and not isinstance(result, (list, tuple)):
-                    env[op.outputs[0].name] = result
-                else:
-                    for t, value in zip(op.outputs, result, strict=True):
-                        env[t.name] = value
-                if op.name in names:
-                    keys[op.name] = _key(op)
-                    best[op.name] = min(best.get(op.name, float("inf")), took)
-    return {keys[name]: seconds for name, seconds in best.items()}
+        for _ in range(3):
+            runner.forward(inputs)
+    torch.save(runner.timer, out)
+
+
+def _time_ops(graph: Graph, names: set[str]) -> dict[str, float]:
+    """Each operator's call through the per-rank runtime (binding included), fastest of three runs.
+
+    Measured in a one-rank process group, single-threaded like every rank.
+    """
+    import tempfile
+
+    from agentrt.parallelism.spawn import run_ranks
+
+    with tempfile.TemporaryDirectory() as tmp:
+        program, out = os.path.join(tmp, "program.pt2"), os.path.join(tmp, "times.pt")
+        torch.export.save(graph.program, program)
+        run_ranks(_time_worker, 1, (program, out), what="operator timing")
+        timer: dict[str, float] = torch.load(out)
+    return {_key(graph.op(name)): timer[name] for name in names if name in timer}
 
 
 @dataclass
@@ -241,21 +249,35 @@ def pipeline_estimate(
 
 
 def fit_alpha_beta(samples: list[tuple[int, float]], n: int) -> CostModel:
-    """Least squares of measured ring all-reduce times ``(bytes, seconds)`` on ``n`` devices to alpha, beta."""
+    """Ring all-reduce times ``(bytes, seconds)`` on ``n`` devices fitted to alpha and beta.
+
+    Least squares of the *relative* error (each sample weighted by one over its
+    time squared), so a loaded host's slow large message does not swamp the
+    small ones a layer sends.
+    """
     if len(samples) < 2:
         raise ParallelError("fitting alpha and beta needs at least two message sizes")
-    xs = [2 * (n - 1) / n * b for b, _ in samples]  # bytes term's coefficient of 1/beta
     rounds = 2 * (n - 1)
-    ys = [s for _, s in samples]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    var = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
-    intercept = my - slope * mx
-    beta = 1.0 / slope if slope > 0 else float("inf")
-    return CostModel(alpha=max(intercept, 0.0) / rounds, beta=beta)
+    rows = [(rounds, 2 * (n - 1) / n * b, s) for b, s in samples]  # s = rounds*alpha + x/beta
+    w = [1.0 / (s * s) for _, _, s in rows]
+    saa = sum(wi * a * a for wi, (a, _, _) in zip(w, rows, strict=True))
+    sax = sum(wi * a * x for wi, (a, x, _) in zip(w, rows, strict=True))
+    sxx = sum(wi * x * x for wi, (_, x, _) in zip(w, rows, strict=True))
+    say = sum(wi * a * y for wi, (a, _, y) in zip(w, rows, strict=True))
+    sxy = sum(wi * x * y for wi, (_, x, y) in zip(w, rows, strict=True))
+    det = saa * sxx - sax * sax
+    if det <= 0:
+        raise ParallelError("fitting alpha and beta needs message sizes that differ")
+    alpha = (say * sxx - sax * sxy) / det
+    inv_beta = (saa * sxy - sax * say) / det
+    if alpha < 0 or inv_beta <= 0:  # a degenerate fit: fall back to a line through the extremes
+        (b0, s0), (b1, s1) = min(samples), max(samples)
+        inv_beta = max((s1 - s0) / max(2 * (n - 1) / n * (b1 - b0), 1), 1e-15)
+        alpha = max(s0 - 2 * (n - 1) / n * b0 * inv_beta, 0.0) / rounds
+    return CostModel(alpha=alpha, beta=1.0 / inv_beta)
 
 
-_SIZES = (4 << 10, 256 << 10, 2 << 20)
+_SIZES = (4 << 10, 64 << 10, 256 << 10, 1 << 20)
 
 
 def _allreduce_worker(rank: int, n: int, out: str) -> None:

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from agentrt.parallelism.comm import lower
 from agentrt.parallelism.errors import ParallelError
 from agentrt.parallelism.graph import Graph, capture, from_program
+from agentrt.parallelism.interlaced import interlaced
 from agentrt.parallelism.models import BUILTIN, Logits, LossAndLogits, _loss
 from agentrt.parallelism.pipeline import (
     PIPELINE_PLANS,
@@ -37,7 +38,8 @@ from agentrt.parallelism.spawn import run_ranks
 def load_model(spec: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A built-in tiny model by name (``tiny-llama``, ``tiny-gpt``) or a transformers model folder."""
     if spec in BUILTIN:
-        return BUILTIN[spec](seed).to(dtype)
+        model = BUILTIN[spec](seed)
+        return model if next(model.parameters()).device.type == "meta" else model.to(dtype)
     if not os.path.isdir(spec):
         raise ParallelError(
             f"unknown model {spec!r}: give a model folder or one of {', '.join(BUILTIN)}"
@@ -236,6 +238,45 @@ def _pipe_worker(
     torch.save(result, f"{out}.{rank}")
 
 
+def _interlaced_worker(
+    rank: int,
+    n: int,
+    plan: str,
+    program: str,
+    train: bool,
+    nmicro: int,
+    inputs: list[torch.Tensor],
+    out: str,
+) -> None:
+    """One device of an interlaced pipeline; rank 0 writes the outputs, every rank its stage's gradients."""
+    from agentrt.parallelism.interlaced import InterlacedRunner, interlaced
+
+    graph = _load(program)
+    runner = InterlacedRunner(interlaced(graph, n, nmicro=nmicro), init_mesh(n), train=train)
+    ids = list(inputs[0].chunk(nmicro))
+    labels = list(inputs[1].chunk(nmicro)) if train else None
+    dist.barrier()
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(3):
+            start = time.perf_counter()
+            runner.step(ids, None, _loss)
+            dist.barrier()
+            best = min(best, time.perf_counter() - start)
+    logits, loss = runner.step(ids, labels, _loss)
+    result: dict[str, Any] = {"logits": logits, "seconds": best, "trace": []}
+    if train:
+        grads = runner.full_grads(keep=rank == 0)
+        result["loss"] = loss
+        result["grads"] = grads if rank == 0 else runner.stage.grads()
+        with torch.no_grad():
+            for piece in runner.parameters():
+                if piece.grad is not None:
+                    piece -= _LR * piece.grad
+            result["second_loss"] = runner.step(ids, labels, _loss)[1]
+    torch.save(result, f"{out}.{rank}")
+
+
 def _reference(model: torch.nn.Module, train: bool, inputs: list[torch.Tensor]) -> dict[str, Any]:
     """One device, one thread (as each rank runs), so the forward times compare."""
     threads = torch.get_num_threads()
@@ -296,14 +337,20 @@ def verify(
             raise ParallelError(f"{nmicro} micro-batches do not divide the batch of {batch}")
         graph = capture(Logits(model), (inputs[0][: batch // nmicro],))
         # a plan error is raised here, not in N processes
-        built = pipeline_plan(plan, graph, ndevices, nmicro=nmicro, train=train)
-        for inner in built.inner or []:
-            lower(inner)
-        assert built.plan.pipe is not None
-        expected = [
-            [b.kind for b in built.plan.pipe.sequences[built.place(r)[0]]] for r in range(ndevices)
-        ]
+        if plan == "interlaced":
+            interlaced(graph, ndevices, nmicro=nmicro)
+        else:
+            built = pipeline_plan(plan, graph, ndevices, nmicro=nmicro, train=train)
+            for inner in built.inner or []:
+                lower(inner)
+            assert built.plan.pipe is not None
+            expected = [
+                [b.kind for b in built.plan.pipe.sequences[built.place(r)[0]]]
+                for r in range(ndevices)
+            ]
         worker, args = _pipe_worker, (plan, train, nmicro, inputs)
+        if plan == "interlaced":
+            worker, expected = _interlaced_worker, [[] for _ in range(ndevices)]
     else:
         graph = capture(LossAndLogits(model) if train else Logits(model), tuple(inputs))
         lower(PLANS[plan](graph, ndevices))  # a plan error is raised here, not in N processes

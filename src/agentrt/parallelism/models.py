@@ -136,4 +136,32 @@ def tiny_llama_tied(seed: int = 0) -> nn.Module:
     return tiny_llama(seed, tied=True)
 
 
-BUILTIN = {"tiny-llama": tiny_llama, "tiny-gpt": tiny_gpt, "tiny-llama-tied": tiny_llama_tied}
+def llama_8b_meta(seed: int = 0) -> nn.Module:
+    """Llama-3-8B's shape (32 layers, 4096 wide, GQA 32/8 heads, 128256 vocabulary) on the meta device.
+
+    No weights exist, so it can be planned (``agentrt plan --profile ...``) but not run.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=8192,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    with torch.device("meta"):
+        return LlamaForCausalLM(config).to(torch.bfloat16).eval()
+
+
+BUILTIN = {
+    "tiny-llama": tiny_llama,
+    "tiny-gpt": tiny_gpt,
+    "tiny-llama-tied": tiny_llama_tied,
+    "llama-8b": llama_8b_meta,
+}

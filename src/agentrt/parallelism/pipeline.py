@@ -384,7 +384,7 @@ class SplitStageModule(_Stage):
         return self.runner.full_grads()
 
 
-PIPELINE_PLANS = ("pp", "gpipe", "1f1b", "3d")
+PIPELINE_PLANS = ("pp", "gpipe", "1f1b", "3d", "interlaced")
 
 
 @dataclass
@@ -429,8 +429,11 @@ def pipeline_plan(name: str, graph: Graph, ndevices: int, *, nmicro: int, train:
 
     ``3d`` is tensor parallel over 2 devices inside each of ``ndevices / 2`` stages.
     """
-    if name not in PIPELINE_PLANS:
-        raise PlanError(f"unknown pipeline plan {name!r}; known: {', '.join(PIPELINE_PLANS)}")
+    if name not in PIPELINE_PLANS or name == "interlaced":
+        raise PlanError(
+            f"unknown pipeline plan {name!r}; known: {', '.join(PIPELINE_PLANS[:-1])} "
+            "(the interlaced pipeline is agentrt.parallelism.interlaced)"
+        )
     if name in ("pp", "3d"):
         kind = "1f1b" if train else "infer"
     elif not train:

@@ -86,7 +86,11 @@ def _is_weight_linear(op: Op) -> bool:
 
 
 def tensor_parallel(
-    graph: Graph, ndevices: int, *, colocate: Callable[[Op], int] | None = None
+    graph: Graph,
+    ndevices: int,
+    *,
+    colocate: Callable[[Op], int] | None = None,
+    require_linear: bool = True,
 ) -> Plan:
     """Megatron: a linear reading a whole activation is split by columns, one reading columns by rows.
 
@@ -111,7 +115,9 @@ def tensor_parallel(
         return None
 
     plan = follow(Plan(graph, ndevices), {}, choose, colocate=colocate)
-    if not any(_is_weight_linear(op) and plan.transform_of(op) is not None for op in graph.ops):
+    if require_linear and not any(
+        _is_weight_linear(op) and plan.transform_of(op) is not None for op in graph.ops
+    ):
         raise PlanError(
             f"tensor parallel: no linear layer of this model splits over {ndevices} devices"
         )

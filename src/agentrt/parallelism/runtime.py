@@ -10,6 +10,7 @@ model, weight-gradient reduction included.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -94,6 +95,8 @@ class Runner:
     ) -> None:
         self.program = program
         self.mesh = mesh
+        # op name -> fastest seconds seen for it (adapters included), when set to a dict
+        self.timer: dict[str, float] | None = None
         self.rank = mesh.get_local_rank()
         self.n = program.ndevices
         graph = program.plan.graph
@@ -128,6 +131,7 @@ class Runner:
         # before its backward collective runs, once.
         cache: dict[tuple[str, Any, Any], torch.Tensor] = {}
         for op, adapters in self.program.steps:
+            start = time.perf_counter()
             values = []
             for t, adapter in zip(op.inputs, adapters, strict=True):
                 if adapter.key not in cache:
@@ -143,6 +147,9 @@ class Runner:
             else:
                 for t, value in zip(op.outputs, result, strict=True):
                     env[t.name] = value
+            if self.timer is not None:
+                took = time.perf_counter() - start
+                self.timer[op.name] = min(self.timer.get(op.name, took), took)
         return [self._adapt(env[a.tensor.name], a) for a in self.program.outputs]
 
     def _call(self, op: Op, values: list[torch.Tensor], index: int | None) -> Any:

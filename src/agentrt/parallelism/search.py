@@ -106,13 +106,20 @@ def search(
     memory_limit: int | None = None,
     profile: DeviceProfile | None = None,
     comm: CostModel | None = None,
-    families: tuple[str, ...] = ("dp", "tp", "coshard", "pp", "3d"),
+    families: tuple[str, ...] = ("dp", "tp", "coshard", "pp", "3d", "interlaced"),
 ) -> Search:
     """Price every candidate plan of ``families`` for ``model`` on ``ndevices`` and rank them."""
     if ndevices < 1:
         raise ParallelError(f"the device count must be at least 1, got {ndevices}")
     result = Search(ndevices, train, memory_limit)
     batch = ids.shape[0]
+    where = next(model.parameters()).device
+    if where.type == "meta":
+        if profile is None:
+            raise ParallelError(
+                "a model without weights (meta device) can only be planned with --profile"
+            )
+        ids, labels = ids.to(where), labels.to(where)
     times_of: dict[int, OpTimes] = {}
 
     def comm_for(group: int) -> CostModel:
@@ -125,7 +132,7 @@ def search(
             times_of[id(graph)] = OpTimes(graph, profile)
         return times_of[id(graph)]
 
-    graphs: dict[int, Graph] = {}
+    graphs: dict[Any, Graph] = {}
 
     def graph_at(size: int) -> Graph:
         """The model captured at a batch of ``size`` (a micro-batch for pipelines)."""
@@ -195,7 +202,27 @@ def search(
                         name, graph_at(batch // m), ndevices, tp, m, kind, times, comm_for, train
                     ),
                 )
+    if "interlaced" in families and ndevices >= 2:
+        from agentrt.parallelism.interlaced import estimate, interlaced
+
+        for m in micro_counts or [batch]:
+            name = f"interlaced(m={m})"
+
+            def build(m: int = m, name: str = name) -> Estimate:
+                g = _logits_graph(model, ids[: batch // m], graphs)
+                built = interlaced(g, ndevices, nmicro=m, cost=comm_for(ndevices))
+                return estimate(name, built, times(g), comm_for(ndevices), train=train)
+
+            add(name, "interlaced", build)
     return result
+
+
+def _logits_graph(model: torch.nn.Module, ids: torch.Tensor, graphs: dict[Any, Graph]) -> Graph:
+    """The interlaced pipeline is captured ending in logits (its loss runs beside the head)."""
+    key = ("logits", ids.shape[0])
+    if key not in graphs:
+        graphs[key] = capture(Logits(model), (ids,))  # type: ignore[index]
+    return graphs[key]  # type: ignore[index]
 
 
 def _pipe(

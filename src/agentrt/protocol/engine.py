@@ -208,6 +208,8 @@ class EngineStats(msgspec.Struct, kw_only=True):
     kv_pins_reused: int = 0
     kv_pins_expired: int = 0
     kv_pins_yielded: int = 0
+    kv_pins_offloaded: int = 0  # lost pins copied to the host pool
+    kv_pins_restored: int = 0  # of those, copied back for their program's next call
     recomputed_prompt_tokens: int = 0
     # Live calls (waiting or running) per scheduler queue level, top level first.
     calls_per_level: list[int] = msgspec.field(default_factory=list)

@@ -3,7 +3,9 @@
 It takes llama-server's flags, writes them to ``$FAKE_LLAMA_ARGV`` (one JSON
 list per start) so a test can check what the benchmark asked for, answers
 ``/health`` 503 for a moment as llama.cpp does while it loads, and serves
-``/props`` with the ``--model`` path like the real server.
+``/props`` with the ``--model`` path like the real server. Like it, it runs
+at most ``--parallel`` calls and queues the rest first come, first served,
+and with ``--metrics`` counts both at ``/metrics``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from typing import Any
 
 import uvicorn
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 
 from agentrt.serving.config import ServerConfig
 from agentrt.serving.http.app import create_app
@@ -34,11 +36,13 @@ def main() -> None:
     parser.add_argument("--parallel", type=int)
     parser.add_argument("--ctx-size", type=int)
     parser.add_argument("--no-webui", action="store_true")
+    parser.add_argument("--metrics", action="store_true")
     args, _ = parser.parse_known_args()
     with open(os.environ["FAKE_LLAMA_ARGV"], "a") as f:
         f.write(json.dumps(sys.argv[1:]) + "\n")
     started = time.monotonic()
-    app = create_app(EchoEngine(token_delay=0.001), ServerConfig(log_requests=False))
+    engine = EchoEngine(token_delay=0.001, slots=args.parallel)
+    app = create_app(engine, ServerConfig(log_requests=False))
 
     async def root(scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path") if scope["type"] == "http" else None
@@ -48,6 +52,13 @@ def main() -> None:
         elif path == "/props":
             body = {"model_path": args.model, "total_slots": args.parallel}
             await JSONResponse(body)(scope, receive, send)
+        elif path == "/metrics" and args.metrics:
+            stats = engine.stats()
+            text = (
+                f"llamacpp:requests_processing {stats.running}\n"
+                f"llamacpp:requests_deferred {stats.waiting}\n"
+            )
+            await PlainTextResponse(text)(scope, receive, send)
         else:
             await app(scope, receive, send)
 

@@ -110,3 +110,25 @@ def test_under_pressure_every_kv_block_is_freed() -> None:
     assert stats.preemptions_swap + stats.preemptions_recompute > 0
     assert [o[0] for o in outputs] == hf_reference(prompts, 24)
     assert_block_pool_clean(engine)
+
+
+def test_the_step_buffer_widens_for_a_context_past_the_planned_length() -> None:
+    engine = tiny_engine(compile=True)
+    decode = engine.runner.compiled
+    assert decode is not None
+    planned = decode.max_blocks
+    assert decode.buffer(2, planned).shape == (2, 2 + planned)
+    assert decode.buffer(2, planned + 3).shape == (2, 2 + planned + 3)
+    assert decode.max_blocks == planned + 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_compiled_quantized_decode_equals_the_eager_quantized_engine(quantization: str) -> None:
+    prompts = random_prompts([5, 9], seed=17)
+    greedy = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    runs = [
+        [o[0] for o in tiny_engine(quantization=quantization, compile=c).generate(prompts, greedy)]
+        for c in (True, False)
+    ]
+    assert runs[0] == runs[1]

@@ -13,10 +13,10 @@ from agentrt.engine.config import EngineConfig
 from agentrt.engine.llm_engine import LLMEngine
 from agentrt.engine.matmul import (
     INT4_GROUP,
-    MAX_QUANTIZED_ROWS,
     Int4Weight,
     Int8Weight,
     make_weight,
+    max_quantized_rows,
     quantize_int4,
     quantize_int8,
 )
@@ -72,19 +72,28 @@ def test_quantized_products_equal_the_dequantized_weights(
     packed_bytes = layer.qweight.numel() * layer.qweight.element_size()
     assert packed_bytes == w.numel() * (1 if kind is Int8Weight else 0.5)
     assert layer.nbytes < w.numel() * 4  # fewer bytes than the float32 weight
-    x = torch.randn(MAX_QUANTIZED_ROWS, 128).to(dtype)
+    rows = layer.max_rows
+    x = torch.randn(rows, 128).to(dtype)
     got = layer(x)
-    assert got.dtype == dtype and got.shape == (MAX_QUANTIZED_ROWS, 96)
+    assert got.dtype == dtype and got.shape == (rows, 96)
     expected = x.float() @ dequantize(w.to(dtype)).t() + bias.to(dtype).float()  # type: ignore[operator]
     # bfloat16 activations and scales: about 3 significant digits.
     torch.testing.assert_close(got.float(), expected, rtol=0.02, atol=0.05 * expected.abs().mean())
 
 
-def test_long_prompt_chunks_use_the_dense_weight() -> None:
-    w, bias = weight(), torch.randn(96)
-    x = torch.randn(MAX_QUANTIZED_ROWS + 1, 128)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_above_the_kinds_limit_use_the_dense_weight(dtype: torch.dtype) -> None:
+    w, bias = weight().to(dtype), torch.randn(96).to(dtype)
     for kind in ("int8", "int4"):
-        torch.testing.assert_close(make_weight(w, bias, kind, pack=False)(x), F.linear(x, w, bias))
+        layer = make_weight(w, bias, kind, pack=False)
+        limit = max_quantized_rows(kind, dtype)
+        assert layer.max_rows == limit  # type: ignore[attr-defined]
+        above = torch.randn(limit + 1, 128).to(dtype)
+        torch.testing.assert_close(layer(above), F.linear(above, w, bias))
+        at = torch.randn(limit, 128).to(dtype)
+        assert not torch.equal(layer(at), F.linear(at, w, bias))  # the quantized kernel ran
+    # int4 reads fewer bytes per row than int8 and stays ahead for more rows.
+    assert max_quantized_rows("int4", dtype) > max_quantized_rows("int8", dtype)
     with pytest.raises(ValueError, match="unknown quantization"):
         make_weight(w, bias, "int3", pack=False)
 

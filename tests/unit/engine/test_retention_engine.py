@@ -194,3 +194,57 @@ def test_pins_never_block_calls_under_pressure() -> None:
         engine.end_program(program)
     assert engine.block_manager.evictable.pinned_blocks == 0
     assert_block_pool_clean(engine)
+
+
+@pytest.mark.parametrize("swap_blocks", [0, 64])
+def test_a_yielded_pin_comes_back_from_the_host_pool(swap_blocks: int) -> None:
+    """The one-shot programs run at once and need the agent's pinned blocks: the pin
+    yields. With a host pool its blocks are copied there, and back when the agent calls
+    again: a prefix hit, and the same greedy tokens as recomputing them."""
+
+    block_bytes = tiny_engine(block_size=4).runner.kv_cache.block_bytes
+
+    def run(mode: str) -> tuple[list[int], LLMEngine]:
+        clock = Clock()
+        config = EngineConfig(
+            dtype="float32",
+            num_kv_blocks=24,
+            block_size=4,
+            max_num_seqs=8,
+            swap_space=swap_blocks * block_bytes,
+            scheduler=SchedulerConfig(policy="fcfs"),
+            retention=RetentionConfig(mode=mode, prior_interrupt_s=30.0),  # type: ignore[arg-type]
+        )
+        engine = LLMEngine(config, make_tiny_loaded(), clock=clock)
+        rng = random.Random(4)
+        history = [rng.randrange(1, 256) for _ in range(40)]
+        history += agent_turn(engine, "agent", history, 0)
+        clock.now += 1.0
+        for i in range(2):  # both at once: 2 x 11 blocks leave no room for the pin
+            engine.add_request(
+                f"other-{i}",
+                [rng.randrange(1, 256) for _ in range(40)],
+                SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True),
+                program=ProgramTag(program_id=f"other-{i}"),
+            )
+        while engine.has_unfinished_requests():
+            engine.step()
+        clock.now += 1.0
+        return agent_turn(engine, "agent", [*history, 7, 8, 9], 1), engine
+
+    recomputed, _ = run("off")
+    restored, engine = run("ttl")
+    bm = engine.block_manager
+    assert restored == recomputed
+    assert bm.evictable.counters.yielded >= 1
+    if swap_blocks:
+        assert bm.offloads >= 1 and bm.restores == 1
+        assert engine.stats().kv_pins_restored == 1
+        assert engine.stats().recomputed_prompt_tokens == 0
+    else:
+        assert (bm.offloads, bm.restores) == (0, 0)
+        assert engine.stats().recomputed_prompt_tokens > 0
+    for program in ("agent", "other-0", "other-1"):
+        engine.end_program(program)  # host copies of ended programs are dropped
+    assert engine.swap_pool.num_free_blocks == engine.swap_pool.num_blocks
+    assert bm.num_free_blocks == bm.num_blocks

@@ -21,7 +21,8 @@ def test_plan_prints_each_plan_and_writes_json(
     assert "tiny-gpt on 2 devices (training step" in text
     report = json.loads(out.read_text())
     plans = {p["plan"]: p for p in report["plans"]}
-    assert set(plans) == {"dp", "tp", "coshard", "pp", "gpipe", "1f1b", "3d"}
+    assert set(plans) == {"dp", "tp", "coshard", "pp", "gpipe", "1f1b", "3d", "interlaced"}
+    assert plans["interlaced"]["collectives"]["broadcast"] > 0
     assert plans["pp"]["stages"] == 2 and plans["pp"]["collectives"]["send/recv"] > 0
     assert "2 devices do not make at least 2 pipeline stages" in plans["3d"]["error"]
     assert plans["dp"]["collectives"]["all-reduce"] > plans["tp"]["collectives"]["all-reduce"] > 0

@@ -174,3 +174,41 @@ def test_three_d_on_four_processes_matches_one_device() -> None:
     # tp 2 x pp 2 with the LM head tied to the embedding across the two stages
     result = verify("tiny-llama-tied", "3d", 4, train=True)
     assert result.ok, result.as_dict()
+
+
+def test_interlaced_splits_embedding_and_head_over_all_devices(llama_micro: Any) -> None:
+    from agentrt.parallelism.interlaced import interlaced
+
+    _, _, graph = llama_micro
+    built = interlaced(graph, 2, nmicro=2)
+    assert len(built.body) == 2 and built.body[0].inputs == ["embedding"]
+    assert built.embed.collectives() == {
+        "all-reduce": 1
+    }  # the vocabulary-split lookup's partial sums
+    assert built.head.collectives() == {"all-gather": 1}  # the vocabulary-split logits, gathered
+    assert built.head.collectives(train=True) == {"all-gather": 1, "all-reduce": 1}
+    held = {graph.fqn[k] for s in built.body for k in s.state}
+    assert not any(
+        "embed_tokens" in k or "lm_head" in k for k in held
+    )  # only the layers are staged
+    with pytest.raises(PlanError, match="at least 2 devices"):
+        interlaced(graph, 1, nmicro=2)
+
+
+def test_interlaced_refuses_a_tied_head() -> None:
+    from agentrt.parallelism.interlaced import interlaced
+
+    graph = capture(Logits(tiny_llama(tied=True)), (torch.randint(0, 256, (1, 8)),))
+    with pytest.raises(PlanError, match="tied to the embedding"):
+        interlaced(graph, 2, nmicro=2)
+
+
+def test_interlaced_on_two_processes_matches_one_device() -> None:
+    result = verify("tiny-gpt", "interlaced", 2, train=True)
+    assert result.ok, result.as_dict()
+
+
+@pytest.mark.slow
+def test_interlaced_forward_on_four_processes_matches_one_device() -> None:
+    result = verify("tiny-llama", "interlaced", 4, batch=8)
+    assert result.ok, result.as_dict()

@@ -31,6 +31,8 @@ NAMES = [
     "agentrt:num_kv_pins_reused_total",
     "agentrt:num_kv_pins_expired_total",
     "agentrt:num_kv_pins_yielded_total",
+    "agentrt:num_kv_pins_offloaded_total",
+    "agentrt:num_kv_pins_restored_total",
     "agentrt:recomputed_prompt_tokens_total",
     "agentrt:program_e2e_latency_seconds",
     "agentrt:program_attained_service_seconds",
@@ -54,6 +56,8 @@ class BusyEngine(EchoEngine):
         base.kv_pins_reused = 7
         base.kv_pins_expired = 1
         base.kv_pins_yielded = 1
+        base.kv_pins_offloaded = 3
+        base.kv_pins_restored = 2
         base.recomputed_prompt_tokens = 320
         return base
 
@@ -109,6 +113,8 @@ def test_engine_state_is_read_at_scrape_time() -> None:
     assert value(text, "agentrt:num_kv_pins_reused_total") == 7
     assert value(text, "agentrt:num_kv_pins_expired_total") == 1
     assert value(text, "agentrt:num_kv_pins_yielded_total") == 1
+    assert value(text, "agentrt:num_kv_pins_offloaded_total") == 3
+    assert value(text, "agentrt:num_kv_pins_restored_total") == 2
     assert value(text, "agentrt:recomputed_prompt_tokens_total") == 320
 
 

@@ -316,3 +316,35 @@ async def test_several_choices_come_back_with_their_indexes_and_usage_once() -> 
         assert mine[-1].finish_reason == "stop"
     assert [e.usage is not None for e in events].count(True) == 1
     assert events[-1].usage is not None and events[-1].usage.completion_tokens == 4
+
+
+class _Chunks:
+    """A response whose body arrives in the given pieces."""
+
+    def __init__(self, *pieces: bytes) -> None:
+        self.pieces = pieces
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            yield piece
+
+
+async def test_server_sent_events_are_cut_from_the_bytes_wherever_they_split() -> None:
+    from agentrt.serving.router.backends.remote import _sse_data
+
+    async def events(*pieces: bytes) -> list[bytes]:
+        return [data async for data in _sse_data(_Chunks(*pieces))]  # type: ignore[arg-type]
+
+    body = b'data: {"a":1}\n\n: a comment\n\ndata: {"b":2}\n\ndata: [DONE]\n\n'
+    expected = [b'{"a":1}', b'{"b":2}', b"[DONE]"]
+    assert await events(body) == expected
+    assert await events(*[body[i : i + 1] for i in range(len(body))]) == expected  # byte by byte
+    crlf = body.replace(b"\n", b"\r\n")
+    assert await events(*[crlf[i : i + 3] for i in range(0, len(crlf), 3)]) == expected
+    cr = crlf.index(b"\r") + 1  # a piece that ends between CR and LF
+    assert await events(crlf[:cr], crlf[cr:]) == expected
+    # Multi-line data is joined; an event without a blank line at the end still counts.
+    assert await events(b"event: x\ndata: one\ndata:two\n\n", b"data: last") == [
+        b"one\ntwo",
+        b"last",
+    ]

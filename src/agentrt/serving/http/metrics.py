@@ -143,6 +143,16 @@ class EngineStatsCollector(Collector):
             s.kv_pins_yielded,
         )
         yield _counter(
+            "agentrt:num_kv_pins_offloaded",
+            "Lost pins (yielded, expired, displaced) copied to the host pool.",
+            s.kv_pins_offloaded,
+        )
+        yield _counter(
+            "agentrt:num_kv_pins_restored",
+            "Host copies of pins brought back for their program's next call.",
+            s.kv_pins_restored,
+        )
+        yield _counter(
             "agentrt:recomputed_prompt_tokens",
             "Prompt tokens computed again after their KV was evicted or dropped.",
             s.recomputed_prompt_tokens,

@@ -316,7 +316,7 @@ class RemoteBackend:
                     )
                 timings.first_scheduled = time.monotonic()
                 async for payload in _sse_data(response):
-                    if payload == "[DONE]":
+                    if payload == b"[DONE]":
                         break
                     for event in decoder.feed(payload):
                         if timings.first_token is None:
@@ -390,15 +390,39 @@ class RemoteBackend:
             log.warning("end_program_failed", engine_id=self.engine_id, error=repr(e))
 
 
-async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
-    """The ``data`` of each server-sent event (multi-line data joined with newlines)."""
-    lines: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-        elif line.startswith("data:"):
-            lines.append(line[5:].removeprefix(" "))
-    if lines:
-        yield "\n".join(lines)
+async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The ``data`` of each server-sent event, as bytes (multi-line data joined with newlines).
+
+    Events are cut out of the received bytes directly: no decoding to text and
+    no per-line strings, so a token costs one slice before msgspec decodes it.
+    """
+    pending = b""
+    async for received in response.aiter_bytes():
+        pending = pending + received if pending else received
+        if b"\r" in pending:  # CRLF or CR line ends (rare): normalised, a CR at the end kept
+            held = pending.endswith(b"\r")  # back in case an LF comes next
+            pending = pending[:-1] if held else pending
+            pending = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            pending += b"\r" if held else b""
+        start = 0
+        while (end := pending.find(b"\n\n", start)) >= 0:
+            data = _event_data(pending[start:end])
+            start = end + 2
+            if data is not None:
+                yield data
+        pending = pending[start:]
+    pending = pending.replace(b"\r", b"\n").strip(b"\n")
+    if pending:
+        data = _event_data(pending)
+        if data is not None:
+            yield data
+
+
+def _event_data(event: bytes) -> bytes | None:
+    """The data of one event (its ``data:`` lines joined), None when it has none."""
+    if event.startswith(b"data: ") and b"\n" not in event:
+        return event[6:]  # the shape every OpenAI-compatible server sends
+    lines = [
+        line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
+    ]
+    return b"\n".join(lines) if lines else None

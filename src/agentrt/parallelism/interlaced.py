@@ -1,0 +1,342 @@
+"""The interlaced pipeline: embedding and LM head split over all devices, the layers pipelined between.
+
+A large vocabulary makes the embedding and the head the heaviest parts of a
+small-hidden model; a plain pipeline puts them whole on its first and last
+stage, and those stages set the pace. Here both are tensor parallel over
+*every* device (vocabulary rows for the embedding, vocabulary columns for
+the head), and the layers in between form an ``n``-stage pipeline. Per
+micro-batch the schedule interlaces the all-device blocks with the
+pipeline's: ``E(m)`` on all devices, then ``F(s, m)`` down the stages, the
+last stage's hidden state is broadcast and ``H(m)`` runs on all devices; in
+training the backward mirrors it (``H`` backward on all devices, ``B(s, m)``
+up the stages, the embedding's gradient broadcast from stage 0 and ``E``
+backward on all devices). Forwards and backwards are each GPipe-ordered.
+
+In plan terms (phase 1 and 2): the embedding and head operators are
+partitioned over all ``n`` devices, every layer operator is replicated once
+and assigned to its stage. Phase 3 lowers the two all-device segments with
+:func:`~agentrt.parallelism.comm.lower` and the layers with
+:func:`~agentrt.parallelism.pipeline.stages`; the hand-offs between them
+are a broadcast each way. This executor is ours: torch's pipeline schedules
+have no block that runs on every device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from agentrt.parallelism.comm import CostModel, Program, lower
+from agentrt.parallelism.errors import PlanError
+from agentrt.parallelism.graph import Graph, Op
+from agentrt.parallelism.pipeline import (
+    StageModule,
+    StageSpec,
+    free_ops,
+    pipeline,
+    stage_graph,
+    stages,
+)
+from agentrt.parallelism.plans import tensor_parallel
+
+
+@dataclass
+class Interlaced:
+    graph: Graph
+    head_in: list[
+        str
+    ]  # what the head segment reads from the layers (broadcast from the last stage)
+    embed: Program  # all devices
+    body: list[StageSpec]  # one stage per device
+    body_graph: Graph
+    head: Program  # all devices
+    nmicro: int
+
+
+def _segment(graph: Graph, ops: list[Op], inputs: list[str], outputs: list[str]) -> Graph:
+    state = sorted(
+        {t.name for op in ops for t in op.inputs if t.kind in ("param", "buffer", "constant")}
+    )
+    return stage_graph(graph, StageSpec(0, ops, inputs, outputs, state))
+
+
+def interlaced(
+    graph: Graph, ndevices: int, *, nmicro: int, cost: CostModel | None = None
+) -> Interlaced:
+    """Build the interlaced pipeline for ``graph`` (captured at the micro-batch size, ending in logits)."""
+    if ndevices < 2:
+        raise PlanError(f"interlaced pipeline: needs at least 2 devices, got {ndevices}")
+    emb = next(
+        (
+            i
+            for i, op in enumerate(graph.ops)
+            if op.target is torch.ops.aten.embedding.default and op.inputs[0].kind == "param"
+        ),
+        None,
+    )
+    head = next(
+        (
+            i
+            for i in range(len(graph.ops) - 1, -1, -1)
+            if graph.ops[i].target is torch.ops.aten.linear.default
+            and graph.ops[i].inputs[1].kind == "param"
+        ),
+        None,
+    )
+    if emb is None or head is None or head <= emb:
+        raise PlanError(
+            "interlaced pipeline: the model needs an embedding table and a linear LM head"
+        )
+    e_ops, h_ops = graph.ops[: emb + 1], graph.ops[head:]
+    free = free_ops(graph)
+    body_ops = graph.ops[emb + 1 : head]
+    e_names = {t.name for op in e_ops for t in op.outputs}
+    h_names = {op.name for op in h_ops}
+    weights = {t.name for op in e_ops + h_ops for t in op.inputs if t.kind == "param"}
+    if weights & {t.name for op in body_ops for t in op.inputs if t.kind == "param"}:
+        raise PlanError(
+            "interlaced pipeline: a weight of the embedding or head is also read by a layer"
+        )
+    if {t.name for op in e_ops for t in op.inputs} & {
+        t.name for op in h_ops for t in op.inputs if t.kind == "param"
+    }:
+        raise PlanError(
+            "interlaced pipeline: the LM head is tied to the embedding; untie it or use 'pp'"
+        )
+    order = {t.name: i for i, t in enumerate(graph.tensors.values())}
+
+    def reads(ops: list[Op], made: set[str]) -> list[str]:
+        names = {
+            t.name
+            for op in ops
+            for t in op.inputs
+            if t.kind in ("input", "activation") and t.name not in made
+        }
+        return sorted(names, key=order.__getitem__)
+
+    body_made = {t.name for op in body_ops for t in op.outputs}
+    h_made = {t.name for op in h_ops for t in op.outputs}
+    head_in = reads(h_ops, h_made)
+    if any(
+        graph.producer.get(t) is None or graph.producer[t].name in h_names or t not in body_made
+        for t in head_in
+    ):
+        raise PlanError("interlaced pipeline: the LM head must read only what the layers produce")
+    e_out = sorted({t for t in reads(body_ops, body_made)} & e_names, key=order.__getitem__)
+    body_in = reads(body_ops, body_made)
+    if any(
+        t not in e_names and graph.tensors[t].kind != "input" and graph.producer[t].name not in free
+        for t in body_in
+    ):
+        raise PlanError(
+            "interlaced pipeline: the layers read something the embedding segment does not make"
+        )
+    embed_graph = _segment(graph, e_ops, [t.name for t in graph.inputs], e_out)
+    body_graph = _segment(graph, body_ops, body_in, head_in)
+    head_graph = _segment(graph, h_ops, head_in, [t.name for t in graph.outputs])
+    plan = pipeline(body_graph, ndevices, nmicro=nmicro, schedule="gpipe")
+    return Interlaced(
+        graph,
+        head_in,
+        lower(tensor_parallel(embed_graph, ndevices, require_linear=False), cost),
+        stages(plan),
+        body_graph,
+        lower(tensor_parallel(head_graph, ndevices), cost),
+        nmicro,
+    )
+
+
+def _wire(t: torch.Tensor) -> torch.Tensor:
+    """gloo moves no booleans: they travel as bytes."""
+    return t.to(torch.uint8) if t.dtype is torch.bool else t.contiguous()
+
+
+def _send(values: list[torch.Tensor], dst: int) -> None:
+    for v in values:
+        dist.send(_wire(v.detach()), dst)
+
+
+def _recv(metas: list[Any], src: int) -> list[torch.Tensor]:
+    out = []
+    for t in metas:
+        wire = torch.bool if t.dtype is torch.bool else t.dtype
+        buf = torch.empty(t.shape, dtype=torch.uint8 if wire is torch.bool else wire)
+        dist.recv(buf, src)
+        out.append(buf.bool() if wire is torch.bool else buf)
+    return out
+
+
+def _broadcast(values: list[torch.Tensor], metas: list[Any], src: int) -> list[torch.Tensor]:
+    out = []
+    for i, t in enumerate(metas):
+        mine = dist.get_rank() == src
+        buf = (
+            _wire(values[i].detach()).clone()
+            if mine
+            else torch.empty(t.shape, dtype=torch.uint8 if t.dtype is torch.bool else t.dtype)
+        )
+        dist.broadcast(buf, src)
+        out.append(buf.bool() if t.dtype is torch.bool else buf)
+    return out
+
+
+class InterlacedRunner:
+    """One device's share of an interlaced pipeline: both all-device segments and its layer stage."""
+
+    def __init__(self, built: Interlaced, mesh: Any, *, train: bool) -> None:
+        from agentrt.parallelism.runtime import Runner
+
+        self.built = built
+        self.rank, self.n = mesh.get_local_rank(), len(built.body)
+        self.train = train
+        self.embed = Runner(built.embed, mesh, train=train, copy=False)
+        self.head = Runner(built.head, mesh, train=train, copy=False)
+        self.spec = built.body[self.rank]
+        self.stage = StageModule(self.spec, built.body_graph, train=train)
+
+    def _metas(self, names: list[str]) -> list[Any]:
+        return [self.built.graph.tensors[name] for name in names]
+
+    def _leaves(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [
+            v.detach().requires_grad_(
+                self.train and v.is_floating_point() and torch.is_grad_enabled()
+            )
+            for v in values
+        ]
+
+    def step(
+        self, ids: list[torch.Tensor], labels: list[torch.Tensor] | None, loss_fn: Any
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One batch of micro-batches: logits (every device) and, with labels, the mean loss after its backward."""
+        built, rank, n = self.built, self.rank, self.n
+        backward = labels is not None and torch.is_grad_enabled()
+        e_names = built.embed.plan.graph.outputs
+        embedded = [self.embed.forward([x]) for x in ids]  # E(m): all devices
+        xs, ys = [], []
+        for m, x_ids in enumerate(ids):  # F(s, m): down the stages
+            if rank == 0:
+                env = {t.name: v for t, v in zip(e_names, embedded[m], strict=True)}
+                env.update({t.name: x_ids for t in built.graph.inputs})
+                x = self._leaves([env[name] for name in self.spec.inputs])
+            else:
+                x = self._leaves(_recv(self._metas(self.spec.inputs), rank - 1))
+            y = self.stage(*x)
+            y = list(y) if isinstance(y, tuple) else [y]
+            if rank < n - 1:
+                _send(y, rank + 1)
+            xs.append(x)
+            ys.append(y)
+        logits, losses, head_grads = [], [], []
+        metas = self._metas(built.head_in)
+        for m in range(len(ids)):  # H(m): the last stage's output to every device
+            h = self._leaves(_broadcast(ys[m] if rank == n - 1 else [], metas, n - 1))
+            out = self.head.forward(h)[0]
+            logits.append(out.detach())
+            if labels is not None:
+                loss = loss_fn(out, labels[m]) / len(ids)
+                if backward:
+                    loss.backward()
+                    head_grads.append(
+                        [v.grad if v.grad is not None else torch.zeros_like(v) for v in h]
+                    )
+                losses.append(loss.detach())
+        if backward:
+            for m in range(len(ids)):  # B(s, m): up the stages
+                live = [v for v in ys[m] if v.requires_grad]
+                if rank == n - 1:
+                    grads = [
+                        g for v, g in zip(ys[m], head_grads[m], strict=True) if v.requires_grad
+                    ]
+                else:
+                    grads = _recv([_Meta(v) for v in live], rank + 1)
+                torch.autograd.backward(live, grads)
+                if rank > 0:
+                    _send(
+                        [
+                            v.grad if v.grad is not None else torch.zeros_like(v)
+                            for v in xs[m]
+                            if v.requires_grad
+                        ],
+                        rank - 1,
+                    )
+            for m in range(len(ids)):  # E(m) backward: stage 0's input gradients to every device
+                wanted = [t.name for t in e_names]
+                if rank == 0:
+                    got = {name: v for name, v in zip(self.spec.inputs, xs[m], strict=True)}
+                    grads = [
+                        got[name].grad
+                        if got[name].grad is not None
+                        else torch.zeros_like(got[name])
+                        for name in wanted
+                    ]
+                else:
+                    grads = []
+                grads = _broadcast(grads, self._metas(wanted), 0)
+                pairs = [(v, g) for v, g in zip(embedded[m], grads, strict=True) if v.requires_grad]
+                if pairs:
+                    torch.autograd.backward([v for v, _ in pairs], [g for _, g in pairs])
+        loss = torch.stack(losses).sum() if losses else None
+        return torch.cat(logits), loss
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [
+            *self.embed.parameters.values(),
+            *self.head.parameters.values(),
+            *(p for p in self.stage.weights.values()),
+        ]
+
+    def full_grads(self, *, keep: bool) -> dict[str, torch.Tensor]:
+        grads = {**self.embed.full_grads(keep=keep), **self.head.full_grads(keep=keep)}
+        grads.update(self.stage.grads())
+        return grads
+
+
+class _Meta:
+    def __init__(self, like: torch.Tensor) -> None:
+        self.shape, self.dtype = tuple(like.shape), like.dtype
+
+
+def estimate(name: str, built: Interlaced, times: Any, comm: CostModel, *, train: bool) -> Any:
+    """Predicted step: per micro-batch the two all-device segments and two broadcasts, plus the layers' GPipe makespan."""
+    from agentrt.parallelism.cost import Estimate, spmd_estimate
+
+    m, n = built.nmicro, len(built.body)
+    seg = [
+        spmd_estimate(name, p, _SubTimes(times, p.plan.graph), train=train)
+        for p in (built.embed, built.head)
+    ]
+    graph = built.graph
+    forward = [sum(times.part(op, 1) for op in spec.ops) for spec in built.body]
+    backward = [2 * f for f in forward] if train else [0.0] * n
+    hop_bytes = max(sum(graph.tensors[t].nbytes for t in s.outputs) for s in built.body[:-1])
+    hop = comm.alpha + hop_bytes / comm.beta
+    plan = pipeline(built.body_graph, n, nmicro=m, schedule="gpipe" if train else "infer")
+    makespan = plan.pipe.simulate(forward, backward, hop) if plan.pipe is not None else 0.0
+    head_bytes = sum(graph.tensors[t].nbytes for t in built.head_in)
+    casts = m * (1 + train) * ((n - 1) * comm.alpha + head_bytes / comm.beta)
+    segments = m * sum(s.seconds for s in seg)
+    total = segments + makespan + casts
+    compute = m * sum(s.compute_seconds for s in seg) + sum(forward) * (3 if train else 1) * m / n
+    weights = max(sum(graph.tensors[k].nbytes for k in spec.state) for spec in built.body)
+    acts = max(sum(t.nbytes for op in spec.ops for t in op.outputs) for spec in built.body)
+    memory = (
+        sum(s.memory_bytes for s in seg)
+        + weights * (2 if train else 1)
+        + acts * (m if train else 1)
+    )
+    return Estimate(name, total, compute, total - compute, int(memory))
+
+
+class _SubTimes:
+    """Operator times of a segment's graph looked up in the whole graph's (same operator names)."""
+
+    def __init__(self, times: Any, graph: Graph) -> None:
+        self.times, self.overhead = times, times.overhead
+        self.seconds = {op.name: times.seconds[op.name] for op in graph.ops}
+
+    def part(self, op: Op, ways: int) -> float:
+        return self.times.part(op, ways)

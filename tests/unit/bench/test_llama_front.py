@@ -1,0 +1,67 @@
+"""``bench compare --llama-front``: llama.cpp alone against agentrt in front of a fresh one, with the
+engine's own queue sampled; against the stand-in binary (a first-come-first-served echo server)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tests.unit.bench.llama_fakes import fake_llama_binary, flag, starts, write_gguf
+
+from agentrt.bench.engine_queue import parse_metrics
+from agentrt.cli import main
+
+
+def test_the_engines_counts_are_read_from_its_metrics() -> None:
+    text = "# HELP llamacpp:requests_processing x\nllamacpp:requests_processing 4\nllamacpp:requests_deferred 2\n"
+    assert parse_metrics(text) == (4.0, 2.0)
+    assert parse_metrics("llamacpp:requests_processing 4\n") is None
+    assert parse_metrics("llamacpp:requests_processing four\nllamacpp:requests_deferred 0") is None
+
+
+def test_compare_puts_agentrt_in_front_of_its_own_fresh_llama_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    binary = fake_llama_binary(tmp_path, monkeypatch)
+    out = tmp_path / "compare.json"
+    model = write_gguf(tmp_path / "m.gguf", tied=True)
+    code = main([
+        "bench", "compare", "--policies", "", "--llama-server", str(binary), "--llama-front", "plas",
+        "--llama-model", str(model), "--llama-threads", "1", "--llama-slots", "2",
+        "--workload", "chat", "--num-programs", "3", "--rate", "20", "--json", str(out),
+        "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    alone, front = json.loads(out.read_text())["systems"]
+    assert (alone["label"], front["label"]) == ("llama.cpp", "agentrt/plas+llama.cpp")
+    for system in (alone, front):
+        [run] = system["runs"]
+        assert (run["completed"], run["errors"]) == (3, 0)
+        queue = run["engine_queue"]
+        assert queue["samples"] >= 1 and queue["processing_mean"] <= 2
+    # Two fresh servers, each with --metrics; agentrt keeps the engine's queue empty.
+    assert len(starts(tmp_path)) == 2
+    assert all("--metrics" in argv and flag(argv, "--parallel") == "2" for argv in starts(tmp_path))
+    assert front["runs"][0]["engine_queue"]["deferred_max"] == 0
+
+
+def test_a_front_needs_the_llama_server_it_stands_in_front_of(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main([
+        "bench", "compare", "--policies", "", "--external", "x=http://127.0.0.1:9/v1", "--llama-front", "plas",
+        "--workload", "chat", "--num-programs", "1", "--rate", "5", "--no-progress",
+    ])  # fmt: skip
+    assert code == 2
+    assert "--llama-front" in capsys.readouterr().out
+
+
+def test_the_relay_benchmark_counts_every_token(tmp_path: Path) -> None:
+    out = tmp_path / "relay.json"
+    code = main(["bench", "relay", "--tokens", "20", "--calls", "3", "--concurrency", "2",
+                 "--repeats", "1", "--json", str(out)])  # fmt: skip
+    assert code == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["layer"] for r in rows] == ["httpx", "backend", "router"]
+    assert all(r["cpu_us_per_token"] > 0 for r in rows)
