@@ -39,7 +39,8 @@ class Weight:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None and x.shape[0] <= MAX_PACKED_ROWS:
             if torch.compiler.is_compiling():
-                return packed_linear(x, self.packed, self.bias, self.out_features)
+                compiled: torch.Tensor = packed_linear(x, self.packed, self.bias, self.out_features)
+                return compiled
             out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
                 x, self.packed, self.bias, "none", [], ""
             )
@@ -173,7 +174,9 @@ class Int8Weight(Weight):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > self.max_rows:
             return F.linear(x, self.weight, self.bias)
-        out = torch.ops.aten._weight_int8pack_mm(x.to(self.act_dtype), self.qweight, self.scales)
+        out: torch.Tensor = torch.ops.aten._weight_int8pack_mm(
+            x.to(self.act_dtype), self.qweight, self.scales
+        )
         if self.bias is not None:
             out = out + self.bias
         return out.to(x.dtype)
@@ -204,7 +207,7 @@ class Int4Weight(Weight):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > self.max_rows:
             return F.linear(x, self.weight, self.bias)
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+        out: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.to(self.act_dtype), self.qweight, INT4_GROUP, self.scales_and_zeros
         )
         if self.bias is not None:
