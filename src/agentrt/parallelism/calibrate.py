@@ -24,7 +24,7 @@ def calibrate(model_spec: str, ndevices: int, batch: int, seq: int) -> dict[str,
     model = load_model(model_spec)
     ids, labels = example_inputs(vocab_of(model), batch, seq, 0)
     found = search(model, ids, labels, ndevices, train=False, comm=comm)
-    rows = []
+    rows: list[dict[str, Any]] = []
     runs = {"dp": "dp", "tp": "tp", "coshard(k=2)": "coshard", f"pp(infer,m={ndevices})": "pp"}
     for cand in found.candidates:
         if cand.name not in runs or cand.estimate is None:

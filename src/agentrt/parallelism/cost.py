@@ -28,7 +28,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.distributed.tensor import Shard
@@ -132,6 +132,12 @@ class OpTimes:
         return self.overhead + max(whole - self.overhead, 0.0) / max(ways, 1)
 
 
+class PartTimes(Protocol):
+    """What pricing a plan needs of operator times: the seconds of one of ``ways`` parts of an operator."""
+
+    def part(self, op: Op, ways: int) -> float: ...
+
+
 def _time_worker(rank: int, n: int, program: str, out: str) -> None:
     from agentrt.parallelism.comm import lower
     from agentrt.parallelism.graph import from_program
@@ -189,7 +195,7 @@ def _ways(program: Program, op: Op) -> int:
     return 1 if split is None else split.n
 
 
-def spmd_estimate(name: str, program: Program, times: OpTimes, *, train: bool) -> Estimate:
+def spmd_estimate(name: str, program: Program, times: PartTimes, *, train: bool) -> Estimate:
     """A plan that runs every operator on every device: parts' times plus its collectives."""
     graph, n = program.plan.graph, program.ndevices
     compute = sum(times.part(op, _ways(program, op)) for op in graph.ops)

@@ -24,7 +24,7 @@ have no block that runs on every device.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -41,6 +41,9 @@ from agentrt.parallelism.pipeline import (
     stages,
 )
 from agentrt.parallelism.plans import tensor_parallel
+
+if TYPE_CHECKING:
+    from agentrt.parallelism.cost import Estimate
 
 
 @dataclass
@@ -268,10 +271,8 @@ class InterlacedRunner:
                 if rank == 0:
                     got = {name: v for name, v in zip(self.spec.inputs, xs[m], strict=True)}
                     grads = [
-                        got[name].grad
-                        if got[name].grad is not None
-                        else torch.zeros_like(got[name])
-                        for name in wanted
+                        v.grad if v.grad is not None else torch.zeros_like(v)
+                        for v in (got[name] for name in wanted)
                     ]
                 else:
                     grads = []
@@ -300,7 +301,7 @@ class _Meta:
         self.shape, self.dtype = tuple(like.shape), like.dtype
 
 
-def estimate(name: str, built: Interlaced, times: Any, comm: CostModel, *, train: bool) -> Any:
+def estimate(name: str, built: Interlaced, times: Any, comm: CostModel, *, train: bool) -> Estimate:
     """Predicted step: per micro-batch the two all-device segments and two broadcasts, plus the layers' GPipe makespan."""
     from agentrt.parallelism.cost import Estimate, spmd_estimate
 
@@ -339,4 +340,5 @@ class _SubTimes:
         self.seconds = {op.name: times.seconds[op.name] for op in graph.ops}
 
     def part(self, op: Op, ways: int) -> float:
-        return self.times.part(op, ways)
+        seconds: float = self.times.part(op, ways)
+        return seconds

@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -47,7 +47,8 @@ def load_model(spec: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> 
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(spec, dtype=dtype).eval()
+        loaded: torch.nn.Module = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype)
+        return loaded.eval()
     except (OSError, ValueError, KeyError) as exc:  # no config, unknown architecture, bad weights
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ParallelError(f"cannot load a causal LM from {spec}: {first}") from None
@@ -66,7 +67,7 @@ def vocab_of(model: torch.nn.Module) -> int:
     config = getattr(model, "config", None)
     if config is not None:
         return int(config.vocab_size)
-    return int(model.tok.num_embeddings)  # type: ignore[union-attr]
+    return int(cast(torch.nn.Embedding, model.tok).num_embeddings)
 
 
 @dataclass
@@ -137,11 +138,13 @@ def _worker(
     result: dict[str, Any] = {"logits": outputs[-1], "seconds": seconds}
     if train:
         loss = runner.forward(inputs)[0]
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         result["loss"], result["grads"] = loss.detach(), runner.full_grads(keep=rank == 0)
         with torch.no_grad():
             for piece in runner.parameters.values():
-                piece -= _LR * piece.grad
+                grad = piece.grad
+                assert grad is not None
+                piece -= _LR * grad
             result["second_loss"] = runner.forward(inputs)[0]
     if rank == 0:
         torch.save(result, f"{out}.0")
@@ -296,7 +299,7 @@ def _reference(model: torch.nn.Module, train: bool, inputs: list[torch.Tensor]) 
             with torch.no_grad():
                 for p in step.parameters():
                     if p.grad is not None:
-                        p -= _LR * p.grad
+                        p.sub_(_LR * p.grad)
                 result["second_loss"] = step(*inputs)[0]
         return result
     finally:
@@ -331,6 +334,8 @@ def verify(
     model = load_model(spec, seed, dtype)
     inputs = list(example_inputs(vocab_of(model), batch, seq, seed))[: 2 if train else 1]
     expected: list[list[str]] = []
+    worker: Callable[..., None]
+    args: tuple[Any, ...]
     if piped:
         nmicro = micro_batches or default_micro_batches(batch, ndevices)
         if batch % nmicro:

@@ -33,7 +33,8 @@ def tiny_llama(
         tie_word_embeddings=tied,
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config).to(torch.float32).eval()
+    model: nn.Module = LlamaForCausalLM(config)
+    return model.to(torch.float32).eval()
 
 
 class _Block(nn.Module):
@@ -53,7 +54,8 @@ class _Block(nn.Module):
         )
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.o(a.transpose(1, 2).reshape(b, s, d))
-        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        out: torch.Tensor = x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+        return out
 
 
 class TinyGPT(nn.Module):
@@ -71,7 +73,8 @@ class TinyGPT(nn.Module):
         x = self.tok(input_ids) + self.pos(torch.arange(input_ids.shape[1]))
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln(x))
+        logits: torch.Tensor = self.head(self.ln(x))
+        return logits
 
 
 def tiny_gpt(seed: int = 0, **kwargs: Any) -> nn.Module:
@@ -85,7 +88,8 @@ def _logits(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
         if hasattr(model, "config")
         else model(input_ids)
     )
-    return out.logits if hasattr(out, "logits") else out
+    logits: torch.Tensor = out.logits if hasattr(out, "logits") else out
+    return logits
 
 
 def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -122,12 +126,16 @@ class NextTokenLoss(nn.Module):
         )
 
 
-class LossAndLogits(NextTokenLoss):
+class LossAndLogits(nn.Module):
     """``(input_ids, labels) -> (loss, logits)``: one capture checks both the step and the forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
 
     def forward(
         self, input_ids: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         logits = _logits(self.model, input_ids)
         return _loss(logits, labels), logits
 
@@ -156,7 +164,8 @@ def llama_8b_meta(seed: int = 0) -> nn.Module:
         pad_token_id=0,
     )
     with torch.device("meta"):
-        return LlamaForCausalLM(config).to(torch.bfloat16).eval()
+        model: nn.Module = LlamaForCausalLM(config)
+        return model.to(torch.bfloat16).eval()
 
 
 BUILTIN = {

@@ -163,7 +163,7 @@ def _vocab_embedding(split: Split) -> Callable[..., torch.Tensor]:
         local = ids - start
         outside = (local < 0) | (local >= rows)
         pad = padding_idx - start if 0 <= padding_idx - start < rows else -1
-        out = aten.embedding.default(
+        out: torch.Tensor = aten.embedding.default(
             weight, local.masked_fill(outside, 0), pad, scale_grad_by_freq, sparse
         )
         return out.masked_fill(outside.unsqueeze(-1), 0.0)

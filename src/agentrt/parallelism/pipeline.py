@@ -221,12 +221,12 @@ class _Mark(torch.autograd.Function):
     """Identity that notes in ``trace`` when a block's backward starts (the gradient reaches the stage's output)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, trace: list[str]) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, trace: list[str]) -> torch.Tensor:
         ctx.trace = trace
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         ctx.trace.append("B")
         return grad, None
 
@@ -261,7 +261,7 @@ class _Stage(nn.Module):
             self.trace.append("F")
             marked = next((i for i, o in enumerate(outs) if o.requires_grad), None)
             if marked is not None:
-                outs[marked] = _Mark.apply(outs[marked], self.trace)
+                outs[marked] = _Mark.apply(outs[marked], self.trace)  # type: ignore[no-untyped-call]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def tied_groups(self, width: int = 1, position: int = 0) -> dict[str, Any]:

@@ -57,13 +57,13 @@ class _Move(torch.autograd.Function):
     """One adapter: its forward path on the way in, its backward path on the gradient."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, adapter: Adapter, mesh: DeviceMesh) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, adapter: Adapter, mesh: DeviceMesh) -> torch.Tensor:
         ctx.adapter, ctx.mesh = adapter, mesh
         out = _run_steps(x, adapter.forward, mesh, adapter.tensor.shape)
         return out if out is not x else x.view_as(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         adapter: Adapter = ctx.adapter
         return _run_steps(grad, adapter.backward, ctx.mesh, adapter.tensor.shape), None, None
 
@@ -118,7 +118,8 @@ class Runner:
         if not adapter.forward and not adapter.backward:
             return value
         if value.requires_grad and value.is_floating_point():
-            return _Move.apply(value, adapter, self.mesh)
+            moved: torch.Tensor = _Move.apply(value, adapter, self.mesh)  # type: ignore[no-untyped-call]
+            return moved
         return _run_steps(value, adapter.forward, self.mesh, adapter.tensor.shape)
 
     def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -31,6 +31,7 @@ from agentrt.parallelism.errors import ParallelError
 from agentrt.parallelism.graph import Graph, capture
 from agentrt.parallelism.models import Logits, NextTokenLoss
 from agentrt.parallelism.pipeline import pipeline, stages, three_d
+from agentrt.parallelism.plan import Plan
 from agentrt.parallelism.plans import coshard, data_parallel, tensor_parallel
 
 
@@ -152,34 +153,36 @@ def search(
             cand.error = str(exc)
         result.candidates.append(cand)
 
-    spmd = {
+    def coshard_at(k: int) -> Callable[[Graph], Plan]:
+        return lambda g: coshard(g, ndevices, k)
+
+    spmd: dict[str, list[tuple[str, Callable[[Graph], Plan]]]] = {
         "dp": [("dp", lambda g: data_parallel(g, ndevices))],
         "tp": [("tp", lambda g: tensor_parallel(g, ndevices))],
-        "coshard": [(f"coshard(k={k})", lambda g, k=k: coshard(g, ndevices, k)) for k in (2, 4)],
+        "coshard": [(f"coshard(k={k})", coshard_at(k)) for k in (2, 4)],
     }
     for family, builders in spmd.items():
         if family not in families:
             continue
         for name, make_plan in builders:
-            add(
-                name,
-                family,
-                lambda n=name, mk=make_plan: spmd_estimate(
+
+            def build_spmd(n: str = name, mk: Callable[[Graph], Plan] = make_plan) -> Estimate:
+                return spmd_estimate(
                     n,
                     lower(mk(graph_at(batch)), comm_for(ndevices)),
                     times(graph_at(batch)),
                     train=train,
-                ),
-            )
+                )
+
+            add(name, family, build_spmd)
     micro_counts = sorted({m for m in (ndevices, 2 * ndevices, 4 * ndevices) if batch % m == 0})
     if "pp" in families and ndevices >= 2:
         kinds = ("gpipe", "1f1b") if train else ("infer",)
         for m in micro_counts or [batch]:
             for kind in kinds:
-                add(
-                    f"pp({kind},m={m})",
-                    "pp",
-                    lambda m=m, kind=kind: _pipe(
+
+                def build_pp(m: int = m, kind: str = kind) -> Estimate:
+                    return _pipe(
                         f"pp({kind},m={m})",
                         graph_at(batch // m),
                         ndevices,
@@ -188,20 +191,23 @@ def search(
                         times,
                         comm_for(2),
                         train,
-                    ),
-                )
+                    )
+
+                add(f"pp({kind},m={m})", "pp", build_pp)
     if "3d" in families:
         for tp in (w for w in range(2, ndevices) if ndevices % w == 0 and ndevices // w >= 2):
             for m in micro_counts[:1] or [batch]:
                 kind = "1f1b" if train else "infer"
                 name = f"3d(tp={tp},pp={ndevices // tp},m={m})"
-                add(
-                    name,
-                    "3d",
-                    lambda m=m, tp=tp, name=name, kind=kind: _three_d(
+
+                def build_3d(
+                    m: int = m, tp: int = tp, name: str = name, kind: str = kind
+                ) -> Estimate:
+                    return _three_d(
                         name, graph_at(batch // m), ndevices, tp, m, kind, times, comm_for, train
-                    ),
-                )
+                    )
+
+                add(name, "3d", build_3d)
     if "interlaced" in families and ndevices >= 2:
         from agentrt.parallelism.interlaced import estimate, interlaced
 
@@ -221,8 +227,8 @@ def _logits_graph(model: torch.nn.Module, ids: torch.Tensor, graphs: dict[Any, G
     """The interlaced pipeline is captured ending in logits (its loss runs beside the head)."""
     key = ("logits", ids.shape[0])
     if key not in graphs:
-        graphs[key] = capture(Logits(model), (ids,))  # type: ignore[index]
-    return graphs[key]  # type: ignore[index]
+        graphs[key] = capture(Logits(model), (ids,))
+    return graphs[key]
 
 
 def _pipe(

@@ -20,7 +20,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from torch._C._distributed_c10d import PrefixStore, TCPStore
+from torch.multiprocessing.spawn import (
+    ProcessExitedException,
+    ProcessRaisedException,
+    start_processes,
+)
 
 from agentrt.log import get_logger
 from agentrt.parallelism.errors import ParallelError
@@ -40,8 +45,8 @@ def _entry(
 ) -> None:
     torch.set_num_threads(1)
     timeout = timedelta(seconds=seconds)
-    client = dist.TCPStore(_HOST, port, None, False, timeout=timeout)
-    store = dist.PrefixStore(prefix, client)
+    client = TCPStore(_HOST, port, None, False, timeout=timeout)
+    store = PrefixStore(prefix, client)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=n, timeout=timeout)
     try:
         store.add(_JOINED, 1)  # gloo has connected every pair by now
@@ -50,7 +55,7 @@ def _entry(
         dist.destroy_process_group()
 
 
-def _raised(what: str, n: int, exc: mp.ProcessRaisedException) -> ParallelError:
+def _raised(what: str, n: int, exc: ProcessRaisedException) -> ParallelError:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     where = next((line for line in reversed(lines) if line.startswith("File ")), "")
     return ParallelError(
@@ -75,12 +80,12 @@ def run_ranks(
     """
     log = get_logger("agentrt.parallelism")
     for attempt in range(retries + 1):
-        store = dist.TCPStore(
+        store = TCPStore(
             _HOST, 0, None, True, timeout=timedelta(seconds=timeout), wait_for_workers=False
         )
         prefix = f"agentrt/{os.getpid()}/{uuid.uuid4().hex}"
         try:
-            mp.start_processes(
+            start_processes(  # type: ignore[no-untyped-call]
                 _entry,
                 args=(target, n, store.port, prefix, timeout, args),
                 nprocs=n,
@@ -88,10 +93,10 @@ def run_ranks(
                 start_method="spawn",
             )
             return
-        except mp.ProcessRaisedException as exc:
+        except ProcessRaisedException as exc:
             raise _raised(what, n, exc) from None
-        except mp.ProcessExitedException as exc:
-            joined = int(dist.PrefixStore(prefix, store).add(_JOINED, 0))
+        except ProcessExitedException as exc:
+            joined = int(PrefixStore(prefix, store).add(_JOINED, 0))
             cause = f"exit code {exc.exit_code}" + (
                 f" ({exc.signal_name})" if exc.signal_name else ""
             )
