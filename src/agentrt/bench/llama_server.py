@@ -2,7 +2,7 @@
 
 llama.cpp's server keeps each slot's prompt cache between requests, so a
 benchmark that reuses one server across sides or rates hands the later runs
-a warm cache (measured 1.49x from the cache alone). The benchmarks start one
+a warm cache. The benchmarks start one
 per measured side instead, on a free loopback port, and stop it after:
 
 - ``-np SLOTS``: parallel slots (continuous batching over them), one KV

@@ -4,7 +4,7 @@ A :class:`Weight` is called with ``[rows, in_features]`` activations and
 returns ``[rows, out_features]``. The dense kind keeps the model's own
 tensor; on CPU in float32 it also keeps a oneDNN-packed copy for
 decode-sized row counts, which streams the weight from memory faster than
-MKL's sgemm (see ``linear.py`` for the measurements).
+MKL's sgemm.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from agentrt.engine.attention import (
     register_attention,
     xformers_available,
 )
+from agentrt.engine.block_manager import cdiv
 from agentrt.engine.compiled import CompiledDecode, describe
 from agentrt.engine.config import EngineConfig
 from agentrt.engine.decoder import LeanDecoder, unsupported_reason
@@ -156,7 +157,7 @@ class ModelRunner:
             self.decoder,
             self.kv_cache,
             max_batch=self.config.max_num_seqs,
-            max_blocks=-(-max_len // self.block_size) + 1,
+            max_blocks=cdiv(max_len, self.block_size) + 1,
             cache_dir=Path(cache_dir).expanduser() if cache_dir else None,
         )
 
@@ -274,7 +275,7 @@ class ModelRunner:
         else:
             if num_decode:
                 ctx = context[:num_decode]
-                blocks = -(-int(ctx.max()) // bs)
+                blocks = cdiv(int(ctx.max()), bs)
                 cols = torch.arange(blocks * bs)
                 meta.num_decode = num_decode
                 meta.decode_blocks = tables[:num_decode, :blocks].reshape(-1).to(dev)
@@ -320,7 +321,7 @@ class ModelRunner:
             slots.append(seq.block_table[pos // bs] * bs + pos % bs)
             if pos + 1 == seq.num_tokens:
                 keep.append(row)
-        blocks = -(-(max(positions) + 1) // bs)
+        blocks = cdiv(max(positions) + 1, bs)
         flat: list[int] = []
         for item in batch:
             table = item.seq.block_table[:blocks]
@@ -350,7 +351,7 @@ class ModelRunner:
         # once per query head of a key head (see attention.py).
         mask = torch.arange(context).unsqueeze(0) <= (start + torch.arange(length)).unsqueeze(1)
         mask = mask.repeat(self.group, 1).to(self.device)
-        blocks = table[: -(-context // self.block_size)].to(self.device)
+        blocks = table[: cdiv(context, self.block_size)].to(self.device)
         return PrefillSpan(start=row, length=length, context=context, blocks=blocks, mask=mask)
 
     def _xformers_metadata(
