@@ -40,6 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from agentrt.engine.block_manager import cdiv
 from agentrt.engine.decoder import LeanDecoder
 from agentrt.engine.kv_cache import PagedKVCache
 from agentrt.log import get_logger
@@ -153,7 +154,9 @@ class CompiledDecode:
         bucket = batch_bucket(n)
         self.steps += 1
         bs = self.block_size
-        blocks = max(-(-(p + 1) // bs) for p in positions)
+        # At least two columns of blocks: dynamo specializes a dimension of size one, which
+        # breaks the dynamic width (the padding is masked out by position).
+        blocks = max(2, max(cdiv(p + 1, bs) for p in positions))
         rows: list[int] = []
         slots: list[int] = []
         for token, pos, table in zip(ids, positions, tables, strict=True):

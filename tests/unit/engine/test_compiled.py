@@ -77,6 +77,16 @@ def test_a_second_batch_of_the_same_bucket_does_not_recompile() -> None:
     assert engine.runner.compiled is not None and engine.runner.compiled.steps == 8
 
 
+def test_contexts_inside_one_block_run_compiled() -> None:
+    # Every position stays in the first 4-token block: the table still has a dynamic width.
+    engine = tiny_engine(compile=True)
+    greedy = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
+    prompts = random_prompts([1, 2], seed=14)
+    assert [o[0] for o in engine.generate(prompts, greedy)] == hf_reference(prompts, 2)
+    assert engine.runner.compiled is not None and engine.runner.compiled.steps == 1
+    assert_block_pool_clean(engine)
+
+
 def test_compiled_decode_logits_match_the_eager_forward_in_float32() -> None:
     logits = []
     for compile in (True, False):
