@@ -1,4 +1,4 @@
-"""The engine stub the app serves with until its lifespan has built the real engine."""
+"""The placeholder engine the app serves with (503) until its lifespan has built the real one."""
 
 from __future__ import annotations
 
