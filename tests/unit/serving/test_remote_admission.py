@@ -28,7 +28,7 @@ from agentrt.testing.echo import EchoEngine
 TOKENS = SchedulerConfig(policy="plas", service_unit="tokens", first_boundary=16)
 
 
-def backend(url: str, spec: str = "openai+{url},max_inflight=1") -> RemoteBackend:
+def backend(url: str, spec: str = "openai+{url},max_inflight=1,queue_ahead=0") -> RemoteBackend:
     return RemoteBackend("r", parse_backend(spec.format(url=url)), scheduler=TOKENS)
 
 
@@ -36,12 +36,41 @@ def programs_in_start_order(engine: EchoEngine) -> list[str]:
     return [r.program.program_id if r.program else "" for r in engine.requests]
 
 
-async def test_backend_specs_carry_max_inflight() -> None:
-    assert parse_backend("llamacpp+http://h:8080,max_inflight=4").max_inflight == 4
+async def test_backend_specs_carry_max_inflight_and_queue_ahead() -> None:
+    spec = parse_backend("llamacpp+http://h:8080,max_inflight=4,queue_ahead=2")
+    assert (spec.max_inflight, spec.queue_ahead) == (4, 2)
+    assert parse_backend("http://h:8080,queue_ahead=0").queue_ahead == 0
     assert parse_backend("http://h:8080").max_inflight is None
-    for bad in ("http://h:8080,max_inflight=0", "http://h:8080,slots=2", "http://h,max_inflight=x"):
+    for bad in (
+        "http://h:8080,max_inflight=0",
+        "http://h:8080,slots=2",
+        "http://h,max_inflight=x",
+        "http://h,queue_ahead=-1",
+    ):
         with pytest.raises(ValueError, match="max_inflight"):
             parse_backend(bad)
+
+
+async def test_one_call_waits_in_the_servers_queue_and_the_rest_here() -> None:
+    engine = EchoEngine(slots=1, token_delay=0.01)
+    async with serving(engine) as (url, _):
+        remote = backend(url, "openai+{url},max_inflight=1,queue_ahead=1")
+        async with Router([remote], config=FAST, scheduler=TOKENS) as router:
+            await collect(router, chat("warm", "w " * 40, program="heavy"))
+            blocker = router.generate(chat("block", "w " * 30, program="other"))
+            await blocker.__anext__()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(collect, router, chat("ahead", "x y", program="first"))
+                await eventually(lambda: engine.stats().waiting == 1)
+                tg.start_soon(collect, router, chat("h2", "x y", program="heavy"))
+                await eventually(lambda: remote.admission.waiting == 1)
+                tg.start_soon(collect, router, chat("l1", "x y", program="light"))
+                await eventually(lambda: remote.admission.waiting == 2)
+                assert engine.stats().waiting == 1 and remote.admission.inflight == 2
+                await blocker.aclose()  # type: ignore[attr-defined]
+            assert programs_in_start_order(engine) == ["heavy", "other", "first", "light", "heavy"]
+            assert engine.peak_running == 1
+    assert remote.admission.inflight == 0
 
 
 async def test_waiting_calls_start_in_the_policys_order_not_the_servers() -> None:

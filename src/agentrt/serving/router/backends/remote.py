@@ -11,9 +11,11 @@ stream, which the server takes as a client disconnect.
 
 A server that runs what it is sent first come, first served gets admission
 instead (:mod:`agentrt.serving.router.admission`): at most ``max_inflight``
-calls in flight, the rest waiting here in the policy's order. llama.cpp's
-server says its slot count (``/props`` ``total_slots``); there each call also
-names the slot that holds its program's context (``id_slot``).
+calls running, ``queue_ahead`` more sent ahead to wait in the server's own
+queue (so that a freed slot starts the next call at once), the rest waiting
+here in the policy's order. llama.cpp's server says its slot count
+(``/props`` ``total_slots``); there each call granted a free slot also names
+the slot that holds its program's context (``id_slot``).
 """
 
 from __future__ import annotations
@@ -88,12 +90,17 @@ class RemoteBackendConfig(msgspec.Struct, kw_only=True, frozen=True):
     # Calls in flight on the server; the rest wait in agentrt in the policy's order.
     # None: the server's slot count where it says it (llama.cpp's /props), else no bound.
     max_inflight: int | None = None
+    # Calls sent beyond max_inflight, in the policy's order, to wait in the server's own queue:
+    # a slot that frees starts one at once instead of idling until the next call arrives.
+    queue_ahead: int = 1
     # On llama.cpp, send each call to the slot that holds its program's context (id_slot).
     slot_affinity: bool = True
 
     def __post_init__(self) -> None:
         if self.max_inflight is not None and self.max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {self.max_inflight}")
+        if self.queue_ahead < 0:
+            raise ValueError(f"queue_ahead must be >= 0, got {self.queue_ahead}")
 
     @property
     def order(self) -> PriorityOrder:
@@ -106,24 +113,33 @@ class RemoteBackendConfig(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def parse_backend(spec: str) -> RemoteBackendConfig:
-    """Parse a ``--backend`` value: ``[KIND+]URL[,max_inflight=N]``
+    """Parse a ``--backend`` value: ``[KIND+]URL[,max_inflight=N][,queue_ahead=N]``
     (e.g. ``sglang+http://gpu1:30000``, ``vllm+http://gpu1:8000,max_inflight=256``)."""
     spec, _, options = spec.partition(",")
-    max_inflight: int | None = None
+    bounds: dict[str, int] = {}
     for option in filter(None, options.split(",")):
         name, _, value = option.partition("=")
-        if name != "max_inflight" or not value.isdigit() or int(value) < 1:
-            raise ValueError(f"backend option {option!r}: expected max_inflight=N with N >= 1")
-        max_inflight = int(value)
+        least = 1 if name == "max_inflight" else 0
+        if name not in ("max_inflight", "queue_ahead") or not value.isdigit() or int(value) < least:
+            raise ValueError(
+                f"backend option {option!r}: expected max_inflight=N (N >= 1) or queue_ahead=N (N >= 0)"
+            )
+        bounds[name] = int(value)
+    max_inflight, queue_ahead = bounds.get("max_inflight"), bounds.get("queue_ahead", 1)
     kind, sep, url = spec.partition("+")
     if sep and kind in _DEFAULT_ORDER:
-        return RemoteBackendConfig(url=url, kind=kind, max_inflight=max_inflight)  # type: ignore[arg-type]
+        return RemoteBackendConfig(
+            url=url,
+            kind=kind,  # type: ignore[arg-type]
+            max_inflight=max_inflight,
+            queue_ahead=queue_ahead,
+        )
     if not spec.startswith(("http://", "https://")):
         raise ValueError(
             f"backend {spec!r} must be an http(s) URL, optionally prefixed with "
             "vllm+, sglang+, agentrt+, llamacpp+ or openai+"
         )
-    return RemoteBackendConfig(url=spec, max_inflight=max_inflight)
+    return RemoteBackendConfig(url=spec, max_inflight=max_inflight, queue_ahead=queue_ahead)
 
 
 def program_headers(tag: ProgramTag | None, call_id: str) -> dict[str, str]:
@@ -171,7 +187,9 @@ class RemoteBackend:
         self.engine_id = engine_id
         self.config = config
         self.start_timeout = start_timeout
-        self.admission = AdmissionQueue(scheduler, limit=config.max_inflight)
+        self.admission = AdmissionQueue(
+            scheduler, limit=config.max_inflight, ahead=self._ahead(config.max_inflight)
+        )
         self._client: httpx.AsyncClient | None = None
         self._down_reason = "not started"
         self._models: list[ModelInfo] = []
@@ -256,7 +274,10 @@ class RemoteBackend:
         """Bound calls in flight by the configured count, else by the slots the server has."""
         limit = self.config.max_inflight or slots
         affinity = slots is not None and self.config.slot_affinity and limit == slots
-        self.admission.configure(limit, slots=affinity)
+        self.admission.configure(limit, ahead=self._ahead(limit), slots=affinity)
+
+    def _ahead(self, limit: int | None) -> int:
+        return self.config.queue_ahead if limit is not None else 0
 
     async def close(self) -> None:
         if self._run_scope is not None:
