@@ -209,6 +209,39 @@ async def test_a_call_queued_ahead_takes_the_slot_that_frees_first() -> None:
     assert q.inflight == 0
 
 
+async def test_a_thread_whose_slot_is_taken_is_saved_and_restored_where_it_runs_next() -> None:
+    q = AdmissionQueue(
+        SchedulerConfig(policy="plas"), limit=1, slots=True, save=True, clock=Clock()
+    )
+    a = await q.acquire("a1", "A", "main", 0.0)
+    assert (a.slot, a.save, a.restore) == (0, None, None)
+    q.release(a)
+    a2 = await q.acquire("a2", "A", "main", 0.0)  # its own slot: nothing to move
+    assert (a2.save, a2.restore) == (None, None)
+    q.release(a2)
+    b = await q.acquire("b1", "B", "main", 0.0)  # takes A's slot: A is saved first
+    assert (b.save, b.restore) == ("A\x00main", None)
+    q.release(b)
+    a3 = await q.acquire("a3", "A", "main", 0.0)  # B is saved, A restored
+    assert (a3.save, a3.restore) == ("B\x00main", "A\x00main")
+    q.unsaved("B\x00main")  # the server refused to save B: B's next call computes it again
+    q.release(a3)
+    b2 = await q.acquire("b2", "B", "main", 0.0)
+    assert (b2.save, b2.restore) == ("A\x00main", None)
+    q.release(b2)
+    q.end_program("A")  # an ended program's saved context is never restored
+    a4 = await q.acquire("a4", "A", "main", 0.0)
+    assert a4.restore is None
+    q.release(a4)
+
+
+def test_saving_slots_needs_them_told_apart_and_no_call_ahead() -> None:
+    with pytest.raises(ValueError, match="told apart"):
+        AdmissionQueue(limit=2, save=True)
+    with pytest.raises(ValueError, match="queue_ahead=0"):
+        AdmissionQueue(limit=2, slots=True, ahead=1, save=True)
+
+
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_inflight"):
         AdmissionQueue(limit=0)

@@ -29,6 +29,12 @@ leave the slot idle for the relay's round trip. Those calls name no slot
 (the engine gives them whichever frees first); with ``slots``, the one sent
 ahead longest is taken to be in the slot that frees next, which is what a
 first-come-first-served engine does with calls that name none.
+
+With ``save`` (llama.cpp's slot save/restore), a thread whose slot is given
+to another is saved first, and restored into the slot its next call gets,
+instead of its context being computed again. The grant says what to save
+and restore; the backend does it before sending the call. Calls sent ahead
+would take slots before they could be saved, so saving sends none ahead.
 """
 
 from __future__ import annotations
@@ -51,13 +57,15 @@ class Grant:
     ``slot`` becomes the one it is taken to run in once a slot frees for it.
     """
 
-    __slots__ = ("ahead", "key", "slot", "wait")
+    __slots__ = ("ahead", "key", "restore", "save", "slot", "wait")
 
     def __init__(self, wait: float, slot: int | None, key: str = "", ahead: bool = False) -> None:
         self.wait = wait
         self.slot = slot
         self.key = key
         self.ahead = ahead
+        self.save: str | None = None  # the thread whose context to save from the slot first
+        self.restore: str | None = None  # the thread whose saved context to load into it
 
 
 class _Waiter:
@@ -88,7 +96,9 @@ class _Room:
 class _Slots:
     """Which thread's context each engine slot holds, which slots are busy, and their last use."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, save: bool = False) -> None:
+        self.save = save
+        self.saved: set[str] = set()  # threads whose context was saved when their slot was taken
         self.size = count
         self.owner: list[str | None] = [None] * count
         self.busy = [False] * count
@@ -110,8 +120,9 @@ class _Slots:
     def free_slots(self) -> list[int]:
         return [i for i in range(self.size) if not self.busy[i]]
 
-    def assign(self, keys: list[str]) -> list[int]:
-        """Slots for threads granted together: first each one's own free slot, then the others."""
+    def assign(self, keys: list[str]) -> list[tuple[int, str | None, str | None]]:
+        """Slots for threads granted together: first each one's own free slot, then the others;
+        with each, the thread to save from it first and the one to restore into it (or None)."""
         free = set(self.free_slots())
         chosen: list[int | None] = [None] * len(keys)
         for i, key in enumerate(keys):
@@ -126,32 +137,39 @@ class _Slots:
                 free.discard(slot)
                 chosen[i] = slot
         result = [slot for slot in chosen if slot is not None]
-        for key, slot in zip(keys, result, strict=True):
-            self._claim(key, slot)
-        return result
+        return [(slot, *self._claim(key, slot)) for key, slot in zip(keys, result, strict=True)]
 
-    def _claim(self, key: str, slot: int) -> None:
+    def _claim(self, key: str, slot: int) -> tuple[str | None, str | None]:
+        save = restore = None
         previous = self.owner[slot]
         if previous is not None and self.home.get(previous) == slot:
             del self.home[previous]
+            if self.save and previous != key:
+                save = previous
+                self.saved.add(previous)
+        if self.save and key in self.saved and self.home.get(key) != slot:
+            restore = key
+            self.saved.discard(key)
         self.owner[slot] = key
         self.home[key] = slot
         self.busy[slot] = True
         self._tick += 1
         self.used[slot] = self._tick
+        return save, restore
 
     def release(self, slot: int) -> None:
         self.busy[slot] = False
 
     def take(self, slot: int, key: str) -> int:
         """A call the engine started in ``slot`` without our choosing it (one sent ahead)."""
-        self._claim(key, slot)
+        self._claim(key, slot)  # never saving: calls are only sent ahead when slots are not saved
         return slot
 
     def forget(self, prefix: str) -> None:
         """The program ended: its threads' slots hold nothing worth returning to."""
         for key in [k for k in self.home if k.startswith(prefix)]:
             self.owner[self.home.pop(key)] = None
+        self.saved = {k for k in self.saved if not k.startswith(prefix)}
 
 
 class AdmissionQueue:
@@ -164,6 +182,7 @@ class AdmissionQueue:
         limit: int | None = None,
         ahead: int = 0,
         slots: bool = False,
+        save: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         config = scheduler or SchedulerConfig()
@@ -188,13 +207,15 @@ class AdmissionQueue:
         self.limit: int | None = None
         self.ahead = 0
         self.inflight = 0
-        self.configure(limit, ahead=ahead, slots=slots)
+        self.configure(limit, ahead=ahead, slots=slots, save=save)
 
     # -- configuration -------------------------------------------------------
 
-    def configure(self, limit: int | None, *, ahead: int = 0, slots: bool = False) -> None:
-        """Bound calls running (None: no bound) plus ``ahead`` queued at the engine, and tell
-        the engine's slots apart or not.
+    def configure(
+        self, limit: int | None, *, ahead: int = 0, slots: bool = False, save: bool = False
+    ) -> None:
+        """Bound calls running (None: no bound) plus ``ahead`` queued at the engine, tell the
+        engine's slots apart or not, and save the contexts of threads whose slot is taken.
 
         Slots need a bound (one slot per running call). Calls in flight keep
         what they were granted; a server restarted with another slot count
@@ -206,14 +227,19 @@ class AdmissionQueue:
             raise ValueError(f"queue_ahead must be >= 0, got {ahead}")
         if slots and limit is None:
             raise ValueError("telling slots apart needs a bound on calls in flight")
+        if save and not slots:
+            raise ValueError("saving slots needs them told apart")
+        if save and ahead:
+            raise ValueError("calls sent ahead take slots before they can be saved: queue_ahead=0")
         self.limit = limit
         self.ahead = ahead
         if not slots:
             self._slots = None
         elif self._slots is None:
-            self._slots = _Slots(limit or 0)
+            self._slots = _Slots(limit or 0, save)
         else:
             self._slots.resize(limit or 0)
+            self._slots.save = save
         self._dispatch()
 
     @property
@@ -270,6 +296,11 @@ class AdmissionQueue:
                 moved.slot = slots.take(grant.slot, moved.key)
         self._dispatch()
 
+    def unsaved(self, key: str) -> None:
+        """Saving the thread's context failed: its next call computes it again."""
+        if self._slots is not None:
+            self._slots.saved.discard(key)
+
     def end_program(self, program_id: str) -> None:
         self._scheduler.table.end(program_id, self._clock())
         if self._slots is not None:
@@ -277,9 +308,9 @@ class AdmissionQueue:
 
     # -- internals -----------------------------------------------------------
 
-    def _assign(self, keys: list[str]) -> list[int | None]:
+    def _assign(self, keys: list[str]) -> list[tuple[int | None, str | None, str | None]]:
         if self._slots is None:
-            return [None] * len(keys)
+            return [(None, None, None)] * len(keys)
         return list(self._slots.assign(keys))
 
     def _free_slots(self) -> int:
@@ -302,7 +333,8 @@ class AdmissionQueue:
         grants = []
         for i, (key, arrival) in enumerate(zip(keys, arrivals, strict=True)):
             if i < starting:
-                grant = Grant(now - arrival, slots[i], key)
+                grant = Grant(now - arrival, slots[i][0], key)
+                grant.save, grant.restore = slots[i][1:]
             else:
                 grant = Grant(now - arrival, None, key, ahead=True)
                 if self._slots is not None:
