@@ -8,6 +8,7 @@ get a function call back).
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -423,3 +424,33 @@ async def test_an_error_after_the_stream_opened_is_an_error_event() -> None:
     event = json.loads(data.removeprefix("data: "))
     assert head == "event: error" and event["type"] == "error"
     assert event["message"] == "internal server error" and event["sequence_number"] > 0
+
+
+def test_a_full_server_answers_429_and_an_oversized_body_413() -> None:
+    engine = EchoEngine(token_delay=0.05)
+    with serving(engine, max_concurrent_requests=1, max_queued_requests=0, max_body_bytes=1024) as (
+        app,
+        _,
+    ):
+        running = threading.Event()
+        deltas: list[str] = []
+
+        def stream() -> None:
+            for event in sync_client(app).responses.create(
+                model="echo", input="a b c d e f", stream=True
+            ):
+                if event.type == "response.output_text.delta":
+                    running.set()
+                    deltas.append(event.delta)
+
+        worker = threading.Thread(target=stream)
+        worker.start()
+        assert running.wait(10)
+        http = raw_client(app)
+        refused = http.post("/v1/responses", json={"model": "echo", "input": "x"})
+        worker.join(10)
+        large = http.post("/v1/responses", json={"model": "echo", "input": "x" * 2000})
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert error_of(refused)["code"] == "server_overloaded"
+    assert large.status_code == 413 and error_of(large)["code"] == "request_too_large"
+    assert "".join(deltas) == "a b c d e f"
