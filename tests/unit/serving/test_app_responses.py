@@ -335,14 +335,37 @@ def test_stored_responses_belong_to_their_tenant(tmp_path: Path) -> None:
 
 
 def test_the_store_drops_each_tenants_least_recently_used_response() -> None:
-    store = ResponseStore(max_per_tenant=2)
-    store.put("t", "r1", ({"role": "user", "content": "1"},))
+    store = ResponseStore(max_per_tenant=2, max_bytes_per_tenant=1000)
+    assert store.put("t", "r1", ({"role": "user", "content": "1"},))
     store.put("t", "r2", ())
     store.put("u", "r1", ())
     assert store.get("t", "r1") is not None  # r1 is now the most recently used of t
     store.put("t", "r3", ())
     assert store.get("t", "r2") is None and store.get("t", "r1") is not None
     assert store.get("u", "r1") == () and len(store) == 3
+
+
+def test_the_store_keeps_each_tenant_within_its_bytes() -> None:
+    store = ResponseStore(max_per_tenant=100, max_bytes_per_tenant=150)
+    message = {"role": "user", "content": "x" * 30}  # 60 bytes of JSON as a conversation
+    assert store.put("t", "r1", (message,))
+    assert store.put("t", "r2", (message,))
+    assert store.put("t", "r3", (message,))  # 3 x 60 > 150: r1 goes
+    assert store.get("t", "r1") is None and store.get("t", "r2") is not None
+    assert store.put("t", "r2", (message,))  # stored again: counted once
+    assert store.get("t", "r3") is not None
+    assert not store.put("t", "big", ({"role": "user", "content": "y" * 200},))
+    assert store.get("t", "big") is None and len(store) == 2
+
+
+def test_a_response_too_large_to_store_says_so() -> None:
+    with serving(responses_store_bytes=200) as (app, _):
+        client = sync_client(app)
+        small = client.responses.create(model="echo", input="a b")
+        large = client.responses.create(model="echo", input="word " * 100)
+        events = list(client.responses.create(model="echo", input="word " * 100, stream=True))
+    assert small.store is True
+    assert large.store is False and events[-1].response.store is False
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,8 @@ class Generation:
     tenant: str
     stream: bool
     interrupt: float = 0.0  # seconds the program spent in tools since its previous call
-    # Called once every call has ended normally, before the answer's last bytes go out.
+    # Called once every call has ended normally, before the whole body or the stream's
+    # closing chunks are rendered.
     on_done: Callable[[], None] | None = None
 
     @property
@@ -77,8 +78,8 @@ class Generation:
             await self._call(tracker, keep)
 
         await self._each(run)
-        body = encoder.encode(renderer.body())
         self._done()
+        body = encoder.encode(renderer.body())
         await channel.json(200, body, self._headers(self.trackers[0]))
 
     async def _stream(self, channel: Channel) -> None:

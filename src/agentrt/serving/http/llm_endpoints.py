@@ -76,13 +76,13 @@ async def responses(request: Request) -> Exchange:
         arrival=intake.arrival,
     )
     reply = intake.reply([call.request], "resp_")
-    stored = state.responses.enabled and body.store is not False
-    renderer = ResponsesRenderer(reply, body, call.tool_names, stored)
+    store = state.responses.enabled and body.store is not False
+    renderer = ResponsesRenderer(reply, body, call.tool_names, stored=store)
 
     def keep() -> None:
-        if stored:
-            answer = renderer.output_message()
-            state.responses.put(intake.tenant, reply.response_id, (*call.conversation, answer))
+        if store:
+            conversation = (*call.conversation, renderer.output_message())
+            renderer.stored = state.responses.put(intake.tenant, reply.response_id, conversation)
 
     return intake.exchange(renderer, on_done=keep)
 

@@ -54,7 +54,7 @@ class ResponsesRenderer(Renderer):
         self.reply = reply
         self.request = body
         self.tool_names = tool_names
-        self.stored = stored  # the response will be kept for previous_response_id
+        self.stored = stored  # kept for previous_response_id (the handler sets it once it knows)
         self._text: list[str] = []
         self._finish: str | None = None
         self._calls: list[ToolCall] = []
