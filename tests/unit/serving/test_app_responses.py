@@ -477,3 +477,15 @@ def test_a_full_server_answers_429_and_an_oversized_body_413() -> None:
     assert error_of(refused)["code"] == "server_overloaded"
     assert large.status_code == 413 and error_of(large)["code"] == "request_too_large"
     assert "".join(deltas) == "a b c d e f"
+
+
+def test_the_clients_stream_helper_rebuilds_the_response_from_the_events() -> None:
+    """``responses.stream`` accumulates a snapshot from the events and fails on any out of order."""
+    with serving() as (app, _):
+        client = sync_client(app)
+        with client.responses.stream(model="echo", input="Hi " + CALL, tools=[WEATHER]) as s:
+            deltas = [e.delta for e in s if e.type == "response.output_text.delta"]
+            final = s.get_final_response()
+    message, call = final.output
+    assert "".join(deltas) == message.content[0].text
+    assert call.type == "function_call" and json.loads(call.arguments) == {"city": "Paris"}
