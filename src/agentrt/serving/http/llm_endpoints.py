@@ -89,7 +89,7 @@ async def responses(request: Request) -> Exchange:
 
 @dataclass
 class _Intake:
-    """What both endpoints read off a request before building their engine calls."""
+    """What every endpoint reads off a request before building its engine calls."""
 
     state: ServerState
     body: Any

@@ -86,7 +86,8 @@ EVENTS = SSEFormat(named_events=True, done_marker=False)  # the Responses API
 class Renderer(Protocol):
     """Engine events of call ``call`` (the index of its tracker) in, OpenAI bodies and chunks out.
 
-    Endpoints whose streams are chat-style chunks subclass it for the defaults below.
+    Renderers subclass it for its defaults: chat-style chunks ended by ``[DONE]``, and the
+    error body as the event that reports an error once the stream is open.
     """
 
     reply: Reply
