@@ -55,7 +55,7 @@ def responses_call(
     arrival: float,
 ) -> ResponsesCall:
     """The engine request for a Responses body; every field the endpoint does not serve is a 400."""
-    _refuse_unserved(body)
+    _refuse_unserved(body, config)
     history = _history(body, store, tenant)
     conversation = history + tuple(chat_message_dict(m) for m in input_messages(body.input))
     if not conversation:
@@ -78,7 +78,7 @@ def responses_call(
     return ResponsesCall(request, tool_names, conversation)
 
 
-def _refuse_unserved(body: ResponsesRequest) -> None:
+def _refuse_unserved(body: ResponsesRequest, config: ServerConfig) -> None:
     if body.conversation is not None:
         raise bad_request(
             "conversation is not supported; continue a response with previous_response_id",
@@ -90,9 +90,10 @@ def _refuse_unserved(body: ResponsesRequest) -> None:
         raise bad_request("use max_output_tokens on /v1/responses", param="max_tokens")
     if body.top_logprobs:
         raise bad_request("top_logprobs is not supported on /v1/responses", param="top_logprobs")
-    if body.max_output_tokens is not None and body.max_output_tokens < 1:
+    limit, wanted = config.max_tokens_limit, body.max_output_tokens
+    if wanted is not None and not 1 <= wanted <= limit:
         raise bad_request(
-            f"max_output_tokens must be at least 1, got {body.max_output_tokens}",
+            f"max_output_tokens must be between 1 and {limit}, got {wanted}",
             param="max_output_tokens",
         )
 
