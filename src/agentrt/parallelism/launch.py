@@ -121,6 +121,25 @@ def _load(path: str) -> Graph:
     return from_program(torch.export.load(path))
 
 
+def _barrier_timed(step: Callable[[], Any], repeats: int = 3) -> float:
+    """The fastest of ``repeats`` runs of a step every rank takes, each ended by a barrier."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        dist.barrier()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _sgd(weights: Any) -> None:
+    """One plain SGD step on the weights that got a gradient (both sides of a check take the same)."""
+    with torch.no_grad():
+        for piece in weights:
+            if piece.grad is not None:
+                piece -= _LR * piece.grad
+
+
 def _worker(
     rank: int,
     n: int,
@@ -140,11 +159,8 @@ def _worker(
         loss = runner.forward(inputs)[0]
         loss.backward()  # type: ignore[no-untyped-call]
         result["loss"], result["grads"] = loss.detach(), runner.full_grads(keep=rank == 0)
+        _sgd(runner.parameters.values())
         with torch.no_grad():
-            for piece in runner.parameters.values():
-                grad = piece.grad
-                assert grad is not None
-                piece -= _LR * grad
             result["second_loss"] = runner.forward(inputs)[0]
     if rank == 0:
         torch.save(result, f"{out}.0")
@@ -160,10 +176,31 @@ def _pipe_worker(
     inputs: list[torch.Tensor],
     out: str,
 ) -> None:
-    """One pipeline stage: torch's PipelineStage and schedule over our stage module; every rank writes a file."""
+    """One device of a pipeline (torch-run or interlaced); every rank writes a file."""
+    job = _PipeJob(rank, n, plan, _load(program), train, nmicro, inputs)
+    run = _interlaced_rank if plan == "interlaced" else _torch_pipe_rank
+    torch.save(run(job), f"{out}.{rank}")
+
+
+@dataclass
+class _PipeJob:
+    """What one rank of a pipeline run is given."""
+
+    rank: int
+    n: int
+    plan: str
+    graph: Graph
+    train: bool
+    nmicro: int
+    inputs: list[torch.Tensor]
+
+
+def _torch_pipe_rank(job: _PipeJob) -> dict[str, Any]:
+    """One pipeline stage: torch's PipelineStage and schedule over our stage module."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-    graph = _load(program)
+    rank, n, plan, graph = job.rank, job.n, job.plan, job.graph
+    train, nmicro, inputs = job.train, job.nmicro, job.inputs
     built = pipeline_plan(plan, graph, n, nmicro=nmicro, train=train)
     pipe = built.plan.pipe
     assert pipe is not None
@@ -219,10 +256,7 @@ def _pipe_worker(
         grads = module.grads()  # collective across a split stage's group
         if position == 0:
             result["grads"] = {k: g.detach().clone() for k, g in grads.items()}
-        with torch.no_grad():
-            for p in module.weights.values():
-                if p.grad is not None:
-                    p -= _LR * p.grad
+        _sgd(module.weights.values())
         second: list[torch.Tensor] = []
         run(second, forward_only=True)
         if last and position == 0:
@@ -231,53 +265,31 @@ def _pipe_worker(
     if last and position == 0:
         result["logits"] = logits.detach()
     dist.barrier()
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        run([], forward_only=True)
-        dist.barrier()
-        best = min(best, time.perf_counter() - start)
-    result["seconds"] = best
-    torch.save(result, f"{out}.{rank}")
+    result["seconds"] = _barrier_timed(lambda: run([], forward_only=True))
+    return result
 
 
-def _interlaced_worker(
-    rank: int,
-    n: int,
-    plan: str,
-    program: str,
-    train: bool,
-    nmicro: int,
-    inputs: list[torch.Tensor],
-    out: str,
-) -> None:
-    """One device of an interlaced pipeline; rank 0 writes the outputs, every rank its stage's gradients."""
-    from agentrt.parallelism.interlaced import InterlacedRunner, interlaced
+def _interlaced_rank(job: _PipeJob) -> dict[str, Any]:
+    """One device of an interlaced pipeline: rank 0 returns the outputs, every rank its stage's gradients."""
+    from agentrt.parallelism.interlaced import InterlacedRunner
 
-    graph = _load(program)
-    runner = InterlacedRunner(interlaced(graph, n, nmicro=nmicro), init_mesh(n), train=train)
-    ids = list(inputs[0].chunk(nmicro))
-    labels = list(inputs[1].chunk(nmicro)) if train else None
+    built = interlaced(job.graph, job.n, nmicro=job.nmicro)
+    runner = InterlacedRunner(built, init_mesh(job.n), train=job.train)
+    ids = list(job.inputs[0].chunk(job.nmicro))
+    labels = list(job.inputs[1].chunk(job.nmicro)) if job.train else None
     dist.barrier()
-    best = float("inf")
     with torch.no_grad():
-        for _ in range(3):
-            start = time.perf_counter()
-            runner.step(ids, None, _loss)
-            dist.barrier()
-            best = min(best, time.perf_counter() - start)
+        best = _barrier_timed(lambda: runner.step(ids, None, _loss))
     logits, loss = runner.step(ids, labels, _loss)
     result: dict[str, Any] = {"logits": logits, "seconds": best, "trace": []}
-    if train:
-        grads = runner.full_grads(keep=rank == 0)
+    if job.train:
+        grads = runner.full_grads(keep=job.rank == 0)
         result["loss"] = loss
-        result["grads"] = grads if rank == 0 else runner.stage.grads()
+        result["grads"] = grads if job.rank == 0 else runner.stage.grads()
+        _sgd(runner.parameters())
         with torch.no_grad():
-            for piece in runner.parameters():
-                if piece.grad is not None:
-                    piece -= _LR * piece.grad
             result["second_loss"] = runner.step(ids, labels, _loss)[1]
-    torch.save(result, f"{out}.{rank}")
+    return result
 
 
 def _reference(model: torch.nn.Module, train: bool, inputs: list[torch.Tensor]) -> dict[str, Any]:
@@ -355,7 +367,7 @@ def verify(
             ]
         worker, args = _pipe_worker, (plan, train, nmicro, inputs)
         if plan == "interlaced":
-            worker, expected = _interlaced_worker, [[] for _ in range(ndevices)]
+            expected = [[] for _ in range(ndevices)]
     else:
         graph = capture(LossAndLogits(model) if train else Logits(model), tuple(inputs))
         lower(PLANS[plan](graph, ndevices))  # a plan error is raised here, not in N processes
