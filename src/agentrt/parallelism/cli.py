@@ -240,7 +240,7 @@ def _print(report: dict[str, Any]) -> None:
             verdict = "OK" if v["ok"] else "MISMATCH"
             console.print(
                 f"      verify ({v['dtype']}): {verdict} logits err {v['max_output_error']:.2e} ({v['max_output_rel_error']:.1e} of the largest), loss err {v['loss_error']:.2e}, "
-                f"grad err {v['max_grad_error']:.2e} (atol {v['atol']:.0e}); forward {v['seconds_parallel'] * 1e3:.1f} ms vs {v['seconds_single'] * 1e3:.1f} ms on one process"
+                f"grad err {v['max_grad_error']:.2e} (atol {v['atol']:.0e}); step {v['seconds_parallel'] * 1e3:.1f} ms vs {v['seconds_single'] * 1e3:.1f} ms on one process"
             )
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -247,7 +247,7 @@ def pipeline_estimate(
         (sum(graph.tensors[t].nbytes for t in spec.outputs) for spec in built.specs[:-1]),
         default=0,
     )
-    hop = comm.alpha + hop_bytes / comm.beta
+    hop = comm.seconds("send/recv", hop_bytes, 2)
     backward = [2 * f for f in forward] if train else [0.0] * len(forward)
     total = pipe.simulate(forward, backward, hop)
     compute = sum(forward) * (3 if train else 1) * pipe.nmicro / len(forward)
@@ -304,7 +304,8 @@ def _allreduce_worker(rank: int, n: int, out: str) -> None:
 
 
 def measured_comm(n: int = 2, *, cache: bool = True) -> tuple[CostModel, list[tuple[int, float]]]:
-    """Alpha and beta fitted to gloo all-reduces measured on ``n`` local processes (cached)."""
+    """Alpha and beta fitted to gloo all-reduces measured on ``n`` local processes, and the runtime's
+    per-call line of each collective (:mod:`~agentrt.parallelism.collectives`); both cached."""
     import tempfile
 
     from agentrt.parallelism.spawn import run_ranks
@@ -321,4 +322,8 @@ def measured_comm(n: int = 2, *, cache: bool = True) -> tuple[CostModel, list[tu
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(samples))
     pairs = [(int(b), float(t)) for b, t in samples]
-    return fit_alpha_beta(pairs, n), pairs
+    wire = fit_alpha_beta(pairs, n)
+    from agentrt.parallelism import collectives
+
+    calls = collectives.measure(n, path.parent if cache else None)
+    return replace(wire, measured=collectives.lines(calls), measured_n=n), pairs

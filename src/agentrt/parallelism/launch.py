@@ -84,7 +84,7 @@ class Verification:
     loss_error: float  # the rest are 0.0 for a forward check
     max_grad_error: float
     second_loss_error: float  # after one SGD step on each side
-    seconds_parallel: float  # fastest of three forwards, rank 0
+    seconds_parallel: float  # fastest of three steps (forward, or forward and backward in training)
     seconds_single: float
     atol: float
     as_scheduled: bool = True  # a pipeline ran its blocks in the order its schedule predicts
@@ -106,15 +106,14 @@ class Verification:
 _LR = 0.1
 
 
-def _timed(forward: Callable[[], Any], repeats: int = 3) -> tuple[Any, float]:
-    """The output and the fastest of ``repeats`` no-grad forwards (the first pays one-time costs)."""
+def _timed(step: Callable[[], Any], repeats: int = 3) -> float:
+    """The fastest of ``repeats`` runs of ``step`` in this process (the first pays one-time costs)."""
     best = float("inf")
-    with torch.no_grad():
-        for _ in range(repeats):
-            start = time.perf_counter()
-            out = forward()
-            best = min(best, time.perf_counter() - start)
-    return out, best
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def _load(path: str) -> Graph:
@@ -132,6 +131,12 @@ def _barrier_timed(step: Callable[[], Any], repeats: int = 3) -> float:
     return best
 
 
+def _forget_grads(weights: Any) -> None:
+    """Drop the gradients the timed steps left, so the checked step starts clean."""
+    for piece in weights:
+        piece.grad = None
+
+
 def _sgd(weights: Any) -> None:
     """One plain SGD step on the weights that got a gradient (both sides of a check take the same)."""
     with torch.no_grad():
@@ -147,13 +152,25 @@ def _worker(
     program: str,
     train: bool,
     inputs: list[torch.Tensor],
+    repeats: int,
     out: str,
 ) -> None:
     """One rank: load the captured program (no model code needed), plan, lower and run it."""
     graph = _load(program)
     runner = Runner(lower(PLANS[plan](graph, n)), init_mesh(n), train=train, copy=False)
     dist.barrier()
-    outputs, seconds = _timed(lambda: runner.forward(inputs))
+
+    def step() -> None:  # what a step is: a forward, or in training a forward and its backward
+        if train:
+            runner.forward(inputs)[0].backward()  # type: ignore[no-untyped-call]
+            return
+        with torch.no_grad():
+            runner.forward(inputs)
+
+    seconds = _barrier_timed(step, repeats)
+    _forget_grads(runner.parameters.values())
+    with torch.no_grad():
+        outputs = runner.forward(inputs)
     result: dict[str, Any] = {"logits": outputs[-1], "seconds": seconds}
     if train:
         loss = runner.forward(inputs)[0]
@@ -174,10 +191,11 @@ def _pipe_worker(
     train: bool,
     nmicro: int,
     inputs: list[torch.Tensor],
+    repeats: int,
     out: str,
 ) -> None:
     """One device of a pipeline (torch-run or interlaced); every rank writes a file."""
-    job = _PipeJob(rank, n, plan, _load(program), train, nmicro, inputs)
+    job = _PipeJob(rank, n, plan, _load(program), train, nmicro, inputs, repeats)
     run = _interlaced_rank if plan == "interlaced" else _torch_pipe_rank
     torch.save(run(job), f"{out}.{rank}")
 
@@ -193,6 +211,7 @@ class _PipeJob:
     train: bool
     nmicro: int
     inputs: list[torch.Tensor]
+    repeats: int  # timed steps, the fastest kept
 
 
 def _torch_pipe_rank(job: _PipeJob) -> dict[str, Any]:
@@ -246,6 +265,11 @@ def _torch_pipe_rank(job: _PipeJob) -> dict[str, Any]:
             return schedule.step(*args, **kwargs)
 
     tied = module.tied_groups(built.width, position)
+    dist.barrier()
+    seconds = _barrier_timed(
+        lambda: run([]), job.repeats
+    )  # a step: forwards, and in training backwards
+    _forget_grads(module.weights.values())
     module.trace = []
     losses: list[torch.Tensor] = []
     logits = run(losses)
@@ -264,8 +288,7 @@ def _torch_pipe_rank(job: _PipeJob) -> dict[str, Any]:
             result["second_loss"] = torch.stack(second).mean().detach()
     if last and position == 0:
         result["logits"] = logits.detach()
-    dist.barrier()
-    result["seconds"] = _barrier_timed(lambda: run([], forward_only=True))
+    result["seconds"] = seconds
     return result
 
 
@@ -278,8 +301,9 @@ def _interlaced_rank(job: _PipeJob) -> dict[str, Any]:
     ids = list(job.inputs[0].chunk(job.nmicro))
     labels = list(job.inputs[1].chunk(job.nmicro)) if job.train else None
     dist.barrier()
-    with torch.no_grad():
-        best = _barrier_timed(lambda: runner.step(ids, None, _loss))
+    with torch.enable_grad() if job.train else torch.no_grad():
+        best = _barrier_timed(lambda: runner.step(ids, labels, _loss), job.repeats)
+    _forget_grads(runner.parameters())
     logits, loss = runner.step(ids, labels, _loss)
     result: dict[str, Any] = {"logits": logits, "seconds": best, "trace": []}
     if job.train:
@@ -292,13 +316,22 @@ def _interlaced_rank(job: _PipeJob) -> dict[str, Any]:
     return result
 
 
-def _reference(model: torch.nn.Module, train: bool, inputs: list[torch.Tensor]) -> dict[str, Any]:
-    """One device, one thread (as each rank runs), so the forward times compare."""
+def _reference(
+    model: torch.nn.Module, train: bool, inputs: list[torch.Tensor], repeats: int
+) -> dict[str, Any]:
+    """One device, one thread (as each rank runs), so the step times compare."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         step = LossAndLogits(model) if train else Logits(model)
-        outputs, seconds = _timed(lambda: step(*inputs))
+        if train:
+            seconds = _timed(lambda: step(*inputs)[0].backward(), repeats)
+            _forget_grads(step.parameters())
+        else:
+            with torch.no_grad():
+                seconds = _timed(lambda: step(*inputs), repeats)
+        with torch.no_grad():
+            outputs = step(*inputs)
         result: dict[str, Any] = {"logits": outputs[-1] if train else outputs, "seconds": seconds}
         if train:
             loss = step(*inputs)[0]
@@ -308,10 +341,8 @@ def _reference(model: torch.nn.Module, train: bool, inputs: list[torch.Tensor]) 
             named = list(step.named_parameters(remove_duplicate=False))
             result["grads"] = {k: p.grad for k, p in named if p.grad is not None}
             result["weight_of"] = {k: id(p) for k, p in named}
+            _sgd(step.parameters())
             with torch.no_grad():
-                for p in step.parameters():
-                    if p.grad is not None:
-                        p.sub_(_LR * p.grad)
                 result["second_loss"] = step(*inputs)[0]
         return result
     finally:
@@ -330,13 +361,15 @@ def verify(
     atol: float = 1e-4,
     dtype: torch.dtype = torch.float32,
     micro_batches: int | None = None,
+    repeats: int = 3,
 ) -> Verification:
     """Run ``plan`` on ``ndevices`` gloo processes and compare outputs (and gradients) with one device.
 
     A pipeline plan is captured at the micro-batch size (``micro_batches``
     of them make the batch; by default as many as divide it, up to twice the
     stages) and checked, besides the numbers, to run its blocks in the order
-    its schedule predicts.
+    its schedule predicts. The times kept are the fastest of ``repeats``
+    steps on each side (more repeats see through a loaded host).
     """
     piped = plan in PIPELINE_PLANS
     if plan not in PLANS and not piped:
@@ -365,17 +398,17 @@ def verify(
                 [b.kind for b in built.plan.pipe.sequences[built.place(r)[0]]]
                 for r in range(ndevices)
             ]
-        worker, args = _pipe_worker, (plan, train, nmicro, inputs)
+        worker, args = _pipe_worker, (plan, train, nmicro, inputs, repeats)
         if plan == "interlaced":
             expected = [[] for _ in range(ndevices)]
     else:
         graph = capture(LossAndLogits(model) if train else Logits(model), tuple(inputs))
         lower(PLANS[plan](graph, ndevices))  # a plan error is raised here, not in N processes
-        worker, args = _worker, (plan, train, inputs)
+        worker, args = _worker, (plan, train, inputs, repeats)
     with tempfile.TemporaryDirectory() as tmp:
         program, out = os.path.join(tmp, "program.pt2"), os.path.join(tmp, "rank.pt")
         torch.export.save(graph.program, program)  # before the reference's SGD step changes weights
-        ref = _reference(model, train, inputs)
+        ref = _reference(model, train, inputs, repeats)
         del model, graph  # the workers load their own copy; the parent keeps only the reference
         run_ranks(worker, ndevices, (args[0], program, *args[1:], out), what=f"plan {plan!r}")
         if piped:
