@@ -43,7 +43,7 @@ def calibrate(
     comm, _ = measured_comm(ndevices)
     model = load_model(model_spec)
     ids, labels = example_inputs(vocab_of(model), batch, seq, 0)
-    found = search(model, ids, labels, ndevices, train=train, comm=comm)
+    found = search(model, ids, labels, ndevices, train=train, comm=comm, concurrent=ndevices)
     rows: list[dict[str, Any]] = []
     for cand in found.candidates:
         run = shipped_plan(cand)

@@ -108,8 +108,13 @@ def search(
     profile: DeviceProfile | None = None,
     comm: CostModel | None = None,
     families: tuple[str, ...] = ("dp", "tp", "coshard", "pp", "3d", "interlaced"),
+    concurrent: int = 1,
 ) -> Search:
-    """Price every candidate plan of ``families`` for ``model`` on ``ndevices`` and rank them."""
+    """Price every candidate plan of ``families`` for ``model`` on ``ndevices`` and rank them.
+
+    ``concurrent``: without a profile, measure operator times with that many
+    ranks running at once (``ndevices`` when the plan will run on this host).
+    """
     if ndevices < 1:
         raise ParallelError(f"the device count must be at least 1, got {ndevices}")
     result = Search(ndevices, train, memory_limit)
@@ -130,7 +135,7 @@ def search(
 
     def times(graph: Graph) -> OpTimes:
         if id(graph) not in times_of:
-            times_of[id(graph)] = OpTimes(graph, profile)
+            times_of[id(graph)] = OpTimes(graph, profile, concurrent=concurrent)
         return times_of[id(graph)]
 
     graphs: dict[Any, Graph] = {}

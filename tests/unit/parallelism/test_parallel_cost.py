@@ -188,3 +188,14 @@ def test_calibration_runs_each_searched_candidate_as_its_shipped_plan() -> None:
     assert shipped_plan(Candidate("pp(1f1b,m=2)", "pp")) == ("1f1b", 2)
     assert shipped_plan(Candidate("interlaced(m=8)", "interlaced")) == ("interlaced", 8)
     assert shipped_plan(Candidate("3d(tp=2,pp=2,m=4)", "3d")) is None
+
+
+def test_operator_times_can_be_measured_with_ranks_sharing_the_host(
+    gpt_logits_graph: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("AGENTRT_CACHE_DIR", str(tmp_path))
+    shared = OpTimes(gpt_logits_graph, concurrent=2)
+    assert set(shared.seconds) == {op.name for op in gpt_logits_graph.ops}
+    assert all(s > 0 for s in shared.seconds.values())
+    keys = json.loads((tmp_path / "parallel-op-times.json").read_text())
+    assert keys and all(k.endswith("-x2") for k in keys)  # kept apart from one-rank times
