@@ -33,6 +33,21 @@ def shipped_plan(cand: Candidate) -> tuple[str, int | None] | None:
     return None  # 3-D needs 4 processes, run by hand
 
 
+def pairs_in_order(rows: list[dict[str, Any]]) -> float:
+    """The share of plan pairs the prediction orders as the measurement does (1.0: the same ranking)."""
+    pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1 :]]
+    if not pairs:
+        return 1.0
+    agree = sum(
+        1
+        for a, b in pairs
+        if (a["predicted_seconds"] - b["predicted_seconds"])
+        * (a["measured_seconds"] - b["measured_seconds"])
+        > 0
+    )
+    return agree / len(pairs)
+
+
 def calibrate(
     model_spec: str, ndevices: int, batch: int, seq: int, *, train: bool = False, repeats: int = 10
 ) -> dict[str, Any]:
@@ -85,6 +100,7 @@ def calibrate(
         ],
         "rows": rows,
         "same_order": by_pred == by_meas,
+        "pairs_in_order": pairs_in_order(rows),
         "order_predicted": by_pred,
         "order_measured": by_meas,
     }
@@ -119,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             f"(one process {r['single_device_seconds'] * 1e3:.2f} ms)\n"
         )
     out.write(
-        f"same order: {report['same_order']} (predicted {report['order_predicted']}, "
+        f"same order: {report['same_order']}, {report['pairs_in_order']:.0%} of pairs "
+        f"(predicted {report['order_predicted']}, "
         f"measured {report['order_measured']})\n"
     )
     if args.json:

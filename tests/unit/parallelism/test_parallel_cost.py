@@ -199,3 +199,14 @@ def test_operator_times_can_be_measured_with_ranks_sharing_the_host(
     assert all(s > 0 for s in shared.seconds.values())
     keys = json.loads((tmp_path / "parallel-op-times.json").read_text())
     assert keys and all(k.endswith("-x2") for k in keys)  # kept apart from one-rank times
+
+
+def test_the_share_of_plan_pairs_ranked_alike() -> None:
+    from agentrt.parallelism.calibrate import pairs_in_order
+
+    def row(pred: float, meas: float) -> dict[str, float]:
+        return {"predicted_seconds": pred, "measured_seconds": meas}
+
+    assert pairs_in_order([row(1, 10), row(2, 20), row(3, 30)]) == 1.0
+    assert pairs_in_order([row(1, 30), row(2, 20), row(3, 10)]) == 0.0
+    assert pairs_in_order([row(1, 10), row(2, 30), row(3, 20)]) == pytest.approx(2 / 3)
