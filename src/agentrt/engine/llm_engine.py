@@ -287,6 +287,14 @@ class LLMEngine:
         self.scheduler.table.end(program_id, self.clock())
         self.block_manager.program_ended(program_id)
 
+    def tool_started(self, program_id: str, tool: str | None = None) -> None:
+        """The client says ``program_id`` entered a tool (its KV retention holds the context)."""
+        self.block_manager.tool_started(program_id, tool)
+
+    def tool_ended(self, program_id: str) -> None:
+        """The client says ``program_id``'s tool ended (its next call is about to come)."""
+        self.block_manager.tool_ended(program_id)
+
     def abort_request(
         self, request_id: str, reason: Literal["abort", "error"] = "abort"
     ) -> list[TokenEvent]:

@@ -13,6 +13,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
+from agentrt.protocol.programs import ToolEvent
+
 FinishReason = Literal["stop", "length", "abort", "error", "tool_calls"]
 
 
@@ -322,3 +324,13 @@ class EngineClient(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ToolSignals(Protocol):
+    """An engine that hears when a program's tool starts and ends (``POST /programs/{id}/tool``);
+    the server forwards these signals to engines that have this method only."""
+
+    async def tool_event(self, program_id: str, event: ToolEvent) -> None:
+        """A thread of ``program_id`` (tenant-scoped) entered or left a tool."""
+        ...

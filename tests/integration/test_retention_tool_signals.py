@@ -1,0 +1,131 @@
+"""KV retention across a tool call, end to end: SDK -> app -> embedded engine (tiny Llama).
+
+An agent program makes a call, then runs an ``@agentrt.tool`` that takes
+longer than the engine predicts (no interrupt seen yet: the prior, 1 s, on a
+fake clock) and meanwhile runs three other programs whose contexts need the
+agent's blocks. With retention on, the SDK's tool signal holds the agent's pin
+while the tool runs, and its next call finds its whole history cached; with
+retention off (LRU) the history is evicted, and with the signals switched off
+the pin expires at the predicted TTL and is evicted too.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from tests.conftest import make_tiny_loaded
+
+import agentrt
+from agentrt.engine import AsyncEngine, EngineConfig
+from agentrt.engine.llm_engine import LLMEngine
+from agentrt.scheduling import RetentionConfig, SchedulerConfig
+from agentrt.sdk import lifecycle
+from agentrt.serving.config import ServerConfig
+from agentrt.serving.http.app import create_app
+from agentrt.serving.inprocess import AppRunner
+
+MODEL = "tiny-llama"
+NO_EOS = {"ignore_eos": True}
+TOOL_SECONDS = 5.0  # on the engine's fake clock; the predicted interrupt is 1 s
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def fresh_servers() -> Iterator[None]:
+    lifecycle.forget_unsupported_servers()
+    yield
+    lifecycle.forget_unsupported_servers()
+
+
+def run_agent(mode: str) -> tuple[LLMEngine, int]:
+    """The agent's two calls around its tool; returns the engine and the prompt tokens
+    the second call found cached."""
+    clock = Clock()
+    config = EngineConfig(
+        dtype="float32",
+        num_kv_blocks=24,
+        block_size=4,
+        swap_space=0,  # no host pool: a lost pin is lost, not copied back
+        scheduler=SchedulerConfig(policy="fcfs"),
+        retention=RetentionConfig(mode=mode, prior_interrupt_s=1.0),  # type: ignore[arg-type]
+    )
+    engine = LLMEngine(config, make_tiny_loaded(), clock=clock)
+    app = create_app(AsyncEngine(engine), ServerConfig(log_requests=False))
+    client = agentrt.OpenAI(app=app, api_key="none", max_retries=0)
+    rng = random.Random(7)
+    history = [rng.randrange(1, 256) for _ in range(40)]  # ten blocks
+    policy = engine.block_manager.evictable
+
+    def complete(prompt: list[int]) -> None:
+        client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, extra_body=NO_EOS)
+
+    @agentrt.tool
+    def search() -> None:
+        program = agentrt.current_program()
+        assert program is not None
+        if lifecycle.tool_signals_enabled():
+            wait_until(lambda: policy.in_tool(program.program_id))
+        clock.now += TOOL_SECONDS
+        for i in range(3):  # each needs eleven of the pool's 24 blocks
+            with agentrt.program(f"other-{i}", detached=True):
+                complete([rng.randrange(1, 256) for _ in range(40)])
+
+    @agentrt.program
+    def agent() -> int:
+        complete(history)
+        search()
+        before = engine.block_manager.prefix_hit_tokens
+        complete([*history, 7, 8, 9])
+        return engine.block_manager.prefix_hit_tokens - before
+
+    try:
+        reused = agent()
+    finally:
+        AppRunner.for_app(app).close()
+    return engine, reused
+
+
+def wait_until(condition: Any, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the engine never heard the tool start")
+        time.sleep(0.005)
+
+
+def test_the_tool_signal_keeps_the_agents_prefix_cached_with_retention() -> None:
+    engine, reused = run_agent("ttl")
+    counters = engine.block_manager.evictable.counters
+    assert reused == 40  # the whole history: ten blocks
+    assert counters.held == 1 and counters.reused == 1 and counters.expired == 0
+    assert engine.stats().recomputed_prompt_tokens == 0
+    assert engine.block_manager.evictable.pinned_blocks == 0  # the program ended
+
+
+def test_lru_loses_the_prefix_during_the_tool() -> None:
+    engine, reused = run_agent("off")
+    assert reused == 0
+    assert engine.block_manager.evictable.counters.held == 0
+    assert engine.stats().recomputed_prompt_tokens == 40
+
+
+def test_without_the_signal_the_pin_expires_at_its_predicted_ttl(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(lifecycle.TOOL_SIGNALS_ENV, "0")
+    engine, reused = run_agent("ttl")
+    counters = engine.block_manager.evictable.counters
+    assert reused == 0
+    assert counters.held == 0 and counters.expired >= 1
+    assert engine.stats().recomputed_prompt_tokens == 40
