@@ -109,7 +109,9 @@ def test_the_tool_signal_keeps_the_agents_prefix_cached_with_retention() -> None
     counters = engine.block_manager.evictable.counters
     assert reused == 40  # the whole history: ten blocks
     assert counters.held == 1 and counters.reused == 1 and counters.expired == 0
-    assert engine.stats().recomputed_prompt_tokens == 0
+    stats = engine.stats()
+    assert stats.recomputed_prompt_tokens == 0 and stats.kv_pins_held == 1
+    assert stats.prefix_hit_tokens == 40 and stats.prefix_queried_tokens == 4 * 40 + 43
     assert engine.block_manager.evictable.pinned_blocks == 0  # the program ended
 
 

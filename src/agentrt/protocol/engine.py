@@ -197,6 +197,9 @@ class EngineStats(msgspec.Struct, kw_only=True):
     kv_blocks_used: int = 0
     kv_usage: float = 0.0  # 0..1
     prefix_hit_rate: float = 0.0  # 0..1, over the engine's lifetime
+    # Prompt tokens looked up in the prefix cache, and of those found cached (lifetime totals).
+    prefix_queried_tokens: int = 0
+    prefix_hit_tokens: int = 0
     preemptions_swap: int = 0
     preemptions_recompute: int = 0
     steps: int = 0
@@ -210,6 +213,7 @@ class EngineStats(msgspec.Struct, kw_only=True):
     kv_pins_reused: int = 0
     kv_pins_expired: int = 0
     kv_pins_yielded: int = 0
+    kv_pins_held: int = 0  # held past their TTL while the client said their tool was running
     kv_pins_offloaded: int = 0  # lost pins copied to the host pool
     kv_pins_restored: int = 0  # of those, copied back for their program's next call
     recomputed_prompt_tokens: int = 0
