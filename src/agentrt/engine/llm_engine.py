@@ -583,7 +583,8 @@ class LLMEngine:
         the waiting calls anything (it yields to running ones regardless)."""
         bm = self.block_manager
         waiting = len(self.scheduler) - len(self.scheduler.running) if not bm.free_ids else 0
-        bm.call_finished(seq, self._seconds_per_token, waiting, self.config.max_num_seqs)
+        ttl = bm.call_finished(seq, self._seconds_per_token, waiting, self.config.max_num_seqs)
+        seq.timings.kv_retained_s = ttl
 
     def _release(self, seq: Sequence) -> None:
         """Give back whatever KV the sequence holds, on device or host."""

@@ -106,6 +106,9 @@ class Timings(msgspec.Struct, kw_only=True, omit_defaults=True):
     queue_time: float = 0.0  # total time spent waiting (incl. while preempted)
     model_time: float = 0.0  # model-executor time attributed to this call
     preemptions: int = 0
+    # Seconds the engine keeps the call's context pinned for its program's next call (its KV
+    # retention's TTL; None: not pinned). A router sends that call back to this engine.
+    kv_retained_s: float | None = None
 
 
 class TokenEvent(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -1,12 +1,15 @@
-"""KV retention across a tool call, end to end: SDK -> app -> embedded engine (tiny Llama).
+"""KV retention end to end, on the tiny Llama: the SDK's tool signals, and the router.
 
-An agent program makes a call, then runs an ``@agentrt.tool`` that takes
+SDK -> app -> embedded engine: an agent program makes a call, then runs an ``@agentrt.tool`` that takes
 longer than the engine predicts (no interrupt seen yet: the prior, 1 s, on a
 fake clock) and meanwhile runs three other programs whose contexts need the
 agent's blocks. With retention on, the SDK's tool signal holds the agent's pin
 while the tool runs, and its next call finds its whole history cached; with
 retention off (LRU) the history is evicted, and with the signals switched off
 the pin expires at the predicted TTL and is evicted too.
+
+Router -> two engines: a program's next call goes back to the engine that
+reported keeping its context pinned, although the other engine is less used.
 """
 
 from __future__ import annotations
@@ -131,3 +134,58 @@ def test_without_the_signal_the_pin_expires_at_its_predicted_ttl(
     assert reused == 0
     assert counters.held == 0 and counters.expired >= 1
     assert engine.stats().recomputed_prompt_tokens == 40
+
+
+def test_the_router_sends_the_next_call_to_the_engine_that_retains_the_context() -> None:
+    import anyio
+
+    from agentrt.protocol.engine import GenerationRequest, ProgramTag, SamplingParams
+    from agentrt.scheduling import BalancerConfig
+    from agentrt.serving.router import Router, RouterConfig
+    from agentrt.serving.router.backends import LocalBackend
+
+    def request(
+        call_id: str, program: str, prompt: list[int], max_tokens: int
+    ) -> GenerationRequest:
+        return GenerationRequest(
+            call_id=call_id,
+            prompt=prompt,
+            program=ProgramTag(program_id=program),
+            sampling=SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True),
+        )
+
+    async def run(mode: str) -> list[int]:
+        """Prompt tokens each engine found cached for the agent's second call."""
+        config = EngineConfig(
+            dtype="float32",
+            num_kv_blocks=64,
+            block_size=4,
+            scheduler=SchedulerConfig(policy="fcfs"),
+            retention=RetentionConfig(mode=mode, prior_interrupt_s=30.0),  # type: ignore[arg-type]
+        )
+        engines = [AsyncEngine(LLMEngine(config, make_tiny_loaded())) for _ in range(2)]
+        backends = [LocalBackend(f"e{i}", e) for i, e in enumerate(engines)]
+        history = list(range(1, 41))
+        fast = RouterConfig(health_interval_s=0.05, health_timeout_s=5.0)
+        async with Router(
+            backends, config=fast, balancer=BalancerConfig(policy="locality")
+        ) as router:
+            async for _ in router.generate(request("a1", "agent", history, 4)):
+                pass
+            # Another program's call holds e0 (its stream is left open): e0 is the busier engine.
+            busy = router.generate(request("b1", "busy", list(range(100, 120)), 200))
+            await busy.__anext__()
+            before = [e.engine.block_manager.prefix_hit_tokens for e in engines]
+            async for _ in router.generate(request("a2", "agent", [*history, 7, 8, 9], 4)):
+                pass
+            await busy.aclose()  # type: ignore[attr-defined]
+            hits = [
+                e.engine.block_manager.prefix_hit_tokens - b
+                for e, b in zip(engines, before, strict=True)
+            ]
+        return hits
+
+    retained_hits = anyio.run(run, "ttl")
+    lru_hits = anyio.run(run, "off")
+    assert retained_hits == [40, 0]  # back to e0, where the agent's history is pinned
+    assert lru_hits == [0, 0]  # the least used engine, e1, has never seen it
