@@ -250,6 +250,10 @@ async def async_request(
 # -------------------------------------------------------------------------- lifecycle through a client
 
 
+def _tool_path(program_id: str) -> str:
+    return f"{_PROGRAMS}/{quote(program_id, safe='')}/tool"
+
+
 def _lifecycle_options(client: Any) -> RequestOptions:
     return {"timeout": getattr(client, "lifecycle_timeout", LIFECYCLE_TIMEOUT), "max_retries": 0}
 
@@ -294,6 +298,29 @@ class SyncServer:
 
         return await anyio.to_thread.run_sync(self.end_program_sync, program_id)
 
+    def tool_event_sync(
+        self, program_id: str, body: dict[str, object]
+    ) -> tuple[Outcome, str] | None:
+        try:
+            self.client.post(
+                _tool_path(program_id),
+                body=body,
+                cast_to=_NONE,
+                options=_lifecycle_options(self.client),
+            )
+        except Exception as exc:
+            return _outcome_of(exc, announcing=True)
+        return Outcome.OK, ""
+
+    async def tool_event_async(
+        self, program_id: str, body: dict[str, object]
+    ) -> tuple[Outcome, str]:
+        import anyio
+
+        result = await anyio.to_thread.run_sync(self.tool_event_sync, program_id, body)
+        assert result is not None
+        return result
+
 
 class AsyncServer:
     """The server of an async openai client, as the program lifecycle reaches it."""
@@ -329,6 +356,25 @@ class AsyncServer:
         except Exception as exc:
             return _outcome_of(exc, announcing=False)
         return Outcome.OK, ""
+
+    async def tool_event_async(
+        self, program_id: str, body: dict[str, object]
+    ) -> tuple[Outcome, str]:
+        try:
+            await self.client.post(
+                _tool_path(program_id),
+                body=body,
+                cast_to=_NONE,
+                options=_lifecycle_options(self.client),
+            )
+        except Exception as exc:
+            return _outcome_of(exc, announcing=True)
+        return Outcome.OK, ""
+
+    def tool_event_sync(
+        self, program_id: str, body: dict[str, object]
+    ) -> tuple[Outcome, str] | None:
+        return None  # sync code would block on a private event loop: the server learns from gaps
 
     def end_program_sync(self, program_id: str) -> tuple[Outcome, str]:
         # A sync program used this async client (it ran its own event loop inside the

@@ -32,6 +32,7 @@ from agentrt.serving.http.endpoints import (
     list_models,
     list_programs,
     metrics,
+    program_tool,
     start_program,
 )
 from agentrt.serving.http.errors import APIError
@@ -97,6 +98,7 @@ def create_app(
         Route("/v1/programs", list_programs, methods=["GET"]),
         Route("/v1/programs/{program_id}", get_program, methods=["GET"]),
         Route("/v1/programs/{program_id}", end_program, methods=["DELETE"]),
+        Route("/v1/programs/{program_id}/tool", program_tool, methods=["POST"]),
         Route("/v1/engine/stats", engine_stats, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
