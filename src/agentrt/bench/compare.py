@@ -83,6 +83,22 @@ def parse_policies(text: str) -> list[str]:
     return policies
 
 
+def parse_fronts(text: str) -> list[tuple[str, int | None]]:
+    """``POLICY[@AHEAD],...`` -> [(policy, queue_ahead or None for the backend's default)]."""
+    fronts: list[tuple[str, int | None]] = []
+    for entry in (e.strip() for e in text.split(",") if e.strip()):
+        policy, sep, ahead = entry.partition("@")
+        if sep and not ahead.isdigit():
+            raise argparse.ArgumentTypeError(f"expected POLICY@N with N >= 0 calls queued ahead, got {entry!r}")
+        parse_policies(policy)
+        fronts.append((policy, int(ahead) if sep else None))
+    return fronts
+
+
+def front_label(policy: str, ahead: int | None) -> str:
+    return f"agentrt/{policy}{'' if ahead is None else f'@{ahead}'}+llama.cpp"
+
+
 def parse_retention(text: str) -> list[str]:
     from agentrt.scheduling import RETENTION_MODES
 
@@ -133,9 +149,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-json", default=None, metavar="FILE",
                         help="report (and --simulate) a saved `bench compare --json` run instead of measuring")
     llama_server.add_arguments(parser)
-    parser.add_argument("--llama-front", type=parse_policies, default=[], metavar="POLICIES",
+    parser.add_argument("--llama-front", type=parse_fronts, default=[], metavar="POLICY[@AHEAD],...",
                         help="with --llama-server: also `agentrt serve --backend llamacpp+URL` in front of "
-                        "a freshly started llama-server, one per policy (comma list)")
+                        "a freshly started llama-server, one per entry (comma list); @AHEAD sets the calls "
+                        "it queues ahead at the server (the backend's queue_ahead; default: its default)")
     add_workload_arguments(parser)
 
 
@@ -342,18 +359,19 @@ def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None
                         return None
                     targets.append(Target(label="llama.cpp", base_url=url, model=args.model or "",
                                           extra_body=extra, queue_metrics=url.removesuffix("/v1")))
-                for policy in args.llama_front if llama is not None else []:
+                for policy, ahead in args.llama_front if llama is not None else []:
                     assert llama is not None
                     try:
                         engine = servers.enter_context(llama_server.llama_server(llama, args.startup_timeout))
                         root = engine.removesuffix("/v1")
+                        spec = f"llamacpp+{root}" + ("" if ahead is None else f",queue_ahead={ahead}")
                         url = servers.enter_context(
-                            agentrt_server(policy, ["--backend", f"llamacpp+{root}"], args.startup_timeout))
+                            agentrt_server(policy, ["--backend", spec], args.startup_timeout))
                     except (llama_server.LlamaServerError, ServerStartError) as e:
                         progress.stop()
                         console.print(f"[red]error:[/red] {e}")
                         return None
-                    targets.append(Target(label=f"agentrt/{policy}+llama.cpp", base_url=url,
+                    targets.append(Target(label=front_label(policy, ahead), base_url=url,
                                           model=args.model or "", extra_body=extra, queue_metrics=root))
                 offset = time.monotonic() - began
                 one_rate = argparse.Namespace(**{**vars(args), "rates": [rate]})

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import quote
 
 import openai
+import pydantic
 from openai._compat import model_copy
 from openai._models import FinalRequestOptions
 from openai._types import NotGiven, RequestOptions
@@ -71,11 +72,43 @@ def _with_program_headers(
         headers = propagation_headers()
         if not headers:
             return options, None
-    if not isinstance(options.headers, NotGiven):
-        headers.update(options.headers)  # type: ignore[arg-type]  # Omit values pass through
-    options = model_copy(options)
-    options.headers = headers
-    return options, record
+    if not isinstance(given, NotGiven):
+        headers.update(given)  # type: ignore[arg-type]  # Omit values pass through
+    return with_headers(options, headers), record
+
+
+_PYDANTIC_V2 = int(pydantic.VERSION.split(".")[0]) >= 2
+if _PYDANTIC_V2:
+    from pydantic_core import PydanticUndefined
+_new = object.__new__
+_set = object.__setattr__
+
+
+def with_headers(options: FinalRequestOptions, headers: dict[str, str]) -> FinalRequestOptions:
+    """A shallow copy of ``options`` whose headers are ``headers``; ``options`` is left as it was.
+
+    On pydantic 2 this does what ``BaseModel.__copy__`` and an attribute
+    assignment do, without their generic steps: it runs on every call.
+    """
+    if not _PYDANTIC_V2:
+        options = model_copy(options)
+        options.headers = headers
+        return options
+    clone = _new(type(options))
+    fields = options.__dict__.copy()
+    fields["headers"] = headers
+    _set(clone, "__dict__", fields)
+    _set(clone, "__pydantic_fields_set__", options.__pydantic_fields_set__ | _HEADERS)
+    extra = options.__pydantic_extra__
+    _set(clone, "__pydantic_extra__", None if extra is None else extra.copy())
+    private = getattr(options, "__pydantic_private__", None)
+    if private is not None:
+        private = {k: v for k, v in private.items() if v is not PydanticUndefined}
+    _set(clone, "__pydantic_private__", private)
+    return clone
+
+
+_HEADERS = frozenset({"headers"})
 
 
 def _outcome_of(exc: Exception, announcing: bool) -> tuple[Outcome, str]:
