@@ -99,11 +99,35 @@ def front_label(policy: str, ahead: int | None) -> str:
     return f"agentrt/{policy}{'' if ahead is None else f'@{ahead}'}+llama.cpp"
 
 
+def parse_retention(text: str) -> list[str]:
+    from agentrt.scheduling import RETENTION_MODES
+
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in RETENTION_MODES]
+    if not modes or unknown:
+        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(RETENTION_MODES)}, got {text!r}")
+    return list(dict.fromkeys(modes))
+
+
+def agentrt_systems(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
+    """(label, policy, serve arguments) of every agentrt server: one per policy, times each
+    ``--kv-retention`` mode when given (the policy's servers then differ in that flag only)."""
+    modes = args.kv_retention or [None]
+    return [
+        (f"agentrt/{policy}" + (f"+kv-{mode}" if mode else ""), policy,
+         [*args.serve_arg, *(["--kv-retention", mode] if mode else [])])
+        for policy in args.policies for mode in modes
+    ]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", type=parse_policies, default=["fcfs", "mlfq", "plas", "atlas"],
                         help="agentrt servers to start, one per scheduling policy (comma list; '' for none)")
     parser.add_argument("--external", type=parse_external, action="append", default=[], metavar="NAME=URL[#MODEL]",
                         help="an external OpenAI-compatible server (repeatable)")
+    parser.add_argument("--kv-retention", type=parse_retention, default=None, metavar="MODES",
+                        help="one agentrt server per policy and KV retention mode (comma list of off,ttl), "
+                        "e.g. off,ttl: LRU against program-aware retention, side by side")
     parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for every `agentrt serve` (repeatable), e.g. --serve-arg=--max-num-seqs=32")
     parser.add_argument("--model", default=None, help="model name to request (default: each server's first)")
@@ -315,15 +339,14 @@ def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None
         for rate in rates_of(args):
             targets: list[Target] = []
             with ExitStack() as servers:
-                for policy in args.policies:
+                for label, policy, serve_args in agentrt_systems(args):
                     try:
-                        url = servers.enter_context(agentrt_server(policy, args.serve_arg, args.startup_timeout))
+                        url = servers.enter_context(agentrt_server(policy, serve_args, args.startup_timeout))
                     except ServerStartError as e:
                         progress.stop()
                         console.print(f"[red]error:[/red] {e}")
                         return None
-                    targets.append(Target(label=f"agentrt/{policy}", base_url=url, model=args.model or "",
-                                          extra_body=extra))
+                    targets.append(Target(label=label, base_url=url, model=args.model or "", extra_body=extra))
                 for name, url, model in args.external:
                     targets.append(Target(label=name, base_url=url, model=model or args.model or "",
                                           extra_body=extra))
@@ -390,12 +413,14 @@ def fitted_to_runs(profile: Any, systems: list[SystemResult], console: Any) -> A
 
 def run(args: argparse.Namespace) -> int:
     from agentrt.bench.serve import load_result, write_outputs
-    from agentrt.bench.serve_report import print_runs, report_console
+    from agentrt.bench.serve_report import print_kv, print_runs, report_console
 
     console = report_console()
     problem = validate(args)
     if problem is None and not (args.policies or args.external or args.llama_server or args.from_json):
         problem = "nothing to compare: give --policies, --external and/or --llama-server"
+    if problem is None and args.kv_retention and not args.policies:
+        problem = "--kv-retention sets the retention of the agentrt servers of --policies"
     if problem is None and args.llama_front and not args.llama_server:
         problem = "--llama-front puts agentrt in front of the llama.cpp server of --llama-server"
     if problem is None and args.fit_steps and not args.simulate:
@@ -416,6 +441,7 @@ def run(args: argparse.Namespace) -> int:
     result.comparison = compare(systems, args.latency_target)
     result.token_comparison = compare(systems, args.token_latency_target, "token_latency")
     print_runs(console, systems)
+    print_kv(console, systems)
     print_engine_queues(console, systems)
     print_comparison(console, result.comparison)
     print_comparison(console, result.token_comparison)

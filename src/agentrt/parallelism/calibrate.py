@@ -1,10 +1,12 @@
-"""Predicted against measured: each shipped plan's forward on N local gloo processes.
+"""Predicted against measured: each shipped plan's step on N local gloo processes.
 
-``python -m agentrt.parallelism.calibrate --model tiny-llama --devices 2``
-prices every plan with the cost model (operator times measured here,
-alpha-beta fitted to gloo all-reduces), runs it with
-:func:`~agentrt.parallelism.launch.verify` (fastest of three forwards) and
-prints both, their ratio, and whether the two rank the plans alike.
+``python -m agentrt.parallelism.calibrate --model tiny-llama --devices 2 [--train]``
+prices every shipped plan with the cost model (operator times measured here;
+each collective's per-call line measured through the runtime, see
+:mod:`~agentrt.parallelism.collectives`), runs it with
+:func:`~agentrt.parallelism.launch.verify` (fastest of three steps: forwards,
+or forwards and backwards with ``--train``) and prints both, their ratio, and
+whether the two rank the plans alike.
 """
 
 from __future__ import annotations
@@ -14,8 +16,41 @@ import json
 import sys
 from typing import Any
 
+from agentrt.parallelism.search import Candidate
 
-def calibrate(model_spec: str, ndevices: int, batch: int, seq: int) -> dict[str, Any]:
+
+def shipped_plan(cand: Candidate) -> tuple[str, int | None] | None:
+    """The plan name :func:`verify` runs for a search candidate, and its micro-batches (pipelines)."""
+    if cand.family in ("dp", "tp"):
+        return cand.family, None
+    if cand.name == "coshard(k=2)":
+        return "coshard", None
+    if cand.family == "pp":  # pp(KIND,m=M)
+        kind, micro = cand.name[3:-1].split(",m=")
+        return ("pp" if kind == "infer" else kind), int(micro)
+    if cand.family == "interlaced":
+        return "interlaced", int(cand.name.split("m=")[1].rstrip(")"))
+    return None  # 3-D needs 4 processes, run by hand
+
+
+def pairs_in_order(rows: list[dict[str, Any]]) -> float:
+    """The share of plan pairs the prediction orders as the measurement does (1.0: the same ranking)."""
+    pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1 :]]
+    if not pairs:
+        return 1.0
+    agree = sum(
+        1
+        for a, b in pairs
+        if (a["predicted_seconds"] - b["predicted_seconds"])
+        * (a["measured_seconds"] - b["measured_seconds"])
+        > 0
+    )
+    return agree / len(pairs)
+
+
+def calibrate(
+    model_spec: str, ndevices: int, batch: int, seq: int, *, train: bool = False, repeats: int = 10
+) -> dict[str, Any]:
     from agentrt.parallelism.cost import measured_comm
     from agentrt.parallelism.launch import example_inputs, load_model, verify, vocab_of
     from agentrt.parallelism.search import search
@@ -23,21 +58,30 @@ def calibrate(model_spec: str, ndevices: int, batch: int, seq: int) -> dict[str,
     comm, _ = measured_comm(ndevices)
     model = load_model(model_spec)
     ids, labels = example_inputs(vocab_of(model), batch, seq, 0)
-    found = search(model, ids, labels, ndevices, train=False, comm=comm)
+    found = search(model, ids, labels, ndevices, train=train, comm=comm, concurrent=ndevices)
     rows: list[dict[str, Any]] = []
-    runs = {"dp": "dp", "tp": "tp", "coshard(k=2)": "coshard", f"pp(infer,m={ndevices})": "pp"}
     for cand in found.candidates:
-        if cand.name not in runs or cand.estimate is None:
+        run = shipped_plan(cand)
+        if run is None or cand.estimate is None:
             continue
-        micro = ndevices if cand.family == "pp" else None
+        plan, micro = run
         got = verify(
-            model_spec, runs[cand.name], ndevices, batch=batch, seq=seq, micro_batches=micro
+            model_spec,
+            plan,
+            ndevices,
+            train=train,
+            batch=batch,
+            seq=seq,
+            micro_batches=micro,
+            repeats=repeats,
         )
         rows.append(
             {
                 "plan": cand.name,
                 "predicted_seconds": cand.estimate.seconds,
+                "predicted_comm_seconds": cand.estimate.comm_seconds,
                 "measured_seconds": got.seconds_parallel,
+                "single_device_seconds": got.seconds_single,
                 "ratio": cand.estimate.seconds / got.seconds_parallel,
                 "ok": got.ok,
             }
@@ -47,10 +91,16 @@ def calibrate(model_spec: str, ndevices: int, batch: int, seq: int) -> dict[str,
     return {
         "model": model_spec,
         "devices": ndevices,
+        "train": train,
         "alpha": comm.alpha,
         "beta": comm.beta,
+        "collectives": [
+            {"primitive": p, "seconds_per_call": a, "seconds_per_byte": b}
+            for p, a, b in comm.measured
+        ],
         "rows": rows,
         "same_order": by_pred == by_meas,
+        "pairs_in_order": pairs_in_order(rows),
         "order_predicted": by_pred,
         "order_measured": by_meas,
     }
@@ -62,18 +112,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=8)
+    parser.add_argument("--train", action="store_true", help="time training steps, not forwards")
+    parser.add_argument(
+        "--repeats", type=int, default=10, help="timed steps per plan (the fastest is kept)"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    report = calibrate(args.model, args.devices, args.batch, args.seq)
+    report = calibrate(
+        args.model, args.devices, args.batch, args.seq, train=args.train, repeats=args.repeats
+    )
     out = sys.stdout
     out.write(f"alpha {report['alpha'] * 1e6:.1f} us, beta {report['beta'] / 1e9:.2f} GB/s\n")
+    for c in report["collectives"]:
+        rate = 1 / c["seconds_per_byte"] / 1e9 if c["seconds_per_byte"] else float("inf")
+        out.write(
+            f"  {c['primitive']:<11} {c['seconds_per_call'] * 1e6:8.1f} us/call {rate:.2f} GB/s\n"
+        )
     for r in report["rows"]:
         out.write(
-            f"{r['plan']:<14} predicted {r['predicted_seconds'] * 1e3:8.2f} ms  measured "
-            f"{r['measured_seconds'] * 1e3:8.2f} ms  ratio {r['ratio']:.2f}\n"
+            f"{r['plan']:<16} predicted {r['predicted_seconds'] * 1e3:8.2f} ms  measured "
+            f"{r['measured_seconds'] * 1e3:8.2f} ms  ratio {r['ratio']:.2f}  "
+            f"(one process {r['single_device_seconds'] * 1e3:.2f} ms)\n"
         )
     out.write(
-        f"same order: {report['same_order']} (predicted {report['order_predicted']}, "
+        f"same order: {report['same_order']}, {report['pairs_in_order']:.0%} of pairs "
+        f"(predicted {report['order_predicted']}, "
         f"measured {report['order_measured']})\n"
     )
     if args.json:

@@ -71,12 +71,9 @@ def _fmt_bytes(n: float) -> str:
 
 
 def _report(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    from agentrt.parallelism.comm import lower
     from agentrt.parallelism.errors import ParallelError
     from agentrt.parallelism.graph import capture
-    from agentrt.parallelism.launch import example_inputs, load_model, verify, vocab_of
+    from agentrt.parallelism.launch import example_inputs, load_model, vocab_of
     from agentrt.parallelism.models import Logits, NextTokenLoss
     from agentrt.parallelism.pipeline import PIPELINE_PLANS
     from agentrt.parallelism.plans import PLANS
@@ -105,53 +102,65 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
         try:
             if name in PIPELINE_PLANS:
                 entry.update(_pipeline_entry(name, model, inputs[0], args))
-                report["plans"].append(entry)
-                continue
-            program = lower(PLANS[name](graph, args.devices))
+            else:
+                entry.update(_spmd_entry(name, graph, args))
+            if args.verify:
+                entry["verify"] = _verified(name, args)
         except ParallelError as exc:
             entry["error"] = str(exc)
-            report["plans"].append(entry)
-            continue
-        entry["split_operators"] = sum(
-            1 for op in graph.ops if program.plan.transform_of(op) is not None
-        )
-        entry["collectives"] = program.collectives(train=args.train)
-        entry["predicted_comm_seconds"] = program.comm_seconds(train=args.train)
-        entry["param_bytes_per_device"] = program.param_bytes()
-        if args.verify:
-            entry["verify"] = verify(
-                args.model,
-                name,
-                args.devices,
-                train=args.train,
-                batch=args.batch,
-                seq=args.seq,
-                dtype=getattr(torch, args.dtype),
-            ).as_dict()
         report["plans"].append(entry)
     if all("error" in p for p in report["plans"]):
         raise ParallelError("; ".join(f"{p['plan']}: {p['error']}" for p in report["plans"]))
     return report
 
 
-def _pipeline_entry(name: str, model: Any, ids: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """A pipeline plan is built on the model captured at the micro-batch size."""
+def _spmd_entry(name: str, graph: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """A plan that runs every operator on every device: its split operators and collectives."""
+    from agentrt.parallelism.comm import lower
+    from agentrt.parallelism.plans import PLANS
+
+    program = lower(PLANS[name](graph, args.devices))
+    return {
+        "split_operators": sum(1 for op in graph.ops if program.plan.transform_of(op) is not None),
+        "collectives": program.collectives(train=args.train),
+        "predicted_comm_seconds": program.comm_seconds(train=args.train),
+        "param_bytes_per_device": program.param_bytes(),
+    }
+
+
+def _verified(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``name`` run on ``--devices`` local gloo processes against one device."""
     import torch
 
+    from agentrt.parallelism.launch import verify
+
+    return verify(
+        args.model,
+        name,
+        args.devices,
+        train=args.train,
+        batch=args.batch,
+        seq=args.seq,
+        dtype=getattr(torch, args.dtype),
+    ).as_dict()
+
+
+def _pipeline_entry(name: str, model: Any, ids: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """A pipeline plan is built on the model captured at the micro-batch size."""
     from agentrt.parallelism.comm import lower
     from agentrt.parallelism.graph import capture
-    from agentrt.parallelism.launch import default_micro_batches, verify
+    from agentrt.parallelism.launch import default_micro_batches
     from agentrt.parallelism.models import Logits
     from agentrt.parallelism.pipeline import pipeline_plan
 
     nmicro = default_micro_batches(args.batch, args.devices)
     graph = capture(Logits(model), (ids[: args.batch // nmicro],))
     if name == "interlaced":
-        return _interlaced_entry(graph, nmicro, model, args)
+        return _interlaced_entry(graph, nmicro, args)
     built = pipeline_plan(name, graph, args.devices, nmicro=nmicro, train=args.train)
     inner = [lower(p) for p in built.inner] if built.inner is not None else None
     sends = {t for spec in built.specs[:-1] for t in spec.outputs}
-    entry: dict[str, Any] = {
+    return {
         "stages": len(built.specs),
         "devices_per_stage": built.width,
         "micro_batches": nmicro,
@@ -171,26 +180,10 @@ def _pipeline_entry(name: str, model: Any, ids: Any, args: argparse.Namespace) -
             else (sum(graph.tensors[n].nbytes for n in s.state) for s in built.specs)
         ),
     }
-    if args.verify:
-        entry["verify"] = verify(
-            args.model,
-            name,
-            args.devices,
-            train=args.train,
-            batch=args.batch,
-            seq=args.seq,
-            dtype=getattr(torch, args.dtype),
-        ).as_dict()
-    return entry
 
 
-def _interlaced_entry(
-    graph: Any, nmicro: int, model: Any, args: argparse.Namespace
-) -> dict[str, Any]:
-    import torch
-
+def _interlaced_entry(graph: Any, nmicro: int, args: argparse.Namespace) -> dict[str, Any]:
     from agentrt.parallelism.interlaced import interlaced
-    from agentrt.parallelism.launch import verify
 
     built = interlaced(graph, args.devices, nmicro=nmicro)
     collectives: dict[str, int] = {}
@@ -200,7 +193,7 @@ def _interlaced_entry(
     sends = {t for spec in built.body[:-1] for t in spec.outputs}
     collectives["send/recv"] = len(sends) * nmicro * (2 if args.train else 1)
     collectives["broadcast"] = len(built.head_in) * nmicro * (2 if args.train else 1)
-    entry: dict[str, Any] = {
+    return {
         "stages": len(built.body),
         "devices_per_stage": 1,
         "micro_batches": nmicro,
@@ -218,17 +211,6 @@ def _interlaced_entry(
         + built.head.param_bytes()
         + max(sum(graph.tensors[n].nbytes for n in s.state) for s in built.body),
     }
-    if args.verify:
-        entry["verify"] = verify(
-            args.model,
-            "interlaced",
-            args.devices,
-            train=args.train,
-            batch=args.batch,
-            seq=args.seq,
-            dtype=getattr(torch, args.dtype),
-        ).as_dict()
-    return entry
 
 
 def _print(report: dict[str, Any]) -> None:
@@ -258,7 +240,7 @@ def _print(report: dict[str, Any]) -> None:
             verdict = "OK" if v["ok"] else "MISMATCH"
             console.print(
                 f"      verify ({v['dtype']}): {verdict} logits err {v['max_output_error']:.2e} ({v['max_output_rel_error']:.1e} of the largest), loss err {v['loss_error']:.2e}, "
-                f"grad err {v['max_grad_error']:.2e} (atol {v['atol']:.0e}); forward {v['seconds_parallel'] * 1e3:.1f} ms vs {v['seconds_single'] * 1e3:.1f} ms on one process"
+                f"grad err {v['max_grad_error']:.2e} (atol {v['atol']:.0e}); step {v['seconds_parallel'] * 1e3:.1f} ms vs {v['seconds_single'] * 1e3:.1f} ms on one process"
             )
 
 

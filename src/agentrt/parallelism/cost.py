@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,17 +85,27 @@ def _cache_path() -> Path:
     return Path(root) / "parallel-op-times.json"
 
 
-def _key(op: Op) -> str:
+def _key(op: Op, concurrent: int = 1) -> str:
     shapes = ";".join(f"{t.dtype}{list(t.shape)}" for t in op.inputs)
-    return f"{op.target}|{shapes}|runner-1-thread"
+    return f"{op.target}|{shapes}|runner-1-thread" + (f"-x{concurrent}" if concurrent > 1 else "")
 
 
 class OpTimes:
     """Seconds per operator call of a graph on one device: measured (and cached) or from a profile."""
 
-    def __init__(self, graph: Graph, profile: DeviceProfile | None = None, *, cache: bool = True):
+    def __init__(
+        self,
+        graph: Graph,
+        profile: DeviceProfile | None = None,
+        *,
+        cache: bool = True,
+        concurrent: int = 1,
+    ):
+        """``concurrent``: measure with that many ranks running the graph at once, each
+        single-threaded, as a plan's ranks share this host's cores."""
         self.graph = graph
         self.profile = profile
+        self.concurrent = concurrent
         self.seconds: dict[str, float] = {}
         if profile is not None:
             for op in graph.ops:
@@ -117,14 +127,15 @@ class OpTimes:
                 known = json.loads(path.read_text())
             except ValueError:
                 known = {}
-        missing = [op for op in self.graph.ops if _key(op) not in known]
+        k = self.concurrent
+        missing = [op for op in self.graph.ops if _key(op, k) not in known]
         if missing:
-            known.update(_time_ops(self.graph, {op.name for op in missing}))
+            known.update(_time_ops(self.graph, {op.name for op in missing}, k))
             if cache:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(known))
         floor = min(known.values(), default=0.0)
-        self.seconds = {op.name: known.get(_key(op), floor) for op in self.graph.ops}
+        self.seconds = {op.name: known.get(_key(op, k), floor) for op in self.graph.ops}
 
     def part(self, op: Op, ways: int) -> float:
         """One of ``ways`` parts of ``op``: the call overhead, and its share of the rest."""
@@ -139,14 +150,18 @@ class PartTimes(Protocol):
 
 
 def _time_worker(rank: int, n: int, program: str, out: str) -> None:
+    """Every rank runs the whole graph on its own (a one-device program: no collectives), at once."""
+    import torch.distributed as dist
+
     from agentrt.parallelism.comm import lower
     from agentrt.parallelism.graph import from_program
     from agentrt.parallelism.plan import Plan
     from agentrt.parallelism.runtime import Runner, init_mesh
 
     graph = from_program(torch.export.load(program))
-    runner = Runner(lower(Plan(graph, 1)), init_mesh(1), copy=False)
+    runner = Runner(lower(Plan(graph, 1)), init_mesh(n), copy=False)
     runner.timer = {}
+    dist.barrier()
     inputs = [
         torch.randn(t.shape, dtype=t.dtype)
         if t.dtype.is_floating_point
@@ -156,13 +171,15 @@ def _time_worker(rank: int, n: int, program: str, out: str) -> None:
     with torch.no_grad():
         for _ in range(3):
             runner.forward(inputs)
-    torch.save(runner.timer, out)
+    torch.save(runner.timer, f"{out}.{rank}")
 
 
-def _time_ops(graph: Graph, names: set[str]) -> dict[str, float]:
+def _time_ops(graph: Graph, names: set[str], concurrent: int = 1) -> dict[str, float]:
     """Each operator's call through the per-rank runtime (binding included), fastest of three runs.
 
-    Measured in a one-rank process group, single-threaded like every rank.
+    Measured single-threaded like every rank, on ``concurrent`` processes at
+    once (the mean over them), so the times include what sharing the host's
+    cores with a plan's other ranks costs.
     """
     import tempfile
 
@@ -171,9 +188,13 @@ def _time_ops(graph: Graph, names: set[str]) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         program, out = os.path.join(tmp, "program.pt2"), os.path.join(tmp, "times.pt")
         torch.export.save(graph.program, program)
-        run_ranks(_time_worker, 1, (program, out), what="operator timing")
-        timer: dict[str, float] = torch.load(out)
-    return {_key(graph.op(name)): timer[name] for name in names if name in timer}
+        run_ranks(_time_worker, concurrent, (program, out), what="operator timing")
+        timers: list[dict[str, float]] = [torch.load(f"{out}.{r}") for r in range(concurrent)]
+    return {
+        _key(graph.op(name), concurrent): sum(t[name] for t in timers) / concurrent
+        for name in names
+        if all(name in t for t in timers)
+    }
 
 
 @dataclass
@@ -247,7 +268,7 @@ def pipeline_estimate(
         (sum(graph.tensors[t].nbytes for t in spec.outputs) for spec in built.specs[:-1]),
         default=0,
     )
-    hop = comm.alpha + hop_bytes / comm.beta
+    hop = comm.seconds("send/recv", hop_bytes, 2)
     backward = [2 * f for f in forward] if train else [0.0] * len(forward)
     total = pipe.simulate(forward, backward, hop)
     compute = sum(forward) * (3 if train else 1) * pipe.nmicro / len(forward)
@@ -304,7 +325,8 @@ def _allreduce_worker(rank: int, n: int, out: str) -> None:
 
 
 def measured_comm(n: int = 2, *, cache: bool = True) -> tuple[CostModel, list[tuple[int, float]]]:
-    """Alpha and beta fitted to gloo all-reduces measured on ``n`` local processes (cached)."""
+    """Alpha and beta fitted to gloo all-reduces measured on ``n`` local processes, and the runtime's
+    per-call line of each collective (:mod:`~agentrt.parallelism.collectives`); both cached."""
     import tempfile
 
     from agentrt.parallelism.spawn import run_ranks
@@ -321,4 +343,8 @@ def measured_comm(n: int = 2, *, cache: bool = True) -> tuple[CostModel, list[tu
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(samples))
     pairs = [(int(b), float(t)) for b, t in samples]
-    return fit_alpha_beta(pairs, n), pairs
+    wire = fit_alpha_beta(pairs, n)
+    from agentrt.parallelism import collectives
+
+    calls = collectives.measure(n, path.parent if cache else None)
+    return replace(wire, measured=collectives.lines(calls), measured_n=n), pairs

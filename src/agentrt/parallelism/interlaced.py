@@ -314,11 +314,11 @@ def estimate(name: str, built: Interlaced, times: Any, comm: CostModel, *, train
     forward = [sum(times.part(op, 1) for op in spec.ops) for spec in built.body]
     backward = [2 * f for f in forward] if train else [0.0] * n
     hop_bytes = max(sum(graph.tensors[t].nbytes for t in s.outputs) for s in built.body[:-1])
-    hop = comm.alpha + hop_bytes / comm.beta
+    hop = comm.seconds("send/recv", hop_bytes, 2)
     plan = pipeline(built.body_graph, n, nmicro=m, schedule="gpipe" if train else "infer")
     makespan = plan.pipe.simulate(forward, backward, hop) if plan.pipe is not None else 0.0
     head_bytes = sum(graph.tensors[t].nbytes for t in built.head_in)
-    casts = m * (1 + train) * ((n - 1) * comm.alpha + head_bytes / comm.beta)
+    casts = m * (1 + train) * comm.seconds("broadcast", head_bytes, n)
     segments = m * sum(s.seconds for s in seg)
     total = segments + makespan + casts
     compute = m * sum(s.compute_seconds for s in seg) + sum(forward) * (3 if train else 1) * m / n

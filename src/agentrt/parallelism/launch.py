@@ -84,7 +84,7 @@ class Verification:
     loss_error: float  # the rest are 0.0 for a forward check
     max_grad_error: float
     second_loss_error: float  # after one SGD step on each side
-    seconds_parallel: float  # fastest of three forwards, rank 0
+    seconds_parallel: float  # fastest of three steps (forward, or forward and backward in training)
     seconds_single: float
     atol: float
     as_scheduled: bool = True  # a pipeline ran its blocks in the order its schedule predicts
@@ -106,19 +106,43 @@ class Verification:
 _LR = 0.1
 
 
-def _timed(forward: Callable[[], Any], repeats: int = 3) -> tuple[Any, float]:
-    """The output and the fastest of ``repeats`` no-grad forwards (the first pays one-time costs)."""
+def _timed(step: Callable[[], Any], repeats: int = 3) -> float:
+    """The fastest of ``repeats`` runs of ``step`` in this process (the first pays one-time costs)."""
     best = float("inf")
-    with torch.no_grad():
-        for _ in range(repeats):
-            start = time.perf_counter()
-            out = forward()
-            best = min(best, time.perf_counter() - start)
-    return out, best
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def _load(path: str) -> Graph:
     return from_program(torch.export.load(path))
+
+
+def _barrier_timed(step: Callable[[], Any], repeats: int = 3) -> float:
+    """The fastest of ``repeats`` runs of a step every rank takes, each ended by a barrier."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        dist.barrier()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _forget_grads(weights: Any) -> None:
+    """Drop the gradients the timed steps left, so the checked step starts clean."""
+    for piece in weights:
+        piece.grad = None
+
+
+def _sgd(weights: Any) -> None:
+    """One plain SGD step on the weights that got a gradient (both sides of a check take the same)."""
+    with torch.no_grad():
+        for piece in weights:
+            if piece.grad is not None:
+                piece -= _LR * piece.grad
 
 
 def _worker(
@@ -128,23 +152,32 @@ def _worker(
     program: str,
     train: bool,
     inputs: list[torch.Tensor],
+    repeats: int,
     out: str,
 ) -> None:
     """One rank: load the captured program (no model code needed), plan, lower and run it."""
     graph = _load(program)
     runner = Runner(lower(PLANS[plan](graph, n)), init_mesh(n), train=train, copy=False)
     dist.barrier()
-    outputs, seconds = _timed(lambda: runner.forward(inputs))
+
+    def step() -> None:  # what a step is: a forward, or in training a forward and its backward
+        if train:
+            runner.forward(inputs)[0].backward()  # type: ignore[no-untyped-call]
+            return
+        with torch.no_grad():
+            runner.forward(inputs)
+
+    seconds = _barrier_timed(step, repeats)
+    _forget_grads(runner.parameters.values())
+    with torch.no_grad():
+        outputs = runner.forward(inputs)
     result: dict[str, Any] = {"logits": outputs[-1], "seconds": seconds}
     if train:
         loss = runner.forward(inputs)[0]
         loss.backward()  # type: ignore[no-untyped-call]
         result["loss"], result["grads"] = loss.detach(), runner.full_grads(keep=rank == 0)
+        _sgd(runner.parameters.values())
         with torch.no_grad():
-            for piece in runner.parameters.values():
-                grad = piece.grad
-                assert grad is not None
-                piece -= _LR * grad
             result["second_loss"] = runner.forward(inputs)[0]
     if rank == 0:
         torch.save(result, f"{out}.0")
@@ -158,12 +191,35 @@ def _pipe_worker(
     train: bool,
     nmicro: int,
     inputs: list[torch.Tensor],
+    repeats: int,
     out: str,
 ) -> None:
-    """One pipeline stage: torch's PipelineStage and schedule over our stage module; every rank writes a file."""
+    """One device of a pipeline (torch-run or interlaced); every rank writes a file."""
+    job = _PipeJob(rank, n, plan, _load(program), train, nmicro, inputs, repeats)
+    run = _interlaced_rank if plan == "interlaced" else _torch_pipe_rank
+    torch.save(run(job), f"{out}.{rank}")
+
+
+@dataclass
+class _PipeJob:
+    """What one rank of a pipeline run is given."""
+
+    rank: int
+    n: int
+    plan: str
+    graph: Graph
+    train: bool
+    nmicro: int
+    inputs: list[torch.Tensor]
+    repeats: int  # timed steps, the fastest kept
+
+
+def _torch_pipe_rank(job: _PipeJob) -> dict[str, Any]:
+    """One pipeline stage: torch's PipelineStage and schedule over our stage module."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-    graph = _load(program)
+    rank, n, plan, graph = job.rank, job.n, job.plan, job.graph
+    train, nmicro, inputs = job.train, job.nmicro, job.inputs
     built = pipeline_plan(plan, graph, n, nmicro=nmicro, train=train)
     pipe = built.plan.pipe
     assert pipe is not None
@@ -209,6 +265,11 @@ def _pipe_worker(
             return schedule.step(*args, **kwargs)
 
     tied = module.tied_groups(built.width, position)
+    dist.barrier()
+    seconds = _barrier_timed(
+        lambda: run([]), job.repeats
+    )  # a step: forwards, and in training backwards
+    _forget_grads(module.weights.values())
     module.trace = []
     losses: list[torch.Tensor] = []
     logits = run(losses)
@@ -219,10 +280,7 @@ def _pipe_worker(
         grads = module.grads()  # collective across a split stage's group
         if position == 0:
             result["grads"] = {k: g.detach().clone() for k, g in grads.items()}
-        with torch.no_grad():
-            for p in module.weights.values():
-                if p.grad is not None:
-                    p -= _LR * p.grad
+        _sgd(module.weights.values())
         second: list[torch.Tensor] = []
         run(second, forward_only=True)
         if last and position == 0:
@@ -230,63 +288,50 @@ def _pipe_worker(
             result["second_loss"] = torch.stack(second).mean().detach()
     if last and position == 0:
         result["logits"] = logits.detach()
+    result["seconds"] = seconds
+    return result
+
+
+def _interlaced_rank(job: _PipeJob) -> dict[str, Any]:
+    """One device of an interlaced pipeline: rank 0 returns the outputs, every rank its stage's gradients."""
+    from agentrt.parallelism.interlaced import InterlacedRunner
+
+    built = interlaced(job.graph, job.n, nmicro=job.nmicro)
+    runner = InterlacedRunner(built, init_mesh(job.n), train=job.train)
+    ids = list(job.inputs[0].chunk(job.nmicro))
+    labels = list(job.inputs[1].chunk(job.nmicro)) if job.train else None
     dist.barrier()
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        run([], forward_only=True)
-        dist.barrier()
-        best = min(best, time.perf_counter() - start)
-    result["seconds"] = best
-    torch.save(result, f"{out}.{rank}")
-
-
-def _interlaced_worker(
-    rank: int,
-    n: int,
-    plan: str,
-    program: str,
-    train: bool,
-    nmicro: int,
-    inputs: list[torch.Tensor],
-    out: str,
-) -> None:
-    """One device of an interlaced pipeline; rank 0 writes the outputs, every rank its stage's gradients."""
-    from agentrt.parallelism.interlaced import InterlacedRunner, interlaced
-
-    graph = _load(program)
-    runner = InterlacedRunner(interlaced(graph, n, nmicro=nmicro), init_mesh(n), train=train)
-    ids = list(inputs[0].chunk(nmicro))
-    labels = list(inputs[1].chunk(nmicro)) if train else None
-    dist.barrier()
-    best = float("inf")
-    with torch.no_grad():
-        for _ in range(3):
-            start = time.perf_counter()
-            runner.step(ids, None, _loss)
-            dist.barrier()
-            best = min(best, time.perf_counter() - start)
+    with torch.enable_grad() if job.train else torch.no_grad():
+        best = _barrier_timed(lambda: runner.step(ids, labels, _loss), job.repeats)
+    _forget_grads(runner.parameters())
     logits, loss = runner.step(ids, labels, _loss)
     result: dict[str, Any] = {"logits": logits, "seconds": best, "trace": []}
-    if train:
-        grads = runner.full_grads(keep=rank == 0)
+    if job.train:
+        grads = runner.full_grads(keep=job.rank == 0)
         result["loss"] = loss
-        result["grads"] = grads if rank == 0 else runner.stage.grads()
+        result["grads"] = grads if job.rank == 0 else runner.stage.grads()
+        _sgd(runner.parameters())
         with torch.no_grad():
-            for piece in runner.parameters():
-                if piece.grad is not None:
-                    piece -= _LR * piece.grad
             result["second_loss"] = runner.step(ids, labels, _loss)[1]
-    torch.save(result, f"{out}.{rank}")
+    return result
 
 
-def _reference(model: torch.nn.Module, train: bool, inputs: list[torch.Tensor]) -> dict[str, Any]:
-    """One device, one thread (as each rank runs), so the forward times compare."""
+def _reference(
+    model: torch.nn.Module, train: bool, inputs: list[torch.Tensor], repeats: int
+) -> dict[str, Any]:
+    """One device, one thread (as each rank runs), so the step times compare."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         step = LossAndLogits(model) if train else Logits(model)
-        outputs, seconds = _timed(lambda: step(*inputs))
+        if train:
+            seconds = _timed(lambda: step(*inputs)[0].backward(), repeats)
+            _forget_grads(step.parameters())
+        else:
+            with torch.no_grad():
+                seconds = _timed(lambda: step(*inputs), repeats)
+        with torch.no_grad():
+            outputs = step(*inputs)
         result: dict[str, Any] = {"logits": outputs[-1] if train else outputs, "seconds": seconds}
         if train:
             loss = step(*inputs)[0]
@@ -296,10 +341,8 @@ def _reference(model: torch.nn.Module, train: bool, inputs: list[torch.Tensor]) 
             named = list(step.named_parameters(remove_duplicate=False))
             result["grads"] = {k: p.grad for k, p in named if p.grad is not None}
             result["weight_of"] = {k: id(p) for k, p in named}
+            _sgd(step.parameters())
             with torch.no_grad():
-                for p in step.parameters():
-                    if p.grad is not None:
-                        p.sub_(_LR * p.grad)
                 result["second_loss"] = step(*inputs)[0]
         return result
     finally:
@@ -318,13 +361,15 @@ def verify(
     atol: float = 1e-4,
     dtype: torch.dtype = torch.float32,
     micro_batches: int | None = None,
+    repeats: int = 3,
 ) -> Verification:
     """Run ``plan`` on ``ndevices`` gloo processes and compare outputs (and gradients) with one device.
 
     A pipeline plan is captured at the micro-batch size (``micro_batches``
     of them make the batch; by default as many as divide it, up to twice the
     stages) and checked, besides the numbers, to run its blocks in the order
-    its schedule predicts.
+    its schedule predicts. The times kept are the fastest of ``repeats``
+    steps on each side (more repeats see through a loaded host).
     """
     piped = plan in PIPELINE_PLANS
     if plan not in PLANS and not piped:
@@ -353,17 +398,17 @@ def verify(
                 [b.kind for b in built.plan.pipe.sequences[built.place(r)[0]]]
                 for r in range(ndevices)
             ]
-        worker, args = _pipe_worker, (plan, train, nmicro, inputs)
+        worker, args = _pipe_worker, (plan, train, nmicro, inputs, repeats)
         if plan == "interlaced":
-            worker, expected = _interlaced_worker, [[] for _ in range(ndevices)]
+            expected = [[] for _ in range(ndevices)]
     else:
         graph = capture(LossAndLogits(model) if train else Logits(model), tuple(inputs))
         lower(PLANS[plan](graph, ndevices))  # a plan error is raised here, not in N processes
-        worker, args = _worker, (plan, train, inputs)
+        worker, args = _worker, (plan, train, inputs, repeats)
     with tempfile.TemporaryDirectory() as tmp:
         program, out = os.path.join(tmp, "program.pt2"), os.path.join(tmp, "rank.pt")
         torch.export.save(graph.program, program)  # before the reference's SGD step changes weights
-        ref = _reference(model, train, inputs)
+        ref = _reference(model, train, inputs, repeats)
         del model, graph  # the workers load their own copy; the parent keeps only the reference
         run_ranks(worker, ndevices, (args[0], program, *args[1:], out), what=f"plan {plan!r}")
         if piped:

@@ -108,8 +108,13 @@ def search(
     profile: DeviceProfile | None = None,
     comm: CostModel | None = None,
     families: tuple[str, ...] = ("dp", "tp", "coshard", "pp", "3d", "interlaced"),
+    concurrent: int = 1,
 ) -> Search:
-    """Price every candidate plan of ``families`` for ``model`` on ``ndevices`` and rank them."""
+    """Price every candidate plan of ``families`` for ``model`` on ``ndevices`` and rank them.
+
+    ``concurrent``: without a profile, measure operator times with that many
+    ranks running at once (``ndevices`` when the plan will run on this host).
+    """
     if ndevices < 1:
         raise ParallelError(f"the device count must be at least 1, got {ndevices}")
     result = Search(ndevices, train, memory_limit)
@@ -130,19 +135,30 @@ def search(
 
     def times(graph: Graph) -> OpTimes:
         if id(graph) not in times_of:
-            times_of[id(graph)] = OpTimes(graph, profile)
+            times_of[id(graph)] = OpTimes(graph, profile, concurrent=concurrent)
         return times_of[id(graph)]
 
     graphs: dict[Any, Graph] = {}
 
     def graph_at(size: int) -> Graph:
-        """The model captured at a batch of ``size`` (a micro-batch for pipelines)."""
+        """The whole step captured at a batch of ``size``: with its loss in training (SPMD plans)."""
+        if not train:
+            return logits_at(size)
         if size not in graphs:
-            if train:
-                graphs[size] = capture(NextTokenLoss(model), (ids[:size], labels[:size]))
-            else:
-                graphs[size] = capture(Logits(model), (ids[:size],))
+            graphs[size] = capture(NextTokenLoss(model), (ids[:size], labels[:size]))
         return graphs[size]
+
+    def logits_at(size: int) -> Graph:
+        """The model up to its logits at a micro-batch of ``size``.
+
+        Every pipeline family (``pp``, ``3d``, ``interlaced``) is planned on
+        this one capture per micro-batch size, as it runs: the loss is the
+        schedule's, beside the last stage.
+        """
+        key = ("logits", size)
+        if key not in graphs:
+            graphs[key] = capture(Logits(model), (ids[:size],))
+        return graphs[key]
 
     def add(name: str, family: str, build: Callable[[], Estimate]) -> None:
         cand = Candidate(name, family)
@@ -184,7 +200,7 @@ def search(
                 def build_pp(m: int = m, kind: str = kind) -> Estimate:
                     return _pipe(
                         f"pp({kind},m={m})",
-                        graph_at(batch // m),
+                        logits_at(batch // m),
                         ndevices,
                         m,
                         kind,
@@ -204,7 +220,7 @@ def search(
                     m: int = m, tp: int = tp, name: str = name, kind: str = kind
                 ) -> Estimate:
                     return _three_d(
-                        name, graph_at(batch // m), ndevices, tp, m, kind, times, comm_for, train
+                        name, logits_at(batch // m), ndevices, tp, m, kind, times, comm_for, train
                     )
 
                 add(name, "3d", build_3d)
@@ -215,20 +231,12 @@ def search(
             name = f"interlaced(m={m})"
 
             def build(m: int = m, name: str = name) -> Estimate:
-                g = _logits_graph(model, ids[: batch // m], graphs)
+                g = logits_at(batch // m)
                 built = interlaced(g, ndevices, nmicro=m, cost=comm_for(ndevices))
                 return estimate(name, built, times(g), comm_for(ndevices), train=train)
 
             add(name, "interlaced", build)
     return result
-
-
-def _logits_graph(model: torch.nn.Module, ids: torch.Tensor, graphs: dict[Any, Graph]) -> Graph:
-    """The interlaced pipeline is captured ending in logits (its loss runs beside the head)."""
-    key = ("logits", ids.shape[0])
-    if key not in graphs:
-        graphs[key] = capture(Logits(model), (ids,))
-    return graphs[key]
 
 
 def _pipe(

@@ -11,6 +11,7 @@ import pytest
 from agentrt.cli import main
 from agentrt.parallelism import CostModel, ParallelError, lower
 from agentrt.parallelism.cli import parse_size
+from agentrt.parallelism.collectives import PRIMITIVES, SIZES, fit_line, lines, measure
 from agentrt.parallelism.cost import OpTimes, fit_alpha_beta, load_profile, spmd_estimate
 from agentrt.parallelism.plans import data_parallel, tensor_parallel
 
@@ -104,3 +105,108 @@ def test_auto_errors_are_one_line(
     assert main(["plan", *flat, "--plan", "auto", *[a for a in argv if a not in flat]]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_measured_line_prices_each_call_and_falls_back_elsewhere() -> None:
+    lines = (("all-reduce", 1e-3, 1e-9), ("all-gather", 5e-4, 2e-9), ("send/recv", 3e-5, 1e-10))
+    cost = CostModel(alpha=1e-5, beta=1e10, measured=lines, measured_n=2)
+    assert cost.seconds("all-reduce", 1000, 2) == pytest.approx(1e-3 + 1e-6)
+    # reduce-scatter moves what all-gather moves, all-to-all half of it on 2 devices
+    assert cost.seconds("reduce-scatter", 1000, 2) == pytest.approx(5e-4 + 2e-6)
+    assert cost.seconds("all-to-all", 1000, 2) == pytest.approx(5e-4 + 1e-6)
+    # another group size has no measurement: the ring formula of alpha and beta
+    assert cost.seconds("all-reduce", 1000, 4) == pytest.approx(6 * 1e-5 + 1.5 * 1000 / 1e10)
+    # a point-to-point transfer is between two ranks whatever the group
+    assert cost.seconds("send/recv", 1000, 8) == pytest.approx(3e-5 + 1e-7)
+    assert CostModel(alpha=1e-5, beta=1e10).seconds("broadcast", 1000, 4) == pytest.approx(
+        3e-5 + 1e-7
+    )
+
+
+def test_a_line_is_recovered_from_exact_collective_times() -> None:
+    fixed, per_byte = 7e-4, 4e-10
+    samples = [(b, fixed + per_byte * b) for b in SIZES]
+    assert fit_line(samples) == pytest.approx((fixed, per_byte), rel=1e-6)
+    # a fall in time with size fits no negative per-byte cost
+    assert fit_line([(4096, 2e-3), (1 << 20, 1e-3)])[1] == 0.0
+    with pytest.raises(ParallelError, match="two message sizes"):
+        fit_line([(4096, 1e-3), (4096, 2e-3)])
+
+
+def test_per_call_costs_rank_a_plan_with_many_more_collectives_slower(
+    gpt_logits_graph: Any,
+) -> None:
+    """Tensor parallel calls an all-reduce per layer half; data parallel's forward gathers once.
+
+    With each call costing a millisecond (the runtime on a loaded host) the
+    model must put the plan with several times the calls well behind; the
+    wire's alpha and beta alone (microseconds, gigabytes per second) see a
+    gap fifty times smaller or less.
+    """
+    g = gpt_logits_graph
+    times = OpTimes(g, load_profile("a100-80gb-x8"))
+    per_call = CostModel(
+        measured=(("all-reduce", 1e-3, 0.0), ("all-gather", 1e-3, 0.0), ("local-chunk", 0.0, 0.0)),
+        measured_n=2,
+    )
+    dp = spmd_estimate("dp", lower(data_parallel(g, 2), per_call), times, train=False)
+    tp = spmd_estimate("tp", lower(tensor_parallel(g, 2), per_call), times, train=False)
+    calls_dp = sum(lower(data_parallel(g, 2)).collectives().values())
+    calls_tp = sum(lower(tensor_parallel(g, 2)).collectives().values())
+    assert calls_tp >= 5 * calls_dp
+    assert tp.comm_seconds == pytest.approx(calls_tp * 1e-3, rel=1e-3)  # local copies add little
+    assert tp.seconds > dp.seconds + (calls_tp - calls_dp) * 1e-3 * 0.9
+    wire = CostModel(alpha=5e-6, beta=100e9)
+    dp_w = spmd_estimate("dp", lower(data_parallel(g, 2), wire), times, train=False)
+    tp_w = spmd_estimate("tp", lower(tensor_parallel(g, 2), wire), times, train=False)
+    assert (tp.seconds - dp.seconds) > 50 * abs(tp_w.comm_seconds - dp_w.comm_seconds)
+
+
+def test_collectives_are_measured_through_the_runtime_and_cached(tmp_path: Path) -> None:
+    samples = measure(2, tmp_path)
+    assert set(samples) == set(PRIMITIVES)
+    for prim, points in samples.items():
+        assert [b for b, _ in points] == list(SIZES), prim
+        assert all(0 < s < 5.0 for _, s in points), prim
+    cached = tmp_path / "parallel-gloo-collectives-2.json"
+    assert json.loads(cached.read_text())["all-reduce"] == [list(p) for p in samples["all-reduce"]]
+    assert measure(2, tmp_path) == samples  # read back, not re-measured
+    fitted = dict((p, (a, b)) for p, a, b in lines(samples))
+    assert set(fitted) == set(PRIMITIVES) and all(a >= 0 and b >= 0 for a, b in fitted.values())
+    with pytest.raises(ParallelError, match="at least 2 processes"):
+        measure(1)
+
+
+def test_calibration_runs_each_searched_candidate_as_its_shipped_plan() -> None:
+    from agentrt.parallelism.calibrate import shipped_plan
+    from agentrt.parallelism.search import Candidate
+
+    assert shipped_plan(Candidate("dp", "dp")) == ("dp", None)
+    assert shipped_plan(Candidate("coshard(k=2)", "coshard")) == ("coshard", None)
+    assert shipped_plan(Candidate("coshard(k=4)", "coshard")) is None
+    assert shipped_plan(Candidate("pp(infer,m=4)", "pp")) == ("pp", 4)
+    assert shipped_plan(Candidate("pp(1f1b,m=2)", "pp")) == ("1f1b", 2)
+    assert shipped_plan(Candidate("interlaced(m=8)", "interlaced")) == ("interlaced", 8)
+    assert shipped_plan(Candidate("3d(tp=2,pp=2,m=4)", "3d")) is None
+
+
+def test_operator_times_can_be_measured_with_ranks_sharing_the_host(
+    gpt_logits_graph: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("AGENTRT_CACHE_DIR", str(tmp_path))
+    shared = OpTimes(gpt_logits_graph, concurrent=2)
+    assert set(shared.seconds) == {op.name for op in gpt_logits_graph.ops}
+    assert all(s > 0 for s in shared.seconds.values())
+    keys = json.loads((tmp_path / "parallel-op-times.json").read_text())
+    assert keys and all(k.endswith("-x2") for k in keys)  # kept apart from one-rank times
+
+
+def test_the_share_of_plan_pairs_ranked_alike() -> None:
+    from agentrt.parallelism.calibrate import pairs_in_order
+
+    def row(pred: float, meas: float) -> dict[str, float]:
+        return {"predicted_seconds": pred, "measured_seconds": meas}
+
+    assert pairs_in_order([row(1, 10), row(2, 20), row(3, 30)]) == 1.0
+    assert pairs_in_order([row(1, 30), row(2, 20), row(3, 10)]) == 0.0
+    assert pairs_in_order([row(1, 10), row(2, 30), row(3, 20)]) == pytest.approx(2 / 3)
