@@ -117,3 +117,49 @@ async def test_agentrt_admits_calls_to_the_slots_the_server_has(gguf: Path) -> N
             # sent to that slot, reuses the whole history from the prompt cache.
             again = [e async for e in router.generate(call("c4b", "p4", f"4 {history} And?"))][-1]
             assert again.usage is not None and again.usage.cached_tokens >= 100
+
+
+async def test_a_program_whose_slot_is_taken_gets_its_context_back_from_a_saved_slot(
+    gguf: Path, tmp_path: Path
+) -> None:
+    """One slot, the server's own RAM prompt cache off: B takes A's slot; with slot_save A's
+    context is saved to a file first and restored for A's next call, which then reuses it;
+    without it, A's next call computes its context again."""
+    from agentrt.protocol.engine import GenerationRequest, ProgramTag, SamplingParams
+    from agentrt.scheduling import SchedulerConfig
+    from agentrt.serving.router import Router
+    from agentrt.serving.router.backends import RemoteBackend, parse_backend
+
+    assert LLAMA is not None
+    saves = tmp_path / "slots"
+    saves.mkdir()
+    config = LlamaServerConfig(binary=LLAMA, model=gguf, slots=1, threads=2, ctx_per_slot=1024,
+                               extra_args=[*ARGS, "--cache-ram", "0", "--slot-save-path", str(saves)])  # fmt: skip
+    history = " ".join(f"Fact {i}: the sky over city {i} is blue." for i in range(12))
+
+    def call(call_id: str, program: str, text: str) -> GenerationRequest:
+        return GenerationRequest(
+            call_id=call_id, messages=[{"role": "user", "content": text}],
+            program=ProgramTag(program_id=program, thread_id="main"),
+            sampling=SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True),
+        )  # fmt: skip
+
+    async def cached_on_return(router: Router, a: str, b: str) -> int:
+        """A's call, B's (in the same slot), then A's next call: the tokens it found cached."""
+        for call_id, program, text in ((f"{a}1", a, history), (f"{b}1", b, f"Other {history}")):
+            [e async for e in router.generate(call(call_id, program, text))]
+        again = [e async for e in router.generate(call(f"{a}2", a, f"{history} And?"))][-1]
+        assert again.usage is not None and again.usage.completion_tokens == 4
+        return again.usage.cached_tokens
+
+    with llama_server(config, startup_timeout=120) as url:
+        root = url.removesuffix("/v1")
+        scheduler = SchedulerConfig(policy="plas")
+        saving = RemoteBackend("llama", parse_backend(f"llamacpp+{root},slot_save=1"))
+        async with Router([saving], scheduler=scheduler) as router:
+            restored = await cached_on_return(router, "a", "b")
+        assert len(list(saves.glob("agentrt-*.bin"))) == 2  # A's, then B's when A came back
+        plain = RemoteBackend("llama", parse_backend(f"llamacpp+{root}"))
+        async with Router([plain], scheduler=scheduler) as router:
+            recomputed = await cached_on_return(router, "c", "d")
+    assert restored >= 100 and recomputed < 50

@@ -26,6 +26,7 @@ EXPECTED = {
     "langchain": ("langchain_openai", 1),
     "langgraph": ("langgraph", 2),
     "openai-agents": ("agents", 1),
+    "openai-agents-responses": ("agents", 1),
     "pydantic-ai": ("pydantic_ai", 1),
     "httpx": ("httpx", 2),
 }

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tests.integration.test_adversarial import is_idle
 from tests.integration.test_serving_engine import MODEL, NO_EOS, tiny_app
 from tests.polling import eventually
-from tests.unit.serving.inprocess_clients import async_client, raw_client
+from tests.unit.serving.inprocess_clients import async_client, raw_client, serving
 
 from agentrt.engine import AsyncEngine
 from agentrt.serving.inprocess import AppRunner
@@ -84,6 +84,106 @@ def bodies(draw: st.DrawFn, field: str) -> tuple[str, bytes]:
     return ("/v1/chat/completions" if chat else "/v1/completions"), raw
 
 
+def rarely(draw: st.DrawFn, one_in: int) -> bool:
+    """True about once in ``one_in`` draws (and not on the draws Hypothesis starts from)."""
+    return draw(st.integers(min_value=1, max_value=one_in)) == one_in
+
+
+SAID = st.one_of(
+    st.text(max_size=20),
+    st.sampled_from(
+        ['<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>', '{"name": "g"}']
+    ),
+)
+TEXT_PART = st.fixed_dictionaries(
+    {"type": st.sampled_from(["input_text", "output_text", "text"]), "text": SAID}
+)
+BROKEN_PART = st.fixed_dictionaries(
+    {"type": st.sampled_from(["input_image", "refusal", "", "input_text"])},
+    optional={"text": ANY_VALUE},
+)
+CALL_ID = st.sampled_from(["c1", "c2"])
+GOOD_ITEM = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "assistant", "system", "developer"]),
+            "content": st.one_of(SAID, st.lists(TEXT_PART, max_size=3)),
+        },
+        optional={"type": st.just("message")},
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("function_call"),
+            "call_id": CALL_ID,
+            "name": st.sampled_from(["f", "g"]),
+            "arguments": st.sampled_from(["{}", '{"a": 1}', "[", '"x"', ""]),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("function_call_output"),
+            "call_id": CALL_ID,
+            "output": st.one_of(SAID, st.lists(TEXT_PART, max_size=2)),
+        }
+    ),
+)
+BROKEN_ITEM = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["message", "function_call", "reasoning", "", "item_reference"]),
+        "role": st.sampled_from(["user", "tool", "x"]),
+        "content": st.one_of(st.lists(BROKEN_PART, max_size=2), ANY_VALUE),
+        "call_id": ANY_VALUE,
+        "name": ANY_VALUE,
+        "arguments": ANY_VALUE,
+        "output": ANY_VALUE,
+    },
+)
+GOOD_TOOL = st.fixed_dictionaries(
+    {"type": st.just("function"), "name": st.sampled_from(["f", "g"])},
+    optional={"parameters": st.just({"type": "object"}), "description": st.text(max_size=8)},
+)
+BROKEN_TOOL = st.fixed_dictionaries(
+    {"type": st.sampled_from(["function", "web_search", "file_search", ""])},
+    optional={"name": ANY_VALUE, "parameters": ANY_VALUE, "strict": ANY_VALUE},
+)
+TOOL_CHOICE = st.one_of(
+    st.sampled_from(["none", "auto", "required"]),
+    st.fixed_dictionaries({"type": st.just("function"), "name": st.sampled_from(["f", "h"])}),
+)
+
+
+@st.composite
+def responses_bodies(draw: st.DrawFn) -> bytes:
+    """A ``/v1/responses`` body: mostly well-formed items of every kind, now and then broken ones,
+    fields at the edges of their types, or bytes that are not JSON."""
+    item = st.one_of(GOOD_ITEM, BROKEN_ITEM) if rarely(draw, 4) else GOOD_ITEM
+    tool = st.one_of(GOOD_TOOL, BROKEN_TOOL) if rarely(draw, 4) else GOOD_TOOL
+    body: dict[str, Any] = {"model": MODEL, "max_output_tokens": 3}
+    body["input"] = draw(st.one_of(SAID, st.lists(item, min_size=1, max_size=4)))
+    optional = {
+        "instructions": st.text(max_size=10),
+        "tools": st.lists(tool, max_size=3),
+        "tool_choice": TOOL_CHOICE,
+        "previous_response_id": st.sampled_from(["resp_x", ""]),
+        "store": st.booleans(),
+        "stream": st.booleans(),
+        "conversation": st.text(max_size=5),
+        "metadata": st.just({"k": "v"}),
+        "temperature": st.floats(min_value=0, max_value=2),
+        "top_p": st.floats(min_value=0.01, max_value=1),
+    }
+    for key in draw(st.lists(st.sampled_from(sorted(optional)), max_size=4, unique=True)):
+        body[key] = draw(optional[key])
+    if rarely(draw, 4):
+        body[draw(st.sampled_from([*NUMERIC_FIELDS, "max_output_tokens", "input"]))] = draw(
+            ANY_VALUE
+        )
+    if rarely(draw, 20):
+        return draw(st.binary(max_size=64))
+    return json.dumps(body).encode()
+
+
 HEADER_TEXT = st.text(
     st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=40
 )
@@ -143,6 +243,43 @@ def test_no_generated_request_gets_a_5xx(
         path, content=raw, headers={"content-type": "application/json", **encoded}
     )
     assert reply.status_code < 500, reply.text
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(raw=responses_bodies(), headers=HEADERS)
+def test_no_generated_responses_request_gets_a_5xx(
+    app_and_engine: tuple[Any, AsyncEngine], raw: bytes, headers: dict[str, str]
+) -> None:
+    app, _ = app_and_engine
+    encoded = {k: v.encode("latin-1") for k, v in headers.items()}
+    reply = raw_client(app).post(
+        "/v1/responses", content=raw, headers={"content-type": "application/json", **encoded}
+    )
+    assert reply.status_code < 500, reply.text
+    if reply.status_code >= 400:
+        assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(raw=responses_bodies())
+def test_generated_responses_requests_that_reach_an_engine_are_answered_without_a_5xx(
+    raw: bytes,
+) -> None:
+    """The same bodies on the echo engine (which needs no tokenizer), so the accepted ones run
+    through the renderer and the response store; ``model`` names the echo model."""
+    with serving() as (app, _):
+        reply = raw_client(app).post(
+            "/v1/responses",
+            content=raw.replace(MODEL.encode(), b"echo"),
+            headers={"content-type": "application/json"},
+        )
+    assert reply.status_code < 500, reply.text
+    if reply.status_code == 200 and "text/event-stream" not in reply.headers["content-type"]:
+        assert reply.json()["status"] in ("completed", "incomplete")
 
 
 async def test_after_the_fuzzing_the_engine_serves_and_health_says_so(

@@ -83,11 +83,51 @@ def parse_policies(text: str) -> list[str]:
     return policies
 
 
+def parse_fronts(text: str) -> list[tuple[str, int | None]]:
+    """``POLICY[@AHEAD],...`` -> [(policy, queue_ahead or None for the backend's default)]."""
+    fronts: list[tuple[str, int | None]] = []
+    for entry in (e.strip() for e in text.split(",") if e.strip()):
+        policy, sep, ahead = entry.partition("@")
+        if sep and not ahead.isdigit():
+            raise argparse.ArgumentTypeError(f"expected POLICY@N with N >= 0 calls queued ahead, got {entry!r}")
+        parse_policies(policy)
+        fronts.append((policy, int(ahead) if sep else None))
+    return fronts
+
+
+def front_label(policy: str, ahead: int | None) -> str:
+    return f"agentrt/{policy}{'' if ahead is None else f'@{ahead}'}+llama.cpp"
+
+
+def parse_retention(text: str) -> list[str]:
+    from agentrt.scheduling import RETENTION_MODES
+
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in RETENTION_MODES]
+    if not modes or unknown:
+        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(RETENTION_MODES)}, got {text!r}")
+    return list(dict.fromkeys(modes))
+
+
+def agentrt_systems(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
+    """(label, policy, serve arguments) of every agentrt server: one per policy, times each
+    ``--kv-retention`` mode when given (the policy's servers then differ in that flag only)."""
+    modes = args.kv_retention or [None]
+    return [
+        (f"agentrt/{policy}" + (f"+kv-{mode}" if mode else ""), policy,
+         [*args.serve_arg, *(["--kv-retention", mode] if mode else [])])
+        for policy in args.policies for mode in modes
+    ]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", type=parse_policies, default=["fcfs", "mlfq", "plas", "atlas"],
                         help="agentrt servers to start, one per scheduling policy (comma list; '' for none)")
     parser.add_argument("--external", type=parse_external, action="append", default=[], metavar="NAME=URL[#MODEL]",
                         help="an external OpenAI-compatible server (repeatable)")
+    parser.add_argument("--kv-retention", type=parse_retention, default=None, metavar="MODES",
+                        help="one agentrt server per policy and KV retention mode (comma list of off,ttl), "
+                        "e.g. off,ttl: LRU against program-aware retention, side by side")
     parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for every `agentrt serve` (repeatable), e.g. --serve-arg=--max-num-seqs=32")
     parser.add_argument("--model", default=None, help="model name to request (default: each server's first)")
@@ -109,9 +149,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-json", default=None, metavar="FILE",
                         help="report (and --simulate) a saved `bench compare --json` run instead of measuring")
     llama_server.add_arguments(parser)
-    parser.add_argument("--llama-front", type=parse_policies, default=[], metavar="POLICIES",
+    parser.add_argument("--llama-front", type=parse_fronts, default=[], metavar="POLICY[@AHEAD],...",
                         help="with --llama-server: also `agentrt serve --backend llamacpp+URL` in front of "
-                        "a freshly started llama-server, one per policy (comma list)")
+                        "a freshly started llama-server, one per entry (comma list); @AHEAD sets the calls "
+                        "it queues ahead at the server (the backend's queue_ahead; default: its default)")
     add_workload_arguments(parser)
 
 
@@ -298,15 +339,14 @@ def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None
         for rate in rates_of(args):
             targets: list[Target] = []
             with ExitStack() as servers:
-                for policy in args.policies:
+                for label, policy, serve_args in agentrt_systems(args):
                     try:
-                        url = servers.enter_context(agentrt_server(policy, args.serve_arg, args.startup_timeout))
+                        url = servers.enter_context(agentrt_server(policy, serve_args, args.startup_timeout))
                     except ServerStartError as e:
                         progress.stop()
                         console.print(f"[red]error:[/red] {e}")
                         return None
-                    targets.append(Target(label=f"agentrt/{policy}", base_url=url, model=args.model or "",
-                                          extra_body=extra))
+                    targets.append(Target(label=label, base_url=url, model=args.model or "", extra_body=extra))
                 for name, url, model in args.external:
                     targets.append(Target(label=name, base_url=url, model=model or args.model or "",
                                           extra_body=extra))
@@ -319,18 +359,19 @@ def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None
                         return None
                     targets.append(Target(label="llama.cpp", base_url=url, model=args.model or "",
                                           extra_body=extra, queue_metrics=url.removesuffix("/v1")))
-                for policy in args.llama_front if llama is not None else []:
+                for policy, ahead in args.llama_front if llama is not None else []:
                     assert llama is not None
                     try:
                         engine = servers.enter_context(llama_server.llama_server(llama, args.startup_timeout))
                         root = engine.removesuffix("/v1")
+                        spec = f"llamacpp+{root}" + ("" if ahead is None else f",queue_ahead={ahead}")
                         url = servers.enter_context(
-                            agentrt_server(policy, ["--backend", f"llamacpp+{root}"], args.startup_timeout))
+                            agentrt_server(policy, ["--backend", spec], args.startup_timeout))
                     except (llama_server.LlamaServerError, ServerStartError) as e:
                         progress.stop()
                         console.print(f"[red]error:[/red] {e}")
                         return None
-                    targets.append(Target(label=f"agentrt/{policy}+llama.cpp", base_url=url,
+                    targets.append(Target(label=front_label(policy, ahead), base_url=url,
                                           model=args.model or "", extra_body=extra, queue_metrics=root))
                 offset = time.monotonic() - began
                 one_rate = argparse.Namespace(**{**vars(args), "rates": [rate]})
@@ -372,12 +413,14 @@ def fitted_to_runs(profile: Any, systems: list[SystemResult], console: Any) -> A
 
 def run(args: argparse.Namespace) -> int:
     from agentrt.bench.serve import load_result, write_outputs
-    from agentrt.bench.serve_report import print_runs, report_console
+    from agentrt.bench.serve_report import print_kv, print_runs, report_console
 
     console = report_console()
     problem = validate(args)
     if problem is None and not (args.policies or args.external or args.llama_server or args.from_json):
         problem = "nothing to compare: give --policies, --external and/or --llama-server"
+    if problem is None and args.kv_retention and not args.policies:
+        problem = "--kv-retention sets the retention of the agentrt servers of --policies"
     if problem is None and args.llama_front and not args.llama_server:
         problem = "--llama-front puts agentrt in front of the llama.cpp server of --llama-server"
     if problem is None and args.fit_steps and not args.simulate:
@@ -398,6 +441,7 @@ def run(args: argparse.Namespace) -> int:
     result.comparison = compare(systems, args.latency_target)
     result.token_comparison = compare(systems, args.token_latency_target, "token_latency")
     print_runs(console, systems)
+    print_kv(console, systems)
     print_engine_queues(console, systems)
     print_comparison(console, result.comparison)
     print_comparison(console, result.token_comparison)

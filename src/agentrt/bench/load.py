@@ -189,6 +189,14 @@ def server_counters(before: ServerSnapshot | None, after: ServerSnapshot | None)
         swaps=delta("agentrt:num_swaps_total"),
         recomputes=delta("agentrt:num_recomputes_total"),
         queue_time_share=delta("agentrt:request_queue_time_seconds_sum") / e2e if e2e > 0 else None,
+        prefix_queries=delta("agentrt:prefix_cache_queries_total"),
+        prefix_hits=delta("agentrt:prefix_cache_hits_total"),
+        recomputed_prompt_tokens=delta("agentrt:recomputed_prompt_tokens_total"),
+        kv_pins=delta("agentrt:num_kv_pins_total"),
+        kv_pins_reused=delta("agentrt:num_kv_pins_reused_total"),
+        kv_pins_expired=delta("agentrt:num_kv_pins_expired_total"),
+        kv_pins_yielded=delta("agentrt:num_kv_pins_yielded_total"),
+        kv_pins_held=delta("agentrt:num_kv_pins_held_total"),
     )
 
 

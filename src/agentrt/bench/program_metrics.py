@@ -90,8 +90,26 @@ class ServerCounters(msgspec.Struct, kw_only=True):
     swaps: float = 0.0
     recomputes: float = 0.0
     queue_time_share: float | None = None  # server-side queue time / server-side call latency
+    # The prefix cache and KV retention (agentrt's embedded engine; zero elsewhere): prompt
+    # tokens looked up and found cached, tokens of a program's previous context computed
+    # again, and pins made, reused by the next call, expired, yielded, held for a tool.
+    prefix_queries: float = 0.0
+    prefix_hits: float = 0.0
+    recomputed_prompt_tokens: float = 0.0
+    kv_pins: float = 0.0
+    kv_pins_reused: float = 0.0
+    kv_pins_expired: float = 0.0
+    kv_pins_yielded: float = 0.0
+    kv_pins_held: float = 0.0
     # The engine's step-time sums over the run's steps, to fit a simulator profile to.
     step_moments: StepMoments | None = None
+
+
+def prefix_hit_rate(counters: ServerCounters | None) -> float:
+    """The share of the run's prompt tokens found in the prefix cache (NaN when none was looked up)."""
+    if counters is None or counters.prefix_queries <= 0:
+        return math.nan
+    return counters.prefix_hits / counters.prefix_queries
 
 
 class RunSummary(msgspec.Struct, kw_only=True):

@@ -75,14 +75,16 @@ def predict(systems: Sequence[Any], profile: Any, max_batch_size: int | None = N
         profile = msgspec.structs.replace(profile, max_batch_size=max_batch_size)
     predictions = []
     for system in systems:
-        policy = system.label.removeprefix("agentrt/")
         if not system.label.startswith("agentrt/"):
             continue
+        # "agentrt/<policy>" or, with bench compare --kv-retention, "agentrt/<policy>+kv-<mode>".
+        policy, _, retention = system.label.removeprefix("agentrt/").partition("+kv-")
+        sim_config = SimConfig(kv_retention=retention) if retention else SimConfig()  # type: ignore[arg-type]
         for run, programs in zip(system.runs, system.programs, strict=True):
             done = [p for p in programs if p.error is None and p.calls]
             if not done:
                 continue
-            result = simulate([sim_program(p) for p in done], profile, SchedulerConfig(policy=policy), SimConfig())
+            result = simulate([sim_program(p) for p in done], profile, SchedulerConfig(policy=policy), sim_config)
             predictions.append(Prediction(
                 label=system.label,
                 policy=policy,

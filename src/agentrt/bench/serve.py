@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     import anyio
 
     from agentrt.bench.load import Target
-    from agentrt.bench.serve_report import Progress, print_runs, report_console
+    from agentrt.bench.serve_report import Progress, print_kv, print_runs, report_console
 
     console = report_console()
     problem = validate(args)
@@ -261,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
     result = BenchResult(command=sys.argv, workload=args.workload, size=args.size, seed=args.seed,
                          num_programs=args.num_programs, duration=args.duration, systems=[system])
     print_runs(console, result.systems)
+    print_kv(console, result.systems)
     write_outputs(result, args, console)
     return 0 if all(r.errors == 0 for r in system.runs) else 1
 

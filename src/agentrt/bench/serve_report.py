@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from agentrt.bench.program_metrics import ProgramResult
+from agentrt.bench.program_metrics import ProgramResult, prefix_hit_rate
 
 
 def report_console() -> Any:
@@ -94,6 +94,27 @@ def print_runs(console: Any, systems: Sequence[Any]) -> None:
                 "-" if server is None else f"{server.preemptions:.0f}",
                 "-" if server is None else f"{server.swaps:.0f}",
             )
+    console.print(table)
+
+
+def print_kv(console: Any, systems: Sequence[Any]) -> None:
+    """The prefix cache and KV retention per (system, rate), for servers that report them."""
+    from rich.table import Table
+
+    rows = [(s.label, r) for s in systems for r in s.runs if r.server is not None and r.server.prefix_queries > 0]
+    if not rows:
+        return
+    table = Table(title="prefix cache and KV retention (agentrt servers, counted over each run)")
+    for column in ("system", "rate/s", "mean s", "p95 s", "prefix hit", "prompt tokens", "recomputed",
+                   "pins", "reused", "expired", "yielded", "held"):
+        table.add_column(column, justify="left" if column == "system" else "right")
+    for label, run in rows:
+        c = run.server
+        hit = prefix_hit_rate(c)
+        table.add_row(label, f"{run.rate:g}", _s(run.latency.mean), _s(run.latency.p95),
+                      "-" if math.isnan(hit) else f"{hit:.1%}", f"{c.prefix_queries:.0f}",
+                      f"{c.recomputed_prompt_tokens:.0f}", f"{c.kv_pins:.0f}", f"{c.kv_pins_reused:.0f}",
+                      f"{c.kv_pins_expired:.0f}", f"{c.kv_pins_yielded:.0f}", f"{c.kv_pins_held:.0f}")
     console.print(table)
 
 

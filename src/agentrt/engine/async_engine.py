@@ -41,6 +41,7 @@ from agentrt.protocol.engine import (
     ProgramTag,
     TokenEvent,
 )
+from agentrt.protocol.programs import ToolEvent
 
 log = get_logger(__name__)
 
@@ -139,6 +140,13 @@ class AsyncEngine:
 
     async def end_program(self, program_id: str) -> None:
         self._submit(lambda: self.engine.end_program(program_id))
+
+    async def tool_event(self, program_id: str, event: ToolEvent) -> None:
+        """A tool signal from the SDK (see :class:`agentrt.protocol.engine.ToolSignals`)."""
+        if event.state == "start":
+            self._submit(lambda: self.engine.tool_started(program_id, event.tool))
+        else:
+            self._submit(lambda: self.engine.tool_ended(program_id))
 
     async def close(self) -> None:
         """Stop the step loop; calls still in flight end with :class:`EngineUnavailable`."""

@@ -109,6 +109,20 @@ class BlockManager:
         then the policy's victims: the arriving program's context is the one expected now).
         Nothing is held: the restored blocks are ordinary cache until the call is admitted."""
         self.evictable.call_arrived(program_id, now)
+        self._restore(program_id)
+
+    def tool_started(self, program_id: str, tool: str | None) -> None:
+        """The client says the program entered a tool: the policy holds its pin meanwhile."""
+        self.evictable.tool_started(program_id, self.clock(), tool)
+
+    def tool_ended(self, program_id: str) -> None:
+        """The client says the program's tool ended: its call follows, so its host copy (if a
+        pin of it was lost meanwhile) comes back now rather than when the call arrives."""
+        self.evictable.tool_ended(program_id, self.clock())
+        if not self.evictable.in_tool(program_id):
+            self._restore(program_id)
+
+    def _restore(self, program_id: str) -> None:
         found = self._offloaded.pop(program_id, None)
         if found is None:
             return

@@ -4,12 +4,14 @@
 has one per running sequence) each weight element feeds only a few
 multiply-adds, so the speed is set by how well the kernel streams the weight
 from memory; oneDNN's inner product over a weight reordered once into its
-blocked layout streams it better than MKL on this project's CPU hosts.
+blocked layout streams it better than MKL on this project's CPU hosts, from
+:data:`MIN_PACKED_ROWS` rows up. Below that (one to three rows, a single
+stream's decode step) MKL's matrix-vector path is the faster one.
 
 The packed copy is kept next to the dense weight, which costs one more copy
 of the linear weights in memory (set ``EngineConfig.packed_linears = false``
-to avoid it); above :data:`MAX_PACKED_ROWS` rows (long prefill chunks) the
-dense weight and ``F.linear`` are used, since they are faster there. The
+to avoid it); for other row counts (one to three rows, long prefill chunks)
+the dense weight and ``F.linear`` are used, since they are faster there. The
 copy is made once, when the engine starts: weights changed afterwards are
 not seen.
 """
@@ -24,9 +26,15 @@ from agentrt.log import get_logger
 
 log = get_logger(__name__)
 
+MIN_PACKED_ROWS = 4
 MAX_PACKED_ROWS = 256
 # The row count oneDNN tunes the packed layout for; any row count works with it.
 PACKING_ROWS_HINT = 32
+
+
+def packed_rows(rows: int) -> bool:
+    """Whether a product over ``rows`` rows is faster with the packed weight than with MKL."""
+    return MIN_PACKED_ROWS <= rows <= MAX_PACKED_ROWS
 
 
 def packing_available() -> bool:
@@ -40,13 +48,13 @@ def packing_available() -> bool:
 
 
 class PackedLinear(nn.Linear):
-    """An ``nn.Linear`` that multiplies up to 256 rows with a oneDNN-packed copy of its weight."""
+    """An ``nn.Linear`` that multiplies 4 to 256 rows with a oneDNN-packed copy of its weight."""
 
     packed_weight: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if rows > MAX_PACKED_ROWS or x.dtype != self.packed_weight.dtype:
+        if not packed_rows(rows) or x.dtype != self.packed_weight.dtype:
             return F.linear(x, self.weight, self.bias)
         out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
             x.reshape(rows, self.in_features), self.packed_weight, self.bias, "none", [], ""

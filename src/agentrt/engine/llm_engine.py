@@ -287,6 +287,14 @@ class LLMEngine:
         self.scheduler.table.end(program_id, self.clock())
         self.block_manager.program_ended(program_id)
 
+    def tool_started(self, program_id: str, tool: str | None = None) -> None:
+        """The client says ``program_id`` entered a tool (its KV retention holds the context)."""
+        self.block_manager.tool_started(program_id, tool)
+
+    def tool_ended(self, program_id: str) -> None:
+        """The client says ``program_id``'s tool ended (its next call is about to come)."""
+        self.block_manager.tool_ended(program_id)
+
     def abort_request(
         self, request_id: str, reason: Literal["abort", "error"] = "abort"
     ) -> list[TokenEvent]:
@@ -575,7 +583,8 @@ class LLMEngine:
         the waiting calls anything (it yields to running ones regardless)."""
         bm = self.block_manager
         waiting = len(self.scheduler) - len(self.scheduler.running) if not bm.free_ids else 0
-        bm.call_finished(seq, self._seconds_per_token, waiting, self.config.max_num_seqs)
+        ttl = bm.call_finished(seq, self._seconds_per_token, waiting, self.config.max_num_seqs)
+        seq.timings.kv_retained_s = ttl
 
     def _release(self, seq: Sequence) -> None:
         """Give back whatever KV the sequence holds, on device or host."""
@@ -609,6 +618,8 @@ class LLMEngine:
             kv_blocks_used=bm.num_used_blocks,
             kv_usage=bm.num_used_blocks / bm.num_blocks,
             prefix_hit_rate=bm.prefix_hit_rate,
+            prefix_queried_tokens=bm.prefix_queried_tokens,
+            prefix_hit_tokens=bm.prefix_hit_tokens,
             preemptions_swap=c.preemptions_swap,
             preemptions_recompute=c.preemptions_recompute,
             steps=c.steps,
@@ -618,6 +629,7 @@ class LLMEngine:
             kv_pins_reused=bm.evictable.counters.reused,
             kv_pins_expired=bm.evictable.counters.expired,
             kv_pins_yielded=bm.evictable.counters.yielded,
+            kv_pins_held=bm.evictable.counters.held,
             kv_pins_offloaded=bm.offloads,
             kv_pins_restored=bm.restores,
             recomputed_prompt_tokens=bm.recomputed_prompt_tokens,

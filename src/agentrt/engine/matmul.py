@@ -3,7 +3,7 @@
 A :class:`Weight` is called with ``[rows, in_features]`` activations and
 returns ``[rows, out_features]``. The dense kind keeps the model's own
 tensor; on CPU in float32 it also keeps a oneDNN-packed copy for
-decode-sized row counts, which streams the weight from memory faster than
+batched-decode row counts, which streams the weight from memory faster than
 MKL's sgemm.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from agentrt.engine.linear import MAX_PACKED_ROWS, PACKING_ROWS_HINT, packing_available
+from agentrt.engine.linear import PACKING_ROWS_HINT, packed_rows, packing_available
 
 
 class Weight:
@@ -37,7 +37,7 @@ class Weight:
         return _size(self.weight) + (_size(self.bias) if self.bias is not None else 0)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and x.shape[0] <= MAX_PACKED_ROWS:
+        if self.packed is not None and packed_rows(x.shape[0]):
             if torch.compiler.is_compiling():
                 compiled: torch.Tensor = packed_linear(x, self.packed, self.bias, self.out_features)
                 return compiled

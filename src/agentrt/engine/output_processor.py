@@ -131,4 +131,8 @@ class OutputProcessor:
             queue_time=max(s.timings.queue_time for s in seqs),
             model_time=sum(s.timings.model_time for s in seqs),
             preemptions=sum(s.timings.preemptions for s in seqs),
+            kv_retained_s=max(
+                (s.timings.kv_retained_s for s in seqs if s.timings.kv_retained_s is not None),
+                default=None,
+            ),
         )

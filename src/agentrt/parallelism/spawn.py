@@ -13,6 +13,7 @@ after that is a :class:`ParallelError` that names the rank and the cause.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -32,6 +33,8 @@ from agentrt.parallelism.errors import ParallelError
 
 _HOST = "127.0.0.1"
 _JOINED = "joined"
+_DONE = "done"
+_ALL_DONE = "all-done"
 
 
 def _entry(
@@ -51,8 +54,18 @@ def _entry(
     try:
         store.add(_JOINED, 1)  # gloo has connected every pair by now
         target(rank, n, *args)
+        # No rank closes its pairs while a peer still talks to it. The store, not gloo,
+        # carries this wait, so a peer's failure stays the error that is reported.
+        if store.add(_DONE, 1) == n:
+            store.set(_ALL_DONE, "1")
+        store.wait([_ALL_DONE])
     finally:
         dist.destroy_process_group()
+    # Skip interpreter teardown: destroying gloo's and the store's threads from static
+    # destructors can abort a rank whose work is done and written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _raised(what: str, n: int, exc: ProcessRaisedException) -> ParallelError:

@@ -13,6 +13,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
+from agentrt.protocol.programs import ToolEvent
+
 FinishReason = Literal["stop", "length", "abort", "error", "tool_calls"]
 
 
@@ -104,6 +106,9 @@ class Timings(msgspec.Struct, kw_only=True, omit_defaults=True):
     queue_time: float = 0.0  # total time spent waiting (incl. while preempted)
     model_time: float = 0.0  # model-executor time attributed to this call
     preemptions: int = 0
+    # Seconds the engine keeps the call's context pinned for its program's next call (its KV
+    # retention's TTL; None: not pinned). A router sends that call back to this engine.
+    kv_retained_s: float | None = None
 
 
 class TokenEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -195,6 +200,9 @@ class EngineStats(msgspec.Struct, kw_only=True):
     kv_blocks_used: int = 0
     kv_usage: float = 0.0  # 0..1
     prefix_hit_rate: float = 0.0  # 0..1, over the engine's lifetime
+    # Prompt tokens looked up in the prefix cache, and of those found cached (lifetime totals).
+    prefix_queried_tokens: int = 0
+    prefix_hit_tokens: int = 0
     preemptions_swap: int = 0
     preemptions_recompute: int = 0
     steps: int = 0
@@ -208,6 +216,7 @@ class EngineStats(msgspec.Struct, kw_only=True):
     kv_pins_reused: int = 0
     kv_pins_expired: int = 0
     kv_pins_yielded: int = 0
+    kv_pins_held: int = 0  # held past their TTL while the client said their tool was running
     kv_pins_offloaded: int = 0  # lost pins copied to the host pool
     kv_pins_restored: int = 0  # of those, copied back for their program's next call
     recomputed_prompt_tokens: int = 0
@@ -322,3 +331,13 @@ class EngineClient(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ToolSignals(Protocol):
+    """An engine that hears when a program's tool starts and ends (``POST /programs/{id}/tool``);
+    the server forwards these signals to engines that have this method only."""
+
+    async def tool_event(self, program_id: str, event: ToolEvent) -> None:
+        """A thread of ``program_id`` (tenant-scoped) entered or left a tool."""
+        ...

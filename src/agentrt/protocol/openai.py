@@ -73,8 +73,8 @@ class StreamOptions(msgspec.Struct, kw_only=True):
     include_usage: bool | None = None  # null or absent: no usage chunk
 
 
-class _SamplingFields(msgspec.Struct, kw_only=True):
-    """Parameters shared by both endpoints, OpenAI's and vLLM's extras.
+class SamplingFields(msgspec.Struct, kw_only=True):
+    """Parameters every generation endpoint shares, OpenAI's and vLLM's extras.
 
     Like OpenAI's API, ``null`` means "the default" for every optional field
     (clients built on other SDKs send nulls for unset values).
@@ -102,7 +102,7 @@ class _SamplingFields(msgspec.Struct, kw_only=True):
     priority: int | None = None
 
 
-class ChatCompletionRequest(_SamplingFields, kw_only=True):
+class ChatCompletionRequest(SamplingFields, kw_only=True):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = None
     tools: list[ToolDefinition] | None = None
@@ -112,7 +112,7 @@ class ChatCompletionRequest(_SamplingFields, kw_only=True):
     top_logprobs: int | None = None
 
 
-class CompletionRequest(_SamplingFields, kw_only=True):
+class CompletionRequest(SamplingFields, kw_only=True):
     # A text, a batch of texts, a list of token ids, or a batch of those
     # (one list type, as msgspec needs; the server checks the items are not mixed).
     prompt: str | list[str | int | list[int]]

@@ -3,6 +3,9 @@
 ``POST {base_url}/programs`` with a :class:`ProgramStart` body announces a
 program before its first LLM call on that server; ``DELETE
 {base_url}/programs/{program_id}`` ends it. Both answer a :class:`ProgramInfo`.
+``POST {base_url}/programs/{program_id}/tool`` with a :class:`ToolEvent` body
+says that a thread of the program entered or left a tool (the server answers
+204 and may hold the program's KV meanwhile).
 A server also creates a program on the first call that carries its headers
 and ends programs idle past a TTL, so the endpoints add metadata and prompt
 clean-up; they are never required for correctness.
@@ -14,7 +17,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from agentrt.protocol.headers import MAX_NAME_LENGTH
+from agentrt.protocol.headers import MAX_ID_LENGTH, MAX_NAME_LENGTH
 
 # Bounds on what a client may store with a program: a server keeps up to its
 # ``max_programs`` of them, so each must stay small.
@@ -39,6 +42,14 @@ class ProgramStart(msgspec.Struct, kw_only=True, omit_defaults=True):
     metadata: Annotated[
         dict[MetadataKey, MetadataValue], msgspec.Meta(max_length=MAX_METADATA_ENTRIES)
     ] = msgspec.field(default_factory=dict)
+
+
+class ToolEvent(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Body of ``POST /programs/{id}/tool``: a thread of the program entered or left a tool."""
+
+    state: Literal["start", "end"]
+    tool: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH)] | None = None
+    thread_id: Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)] = ""
 
 
 class ProgramCall(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -73,3 +84,4 @@ class ProgramInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 program_start_decoder = msgspec.json.Decoder(ProgramStart)
 program_info_decoder = msgspec.json.Decoder(ProgramInfo)
+tool_event_decoder = msgspec.json.Decoder(ToolEvent)

@@ -10,6 +10,14 @@
   program's history stays in one engine's prefix cache. The balancer pins
   and unpins; the pin is kept in the program's process-table entry
   (``ProgramEntry.engine_id``), so it goes when the program does.
+  Before that rule, the *retention* rule: when the engine that served a
+  program's last call reported that it keeps the call's context pinned
+  (its KV retention, :class:`~agentrt.scheduling.RetentionPolicy`, for a
+  time-to-live), the program's next call goes back to that engine within
+  the TTL whatever its length, since that engine alone is sure to hold the
+  program's newest prefix (:meth:`Balancer.retained`). One call takes it:
+  the engine closes the pin when the call takes its KV, and pins again when
+  the call ends.
 
 The balancer counts live calls itself: :meth:`route` adds one to the chosen
 engine, :meth:`release` takes it back when the call ends. When an engine
@@ -62,6 +70,8 @@ class Balancer:
         self._load.pop(engine_id, None)
         unpinned: list[str] = []
         for entry in self.table.programs():  # engines leave rarely; pins are not indexed by engine
+            if entry.retained_on == engine_id:
+                entry.retained_on = None
             if entry.engine_id == engine_id:
                 entry.engine_id = None
                 unpinned.append(entry.program_id)
@@ -85,6 +95,14 @@ class Balancer:
         self._load[engine_id] += 1
         return engine_id
 
+    def retained(self, program_id: str, engine_id: str, until: float) -> None:
+        """``engine_id`` keeps ``program_id``'s last context pinned until ``until``: the program's
+        next call goes there (under ``locality``). Unknown programs (ended) are ignored."""
+        entry = self.table.get(program_id)
+        if entry is not None and engine_id in self._load:
+            entry.retained_on = engine_id
+            entry.retained_until = until
+
     def release(self, engine_id: str) -> None:
         """A call routed to ``engine_id`` ended (an unknown or removed engine is ignored)."""
         if self._load.get(engine_id, 0) > 0:
@@ -101,9 +119,13 @@ class Balancer:
         return min(load, key=load.__getitem__)
 
     def _locality(self, program_id: str, prompt_tokens: int, now: float) -> str:
+        entry = self.table.get(program_id)
+        if entry is not None and entry.retained_on is not None:
+            engine_id, entry.retained_on = entry.retained_on, None
+            if engine_id in self._load and now <= entry.retained_until:
+                return engine_id
         if prompt_tokens <= self.config.locality_threshold:
             return self._least_used()
-        entry = self.table.get(program_id)
         pinned = entry.engine_id if entry is not None else None
         if pinned is not None and pinned in self._load:
             return pinned

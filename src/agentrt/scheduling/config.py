@@ -136,7 +136,9 @@ class BalancerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     ``locality`` is Autellix's Algorithm 2: calls of at most
     ``locality_threshold`` prompt tokens go to the least used engine; longer
     ones go to the engine their program is pinned to (pinned on first use),
-    where its earlier context is likely still in the prefix cache.
+    where its earlier context is likely still in the prefix cache. A call whose
+    program's last context an engine reported pinned (KV retention) goes back
+    to that engine first, whatever its length.
     """
 
     policy: BalancerPolicy = "locality"

@@ -74,6 +74,8 @@ class ProgramEntry:
         "live",
         "program_id",
         "recent",
+        "retained_on",
+        "retained_until",
         "service",
         "total_service",
         "wait",
@@ -87,6 +89,10 @@ class ProgramEntry:
         self.total_service = 0.0  # sum of the service of all completed calls
         self.wait = 0.0  # W_p: sum of the waits of completed calls
         self.engine_id: str | None = None  # pinned engine (set and cleared by the Balancer)
+        # The engine that keeps the program's last context pinned (its KV retention), and until
+        # when (set by the Balancer from the engine's report, taken by the next call).
+        self.retained_on: str | None = None
+        self.retained_until = 0.0
         self.last_arrival: float | None = None
         self.last_completion: float | None = None
         self.last_activity = now

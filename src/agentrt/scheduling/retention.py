@@ -36,6 +36,14 @@ victim when it needs room. The policy decides:
   keep their release order among ordinary ones, so a unit other programs share
   (a system prompt, tool docs) is not pushed ahead of colder ones because the
   program that released it last has ended.
+- **Tool signals.** Where the client says when a program's tool starts and ends
+  (agentrt's SDK does, around ``@agentrt.tool``), :meth:`RetentionPolicy.tool_started`
+  *holds* the program's pin while the tool runs: its deadline moves to
+  ``max_ttl_s`` from the tool's start, whatever the prediction said, and the
+  interrupt is learnt under the tool's name. :meth:`RetentionPolicy.tool_ended`
+  releases the hold: the pin is expected back now and lives ``after_tool_s``
+  more for the call that follows. Without the signals the policy learns from the
+  gaps between a program's calls alone.
 - **Budget and pressure.** Pins cover at most ``pin_budget`` of the pool's
   blocks; a new pin that does not fit displaces pins the eviction order
   would take before it, or is refused. Pins never block a running call: the
@@ -71,6 +79,7 @@ class RetentionConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     ``pin_budget``: the fraction of the pool's blocks pins may cover.
     ``max_ttl_s``: the longest a context stays pinned while its program is away.
     ``prior_interrupt_s``: the interrupt assumed before any has been observed.
+    ``after_tool_s``: how long a pin outlives its program's tool once the client says it ended.
     ``window``: observed interrupts kept per tool, per program and overall.
     ``min_samples``: a tool's (then a program's) own samples are used once it has this many;
     before that, the next wider set is.
@@ -80,6 +89,7 @@ class RetentionConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     pin_budget: float = 0.5
     max_ttl_s: float = 60.0
     prior_interrupt_s: float = 1.0
+    after_tool_s: float = 2.0
     window: int = 64
     min_samples: int = 3
     max_tracked: int = 100_000  # programs (and tool names) whose interrupts are remembered
@@ -89,8 +99,10 @@ class RetentionConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
             raise ValueError("pin_budget must be within [0, 1]")
         if not (self.max_ttl_s >= 0 and math.isfinite(self.max_ttl_s)):
             raise ValueError("max_ttl_s must be a finite number >= 0")
-        if not (self.prior_interrupt_s >= 0 and math.isfinite(self.prior_interrupt_s)):
-            raise ValueError("prior_interrupt_s must be a finite number >= 0")
+        for name in ("prior_interrupt_s", "after_tool_s"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number >= 0")
         if self.window < 1 or self.min_samples < 1 or self.max_tracked < 1:
             raise ValueError("window, min_samples and max_tracked must be >= 1")
 
@@ -176,7 +188,8 @@ class Pressure:
 @dataclass(slots=True)
 class RetentionCounters:
     """Running totals, for metrics: pins made, refused for the budget, reused (the
-    program called again in time), expired, yielded to pressure, displaced by a better pin."""
+    program called again in time), expired, yielded to pressure, displaced by a better pin,
+    held for a tool the client said was running."""
 
     pins: int = 0
     refused: int = 0
@@ -184,6 +197,7 @@ class RetentionCounters:
     expired: int = 0
     yielded: int = 0
     displaced: int = 0
+    held: int = 0
 
 
 class _Pin:
@@ -253,6 +267,8 @@ class RetentionPolicy:
         self._seq = 0
         # Program -> (end of its last call, tool it called then), for the next interrupt.
         self._last_end: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
+        # Program -> (tools its threads are in now, the latest one's name), from tool signals.
+        self._in_tool: OrderedDict[str, tuple[int, str | None]] = OrderedDict()
 
     # --- what the cache tells the policy ---
 
@@ -349,6 +365,8 @@ class RetentionPolicy:
         pin.level = level
         self.pinned_blocks += extra
         self.counters.pins += 1
+        if program_id in self._in_tool:  # another thread of the program is in a tool
+            pin.deadline = max(pin.deadline, now + self.config.max_ttl_s)
         self._push(pin)
         return ttl
 
@@ -372,6 +390,48 @@ class RetentionPolicy:
         pin.level = self.priority(program_id)
         self._push(pin)
 
+    def tool_started(self, program_id: str, now: float, tool: str | None = None) -> None:
+        """The client says a thread of ``program_id`` entered ``tool``: hold the program's
+        pin (if it has a live one) until the tool ends or ``max_ttl_s`` passes, and learn
+        the coming interrupt under the tool's name."""
+        count, _ = self._in_tool.pop(program_id, (0, None))
+        self._in_tool[program_id] = (count + 1, tool)
+        if len(self._in_tool) > self.config.max_tracked:
+            self._in_tool.popitem(last=False)
+        last = self._last_end.get(program_id)
+        if last is not None and tool is not None:
+            self._last_end[program_id] = (last[0], tool)
+        pin = self._pins.get(program_id)
+        if pin is None or pin.awaited:
+            return
+        samples = self.predictor.samples(tool=tool, program_id=program_id)
+        pin.deadline = max(pin.deadline, now + self.config.max_ttl_s)
+        pin.return_at = now + _median(samples)
+        self.counters.held += 1
+        self._push(pin)
+
+    def tool_ended(self, program_id: str, now: float) -> None:
+        """The client says a thread of ``program_id`` left its tool. When no other thread of
+        it is in one, the hold ends: the pin is expected back now and lives ``after_tool_s``
+        more (the call that follows turns it into an awaited one)."""
+        found = self._in_tool.pop(program_id, None)
+        if found is None:
+            return
+        count, tool = found
+        if count > 1:
+            self._in_tool[program_id] = (count - 1, tool)
+            return
+        pin = self._pins.get(program_id)
+        if pin is None or pin.awaited:
+            return
+        pin.deadline = now + self.config.after_tool_s
+        pin.return_at = now
+        self._push(pin)
+
+    def in_tool(self, program_id: str) -> bool:
+        """True while the client says a thread of ``program_id`` is in a tool."""
+        return program_id in self._in_tool
+
     def call_admitted(self, program_id: str) -> None:
         """A call of ``program_id`` took its KV (the cache acquired its units): the pin closes."""
         pin = self._pins.get(program_id)
@@ -381,6 +441,7 @@ class RetentionPolicy:
     def program_ended(self, program_id: str) -> None:
         """The program is done: its pin goes, and what was learned about it."""
         self._last_end.pop(program_id, None)
+        self._in_tool.pop(program_id, None)
         self.predictor.forget_program(program_id)
         pin = self._pins.get(program_id)
         if pin is not None:

@@ -224,6 +224,11 @@ def _note_failure(request: Any) -> None:
 def _lifecycle_request(module: Any, method: str, base: str, body: Any = None) -> Any:
     if method == "POST":
         return module.Request("POST", f"{base}/programs", json=body)
+    if method == "TOOL":  # body: (program id, tool event)
+        program_id, event = body
+        return module.Request(
+            "POST", f"{base}/programs/{quote(program_id, safe='')}/tool", json=event
+        )
     return module.Request("DELETE", f"{base}/programs/{quote(body, safe='')}")
 
 
@@ -269,7 +274,7 @@ class _HttpServer(abc.ABC):
             return _failure(exc)
         finally:
             restore(token, None)
-        return _outcome(status, method == "POST")
+        return _outcome(status, method != "DELETE")
 
     async def _run_async(self, method: str, body: Any) -> tuple[Outcome, str]:
         token = install(None)  # type: ignore[arg-type]
@@ -281,7 +286,7 @@ class _HttpServer(abc.ABC):
             return _failure(exc)
         finally:
             restore(token, None)
-        return _outcome(status, method == "POST")
+        return _outcome(status, method != "DELETE")
 
     def announce_sync(self, record: ProgramRecord, key: str) -> None:
         outcome, detail = self._run_sync("POST", lifecycle.start_body(record))
@@ -296,6 +301,16 @@ class _HttpServer(abc.ABC):
 
     async def end_program_async(self, program_id: str) -> tuple[Outcome, str]:
         return await self._run_async("DELETE", program_id)
+
+    def tool_event_sync(
+        self, program_id: str, body: dict[str, object]
+    ) -> tuple[Outcome, str] | None:
+        return self._run_sync("TOOL", (program_id, body))
+
+    async def tool_event_async(
+        self, program_id: str, body: dict[str, object]
+    ) -> tuple[Outcome, str]:
+        return await self._run_async("TOOL", (program_id, body))
 
 
 def _fresh_client_server(request: Any) -> Callable[[str], _HttpServer]:
@@ -344,6 +359,22 @@ class _ClientServer(_HttpServer):
 
         return await anyio.to_thread.run_sync(super().end_program_sync, program_id)
 
+    def tool_event_sync(
+        self, program_id: str, body: dict[str, object]
+    ) -> tuple[Outcome, str] | None:
+        if inspect.iscoroutinefunction(self.client.send):
+            return None
+        return super().tool_event_sync(program_id, body)
+
+    async def tool_event_async(
+        self, program_id: str, body: dict[str, object]
+    ) -> tuple[Outcome, str]:
+        if inspect.iscoroutinefunction(self.client.send):
+            return await super().tool_event_async(program_id, body)
+        import anyio
+
+        return await anyio.to_thread.run_sync(self._run_sync, "TOOL", (program_id, body))
+
 
 class _TransportServer(_HttpServer):
     """Reached through the wrapped transport (sync or async)."""
@@ -375,6 +406,22 @@ class _TransportServer(_HttpServer):
         import anyio
 
         return await anyio.to_thread.run_sync(super().end_program_sync, program_id)
+
+    def tool_event_sync(
+        self, program_id: str, body: dict[str, object]
+    ) -> tuple[Outcome, str] | None:
+        if hasattr(self.transport, "handle_async_request"):
+            return None
+        return super().tool_event_sync(program_id, body)
+
+    async def tool_event_async(
+        self, program_id: str, body: dict[str, object]
+    ) -> tuple[Outcome, str]:
+        if hasattr(self.transport, "handle_async_request"):
+            return await super().tool_event_async(program_id, body)
+        import anyio
+
+        return await anyio.to_thread.run_sync(self._run_sync, "TOOL", (program_id, body))
 
 
 def _timeout_extension() -> dict[str, float]:

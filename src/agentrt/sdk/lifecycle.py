@@ -9,18 +9,29 @@ asked again; servers whose endpoints time out are left alone for
 ``TIMEOUT_PAUSE_SECONDS``, so that every program does not wait on them twice.
 Nothing here raises into user code: failures are logged, and a server ends
 idle programs by itself anyway.
+
+Tool signals: when a program thread enters its outermost ``@agentrt.tool``
+and when it leaves it, every server the program was announced to hears it
+(``POST {base_url}/programs/{id}/tool``), so that a server can hold the
+program's KV while the tool runs and bring it back as the tool ends. The
+signal is sent inline (one small request each way, before the tool starts and
+after it ends), which keeps it ordered with the program's calls; a sync tool
+does not signal servers it reaches through an async client. Servers without
+the route are never asked again; ``AGENTRT_TOOL_SIGNALS=0`` turns the signals off.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from agentrt.log import get_logger
-from agentrt.protocol.programs import ProgramStart
+from agentrt.protocol.headers import MAX_NAME_LENGTH
+from agentrt.protocol.programs import ProgramStart, ToolEvent
 from agentrt.sdk.context import ProgramRecord
 from agentrt.sdk.servers import Outcome, ProgramServer, ServerEntry
 
@@ -36,6 +47,8 @@ TIMEOUT_PAUSE_SECONDS = 60.0
 _unsupported_lock = threading.Lock()
 _unsupported_servers: set[str] = set()
 _paused_until: dict[str, float] = {}  # server -> time.monotonic() when it is asked again
+_no_tool_route: set[str] = set()  # servers that answered 404/405 to a tool signal
+TOOL_SIGNALS_ENV = "AGENTRT_TOOL_SIGNALS"
 
 
 def server_supports_programs(key: str) -> bool:
@@ -62,6 +75,7 @@ def forget_unsupported_servers() -> None:
     with _unsupported_lock:
         _unsupported_servers.clear()
         _paused_until.clear()
+        _no_tool_route.clear()
 
 
 def claim_announcement(record: ProgramRecord, key: str, client: ProgramServer) -> bool:
@@ -165,3 +179,65 @@ async def end_program_async(record: ProgramRecord) -> None:
         except Exception as exc:
             outcome, detail = Outcome.FAILED, repr(exc)
         _note_end(record, entry, outcome, detail)
+
+
+# ------------------------------------------------------------------ tool signals
+
+
+def tool_signals_enabled() -> bool:
+    return os.environ.get(TOOL_SIGNALS_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def _tool_targets(record: ProgramRecord) -> list[ServerEntry]:
+    """The servers that took the program's announcement and may take tool signals."""
+    if record.ended or not record.servers or not tool_signals_enabled():
+        return []
+    return [
+        e
+        for e in list(record.servers.values())
+        if e.outcome is Outcome.OK
+        and e.key not in _no_tool_route
+        and server_supports_programs(e.key)
+        and not e.client.is_closed()
+    ]
+
+
+def tool_body(
+    state: Literal["start", "end"], tool: str | None, thread_id: str
+) -> dict[str, object]:
+    body: dict[str, object] = msgspec.to_builtins(
+        ToolEvent(state=state, tool=tool[:MAX_NAME_LENGTH] if tool else None, thread_id=thread_id)
+    )
+    return body
+
+
+def _note_tool(entry: ServerEntry, outcome: Outcome, detail: str) -> None:
+    if outcome is Outcome.UNSUPPORTED:
+        with _unsupported_lock:
+            _no_tool_route.add(entry.key)
+        _log().info("server takes no tool signals; not sending it more", server=entry.key)
+    elif outcome is Outcome.TIMED_OUT:
+        _pause(entry.key, detail)
+    elif outcome is Outcome.FAILED:
+        _log().debug("tool signal failed", server=entry.key, detail=detail)
+
+
+def tool_signal_sync(record: ProgramRecord, body: dict[str, object]) -> None:
+    """Tell the program's servers that a thread entered or left a tool (sync code)."""
+    for entry in _tool_targets(record):
+        try:
+            result = entry.client.tool_event_sync(record.program_id, body)
+        except Exception as exc:  # a client must never break the user's tool
+            result = Outcome.FAILED, repr(exc)
+        if result is not None:
+            _note_tool(entry, *result)
+
+
+async def tool_signal_async(record: ProgramRecord, body: dict[str, object]) -> None:
+    """Tell the program's servers that a thread entered or left a tool (async code)."""
+    for entry in _tool_targets(record):
+        try:
+            outcome, detail = await entry.client.tool_event_async(record.program_id, body)
+        except Exception as exc:
+            outcome, detail = Outcome.FAILED, repr(exc)
+        _note_tool(entry, outcome, detail)

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import quote
 
 import openai
+import pydantic
 from openai._compat import model_copy
 from openai._models import FinalRequestOptions
 from openai._types import NotGiven, RequestOptions
@@ -71,11 +72,43 @@ def _with_program_headers(
         headers = propagation_headers()
         if not headers:
             return options, None
-    if not isinstance(options.headers, NotGiven):
-        headers.update(options.headers)  # type: ignore[arg-type]  # Omit values pass through
-    options = model_copy(options)
-    options.headers = headers
-    return options, record
+    if not isinstance(given, NotGiven):
+        headers.update(given)  # type: ignore[arg-type]  # Omit values pass through
+    return with_headers(options, headers), record
+
+
+_PYDANTIC_V2 = int(pydantic.VERSION.split(".")[0]) >= 2
+if _PYDANTIC_V2:
+    from pydantic_core import PydanticUndefined
+_new = object.__new__
+_set = object.__setattr__
+
+
+def with_headers(options: FinalRequestOptions, headers: dict[str, str]) -> FinalRequestOptions:
+    """A shallow copy of ``options`` whose headers are ``headers``; ``options`` is left as it was.
+
+    On pydantic 2 this does what ``BaseModel.__copy__`` and an attribute
+    assignment do, without their generic steps: it runs on every call.
+    """
+    if not _PYDANTIC_V2:
+        options = model_copy(options)
+        options.headers = headers
+        return options
+    clone = _new(type(options))
+    fields = options.__dict__.copy()
+    fields["headers"] = headers
+    _set(clone, "__dict__", fields)
+    _set(clone, "__pydantic_fields_set__", options.__pydantic_fields_set__ | _HEADERS)
+    extra = options.__pydantic_extra__
+    _set(clone, "__pydantic_extra__", None if extra is None else extra.copy())
+    private = getattr(options, "__pydantic_private__", None)
+    if private is not None:
+        private = {k: v for k, v in private.items() if v is not PydanticUndefined}
+    _set(clone, "__pydantic_private__", private)
+    return clone
+
+
+_HEADERS = frozenset({"headers"})
 
 
 def _outcome_of(exc: Exception, announcing: bool) -> tuple[Outcome, str]:
@@ -217,6 +250,10 @@ async def async_request(
 # -------------------------------------------------------------------------- lifecycle through a client
 
 
+def _tool_path(program_id: str) -> str:
+    return f"{_PROGRAMS}/{quote(program_id, safe='')}/tool"
+
+
 def _lifecycle_options(client: Any) -> RequestOptions:
     return {"timeout": getattr(client, "lifecycle_timeout", LIFECYCLE_TIMEOUT), "max_retries": 0}
 
@@ -261,6 +298,29 @@ class SyncServer:
 
         return await anyio.to_thread.run_sync(self.end_program_sync, program_id)
 
+    def tool_event_sync(
+        self, program_id: str, body: dict[str, object]
+    ) -> tuple[Outcome, str] | None:
+        try:
+            self.client.post(
+                _tool_path(program_id),
+                body=body,
+                cast_to=_NONE,
+                options=_lifecycle_options(self.client),
+            )
+        except Exception as exc:
+            return _outcome_of(exc, announcing=True)
+        return Outcome.OK, ""
+
+    async def tool_event_async(
+        self, program_id: str, body: dict[str, object]
+    ) -> tuple[Outcome, str]:
+        import anyio
+
+        result = await anyio.to_thread.run_sync(self.tool_event_sync, program_id, body)
+        assert result is not None
+        return result
+
 
 class AsyncServer:
     """The server of an async openai client, as the program lifecycle reaches it."""
@@ -296,6 +356,25 @@ class AsyncServer:
         except Exception as exc:
             return _outcome_of(exc, announcing=False)
         return Outcome.OK, ""
+
+    async def tool_event_async(
+        self, program_id: str, body: dict[str, object]
+    ) -> tuple[Outcome, str]:
+        try:
+            await self.client.post(
+                _tool_path(program_id),
+                body=body,
+                cast_to=_NONE,
+                options=_lifecycle_options(self.client),
+            )
+        except Exception as exc:
+            return _outcome_of(exc, announcing=True)
+        return Outcome.OK, ""
+
+    def tool_event_sync(
+        self, program_id: str, body: dict[str, object]
+    ) -> tuple[Outcome, str] | None:
+        return None  # sync code would block on a private event loop: the server learns from gaps
 
     def end_program_sync(self, program_id: str) -> tuple[Outcome, str]:
         # A sync program used this async client (it ran its own event loop inside the

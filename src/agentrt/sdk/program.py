@@ -253,7 +253,11 @@ def tool(fn: Any = None, /) -> Any:
     The time a thread spends in tools (outermost tool calls only) is sent with
     the thread's next LLM call (``x-agentrt-interrupt``) where the end of the
     thread's previous call is unknown; otherwise the time between the two calls
-    is sent, which includes it. Outside a program the function runs unchanged.
+    is sent, which includes it. The outermost tool of a thread also tells the
+    program's servers when it starts and ends (see :mod:`agentrt.sdk.lifecycle`),
+    so they can hold the program's KV meanwhile; tools timed by a framework
+    hook (:func:`start_tool_span`) are timed only. Outside a program the
+    function runs unchanged.
     It also takes a tool object of LangChain, the OpenAI Agents SDK or
     pydantic-ai (``@agentrt.tool`` above the framework's decorator) and times
     the function inside it; below the framework's decorator it works as on any
@@ -271,20 +275,34 @@ def tool(fn: Any = None, /) -> Any:
 
 
 def timed_function(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` (sync or async) timed as a tool of the calling program thread."""
+    """``fn`` (sync or async) timed as a tool of the calling program thread; the outermost
+    tool of a thread also signals its start and end to the program's servers."""
     wrapped = fn
+    name = _qualname(fn)
 
     async def timed(coro: Awaitable[Any]) -> Any:
         b = resolve()
         if b is None:
             return await coro
         strand = b.strand
+        outermost = strand.tool_depth == 0
+        if outermost:
+            await lifecycle.tool_signal_async(
+                strand.record, lifecycle.tool_body("start", name, strand.thread_id)
+            )
         strand.tool_depth += 1
         started = time.perf_counter()
         try:
             return await coro
         finally:
             _tool_done(strand, started)
+            if outermost:
+                import anyio
+
+                with anyio.CancelScope(shield=True):  # sent even when the tool was cancelled
+                    await lifecycle.tool_signal_async(
+                        strand.record, lifecycle.tool_body("end", name, strand.thread_id)
+                    )
 
     if inspect.iscoroutinefunction(wrapped):
 
@@ -300,12 +318,21 @@ def timed_function(fn: Callable[..., Any]) -> Callable[..., Any]:
         if b is None:
             return wrapped(*args, **kwargs)
         strand = b.strand
+        outermost = strand.tool_depth == 0
+        if outermost:
+            lifecycle.tool_signal_sync(
+                strand.record, lifecycle.tool_body("start", name, strand.thread_id)
+            )
         strand.tool_depth += 1
         started = time.perf_counter()
         try:
             result = wrapped(*args, **kwargs)
         finally:
             _tool_done(strand, started)
+            if outermost:
+                lifecycle.tool_signal_sync(
+                    strand.record, lifecycle.tool_body("end", name, strand.thread_id)
+                )
         if inspect.iscoroutine(result):
             # An async tool behind a sync-looking callable: its work happens when awaited.
             return timed(result)

@@ -22,14 +22,27 @@ class Outcome(enum.Enum):
 
 
 class ProgramServer(Protocol):
-    """How a program's end reaches one server (through the client, hook or transport that
-    carried its calls there)."""
+    """How a program's end and its tool signals reach one server (through the client, hook
+    or transport that carried its calls there)."""
 
     def is_closed(self) -> bool: ...
 
     def end_program_sync(self, program_id: str) -> tuple[Outcome, str]: ...
 
     async def end_program_async(self, program_id: str) -> tuple[Outcome, str]: ...
+
+    def tool_event_sync(
+        self, program_id: str, body: dict[str, object]
+    ) -> tuple[Outcome, str] | None:
+        """``POST /programs/{id}/tool`` from sync code; None (nothing sent) when the server is
+        reached through an async client, which sync code cannot use without blocking."""
+        ...
+
+    async def tool_event_async(
+        self, program_id: str, body: dict[str, object]
+    ) -> tuple[Outcome, str]:
+        """``POST /programs/{id}/tool`` from async code."""
+        ...
 
 
 def server_key(base_url: str) -> str:

@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="backends",
         metavar="URL",
         help="a remote OpenAI-compatible server ([vllm+|sglang+|llamacpp+|agentrt+|openai+]URL"
-        "[,max_inflight=N]); repeatable",
+        "[,max_inflight=N][,queue_ahead=N]); repeatable",
     )
     parser.add_argument(
         "--ray-address", help="place the engine replicas on this Ray cluster ('auto', ray://...)"

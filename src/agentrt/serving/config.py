@@ -56,6 +56,11 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tenant_max_concurrent_requests: int | None = None
     tenant_max_queued_requests: int | None = None
     tenant_max_programs: int = 100_000
+    # /v1/responses: the responses each tenant keeps for previous_response_id, and the bytes
+    # they may hold (each counted as its whole conversation); the least recently used go first.
+    # A size of 0 keeps none, and previous_response_id is refused.
+    responses_store_size: int = 1000
+    responses_store_bytes: int = 64 * 1024 * 1024
     retry_after: float = 1.0  # the Retry-After the server suggests when it sheds load
     # Connections (agentrt serve): the seconds a request head and a request body may take to
     # arrive; uvicorn's idle time between requests, cap on connections and tasks (beyond it
@@ -95,3 +100,5 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("h11_max_incomplete_event_size must be >= 1024 and backlog >= 1")
         if self.max_prompts_per_request < 1 or self.max_choices_per_request < 1:
             raise ValueError("max_prompts_per_request and max_choices_per_request must be >= 1")
+        if self.responses_store_size < 0 or self.responses_store_bytes < 0:
+            raise ValueError("responses_store_size and responses_store_bytes must be >= 0")

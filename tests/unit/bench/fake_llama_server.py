@@ -5,7 +5,8 @@ list per start) so a test can check what the benchmark asked for, answers
 ``/health`` 503 for a moment as llama.cpp does while it loads, and serves
 ``/props`` with the ``--model`` path like the real server. Like it, it runs
 at most ``--parallel`` calls and queues the rest first come, first served,
-and with ``--metrics`` counts both at ``/metrics``.
+and with ``--metrics`` counts both at ``/metrics``. ``$FAKE_LLAMA_TOKEN_DELAY``
+(seconds, default 0.001) paces its tokens, so that a benchmark can load it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def main() -> None:
     with open(os.environ["FAKE_LLAMA_ARGV"], "a") as f:
         f.write(json.dumps(sys.argv[1:]) + "\n")
     started = time.monotonic()
-    engine = EchoEngine(token_delay=0.001, slots=args.parallel)
+    token_delay = float(os.environ.get("FAKE_LLAMA_TOKEN_DELAY", "0.001"))
+    engine = EchoEngine(token_delay=token_delay, slots=args.parallel)
     app = create_app(engine, ServerConfig(log_requests=False))
 
     async def root(scope: dict[str, Any], receive: Any, send: Any) -> None:

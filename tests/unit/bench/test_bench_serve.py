@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 from tests.unit.agents.live_server import echo_server
 
-from agentrt.bench.compare import compare, parse_external, parse_policies, serve_flag
+from agentrt.bench.compare import (
+    agentrt_systems,
+    compare,
+    parse_external,
+    parse_policies,
+    parse_retention,
+    serve_flag,
+)
 from agentrt.bench.load import (
     ServerSnapshot,
     parse_prometheus,
@@ -62,6 +69,44 @@ def test_server_counters_come_from_metric_deltas() -> None:
     assert counters.step_moments is not None and counters.step_moments.steps == 1
     assert counters.step_moments.xy == [0.25, 0.0, 1.0, 100.0]
     assert server_counters(None, ServerSnapshot(metrics=after)) is None
+
+
+def test_prefix_and_retention_counters_come_from_the_run_alone() -> None:
+    from agentrt.bench.program_metrics import prefix_hit_rate
+
+    before = ServerSnapshot(metrics={"agentrt:prefix_cache_queries_total": 100.0,
+                                     "agentrt:prefix_cache_hits_total": 90.0})
+    after = ServerSnapshot(metrics={
+        "agentrt:prefix_cache_queries_total": 500.0, "agentrt:prefix_cache_hits_total": 390.0,
+        "agentrt:recomputed_prompt_tokens_total": 64.0, "agentrt:num_kv_pins_total": 7.0,
+        "agentrt:num_kv_pins_reused_total": 5.0, "agentrt:num_kv_pins_expired_total": 1.0,
+        "agentrt:num_kv_pins_yielded_total": 1.0, "agentrt:num_kv_pins_held_total": 4.0,
+    })
+    counters = server_counters(before, after)
+    assert counters is not None
+    assert prefix_hit_rate(counters) == 300 / 400  # the warm-up's lookups are not counted
+    assert (counters.recomputed_prompt_tokens, counters.kv_pins, counters.kv_pins_reused) == (64, 7, 5)
+    assert (counters.kv_pins_expired, counters.kv_pins_yielded, counters.kv_pins_held) == (1, 1, 4)
+    assert math.isnan(prefix_hit_rate(server_counters(before, before)))
+    assert math.isnan(prefix_hit_rate(None))
+
+
+def test_kv_retention_modes_make_one_server_per_policy_and_mode() -> None:
+    assert parse_retention("off, ttl,off") == ["off", "ttl"]
+    for bad in ["", "lru", "off,sometimes"]:
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_retention(bad)
+    args = argparse.Namespace(policies=["fcfs", "plas"], kv_retention=["off", "ttl"], serve_arg=["--max-num-seqs=4"])
+    assert agentrt_systems(args) == [
+        ("agentrt/fcfs+kv-off", "fcfs", ["--max-num-seqs=4", "--kv-retention", "off"]),
+        ("agentrt/fcfs+kv-ttl", "fcfs", ["--max-num-seqs=4", "--kv-retention", "ttl"]),
+        ("agentrt/plas+kv-off", "plas", ["--max-num-seqs=4", "--kv-retention", "off"]),
+        ("agentrt/plas+kv-ttl", "plas", ["--max-num-seqs=4", "--kv-retention", "ttl"]),
+    ]
+    args.kv_retention = None
+    assert [label for label, _, _ in agentrt_systems(args)] == ["agentrt/fcfs", "agentrt/plas"]
+    assert main(["bench", "compare", "--policies", "", "--kv-retention", "off,ttl",
+                 "--external", "x=http://127.0.0.1:9/v1"]) == 2  # retention of no agentrt server
 
 
 def test_external_systems_and_policies_parse() -> None:
@@ -315,3 +360,42 @@ def test_ctrl_c_stops_a_sweep_and_unwinds_it() -> None:
     with pytest.raises(KeyboardInterrupt):
         anyio.run(interruptible, sweep, 60.0)
     assert unwound == [True]
+
+
+def test_the_kv_table_and_the_replay_read_the_retention_systems() -> None:
+    from rich.console import Console
+
+    from agentrt.bench.program_metrics import (
+        CallStats,
+        Distribution,
+        ProgramResult,
+        RunSummary,
+        ServerCounters,
+    )
+    from agentrt.bench.replay import predict
+    from agentrt.bench.serve import SystemResult
+    from agentrt.bench.serve_report import print_kv
+    from agentrt.sim.profile import load_profile
+
+    def system(label: str, hits: float) -> SystemResult:
+        run = RunSummary(rate=0.5, programs=1, completed=1, errors=0, makespan=1, throughput=1, token_throughput=1,
+                         latency=Distribution(mean=3.0, p50=3.0, p95=4.0, p99=4.0), token_latency=Distribution(),
+                         wait_share=0, ttft=Distribution(), itl=Distribution(), calls=2, prompt_tokens_per_call=1,
+                         completion_tokens_per_call=1, fairness=1,
+                         server=ServerCounters(prefix_queries=200, prefix_hits=hits, kv_pins=2))
+        calls = [CallStats(ttft=0.1, itl=0.01, prompt_tokens=100, completion_tokens=8, start=0.0, end=1.0,
+                           thread_id="0", call_id="a"),
+                 CallStats(ttft=0.1, itl=0.01, prompt_tokens=120, completion_tokens=8, start=2.0, end=3.0,
+                           thread_id="0", call_id="b", parent_call_id="a")]
+        program = ProgramResult(index=0, workload="react", arrival=0.0, latency=3.0, completion_tokens=16,
+                                prompt_tokens=220, wait_share=0.0, tool_time=1.0, calls=calls)
+        return SystemResult(label=label, base_url="", model="", runs=[run], programs=[[program]])
+
+    systems = [system("agentrt/fcfs+kv-off", 50), system("agentrt/fcfs+kv-ttl", 150), system("vllm", 0)]
+    console = Console(record=True, width=200)
+    print_kv(console, systems)
+    text = console.export_text()
+    assert "25.0%" in text and "75.0%" in text and "vllm" in text  # vllm: 0 of 200 tokens hit
+    predictions = predict(systems, load_profile("a100-llama3-8b"))
+    assert [(p.label, p.policy) for p in predictions] == [
+        ("agentrt/fcfs+kv-off", "fcfs"), ("agentrt/fcfs+kv-ttl", "fcfs")]

@@ -3,12 +3,14 @@ engine's own queue sampled; against the stand-in binary (a first-come-first-serv
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 from tests.unit.bench.llama_fakes import fake_llama_binary, flag, starts, write_gguf
 
+from agentrt.bench.compare import parse_fronts
 from agentrt.bench.engine_queue import parse_metrics
 from agentrt.cli import main
 
@@ -27,23 +29,25 @@ def test_compare_puts_agentrt_in_front_of_its_own_fresh_llama_server(
     out = tmp_path / "compare.json"
     model = write_gguf(tmp_path / "m.gguf", tied=True)
     code = main([
-        "bench", "compare", "--policies", "", "--llama-server", str(binary), "--llama-front", "plas",
+        "bench", "compare", "--policies", "", "--llama-server", str(binary), "--llama-front", "plas,fcfs@0",
         "--llama-model", str(model), "--llama-threads", "1", "--llama-slots", "2",
         "--workload", "chat", "--num-programs", "3", "--rate", "20", "--json", str(out),
         "--no-progress",
     ])  # fmt: skip
     assert code == 0
-    alone, front = json.loads(out.read_text())["systems"]
-    assert (alone["label"], front["label"]) == ("llama.cpp", "agentrt/plas+llama.cpp")
-    for system in (alone, front):
+    alone, front, strict = json.loads(out.read_text())["systems"]
+    labels = (alone["label"], front["label"], strict["label"])
+    assert labels == ("llama.cpp", "agentrt/plas+llama.cpp", "agentrt/fcfs@0+llama.cpp")
+    for system in (alone, front, strict):
         [run] = system["runs"]
         assert (run["completed"], run["errors"]) == (3, 0)
         queue = run["engine_queue"]
         assert queue["samples"] >= 1 and queue["processing_mean"] <= 2
-    # Two fresh servers, each with --metrics; agentrt keeps the engine's queue empty.
-    assert len(starts(tmp_path)) == 2
+    # Three fresh servers, each with --metrics; agentrt keeps at most its calls queued ahead there.
+    assert len(starts(tmp_path)) == 3
     assert all("--metrics" in argv and flag(argv, "--parallel") == "2" for argv in starts(tmp_path))
-    assert front["runs"][0]["engine_queue"]["deferred_max"] == 0
+    assert front["runs"][0]["engine_queue"]["deferred_max"] <= 1
+    assert strict["runs"][0]["engine_queue"]["deferred_max"] == 0
 
 
 def test_a_front_needs_the_llama_server_it_stands_in_front_of(
@@ -55,6 +59,13 @@ def test_a_front_needs_the_llama_server_it_stands_in_front_of(
     ])  # fmt: skip
     assert code == 2
     assert "--llama-front" in capsys.readouterr().out
+
+
+def test_front_entries_name_a_policy_and_optionally_the_calls_queued_ahead() -> None:
+    assert parse_fronts("plas, atlas@2,fcfs@0") == [("plas", None), ("atlas", 2), ("fcfs", 0)]
+    for bad in ("plas@", "plas@-1", "nope@1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_fronts(bad)
 
 
 def test_the_relay_benchmark_counts_every_token(tmp_path: Path) -> None:

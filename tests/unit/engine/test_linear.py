@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agentrt.engine.linear import MAX_PACKED_ROWS, PackedLinear, pack_linears, packing_available
+from agentrt.engine.linear import (
+    MAX_PACKED_ROWS,
+    MIN_PACKED_ROWS,
+    PackedLinear,
+    pack_linears,
+    packing_available,
+)
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="torch built without oneDNN")
 
@@ -60,3 +66,25 @@ def test_an_input_of_another_dtype_takes_the_dense_path() -> None:
     x = torch.randn(4, 24, dtype=torch.float64)
     layer = model.hidden.double()  # a later .to() changes the dense weight, not the packed one
     torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+@pytest.mark.parametrize(
+    ("rows", "packed"),
+    [
+        (1, False),
+        (MIN_PACKED_ROWS - 1, False),
+        (MIN_PACKED_ROWS, True),
+        (MAX_PACKED_ROWS, True),
+        (MAX_PACKED_ROWS + 1, False),
+    ],
+)
+def test_only_batched_decode_rows_use_the_packed_weight(rows: int, packed: bool) -> None:
+    # A packed copy of another weight shows which of the two a product used.
+    model = TwoLayers()
+    pack_linears(model)
+    layer = model.hidden
+    other = torch.randn_like(layer.weight)
+    layer.packed_weight = torch.ops.mkldnn._reorder_linear_weight(other, 32)
+    x = torch.randn(rows, 24)
+    expected = F.linear(x, other if packed else layer.weight, layer.bias)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-4)

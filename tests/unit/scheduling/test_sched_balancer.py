@@ -106,3 +106,37 @@ def test_pins_are_dropped_with_their_engine_and_with_their_program() -> None:
     assert lb.route("x", 1, 1.0) == "c"
     lb.table.end("x", 2.0)
     assert lb.remove_engine("c") == []
+
+
+def test_a_call_goes_back_to_the_engine_that_retains_its_programs_context() -> None:
+    lb = balancer("locality")
+    lb.table.start("p", 0.0)
+    assert lb.route("p", 10, 0.0) == "a"
+    lb.release("a")
+    lb.route("busy", 10, 0.0)  # a is now the busiest engine
+    lb.retained("p", "a", until=5.0)
+    assert lb.route("p", 10, 1.0) == "a"  # a short call, sent back to its prefix anyway
+    lb.release("a")
+    assert lb.route("p", 10, 1.0) == "b"  # taken by one call: then the usual rule
+
+
+def test_a_retained_context_past_its_ttl_or_on_a_lost_engine_is_not_followed() -> None:
+    lb = balancer("locality")
+    lb.table.start("p", 0.0)
+    lb.route("busy", 10, 0.0)
+    lb.retained("p", "a", until=5.0)
+    assert lb.route("p", 10, 6.0) == "b"  # expired
+    lb.release("b")
+    lb.retained("p", "c", until=50.0)
+    lb.remove_engine("c")
+    assert lb.route("p", 10, 7.0) == "b"  # c left: the least used of a and b
+    lb.retained("ended", "a", until=50.0)  # no entry: ignored
+    assert lb.table.get("ended") is None
+
+
+def test_only_the_locality_policy_follows_retained_contexts() -> None:
+    lb = balancer("least_used")
+    lb.table.start("p", 0.0)
+    lb.route("busy", 10, 0.0)
+    lb.retained("p", "a", until=5.0)
+    assert lb.route("p", 10, 1.0) == "b"

@@ -217,6 +217,68 @@ def test_program_end_unpins() -> None:
     assert not pol.pinned("a") and pol.pinned_units() == 0 and "a1" in pol
 
 
+# --- tool signals ---
+
+
+def test_a_tool_holds_the_pin_past_its_predicted_ttl_until_it_ends() -> None:
+    pol = policy(prior_interrupt_s=1.0, max_ttl_s=60.0, after_tool_s=2.0)
+    assert finish(pol, "a", 0.0, ["a1"]) == 1.0
+    pol.tool_started("a", 0.5, "search")
+    assert pol.in_tool("a") and pol.counters.held == 1
+    assert pol.expire(30.0) == []  # far past the predicted TTL: held
+    pol.tool_ended("a", 30.0)
+    assert not pol.in_tool("a")
+    assert pol.expire(31.0) == []  # the call that follows has after_tool_s
+    assert pol.expire(32.5) == ["a"]
+
+
+def test_a_held_pin_still_expires_at_the_maximum_ttl() -> None:
+    pol = policy(prior_interrupt_s=1.0, max_ttl_s=10.0)
+    finish(pol, "a", 0.0, ["a1"])
+    pol.tool_started("a", 0.5, "slow")
+    assert pol.expire(10.0) == []
+    assert pol.expire(11.0) == ["a"]
+
+
+def test_the_interrupt_is_learnt_under_the_tools_name() -> None:
+    pol = policy(min_samples=1)
+    finish(pol, "a", 0.0, ["a1"])
+    pol.tool_started("a", 0.1, "search")
+    pol.tool_ended("a", 3.0)
+    pol.call_arrived("a", 3.0)
+    assert list(pol.predictor.samples(tool="search", program_id=None)) == [3.0]
+
+
+def test_the_hold_lasts_while_any_thread_of_the_program_is_in_a_tool() -> None:
+    pol = policy(prior_interrupt_s=1.0, after_tool_s=1.0)
+    finish(pol, "a", 0.0, ["a1"])
+    pol.tool_started("a", 0.1, "x")
+    pol.tool_started("a", 0.2, "y")
+    pol.tool_ended("a", 5.0)
+    assert pol.in_tool("a") and pol.expire(20.0) == []
+    pol.tool_ended("a", 20.0)
+    assert pol.expire(21.5) == ["a"]
+
+
+def test_tool_signals_of_unpinned_or_ended_programs_change_nothing() -> None:
+    pol = policy(mode="off")
+    pol.tool_started("a", 0.0, "x")
+    pol.tool_ended("a", 1.0)
+    pol.tool_ended("b", 1.0)  # an end without a start
+    assert pol.counters.held == 0 and not pol.in_tool("a")
+    ttl = policy()
+    ttl.tool_started("a", 0.0, "x")
+    ttl.program_ended("a")
+    assert not ttl.in_tool("a")
+
+
+def test_a_call_finishing_while_another_thread_is_in_a_tool_is_held() -> None:
+    pol = policy(prior_interrupt_s=1.0, max_ttl_s=60.0)
+    pol.tool_started("a", 0.0, "x")
+    finish(pol, "a", 0.5, ["a1"])
+    assert pol.expire(30.0) == []
+
+
 # --- budget ---
 
 
@@ -248,6 +310,8 @@ def test_the_priority_of_the_active_policy() -> None:
 def test_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="pin_budget"):
         RetentionConfig(pin_budget=1.5)
+    with pytest.raises(ValueError, match="after_tool_s"):
+        RetentionConfig(after_tool_s=-1.0)
     with pytest.raises(ValueError, match="max_ttl_s"):
         RetentionConfig(max_ttl_s=float("inf"))
     with pytest.raises(ValueError, match="window"):

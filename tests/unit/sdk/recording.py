@@ -112,6 +112,8 @@ class RecordingServer:
     """``programs``: "supported" (201/200), or an HTTP status the program endpoints answer."""
 
     programs: str | int = "supported"
+    # The status ``POST /programs/{id}/tool`` answers (204 by default, as agentrt's server does).
+    tool_route: int = 204
     # Status codes to answer the next LLM calls with before succeeding (retry tests).
     fail_next: list[int] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
@@ -133,6 +135,8 @@ class RecordingServer:
                     if self.fail_next and "/programs" not in seen.path
                     else None
                 )
+            if "/programs" in seen.path and seen.path.endswith("/tool"):
+                return module.Response(self.tool_route)
             if "/programs" in seen.path:
                 if self.programs != "supported":
                     return module.Response(int(self.programs), json={"error": {"message": "no"}})
@@ -173,12 +177,21 @@ class RecordingServer:
         with self.lock:
             return [s for s in self.seen if h.is_llm_call_path(s.path)]
 
+    def tool_signals(self) -> list[tuple[str, str, str | None]]:
+        """(program id, state, tool) of every tool signal, in arrival order."""
+        with self.lock:
+            return [
+                (s.path.rsplit("/", 2)[-2], s.body["state"], s.body.get("tool"))
+                for s in self.seen
+                if s.path.endswith("/tool")
+            ]
+
     def program_requests(self) -> list[tuple[str, str]]:
-        """(method, program id) of every lifecycle request."""
+        """(method, program id) of every lifecycle request (tool signals aside)."""
         with self.lock:
             out = []
             for s in self.seen:
-                if "/programs" in s.path:
+                if "/programs" in s.path and not s.path.endswith("/tool"):
                     pid = (
                         s.body.get("program_id")
                         if s.method == "POST"

@@ -190,10 +190,15 @@ def agents_sdk() -> Any:
     return agents
 
 
-async def run_agent(server: Server, agents: Any, client: Any, tool: Any, name: str) -> None:
+async def run_agent(
+    server: Server, agents: Any, client: Any, tool: Any, name: str, api: str = "chat_completions"
+) -> None:
     from agentrt.integrations.openai_agents import AgentrtRunHooks
 
-    model = agents.OpenAIChatCompletionsModel(model="echo", openai_client=client)
+    if api == "responses":
+        model = agents.OpenAIResponsesModel(model="echo", openai_client=client)
+    else:
+        model = agents.OpenAIChatCompletionsModel(model="echo", openai_client=client)
     agent = agents.Agent(name="a", instructions="Be brief.", tools=[tool], model=model)
     async with agentrt.program(name) as ctx:
         result = await agents.Runner.run(agent, tool_call("lookup", q="x"), hooks=AgentrtRunHooks())
@@ -223,6 +228,44 @@ async def test_agents_sdk_chat_completions_with_a_function_tool(server: Server, 
     assert tool.params_json_schema["properties"] == {"q": {"title": "Q", "type": "string"}}
     client = openai.AsyncOpenAI(base_url=BASE_URL, api_key="k", http_client=server.async_http())
     await run_agent(server, agents, client, tool, "agent")
+
+
+@pytest.mark.usefixtures("instrumented")
+async def test_agents_sdk_responses_model_api_with_a_function_tool(server: Server) -> None:
+    """The SDK's default model API: ``/v1/responses``, the tool call and its output as items."""
+    agents = agents_sdk()
+    import openai
+
+    @agents.function_tool
+    async def lookup(q: str) -> str:
+        """Look q up."""
+        await asyncio.sleep(PAUSE)
+        return f"found {q}"
+
+    client = openai.AsyncOpenAI(base_url=BASE_URL, api_key="k", http_client=server.async_http())
+    await run_agent(server, agents, client, lookup, "agent-responses", api="responses")
+    first, second = server.engine.requests[-2:]
+    assert first.tools is not None and first.tools[0]["function"]["name"] == "lookup"
+    assert [m["role"] for m in second.messages] == ["system", "user", "assistant", "tool"]
+    assert second.messages[-1]["content"] == "found x"
+
+
+async def test_agents_sdk_responses_model_api_streamed(server: Server) -> None:
+    agents = agents_sdk()
+    import openai
+
+    @agents.function_tool
+    async def lookup(q: str) -> str:
+        """Look q up."""
+        return f"found {q}"
+
+    client = openai.AsyncOpenAI(base_url=BASE_URL, api_key="k", http_client=server.async_http())
+    model = agents.OpenAIResponsesModel(model="echo", openai_client=client)
+    agent = agents.Agent(name="a", instructions="Be brief.", tools=[lookup], model=model)
+    result = agents.Runner.run_streamed(agent, tool_call("lookup", q="y"))
+    kinds = [event.type async for event in result.stream_events()]
+    assert result.final_output == "found y"
+    assert "raw_response_event" in kinds and "run_item_stream_event" in kinds
 
 
 async def test_agents_sdk_with_instrument_client_alone(server: Server) -> None:

@@ -191,3 +191,26 @@ def test_app_and_http_client_together_are_refused(server: RecordingServer) -> No
 
     with pytest.raises(TypeError, match="either app= or http_client="):
         agentrt.OpenAI(app=app, http_client=httpx.Client(), api_key="k")
+
+
+def test_the_request_options_copy_is_a_model_copy_with_the_headers() -> None:
+    """The per-call copy of the options equals openai's own copy plus the assignment, and
+    leaves the caller's options as they were."""
+    from openai._compat import model_copy
+    from openai._models import FinalRequestOptions
+
+    from agentrt.sdk.openai_clients import with_headers
+
+    options = FinalRequestOptions.construct(
+        method="post", url="/chat/completions", json_data={"model": "m"}, max_retries=2
+    )
+    reference = model_copy(options)
+    reference.headers = {"x-agentrt-call": "c1"}
+    ours = with_headers(options, {"x-agentrt-call": "c1"})
+    assert type(ours) is FinalRequestOptions
+    assert ours.__dict__ == reference.__dict__
+    assert ours.model_fields_set == reference.model_fields_set
+    assert ours.__pydantic_extra__ == reference.__pydantic_extra__
+    assert ours.__pydantic_private__ == reference.__pydantic_private__
+    ours.json_data = {"model": "other"}
+    assert options.json_data == {"model": "m"} and "headers" not in options.model_fields_set

@@ -164,8 +164,88 @@ async def test_a_thread_returns_to_the_slot_that_holds_its_context() -> None:
     assert c.slot == b.slot  # B's main slot is nobody's now; A's is still A's
 
 
+async def test_calls_queued_ahead_are_sent_in_the_policys_order() -> None:
+    """One slot and one call ahead: two calls reach the engine, the rest wait here in PLAS order."""
+    q = AdmissionQueue(SchedulerConfig(policy="plas"), limit=1, ahead=1, clock=Clock())
+    running = await q.acquire("running", "p0", "main", 0.0)
+    ahead = await q.acquire("ahead", "p1", "main", 0.0)
+    assert (running.ahead, ahead.ahead) == (False, True) and ahead.slot is None
+    assert q.inflight == 2
+    grants: dict[str, Grant] = {}
+    order: list[str] = []
+    async with anyio.create_task_group() as tg:
+        await _waits(q, [("heavy", "h", 40.0), ("light", "l", 0.0)], grants, tg)
+        assert q.waiting == 2 and not grants
+        q.release(running)  # the call ahead starts in the engine; the head of the order goes ahead
+        await anyio.wait_all_tasks_blocked()
+        assert list(grants) == ["light"] and grants["light"].ahead
+        order.append("light")
+        q.release(ahead)
+        await anyio.wait_all_tasks_blocked()
+        assert [c for c in grants if c not in order] == ["heavy"]
+        q.release(grants["light"])
+        q.release(grants["heavy"])
+    assert q.inflight == 0 and q.waiting == 0
+
+
+async def test_a_call_queued_ahead_takes_the_slot_that_frees_first() -> None:
+    q = AdmissionQueue(SchedulerConfig(policy="plas"), limit=2, ahead=1, slots=True, clock=Clock())
+    a = await q.acquire("a1", "A", "main", 0.0)
+    b = await q.acquire("b1", "B", "main", 0.0)
+    c = await q.acquire("c1", "C", "main", 0.0)
+    assert c.ahead and c.slot is None  # sent naming no slot: the engine gives it the first free
+    q.release(b)
+    assert c.slot == b.slot  # the engine started it in B's slot
+    d = await q.acquire("d1", "D", "main", 0.0)
+    assert d.ahead and d.slot is None
+    q.release(d)  # it left while still queued at the engine: no slot to free
+    assert q.inflight == 2
+    q.release(c)
+    # C's thread now holds B's old slot: it goes back there when it is free.
+    c2 = await q.acquire("c2", "C", "main", 0.0)
+    assert c2.slot == b.slot and not c2.ahead
+    q.release(a)
+    q.release(c2)
+    assert q.inflight == 0
+
+
+async def test_a_thread_whose_slot_is_taken_is_saved_and_restored_where_it_runs_next() -> None:
+    q = AdmissionQueue(
+        SchedulerConfig(policy="plas"), limit=1, slots=True, save=True, clock=Clock()
+    )
+    a = await q.acquire("a1", "A", "main", 0.0)
+    assert (a.slot, a.save, a.restore) == (0, None, None)
+    q.release(a)
+    a2 = await q.acquire("a2", "A", "main", 0.0)  # its own slot: nothing to move
+    assert (a2.save, a2.restore) == (None, None)
+    q.release(a2)
+    b = await q.acquire("b1", "B", "main", 0.0)  # takes A's slot: A is saved first
+    assert (b.save, b.restore) == ("A\x00main", None)
+    q.release(b)
+    a3 = await q.acquire("a3", "A", "main", 0.0)  # B is saved, A restored
+    assert (a3.save, a3.restore) == ("B\x00main", "A\x00main")
+    q.unsaved("B\x00main")  # the server refused to save B: B's next call computes it again
+    q.release(a3)
+    b2 = await q.acquire("b2", "B", "main", 0.0)
+    assert (b2.save, b2.restore) == ("A\x00main", None)
+    q.release(b2)
+    q.end_program("A")  # an ended program's saved context is never restored
+    a4 = await q.acquire("a4", "A", "main", 0.0)
+    assert a4.restore is None
+    q.release(a4)
+
+
+def test_saving_slots_needs_them_told_apart_and_no_call_ahead() -> None:
+    with pytest.raises(ValueError, match="told apart"):
+        AdmissionQueue(limit=2, save=True)
+    with pytest.raises(ValueError, match="queue_ahead=0"):
+        AdmissionQueue(limit=2, slots=True, ahead=1, save=True)
+
+
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_inflight"):
         AdmissionQueue(limit=0)
+    with pytest.raises(ValueError, match="queue_ahead"):
+        AdmissionQueue(limit=1, ahead=-1)
     with pytest.raises(ValueError, match="bound"):
         AdmissionQueue(limit=None, slots=True)

@@ -38,7 +38,7 @@ def error_of(response: Any) -> dict[str, Any]:
             "messages",
             "Invalid enum value",
         ),
-        ({"messages": USER}, None, "missing required field `model`"),
+        ({"messages": USER}, "model", "missing required field `model`"),
         ({"model": "echo", "messages": []}, "messages", "must not be empty"),
         (
             {"model": "echo", "messages": USER, "temperature": 3},

@@ -18,7 +18,7 @@ USER = [{"role": "user", "content": "hello world"}]
 HUGE_INTS = [2**63, 2**64 - 1, 2**64, 10**30, -(2**63) - 1]
 HUGE_FLOATS = [1e308, -1e308]
 
-# (field, value past its bound): each must be refused by both endpoints.
+# (field, value past its bound): each must be refused by every generation endpoint.
 PAST_THE_BOUND: list[tuple[str, Any]] = [
     ("top_k", INT32_MAX + 1),
     ("top_k", -2),
@@ -56,12 +56,13 @@ def error_of(response: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("field", "value"), PAST_THE_BOUND)
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/responses"])
 def test_a_value_past_its_bound_is_a_400_naming_the_field(
     path: str, field: str, value: Any
 ) -> None:
     body: dict[str, Any] = {"model": "echo", field: value}
-    body.update({"messages": USER} if path.endswith("chat/completions") else {"prompt": "hi"})
+    inputs = {"chat/completions": {"messages": USER}, "responses": {"input": "hi"}}
+    body.update(next((v for k, v in inputs.items() if path.endswith(k)), {"prompt": "hi"}))
     with serving() as (app, engine):
         response = raw_client(app).post(path, json=body)
     assert response.status_code == 400, response.text

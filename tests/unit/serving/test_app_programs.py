@@ -5,6 +5,8 @@ from __future__ import annotations
 from tests.unit.serving.inprocess_clients import raw_client, serving, sync_client
 
 import agentrt
+from agentrt.protocol.engine import ToolSignals
+from agentrt.protocol.programs import ToolEvent
 from agentrt.serving.inprocess import AppRunner
 from agentrt.testing.echo import EchoEngine
 
@@ -123,3 +125,41 @@ def test_the_sdk_announces_and_ends_programs_and_reports_tool_time() -> None:
     assert calls == "2"
     assert float(interrupt) >= 0.01
     assert len(engine.ended_programs) == 1
+
+
+class ToolListeningEngine(EchoEngine):
+    """An echo engine that hears tool signals (``ToolSignals``), recording them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tool_events: list[tuple[str, str, str | None]] = []
+
+    async def tool_event(self, program_id: str, event: ToolEvent) -> None:
+        self.tool_events.append((program_id, event.state, event.tool))
+
+
+def test_tool_signals_reach_an_engine_that_listens_and_bad_ones_are_400s() -> None:
+    engine = ToolListeningEngine()
+    with serving(engine) as (app, _):
+        http = raw_client(app)
+        start = http.post("/v1/programs/p1/tool", json={"state": "start", "tool": "search"})
+        end = http.post("/v1/programs/p1/tool", json={"state": "end", "thread_id": "0"})
+        unknown = http.post("/v1/programs/never-seen/tool", json={"state": "end"})
+        bad_state = http.post("/v1/programs/p1/tool", json={"state": "paused"})
+        bad_field = http.post("/v1/programs/p1/tool", json={"state": "end", "extra": 1})
+        bad_id = http.post("/v1/programs/bad%20id/tool", json={"state": "end"})
+    assert (start.status_code, end.status_code, unknown.status_code) == (204, 204, 204)
+    assert engine.tool_events == [
+        ("p1", "start", "search"),
+        ("p1", "end", None),
+        ("never-seen", "end", None),
+    ]
+    for reply in (bad_state, bad_field, bad_id):
+        assert reply.status_code == 400
+        assert reply.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_tool_signals_to_an_engine_that_does_not_listen_are_accepted() -> None:
+    with serving() as (app, engine):
+        reply = raw_client(app).post("/v1/programs/p1/tool", json={"state": "start"})
+    assert reply.status_code == 204 and not isinstance(engine, ToolSignals)

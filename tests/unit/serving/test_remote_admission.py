@@ -28,7 +28,7 @@ from agentrt.testing.echo import EchoEngine
 TOKENS = SchedulerConfig(policy="plas", service_unit="tokens", first_boundary=16)
 
 
-def backend(url: str, spec: str = "openai+{url},max_inflight=1") -> RemoteBackend:
+def backend(url: str, spec: str = "openai+{url},max_inflight=1,queue_ahead=0") -> RemoteBackend:
     return RemoteBackend("r", parse_backend(spec.format(url=url)), scheduler=TOKENS)
 
 
@@ -36,12 +36,43 @@ def programs_in_start_order(engine: EchoEngine) -> list[str]:
     return [r.program.program_id if r.program else "" for r in engine.requests]
 
 
-async def test_backend_specs_carry_max_inflight() -> None:
-    assert parse_backend("llamacpp+http://h:8080,max_inflight=4").max_inflight == 4
+async def test_backend_specs_carry_max_inflight_and_queue_ahead() -> None:
+    spec = parse_backend("llamacpp+http://h:8080,max_inflight=4,queue_ahead=2")
+    assert (spec.max_inflight, spec.queue_ahead) == (4, 2)
+    assert parse_backend("http://h:8080,queue_ahead=0").queue_ahead == 0
+    assert parse_backend("llamacpp+http://h:8080,slot_save=1").slot_save
     assert parse_backend("http://h:8080").max_inflight is None
-    for bad in ("http://h:8080,max_inflight=0", "http://h:8080,slots=2", "http://h,max_inflight=x"):
+    for bad in (
+        "http://h:8080,max_inflight=0",
+        "http://h:8080,slots=2",
+        "http://h,max_inflight=x",
+        "http://h,queue_ahead=-1",
+        "http://h,slot_save=2",
+    ):
         with pytest.raises(ValueError, match="max_inflight"):
             parse_backend(bad)
+
+
+async def test_one_call_waits_in_the_servers_queue_and_the_rest_here() -> None:
+    engine = EchoEngine(slots=1, token_delay=0.01)
+    async with serving(engine) as (url, _):
+        remote = backend(url, "openai+{url},max_inflight=1,queue_ahead=1")
+        async with Router([remote], config=FAST, scheduler=TOKENS) as router:
+            await collect(router, chat("warm", "w " * 40, program="heavy"))
+            blocker = router.generate(chat("block", "w " * 30, program="other"))
+            await blocker.__anext__()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(collect, router, chat("ahead", "x y", program="first"))
+                await eventually(lambda: engine.stats().waiting == 1)
+                tg.start_soon(collect, router, chat("h2", "x y", program="heavy"))
+                await eventually(lambda: remote.admission.waiting == 1)
+                tg.start_soon(collect, router, chat("l1", "x y", program="light"))
+                await eventually(lambda: remote.admission.waiting == 2)
+                assert engine.stats().waiting == 1 and remote.admission.inflight == 2
+                await blocker.aclose()  # type: ignore[attr-defined]
+            assert programs_in_start_order(engine) == ["heavy", "other", "first", "light", "heavy"]
+            assert engine.peak_running == 1
+    assert remote.admission.inflight == 0
 
 
 async def test_waiting_calls_start_in_the_policys_order_not_the_servers() -> None:
@@ -154,9 +185,10 @@ async def test_calls_in_flight_and_waiting_fail_when_the_server_goes_away() -> N
 
 @asynccontextmanager
 async def llama_like(
-    engine: EchoEngine, slots: int
+    engine: EchoEngine, slots: int, actions: list[tuple[str, str, str]] | None = None
 ) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """The echo server with llama.cpp's ``/props`` (``total_slots``), keeping each call's body."""
+    """The echo server with llama.cpp's ``/props`` (``total_slots``), keeping each call's body;
+    with ``actions``, it takes slot saves and restores and keeps them as (slot, action, file)."""
     bodies: list[dict[str, Any]] = []
     async with serving(engine) as (url, recorder):
         inner = recorder.app
@@ -164,6 +196,16 @@ async def llama_like(
         async def app(scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] == "http" and scope["path"] == "/props":
                 await JSONResponse({"total_slots": slots})(scope, receive, send)
+                return
+            if (
+                scope["type"] == "http"
+                and scope["path"].startswith("/slots/")
+                and actions is not None
+            ):
+                body = json.loads((await receive())["body"])
+                action = scope["query_string"].decode().removeprefix("action=")
+                actions.append((scope["path"].removeprefix("/slots/"), action, body["filename"]))
+                await JSONResponse({"id_slot": 0})(scope, receive, send)
                 return
             if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
                 await inner(scope, receive, send)
@@ -213,3 +255,32 @@ async def test_a_configured_bound_wins_over_the_servers_slots() -> None:
             assert remote.admission.limit == 2
             await collect(router, chat("c", "hi", program="p"))
     assert "id_slot" not in bodies[0]  # fewer calls than slots: the server picks
+
+
+async def test_a_program_whose_slot_is_taken_is_saved_and_then_restored() -> None:
+    engine = EchoEngine(slots=1, token_delay=0.001)
+    actions: list[tuple[str, str, str]] = []
+    async with llama_like(engine, 1, actions) as (url, bodies):
+        remote = RemoteBackend("r", parse_backend(f"llamacpp+{url},slot_save=1"), scheduler=TOKENS)
+        async with Router([remote], config=FAST, scheduler=TOKENS) as router:
+            assert remote.admission.ahead == 0  # calls sent ahead could not be saved first
+            for call_id, program in (("a1", "a"), ("a2", "a"), ("b1", "b"), ("a3", "a")):
+                await collect(router, chat(call_id, "hi", program=program))
+    assert [b["id_slot"] for b in bodies] == [0, 0, 0, 0]
+    (slot_a, save_a, file_a), (slot_b, save_b, file_b), (slot_r, restore, file_r) = actions
+    assert (save_a, save_b, restore) == ("save", "save", "restore")
+    assert slot_a == slot_b == slot_r == "0"
+    assert file_r == file_a != file_b and file_a.startswith("agentrt-")
+
+
+async def test_without_a_save_path_the_call_runs_and_is_recomputed() -> None:
+    engine = EchoEngine(slots=1, token_delay=0.001)
+    async with llama_like(engine, 1) as (url, bodies):  # /slots answers 404 here
+        remote = RemoteBackend("r", parse_backend(f"llamacpp+{url},slot_save=1"), scheduler=TOKENS)
+        async with Router([remote], config=FAST, scheduler=TOKENS) as router:
+            for call_id, program in (("a1", "a"), ("b1", "b"), ("a2", "a")):
+                events = await collect(router, chat(call_id, "hi", program=program))
+                assert events[-1].finish_reason == "stop"
+            slots = remote.admission._slots
+            assert slots is not None and not slots.saved  # A's save failed: nothing to restore
+    assert len(bodies) == 3

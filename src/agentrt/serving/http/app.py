@@ -1,7 +1,7 @@
 """The OpenAI-compatible ASGI app over one :class:`EngineClient` (an engine, or the router).
 
 ``create_app(engine, config)`` returns a Starlette app with
-``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``,
+``/v1/chat/completions``, ``/v1/completions``, ``/v1/responses``, ``/v1/models``,
 ``/v1/programs``, ``/health`` and ``/metrics``. The same app is served by
 uvicorn (``agentrt serve``) and in-process (:mod:`agentrt.serving.inprocess`).
 Bodies are decoded once, with typed msgspec decoders; every error is an
@@ -32,10 +32,11 @@ from agentrt.serving.http.endpoints import (
     list_models,
     list_programs,
     metrics,
+    program_tool,
     start_program,
 )
 from agentrt.serving.http.errors import APIError
-from agentrt.serving.http.llm_endpoints import chat_completions, completions
+from agentrt.serving.http.llm_endpoints import chat_completions, completions, responses
 from agentrt.serving.http.middleware import (
     RequestIdMiddleware,
     api_error,
@@ -90,12 +91,14 @@ def create_app(
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", list_models, methods=["GET"]),
         Route("/v1/programs", start_program, methods=["POST"]),
         Route("/v1/programs", list_programs, methods=["GET"]),
         Route("/v1/programs/{program_id}", get_program, methods=["GET"]),
         Route("/v1/programs/{program_id}", end_program, methods=["DELETE"]),
+        Route("/v1/programs/{program_id}/tool", program_tool, methods=["POST"]),
         Route("/v1/engine/stats", engine_stats, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

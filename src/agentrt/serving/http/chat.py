@@ -19,7 +19,7 @@ from agentrt.protocol.openai import (
     ToolCallFunctionDelta,
     TopLogprobEntry,
 )
-from agentrt.serving.http.render import Reply
+from agentrt.serving.http.render import Renderer, Reply
 from agentrt.serving.http.toolcalls import ToolCallStream, parse_tool_calls
 
 
@@ -58,7 +58,7 @@ class _Choice:
             self.stop_reason = event.stop_reason
 
 
-class ChatRenderer:
+class ChatRenderer(Renderer):
     """The chat answer of one engine call; with ``tool_names``, tool calls are parsed out of the text."""
 
     def __init__(self, reply: Reply, tool_names: set[str]) -> None:
@@ -119,8 +119,8 @@ class ChatRenderer:
             out += self._finish(i, event)
         return out
 
-    def usage_chunk(self) -> ChatCompletionChunk:
-        return self.reply.usage_chunk(ChatCompletionChunk)
+    def closing(self) -> list[msgspec.Struct]:
+        return [self.reply.usage_chunk(ChatCompletionChunk)] if self.reply.include_usage else []
 
     def _finish(self, i: int, event: TokenEvent) -> list[msgspec.Struct]:
         """The chunks that end choice ``i``: the text and tool calls held back, then the finish reason."""

@@ -14,7 +14,7 @@ from agentrt.protocol.openai import (
     CompletionChunk,
     CompletionLogprobs,
 )
-from agentrt.serving.http.render import Reply
+from agentrt.serving.http.render import Renderer, Reply
 
 
 def completion_logprobs(
@@ -40,7 +40,7 @@ class _Choice:
         self.stop_reason: str | int | None = None
 
 
-class CompletionRenderer:
+class CompletionRenderer(Renderer):
     """The completion answer of a request's calls, one per prompt; ``echo_prompts`` start their choices."""
 
     def __init__(self, reply: Reply, echo_prompts: list[str] | None) -> None:
@@ -93,5 +93,5 @@ class CompletionRenderer:
         )
         return [self.reply.chunk(CompletionChunk, [choice])]
 
-    def usage_chunk(self) -> CompletionChunk:
-        return self.reply.usage_chunk(CompletionChunk)
+    def closing(self) -> list[msgspec.Struct]:
+        return [self.reply.usage_chunk(CompletionChunk)] if self.reply.include_usage else []

@@ -1,4 +1,4 @@
-"""``/v1/models``, ``/v1/programs`` (start, inspect, list, end), ``/v1/engine/stats``,
+"""``/v1/models``, ``/v1/programs`` (start, inspect, list, end, tool signals), ``/v1/engine/stats``,
 ``/health`` and ``/metrics``."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from agentrt.protocol.engine import EngineError, ProgramTag
+from agentrt.protocol.engine import EngineError, ProgramTag, ToolSignals
 from agentrt.protocol.headers import PROGRAM, HeaderError, parse_headers
 from agentrt.protocol.openai import Model, ModelList
-from agentrt.protocol.programs import program_start_decoder
+from agentrt.protocol.programs import program_start_decoder, tool_event_decoder
 from agentrt.serving.http.auth import scoped_id
 from agentrt.serving.http.bodies import decode_body, json_response
 from agentrt.serving.http.errors import (
@@ -78,6 +78,24 @@ async def end_program(request: Request) -> Response:
         raise _unknown_program(program_id)
     await state.engine.end_program(scoped_id(tenant, program_id))
     return json_response(info)
+
+
+async def program_tool(request: Request) -> Response:
+    """A thread of the program entered or left a tool: 204, forwarded to an engine that
+    listens (its KV retention holds the program's context meanwhile). Unknown programs are
+    no error: the signal is advisory, and a 404 tells the SDK the route does not exist."""
+    state = server_state(request)
+    body = await decode_body(request, tool_event_decoder, state.config)
+    try:
+        parsed = parse_headers({PROGRAM: request.path_params["program_id"]})
+    except HeaderError as e:
+        raise bad_request(f"invalid program id: {e}", param="program_id") from None
+    if parsed is None:
+        raise bad_request("the program id must not be empty", param="program_id")
+    engine = state.engine
+    if isinstance(engine, ToolSignals):
+        await engine.tool_event(scoped_id(tenant_of(request), parsed.program_id), body)
+    return Response(status_code=204)
 
 
 async def get_program(request: Request) -> Response:

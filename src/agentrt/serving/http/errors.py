@@ -108,13 +108,14 @@ def internal_error() -> APIError:
 
 
 _PATH = re.compile(r"`\$\.([A-Za-z_][A-Za-z0-9_]*)")
+_MISSING = re.compile(r"missing required field `([A-Za-z_][A-Za-z0-9_]*)`")
 
 
 def from_decode_error(error: msgspec.DecodeError) -> APIError:
     """A body msgspec could not decode: malformed JSON or a field of the wrong type or value."""
     message = str(error)
     if isinstance(error, msgspec.ValidationError):
-        match = _PATH.search(message)
+        match = _PATH.search(message) or _MISSING.search(message)
         return bad_request(
             f"invalid request body: {message}", param=match.group(1) if match else None
         )

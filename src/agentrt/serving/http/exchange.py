@@ -49,11 +49,12 @@ class Channel:
             {"content-type": "text/event-stream; charset=utf-8", **SSE_HEADERS, **(headers or {})},
         )
 
-    async def event(self, data: bytes) -> None:
-        await self._body(b"data: " + data + b"\n\n", more=True)
+    async def event(self, data: bytes, name: str | None = None) -> None:
+        head = b"event: " + name.encode() + b"\n" if name else b""
+        await self._body(head + b"data: " + data + b"\n\n", more=True)
 
-    async def close_stream(self) -> None:
-        await self._body(b"data: [DONE]\n\n", more=False)
+    async def close_stream(self, done_marker: bool = True) -> None:
+        await self._body(b"data: [DONE]\n\n" if done_marker else b"", more=False)
 
     async def _start(self, status: int, headers: dict[str, str]) -> None:
         self.started = True

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import msgspec
 
 from agentrt.log import get_logger
 from agentrt.protocol.engine import EngineError, TokenEvent
@@ -40,6 +41,9 @@ class Generation:
     tenant: str
     stream: bool
     interrupt: float = 0.0  # seconds the program spent in tools since its previous call
+    # Called once every call has ended normally, before the whole body or the stream's
+    # closing chunks are rendered.
+    on_done: Callable[[], None] | None = None
 
     @property
     def trackers(self) -> list[CallTracker]:
@@ -74,6 +78,7 @@ class Generation:
             await self._call(tracker, keep)
 
         await self._each(run)
+        self._done()
         body = encoder.encode(renderer.body())
         await channel.json(200, body, self._headers(self.trackers[0]))
 
@@ -92,16 +97,25 @@ class Generation:
                     if not channel.started:
                         await channel.open_stream(headers)
                     for chunk in chunks:
-                        await channel.event(encoder.encode(chunk))
+                        await self._send(channel, chunk)
 
             await self._call(tracker, send)
 
         await self._each(run)
+        self._done()
         if not channel.started:
             await channel.open_stream(headers)
-        if renderer.reply.include_usage:
-            await channel.event(encoder.encode(renderer.usage_chunk()))
-        await channel.close_stream()
+        for chunk in renderer.closing():
+            await self._send(channel, chunk)
+        await channel.close_stream(renderer.sse.done_marker)
+
+    async def _send(self, channel: Channel, chunk: msgspec.Struct) -> None:
+        name = getattr(chunk, "type", None) if self.renderer.sse.named_events else None
+        await channel.event(encoder.encode(chunk), name)
+
+    def _done(self) -> None:
+        if self.on_done is not None:
+            self.on_done()
 
     async def _call(
         self, tracker: CallTracker, on_event: Callable[[TokenEvent], Coroutine[Any, Any, None]]
@@ -134,11 +148,11 @@ class Generation:
                 streaming=channel.started,
             )
             error = internal_error()
-        body = encoder.encode(error.body())
         if channel.started:
-            await channel.event(body)
-            await channel.close_stream()
+            await self._send(channel, self.renderer.stream_error(error))
+            await channel.close_stream(self.renderer.sse.done_marker)
         else:
+            body = encoder.encode(error.body())
             await channel.json(error.status, body, {**error_headers(error), **self._headers(None)})
 
     def _headers(self, tracker: CallTracker | None) -> dict[str, str]:

@@ -1,8 +1,8 @@
-"""``/v1/chat/completions`` and ``/v1/completions``: one handler each, from the request to its answer.
+"""``/v1/chat/completions``, ``/v1/completions`` and ``/v1/responses``: one handler each, from the request to its answer.
 
 Each handler reads the request (:func:`_intake`: body, model, program
 headers), turns it into engine calls (:mod:`.params`), pairs them with the
-endpoint's renderer (:mod:`.chat`, :mod:`.completions`) and returns the
+endpoint's renderer (:mod:`.chat`, :mod:`.completions`, :mod:`.responses`) and returns the
 :class:`~.generation.Generation` that runs them, as an :class:`~.exchange.Exchange`
 that cancels it if the client goes away. A request refused at intake raises
 before anything is sent, and the app answers it as a JSON error.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from starlette.requests import Request
 from agentrt.protocol.engine import GenerationRequest, ProgramTag
 from agentrt.protocol.headers import CallHeaders
 from agentrt.protocol.openai import chat_request_decoder, completion_request_decoder
+from agentrt.protocol.responses import responses_request_decoder
 from agentrt.serving.http.auth import scoped_id, unscoped_id
 from agentrt.serving.http.bodies import call_headers, decode_body, program_tag
 from agentrt.serving.http.calls import CallTracker
@@ -29,6 +31,8 @@ from agentrt.serving.http.exchange import Exchange
 from agentrt.serving.http.generation import Generation
 from agentrt.serving.http.params import chat_request, check_model, completion_requests
 from agentrt.serving.http.render import Renderer, Reply
+from agentrt.serving.http.response_params import responses_call
+from agentrt.serving.http.responses import ResponsesRenderer
 from agentrt.serving.http.state import ServerState, server_state, tenant_of
 
 
@@ -59,9 +63,33 @@ async def completions(request: Request) -> Exchange:
     return intake.exchange(CompletionRenderer(reply, echo))
 
 
+async def responses(request: Request) -> Exchange:
+    intake = await _intake(request, responses_request_decoder)
+    body, state = intake.body, intake.state
+    call = responses_call(
+        body,
+        state.config,
+        state.responses,
+        tenant=intake.tenant,
+        call_id=intake.engine_call_id,
+        program=intake.program,
+        arrival=intake.arrival,
+    )
+    reply = intake.reply([call.request], "resp_")
+    store = state.responses.enabled and body.store is not False
+    renderer = ResponsesRenderer(reply, body, call.tool_names, stored=store)
+
+    def keep() -> None:
+        if store:
+            conversation = (*call.conversation, renderer.output_message())
+            renderer.stored = state.responses.put(intake.tenant, reply.response_id, conversation)
+
+    return intake.exchange(renderer, on_done=keep)
+
+
 @dataclass
 class _Intake:
-    """What both endpoints read off a request before building their engine calls."""
+    """What every endpoint reads off a request before building its engine calls."""
 
     state: ServerState
     body: Any
@@ -93,7 +121,7 @@ class _Intake:
             include_usage=bool(self.body.stream and options is not None and options.include_usage),
         )
 
-    def exchange(self, renderer: Renderer) -> Exchange:
+    def exchange(self, renderer: Renderer, on_done: Callable[[], None] | None = None) -> Exchange:
         return Exchange(
             Generation(
                 state=self.state,
@@ -101,6 +129,7 @@ class _Intake:
                 tenant=self.tenant,
                 stream=bool(self.body.stream),
                 interrupt=self.headers.interrupt_seconds if self.headers else 0.0,
+                on_done=on_done,
             ),
             log_level=self.state.log_level,
         )

@@ -107,6 +107,16 @@ class EngineStatsCollector(Collector):
             s.prefix_hit_rate,
         )
         yield _counter(
+            "agentrt:prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache.",
+            s.prefix_queried_tokens,
+        )
+        yield _counter(
+            "agentrt:prefix_cache_hits",
+            "Prompt tokens found in the prefix cache.",
+            s.prefix_hit_tokens,
+        )
+        yield _counter(
             "agentrt:num_preemptions",
             "Calls preempted (swap or recompute).",
             s.preemptions_swap + s.preemptions_recompute,
@@ -141,6 +151,11 @@ class EngineStatsCollector(Collector):
             "agentrt:num_kv_pins_yielded",
             "Pins evicted because running calls needed the blocks.",
             s.kv_pins_yielded,
+        )
+        yield _counter(
+            "agentrt:num_kv_pins_held",
+            "Pins held while the client said their program's tool was running.",
+            s.kv_pins_held,
         )
         yield _counter(
             "agentrt:num_kv_pins_offloaded",

@@ -22,6 +22,9 @@ from agentrt.protocol.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     NamedToolChoice,
+    SamplingFields,
+    ToolChoice,
+    ToolDefinition,
     chat_message_dict,
 )
 from agentrt.serving.config import ServerConfig
@@ -31,7 +34,7 @@ DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
 def sampling_params(
-    body: ChatCompletionRequest | CompletionRequest,
+    body: SamplingFields,
     config: ServerConfig,
     *,
     max_tokens: int | None,
@@ -86,14 +89,14 @@ def _refuse(violation: Violation | None) -> None:
         raise bad_request(violation.message, param=violation.param)
 
 
-def offered_tools(body: ChatCompletionRequest) -> tuple[list[dict[str, Any]] | None, set[str]]:
+def offered_tools(
+    tools: list[ToolDefinition], choice: ToolChoice | None
+) -> tuple[list[dict[str, Any]] | None, set[str]]:
     """The tools to show the chat template, and the names whose calls the output may contain.
 
     ``tool_choice="none"`` keeps the tools in the prompt (as OpenAI and vLLM
     do) but no call is parsed; a named choice offers only that function.
     """
-    tools = body.tools or []
-    choice = body.tool_choice
     if choice is not None and choice != "none" and not tools:
         raise bad_request("tool_choice needs tools", param="tool_choice")
     names = [t.function.name for t in tools]
@@ -140,7 +143,7 @@ def chat_request(
         raise bad_request("messages must not be empty", param="messages")
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
-    tools, tool_names = offered_tools(body)
+    tools, tool_names = offered_tools(body.tools or [], body.tool_choice)
     max_tokens = (
         body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     )

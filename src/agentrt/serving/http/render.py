@@ -1,6 +1,6 @@
 """What a renderer turns engine events into an OpenAI answer with, and what it must offer.
 
-A renderer (:mod:`.chat`, :mod:`.completions`) is pure: it reads the events
+A renderer (:mod:`.chat`, :mod:`.completions`, :mod:`.responses`) is pure: it reads the events
 of a request's engine calls and the calls' trackers, and returns response
 bodies and chunks. It does no I/O and calls nothing back; taking a slot,
 running the calls, sending and reporting errors is :mod:`.generation`'s job.
@@ -18,6 +18,7 @@ import msgspec
 from agentrt.protocol.engine import TokenEvent
 from agentrt.protocol.openai import PromptTokensDetails, UsageInfo
 from agentrt.serving.http.calls import CallTracker
+from agentrt.serving.http.errors import APIError
 
 T = TypeVar("T")
 
@@ -70,10 +71,27 @@ class Reply:
         return self.whole(make, [])
 
 
+@dataclass(frozen=True)
+class SSEFormat:
+    """How a stream frames its events."""
+
+    named_events: bool  # an ``event:`` line before each event's data, naming its ``type``
+    done_marker: bool  # ``data: [DONE]`` ends the stream
+
+
+CHUNKS = SSEFormat(named_events=False, done_marker=True)  # chat and completions
+EVENTS = SSEFormat(named_events=True, done_marker=False)  # the Responses API
+
+
 class Renderer(Protocol):
-    """Engine events of call ``call`` (the index of its tracker) in, OpenAI bodies and chunks out."""
+    """Engine events of call ``call`` (the index of its tracker) in, OpenAI bodies and chunks out.
+
+    Renderers subclass it for its defaults: chat-style chunks ended by ``[DONE]``, and the
+    error body as the event that reports an error once the stream is open.
+    """
 
     reply: Reply
+    sse: SSEFormat = CHUNKS
 
     def add(self, call: int, event: TokenEvent) -> None:
         """Keep an event for the whole body (a request that does not stream)."""
@@ -84,5 +102,10 @@ class Renderer(Protocol):
     def chunks(self, call: int, event: TokenEvent) -> list[msgspec.Struct]:
         """The SSE chunks one event of a streamed request becomes (maybe none)."""
 
-    def usage_chunk(self) -> msgspec.Struct:
-        """The last chunk of a stream that asked for the usage."""
+    def closing(self) -> list[msgspec.Struct]:
+        """The chunks of a stream after its calls' last events (chat-style: the usage chunk,
+        when the request asked for it)."""
+
+    def stream_error(self, error: APIError) -> msgspec.Struct:
+        """What an error becomes once the stream is open: the error body as one event."""
+        return error.body()

@@ -12,6 +12,7 @@ from agentrt.serving.http.auth import KeyRing
 from agentrt.serving.http.limits import RequestLimiter, TenantLimiter
 from agentrt.serving.http.metrics import ServerMetrics
 from agentrt.serving.http.programs import ProgramDirectory
+from agentrt.serving.http.response_store import ResponseStore
 
 
 class ServerState:
@@ -33,6 +34,7 @@ class ServerState:
             self._engine_stats, lambda: self.limiter.queued, lambda: len(self.programs)
         )
         self.programs = ProgramDirectory(self.metrics, max_programs=self._tenant_programs)
+        self.responses = ResponseStore(config.responses_store_size, config.responses_store_bytes)
 
     def _tenant_share(self, tenant: str) -> tuple[int, int]:
         """A tenant's in-flight and queued requests: its key-file entry, else the config's, else

@@ -21,11 +21,27 @@ a program's thread goes back to the slot that holds its context when that
 slot is free; otherwise it takes a slot no thread holds, else the one used
 least recently, so a thread whose own slot is busy does not wait for it
 while another slot idles.
+
+With ``ahead`` the engine is sent up to that many calls beyond its slots,
+still released in the policy's order: they wait in the engine's own queue
+and start the moment a slot frees, where a call released only then would
+leave the slot idle for the relay's round trip. Those calls name no slot
+(the engine gives them whichever frees first); with ``slots``, the one sent
+ahead longest is taken to be in the slot that frees next, which is what a
+first-come-first-served engine does with calls that name none.
+
+With ``save`` (llama.cpp's slot save/restore), a thread whose slot is given
+to another is saved first, and restored into the slot its next call gets,
+instead of its context being computed again. The grant says what to save
+and restore; the backend does it before sending the call. Calls sent ahead
+would take slots before they could be saved, so saving sends none ahead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 
 import anyio
@@ -35,13 +51,21 @@ from agentrt.scheduling import Call, Scheduler, SchedulerConfig
 
 
 class Grant:
-    """A call's admission: how long it waited and the slot it runs in (None: any)."""
+    """A call's admission: how long it waited and the slot it is sent to (None: any).
 
-    __slots__ = ("slot", "wait")
+    A call sent ahead of the engine's slots names none; with slots told apart,
+    ``slot`` becomes the one it is taken to run in once a slot frees for it.
+    """
 
-    def __init__(self, wait: float, slot: int | None) -> None:
+    __slots__ = ("ahead", "key", "restore", "save", "slot", "wait")
+
+    def __init__(self, wait: float, slot: int | None, key: str = "", ahead: bool = False) -> None:
         self.wait = wait
         self.slot = slot
+        self.key = key
+        self.ahead = ahead
+        self.save: str | None = None  # the thread whose context to save from the slot first
+        self.restore: str | None = None  # the thread whose saved context to load into it
 
 
 class _Waiter:
@@ -72,7 +96,9 @@ class _Room:
 class _Slots:
     """Which thread's context each engine slot holds, which slots are busy, and their last use."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, save: bool = False) -> None:
+        self.save = save
+        self.saved: set[str] = set()  # threads whose context was saved when their slot was taken
         self.size = count
         self.owner: list[str | None] = [None] * count
         self.busy = [False] * count
@@ -94,8 +120,9 @@ class _Slots:
     def free_slots(self) -> list[int]:
         return [i for i in range(self.size) if not self.busy[i]]
 
-    def assign(self, keys: list[str]) -> list[int]:
-        """Slots for threads granted together: first each one's own free slot, then the others."""
+    def assign(self, keys: list[str]) -> list[tuple[int, str | None, str | None]]:
+        """Slots for threads granted together: first each one's own free slot, then the others;
+        with each, the thread to save from it first and the one to restore into it (or None)."""
         free = set(self.free_slots())
         chosen: list[int | None] = [None] * len(keys)
         for i, key in enumerate(keys):
@@ -110,24 +137,39 @@ class _Slots:
                 free.discard(slot)
                 chosen[i] = slot
         result = [slot for slot in chosen if slot is not None]
-        for key, slot in zip(keys, result, strict=True):
-            previous = self.owner[slot]
-            if previous is not None and self.home.get(previous) == slot:
-                del self.home[previous]
-            self.owner[slot] = key
-            self.home[key] = slot
-            self.busy[slot] = True
-            self._tick += 1
-            self.used[slot] = self._tick
-        return result
+        return [(slot, *self._claim(key, slot)) for key, slot in zip(keys, result, strict=True)]
+
+    def _claim(self, key: str, slot: int) -> tuple[str | None, str | None]:
+        save = restore = None
+        previous = self.owner[slot]
+        if previous is not None and self.home.get(previous) == slot:
+            del self.home[previous]
+            if self.save and previous != key:
+                save = previous
+                self.saved.add(previous)
+        if self.save and key in self.saved and self.home.get(key) != slot:
+            restore = key
+            self.saved.discard(key)
+        self.owner[slot] = key
+        self.home[key] = slot
+        self.busy[slot] = True
+        self._tick += 1
+        self.used[slot] = self._tick
+        return save, restore
 
     def release(self, slot: int) -> None:
         self.busy[slot] = False
+
+    def take(self, slot: int, key: str) -> int:
+        """A call the engine started in ``slot`` without our choosing it (one sent ahead)."""
+        self._claim(key, slot)  # never saving: calls are only sent ahead when slots are not saved
+        return slot
 
     def forget(self, prefix: str) -> None:
         """The program ended: its threads' slots hold nothing worth returning to."""
         for key in [k for k in self.home if k.startswith(prefix)]:
             self.owner[self.home.pop(key)] = None
+        self.saved = {k for k in self.saved if not k.startswith(prefix)}
 
 
 class AdmissionQueue:
@@ -138,7 +180,9 @@ class AdmissionQueue:
         scheduler: SchedulerConfig | None = None,
         *,
         limit: int | None = None,
+        ahead: int = 0,
         slots: bool = False,
+        save: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         config = scheduler or SchedulerConfig()
@@ -158,30 +202,44 @@ class AdmissionQueue:
         self._waiters: dict[str, _Waiter] = {}
         self._clock = clock
         self._slots: _Slots | None = None
+        # Calls sent ahead that no slot is known to hold yet, oldest first (slots told apart).
+        self._queued: deque[Grant] = deque()
         self.limit: int | None = None
+        self.ahead = 0
         self.inflight = 0
-        self.configure(limit, slots=slots)
+        self.configure(limit, ahead=ahead, slots=slots, save=save)
 
     # -- configuration -------------------------------------------------------
 
-    def configure(self, limit: int | None, *, slots: bool = False) -> None:
-        """Bound calls in flight (None: no bound) and tell the engine's slots apart or not.
+    def configure(
+        self, limit: int | None, *, ahead: int = 0, slots: bool = False, save: bool = False
+    ) -> None:
+        """Bound calls running (None: no bound) plus ``ahead`` queued at the engine, tell the
+        engine's slots apart or not, and save the contexts of threads whose slot is taken.
 
-        Slots need a bound (one slot per call in flight). Calls in flight keep
+        Slots need a bound (one slot per running call). Calls in flight keep
         what they were granted; a server restarted with another slot count
         gets the new one from here on.
         """
         if limit is not None and limit < 1:
             raise ValueError(f"max_inflight must be >= 1, got {limit}")
+        if ahead < 0:
+            raise ValueError(f"queue_ahead must be >= 0, got {ahead}")
         if slots and limit is None:
             raise ValueError("telling slots apart needs a bound on calls in flight")
+        if save and not slots:
+            raise ValueError("saving slots needs them told apart")
+        if save and ahead:
+            raise ValueError("calls sent ahead take slots before they can be saved: queue_ahead=0")
         self.limit = limit
+        self.ahead = ahead
         if not slots:
             self._slots = None
         elif self._slots is None:
-            self._slots = _Slots(limit or 0)
+            self._slots = _Slots(limit or 0, save)
         else:
             self._slots.resize(limit or 0)
+            self._slots.save = save
         self._dispatch()
 
     @property
@@ -200,8 +258,7 @@ class AdmissionQueue:
             self.inflight += 1
             return Grant(0.0, None)
         if not self._waiters and self._free() > 0:
-            self.inflight += 1
-            return Grant(0.0, self._assign([key])[0])
+            return self._grant([key], 0.0, [0.0])[0]
         if call_id in self._waiters:
             raise ValueError(f"call {call_id!r} is already waiting for admission")
         program = program_id or call_id
@@ -222,15 +279,27 @@ class AdmissionQueue:
         return waiter.grant
 
     def release(self, grant: Grant) -> None:
-        """The call left the engine (finished, failed or aborted): its slot goes to the next."""
+        """The call left the engine (finished, failed or aborted): its slot goes to the next.
+
+        With slots told apart, a call sent ahead takes the freed slot (the
+        engine starts the oldest one there); then the policy's head is sent.
+        """
         self.inflight -= 1
-        if (
-            grant.slot is not None
-            and self._slots is not None
-            and grant.slot < len(self._slots.busy)
-        ):
-            self._slots.release(grant.slot)
+        slots = self._slots
+        if grant.ahead and grant.slot is None:  # it left while queued at the engine
+            with contextlib.suppress(ValueError):
+                self._queued.remove(grant)
+        elif grant.slot is not None and slots is not None and grant.slot < len(slots.busy):
+            slots.release(grant.slot)
+            if self._queued and grant.slot < slots.size:
+                moved = self._queued.popleft()
+                moved.slot = slots.take(grant.slot, moved.key)
         self._dispatch()
+
+    def unsaved(self, key: str) -> None:
+        """Saving the thread's context failed: its next call computes it again."""
+        if self._slots is not None:
+            self._slots.saved.discard(key)
 
     def end_program(self, program_id: str) -> None:
         self._scheduler.table.end(program_id, self._clock())
@@ -239,31 +308,53 @@ class AdmissionQueue:
 
     # -- internals -----------------------------------------------------------
 
-    def _assign(self, keys: list[str]) -> list[int | None]:
+    def _assign(self, keys: list[str]) -> list[tuple[int | None, str | None, str | None]]:
         if self._slots is None:
-            return [None] * len(keys)
+            return [(None, None, None)] * len(keys)
         return list(self._slots.assign(keys))
+
+    def _free_slots(self) -> int:
+        """Calls that can start in a slot now (the rest of ``_free`` queue at the engine)."""
+        assert self.limit is not None
+        running = self.inflight - len(self._queued)
+        if self._slots is not None:
+            return min(self.limit - running, len(self._slots.free_slots()))
+        return max(0, self.limit - self.inflight)
 
     def _free(self) -> int:
         if self.limit is None:
             return len(self._waiters) + 1
-        if self._slots is not None:
-            return min(self.limit - self.inflight, len(self._slots.free_slots()))
-        return self.limit - self.inflight
+        return self.limit + self.ahead - self.inflight
+
+    def _grant(self, keys: list[str], now: float, arrivals: list[float]) -> list[Grant]:
+        """Grants for calls sent now, in order: the first take free slots, the rest go ahead."""
+        starting = min(len(keys), self._free_slots()) if self.limit is not None else len(keys)
+        slots = self._assign(keys[:starting])
+        grants = []
+        for i, (key, arrival) in enumerate(zip(keys, arrivals, strict=True)):
+            if i < starting:
+                grant = Grant(now - arrival, slots[i][0], key)
+                grant.save, grant.restore = slots[i][1:]
+            else:
+                grant = Grant(now - arrival, None, key, ahead=True)
+                if self._slots is not None:
+                    self._queued.append(grant)
+            grants.append(grant)
+        self.inflight += len(keys)
+        return grants
 
     def _dispatch(self) -> None:
-        """Grant free slots to the head of the policy's order."""
+        """Send the head of the policy's order to free slots, then ahead of them."""
         free = self._free()
         if free <= 0 or not self._waiters:
             return
         now = self._clock()
         decision = self._scheduler.schedule(now, _Room(free))
         waiters = [self._waiters.pop(call.call_id) for call in decision.batch]
-        slots = self._assign([w.key for w in waiters])
-        for call, waiter, slot in zip(decision.batch, waiters, slots, strict=True):
+        grants = self._grant([w.key for w in waiters], now, [w.arrival for w in waiters])
+        for call, waiter, grant in zip(decision.batch, waiters, grants, strict=True):
             self._scheduler.finish(call.call_id, now)
-            self.inflight += 1
-            waiter.grant = Grant(now - waiter.arrival, slot)
+            waiter.grant = grant
             waiter.event.set()
 
     def _drop(self, call_id: str, program_id: str) -> None:

@@ -4,8 +4,10 @@ The router owns the process table and the load balancer of
 :mod:`agentrt.scheduling` (all balancing policy lives there) and keeps its
 backends alive:
 
-- each call is routed by the balancer (locality: short calls to the least
-  used engine, long calls to the engine the program is pinned to), counted
+- each call is routed by the balancer (locality: a call whose program's last
+  context an engine keeps pinned, as the engine reported in that call's
+  timings, back to that engine; else short calls to the least used engine,
+  long calls to the engine the program is pinned to), counted
   on its engine until it ends, and recorded in its program's entry; its
   service updates the program's priority by the scheduler's own rule;
 - engines that schedule by program (embedded replicas, Ray actors) get the
@@ -421,6 +423,10 @@ class Router:
         if event.timings is not None:
             live.model_time += event.timings.model_time
             live.queue_time += event.timings.queue_time
+            retained = event.timings.kv_retained_s
+            if retained is not None and live.call is not None:
+                until = time.monotonic() + retained
+                self.balancer.retained(live.call.program_id, live.engine.engine_id, until)
         if event.usage is not None:
             live.tokens += (
                 event.usage.prompt_tokens

@@ -11,9 +11,15 @@ stream, which the server takes as a client disconnect.
 
 A server that runs what it is sent first come, first served gets admission
 instead (:mod:`agentrt.serving.router.admission`): at most ``max_inflight``
-calls in flight, the rest waiting here in the policy's order. llama.cpp's
-server says its slot count (``/props`` ``total_slots``); there each call also
-names the slot that holds its program's context (``id_slot``).
+calls running, ``queue_ahead`` more sent ahead to wait in the server's own
+queue (so that a freed slot starts the next call at once), the rest waiting
+here in the policy's order. llama.cpp's server says its slot count
+(``/props`` ``total_slots``); there each call granted a free slot also names
+the slot that holds its program's context (``id_slot``); with ``slot_save``
+(a server started with ``--slot-save-path``), a program whose slot is given
+to another is saved to a file there first and restored into the slot its
+next call gets (``/slots/{id}?action=save|restore``), instead of the server
+computing its context again.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from agentrt.protocol.engine import (
 )
 from agentrt.protocol.headers import PROGRAM, HeaderError, format_headers, parse_headers
 from agentrt.scheduling import SchedulerConfig
-from agentrt.serving.router.admission import AdmissionQueue
+from agentrt.serving.router.admission import AdmissionQueue, Grant
 from agentrt.serving.router.backends.errors import EngineLost, ErrorInfo, engine_error
 from agentrt.serving.router.backends.openai_wire import (
     ChunkDecoder,
@@ -88,12 +94,20 @@ class RemoteBackendConfig(msgspec.Struct, kw_only=True, frozen=True):
     # Calls in flight on the server; the rest wait in agentrt in the policy's order.
     # None: the server's slot count where it says it (llama.cpp's /props), else no bound.
     max_inflight: int | None = None
+    # Calls sent beyond max_inflight, in the policy's order, to wait in the server's own queue:
+    # a slot that frees starts one at once instead of idling until the next call arrives.
+    queue_ahead: int = 1
     # On llama.cpp, send each call to the slot that holds its program's context (id_slot).
     slot_affinity: bool = True
+    # On llama.cpp started with --slot-save-path: save a program's slot before another takes it
+    # and restore it for the program's next call. No call is then queued ahead.
+    slot_save: bool = False
 
     def __post_init__(self) -> None:
         if self.max_inflight is not None and self.max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {self.max_inflight}")
+        if self.queue_ahead < 0:
+            raise ValueError(f"queue_ahead must be >= 0, got {self.queue_ahead}")
 
     @property
     def order(self) -> PriorityOrder:
@@ -106,24 +120,37 @@ class RemoteBackendConfig(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def parse_backend(spec: str) -> RemoteBackendConfig:
-    """Parse a ``--backend`` value: ``[KIND+]URL[,max_inflight=N]``
+    """Parse a ``--backend`` value: ``[KIND+]URL[,max_inflight=N][,queue_ahead=N]``
     (e.g. ``sglang+http://gpu1:30000``, ``vllm+http://gpu1:8000,max_inflight=256``)."""
     spec, _, options = spec.partition(",")
-    max_inflight: int | None = None
+    bounds: dict[str, int] = {}
     for option in filter(None, options.split(",")):
         name, _, value = option.partition("=")
-        if name != "max_inflight" or not value.isdigit() or int(value) < 1:
-            raise ValueError(f"backend option {option!r}: expected max_inflight=N with N >= 1")
-        max_inflight = int(value)
+        least, most = {
+            "max_inflight": (1, None),
+            "queue_ahead": (0, None),
+            "slot_save": (0, 1),
+        }.get(name, (1, 0))
+        if not value.isdigit() or int(value) < least or (most is not None and int(value) > most):
+            raise ValueError(
+                f"backend option {option!r}: expected max_inflight=N (N >= 1), "
+                "queue_ahead=N (N >= 0) or slot_save=0|1"
+            )
+        bounds[name] = int(value)
+    options_ = {
+        "max_inflight": bounds.get("max_inflight"),
+        "queue_ahead": bounds.get("queue_ahead", 1),
+        "slot_save": bool(bounds.get("slot_save", 0)),
+    }
     kind, sep, url = spec.partition("+")
     if sep and kind in _DEFAULT_ORDER:
-        return RemoteBackendConfig(url=url, kind=kind, max_inflight=max_inflight)  # type: ignore[arg-type]
+        return msgspec.convert({"url": url, "kind": kind, **options_}, RemoteBackendConfig)
     if not spec.startswith(("http://", "https://")):
         raise ValueError(
             f"backend {spec!r} must be an http(s) URL, optionally prefixed with "
             "vllm+, sglang+, agentrt+, llamacpp+ or openai+"
         )
-    return RemoteBackendConfig(url=spec, max_inflight=max_inflight)
+    return msgspec.convert({"url": spec, **options_}, RemoteBackendConfig)
 
 
 def program_headers(tag: ProgramTag | None, call_id: str) -> dict[str, str]:
@@ -171,7 +198,9 @@ class RemoteBackend:
         self.engine_id = engine_id
         self.config = config
         self.start_timeout = start_timeout
-        self.admission = AdmissionQueue(scheduler, limit=config.max_inflight)
+        self.admission = AdmissionQueue(
+            scheduler, limit=config.max_inflight, ahead=self._ahead(config.max_inflight, False)
+        )
         self._client: httpx.AsyncClient | None = None
         self._down_reason = "not started"
         self._models: list[ModelInfo] = []
@@ -256,7 +285,11 @@ class RemoteBackend:
         """Bound calls in flight by the configured count, else by the slots the server has."""
         limit = self.config.max_inflight or slots
         affinity = slots is not None and self.config.slot_affinity and limit == slots
-        self.admission.configure(limit, slots=affinity)
+        save = affinity and self.config.slot_save
+        self.admission.configure(limit, ahead=self._ahead(limit, save), slots=affinity, save=save)
+
+    def _ahead(self, limit: int | None, save: bool) -> int:
+        return self.config.queue_ahead if limit is not None and not save else 0
 
     async def close(self) -> None:
         if self._run_scope is not None:
@@ -304,6 +337,8 @@ class RemoteBackend:
             body["cache_prompt"] = True
         self._running += 1
         try:
+            if grant.slot is not None:
+                await self._swap_slot(client, grant)
             async with client.stream(
                 "POST", endpoint(request), json=body, headers=headers
             ) as response:
@@ -355,6 +390,36 @@ class RemoteBackend:
         finally:
             self._running -= 1
             self.admission.release(grant)
+
+    async def _swap_slot(self, client: httpx.AsyncClient, grant: Grant) -> None:
+        """Save the context of the thread the slot held, then restore the granted thread's."""
+        assert grant.slot is not None
+        if grant.save is not None and not await self._slot_action(
+            client, grant.slot, "save", grant.save
+        ):
+            self.admission.unsaved(grant.save)
+        if grant.restore is not None:
+            await self._slot_action(client, grant.slot, "restore", grant.restore)
+
+    async def _slot_action(
+        self, client: httpx.AsyncClient, slot: int, action: str, key: str
+    ) -> bool:
+        """Save or restore a thread's context in ``slot``; a refusal only costs recomputing it."""
+        filename = "agentrt-" + hashlib.sha256(key.encode()).hexdigest()[:32] + ".bin"
+        response = await client.post(
+            f"/slots/{slot}", params={"action": action}, json={"filename": filename}
+        )
+        if response.status_code == 200:
+            return True
+        log.warning(
+            "slot_action_failed",
+            engine_id=self.engine_id,
+            action=action,
+            slot=slot,
+            status=response.status_code,
+            body=response.text[:200],
+        )
+        return False
 
     async def abort(self, call_id: str) -> None:
         """Calls are aborted by closing their stream (the router closes the generator); nothing to send."""
