@@ -75,11 +75,11 @@ def predict(systems: Sequence[Any], profile: Any, max_batch_size: int | None = N
         profile = msgspec.structs.replace(profile, max_batch_size=max_batch_size)
     predictions = []
     for system in systems:
-        if not system.label.startswith("agentrt/"):
-            continue
+        if not system.label.startswith("agentrt/") or system.label.endswith("+llama.cpp"):
+            continue  # peers, and agentrt fronting llama.cpp (the simulator models our engine)
         # "agentrt/<policy>" or, with bench compare --kv-retention, "agentrt/<policy>+kv-<mode>".
         policy, _, retention = system.label.removeprefix("agentrt/").partition("+kv-")
-        sim_config = SimConfig(kv_retention=retention) if retention else SimConfig()  # type: ignore[arg-type]
+        sim_config = SimConfig(kv_retention=retention) if retention else SimConfig()
         for run, programs in zip(system.runs, system.programs, strict=True):
             done = [p for p in programs if p.error is None and p.calls]
             if not done:
