@@ -124,8 +124,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="decode steps through torch.compile ([engine] compile); the first step of each "
-        "batch size compiles (cached on disk) and warm_up does not cover it",
+        help="decode steps through torch.compile ([engine] compile); every batch size is "
+        "compiled (or loaded from the disk cache) when the engine starts",
     )
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=128)

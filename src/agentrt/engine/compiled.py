@@ -129,6 +129,25 @@ class CompiledDecode:
             self._forward, backend=_backend, dynamic=False, fullgraph=True
         )
 
+    def buckets(self) -> list[int]:
+        """Every batch bucket a decode step may run at, smallest first."""
+        return [1 << i for i in range(self.max_batch.bit_length())]
+
+    def warm_up(self) -> list[int]:
+        """Compile (or load from the disk cache) the graph of every bucket; return the buckets.
+
+        Run before the engine takes requests, so that no request waits on a
+        compile. Each bucket runs one step of padding rows at position 0 of
+        block 0, whose key and value slot it overwrites: call it only while
+        the cache holds nothing.
+        """
+        buckets = self.buckets()
+        with torch.inference_mode():  # the grad mode decode steps run in, which dynamo guards
+            for bucket in buckets:
+                self.run([0] * bucket, [0] * bucket, [[0]] * bucket, range(bucket))
+        self.steps = 0
+        return buckets
+
     def buffer(self, bucket: int, blocks: int) -> torch.Tensor:
         """The step-input buffer of one bucket, ``[bucket, 2 + max_blocks]`` int64.
 

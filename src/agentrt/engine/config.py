@@ -51,9 +51,12 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     quantization: Quantization = "none"
     # Decode-only steps through torch.compile (inductor), one graph per power-of-two batch
     # bucket, cached on disk under compile_cache_dir (None: $AGENTRT_CACHE_DIR/inductor).
-    # Lean decoder only. Off by default: with a cold cache the first step of each bucket
-    # stalls the engine while it compiles (minutes on a small CPU host).
+    # Lean decoder only. Off by default: with a cold cache the compiles take minutes on a
+    # small CPU host (at start-up with compile_warmup, else in each bucket's first step).
     compile: bool = False
+    # With compile on, compile every bucket up to max_num_seqs when the engine starts (each
+    # from the disk cache after the first run), so that no request waits on a compile.
+    compile_warmup: bool = True
     compile_cache_dir: str | None = None
     block_size: int = 16
     kv_cache_memory: float = 0.1

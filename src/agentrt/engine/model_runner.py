@@ -10,6 +10,7 @@ or per prefill chunk, never per token.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,13 +154,22 @@ class ModelRunner:
             num_blocks * self.block_size,
             self.config.max_model_len or self.shape.max_position_embeddings,
         )
-        return CompiledDecode(
+        compiled = CompiledDecode(
             self.decoder,
             self.kv_cache,
             max_batch=self.config.max_num_seqs,
             max_blocks=cdiv(max_len, self.block_size) + 1,
             cache_dir=Path(cache_dir).expanduser() if cache_dir else None,
         )
+        if self.config.compile_warmup:
+            started = time.perf_counter()
+            buckets = compiled.warm_up()
+            log.info(
+                "compiled_decode_warm",
+                buckets=buckets,
+                seconds=round(time.perf_counter() - started, 1),
+            )
+        return compiled
 
     def _lean_decoder(self, pool_tokens: int) -> LeanDecoder | None:
         """The lean forward when the config asks for it and the model allows it, else ``None``."""

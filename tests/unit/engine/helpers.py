@@ -44,6 +44,7 @@ def tiny_engine(**overrides: Any) -> LLMEngine:
     overrides.setdefault("dtype", "float32")
     overrides.setdefault("num_kv_blocks", 64)
     overrides.setdefault("block_size", 4)
+    overrides.setdefault("compile_warmup", False)  # tests compile only the buckets they use
     scheduler = overrides.pop("scheduler", SchedulerConfig(policy="fcfs"))
     return LLMEngine(EngineConfig(scheduler=scheduler, **overrides), make_tiny_loaded())
 

@@ -77,6 +77,24 @@ def test_a_second_batch_of_the_same_bucket_does_not_recompile() -> None:
     assert engine.runner.compiled is not None and engine.runner.compiled.steps == 8
 
 
+def test_warm_up_compiles_every_bucket_before_the_first_request() -> None:
+    before = compile_count()
+    engine = tiny_engine(compile=True, compile_warmup=True, max_num_seqs=2)
+    compiled = engine.runner.compiled
+    assert compiled is not None and compiled.buckets() == [1, 2]
+    assert compile_count() - before <= 2 and compiled.steps == 0
+    warm = compile_count()
+    greedy = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True)
+    prompts = random_prompts([3, 9], seed=12)
+    # Two rows, then one once the first request finishes: both buckets, no new graph.
+    params = [greedy, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)]
+    outputs = [o[0] for o in engine.generate(prompts, params)]
+    reference = hf_reference(prompts, 8)
+    assert outputs == [reference[0][:5], reference[1]]
+    assert compile_count() == warm and compiled.steps == 7
+    assert_block_pool_clean(engine)
+
+
 def test_contexts_inside_one_block_run_compiled() -> None:
     # Every position stays in the first 4-token block: the table still has a dynamic width.
     engine = tiny_engine(compile=True)
