@@ -72,8 +72,8 @@ def test_bench_engine_compares_agentrt_with_llama_cpp(gguf: Path, tmp_path: Path
 
 
 async def test_agentrt_admits_calls_to_the_slots_the_server_has(gguf: Path) -> None:
-    """The slot count comes from /props; calls beyond it wait in agentrt, the server's own queue
-    stays empty, and a program's next call finds its context in its slot's prompt cache."""
+    """The slot count comes from /props; with queue_ahead=0 calls beyond it wait in agentrt,
+    the server's own queue stays empty, and a program's next call finds its context in its slot's prompt cache."""
     import anyio
 
     from agentrt.bench.engine_queue import sampled
@@ -96,7 +96,8 @@ async def test_agentrt_admits_calls_to_the_slots_the_server_has(gguf: Path) -> N
 
     with llama_server(config, startup_timeout=120) as url:
         root = url.removesuffix("/v1")
-        backend = RemoteBackend("llama", parse_backend(f"llamacpp+{root}"))
+        # Nothing queued ahead: every call beyond the slots waits in agentrt.
+        backend = RemoteBackend("llama", parse_backend(f"llamacpp+{root},queue_ahead=0"))
         async with Router([backend], scheduler=SchedulerConfig(policy="plas")) as router:
             assert backend.admission.limit == 2
             finals = {}
