@@ -19,6 +19,7 @@ from agentrt.bench.llama_server import LlamaServerConfig, find_llama_server, lla
 from agentrt.bench.peer import gguf_decode_bytes
 from agentrt.cli import main
 from agentrt.engine.loader import ModelLoadError, default_gguf_path
+from agentrt.protocol.engine import GenerationRequest, ProgramTag, SamplingParams
 
 BUILD = Path("/work/llama/build/bin/llama-server")
 LLAMA = find_llama_server(None) or find_llama_server(str(BUILD))
@@ -28,6 +29,18 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(LLAMA is None, reason="no llama-server binary on this machine"),
 ]
+
+
+HISTORY = " ".join(f"Fact {i}: the sky over city {i} is blue." for i in range(12))
+
+
+def call(call_id: str, program: str, text: str) -> GenerationRequest:
+    """A four-token greedy call of ``program``'s main thread."""
+    return GenerationRequest(
+        call_id=call_id, messages=[{"role": "user", "content": text}],
+        program=ProgramTag(program_id=program, thread_id="main"),
+        sampling=SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True),
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +90,6 @@ async def test_agentrt_admits_calls_to_the_slots_the_server_has(gguf: Path) -> N
     import anyio
 
     from agentrt.bench.engine_queue import sampled
-    from agentrt.protocol.engine import GenerationRequest, ProgramTag, SamplingParams
     from agentrt.scheduling import SchedulerConfig
     from agentrt.serving.router import Router
     from agentrt.serving.router.backends import RemoteBackend, parse_backend
@@ -85,14 +97,6 @@ async def test_agentrt_admits_calls_to_the_slots_the_server_has(gguf: Path) -> N
     assert LLAMA is not None
     config = LlamaServerConfig(binary=LLAMA, model=gguf, slots=2, threads=2, ctx_per_slot=1024,
                                extra_args=[*ARGS, "--metrics"])  # fmt: skip
-    history = " ".join(f"Fact {i}: the sky over city {i} is blue." for i in range(12))
-
-    def call(call_id: str, program: str, text: str) -> GenerationRequest:
-        return GenerationRequest(
-            call_id=call_id, messages=[{"role": "user", "content": text}],
-            program=ProgramTag(program_id=program, thread_id="main"),
-            sampling=SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True),
-        )  # fmt: skip
 
     with llama_server(config, startup_timeout=120) as url:
         root = url.removesuffix("/v1")
@@ -103,7 +107,7 @@ async def test_agentrt_admits_calls_to_the_slots_the_server_has(gguf: Path) -> N
             finals = {}
 
             async def one(i: int) -> None:
-                request = call(f"c{i}", f"p{i}", f"{i} {history}")
+                request = call(f"c{i}", f"p{i}", f"{i} {HISTORY}")
                 finals[i] = [e async for e in router.generate(request)][-1]
 
             async with sampled(root, interval=0.05) as queue, anyio.create_task_group() as tg:
@@ -116,7 +120,7 @@ async def test_agentrt_admits_calls_to_the_slots_the_server_has(gguf: Path) -> N
             assert summary.deferred_max == 0  # never more calls on the server than it has slots
             # The last program granted a slot still has its context there: its next call,
             # sent to that slot, reuses the whole history from the prompt cache.
-            again = [e async for e in router.generate(call("c4b", "p4", f"4 {history} And?"))][-1]
+            again = [e async for e in router.generate(call("c4b", "p4", f"4 {HISTORY} And?"))][-1]
             assert again.usage is not None and again.usage.cached_tokens >= 100
 
 
@@ -126,7 +130,6 @@ async def test_a_program_whose_slot_is_taken_gets_its_context_back_from_a_saved_
     """One slot, the server's own RAM prompt cache off: B takes A's slot; with slot_save A's
     context is saved to a file first and restored for A's next call, which then reuses it;
     without it, A's next call computes its context again."""
-    from agentrt.protocol.engine import GenerationRequest, ProgramTag, SamplingParams
     from agentrt.scheduling import SchedulerConfig
     from agentrt.serving.router import Router
     from agentrt.serving.router.backends import RemoteBackend, parse_backend
@@ -136,20 +139,12 @@ async def test_a_program_whose_slot_is_taken_gets_its_context_back_from_a_saved_
     saves.mkdir()
     config = LlamaServerConfig(binary=LLAMA, model=gguf, slots=1, threads=2, ctx_per_slot=1024,
                                extra_args=[*ARGS, "--cache-ram", "0", "--slot-save-path", str(saves)])  # fmt: skip
-    history = " ".join(f"Fact {i}: the sky over city {i} is blue." for i in range(12))
-
-    def call(call_id: str, program: str, text: str) -> GenerationRequest:
-        return GenerationRequest(
-            call_id=call_id, messages=[{"role": "user", "content": text}],
-            program=ProgramTag(program_id=program, thread_id="main"),
-            sampling=SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True),
-        )  # fmt: skip
 
     async def cached_on_return(router: Router, a: str, b: str) -> int:
         """A's call, B's (in the same slot), then A's next call: the tokens it found cached."""
-        for call_id, program, text in ((f"{a}1", a, history), (f"{b}1", b, f"Other {history}")):
+        for call_id, program, text in ((f"{a}1", a, HISTORY), (f"{b}1", b, f"Other {HISTORY}")):
             [e async for e in router.generate(call(call_id, program, text))]
-        again = [e async for e in router.generate(call(f"{a}2", a, f"{history} And?"))][-1]
+        again = [e async for e in router.generate(call(f"{a}2", a, f"{HISTORY} And?"))][-1]
         assert again.usage is not None and again.usage.completion_tokens == 4
         return again.usage.cached_tokens
 
