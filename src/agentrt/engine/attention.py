@@ -121,7 +121,7 @@ def attend(
         if span.blocks is None:
             # No cached context: plain causal attention over the new keys, in SDPA's fused
             # (flash) CPU kernel, which takes only 4-D inputs: 3-D ones (or a boolean mask on
-            # the causal case) go to the math path, ~9x slower for a 2,000-token prompt.
+            # the causal case) go to its much slower math path.
             o = F.scaled_dot_product_attention(
                 q[rows].transpose(0, 1).unsqueeze(0),
                 k[rows].transpose(0, 1).unsqueeze(0),
@@ -137,7 +137,7 @@ def attend(
             values = v_blocks.index_select(0, span.blocks).view(n, kv_heads, d)[: span.context]
             keys, values = keys.transpose(0, 1), values.transpose(0, 1)
             qp = q[rows].transpose(0, 1).reshape(1, kv_heads, group * span.length, d)
-            # 4-D, as above: the fused kernel takes the mask too (3-D: math path, ~4x slower).
+            # 4-D, as above: the fused kernel takes the mask too (3-D would take the math path).
             o = F.scaled_dot_product_attention(
                 qp, keys.unsqueeze(0), values.unsqueeze(0), attn_mask=span.mask, scale=scaling
             )
