@@ -9,6 +9,7 @@ tasks from real data and runs one program per task on an :class:`LLM`.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ import anyio
 
 from agentrt.agents import chat, map_reduce, mcts, react, tree_search
 from agentrt.agents.llm import LLM
+from agentrt.agents.react import TOOL_POLICIES
 from agentrt.agents.trace import CallRecord, ToolRecord, Trace
 
-__all__ = ["LLM", "MIXED", "SIZES", "WORKLOADS", "CallRecord", "ProgramSpec", "ToolRecord", "Trace", "Workload", "sample_programs"]
+__all__ = ["LLM", "MIXED", "SIZES", "TOOL_POLICIES", "WORKLOADS", "CallRecord", "ProgramSpec", "ToolRecord", "Trace", "Workload", "sample_programs"]
 
 
 @dataclass(frozen=True)
@@ -115,10 +117,20 @@ class ProgramSpec:
         return await WORKLOADS[self.workload].run(self.task, llm, self.seed, self.config)
 
 
-def sample_programs(workload: str, count: int, seed: int, size: str = "full") -> list[ProgramSpec]:
-    """``count`` programs of ``workload`` (or ``mixed``) at ``size``, the same for the same seed."""
+def sample_programs(
+    workload: str, count: int, seed: int, size: str = "full", tool_policy: str = "model"
+) -> list[ProgramSpec]:
+    """``count`` programs of ``workload`` (or ``mixed``) at ``size``, the same for the same seed.
+
+    ``tool_policy`` applies to the ReAct programs: ``model`` runs the tools the model
+    calls, ``scripted`` the BFCL task's ground-truth calls whatever the model writes (see
+    :mod:`agentrt.agents.react`)."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {list(SIZES)}")
+    if tool_policy not in TOOL_POLICIES:
+        raise ValueError(f"unknown tool policy {tool_policy!r}; expected one of {list(TOOL_POLICIES)}")
+    configs = dict(SIZES[size])
+    configs["react"] = dataclasses.replace(configs["react"], tool_policy=tool_policy)
     if workload == "mixed":
         kinds = [MIXED[i % len(MIXED)] for i in range(count)]
         random.Random(seed).shuffle(kinds)
@@ -127,4 +139,4 @@ def sample_programs(workload: str, count: int, seed: int, size: str = "full") ->
     else:
         raise ValueError(f"unknown workload {workload!r}; expected one of {[*WORKLOADS, 'mixed']}")
     tasks = {k: iter(WORKLOADS[k].load_tasks(kinds.count(k), seed)) for k in set(kinds)}
-    return [ProgramSpec(i, k, next(tasks[k]), seed * 100_003 + i, SIZES[size][k]) for i, k in enumerate(kinds)]
+    return [ProgramSpec(i, k, next(tasks[k]), seed * 100_003 + i, configs[k]) for i, k in enumerate(kinds)]

@@ -6,7 +6,9 @@ are executed for real on that state; the other APIs (travel, trading, vehicle,
 messaging, posting, tickets) answer from their state and the function's
 documented response schema, after checking the required arguments. Every
 call takes a realistic latency: local tools a few milliseconds, service APIs
-a few hundred (log-normal, seeded), scaled by ``latency_scale``.
+a few hundred (log-normal, seeded), scaled by ``latency_scale``; or, given
+``tool_seconds`` (a median and a sigma), every tool draws from that one
+log-normal, as the simulator's ``bfcl`` workload does.
 """
 
 from __future__ import annotations
@@ -328,8 +330,10 @@ class Environment:
         latency_scale: float = 1.0,
         seed: int = 0,
         sleep: Callable[[float], None] = time.sleep,
+        tool_seconds: tuple[float, float] | None = None,
     ) -> None:
         self.latency_scale = latency_scale
+        self.tool_seconds = tool_seconds
         self.sleep = sleep
         self._rng = random.Random(seed)
         self._handlers: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
@@ -371,9 +375,13 @@ class Environment:
         ]
 
     def latency(self, name: str) -> float:
-        """A draw of this tool's latency: log-normal around its API's median."""
-        api, _ = self._handlers[name]
-        return API_LATENCY[api] * math.exp(self._rng.gauss(0.0, 0.5)) * self.latency_scale
+        """A draw of this tool's latency: log-normal around its API's median, or around
+        ``tool_seconds``' when given."""
+        if self.tool_seconds is not None:
+            median, sigma = self.tool_seconds
+        else:
+            median, sigma = API_LATENCY[self._handlers[name][0]], 0.5
+        return median * math.exp(self._rng.gauss(0.0, sigma)) * self.latency_scale
 
     def execute(self, name: str, arguments: Any) -> str:
         """Run one tool call and return the observation the model sees (errors included, never raised)."""

@@ -9,6 +9,17 @@ counts as the program's interruption, not its service. Anything the model
 writes is handled: an unparseable reply gets an observation saying so and
 the step budget bounds the turn.
 
+``tool_policy="scripted"`` is for benchmarks on models too small to call
+tools (SmolLM2-135M writes no usable action): each turn's steps are the BFCL
+task's ground-truth calls, whatever the model writes. Every call but the last
+of a turn (up to ``max_steps``) is followed by the next ground-truth call, run
+in the environment through the same ``@agentrt.tool`` function, with the
+simulator's tool latency (:data:`agentrt.datasets.bfcl.TOOL_SECONDS`); the
+model's reply stays in the history as it wrote it, and the turn's last call
+answers it. Programs then have the shape of the simulator's ``bfcl``
+workload, and the same shape on every server, so two systems compared see
+the same tool waits.
+
 Run it alone::
 
     python -m agentrt.agents.react --base-url http://localhost:8000/v1 --task 3
@@ -19,12 +30,16 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import agentrt
 from agentrt.agents.bfcl_env import Environment
 from agentrt.agents.llm import LLM, ToolCall
-from agentrt.datasets import BfclTask, load_bfcl_tasks
+from agentrt.datasets import BfclTask, load_bfcl_tasks, parse_call
+from agentrt.datasets.bfcl import TOOL_SECONDS
+
+ToolPolicy = Literal["model", "scripted"]
+TOOL_POLICIES: tuple[ToolPolicy, ...] = ("model", "scripted")
 
 SYSTEM = """You are an assistant that completes the user's requests by calling functions.
 To call a function, reply with exactly one line:
@@ -43,6 +58,13 @@ class ReactConfig:
     max_tokens: int = 64  # per call (BFCL calls decode ~34 tokens on average)
     tool_latency_scale: float = 1.0
     native_tools: bool = False  # also send the OpenAI ``tools`` list (servers that parse tool calls)
+    tool_policy: ToolPolicy = "model"  # "scripted": the steps are the task's ground-truth calls
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError("max_steps must be at least 1")
+        if self.tool_policy not in TOOL_POLICIES:
+            raise ValueError(f"unknown tool policy {self.tool_policy!r}; expected one of {TOOL_POLICIES}")
 
 
 def describe(doc: dict[str, Any]) -> str:
@@ -90,16 +112,53 @@ def run_tool(env: Environment, llm: LLM, call: ToolCall) -> str:
 @agentrt.program
 def solve(task: BfclTask, llm: LLM, config: ReactConfig = ReactConfig(), seed: int = 0) -> list[str]:
     """Work through every user turn of ``task``; return the final answer of each turn."""
-    env = Environment(task, latency_scale=config.tool_latency_scale, seed=seed)
+    scripted = config.tool_policy == "scripted"
+    env = Environment(
+        task, latency_scale=config.tool_latency_scale, seed=seed, tool_seconds=TOOL_SECONDS if scripted else None
+    )
     tools = env.tools() if config.native_tools else None
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": SYSTEM + "\n".join(describe(d) for d in env.docs)}
     ]
     answers: list[str] = []
-    for turn in task.turns[: config.max_turns]:
+    for i, turn in enumerate(task.turns[: config.max_turns]):
         messages.extend({"role": m.get("role", "user"), "content": m.get("content", "")} for m in turn)
-        answers.append(_run_turn(env, llm, messages, tools, config))
+        if scripted:
+            calls = ground_truth_calls(task, i)
+            answers.append(_run_scripted_turn(env, llm, messages, tools, calls, config))
+        else:
+            answers.append(_run_turn(env, llm, messages, tools, config))
     return answers
+
+
+def ground_truth_calls(task: BfclTask, turn: int) -> list[ToolCall]:
+    """The calls a correct agent makes in ``turn`` of ``task`` (none past the recorded turns)."""
+    if turn >= len(task.ground_truth):
+        return []
+    calls = []
+    for expression in task.ground_truth[turn]:
+        name, arguments = parse_call(expression, task.function_docs)
+        calls.append(ToolCall(name=name, arguments=json.dumps(arguments)))
+    return calls
+
+
+def _run_scripted_turn(
+    env: Environment,
+    llm: LLM,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    calls: list[ToolCall],
+    config: ReactConfig,
+) -> str:
+    """One call per ground-truth call (up to ``max_steps - 1``), each followed by that call's
+    tool run and observation, then the call that answers the turn."""
+    for call in calls[: config.max_steps - 1]:
+        reply = llm.chat(messages, max_tokens=config.max_tokens, tools=tools)
+        messages.append({"role": "assistant", "content": reply.text})
+        messages.append({"role": "user", "content": f"Observation ({call.name}): {run_tool(env, llm, call)}"})
+    reply = llm.chat(messages, max_tokens=config.max_tokens, tools=tools)
+    messages.append({"role": "assistant", "content": reply.text})
+    return reply.text.split("Final Answer:", 1)[-1].strip()
 
 
 def _run_turn(
@@ -148,9 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = agent_arguments(__doc__ or "")
     parser.add_argument("--task", type=int, default=0, help="index of the BFCL multi-turn base task")
     parser.add_argument("--max-steps", type=int, default=ReactConfig.max_steps)
+    parser.add_argument("--tool-policy", choices=TOOL_POLICIES, default="model",
+                        help="scripted: run the task's ground-truth calls whatever the model writes")
     args = parser.parse_args(argv)
     task = load_bfcl_tasks(("base",))[args.task]
-    config = ReactConfig(max_steps=args.max_steps)
+    config = ReactConfig(max_steps=args.max_steps, tool_policy=args.tool_policy)
     answers = run_agent(args, lambda llm: solve(task, llm, config, seed=args.seed))
     for i, (turn, answer) in enumerate(zip(task.turns, answers, strict=True)):
         print(f"[turn {i}] {turn[0]['content'] if turn else ''}\n  -> {answer or '(no final answer)'}")

@@ -436,7 +436,8 @@ def run(args: argparse.Namespace) -> int:
         if measured is None:
             return 2
         systems = measured
-        result = BenchResult(command=sys.argv, workload=args.workload, size=args.size, seed=args.seed,
+        result = BenchResult(command=sys.argv, workload=args.workload, size=args.size,
+                             tool_policy=args.tool_policy, seed=args.seed,
                              num_programs=args.num_programs, duration=args.duration, systems=systems)
     result.comparison = compare(systems, args.latency_target)
     result.token_comparison = compare(systems, args.token_latency_target, "token_latency")

@@ -42,6 +42,7 @@ class BenchResult(msgspec.Struct, kw_only=True):
     command: list[str]
     workload: str
     size: str = "full"
+    tool_policy: str = "model"  # the ReAct programs': model or scripted (``--tool-policy``)
     seed: int
     num_programs: int | None
     duration: float | None
@@ -90,6 +91,8 @@ def parse_rates(text: str) -> list[float]:
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that define the offered load (shared with ``bench compare``)."""
+    from agentrt.agents.react import TOOL_POLICIES
+
     parser.add_argument("--workload", choices=WORKLOAD_CHOICES, default="mixed")
     rates = parser.add_mutually_exclusive_group()
     rates.add_argument("--rate", type=float, default=None, help="program arrival rate (programs/s)")
@@ -99,6 +102,12 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", choices=("full", "small"), default="full",
                         help="program sizes: full (the paper's shapes) or small (same shapes, fewer/shorter calls)")
+    parser.add_argument(
+        "--tool-policy", choices=TOOL_POLICIES, default="model",
+        help="ReAct programs: run the tools the model calls (model), or each BFCL task's ground-truth "
+        "calls whatever the model writes, with the simulator's tool latencies (scripted: for models "
+        "too small to call tools)",
+    )
     parser.add_argument(
         "--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
         help="decode exactly max_tokens per call (servers that accept vLLM's ignore_eos), so every "
@@ -142,7 +151,7 @@ async def run_rate(target: Any, args: argparse.Namespace, rate: float, progress:
 
     num_programs = args.num_programs if args.num_programs is not None or args.duration else 20
     count = programs_for(args.duration, num_programs, rate, args.seed)
-    specs = sample_programs(args.workload, count, args.seed, args.size)
+    specs = sample_programs(args.workload, count, args.seed, args.size, args.tool_policy)
     arrivals = [t / rate for t in unit_arrivals(count, args.seed)]
     task = progress.start(f"{target.label} @ {rate:g}/s", count)
     result = await run_programs(
@@ -258,7 +267,8 @@ def run(args: argparse.Namespace) -> int:
             from agentrt.serving.inprocess import AppRunner
 
             AppRunner.for_app(target.app).close()
-    result = BenchResult(command=sys.argv, workload=args.workload, size=args.size, seed=args.seed,
+    result = BenchResult(command=sys.argv, workload=args.workload, size=args.size, tool_policy=args.tool_policy,
+                         seed=args.seed,
                          num_programs=args.num_programs, duration=args.duration, systems=[system])
     print_runs(console, result.systems)
     print_kv(console, result.systems)

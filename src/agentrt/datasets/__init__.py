@@ -5,7 +5,7 @@ replay it) and compact token-count tables (for the simulator). Nothing here
 downloads anything: the data comes from installed packages.
 """
 
-from agentrt.datasets.bfcl import BfclTask, load_bfcl_tasks
+from agentrt.datasets.bfcl import BfclTask, load_bfcl_tasks, parse_call
 from agentrt.datasets.sharegpt import (
     Conversation,
     ConversationTokens,
@@ -25,4 +25,5 @@ __all__ = [
     "load_bfcl_tasks",
     "load_conversation_tokens",
     "load_token_counter",
+    "parse_call",
 ]

@@ -4,11 +4,15 @@ Only the JSON-lines data files are read (the package's evaluator and its heavy
 dependencies are never imported). A task is a sequence of user turns against a
 set of stateful APIs; the prompt of every LLM call carries the docs of the
 functions of the task's APIs, and the package's ``possible_answer`` files give
-the function calls a correct agent makes in each turn.
+the function calls a correct agent makes in each turn (:func:`parse_call` reads
+one). How long a tool takes is not in the data: :data:`TOOL_SECONDS` is the one
+model of it, shared by the simulator's ``bfcl`` workload and the ReAct agent's
+scripted tool policy.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 from pathlib import Path
@@ -17,6 +21,9 @@ from typing import Any, Literal
 import msgspec
 
 from agentrt.datasets.sharegpt import DatasetMissing
+
+# A tool call's latency in seconds, log-normal: (median, sigma of the log).
+TOOL_SECONDS = (0.3, 0.8)
 
 Category = Literal["base", "long_context", "miss_func", "miss_param"]
 CATEGORIES: tuple[Category, ...] = ("base", "long_context", "miss_func", "miss_param")
@@ -108,3 +115,30 @@ def load_bfcl_tasks(
                 )
             )
     return tasks
+
+
+def parse_call(expression: str, docs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """A ground-truth call (``"cd(folder='document')"``) as its function name and keyword
+    arguments; positional arguments are named after the function's documented parameters,
+    in order. Raises ValueError for anything but a call of a name with literal arguments."""
+    try:
+        node = ast.parse(expression.strip(), mode="eval").body
+    except SyntaxError as e:
+        raise ValueError(f"not a call expression: {expression!r}") from e
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+        raise ValueError(f"not a call of a function name: {expression!r}")
+    name = node.func.id
+    try:
+        arguments = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg is not None}
+        positional = [ast.literal_eval(a) for a in node.args]
+    except ValueError as e:
+        raise ValueError(f"arguments are not literals: {expression!r}") from e
+    if positional:
+        doc = next((d for d in docs if d.get("name") == name), None)
+        params = list((doc or {}).get("parameters", {}).get("properties", {}))
+        if len(positional) > len(params):
+            raise ValueError(
+                f"{name}: {len(positional)} positional arguments, {len(params)} documented"
+            )
+        arguments = {**dict(zip(params, positional, strict=False)), **arguments}
+    return name, arguments

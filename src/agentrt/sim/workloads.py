@@ -34,13 +34,14 @@ import random
 from collections.abc import Callable, Sequence
 
 from agentrt.datasets import BfclTask, ConversationTokens, TokenCounter
+from agentrt.datasets.bfcl import TOOL_SECONDS
 from agentrt.sim.spec import CallSpec, ProgramSpec, Segment
 
 WORKLOADS = ("sharegpt", "bfcl", "lats", "mixed")
 CHAT_FRAME_TOKENS = 5  # <|im_start|> role \n ... <|im_end|> \n
 ASSISTANT_PROMPT_TOKENS = 3  # <|im_start|> assistant \n, then the model writes
 CHAT_SYSTEM_TOKENS = 32
-BFCL_TOOL_SECONDS = (0.3, 0.8)
+BFCL_TOOL_SECONDS = TOOL_SECONDS
 BFCL_RESULT_TOKENS = (40.0, 0.8)
 BFCL_ANSWER_TOKENS = (30.0, 0.5)
 BFCL_CALL_FRAME_TOKENS = 8  # the tool-call wrapper around the call text

@@ -18,9 +18,10 @@ from agentrt.testing.echo import EchoEngine
 
 
 @contextmanager
-def echo_server(**engine_options: Any) -> Iterator[tuple[str, EchoEngine]]:
-    """Serve an ``EchoEngine`` over HTTP in a background thread; yield (base URL, engine)."""
-    engine = EchoEngine(**engine_options)
+def echo_server(engine: EchoEngine | None = None, **engine_options: Any) -> Iterator[tuple[str, EchoEngine]]:
+    """Serve ``engine`` (by default an ``EchoEngine`` of ``engine_options``) over HTTP in a
+    background thread; yield (base URL, engine)."""
+    engine = engine if engine is not None else EchoEngine(**engine_options)
     app = create_app(engine, ServerConfig(log_requests=False))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))

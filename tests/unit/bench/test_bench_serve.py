@@ -226,7 +226,7 @@ def test_an_in_process_app_is_driven_without_a_socket() -> None:
     app = agentrt.serve_in_process(engine)
     target = Target(label="in-process", base_url=IN_PROCESS_BASE_URL, app=app)
     args = argparse.Namespace(rates=None, rate=8.0, num_programs=3, duration=None, seed=5, workload="map_reduce",
-                              size="full", timeout=None)
+                              size="full", tool_policy="model", timeout=None)
     try:
         with Progress(enabled=False) as progress:
             system = anyio.run(sweep_target, target, args, progress)

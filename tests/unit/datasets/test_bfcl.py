@@ -38,3 +38,27 @@ def test_limit_and_unknown_category() -> None:
     assert len(load_bfcl_tasks(limit=7)) == 7
     with pytest.raises(ValueError, match="unknown BFCL category"):
         load_bfcl_tasks(("nope",))  # type: ignore[arg-type]
+
+
+def test_ground_truth_calls_parse_into_names_and_keyword_arguments() -> None:
+    from agentrt.datasets import parse_call
+
+    task = load_bfcl_tasks(("base",), limit=1)[0]
+    docs = task.function_docs
+    assert parse_call("cd(folder='document')", docs) == ("cd", {"folder": "document"})
+    assert parse_call("grep(file_name='a.txt',pattern='budget')", docs) == (
+        "grep", {"file_name": "a.txt", "pattern": "budget"})
+    # Positional arguments take the documented parameter names, in order.
+    assert parse_call("sort('final_report.pdf')", docs) == ("sort", {"file_name": "final_report.pdf"})
+    for bad in ("cd(", "os.system('x')", "cd(folder=open('x'))", "42", "sort('a', 'b', 'c', 'd')"):
+        with pytest.raises(ValueError):
+            parse_call(bad, docs)
+
+
+def test_every_base_ground_truth_call_parses() -> None:
+    from agentrt.datasets import parse_call
+
+    tasks = load_bfcl_tasks(("base",))
+    calls = [parse_call(c, t.function_docs) for t in tasks for turn in t.ground_truth for c in turn]
+    assert len(calls) > 1000
+    assert all(name and isinstance(arguments, dict) for name, arguments in calls)
