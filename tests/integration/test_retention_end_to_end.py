@@ -9,7 +9,9 @@ retention off (LRU) the history is evicted, and with the signals switched off
 the pin expires at the predicted TTL and is evicted too.
 
 Router -> two engines: a program's next call goes back to the engine that
-reported keeping its context pinned, although the other engine is less used.
+reported keeping its context pinned, although the other engine is less used;
+and the SDK's tool signals, sent to the router, reach the engine that ran the
+program's calls (and no other), which holds the program's pin through the tool.
 """
 
 from __future__ import annotations
@@ -189,3 +191,94 @@ def test_the_router_sends_the_next_call_to_the_engine_that_retains_the_context()
     lru_hits = anyio.run(run, "off")
     assert retained_hits == [40, 0]  # back to e0, where the agent's history is pinned
     assert lru_hits == [0, 0]  # the least used engine, e1, has never seen it
+
+
+class ListeningEngine(AsyncEngine):
+    """The embedded engine, recording the tool signals it hears."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        super().__init__(engine)
+        self.heard: list[tuple[str, str]] = []
+
+    async def tool_event(self, program_id: str, event: Any) -> None:
+        self.heard.append((program_id, event.state))
+        await super().tool_event(program_id, event)
+
+
+def run_agent_behind_a_router() -> tuple[list[ListeningEngine], int]:
+    """:func:`run_agent`'s agent, with retention, through a router over two engines; returns
+    the engines and the prompt tokens the agent's second call found cached."""
+    from agentrt.serving.router import Router, RouterConfig
+    from agentrt.serving.router.backends import LocalBackend
+
+    clock = Clock()
+    config = EngineConfig(
+        dtype="float32",
+        num_kv_blocks=24,
+        block_size=4,
+        swap_space=0,
+        scheduler=SchedulerConfig(policy="fcfs"),
+        retention=RetentionConfig(mode="ttl", prior_interrupt_s=1.0),
+    )
+    engines = [
+        ListeningEngine(LLMEngine(config, make_tiny_loaded(), clock=clock)) for _ in range(2)
+    ]
+    router = Router(
+        [LocalBackend(f"e{i}", e) for i, e in enumerate(engines)],
+        config=RouterConfig(health_interval_s=0.05, health_timeout_s=5.0),
+    )
+    app = create_app(
+        lambda: router, ServerConfig(log_requests=False)
+    )  # its lifespan runs the router
+    client = agentrt.OpenAI(app=app, api_key="none", max_retries=0)
+    rng = random.Random(7)
+    history = [rng.randrange(1, 256) for _ in range(40)]
+    first = engines[0].engine
+
+    def complete(prompt: list[int]) -> None:
+        client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, extra_body=NO_EOS)
+
+    @agentrt.tool
+    def search() -> None:
+        program = agentrt.current_program()
+        assert program is not None
+        if lifecycle.tool_signals_enabled():
+            wait_until(lambda: first.block_manager.evictable.in_tool(program.program_id))
+        clock.now += TOOL_SECONDS
+        for i in range(3):  # both engines idle: the least used is e0, where the agent ran
+            with agentrt.program(f"other-{i}", detached=True):
+                complete([rng.randrange(1, 256) for _ in range(40)])
+
+    @agentrt.program
+    def agent() -> int:
+        complete(history)
+        search()
+        before = first.block_manager.prefix_hit_tokens
+        complete([*history, 7, 8, 9])
+        return first.block_manager.prefix_hit_tokens - before
+
+    try:
+        reused = agent()
+    finally:
+        AppRunner.for_app(app).close()
+    return engines, reused
+
+
+def test_the_router_forwards_tool_signals_to_the_engine_that_ran_the_program() -> None:
+    engines, reused = run_agent_behind_a_router()
+    assert reused == 40  # the agent's whole history, held on e0 through the tool
+    [(program_id, _), _] = engines[0].heard
+    assert engines[0].heard == [(program_id, "start"), (program_id, "end")]
+    assert engines[1].heard == []  # it never ran the agent's calls
+    counters = engines[0].engine.block_manager.evictable.counters
+    assert counters.held == 1 and counters.reused == 1
+    assert engines[0].engine.stats().recomputed_prompt_tokens == 0
+
+
+def test_behind_a_router_without_the_signals_the_pin_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(lifecycle.TOOL_SIGNALS_ENV, "0")
+    engines, reused = run_agent_behind_a_router()
+    assert reused == 0
+    assert engines[0].heard == [] and engines[0].engine.block_manager.evictable.counters.held == 0

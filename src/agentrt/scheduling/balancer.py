@@ -17,7 +17,10 @@
   the TTL whatever its length, since that engine alone is sure to hold the
   program's newest prefix (:meth:`Balancer.retained`). One call takes it:
   the engine closes the pin when the call takes its KV, and pins again when
-  the call ends.
+  the call ends. While the client says the program is in a tool
+  (:meth:`Balancer.hold_retained`), the engine holds the pin past its
+  time-to-live, and so does this rule: the next call goes back however long
+  the tool took.
 
 The balancer counts live calls itself: :meth:`route` adds one to the chosen
 engine, :meth:`release` takes it back when the call ends. When an engine
@@ -27,6 +30,7 @@ next call.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from agentrt.scheduling.config import BalancerConfig
@@ -102,6 +106,13 @@ class Balancer:
         if entry is not None and engine_id in self._load:
             entry.retained_on = engine_id
             entry.retained_until = until
+
+    def hold_retained(self, program_id: str) -> None:
+        """The client says ``program_id`` entered a tool: the engine that retains its context
+        holds it until the program's next call, so the next call goes there whenever it comes."""
+        entry = self.table.get(program_id)
+        if entry is not None and entry.retained_on is not None:
+            entry.retained_until = math.inf
 
     def release(self, engine_id: str) -> None:
         """A call routed to ``engine_id`` ended (an unknown or removed engine is ignored)."""

@@ -134,6 +134,21 @@ def test_a_retained_context_past_its_ttl_or_on_a_lost_engine_is_not_followed() -
     assert lb.table.get("ended") is None
 
 
+def test_a_program_in_a_tool_goes_back_to_its_retained_context_past_the_ttl() -> None:
+    lb = balancer("locality")
+    lb.table.start("p", 0.0)
+    lb.table.start("q", 0.0)
+    lb.route("busy", 10, 0.0)  # a is the busiest engine
+    lb.retained("p", "a", until=5.0)
+    lb.hold_retained("p")  # p's tool started: a holds p's pin until p calls again
+    lb.hold_retained("q")  # nothing retained for q: nothing to hold
+    lb.hold_retained("ended")  # no entry: ignored
+    assert lb.route("p", 10, 500.0) == "a"
+    lb.release("a")
+    assert lb.route("q", 10, 500.0) == "b"
+    assert lb.route("p", 10, 500.0) == "c"  # the hold went with the call that took it: least used
+
+
 def test_only_the_locality_policy_follows_retained_contexts() -> None:
     lb = balancer("least_used")
     lb.table.start("p", 0.0)

@@ -29,7 +29,8 @@ from agentrt.protocol.engine import (
     SamplingParams,
     TokenEvent,
 )
-from agentrt.scheduling import SchedulerConfig
+from agentrt.protocol.programs import ToolEvent
+from agentrt.scheduling import BalancerConfig, SchedulerConfig
 from agentrt.serving.config import ServerConfig
 from agentrt.serving.engines import open_engine
 from agentrt.serving.http.app import create_app
@@ -348,3 +349,68 @@ async def test_server_sent_events_are_cut_from_the_bytes_wherever_they_split() -
         b"one\ntwo",
         b"last",
     ]
+
+
+class ToolListeningEcho(EchoEngine):
+    """An echo engine that hears tool signals (``ToolSignals``), recording them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tool_events: list[tuple[str, str, str | None]] = []
+
+    async def tool_event(self, program_id: str, event: ToolEvent) -> None:
+        self.tool_events.append((program_id, event.state, event.tool))
+
+
+class NoToolRoute:
+    """ASGI middleware answering 404 on the tool route, as an agentrt without it does."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.refused = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/tool"):
+            self.refused += 1
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await self.app(scope, receive, send)
+
+
+async def test_tool_signals_reach_another_agentrt_and_skip_servers_without_them() -> None:
+    agentrt_engine, vllm_engine = ToolListeningEcho(), ToolListeningEcho()
+    program = "tenant-a/agent-1"  # tenant-scoped: digested for the remote, as in the headers
+    async with serving(agentrt_engine) as (a_url, _), serving(vllm_engine) as (v_url, _):
+        backends = [
+            RemoteBackend("a", parse_backend(f"agentrt+{a_url}")),
+            RemoteBackend("v", parse_backend(f"vllm+{v_url}")),
+        ]
+        balancer = BalancerConfig(policy="round_robin")
+        async with Router(backends, config=FAST, balancer=balancer) as router:
+            await collect(router, chat("c1", program=program))  # to the agentrt server
+            await collect(router, chat("c2", program=program))  # to the "vLLM"
+            await router.tool_event(program, ToolEvent(state="start", tool="search"))
+            await router.tool_event(program, ToolEvent(state="end"))
+            await router.tool_event("never-called", ToolEvent(state="start"))
+    [call] = agentrt_engine.requests
+    assert call.program is not None and call.program.program_id == header_safe_id(program)
+    assert agentrt_engine.tool_events == [
+        (header_safe_id(program), "start", "search"),
+        (header_safe_id(program), "end", None),
+    ]
+    assert len(vllm_engine.requests) == 1 and vllm_engine.tool_events == []
+
+
+async def test_an_agentrt_without_the_tool_route_is_not_asked_again() -> None:
+    engine = ToolListeningEcho()
+    async with serving(engine) as (url, recorder):
+        refusing = NoToolRoute(recorder.app)
+        recorder.app = refusing
+        remote = RemoteBackend("r", parse_backend(f"agentrt+{url}"))
+        async with Router([remote], config=FAST) as router:
+            await collect(router, chat("c1", program="agent-2"))
+            for state in ("start", "end", "start"):
+                await router.tool_event("agent-2", ToolEvent(state=state))  # type: ignore[arg-type]
+            await collect(router, chat("c2", program="agent-2"))  # calls still go through
+    assert refusing.refused == 1 and engine.tool_events == [] and len(engine.requests) == 2

@@ -15,6 +15,11 @@ backends alive:
   (``ProgramTag.attained_service``), since each sees only its own calls;
   those that do not (vLLM, SGLang) get the program's priority as the
   call's ``priority``: the queue level that service falls in;
+- a program's tool signals (``POST /v1/programs/{id}/tool``) go to the engines
+  that ran its calls, which hold its KV while the tool runs (backends whose
+  engine does not listen drop them: remote servers other than agentrt); while
+  its tool runs, the engine that retains the program's context stays its next
+  call's choice past the time-to-live that engine reported;
 - each backend runs under a supervisor task; a failed health check, a lost
   connection or a worker that exits takes the engine down at once: its
   in-flight calls fail with :class:`EngineUnavailable` (503), its programs
@@ -48,7 +53,9 @@ from agentrt.protocol.engine import (
     ModelInfo,
     ProgramTag,
     TokenEvent,
+    ToolSignals,
 )
+from agentrt.protocol.programs import ToolEvent
 from agentrt.scheduling import (
     Balancer,
     BalancerConfig,
@@ -473,6 +480,36 @@ class Router:
                 if program_id in engine.programs:
                     engine.programs.discard(program_id)
                     tg.start_soon(self._end_program_on, engine, program_id)
+
+    async def tool_event(self, program_id: str, event: ToolEvent) -> None:
+        """A thread of ``program_id`` entered or left a tool: tell the engines that ran the
+        program's calls (all at once, each bounded; a failure is logged, never raised, as the
+        signal is advisory). Awaited, so each engine hears it before the program's next call."""
+        if event.state == "start":
+            self.balancer.hold_retained(program_id)
+        engines = [
+            e
+            for e in self._engines.values()
+            if e.up and program_id in e.programs and isinstance(e.backend, ToolSignals)
+        ]
+        async with anyio.create_task_group() as tg:
+            for engine in engines:
+                tg.start_soon(self._tool_event_on, engine, program_id, event)
+
+    async def _tool_event_on(self, engine: _Engine, program_id: str, event: ToolEvent) -> None:
+        backend = engine.backend
+        assert isinstance(backend, ToolSignals)
+        try:
+            with anyio.fail_after(self.config.health_timeout_s):
+                await backend.tool_event(program_id, event)
+        except TimeoutError:
+            log.warning(
+                "tool_event_failed",
+                engine_id=engine.engine_id,
+                error=f"no answer within {self.config.health_timeout_s:g}s",
+            )
+        except Exception as e:
+            log.warning("tool_event_failed", engine_id=engine.engine_id, error=_describe(e))
 
     async def _end_program_on(self, engine: _Engine, program_id: str) -> None:
         try:

@@ -20,7 +20,9 @@ from agentrt.protocol.engine import (
     ModelInfo,
     ProgramTag,
     TokenEvent,
+    ToolSignals,
 )
+from agentrt.protocol.programs import ToolEvent
 from agentrt.serving.router.backends.errors import EngineLost
 from agentrt.serving.router.backends.hosting import running
 
@@ -79,3 +81,8 @@ class LocalBackend:
     async def end_program(self, program_id: str) -> None:
         if self._up:
             await self.engine.end_program(program_id)
+
+    async def tool_event(self, program_id: str, event: ToolEvent) -> None:
+        """Passed on to an engine that listens for tool signals; others never hear them."""
+        if self._up and isinstance(self.engine, ToolSignals):
+            await self.engine.tool_event(program_id, event)

@@ -36,6 +36,7 @@ from agentrt.protocol.engine import (
     ProgramTag,
     TokenEvent,
 )
+from agentrt.protocol.programs import ToolEvent
 from agentrt.serving.router.backends.errors import EngineLost, engine_error
 from agentrt.serving.router.backends.hosting import EngineSpec
 from agentrt.serving.router.backends.wire import (
@@ -54,6 +55,7 @@ from agentrt.serving.router.backends.wire import (
     Ready,
     Shutdown,
     StartProgram,
+    ToolSignal,
     ToRouter,
 )
 
@@ -270,7 +272,9 @@ class ProcessBackend:
                 with anyio.CancelScope(shield=True):
                     await self._send_quietly(channel, Abort(call_id=request.call_id))
 
-    async def _send_quietly(self, channel: Channel, message: Abort | EndProgram) -> None:
+    async def _send_quietly(
+        self, channel: Channel, message: Abort | EndProgram | ToolSignal
+    ) -> None:
         with contextlib.suppress(*_GONE):  # the reader notices the worker is gone
             await channel.send(message)
 
@@ -308,3 +312,8 @@ class ProcessBackend:
     async def end_program(self, program_id: str) -> None:
         if self._channel is not None:
             await self._send_quietly(self._channel, EndProgram(program_id=program_id))
+
+    async def tool_event(self, program_id: str, event: ToolEvent) -> None:
+        """A tool signal for the worker's engine, queued in order with the program's calls."""
+        if self._channel is not None:
+            await self._send_quietly(self._channel, ToolSignal(program_id=program_id, event=event))

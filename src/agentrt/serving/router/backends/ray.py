@@ -33,7 +33,9 @@ from agentrt.protocol.engine import (
     ModelInfo,
     ProgramTag,
     TokenEvent,
+    ToolSignals,
 )
+from agentrt.protocol.programs import ToolEvent
 from agentrt.serving.router.backends.errors import EngineLost, engine_error, error_info
 from agentrt.serving.router.backends.hosting import EngineSpec, hosted_engine
 from agentrt.serving.router.backends.wire import Event, Failed
@@ -95,6 +97,11 @@ class EngineActor:
 
     async def end_program(self, program_id: str) -> None:
         await self._live().end_program(program_id)
+
+    async def tool_event(self, program_id: str, event: bytes) -> None:
+        engine = self._live()
+        if isinstance(engine, ToolSignals):
+            await engine.tool_event(program_id, msgspec.msgpack.decode(event, type=ToolEvent))
 
     async def wait_stopped(self) -> None:
         """Pending until :meth:`stop`; the caller learns of the actor's death when it fails."""
@@ -222,6 +229,11 @@ class RayBackend:
     async def end_program(self, program_id: str) -> None:
         if self._actor is not None:
             await _quietly(self._actor.end_program.remote(program_id))
+
+    async def tool_event(self, program_id: str, event: ToolEvent) -> None:
+        """A tool signal for the actor's engine (a lost actor is the health check's to report)."""
+        if self._actor is not None:
+            await _quietly(self._actor.tool_event.remote(program_id, _encode(event)))
 
 
 async def _quietly(ref: Any) -> None:

@@ -28,6 +28,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator
 from typing import Literal
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -45,6 +46,7 @@ from agentrt.protocol.engine import (
     TokenEvent,
 )
 from agentrt.protocol.headers import PROGRAM, HeaderError, format_headers, parse_headers
+from agentrt.protocol.programs import ToolEvent
 from agentrt.scheduling import SchedulerConfig
 from agentrt.serving.router.admission import AdmissionQueue, Grant
 from agentrt.serving.router.backends.errors import EngineLost, ErrorInfo, engine_error
@@ -206,6 +208,7 @@ class RemoteBackend:
         self._models: list[ModelInfo] = []
         self._running = 0
         self._run_scope: anyio.CancelScope | None = None
+        self._tool_route = True  # False once the server answered that it has no tool route
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -453,6 +456,34 @@ class RemoteBackend:
             await self._client.delete(f"/v1/programs/{header_safe_id(program_id)}")
         except _UNREACHABLE as e:
             log.warning("end_program_failed", engine_id=self.engine_id, error=repr(e))
+
+    async def tool_event(self, program_id: str, event: ToolEvent) -> None:
+        """Another agentrt hears the program's tool signal (``POST /v1/programs/{id}/tool``, the
+        id as the calls' headers name it); other servers have no such route and are skipped,
+        and so is an agentrt that answers 404 or 405 (one without the route), from then on."""
+        client = self._client
+        if self.config.kind != "agentrt" or client is None or not self._tool_route:
+            return
+        path = f"/v1/programs/{quote(header_safe_id(program_id), safe='')}/tool"
+        try:
+            response = await client.post(
+                path,
+                content=msgspec.json.encode(event),
+                headers={"content-type": "application/json"},
+            )
+        except _UNREACHABLE as e:
+            log.warning("tool_event_failed", engine_id=self.engine_id, error=repr(e))
+            return
+        if response.status_code in (404, 405):
+            self._tool_route = False
+            log.info("remote takes no tool signals; not sending it more", engine_id=self.engine_id)
+        elif response.status_code >= 400:
+            log.warning(
+                "tool_event_failed",
+                engine_id=self.engine_id,
+                status=response.status_code,
+                body=response.text[:200],
+            )
 
 
 async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:

@@ -24,6 +24,7 @@ from agentrt.protocol.engine import (
     ProgramTag,
     TokenEvent,
 )
+from agentrt.protocol.programs import ToolEvent
 from agentrt.serving.router.backends.errors import ErrorInfo
 from agentrt.serving.router.backends.hosting import EngineSpec
 
@@ -50,6 +51,11 @@ class StartProgram(msgspec.Struct, tag=True, kw_only=True):
 
 class EndProgram(msgspec.Struct, tag=True, kw_only=True):
     program_id: str
+
+
+class ToolSignal(msgspec.Struct, tag=True, kw_only=True):
+    program_id: str
+    event: ToolEvent
 
 
 class Ping(msgspec.Struct, tag=True, kw_only=True):
@@ -88,7 +94,7 @@ class Pong(msgspec.Struct, tag=True, kw_only=True):
     stats: EngineStats
 
 
-ToWorker = Init | Generate | Abort | StartProgram | EndProgram | Ping | Shutdown
+ToWorker = Init | Generate | Abort | StartProgram | EndProgram | ToolSignal | Ping | Shutdown
 ToRouter = Ready | InitFailed | Event | Failed | Finished | Pong
 
 

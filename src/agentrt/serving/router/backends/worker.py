@@ -19,7 +19,8 @@ import anyio
 from anyio.abc import TaskGroup, UNIXSocketStream
 
 from agentrt.log import get_logger
-from agentrt.protocol.engine import EngineClient, EngineError, GenerationRequest
+from agentrt.protocol.engine import EngineClient, EngineError, GenerationRequest, ToolSignals
+from agentrt.protocol.programs import ToolEvent
 from agentrt.serving.router.backends.errors import error_info
 from agentrt.serving.router.backends.hosting import hosted_engine
 from agentrt.serving.router.backends.wire import (
@@ -38,6 +39,7 @@ from agentrt.serving.router.backends.wire import (
     Ready,
     Shutdown,
     StartProgram,
+    ToolSignal,
     ToWorker,
 )
 
@@ -112,6 +114,8 @@ async def _dispatch(channel: Channel, engine: EngineClient, tg: TaskGroup) -> st
                     tg.start_soon(engine.start_program, tag)
                 case EndProgram(program_id=program_id):
                     tg.start_soon(engine.end_program, program_id)
+                case ToolSignal(program_id=program_id, event=event):
+                    await _tool_event(engine, program_id, event)
                 case Ping(seq=seq):
                     try:
                         stats = engine.stats()
@@ -125,6 +129,17 @@ async def _dispatch(channel: Channel, engine: EngineClient, tg: TaskGroup) -> st
                     log.warning("unexpected_message", kind=type(message).__name__)
     except (*_GONE, FrameError):
         return None
+
+
+async def _tool_event(engine: EngineClient, program_id: str, event: ToolEvent) -> None:
+    """Hand a tool signal to an engine that listens, before the messages that follow it (the
+    program's next call among them); a signal is advisory, so a failure is only logged."""
+    if not isinstance(engine, ToolSignals):
+        return
+    try:
+        await engine.tool_event(program_id, event)
+    except Exception as e:
+        log.warning("tool_event_failed", program_id=program_id, error=repr(e))
 
 
 async def serve(channel: Channel) -> str | None:
