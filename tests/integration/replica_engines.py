@@ -5,13 +5,21 @@ from __future__ import annotations
 from agentrt.protocol.engine import EngineClient
 
 
-async def tiny_llama_engine(num_kv_blocks: int = 64, max_num_seqs: int = 8) -> EngineClient:
+async def tiny_llama_engine(
+    num_kv_blocks: int = 64, max_num_seqs: int = 8, kv_retention: str = "off"
+) -> EngineClient:
     """The embedded engine over the tests' tiny random Llama (no tokenizer: token-id prompts)."""
     from tests.conftest import make_tiny_loaded
 
     from agentrt.engine import AsyncEngine, EngineConfig, LLMEngine
+    from agentrt.scheduling import RetentionConfig
 
-    config = EngineConfig(dtype="float32", num_kv_blocks=num_kv_blocks, max_num_seqs=max_num_seqs)
+    config = EngineConfig(
+        dtype="float32",
+        num_kv_blocks=num_kv_blocks,
+        max_num_seqs=max_num_seqs,
+        retention=RetentionConfig(mode=kv_retention),  # type: ignore[arg-type]
+    )
     return AsyncEngine(LLMEngine(config, make_tiny_loaded()))
 
 

@@ -181,6 +181,37 @@ async def test_a_worker_runs_the_embedded_engine() -> None:
     assert remote == local  # same weights, greedy: the worker computes what this process does
 
 
+async def test_tool_signals_reach_the_worker_that_ran_the_program() -> None:
+    from agentrt.protocol.programs import ToolEvent
+
+    spec = EngineSpec(
+        factory="tests.integration.replica_engines:tiny_llama_engine",
+        options={"kv_retention": "ttl"},
+    )
+    request = GenerationRequest(
+        call_id="c1",
+        prompt=list(range(1, 41)),
+        program=ProgramTag(program_id="agent"),
+        sampling=SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True),
+    )
+    backends = [ProcessBackend("r0", spec), ProcessBackend("r1", spec)]
+    async with Router(backends) as router:
+        await collect(router, request)  # both idle: r0, the least used added first
+        # Within the pin's TTL (the 1 s prior): r0 holds the agent's context for the tool.
+        await router.tool_event("agent", ToolEvent(state="start", tool="search"))
+        await router.tool_event("agent", ToolEvent(state="end"))
+
+        async def held() -> list[int]:
+            for b in backends:
+                await b.check_health()  # a ping refreshes the stats the router reads
+            return [b.stats().kv_pins_held for b in backends]
+
+        with anyio.fail_after(20):
+            while (found := await held()) != [1, 0]:
+                assert found[1] == 0  # r1 never ran the agent's calls
+                await anyio.sleep(0.05)
+
+
 async def test_many_concurrent_calls_leave_nothing_behind() -> None:
     """Finished, abandoned and failing calls in parallel over two replicas: every slot and KV block comes back."""
     spec = EngineSpec(factory=ECHO, options={"token_delay": 0.002, "max_model_len": 256})
