@@ -205,9 +205,10 @@ class ListeningEngine(AsyncEngine):
         await super().tool_event(program_id, event)
 
 
-def run_agent_behind_a_router() -> tuple[list[ListeningEngine], int]:
+def run_agent_behind_a_router() -> tuple[ListeningEngine, ListeningEngine, int]:
     """:func:`run_agent`'s agent, with retention, through a router over two engines; returns
-    the engines and the prompt tokens the agent's second call found cached."""
+    the engine that ran the agent's calls, the other one, and the prompt tokens the agent's
+    second call found cached there."""
     from agentrt.serving.router import Router, RouterConfig
     from agentrt.serving.router.backends import LocalBackend
 
@@ -233,7 +234,7 @@ def run_agent_behind_a_router() -> tuple[list[ListeningEngine], int]:
     client = agentrt.OpenAI(app=app, api_key="none", max_retries=0)
     rng = random.Random(7)
     history = [rng.randrange(1, 256) for _ in range(40)]
-    first = engines[0].engine
+    ran: list[ListeningEngine] = []  # the engine the router sent the agent's first call to
 
     def complete(prompt: list[int]) -> None:
         client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, extra_body=NO_EOS)
@@ -243,42 +244,46 @@ def run_agent_behind_a_router() -> tuple[list[ListeningEngine], int]:
         program = agentrt.current_program()
         assert program is not None
         if lifecycle.tool_signals_enabled():
-            wait_until(lambda: first.block_manager.evictable.in_tool(program.program_id))
+            policy = ran[0].engine.block_manager.evictable
+            wait_until(lambda: policy.in_tool(program.program_id))
         clock.now += TOOL_SECONDS
-        for i in range(3):  # both engines idle: the least used is e0, where the agent ran
+        for i in range(3):  # both engines idle: the least used, where the agent ran too
             with agentrt.program(f"other-{i}", detached=True):
                 complete([rng.randrange(1, 256) for _ in range(40)])
 
     @agentrt.program
     def agent() -> int:
         complete(history)
+        ran.extend(e for e in engines if e.engine.block_manager.prefix_queried_tokens)
         search()
-        before = first.block_manager.prefix_hit_tokens
+        bm = ran[0].engine.block_manager
+        before = bm.prefix_hit_tokens
         complete([*history, 7, 8, 9])
-        return first.block_manager.prefix_hit_tokens - before
+        return bm.prefix_hit_tokens - before
 
     try:
         reused = agent()
     finally:
         AppRunner.for_app(app).close()
-    return engines, reused
+    [other] = [e for e in engines if e is not ran[0]]
+    return ran[0], other, reused
 
 
 def test_the_router_forwards_tool_signals_to_the_engine_that_ran_the_program() -> None:
-    engines, reused = run_agent_behind_a_router()
-    assert reused == 40  # the agent's whole history, held on e0 through the tool
-    [(program_id, _), _] = engines[0].heard
-    assert engines[0].heard == [(program_id, "start"), (program_id, "end")]
-    assert engines[1].heard == []  # it never ran the agent's calls
-    counters = engines[0].engine.block_manager.evictable.counters
+    ran, other, reused = run_agent_behind_a_router()
+    assert reused == 40  # the agent's whole history, held through the tool where it ran
+    [(program_id, _), _] = ran.heard
+    assert ran.heard == [(program_id, "start"), (program_id, "end")]
+    assert other.heard == []  # it never ran the agent's calls
+    counters = ran.engine.block_manager.evictable.counters
     assert counters.held == 1 and counters.reused == 1
-    assert engines[0].engine.stats().recomputed_prompt_tokens == 0
+    assert ran.engine.stats().recomputed_prompt_tokens == 0
 
 
 def test_behind_a_router_without_the_signals_the_pin_expires(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(lifecycle.TOOL_SIGNALS_ENV, "0")
-    engines, reused = run_agent_behind_a_router()
+    ran, _other, reused = run_agent_behind_a_router()
     assert reused == 0
-    assert engines[0].heard == [] and engines[0].engine.block_manager.evictable.counters.held == 0
+    assert ran.heard == [] and ran.engine.block_manager.evictable.counters.held == 0
