@@ -458,4 +458,4 @@ def run(args: argparse.Namespace) -> int:
         result.predictions = predict(systems, profile, int(batch) if batch else None)
         print_predictions(console, result.predictions, profile.name)
     write_outputs(result, args, console)
-    return 0 if all(r.errors == 0 for s in systems for r in s.runs) else 1
+    return 0 if all(r.errors == r.cut == 0 for s in systems for r in s.runs) else 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,10 +18,16 @@ from agentrt.testing.echo import EchoEngine
 
 
 @contextmanager
-def echo_server(**engine_options: Any) -> Iterator[tuple[str, EchoEngine]]:
-    """Serve an ``EchoEngine`` over HTTP in a background thread; yield (base URL, engine)."""
+def echo_server(
+    wrap: Callable[[Any], Any] | None = None, **engine_options: Any
+) -> Iterator[tuple[str, EchoEngine]]:
+    """Serve an ``EchoEngine`` over HTTP in a background thread; yield (base URL, engine).
+
+    ``wrap`` puts an ASGI middleware around the app (a server that behaves otherwise)."""
     engine = EchoEngine(**engine_options)
     app = create_app(engine, ServerConfig(log_requests=False))
+    if wrap is not None:
+        app = wrap(app)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
