@@ -119,6 +119,25 @@ async def test_calls_beyond_the_bound_wait_here_and_every_one_finishes() -> None
     assert engine.peak_running == 2 and remote.admission.inflight == 0
 
 
+async def test_the_slot_is_released_when_the_server_ends_the_stream() -> None:
+    """Not when the caller takes the final event: a slow caller does not hold the server's slot."""
+    engine = EchoEngine(slots=1)
+    async with serving(engine) as (url, _):
+        remote = backend(url)
+        async with Router([remote], config=FAST, scheduler=TOKENS) as router:
+            first = router.generate(chat("first", "a b c", program="p1"))
+            events = [await first.__anext__()]
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(collect, router, chat("second", "x y", program="p2"))
+                await eventually(lambda: remote.admission.waiting == 1)
+                while events[-1].finish_reason is None:
+                    events.append(await first.__anext__())
+                # The final event is in hand and the stream not yet closed by the caller.
+                assert remote.admission.waiting == 0
+                await first.aclose()  # type: ignore[attr-defined]
+    assert remote.admission.inflight == 0 and engine.started == ["first", "second"]
+
+
 async def test_an_abandoned_waiting_call_never_reaches_the_server() -> None:
     engine = EchoEngine(slots=1, token_delay=0.01)
     async with serving(engine) as (url, _):

@@ -336,6 +336,7 @@ class RemoteBackend:
             body["id_slot"] = grant.slot
             body["cache_prompt"] = True
         self._running += 1
+        released = False
         try:
             if grant.slot is not None:
                 await self._swap_slot(client, grant)
@@ -357,6 +358,11 @@ class RemoteBackend:
                         if timings.first_token is None:
                             timings.first_token = time.monotonic()
                         yield event
+            # The server has sent its last byte: its slot is free now, not once the caller has
+            # taken the final events.
+            released = True
+            self._running -= 1
+            self.admission.release(grant)
             final = decoder.finish()
             if not final:
                 raise EngineUnavailable(
@@ -388,8 +394,9 @@ class RemoteBackend:
                 )
             ) from None
         finally:
-            self._running -= 1
-            self.admission.release(grant)
+            if not released:
+                self._running -= 1
+                self.admission.release(grant)
 
     async def _swap_slot(self, client: httpx.AsyncClient, grant: Grant) -> None:
         """Save the context of the thread the slot held, then restore the granted thread's."""
