@@ -303,3 +303,23 @@ async def test_without_a_save_path_the_call_runs_and_is_recomputed() -> None:
             slots = remote.admission._slots
             assert slots is not None and not slots.saved  # A's save failed: nothing to restore
     assert len(bodies) == 3
+
+
+async def test_a_call_sent_ahead_counts_its_wait_at_the_server_as_queue_time() -> None:
+    """Its program is charged for the time it ran, not for the time it waited for a slot there."""
+    engine = EchoEngine(slots=1, token_delay=0.02)
+    async with llama_like(engine, 1) as (url, _):
+        remote = RemoteBackend(
+            "r", parse_backend(f"llamacpp+{url},queue_ahead=1"), scheduler=TOKENS
+        )
+        async with (
+            Router([remote], config=FAST, scheduler=TOKENS) as router,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(collect, router, chat("running", "w " * 20, program="a"))
+            await eventually(lambda: engine.stats().running == 1)
+            ahead = await collect(router, chat("ahead", "x y", program="b"))
+    timings = ahead[-1].timings
+    assert timings is not None
+    # It waited at the server for most of the first call's 0.4 s, then ran two tokens (0.04 s).
+    assert timings.queue_time > 0.2 and timings.model_time < 0.2

@@ -369,7 +369,11 @@ class RemoteBackend:
                     f"engine {self.engine_id} ended the stream before finishing the call"
                 )
             timings.finished = time.monotonic()
-            timings.model_time = timings.finished - admitted
+            # A call sent ahead waited in the server's queue until a slot freed for it: that is
+            # queue time, and only the rest is the service its program is charged.
+            started = grant.started if grant.started is not None else admitted
+            timings.queue_time = grant.wait + max(0.0, started - admitted)
+            timings.model_time = timings.finished - max(started, admitted)
             if timings.first_token is None:
                 timings.first_token = timings.finished
             final[-1].timings = timings
