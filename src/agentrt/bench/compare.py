@@ -321,8 +321,8 @@ def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None
     the llama.cpp server of ``--llama-server``, started per rate too. External
     servers keep their caches between rates: restart them yourself, or give
     one rate per command. With ``--both-orders`` every rate runs twice, the
-    second time with the systems in reverse order. None when a server could not start (reported on
-    ``console``).
+    second time with the systems in reverse order. None when a server could
+    not start (reported on ``console``).
     """
     import anyio
 
