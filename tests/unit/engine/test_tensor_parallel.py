@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import torch
 from tests.unit.engine.helpers import assert_block_pool_clean, random_prompts, tiny_engine
 
 from agentrt.config import ConfigError
@@ -113,15 +114,6 @@ def test_each_rank_holds_its_share_of_the_kv_heads(tp_engine: LLMEngine) -> None
     assert runner.decoder is not None and runner.decoder.num_heads == 2
 
 
-def test_closing_stops_the_workers_cleanly() -> None:
-    engine = tiny_engine(tensor_parallel_size=2)
-    processes = list(engine.runner.ranks._context.processes)  # type: ignore[attr-defined, union-attr]
-    engine.generate(PROMPTS[:2], SamplingParams(temperature=0.0, max_tokens=2))
-    engine.close()
-    assert [p.exitcode for p in processes] == [0]
-    engine.close()  # idempotent
-
-
 def test_a_dead_worker_is_a_clear_error_not_a_hang() -> None:
     engine = tiny_engine(tensor_parallel_size=2)
     worker = engine.runner.ranks._context.processes[0]  # type: ignore[attr-defined, union-attr]
@@ -136,6 +128,7 @@ async def test_streaming_and_prefix_hits_through_the_async_engine(
     reference: list[list[int]],
 ) -> None:
     engine = tiny_engine(tensor_parallel_size=2, **PRESSURE)
+    workers = list(engine.runner.ranks._context.processes)  # type: ignore[attr-defined]
     async with AsyncEngine(engine) as served:
         for call_id in ("first", "again"):  # the second call reads the first's cached prompt
             chunks: list[list[int]] = []
@@ -146,4 +139,24 @@ async def test_streaming_and_prefix_hits_through_the_async_engine(
             assert len([c for c in chunks if c]) > 1  # streamed, not delivered at the end
             assert [t for c in chunks for t in c] == reference[0]
         assert engine.block_manager.prefix_hit_tokens >= 36
-    assert engine.runner.ranks._context is None  # type: ignore[attr-defined]  # closed with it
+    # Closing the async engine stopped the workers, and they left cleanly.
+    assert [p.exitcode for p in workers] == [0]
+    assert engine.runner.ranks._context is None  # type: ignore[attr-defined]
+    engine.close()  # idempotent
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+    reason="NCCL tensor parallel needs 2 GPUs (one per rank)",
+)
+def test_two_gpus_over_nccl_match_one_gpu() -> None:
+    prompts = random_prompts([12, 5, 30], seed=3)
+    params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+    one = tiny_engine(device="cuda")
+    expected = one.generate(prompts, params)
+    two = tiny_engine(device="cuda", tensor_parallel_size=2)
+    try:
+        assert two.runner.ranks.collectives.data is not two.runner.ranks.collectives.control  # type: ignore[attr-defined, union-attr]
+        assert two.generate(prompts, params) == expected
+    finally:
+        two.close()
