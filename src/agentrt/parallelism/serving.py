@@ -117,6 +117,33 @@ def megatron_split(
     ]
 
 
+def engine_split(model_config: Any, n: int) -> dict[str, Any]:
+    """What ``agentrt serve --tensor-parallel-size n`` gives each rank of this model (for ``agentrt plan --serve``).
+
+    ``{"tensor_parallel_size", "heads", "kv_heads", "mlp"}`` (per-rank counts),
+    or ``{"tensor_parallel_size", "error"}`` when the model has no such
+    dimensions or ``n`` cannot split them.
+    """
+    text = (
+        model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    )
+    heads = getattr(text, "num_attention_heads", None) if text is not None else None
+    mlp = getattr(text, "intermediate_size", None)
+    if heads is None or mlp is None:
+        return {"tensor_parallel_size": n, "error": "not a decoder with attention heads and an MLP"}
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    try:
+        splits = megatron_split(heads, kv_heads, mlp, n)
+    except PlanError as exc:
+        return {"tensor_parallel_size": n, "error": str(exc)}
+    return {
+        "tensor_parallel_size": n,
+        "heads": [s.num_heads for s in splits],
+        "kv_heads": [s.num_kv_heads for s in splits],
+        "mlp": [s.mlp[1] - s.mlp[0] for s in splits],
+    }
+
+
 def backend_for(device: torch.device) -> str:
     """The collective backend of the activations' all-reduce: NCCL on CUDA, gloo elsewhere."""
     return "nccl" if device.type == "cuda" else "gloo"
