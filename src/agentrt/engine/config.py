@@ -73,7 +73,8 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # by KV heads, the MLP by hidden units), gloo on CPU and NCCL on CUDA (one GPU per rank);
     # the scheduler stays one, in this process. See engine/tensor_parallel.py.
     tensor_parallel_size: int = 1
-    # Pipeline stages over processes: not supported yet (only 1).
+    # Or split its layers into this many pipeline stages, one process each (the KV cache
+    # by layer); a step passes through the stages in turn. Not together with tensor parallel.
     pipeline_parallel_size: int = 1
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
     # Program-aware KV retention (``[engine.retention]``): ``mode = "ttl"`` pins a finished
@@ -104,16 +105,19 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("EngineConfig.quantization needs lean_decoder = true")
         if self.tensor_parallel_size < 1:
             raise ConfigError("EngineConfig.tensor_parallel_size must be >= 1")
-        if self.pipeline_parallel_size != 1:
+        if self.pipeline_parallel_size < 1:
+            raise ConfigError("EngineConfig.pipeline_parallel_size must be >= 1")
+        if self.tensor_parallel_size > 1 and self.pipeline_parallel_size > 1:
             raise ConfigError(
-                f"EngineConfig.pipeline_parallel_size {self.pipeline_parallel_size} is not "
-                "supported yet: the embedded engine runs pipeline_parallel_size = 1 "
-                "(use tensor_parallel_size to split the model over processes)"
+                "EngineConfig.tensor_parallel_size and pipeline_parallel_size cannot both be "
+                "> 1 yet: split the model one way"
             )
-        if self.tensor_parallel_size > 1 and (self.compile or not self.lean_decoder):
+        if self.tensor_parallel_size * self.pipeline_parallel_size > 1 and (
+            self.compile or not self.lean_decoder
+        ):
             raise ConfigError(
-                "EngineConfig.tensor_parallel_size > 1 runs the lean decoder without "
-                "torch.compile: set lean_decoder = true and compile = false"
+                "EngineConfig.tensor_parallel_size or pipeline_parallel_size > 1 runs the lean "
+                "decoder without torch.compile: set lean_decoder = true and compile = false"
             )
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ConfigError("EngineConfig.max_model_len must be >= 2")

@@ -20,10 +20,13 @@ Given a :class:`~agentrt.parallelism.serving.RankSplit`, the decoder holds one
 rank's share of a tensor-parallel model (Megatron's split): the query heads
 of its KV heads and the MLP's hidden units of its range, with the ``o`` and
 ``down`` products summed over the ranks by ``reduce`` (their biases, if
-any, added on rank 0 only). Embedding, norms and ``lm_head`` stay whole on
-every rank. The model's modules are left as they are (worker processes
-share them with the driver); the shard's fused and column-cut weights are
-its own copies.
+any, added by the rank holding the first columns). Embedding, norms and
+``lm_head`` stay whole on every rank. A split with ``layers`` (a pipeline
+stage) holds only those layers; its ``pipe`` brings the previous stage's
+hidden states in and hands its own on (the first stage embeds, and computes
+the logits of the rows the last stage sends back). The model's modules are
+left as they are (worker processes share them with the driver); the
+shard's fused and column-cut weights are its own copies.
 
 Architectures it does not know (and Llama variants it cannot reproduce
 exactly) keep the transformers forward: :func:`unsupported_reason` says why.
@@ -42,7 +45,7 @@ from agentrt.engine.attention import AttentionMetadata, attend
 from agentrt.engine.matmul import Weight, fuse, make_weight
 
 if TYPE_CHECKING:
-    from agentrt.parallelism.serving import RankSplit
+    from agentrt.parallelism.serving import RankSplit, StagePipe
 
 # Model types whose decoder layers are exactly: RMSNorm, attention (q/k/v/o projections, RoPE),
 # RMSNorm, SiLU-gated MLP, each with a residual; no embedding scale, no norms inside attention.
@@ -119,6 +122,7 @@ class LeanDecoder:
         shard: RankSplit | None = None,
         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
         device: torch.device | None = None,
+        pipe: StagePipe | None = None,
     ) -> None:
         reason = unsupported_reason(model)
         if reason is not None:
@@ -132,6 +136,8 @@ class LeanDecoder:
         self.scaling = float(first.scaling)
         self.eps = float(inner.norm.variance_epsilon)
         self.reduce = reduce
+        self.pipe = pipe
+        self.hidden_size = int(config.hidden_size)
         self.embed = _on(inner.embed_tokens.weight, device)
         self.norm = _on(inner.norm.weight, device)
         # The head picks the token directly, so int4 models keep it in int8 (see matmul.py).
@@ -146,9 +152,10 @@ class LeanDecoder:
             self.layers = [self._layer(layer, pack, quantization) for layer in inner.layers]
         else:
             self.num_heads, self.num_kv_heads = shard.num_heads, shard.num_kv_heads
+            start, stop = shard.layers or (0, len(inner.layers))
             self.layers = [
                 self._shard_layer(layer, pack, quantization, shard, device)
-                for layer in inner.layers
+                for layer in inner.layers[start:stop]
             ]
         self.cos, self.sin = self._rope_tables(inner.rotary_emb, max_positions)
         self.q_width = self.num_heads * self.head_dim
@@ -191,14 +198,14 @@ class LeanDecoder:
             [_on(mlp.gate_proj.weight[units], device), _on(mlp.up_proj.weight[units], device)],
             [_rows(mlp.gate_proj.bias, units, device), _rows(mlp.up_proj.bias, units, device)],
         )
-        # A row-split product's bias is added once, after the sum: on rank 0.
-        first = shard.rank == 0
+        # A row-split product's bias is added once, after the sum: by the rank holding the
+        # first columns.
         return Layer(
             input_norm=_on(layer.input_layernorm.weight, device),
             qkv=make_weight(*qkv, quantization, pack),
             o=make_weight(
                 _on(attn.o_proj.weight[:, heads], device),
-                _on(attn.o_proj.bias, device) if first else None,
+                _on(attn.o_proj.bias, device) if shard.heads[0] == 0 else None,
                 quantization,
                 pack,
             ),
@@ -206,7 +213,7 @@ class LeanDecoder:
             gate_up=make_weight(*gate_up, quantization, pack),
             down=make_weight(
                 _on(mlp.down_proj.weight[:, units], device),
-                _on(mlp.down_proj.bias, device) if first else None,
+                _on(mlp.down_proj.bias, device) if shard.mlp[0] == 0 else None,
                 quantization,
                 pack,
             ),
@@ -252,7 +259,11 @@ class LeanDecoder:
         heads, kv_heads, d = self.num_heads, self.num_kv_heads, self.head_dim
         cos, sin = self.cos[positions], self.sin[positions]
         half = d // 2
-        h = F.embedding(input_ids, self.embed)
+        pipe = self.pipe
+        if pipe is None or pipe.first:
+            h = F.embedding(input_ids, self.embed)
+        else:
+            h = pipe.receive(tokens, self.hidden_size, self.norm)
         for index, layer in enumerate(self.layers):
             x = self._rms_norm(h, layer.input_norm)
             qkv = layer.qkv(x)
@@ -266,8 +277,14 @@ class LeanDecoder:
             gate, up = layer.gate_up(x).chunk(2, dim=-1)
             mlp = layer.down(F.silu(gate) * up)
             h = h + (mlp if self.reduce is None else self.reduce(mlp))
-        h = self._rms_norm(h.index_select(0, keep), self.norm)
-        return self.lm_head(h).float()
+        if pipe is None:
+            rows = h.index_select(0, keep)
+        else:
+            passed = pipe.pass_on(h, keep)
+            if passed is None:  # a later stage: stage 0 computes the logits
+                return h.new_empty(0, 0, dtype=torch.float32)
+            rows = passed
+        return self.lm_head(self._rms_norm(rows, self.norm)).float()
 
 
 def _on(t: Any, device: torch.device | None) -> Any:

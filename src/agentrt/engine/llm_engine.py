@@ -123,11 +123,11 @@ class StepAdmission:
 
 
 def make_runner(model: object, config: EngineConfig) -> ModelRunner:
-    """The model runner for ``config``: one process, or rank 0 of a tensor-parallel group."""
-    if config.tensor_parallel_size > 1:
-        from agentrt.engine.tensor_parallel import TensorParallelRunner
+    """The model runner for ``config``: one process, or rank 0 of a tensor-parallel group or pipeline."""
+    if config.tensor_parallel_size * config.pipeline_parallel_size > 1:
+        from agentrt.engine.tensor_parallel import ParallelRunner
 
-        return TensorParallelRunner(model, config)
+        return ParallelRunner(model, config)
     return ModelRunner(model, config)
 
 

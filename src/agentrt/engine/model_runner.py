@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from collections.abc import Sequence as Rows
 
-    from agentrt.parallelism.serving import RankSplit
+    from agentrt.parallelism.serving import RankSplit, StagePipe
 
 log = get_logger(__name__)
 
@@ -137,10 +137,11 @@ def kv_pool_blocks(
 class ModelRunner:
     """Builds the forward (lean decoder or transformers'), the paged KV cache, and runs steps.
 
-    With ``shard`` it is one rank of a tensor-parallel model (see
+    With ``shard`` it is one rank of a model split over processes (see
     :mod:`agentrt.engine.tensor_parallel`): its decoder holds that rank's
-    heads and hidden units, ``reduce`` sums the row-split products over the
-    ranks, and its KV cache holds that rank's KV heads. The model then stays
+    heads, hidden units and layers, ``reduce`` sums tensor-parallel row-split
+    products over the ranks, ``pipe`` links pipeline stages, and its KV cache
+    holds that rank's KV heads of its layers. The model then stays
     where it is (the CPU, shared with the other ranks); the shard's weights
     are placed on ``config.device``.
     """
@@ -151,6 +152,7 @@ class ModelRunner:
         config: EngineConfig,
         shard: RankSplit | None = None,
         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        pipe: StagePipe | None = None,
     ) -> None:
         self.config = config
         if config.num_threads is not None:
@@ -160,6 +162,7 @@ class ModelRunner:
         self.block_size = config.block_size
         self.shard = shard
         self._reduce = reduce
+        self._pipe = pipe
         # A tensor-parallel worker runs the layers only: its driver computes the logits.
         self.emits_logits = True
         if shard is None:
@@ -175,17 +178,18 @@ class ModelRunner:
         self.decoder = self._lean_decoder(num_blocks * config.block_size)
         if shard is not None and self.decoder is None:
             raise ConfigError(
-                "tensor_parallel_size > 1 needs the lean decoder (lean_decoder = true and a "
+                "tensor_parallel_size or pipeline_parallel_size > 1 needs the lean decoder (lean_decoder = true and a "
                 f"Llama, Mistral or Qwen2 model): {unsupported_reason(self.model) or 'it is off'}"
             )
         kv_heads = self.shape.num_kv_heads if shard is None else shard.num_kv_heads
+        layers = (shard.layers if shard is not None else None) or (0, self.shape.num_layers)
         packed = 0
         if self.decoder is None:
             packed = pack_linears(self.model) if config.packed_linears else 0
             register_attention()
             self.model.set_attn_implementation(ATTENTION_NAME)
         self.kv_cache = PagedKVCache(
-            self.shape.num_layers,
+            layers[1] - layers[0],
             num_blocks,
             config.block_size,
             kv_heads,
@@ -258,6 +262,7 @@ class ModelRunner:
                 shard=self.shard,
                 reduce=self._reduce,
                 device=None if self.shard is None else self.device,
+                pipe=self._pipe,
             )
         if quantization != "none" and kernel_dtype(self.dtype) == torch.float32:
             log.warning(

@@ -1,19 +1,25 @@
-"""The embedded engine's model over several local processes: tensor parallel, one scheduler.
+"""The embedded engine's model over several local processes: tensor parallel or pipeline stages.
 
 The engine (scheduler, block manager, sampler) stays one, in the calling
-process. Its runner, :class:`TensorParallelRunner`, is rank 0 of a group of
-``tensor_parallel_size`` ranks; ranks 1..n-1 are spawned processes that each
-build a :class:`~agentrt.engine.model_runner.ModelRunner` over their share
-of the model (Megatron's split, :func:`agentrt.parallelism.serving.megatron_split`)
-and a paged KV cache of their KV heads, with the same block ids as rank 0's.
+process. Its runner, :class:`ParallelRunner`, is rank 0 of a group of
+``tensor_parallel_size`` (or ``pipeline_parallel_size``) ranks; ranks
+1..n-1 are spawned processes that each build a
+:class:`~agentrt.engine.model_runner.ModelRunner` over their share of the
+model (Megatron's split, :func:`agentrt.parallelism.serving.megatron_split`,
+or whole layers, :func:`~agentrt.parallelism.serving.pipeline_split`) and a
+paged KV cache of their KV heads and layers, with the same block ids as
+rank 0's.
 
 Each step, rank 0 broadcasts what the step reads (every row's new tokens,
 first position, block table and whether it samples) together with the KV
 copies the engine made since the last step (swap-outs and swap-ins, with
 their host ranges), then every rank runs the same forward on its shard in
-lockstep: two all-reduces per layer, after the attention output and the
-MLP's down projection. The embedding, the final norm and ``lm_head`` are
-whole on every rank, and only rank 0 computes logits (workers keep no row):
+lockstep. Tensor parallel: two all-reduces per layer, after the attention
+output and the MLP's down projection. Pipeline: stage i sends its hidden
+states to stage i + 1, and the last stage sends the kept rows back to stage
+0 (rank 0), see :class:`~agentrt.parallelism.serving.StagePipe`. The
+embedding, the final norm and ``lm_head`` are whole on every rank, and only
+rank 0 computes logits:
 splitting the head by vocabulary would divide its product but add an
 all-gather of the logits each step, and the sampler runs on rank 0 anyway.
 
@@ -48,8 +54,10 @@ from agentrt.parallelism.serving import (
     Collectives,
     LocalGroup,
     RankSplit,
+    StagePipe,
     join_group,
     megatron_split,
+    pipeline_split,
 )
 
 log = get_logger(__name__)
@@ -164,18 +172,39 @@ def _intermediate_size(model: Any) -> int:
     return int(text.intermediate_size)
 
 
-class TensorParallelRunner(ModelRunner):
-    """Rank 0 of a tensor-parallel model: runs its shard here and drives the workers' shards."""
+def _splits(model: Any, config: EngineConfig) -> list[RankSplit]:
+    shape = ModelShape.of(model.config)
+    mlp = _intermediate_size(model)
+    if config.pipeline_parallel_size > 1:
+        return pipeline_split(
+            shape.num_heads,
+            shape.num_kv_heads,
+            mlp,
+            shape.num_layers,
+            config.pipeline_parallel_size,
+        )
+    return megatron_split(shape.num_heads, shape.num_kv_heads, mlp, config.tensor_parallel_size)
+
+
+def _links(
+    split: RankSplit, collectives: Collectives
+) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, StagePipe | None]:
+    """A rank's all-reduce (tensor parallel) or its pipe to the other stages (pipeline)."""
+    if split.stages > 1:
+        return None, StagePipe(collectives, split)
+    return collectives.all_reduce, None
+
+
+class ParallelRunner(ModelRunner):
+    """Rank 0 of a model split over processes: runs its share here and drives the workers'."""
 
     def __init__(self, model: Any, config: EngineConfig) -> None:
-        n = config.tensor_parallel_size
+        n = config.tensor_parallel_size * config.pipeline_parallel_size
         device = rank_device(config.device, 0)
         dtype = resolve_dtype(config.dtype, device)
         shape = ModelShape.of(model.config)
         try:
-            splits = megatron_split(
-                shape.num_heads, shape.num_kv_heads, _intermediate_size(model), n
-            )
+            splits = _splits(model, config)
         except PlanError as exc:
             raise ConfigError(str(exc)) from None
         threads = config.num_threads
@@ -198,7 +227,8 @@ class TensorParallelRunner(ModelRunner):
         self._copies: list[KVCopy] = []
         self._closer = weakref.finalize(self, _stop_workers, self.ranks, collectives)
         try:
-            super().__init__(model, rank_config, shard=splits[0], reduce=collectives.all_reduce)
+            reduce, pipe = _links(splits[0], collectives)
+            super().__init__(model, rank_config, shard=splits[0], reduce=reduce, pipe=pipe)
             collectives.barrier()  # every worker has built its shard
         except RuntimeError as exc:
             self.close()
@@ -207,11 +237,12 @@ class TensorParallelRunner(ModelRunner):
             self.close()
             raise
         log.info(
-            "tensor_parallel_ready",
+            "parallel_model_ready",
             ranks=n,
             heads=[s.num_heads for s in splits],
             kv_heads=[s.num_kv_heads for s in splits],
             mlp=[s.mlp[1] - s.mlp[0] for s in splits],
+            layers=[s.layers for s in splits],
             threads_per_rank=threads,
         )
 
@@ -255,8 +286,12 @@ def _worker_main(
     device = rank_device(config.device, rank)
     collectives = join_group(port, prefix, rank, size, device)
     rank_config = msgspec.structs.replace(config, device=str(device))
-    runner = ModelRunner(model, rank_config, shard=splits[rank], reduce=collectives.all_reduce)
-    runner.emits_logits = False  # rank 0 computes the logits; this rank only its shard's part
+    split = splits[rank]
+    reduce, pipe = _links(split, collectives)
+    runner = ModelRunner(model, rank_config, shard=split, reduce=reduce, pipe=pipe)
+    # Rank 0 computes the logits; a tensor-parallel rank needs no row of them, the last
+    # pipeline stage sends rank 0 the kept rows' hidden states.
+    runner.emits_logits = split.stages > 1
     pool = HostSwapPool(runner.kv_cache, 0, num_blocks=swap_blocks)
     collectives.barrier()
     while (data := _receive(collectives)) is not None:

@@ -56,6 +56,9 @@ class RankSplit:
     heads: tuple[int, int]  # query heads
     kv_heads: tuple[int, int]
     mlp: tuple[int, int]  # the MLP's hidden units (gate/up rows, down columns)
+    layers: tuple[int, int] | None = None  # a pipeline stage's decoder layers; None: all
+    stage: int = 0
+    stages: int = 1
 
     @property
     def num_heads(self) -> int:
@@ -144,6 +147,35 @@ def engine_split(model_config: Any, n: int) -> dict[str, Any]:
     }
 
 
+def pipeline_split(
+    num_heads: int, num_kv_heads: int, intermediate_size: int, num_layers: int, n: int
+) -> list[RankSplit]:
+    """Whole layers in ``n`` contiguous stages (sizes differing by at most one), rank i = stage i.
+
+    Raises :class:`PlanError` naming ``num_hidden_layers`` when there are fewer layers than stages.
+    """
+    if n < 2:
+        raise PlanError(f"pipeline_parallel_size must be >= 2 to split layers, got {n}")
+    if num_layers < n:
+        raise PlanError(
+            f"pipeline_parallel_size {n} is larger than the model's {num_layers} layers "
+            "(num_hidden_layers)"
+        )
+    return [
+        RankSplit(
+            rank=stage,
+            size=n,
+            heads=(0, num_heads),
+            kv_heads=(0, num_kv_heads),
+            mlp=(0, intermediate_size),
+            layers=layers,
+            stage=stage,
+            stages=n,
+        )
+        for stage, layers in enumerate(_chunks(num_layers, n))
+    ]
+
+
 def backend_for(device: torch.device) -> str:
     """The collective backend of the activations' all-reduce: NCCL on CUDA, gloo elsewhere."""
     return "nccl" if device.type == "cuda" else "gloo"
@@ -180,6 +212,48 @@ class Collectives:
         """Sum ``tensor`` over the ranks, in place; returns it."""
         self.data.allreduce([tensor]).wait()
         return tensor
+
+    def send(self, tensor: torch.Tensor, dst: int) -> None:
+        self.data.send([tensor.contiguous()], dst, 0).wait()
+
+    def recv(self, tensor: torch.Tensor, src: int) -> torch.Tensor:
+        self.data.recv([tensor], src, 0).wait()
+        return tensor
+
+
+class StagePipe:
+    """How one pipeline stage's decoder gets its input and hands on its output.
+
+    Stage 0 (the driver, which holds the sampler) embeds the tokens; every
+    later stage receives the previous stage's hidden states; the last stage
+    sends the rows whose logits are kept back to stage 0, which applies the
+    final norm and ``lm_head``. One step passes through the stages in turn
+    (no micro-batches): pipeline stages split the weights and the KV cache
+    by layer, not the step's time.
+    """
+
+    def __init__(self, collectives: Collectives, split: RankSplit) -> None:
+        self.collectives = collectives
+        self.stage = split.stage
+        self.stages = split.stages
+        self.first = split.stage == 0
+        self.last = split.stage == split.stages - 1
+
+    def receive(self, tokens: int, hidden: int, like: torch.Tensor) -> torch.Tensor:
+        """The previous stage's ``[tokens, hidden]`` output."""
+        buffer = like.new_empty(tokens, hidden)
+        return self.collectives.recv(buffer, self.stage - 1)
+
+    def pass_on(self, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor | None:
+        """Send ``h`` on; on stage 0, return the last stage's kept rows (else ``None``)."""
+        if not self.last:
+            self.collectives.send(h, self.stage + 1)
+        if self.last:
+            self.collectives.send(h.index_select(0, keep), 0)
+            return None
+        if self.first:
+            return self.collectives.recv(h.new_empty(keep.shape[0], h.shape[1]), self.stages - 1)
+        return None
 
 
 def join_group(port: int, prefix: str, rank: int, size: int, device: torch.device) -> Collectives:

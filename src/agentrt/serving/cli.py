@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pipeline-parallel-size",
         "-pp",
         type=int,
-        help="pipeline stages over processes: not supported yet (only 1)",
+        help="split the embedded engine's model into M pipeline stages (whole layers), one "
+        "local process each; not together with --tensor-parallel-size (default 1)",
     )
     parser.add_argument(
         "--kv-cache-memory", help="KV pool: bytes (2GiB, 512MB) or a fraction of memory (0.3)"

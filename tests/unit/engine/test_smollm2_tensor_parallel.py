@@ -1,9 +1,9 @@
-"""On the real SmolLM2-135M (fp32), 2 tensor-parallel ranks give one process's greedy tokens.
+"""On the real SmolLM2-135M (fp32), 2 tensor-parallel ranks, or 2 pipeline stages, give one process's greedy tokens.
 
-Slow: loads the real model twice (through the loader's cached GGUF
-conversion) and starts a worker process. SmolLM2 has 9 query heads over 3
-KV heads, so the 2 ranks hold 2 and 1 KV-head groups (6 and 3 query
-heads). The first run is a plain batch of 20 chat prompts; the second
+Slow: loads the real model for each engine (through the loader's cached
+GGUF conversion) and starts a worker process. SmolLM2 has 9 query heads
+over 3 KV heads, so 2 tensor-parallel ranks hold 2 and 1 KV-head groups (6
+and 3 query heads); 2 pipeline stages hold 15 of its 30 layers each. The first run is a plain batch of 20 chat prompts; the second
 shrinks the KV pool so that calls are swapped out and back in, and
 recomputed once the host pool is full.
 """
@@ -37,30 +37,49 @@ def engine(**overrides: Any) -> tuple[LLMEngine, list[list[int]]]:
     return LLMEngine(config, loaded), prompts
 
 
-def both(**overrides: Any) -> tuple[list[list[int]], list[list[int]], LLMEngine]:
-    """One process's outputs, then 2 ranks' (the engine is closed; its stats stay readable)."""
-    one, prompts = engine(**overrides)
-    expected = [o[0] for o in one.generate(prompts, GREEDY)]
-    two, _ = engine(tensor_parallel_size=2, **overrides)
+BATCHED: dict[str, Any] = {"num_kv_blocks": 256}
+# Room for about four calls at once; the host pool holds about two calls' blocks.
+BLOCK_BYTES = 30 * 2 * 16 * 3 * 64 * 4  # SmolLM2: layers, k/v, block, KV heads, head dim
+PRESSURE: dict[str, Any] = {
+    "num_kv_blocks": 16,
+    "preemption_mode": "swap",
+    "swap_space": 8 * BLOCK_BYTES,
+    "max_num_seqs": 8,
+}
+SPLITS = [{"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2}]
+
+
+@pytest.fixture(scope="module")
+def one_process() -> dict[str, list[list[int]]]:
+    """Each config's single-process outputs, computed once for both splits."""
+    outputs = {}
+    for name, overrides in (("batched", BATCHED), ("pressure", PRESSURE)):
+        one, prompts = engine(**overrides)
+        outputs[name] = [o[0] for o in one.generate(prompts, GREEDY)]
+    return outputs
+
+
+def split_run(split: dict[str, int], **overrides: Any) -> tuple[list[list[int]], LLMEngine]:
+    """2 ranks' outputs (the engine is closed; its stats stay readable)."""
+    two, prompts = engine(**split, **overrides)
     try:
-        got = [o[0] for o in two.generate(prompts, GREEDY)]
+        return [o[0] for o in two.generate(prompts, GREEDY)], two
     finally:
         two.close()
-    return expected, got, two
 
 
-def test_twenty_prompts_batched() -> None:
-    expected, got, _ = both(num_kv_blocks=256)
-    assert got == expected
+@pytest.mark.parametrize("split", SPLITS, ids=["tp2", "pp2"])
+def test_twenty_prompts_batched(split: dict[str, int], one_process: dict[str, Any]) -> None:
+    got, _ = split_run(split, **BATCHED)
+    assert got == one_process["batched"]
     assert all(len(tokens) == NEW_TOKENS for tokens in got)
 
 
-def test_twenty_prompts_through_swap_and_recompute() -> None:
-    # Room for about four calls at once; the host pool holds about two calls' blocks.
-    block_bytes = 30 * 2 * 16 * 3 * 64 * 4  # SmolLM2: layers, k/v, block, KV heads, head dim
-    expected, got, two = both(
-        num_kv_blocks=16, preemption_mode="swap", swap_space=8 * block_bytes, max_num_seqs=8
-    )
-    assert got == expected
+@pytest.mark.parametrize("split", SPLITS, ids=["tp2", "pp2"])
+def test_twenty_prompts_through_swap_and_recompute(
+    split: dict[str, int], one_process: dict[str, Any]
+) -> None:
+    got, two = split_run(split, **PRESSURE)
+    assert got == one_process["pressure"]
     stats = two.stats()
     assert stats.preemptions_swap > 0 and stats.preemptions_recompute > 0

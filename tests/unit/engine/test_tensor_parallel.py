@@ -1,4 +1,4 @@
-"""The engine over 2 gloo processes (tensor parallel) gives one process's greedy tokens.
+"""The engine over 2 gloo processes (tensor parallel, or 2 pipeline stages) gives one process's greedy tokens.
 
 Each engine start spawns one worker process (a few seconds), so the tests
 share engines where they can. The reference is the same engine config on
@@ -72,8 +72,10 @@ def test_step_message_round_trips() -> None:
 
 
 def test_bad_sizes_are_config_errors_naming_the_option() -> None:
-    with pytest.raises(ConfigError, match="pipeline_parallel_size 2 is not supported yet"):
-        EngineConfig(pipeline_parallel_size=2)
+    with pytest.raises(ConfigError, match="cannot both be > 1"):
+        EngineConfig(tensor_parallel_size=2, pipeline_parallel_size=2)
+    with pytest.raises(ConfigError, match="pipeline_parallel_size must be >= 1"):
+        EngineConfig(pipeline_parallel_size=0)
     with pytest.raises(ConfigError, match="compile = false"):
         EngineConfig(tensor_parallel_size=2, compile=True)
     with pytest.raises(ConfigError, match="tensor_parallel_size"):
@@ -81,6 +83,8 @@ def test_bad_sizes_are_config_errors_naming_the_option() -> None:
     # The tiny Llama has 2 KV heads: 3 ranks cannot each hold one; no worker is started.
     with pytest.raises(ConfigError, match="num_key_value_heads"):
         tiny_engine(tensor_parallel_size=3)
+    with pytest.raises(ConfigError, match="2 layers \\(num_hidden_layers\\)"):
+        tiny_engine(pipeline_parallel_size=3)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +110,19 @@ def test_two_ranks_match_one_process_through_swap_and_recompute(
     stats = tp_engine.stats()
     assert stats.preemptions_swap > 0 and stats.preemptions_recompute > 0
     assert_block_pool_clean(tp_engine)
+
+
+def test_two_pipeline_stages_match_one_process_through_swap_and_recompute(
+    reference: list[list[int]],
+) -> None:
+    engine = tiny_engine(pipeline_parallel_size=2, **PRESSURE)
+    try:
+        assert engine.runner.kv_cache.num_layers == 1  # of the tiny Llama's 2
+        assert [o[0] for o in engine.generate(PROMPTS, GREEDY)] == reference
+        stats = engine.stats()
+        assert stats.preemptions_swap > 0 and stats.preemptions_recompute > 0
+    finally:
+        engine.close()
 
 
 def test_each_rank_holds_its_share_of_the_kv_heads(tp_engine: LLMEngine) -> None:

@@ -172,6 +172,7 @@ def test_parallel_sizes_flags_win_over_the_engine_table(tmp_path: Path) -> None:
     assert engine_config(server_config(parse("-tp", "2"))).tensor_parallel_size == 2  # type: ignore[arg-type]
 
 
-def test_pipeline_parallel_serving_is_refused_before_the_server_starts() -> None:
-    assert main(["serve", "--pipeline-parallel-size", "2"]) == 2
+def test_bad_parallel_sizes_are_refused_before_the_server_starts() -> None:
+    assert main(["serve", "--pipeline-parallel-size", "2", "--tensor-parallel-size", "2"]) == 2
     assert main(["serve", "--tensor-parallel-size", "0"]) == 2
+    assert engine_config(server_config(parse("-pp", "2"))).pipeline_parallel_size == 2  # type: ignore[arg-type]
