@@ -1,4 +1,4 @@
-"""``/v1/completions`` streamed from the embedded engine over 2 gloo processes (tensor parallel).
+"""``/v1/completions`` streamed from the embedded engine over 2 gloo processes (tensor parallel or 2 stages).
 
 The tiny model has no tokenizer: token-id prompts, and logprobs for one SSE
 chunk per token. The reference is the same app over one process.
@@ -42,13 +42,16 @@ def streamed_tokens(app: Any) -> list[list[str]]:
     return outputs
 
 
-def test_tensor_parallel_app_streams_the_same_greedy_tokens_as_one_process() -> None:
+@pytest.mark.parametrize(
+    "split", [{"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2}], ids=["tp2", "pp2"]
+)
+def test_split_app_streams_the_same_greedy_tokens_as_one_process(split: dict[str, int]) -> None:
     expected_app, _ = tiny_app("fcfs")
     try:
         expected = streamed_tokens(expected_app)
     finally:
         AppRunner.for_app(expected_app).close()
-    app, engine = tiny_app("fcfs", tensor_parallel_size=2)
+    app, engine = tiny_app("fcfs", **split)
     ranks = engine.engine.runner.ranks  # type: ignore[attr-defined]
     workers = list(ranks._context.processes)
     try:
