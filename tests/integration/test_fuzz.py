@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -280,6 +281,53 @@ def test_generated_responses_requests_that_reach_an_engine_are_answered_without_
     assert reply.status_code < 500, reply.text
     if reply.status_code == 200 and "text/event-stream" not in reply.headers["content-type"]:
         assert reply.json()["status"] in ("completed", "incomplete")
+
+
+RESPONSE_ID = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(["resp_", "resp_x", ".", "..", "%00", "a/b", "resp_" + "9" * 300]),
+)
+STREAM_QUERY = st.one_of(
+    st.none(), st.sampled_from(["true", "false", "", "1", "0", "yes"]), HEADER_TEXT
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    data=st.data(),
+    method=st.sampled_from(["GET", "DELETE"]),
+    stream=STREAM_QUERY,
+    headers=HEADERS,
+)
+def test_no_generated_stored_response_request_gets_a_5xx(
+    data: st.DataObject, method: str, stream: str | None, headers: dict[str, str]
+) -> None:
+    """GET and DELETE /v1/responses/{id} with generated ids, query strings and headers, on a
+    server holding a few stored responses (the ids of some are drawn too): never a 5xx, every
+    refusal in the OpenAI error schema, and a retrieval answers the response it stored."""
+    with serving(responses_store_size=data.draw(st.sampled_from([0, 2, 1000]))) as (app, _):
+        http = raw_client(app)
+        stored = [
+            http.post("/v1/responses", json={"model": "echo", "input": f"w{i}"}).json()["id"]
+            for i in range(3)
+        ]
+        response_id = data.draw(st.one_of(RESPONSE_ID, st.sampled_from(stored)))
+        encoded = {k: v.encode("latin-1") for k, v in headers.items()}
+        reply = http.request(
+            method,
+            "/v1/responses/" + quote(response_id, safe=data.draw(st.sampled_from(["", "/%"]))),
+            params=None if stream is None else {"stream": stream},
+            headers=encoded,
+        )
+    assert reply.status_code < 500, reply.text
+    if reply.status_code >= 400:
+        assert set(reply.json()["error"]) == {"message", "type", "param", "code"}
+    elif reply.status_code == 200 and method == "GET":
+        assert reply.json()["id"] == response_id and reply.json()["store"] is True
+    elif reply.status_code == 200:
+        assert reply.json() == {"id": response_id, "object": "response.deleted", "deleted": True}
+    else:  # an empty id: Starlette's redirect to /v1/responses
+        assert reply.status_code == 307 and not response_id, reply.status_code
 
 
 async def test_after_the_fuzzing_the_engine_serves_and_health_says_so(

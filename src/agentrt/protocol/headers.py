@@ -99,6 +99,35 @@ def format_headers(
     return headers
 
 
+def program_headers(program_id: str, program_name: str | None = None) -> dict[str, str]:
+    """The headers that name a program, the same on each of its requests (a client keeps them
+    per program and passes them to :func:`call_headers`)."""
+    headers = {PROGRAM: program_id, SESSION: program_id}
+    if program_name:
+        headers[PROGRAM_NAME] = _quoted_name(program_name)
+    return headers
+
+
+def call_headers(
+    program: dict[str, str],
+    thread_id: str,
+    parent_call_id: str | None,
+    call_id: str,
+    interrupt_seconds: float,
+) -> dict[str, str]:
+    """The headers of one LLM call: ``program`` (from :func:`program_headers`, left as it is)
+    and the call's own. The same as :func:`format_headers` with a call id, built for the
+    client's per-call path: positional arguments, the program's part copied, not rebuilt."""
+    headers = program.copy()
+    headers[THREAD] = thread_id
+    if parent_call_id is not None:
+        headers[PARENT_CALL] = parent_call_id
+    headers[CALL] = call_id
+    if interrupt_seconds > 0.0:
+        headers[INTERRUPT] = f"{interrupt_seconds:.6f}"
+    return headers
+
+
 @functools.lru_cache(maxsize=1024)
 def _quoted_name(name: str) -> str:
     # Names repeat on every call of a program: quote each once.

@@ -33,7 +33,12 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agentrt.protocol.headers import MAX_NAME_LENGTH, format_headers
+from agentrt.protocol.headers import (
+    MAX_NAME_LENGTH,
+    call_headers,
+    format_headers,
+    program_headers,
+)
 from agentrt.sdk.ids import uuid7
 
 if TYPE_CHECKING:
@@ -70,6 +75,7 @@ class ProgramRecord:
         "_thread_prefix",
         "call_ends",
         "ended",
+        "headers",
         "interrupt_seconds",
         "lock",
         "metadata",
@@ -95,6 +101,8 @@ class ProgramRecord:
         # A name is a label: servers refuse longer ones (in the header of every call and in
         # the announcement), so a long one is cut rather than failing the program's calls.
         self.name = name[:MAX_NAME_LENGTH] if name else name
+        # The headers that name the program on each of its calls (id and name never change).
+        self.headers = program_headers(self.program_id, self.name)
         self.tenant = tenant
         self.metadata = metadata or {}
         # False for a program adopted from incoming headers: its owner ends it elsewhere.
@@ -401,15 +409,7 @@ def begin_call() -> tuple[ProgramRecord, dict[str, str]] | None:
         ended = record.call_ends.get(parent)
         if ended is not None:
             interrupt = max(interrupt, _perf_counter() - ended)
-    headers = format_headers(
-        program_id=record.program_id,
-        thread_id=thread_id,
-        parent_call_id=parent,
-        call_id=call_id,
-        program_name=record.name,
-        interrupt_seconds=interrupt,
-    )
-    return record, headers
+    return record, call_headers(record.headers, thread_id, parent, call_id, interrupt)
 
 
 def propagation_headers() -> dict[str, str]:

@@ -16,6 +16,9 @@ import time
 
 _random = random.Random(os.urandom(32))
 _bits = _random.getrandbits
+_time_ns = time.time_ns
+# Version 7 in the third group; the fourth group's top bits are the RFC 9562 variant (0b10).
+_format = "%08x-%04x-7%03x-%04x-%012x".__mod__
 
 
 def _reseed() -> None:
@@ -26,18 +29,17 @@ os.register_at_fork(after_in_child=_reseed)
 
 
 def uuid7() -> str:
-    """A new UUIDv7 in canonical form (``xxxxxxxx-xxxx-7xxx-yxxx-xxxxxxxxxxxx``)."""
-    ms = time.time_ns() // 1_000_000
-    rand = _bits(74)
-    value = (
-        (ms & 0xFFFF_FFFF_FFFF) << 80
-        | 0x7 << 76  # version 7
-        | (rand >> 62) << 64  # rand_a: 12 bits
-        | 0b10 << 62  # RFC 9562 variant
-        | (rand & 0x3FFF_FFFF_FFFF_FFFF)  # rand_b: 62 bits
+    """A new UUIDv7 in canonical form (``xxxxxxxx-xxxx-7xxx-yxxx-xxxxxxxxxxxx``).
+
+    Formatted from word-sized pieces in one step (it runs on every LLM call):
+    the 48-bit millisecond timestamp, then 12 random bits (rand_a) and 62
+    (rand_b: 14 in the fourth group after the variant, 48 in the last).
+    """
+    ms = _time_ns() // 1_000_000
+    a = _bits(26)  # rand_a, and the top 14 bits of rand_b
+    return _format(
+        ((ms >> 16) & 0xFFFF_FFFF, ms & 0xFFFF, a >> 14, 0x8000 | (a & 0x3FFF), _bits(48))
     )
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def short_token() -> str:

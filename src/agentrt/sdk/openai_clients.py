@@ -34,7 +34,7 @@ from openai._compat import model_copy
 from openai._models import FinalRequestOptions
 from openai._types import NotGiven, RequestOptions
 
-from agentrt.protocol.headers import CALL, PROGRAM, is_llm_call_path
+from agentrt.protocol.headers import CALL, LLM_CALL_PATHS, PROGRAM, is_llm_call_path
 from agentrt.sdk import lifecycle
 from agentrt.sdk.context import ProgramRecord, begin_call, peek, propagation_headers
 from agentrt.sdk.servers import Outcome, server_key
@@ -50,31 +50,35 @@ _PROGRAMS = "/programs"
 
 def _with_program_headers(
     options: FinalRequestOptions,
-) -> tuple[FinalRequestOptions, ProgramRecord | None]:
-    """A copy of ``options`` with the calling code's program headers (explicit headers win).
+) -> tuple[FinalRequestOptions, ProgramRecord | None, str]:
+    """A copy of ``options`` with the calling code's program headers (explicit headers win),
+    and for an LLM call its program and call id.
 
     A request that already names its program (an agentrt client sent it through
     an instrumented parent class, or the caller set the header) is left alone.
     """
     path = options.url
     record: ProgramRecord | None = None
+    call_id = ""
     if path.startswith(_PROGRAMS):
-        return options, None
+        return options, None, call_id
     given = options.headers
     if not isinstance(given, NotGiven) and PROGRAM in given:
-        return options, None
-    if is_llm_call_path(path):
+        return options, None, call_id
+    if path in LLM_CALL_PATHS or is_llm_call_path(path):
         started = begin_call()
         if started is None:
-            return options, None
+            return options, None, call_id
         record, headers = started
     else:
         headers = propagation_headers()
         if not headers:
-            return options, None
+            return options, None, call_id
     if not isinstance(given, NotGiven):
         headers.update(given)  # type: ignore[arg-type]  # Omit values pass through
-    return with_headers(options, headers), record
+    if record is not None:
+        call_id = headers[CALL]  # the caller's, should it have set one
+    return with_headers(options, headers), record, call_id
 
 
 _PYDANTIC_V2 = int(pydantic.VERSION.split(".")[0]) >= 2
@@ -208,13 +212,12 @@ def sync_request(
     stream_cls: Any,
 ) -> Any:
     """``request`` of a sync client inside a program: headers, announcement, end of call."""
-    options, record = _with_program_headers(options)
+    options, record, call_id = _with_program_headers(options)
     if record is None:
         return send(cast_to, options, stream=stream, stream_cls=stream_cls)
     key = _server_key(client)
     if key not in record.servers and lifecycle.claim_announcement(record, key, SyncServer(client)):
         SyncServer(client).announce(record, key)
-    call_id: str = options.headers[CALL]  # type: ignore[assignment,index]
     try:
         result = send(cast_to, options, stream=stream, stream_cls=stream_cls)
     except BaseException:
@@ -232,13 +235,12 @@ async def async_request(
     stream_cls: Any,
 ) -> Any:
     """``request`` of an async client inside a program: headers, announcement, end of call."""
-    options, record = _with_program_headers(options)
+    options, record, call_id = _with_program_headers(options)
     if record is None:
         return await send(cast_to, options, stream=stream, stream_cls=stream_cls)
     key = _server_key(client)
     if key not in record.servers and lifecycle.claim_announcement(record, key, AsyncServer(client)):
         await AsyncServer(client).announce(record, key)
-    call_id: str = options.headers[CALL]  # type: ignore[assignment,index]
     try:
         result = await send(cast_to, options, stream=stream, stream_cls=stream_cls)
     except BaseException:

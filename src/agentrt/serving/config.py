@@ -60,9 +60,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tenant_max_concurrent_requests: int | None = None
     tenant_max_queued_requests: int | None = None
     tenant_max_programs: int = 100_000
-    # /v1/responses: the responses each tenant keeps for previous_response_id, and the bytes
-    # they may hold (each counted as its whole conversation); the least recently used go first.
-    # A size of 0 keeps none, and previous_response_id is refused.
+    # /v1/responses: the responses each tenant keeps for previous_response_id and
+    # GET /v1/responses/{id}, and the bytes they may hold (each counted as its whole
+    # conversation and its response object); the least recently used go first. A size of 0
+    # keeps none, and previous_response_id is refused.
     responses_store_size: int = 1000
     responses_store_bytes: int = 64 * 1024 * 1024
     retry_after: float = 1.0  # the Retry-After the server suggests when it sheds load

@@ -75,6 +75,36 @@ def test_parse_reads_back_what_format_wrote(
     assert parsed.interrupt_seconds == pytest.approx(interrupt, abs=1e-6)
 
 
+@given(
+    program_id=ids,
+    thread_id=ids,
+    parent=st.none() | ids,
+    call=ids,
+    name=st.none() | st.text(max_size=50),
+    interrupt=st.floats(min_value=0, max_value=1e6, allow_nan=False),
+)
+def test_call_headers_from_program_headers_are_what_format_writes(
+    program_id: str,
+    thread_id: str,
+    parent: str | None,
+    call: str,
+    name: str | None,
+    interrupt: float,
+) -> None:
+    program = h.program_headers(program_id, name)
+    kept = dict(program)
+    out = h.call_headers(program, thread_id, parent, call, interrupt)
+    assert out == h.format_headers(
+        program_id=program_id,
+        thread_id=thread_id,
+        parent_call_id=parent,
+        call_id=call,
+        program_name=name,
+        interrupt_seconds=interrupt,
+    )
+    assert program == kept  # the program's part is copied, never written to
+
+
 def test_names_are_matched_case_insensitively_and_asgi_bytes_are_read() -> None:
     assert h.parse_headers({"X-AgentRT-Program": "p", "X-AgentRT-Thread": "2"}) == h.CallHeaders(
         program_id="p", thread_id="2"

@@ -67,3 +67,17 @@ def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
     os.waitpid(pid, 0)
     parent_id = uuid7()
     assert child_id and child_id[14:] != parent_id[14:]
+
+
+def test_ids_are_in_canonical_form_with_every_random_bit_used() -> None:
+    ids = [uuid7() for _ in range(2000)]
+    for value in ids:
+        assert str(uuid.UUID(value)) == value  # lower-case hex, dashes where UUIDs have them
+    values = [uuid.UUID(v).int for v in ids]
+    random_mask = (1 << 74) - 1
+    rand_a = [(v >> 64) & 0xFFF for v in values]
+    rand_b = [v & ((1 << 62) - 1) for v in values]
+    ored = 0
+    for a, b in zip(rand_a, rand_b, strict=True):
+        ored |= a << 62 | b
+    assert ored == random_mask  # no random bit is stuck at zero

@@ -336,30 +336,43 @@ def test_stored_responses_belong_to_their_tenant(tmp_path: Path) -> None:
 
 def test_the_store_drops_each_tenants_least_recently_used_response() -> None:
     store = ResponseStore(max_per_tenant=2, max_bytes_per_tenant=1000)
-    assert store.put("t", "r1", ({"role": "user", "content": "1"},))
-    store.put("t", "r2", ())
-    store.put("u", "r1", ())
+    assert store.put("t", "r1", ({"role": "user", "content": "1"},), b"{}")
+    store.put("t", "r2", (), b"{}")
+    store.put("u", "r1", (), b'{"id":"u1"}')
     assert store.get("t", "r1") is not None  # r1 is now the most recently used of t
-    store.put("t", "r3", ())
+    store.put("t", "r3", (), b"{}")
     assert store.get("t", "r2") is None and store.get("t", "r1") is not None
     assert store.get("u", "r1") == () and len(store) == 3
+    assert store.response("u", "r1") == b'{"id":"u1"}' and store.response("t", "r2") is None
+    assert store.response("t", "r3") is not None  # a retrieval is a use too: r1 is the oldest
+    store.put("t", "r4", (), b"{}")
+    assert store.get("t", "r1") is None and store.get("t", "r3") is not None
+    assert store.delete("u", "r1") and not store.delete("u", "r1") and not store.delete("v", "r1")
+    assert store.get("u", "r1") is None and len(store) == 2
 
 
 def test_the_store_keeps_each_tenant_within_its_bytes() -> None:
     store = ResponseStore(max_per_tenant=100, max_bytes_per_tenant=150)
     message = {"role": "user", "content": "x" * 30}  # 60 bytes of JSON as a conversation
-    assert store.put("t", "r1", (message,))
-    assert store.put("t", "r2", (message,))
-    assert store.put("t", "r3", (message,))  # 3 x 60 > 150: r1 goes
+    assert store.put("t", "r1", (message,), b"")
+    assert store.put("t", "r2", (message,), b"")
+    assert store.put("t", "r3", (message,), b"")  # 3 x 60 > 150: r1 goes
     assert store.get("t", "r1") is None and store.get("t", "r2") is not None
-    assert store.put("t", "r2", (message,))  # stored again: counted once
+    assert store.put("t", "r2", (message,), b"")  # stored again: counted once
     assert store.get("t", "r3") is not None
-    assert not store.put("t", "big", ({"role": "user", "content": "y" * 200},))
+    assert not store.put("t", "big", ({"role": "user", "content": "y" * 200},), b"")
     assert store.get("t", "big") is None and len(store) == 2
+    assert not store.put("t", "r4", (), b"z" * 151)  # the response object counts too
+    assert store.put("t", "r5", (message,), b"z" * 30)  # 90 bytes: r2 goes, r3 stays
+    assert store.get("t", "r2") is None and store.get("t", "r3") is not None
+    assert store.delete("t", "r3") and store.put("t", "r6", (message,), b"")  # room again
+    assert store.get("t", "r5") is not None and len(store) == 2
 
 
 def test_a_response_too_large_to_store_says_so() -> None:
-    with serving(responses_store_bytes=200) as (app, _):
+    # About 1 kB stored for the small one (its conversation and its response object), about
+    # 2.5 kB for the large one.
+    with serving(responses_store_bytes=1500) as (app, _):
         client = sync_client(app)
         small = client.responses.create(model="echo", input="a b")
         large = client.responses.create(model="echo", input="word " * 100)

@@ -1,7 +1,8 @@
 """The OpenAI-compatible ASGI app over one :class:`EngineClient` (an engine, or the router).
 
 ``create_app(engine, config)`` returns a Starlette app with
-``/v1/chat/completions``, ``/v1/completions``, ``/v1/responses``, ``/v1/models``,
+``/v1/chat/completions``, ``/v1/completions``, ``/v1/responses`` (and ``GET``/``DELETE``
+``/v1/responses/{id}``), ``/v1/models``,
 ``/v1/programs``, ``/health`` and ``/metrics``. The same app is served by
 uvicorn (``agentrt serve``) and in-process (:mod:`agentrt.serving.inprocess`).
 Bodies are decoded once, with typed msgspec decoders; every error is an
@@ -46,6 +47,7 @@ from agentrt.serving.http.middleware import (
 )
 from agentrt.serving.http.pending import NotStarted
 from agentrt.serving.http.state import ServerState
+from agentrt.serving.http.stored_responses import delete_response, retrieve_response
 
 log = get_logger("agentrt.serving")
 
@@ -92,6 +94,8 @@ def create_app(
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/responses", responses, methods=["POST"]),
+        Route("/v1/responses/{response_id}", retrieve_response, methods=["GET"]),
+        Route("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", list_models, methods=["GET"]),
         Route("/v1/programs", start_program, methods=["POST"]),

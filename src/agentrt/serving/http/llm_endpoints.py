@@ -20,7 +20,7 @@ from starlette.requests import Request
 
 from agentrt.protocol.engine import GenerationRequest, ProgramTag
 from agentrt.protocol.headers import CallHeaders
-from agentrt.protocol.openai import chat_request_decoder, completion_request_decoder
+from agentrt.protocol.openai import chat_request_decoder, completion_request_decoder, encoder
 from agentrt.protocol.responses import responses_request_decoder
 from agentrt.serving.http.auth import scoped_id, unscoped_id
 from agentrt.serving.http.bodies import call_headers, decode_body, program_tag
@@ -80,9 +80,14 @@ async def responses(request: Request) -> Exchange:
     renderer = ResponsesRenderer(reply, body, call.tool_names, stored=store)
 
     def keep() -> None:
+        # Stored: the conversation for previous_response_id, and the response object as
+        # answered (store true) for GET /v1/responses/{id}; the answer says whether it fit.
         if store:
             conversation = (*call.conversation, renderer.output_message())
-            renderer.stored = state.responses.put(intake.tenant, reply.response_id, conversation)
+            stored = encoder.encode(renderer.body())
+            renderer.stored = state.responses.put(
+                intake.tenant, reply.response_id, conversation, stored
+            )
 
     return intake.exchange(renderer, on_done=keep)
 
