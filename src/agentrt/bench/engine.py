@@ -127,6 +127,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode steps through torch.compile ([engine] compile); every batch size is "
         "compiled (or loaded from the disk cache) when the engine starts",
     )
+    parser.add_argument(
+        "--tensor-parallel-size",
+        "-tp",
+        type=int,
+        default=1,
+        help="the engine's model over N local processes ([engine] tensor_parallel_size)",
+    )
+    parser.add_argument(
+        "--pipeline-parallel-size",
+        "-pp",
+        type=int,
+        default=1,
+        help="the engine's model in M pipeline stages ([engine] pipeline_parallel_size)",
+    )
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--min-prompt-len", type=int, default=16)
@@ -249,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
         engine = run_sections(args, device, loaded, peak, sections)
         if engine.runner.decoder is not None:
             weight_bytes = engine.runner.decoder.weight_bytes
+        engine.close()
     comparison = None
     if compared:
         from agentrt.bench.peer import run_comparison
@@ -386,6 +401,8 @@ def make_engine(args: argparse.Namespace, loaded: Any, prompts: list[list[int]])
         seed=args.seed,
         quantization=args.quantization,
         compile=args.compile,
+        tensor_parallel_size=args.tensor_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
     )
     return LLMEngine(config, loaded)
 

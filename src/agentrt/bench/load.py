@@ -22,7 +22,10 @@ import anyio
 import httpx
 import msgspec
 
+from agentrt.bench.cutoff import Cutoff
 from agentrt.bench.program_metrics import (
+    CUT,
+    NOT_STARTED,
     CallStats,
     ProgramResult,
     RunSummary,
@@ -200,15 +203,21 @@ def server_counters(before: ServerSnapshot | None, after: ServerSnapshot | None)
     )
 
 
-def make_llm(target: Target) -> Any:
-    """The agents' LLM endpoint on ``target`` (program headers added by the agentrt clients)."""
+def make_llm(target: Target, cutoff: Cutoff | None = None) -> Any:
+    """The agents' LLM endpoint on ``target`` (program headers added by the agentrt clients);
+    with ``cutoff``, the synchronous client's calls go through it."""
+    import openai
+
     import agentrt
     from agentrt.agents import LLM
 
     common: dict[str, Any] = {"base_url": target.base_url, "api_key": target.api_key, "timeout": 3600.0}
     if target.app is not None:
         common["app"] = target.app
-    client, aclient = agentrt.OpenAI(**common), agentrt.AsyncOpenAI(**common)
+    sync = dict(common)
+    if cutoff is not None:
+        sync["http_client"] = openai.DefaultHttpxClient(transport=cutoff)
+    client, aclient = agentrt.OpenAI(**sync), agentrt.AsyncOpenAI(**common)
     if not target.model:
         target.model = client.models.list().data[0].id
     return LLM(model=target.model, client=client, aclient=aclient, extra_body=dict(target.extra_body))
@@ -233,10 +242,17 @@ async def run_programs(
     on_done: Callable[[ProgramResult], None] = lambda r: None,
     time_limit: float | None = None,
 ) -> tuple[RunSummary, list[ProgramResult]]:
-    """Start ``specs[i]`` at ``arrivals[i]`` seconds, wait for all, and summarise the run."""
+    """Start ``specs[i]`` at ``arrivals[i]`` seconds, wait for all, and summarise the run.
+
+    At ``time_limit`` the programs still running are cut: asyncio ones are
+    cancelled, and those in worker threads (which cancellation cannot stop)
+    have their calls in flight ended and every further call refused, so none
+    of them outlives the run or reaches a server started after it.
+    """
     from agentrt.agents import Trace
 
-    llm = make_llm(target)
+    cutoff = Cutoff() if target.app is None else None
+    llm = make_llm(target, cutoff)
     before = await scrape(target)
     results: list[ProgramResult] = []
     t0 = time.monotonic()
@@ -251,7 +267,7 @@ async def run_programs(
             error = f"{type(e).__name__}: {e}"[:500]
             log.warning("program failed", index=spec.index, workload=spec.workload, error=error)
         except anyio.get_cancelled_exc_class():
-            error = "cancelled: run timed out"
+            error = CUT
             raise
         finally:
             end = time.monotonic()
@@ -264,10 +280,12 @@ async def run_programs(
             for spec, arrival in zip(specs, arrivals, strict=True):
                 await anyio.sleep(max(0.0, t0 + arrival - time.monotonic()))
                 tg.start_soon(one, spec, arrival)
+    if cutoff is not None:
+        cutoff.cut()
     started = {r.index for r in results}
     for spec, arrival in zip(specs, arrivals, strict=True):
         if spec.index not in started:
-            results.append(program_result(spec.index, spec.workload, arrival, 0.0, 0.0, Trace(), "not started: run timed out"))
+            results.append(program_result(spec.index, spec.workload, arrival, 0.0, 0.0, Trace(), NOT_STARTED))
     after = await scrape(target)
     llm.client.close()
     await llm.aclient.close()

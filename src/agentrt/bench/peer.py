@@ -369,10 +369,12 @@ def client() -> httpx.AsyncClient:
 
 
 def agentrt_serve_args(args: Any) -> list[str]:
-    """``agentrt serve`` flags for the bench's model, dtype and quantization, room for every stream."""
+    """``agentrt serve`` flags for the bench's model, dtype, quantization and compile, room for every stream."""
     model = ["--model", args.model] if args.model else []
+    compile_flag = ["--compile"] if getattr(args, "compile", False) else []
     return [
         *model,
+        *compile_flag,
         "--dtype",
         args.dtype,
         "--quantization",

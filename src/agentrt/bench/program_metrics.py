@@ -45,6 +45,11 @@ class CallStats(msgspec.Struct, kw_only=True):
     server_model_time: float | None = None
 
 
+# The errors of programs a run's time limit stopped: cut while running, or never started.
+CUT = "cancelled: run timed out"
+NOT_STARTED = "not started: run timed out"
+
+
 class ProgramResult(msgspec.Struct, kw_only=True):
     """One program of a run, reduced to what the report needs (kept in the JSON)."""
 
@@ -117,7 +122,7 @@ class RunSummary(msgspec.Struct, kw_only=True):
     started: float = 0.0  # seconds after the sweep began (runs of several systems interleave)
     programs: int
     completed: int
-    errors: int
+    errors: int  # programs that failed (those the time limit stopped are ``cut``, not errors)
     makespan: float
     throughput: float  # completed programs/s
     token_throughput: float  # generated tokens/s
@@ -133,6 +138,7 @@ class RunSummary(msgspec.Struct, kw_only=True):
     server: ServerCounters | None = None
     by_workload: dict[str, Distribution] = {}
     engine_queue: EngineQueue | None = None  # the engine's own queue, where it reports one
+    cut: int = 0  # programs the run's time limit stopped or never started
 
 
 def covered(intervals: Sequence[tuple[float, float]]) -> float:
@@ -148,6 +154,7 @@ def covered(intervals: Sequence[tuple[float, float]]) -> float:
 
 def summarise(rate: float, results: Sequence[ProgramResult], server: ServerCounters | None = None) -> RunSummary:
     done = [r for r in results if r.error is None]
+    cut = sum(1 for r in results if r.error in (CUT, NOT_STARTED))
     calls = [c for r in done for c in r.calls]
     makespan = max((r.arrival + r.latency for r in results), default=0.0) - min((r.arrival for r in results), default=0.0)
     by_workload: dict[str, Distribution] = {}
@@ -157,7 +164,8 @@ def summarise(rate: float, results: Sequence[ProgramResult], server: ServerCount
         rate=rate,
         programs=len(results),
         completed=len(done),
-        errors=len(results) - len(done),
+        errors=len(results) - len(done) - cut,
+        cut=cut,
         makespan=makespan,
         throughput=len(done) / makespan if makespan > 0 else 0.0,
         token_throughput=sum(r.completion_tokens for r in done) / makespan if makespan > 0 else 0.0,

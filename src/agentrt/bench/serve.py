@@ -273,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
     print_runs(console, result.systems)
     print_kv(console, result.systems)
     write_outputs(result, args, console)
-    return 0 if all(r.errors == 0 for r in system.runs) else 1
+    return 0 if all(r.errors == r.cut == 0 for r in system.runs) else 1
 
 
 def embedded_target(args: argparse.Namespace, extra: dict[str, Any]) -> Any:

@@ -80,14 +80,15 @@ def print_runs(console: Any, systems: Sequence[Any]) -> None:
     from rich.table import Table
 
     table = Table(title="agent programs under Poisson load (latency in s, TTFT/ITL in ms)")
-    for column in ("system", "rate/s", "done", "err", "prog/s", "tok/s", "mean", "p50", "p95", "p99",
+    for column in ("system", "rate/s", "done", "err", "cut", "prog/s", "tok/s", "mean", "p50", "p95", "p99",
                    "s/token", "wait", "TTFT p50", "ITL p50", "calls", "fair", "preempt", "swaps"):
         table.add_column(column, justify="left" if column == "system" else "right")
     for system in systems:
         for run in system.runs:
             server = run.server
             table.add_row(
-                system.label, f"{run.rate:g}", str(run.completed), str(run.errors), f"{run.throughput:.3f}",
+                system.label, f"{run.rate:g}", str(run.completed), str(run.errors), str(run.cut),
+                f"{run.throughput:.3f}",
                 f"{run.token_throughput:.1f}", _s(run.latency.mean), _s(run.latency.p50), _s(run.latency.p95),
                 _s(run.latency.p99), f"{run.token_latency.mean:.3f}", f"{run.wait_share:.0%}",
                 _ms(run.ttft.p50), _ms(run.itl.p50), str(run.calls), f"{run.fairness:.2f}",

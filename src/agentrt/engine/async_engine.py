@@ -156,6 +156,7 @@ class AsyncEngine:
         self._wakeup.set()
         await anyio.to_thread.run_sync(self._thread.join)
         self._fail_all(EngineUnavailable("the engine was shut down"))
+        await anyio.to_thread.run_sync(self.engine.close)
 
     # --- caller side ----------------------------------------------------------
     def _checked_prompt_ids(self, request: GenerationRequest) -> list[int]:

@@ -12,7 +12,7 @@ The graph is a pure function of one step's inputs:
 - ``step``: an int64 ``[batch, 2 + blocks]`` tensor, per row the token id,
   its position and the row's block table (cut to the longest context of
   the step); rows past the real batch are zeros;
-- the KV cache tensor, read only.
+- the KV cache tensor, read only (its block count a dynamic dimension).
 
 It returns the float32 logits of every row and the new keys and values of
 every layer, ``[layers, 2, batch, kv_heads, head_dim]``, which
@@ -125,6 +125,12 @@ class CompiledDecode:
         torch._dynamo.config.recompile_limit = max(
             torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT
         )
+        # The pool's block count (and the rotary tables, as long as the longest context it
+        # holds) follow the memory free at start-up: kept out of the graph, a restart with
+        # another pool size loads the cached kernels instead of compiling.
+        torch._dynamo.mark_dynamic(c.kv, 2)
+        torch._dynamo.mark_dynamic(decoder.cos, 0)
+        torch._dynamo.mark_dynamic(decoder.sin, 0)
         self._graph: Callable[..., tuple[torch.Tensor, torch.Tensor]] = torch.compile(
             self._forward, backend=_backend, dynamic=False, fullgraph=True
         )

@@ -69,6 +69,13 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     num_scheduler_steps: int = 1
     enable_prefix_caching: bool = True
     seed: int = 0
+    # Run the model over this many local processes (Megatron tensor parallel: attention split
+    # by KV heads, the MLP by hidden units), gloo on CPU and NCCL on CUDA (one GPU per rank);
+    # the scheduler stays one, in this process. See engine/tensor_parallel.py.
+    tensor_parallel_size: int = 1
+    # Or split its layers into this many pipeline stages, one process each (the KV cache
+    # by layer); a step passes through the stages in turn. Not together with tensor parallel.
+    pipeline_parallel_size: int = 1
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
     # Program-aware KV retention (``[engine.retention]``): ``mode = "ttl"`` pins a finished
     # call's blocks for its program's predicted tool time and evicts by expected reuse.
@@ -96,5 +103,21 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("EngineConfig.swap_space must be >= 0")
         if self.quantization != "none" and not self.lean_decoder:
             raise ConfigError("EngineConfig.quantization needs lean_decoder = true")
+        if self.tensor_parallel_size < 1:
+            raise ConfigError("EngineConfig.tensor_parallel_size must be >= 1")
+        if self.pipeline_parallel_size < 1:
+            raise ConfigError("EngineConfig.pipeline_parallel_size must be >= 1")
+        if self.tensor_parallel_size > 1 and self.pipeline_parallel_size > 1:
+            raise ConfigError(
+                "EngineConfig.tensor_parallel_size and pipeline_parallel_size cannot both be "
+                "> 1 yet: split the model one way"
+            )
+        if self.tensor_parallel_size * self.pipeline_parallel_size > 1 and (
+            self.compile or not self.lean_decoder
+        ):
+            raise ConfigError(
+                "EngineConfig.tensor_parallel_size or pipeline_parallel_size > 1 runs the lean "
+                "decoder without torch.compile: set lean_decoder = true and compile = false"
+            )
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ConfigError("EngineConfig.max_model_len must be >= 2")

@@ -16,20 +16,36 @@ and does the same arithmetic with fewer, larger operations:
   as on the transformers path;
 - the final norm and ``lm_head`` run only on the rows whose logits are kept.
 
+Given a :class:`~agentrt.parallelism.serving.RankSplit`, the decoder holds one
+rank's share of a tensor-parallel model (Megatron's split): the query heads
+of its KV heads and the MLP's hidden units of its range, with the ``o`` and
+``down`` products summed over the ranks by ``reduce`` (their biases, if
+any, added by the rank holding the first columns). Embedding, norms and
+``lm_head`` stay whole on every rank. A split with ``layers`` (a pipeline
+stage) holds only those layers; its ``pipe`` brings the previous stage's
+hidden states in and hands its own on (the first stage embeds, and computes
+the logits of the rows the last stage sends back). The model's modules are
+left as they are (worker processes share them with the driver); the
+shard's fused and column-cut weights are its own copies.
+
 Architectures it does not know (and Llama variants it cannot reproduce
 exactly) keep the transformers forward: :func:`unsupported_reason` says why.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from agentrt.engine.attention import AttentionMetadata, attend
 from agentrt.engine.matmul import Weight, fuse, make_weight
+
+if TYPE_CHECKING:
+    from agentrt.parallelism.serving import RankSplit, StagePipe
 
 # Model types whose decoder layers are exactly: RMSNorm, attention (q/k/v/o projections, RoPE),
 # RMSNorm, SiLU-gated MLP, each with a residual; no embedding scale, no norms inside attention.
@@ -98,7 +114,15 @@ class LeanDecoder:
     """The forward pass of a supported model, on weights shared with (or fused from) it."""
 
     def __init__(
-        self, model: Any, max_positions: int, pack: bool, quantization: str = "none"
+        self,
+        model: Any,
+        max_positions: int,
+        pack: bool,
+        quantization: str = "none",
+        shard: RankSplit | None = None,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        device: torch.device | None = None,
+        pipe: StagePipe | None = None,
     ) -> None:
         reason = unsupported_reason(model)
         if reason is not None:
@@ -111,14 +135,28 @@ class LeanDecoder:
         self.head_dim = first.head_dim
         self.scaling = float(first.scaling)
         self.eps = float(inner.norm.variance_epsilon)
-        self.embed = inner.embed_tokens.weight
-        self.norm = inner.norm.weight
+        self.reduce = reduce
+        self.pipe = pipe
+        self.hidden_size = int(config.hidden_size)
+        self.embed = _on(inner.embed_tokens.weight, device)
+        self.norm = _on(inner.norm.weight, device)
         # The head picks the token directly, so int4 models keep it in int8 (see matmul.py).
         head_quantization = "int8" if quantization == "int4" else quantization
         self.lm_head = make_weight(
-            model.lm_head.weight, model.lm_head.bias, head_quantization, pack
+            _on(model.lm_head.weight, device),
+            _on(model.lm_head.bias, device),
+            head_quantization,
+            pack,
         )
-        self.layers = [self._layer(layer, pack, quantization) for layer in inner.layers]
+        if shard is None:
+            self.layers = [self._layer(layer, pack, quantization) for layer in inner.layers]
+        else:
+            self.num_heads, self.num_kv_heads = shard.num_heads, shard.num_kv_heads
+            start, stop = shard.layers or (0, len(inner.layers))
+            self.layers = [
+                self._shard_layer(layer, pack, quantization, shard, device)
+                for layer in inner.layers[start:stop]
+            ]
         self.cos, self.sin = self._rope_tables(inner.rotary_emb, max_positions)
         self.q_width = self.num_heads * self.head_dim
         self.qk_width = (self.num_heads + self.num_kv_heads) * self.head_dim
@@ -135,6 +173,50 @@ class LeanDecoder:
             post_norm=layer.post_attention_layernorm.weight,
             gate_up=make_weight(*gate_up, quantization, pack),
             down=make_weight(mlp.down_proj.weight, mlp.down_proj.bias, quantization, pack),
+        )
+
+    def _shard_layer(
+        self,
+        layer: Any,
+        pack: bool,
+        quantization: str,
+        shard: RankSplit,
+        device: torch.device | None,
+    ) -> Layer:
+        """One rank's copy of a layer: its heads' q/k/v and hidden units' gate/up rows, the
+        matching o and down columns."""
+        attn, mlp, d = layer.self_attn, layer.mlp, self.head_dim
+        heads = slice(shard.heads[0] * d, shard.heads[1] * d)
+        kv = slice(shard.kv_heads[0] * d, shard.kv_heads[1] * d)
+        units = slice(*shard.mlp)
+        cuts = ((attn.q_proj, heads), (attn.k_proj, kv), (attn.v_proj, kv))
+        qkv = fuse(
+            [_on(m.weight[rows], device) for m, rows in cuts],
+            [_rows(m.bias, rows, device) for m, rows in cuts],
+        )
+        gate_up = fuse(
+            [_on(mlp.gate_proj.weight[units], device), _on(mlp.up_proj.weight[units], device)],
+            [_rows(mlp.gate_proj.bias, units, device), _rows(mlp.up_proj.bias, units, device)],
+        )
+        # A row-split product's bias is added once, after the sum: by the rank holding the
+        # first columns.
+        return Layer(
+            input_norm=_on(layer.input_layernorm.weight, device),
+            qkv=make_weight(*qkv, quantization, pack),
+            o=make_weight(
+                _on(attn.o_proj.weight[:, heads], device),
+                _on(attn.o_proj.bias, device) if shard.heads[0] == 0 else None,
+                quantization,
+                pack,
+            ),
+            post_norm=_on(layer.post_attention_layernorm.weight, device),
+            gate_up=make_weight(*gate_up, quantization, pack),
+            down=make_weight(
+                _on(mlp.down_proj.weight[:, units], device),
+                _on(mlp.down_proj.bias, device) if shard.mlp[0] == 0 else None,
+                quantization,
+                pack,
+            ),
         )
 
     def _rope_tables(self, rotary: Any, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +259,11 @@ class LeanDecoder:
         heads, kv_heads, d = self.num_heads, self.num_kv_heads, self.head_dim
         cos, sin = self.cos[positions], self.sin[positions]
         half = d // 2
-        h = F.embedding(input_ids, self.embed)
+        pipe = self.pipe
+        if pipe is None or pipe.first:
+            h = F.embedding(input_ids, self.embed)
+        else:
+            h = pipe.receive(tokens, self.hidden_size, self.norm)
         for index, layer in enumerate(self.layers):
             x = self._rms_norm(h, layer.input_norm)
             qkv = layer.qkv(x)
@@ -185,9 +271,29 @@ class LeanDecoder:
             qk = qk * cos + qk.roll(half, -1) * sin
             v = qkv[:, self.qk_width :].view(tokens, kv_heads, d)
             o = attend(index, qk[:, :heads], qk[:, heads:], v, meta, self.scaling)
-            h = h + layer.o(o.reshape(tokens, self.q_width))
+            attended = layer.o(o.reshape(tokens, self.q_width))
+            h = h + (attended if self.reduce is None else self.reduce(attended))
             x = self._rms_norm(h, layer.post_norm)
             gate, up = layer.gate_up(x).chunk(2, dim=-1)
-            h = h + layer.down(F.silu(gate) * up)
-        h = self._rms_norm(h.index_select(0, keep), self.norm)
-        return self.lm_head(h).float()
+            mlp = layer.down(F.silu(gate) * up)
+            h = h + (mlp if self.reduce is None else self.reduce(mlp))
+        if pipe is None:
+            rows = h.index_select(0, keep)
+        else:
+            passed = pipe.pass_on(h, keep)
+            if passed is None:  # a later stage: stage 0 computes the logits
+                return h.new_empty(0, 0, dtype=torch.float32)
+            rows = passed
+        return self.lm_head(self._rms_norm(rows, self.norm)).float()
+
+
+def _on(t: Any, device: torch.device | None) -> Any:
+    """A weight (or ``None``) as a detached tensor of its own on ``device``, or as it is."""
+    if t is None:
+        return None
+    t = t.detach()
+    return t.contiguous() if device is None else t.to(device).contiguous()
+
+
+def _rows(bias: Any, rows: slice, device: torch.device | None) -> torch.Tensor | None:
+    return None if bias is None else _on(bias[rows], device)

@@ -101,9 +101,13 @@ class HostRange:
 class HostSwapPool:
     """Host memory for swapped-out KV: contiguous ranges of host blocks, first fit."""
 
-    def __init__(self, cache: PagedKVCache, capacity_bytes: int) -> None:
+    def __init__(
+        self, cache: PagedKVCache, capacity_bytes: int, num_blocks: int | None = None
+    ) -> None:
+        """``capacity_bytes`` of host blocks, or exactly ``num_blocks`` of them when given
+        (tensor-parallel ranks hold the same blocks, each of its own share of the heads)."""
         self.cache = cache
-        self.num_blocks = capacity_bytes // cache.block_bytes
+        self.num_blocks = capacity_bytes // cache.block_bytes if num_blocks is None else num_blocks
         self.pinned = cache.device.type == "cuda"
         self.block_elements = cache.rows.shape[0] * cache.rows.shape[2]
         # torch.empty does not touch the pages on CPU; only swapped-out KV costs memory.
@@ -164,8 +168,12 @@ class HostSwapPool:
     def swap_out(self, block_ids: list[int]) -> HostRange | None:
         """Copy the blocks to host in one batched copy; ``None`` when no range is large enough."""
         handle = self.reserve(len(block_ids))
-        if handle is None:
-            return None
+        if handle is not None:
+            self.copy_out(handle, block_ids)
+        return handle
+
+    def copy_out(self, handle: HostRange, block_ids: list[int]) -> None:
+        """Copy the blocks into a reserved range (the copy half of :meth:`swap_out`)."""
         dst = self.view(handle)
         if self.pinned:
             staged = self.cache.rows.index_select(1, self._index(block_ids))  # one device gather
@@ -174,10 +182,14 @@ class HostSwapPool:
         else:
             flat_dst = dst.view(-1, dst.shape[-1])
             torch.index_select(self.cache.flat_rows, 0, self._flat_index(block_ids), out=flat_dst)
-        return handle
 
     def swap_in(self, handle: HostRange, block_ids: list[int]) -> None:
         """Copy a swapped range back into ``block_ids`` (one copy) and free the range."""
+        self.copy_in(handle, block_ids)
+        self.release(handle)
+
+    def copy_in(self, handle: HostRange, block_ids: list[int]) -> None:
+        """Copy a range back into ``block_ids`` (the copy half of :meth:`swap_in`), keeping it."""
         assert len(block_ids) == handle.num_blocks
         src = self.view(handle)
         if self.pinned:
@@ -186,4 +198,3 @@ class HostSwapPool:
         else:
             flat_src = src.reshape(-1, src.shape[-1])
             self.cache.flat_rows.index_copy_(0, self._flat_index(block_ids), flat_src)
-        self.release(handle)

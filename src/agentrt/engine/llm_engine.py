@@ -28,7 +28,6 @@ import torch
 
 from agentrt.engine.block_manager import BlockManager, cdiv
 from agentrt.engine.config import EngineConfig
-from agentrt.engine.kv_cache import HostSwapPool
 from agentrt.engine.loader import LoadedModel, load_model
 from agentrt.engine.model_runner import ModelRunner, ScheduledSeq
 from agentrt.engine.output_processor import OutputProcessor
@@ -123,6 +122,15 @@ class StepAdmission:
         return True
 
 
+def make_runner(model: object, config: EngineConfig) -> ModelRunner:
+    """The model runner for ``config``: one process, or rank 0 of a tensor-parallel group or pipeline."""
+    if config.tensor_parallel_size * config.pipeline_parallel_size > 1:
+        from agentrt.engine.tensor_parallel import ParallelRunner
+
+        return ParallelRunner(model, config)
+    return ModelRunner(model, config)
+
+
 class LLMEngine:
     def __init__(
         self,
@@ -142,7 +150,7 @@ class LLMEngine:
         self.tokenizer = loaded.tokenizer
         self.eos_token_ids = loaded.eos_token_ids
         self.clock = clock
-        self.runner = ModelRunner(loaded.model, config)
+        self.runner = make_runner(loaded.model, config)
         cache = self.runner.kv_cache
         self.scheduler = make_scheduler(config.scheduler)
         self.block_manager = BlockManager(
@@ -152,7 +160,7 @@ class LLMEngine:
             RetentionPolicy(config.retention, cache.num_blocks, policy_priority(self.scheduler)),
             clock,
         )
-        self.swap_pool = HostSwapPool(cache, config.swap_space)
+        self.swap_pool = self.runner.swap_pool(config.swap_space)
         self.block_manager.attach_host(self.swap_pool)
         limit = loaded.max_model_len
         if config.max_model_len is not None:
@@ -321,6 +329,10 @@ class LLMEngine:
         for event in events:
             self._complete(event, now)
         return events
+
+    def close(self) -> None:
+        """Stop what the engine started outside this process (tensor-parallel workers)."""
+        self.runner.close()
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)

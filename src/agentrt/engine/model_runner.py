@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -29,14 +29,34 @@ from agentrt.engine.block_manager import cdiv
 from agentrt.engine.compiled import CompiledDecode, describe
 from agentrt.engine.config import EngineConfig
 from agentrt.engine.decoder import LeanDecoder, unsupported_reason
-from agentrt.engine.kv_cache import PagedKVCache
+from agentrt.engine.kv_cache import HostSwapPool, PagedKVCache
 from agentrt.engine.linear import pack_linears
 from agentrt.engine.loader import resolve_dtype
 from agentrt.engine.matmul import kernel_dtype
 from agentrt.engine.sequence import Sequence
 from agentrt.log import get_logger
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from collections.abc import Sequence as Rows
+
+    from agentrt.parallelism.serving import RankSplit, StagePipe
+
 log = get_logger(__name__)
+
+
+class StepItem(Protocol):
+    """What the runner reads of one row of a step: a scheduled sequence, or a worker's copy."""
+
+    @property
+    def num_tokens(self) -> int: ...  # new tokens fed this step
+    @property
+    def start(self) -> int: ...  # tokens already in the KV cache (the first new one's position)
+    @property
+    def block_table(self) -> list[int]: ...
+    @property
+    def samples(self) -> bool: ...
+    def new_tokens(self) -> list[int]: ...
 
 
 @dataclass
@@ -48,6 +68,18 @@ class ScheduledSeq:
     def samples(self) -> bool:
         """Whether this step completes the sequence's context, so a token is sampled."""
         return self.seq.num_computed_tokens + self.num_tokens == self.seq.num_tokens
+
+    @property
+    def start(self) -> int:
+        return self.seq.num_computed_tokens
+
+    @property
+    def block_table(self) -> list[int]:
+        return self.seq.block_table
+
+    def new_tokens(self) -> list[int]:
+        c = self.seq.num_computed_tokens
+        return self.seq.token_ids[c : c + self.num_tokens]
 
 
 @dataclass(frozen=True)
@@ -103,14 +135,40 @@ def kv_pool_blocks(
 
 
 class ModelRunner:
-    def __init__(self, model: Any, config: EngineConfig) -> None:
+    """Builds the forward (lean decoder or transformers'), the paged KV cache, and runs steps.
+
+    With ``shard`` it is one rank of a model split over processes (see
+    :mod:`agentrt.engine.tensor_parallel`): its decoder holds that rank's
+    heads, hidden units and layers, ``reduce`` sums tensor-parallel row-split
+    products over the ranks, ``pipe`` links pipeline stages, and its KV cache
+    holds that rank's KV heads of its layers. The model then stays
+    where it is (the CPU, shared with the other ranks); the shard's weights
+    are placed on ``config.device``.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        config: EngineConfig,
+        shard: RankSplit | None = None,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        pipe: StagePipe | None = None,
+    ) -> None:
         self.config = config
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         self.device = torch.device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.block_size = config.block_size
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.shard = shard
+        self._reduce = reduce
+        self._pipe = pipe
+        # A tensor-parallel worker runs the layers only: its driver computes the logits.
+        self.emits_logits = True
+        if shard is None:
+            self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        else:
+            self.model = model.to(dtype=self.dtype).eval()
         self.shape = ModelShape.of(model.config)
         self.group = self.shape.num_heads // self.shape.num_kv_heads
         self.use_xformers = self.device.type == "cuda" and xformers_available()
@@ -118,16 +176,23 @@ class ModelRunner:
             log.warning("xformers_missing", detail="CUDA without xformers: using the SDPA path")
         num_blocks = kv_pool_blocks(config, self.shape, self.dtype, self.device)
         self.decoder = self._lean_decoder(num_blocks * config.block_size)
+        if shard is not None and self.decoder is None:
+            raise ConfigError(
+                "tensor_parallel_size or pipeline_parallel_size > 1 needs the lean decoder (lean_decoder = true and a "
+                f"Llama, Mistral or Qwen2 model): {unsupported_reason(self.model) or 'it is off'}"
+            )
+        kv_heads = self.shape.num_kv_heads if shard is None else shard.num_kv_heads
+        layers = (shard.layers if shard is not None else None) or (0, self.shape.num_layers)
         packed = 0
         if self.decoder is None:
             packed = pack_linears(self.model) if config.packed_linears else 0
             register_attention()
             self.model.set_attn_implementation(ATTENTION_NAME)
         self.kv_cache = PagedKVCache(
-            self.shape.num_layers,
+            layers[1] - layers[0],
             num_blocks,
             config.block_size,
-            self.shape.num_kv_heads,
+            kv_heads,
             self.shape.head_dim,
             self.dtype,
             self.device,
@@ -190,7 +255,14 @@ class ModelRunner:
             positions = min(positions, self.config.max_model_len)
         with torch.inference_mode():
             decoder = LeanDecoder(
-                self.model, positions, pack=self.config.packed_linears, quantization=quantization
+                self.model,
+                positions,
+                pack=self.config.packed_linears,
+                quantization=quantization,
+                shard=self.shard,
+                reduce=self._reduce,
+                device=None if self.shard is None else self.device,
+                pipe=self._pipe,
             )
         if quantization != "none" and kernel_dtype(self.dtype) == torch.float32:
             log.warning(
@@ -205,8 +277,15 @@ class ModelRunner:
         )
         return decoder
 
+    def swap_pool(self, capacity_bytes: int) -> HostSwapPool:
+        """The host pool for this runner's swapped-out KV, ``capacity_bytes`` large."""
+        return HostSwapPool(self.kv_cache, capacity_bytes)
+
+    def close(self) -> None:
+        """Release what outlives the object (nothing on one device)."""
+
     @torch.inference_mode()
-    def execute(self, batch: list[ScheduledSeq], every_token: bool = False) -> torch.Tensor:
+    def execute(self, batch: Rows[StepItem], every_token: bool = False) -> torch.Tensor:
         """Run the model once over ``batch`` (decode sequences first); return float32 logits
         ``[num_sampling_seqs, vocab]`` for the sequences whose context this step completes,
         in batch order; with ``every_token``, ``[tokens fed, vocab]`` (scoring a text)."""
@@ -218,6 +297,8 @@ class ModelRunner:
         ):
             return self._execute_compiled(batch)
         input_ids, positions, meta, keep = self._prepare(batch, every_token)
+        if not self.emits_logits:
+            keep = keep[:0]
         if self.decoder is not None:
             return self.decoder.forward(input_ids, positions, meta, keep)
         out = self.model(
@@ -230,23 +311,21 @@ class ModelRunner:
         logits: torch.Tensor = out.logits[0].float()
         return logits
 
-    def _execute_compiled(self, batch: list[ScheduledSeq]) -> torch.Tensor:
+    def _execute_compiled(self, batch: Rows[StepItem]) -> torch.Tensor:
         assert self.compiled is not None
         ids: list[int] = []
         positions: list[int] = []
         keep: list[int] = []
         for row, item in enumerate(batch):
-            seq = item.seq
-            pos = seq.num_computed_tokens
-            ids.append(seq.token_ids[pos])
-            positions.append(pos)
-            if pos + 1 == seq.num_tokens:
+            ids.extend(item.new_tokens())
+            positions.append(item.start)
+            if item.samples:
                 keep.append(row)
-        tables = [item.seq.block_table for item in batch]
+        tables = [item.block_table for item in batch]
         return self.compiled.run(ids, positions, tables, keep)
 
     def _prepare(
-        self, batch: list[ScheduledSeq], every_token: bool = False
+        self, batch: Rows[StepItem], every_token: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
         if not every_token and not self.use_xformers and all(i.num_tokens == 1 for i in batch):
             return self._prepare_decode(batch)
@@ -255,16 +334,12 @@ class ModelRunner:
         starts: list[int] = []
         lens: list[int] = []
         for item in batch:
-            c = item.seq.num_computed_tokens
-            tokens.extend(item.seq.token_ids[c : c + item.num_tokens])
-            starts.append(c)
+            tokens.extend(item.new_tokens())
+            starts.append(item.start)
             lens.append(item.num_tokens)
-        max_blocks = max(len(item.seq.block_table) for item in batch)
+        max_blocks = max(len(item.block_table) for item in batch)
         tables = torch.tensor(
-            [
-                item.seq.block_table + [0] * (max_blocks - len(item.seq.block_table))
-                for item in batch
-            ],
+            [item.block_table + [0] * (max_blocks - len(item.block_table)) for item in batch],
             dtype=torch.long,
         )
         start_t = torch.tensor(starts, dtype=torch.long)
@@ -311,7 +386,7 @@ class ModelRunner:
         )
 
     def _prepare_decode(
-        self, batch: list[ScheduledSeq]
+        self, batch: Rows[StepItem]
     ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
         """:meth:`_prepare` for a batch of single-token rows, from Python lists in a few tensors.
 
@@ -324,17 +399,16 @@ class ModelRunner:
         slots: list[int] = []
         keep: list[int] = []
         for row, item in enumerate(batch):
-            seq = item.seq
-            pos = seq.num_computed_tokens
-            ids.append(seq.token_ids[pos])
+            pos = item.start
+            ids.extend(item.new_tokens())
             positions.append(pos)
-            slots.append(seq.block_table[pos // bs] * bs + pos % bs)
-            if pos + 1 == seq.num_tokens:
+            slots.append(item.block_table[pos // bs] * bs + pos % bs)
+            if item.samples:
                 keep.append(row)
         blocks = cdiv(max(positions) + 1, bs)
         flat: list[int] = []
         for item in batch:
-            table = item.seq.block_table[:blocks]
+            table = item.block_table[:blocks]
             flat.extend(table)
             flat.extend([0] * (blocks - len(table)))
         step = torch.tensor(ids + positions + slots + keep + flat, dtype=torch.long)

@@ -97,6 +97,10 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
         "replicated_unknown_operators": graph.unknown,
         "plans": [],
     }
+    if args.serve:
+        from agentrt.parallelism.serving import engine_split
+
+        report["engine_serving"] = engine_split(getattr(model, "config", None), args.devices)
     for name in names:
         entry: dict[str, Any] = {"plan": name}
         try:
@@ -225,6 +229,20 @@ def _print(report: dict[str, Any]) -> None:
         console.print(
             f"replicated (no annotation): {', '.join(report['replicated_unknown_operators'])}"
         )
+    serving = report.get("engine_serving")
+    if serving is not None:
+        n = serving["tensor_parallel_size"]
+        if "error" in serving:
+            console.print(
+                f"agentrt serve --tensor-parallel-size {n}: not possible: {serving['error']}"
+            )
+        else:
+            console.print(
+                f"agentrt serve --tensor-parallel-size {n} (the tp plan's Megatron split on the "
+                f"engine's decoder): query heads {'+'.join(map(str, serving['heads']))}, "
+                f"KV heads {'+'.join(map(str, serving['kv_heads']))}, "
+                f"MLP units {'+'.join(map(str, serving['mlp']))} per rank"
+            )
     header = f"{'plan':<5} {'split ops':>9} {'comm (pred.)':>12} {'params/dev':>11}  collectives"
     console.print(header)
     for p in report["plans"]:

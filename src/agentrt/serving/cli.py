@@ -54,6 +54,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode steps through torch.compile, cached on disk (default: [engine] compile)",
     )
     parser.add_argument(
+        "--tensor-parallel-size",
+        "-tp",
+        type=int,
+        help="run the embedded engine's model over N local processes, split by heads "
+        "(gloo on CPU, NCCL on CUDA; default 1, or [engine] tensor_parallel_size)",
+    )
+    parser.add_argument(
+        "--pipeline-parallel-size",
+        "-pp",
+        type=int,
+        help="split the embedded engine's model into M pipeline stages (whole layers), one "
+        "local process each; not together with --tensor-parallel-size (default 1)",
+    )
+    parser.add_argument(
         "--kv-cache-memory", help="KV pool: bytes (2GiB, 512MB) or a fraction of memory (0.3)"
     )
     parser.add_argument(
@@ -128,8 +142,11 @@ def run(args: argparse.Namespace) -> int:
     from agentrt.serving.http.connections import uvicorn_options
 
     log = get_logger("agentrt.serve")
+    from agentrt.serving.engines import engine_config
+
     try:
         config = server_config(args)
+        engine_config(config, args.config)  # [engine] and its flags, checked before serving
     except ConfigError as e:
         log.error("bad configuration", error=str(e))
         return 2

@@ -30,6 +30,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     quantization: Literal["none", "int8", "int4"] | None = None
     compile: bool | None = None  # the embedded engine's compiled decode; unset: [engine]
+    # The embedded engine's model over this many local processes (tensor parallel) and
+    # pipeline stages (only 1 for now); unset: [engine] of the file.
+    tensor_parallel_size: int | None = None
+    pipeline_parallel_size: int | None = None
     # KV pool size for the embedded engine: bytes ("2GiB", "512MB", an int) or a fraction ("0.5").
     kv_cache_memory: str | float | None = None
     # Program-aware KV retention of the embedded engine; unset: [engine.retention] of the file.

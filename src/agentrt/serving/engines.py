@@ -67,6 +67,8 @@ def engine_config(server: ServerConfig, toml_path: str | Path | None = None) -> 
         "dtype": server.dtype,
         "quantization": server.quantization,
         "compile": server.compile,
+        "tensor_parallel_size": server.tensor_parallel_size,
+        "pipeline_parallel_size": server.pipeline_parallel_size,
     }
     if server.kv_cache_memory is not None:
         overrides["kv_cache_memory"] = parse_memory(server.kv_cache_memory)

@@ -4,7 +4,8 @@ It answers every call with the text of the last message (or the prompt),
 word by word, so tests of the server, the router and the SDK can check exact
 outputs, and the HTTP-overhead benchmark has a "trivial engine" to measure
 against. It honours what a client can observe of a real engine: ``max_tokens``,
-stop strings and stop token ids, ``n``, logprobs, the context length (prompts
+stop strings and stop token ids, ``ignore_eos`` (the reply goes round until
+``max_tokens``), ``n``, logprobs, the context length (prompts
 that do not fit raise :class:`PromptTooLong`), a per-token delay for streaming,
 aborts, and a simulated KV pool whose blocks return to zero when calls end.
 With ``slots`` it runs at most that many calls and queues the rest first
@@ -233,14 +234,24 @@ class EchoEngine:
     ) -> AsyncIterator[TokenEvent]:
         sampling = request.sampling
         limit = sampling.max_tokens if sampling.max_tokens is not None else self.max_model_len
+        if sampling.ignore_eos and sampling.max_tokens is not None:
+            # The echo's end is its end of sequence: ignoring it, the reply goes round to max_tokens.
+            cycle = reply or [" echo"]
+            again = [p if p[:1].isspace() else " " + p for p in cycle]  # words, not run together
+            reply = [(cycle if i < len(cycle) else again)[i % len(cycle)] for i in range(limit)]
         text = ""
         emitted = 0
+        paced_from = time.monotonic()
         for count, piece in enumerate(reply, start=1):
             if request.call_id in self._abort_requested:
                 yield TokenEvent(call_id=request.call_id, index=index, finish_reason="abort")
                 return
             if self.token_delay:
-                await anyio.sleep(self.token_delay)
+                # Token k is due k delays after the first: a late wake-up (a busy host) does not
+                # lengthen the call, as it would not on an engine whose steps take that long.
+                await anyio.sleep(
+                    max(0.0, paced_from + count * self.token_delay - time.monotonic())
+                )
             tid = token_id(piece)
             usage.completion_tokens += 1
             self._generated += 1
@@ -276,7 +287,11 @@ class EchoEngine:
                 else None,
                 finish_reason=None
                 if not last
-                else ("length" if count >= limit and count < len(reply) else "stop"),
+                else (
+                    "length"
+                    if count >= limit and (count < len(reply) or sampling.ignore_eos)
+                    else "stop"
+                ),
             )
             emitted = len(text)
             if last:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,11 +18,20 @@ from agentrt.testing.echo import EchoEngine
 
 
 @contextmanager
-def echo_server(engine: EchoEngine | None = None, **engine_options: Any) -> Iterator[tuple[str, EchoEngine]]:
+def echo_server(
+    wrap: Callable[[Any], Any] | None = None,
+    *,
+    engine: EchoEngine | None = None,
+    **engine_options: Any,
+) -> Iterator[tuple[str, EchoEngine]]:
     """Serve ``engine`` (by default an ``EchoEngine`` of ``engine_options``) over HTTP in a
-    background thread; yield (base URL, engine)."""
+    background thread; yield (base URL, engine).
+
+    ``wrap`` puts an ASGI middleware around the app (a server that behaves otherwise)."""
     engine = engine if engine is not None else EchoEngine(**engine_options)
     app = create_app(engine, ServerConfig(log_requests=False))
+    if wrap is not None:
+        app = wrap(app)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -40,7 +40,7 @@ class ToolTimingEngine(EchoEngine):
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, ToolTimingEngine]]:
     engine = ToolTimingEngine()
-    with echo_server(engine) as (url, _):
+    with echo_server(engine=engine) as (url, _):
         yield url, engine
 
 

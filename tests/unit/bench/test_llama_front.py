@@ -50,6 +50,25 @@ def test_compare_puts_agentrt_in_front_of_its_own_fresh_llama_server(
     assert strict["runs"][0]["engine_queue"]["deferred_max"] == 0
 
 
+def test_both_orders_runs_each_rate_again_with_the_systems_reversed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    binary = fake_llama_binary(tmp_path, monkeypatch)
+    out = tmp_path / "compare.json"
+    model = write_gguf(tmp_path / "m.gguf", tied=True)
+    code = main([
+        "bench", "compare", "--policies", "", "--llama-server", str(binary), "--llama-front", "fcfs@0",
+        "--llama-model", str(model), "--llama-threads", "1", "--llama-slots", "2", "--both-orders",
+        "--workload", "chat", "--num-programs", "2", "--rate", "20", "--json", str(out), "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    alone, front = json.loads(out.read_text())["systems"]
+    assert [r["rate"] for r in alone["runs"]] == [r["rate"] for r in front["runs"]] == [20, 20]
+    assert alone["runs"][0]["started"] < front["runs"][0]["started"]
+    assert front["runs"][1]["started"] < alone["runs"][1]["started"]
+    assert len(starts(tmp_path)) == 4  # fresh servers for each turn
+
+
 def test_a_front_needs_the_llama_server_it_stands_in_front_of(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +80,36 @@ def test_quick_bench_with_int8_weights_measures_quality(tiny_folder: Path, tmp_p
     assert q["teacher_forced_agreement"] >= 0.9
     assert q["perplexity_ratio"] == q["perplexity"] / q["reference_perplexity"]
     assert abs(q["perplexity_ratio"] - 1) < 0.02
+
+
+@pytest.fixture(scope="module")
+def tiny_gqa_folder(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any) -> Path:
+    """A tiny random Llama with 2 KV heads and 2 layers (so 2 ranks or 2 stages can split it)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-gqa")
+    config = LlamaConfig(
+        vocab_size=len(smollm2_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("split", [["-tp", "2"], ["-pp", "2"]], ids=["tp2", "pp2"])
+def test_quick_bench_runs_over_two_ranks(
+    split: list[str], tiny_gqa_folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "engine.json"
+    argv = ["bench", "engine", "--model", str(tiny_gqa_folder), "--quick", "--skip-baseline"]
+    assert main([*argv, "--dtype", "float32", *split, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["batched_decode"]["tok_s"] > 0 and result["single_stream"]["tok_s"] > 0

@@ -96,3 +96,18 @@ def test_peer_names_parse_and_agentrt_is_reserved() -> None:
         parse_peer("agentrt=http://h/v1")
     with pytest.raises(SystemExit, match="--compare-only needs"):
         main(["bench", "engine", "--compare-only"])
+
+
+def test_the_compared_agentrt_serve_gets_the_bench_quantization_and_compile() -> None:
+    import argparse
+
+    from agentrt.bench.engine import add_arguments
+    from agentrt.bench.peer import agentrt_serve_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--quantization", "int4", "--compile", "--serve-arg=--port=9"])
+    flags = agentrt_serve_args(args)
+    assert flags[flags.index("--quantization") + 1] == "int4"
+    assert "--compile" in flags and flags[-1] == "--port=9"
+    assert "--compile" not in agentrt_serve_args(parser.parse_args([]))

@@ -77,6 +77,19 @@ def test_a_second_batch_of_the_same_bucket_does_not_recompile() -> None:
     assert engine.runner.compiled is not None and engine.runner.compiled.steps == 8
 
 
+def test_a_kv_pool_of_another_size_reuses_the_graph() -> None:
+    # The pool's size follows the memory free at start-up, so it must not be in the graph:
+    # a server restarted with another pool loads its kernels instead of compiling again.
+    greedy = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True)
+    prompts = random_prompts([3, 9], seed=12)
+    expected = [o[0] for o in tiny_engine(compile=True, num_kv_blocks=64).generate(prompts, greedy)]
+    after_first = compile_count()
+    other = tiny_engine(compile=True, num_kv_blocks=40)
+    assert [o[0] for o in other.generate(prompts, greedy)] == expected
+    assert compile_count() == after_first
+    assert other.runner.compiled is not None and other.runner.compiled.steps == 4
+
+
 def test_warm_up_compiles_every_bucket_before_the_first_request() -> None:
     before = compile_count()
     engine = tiny_engine(compile=True, compile_warmup=True, max_num_seqs=2)
@@ -110,7 +123,13 @@ def test_compiled_decode_logits_match_the_eager_forward_in_float32() -> None:
     for compile in (True, False):
         runner = ModelRunner(
             make_tiny_llama(),
-            EngineConfig(dtype="float32", num_kv_blocks=64, block_size=4, compile=compile),
+            EngineConfig(
+                dtype="float32",
+                num_kv_blocks=64,
+                block_size=4,
+                compile=compile,
+                compile_warmup=False,  # only bucket 2 runs
+            ),
         )
         assert (runner.compiled is not None) == compile
         bm = BlockManager(64, 4, enable_prefix_caching=False)

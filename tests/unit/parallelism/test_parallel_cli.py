@@ -71,3 +71,28 @@ def test_plan_verify_runs_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
         main(["plan", "--model", "tiny-llama", "--devices", "2", "--plan", "tp", "--verify"]) == 0
     )
     assert "verify (float32): OK" in capsys.readouterr().out
+
+
+def test_plan_serve_reports_the_engine_split_next_to_the_tp_plan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "plan.json"
+    argv = ["plan", "--model", "tiny-llama", "--devices", "2", "--serve", "--plan", "tp"]
+    assert main([*argv, "--json", str(out)]) == 0
+    assert (
+        "agentrt serve --tensor-parallel-size 2 (the tp plan's Megatron split on the engine's "
+        "decoder): query heads 2+2, KV heads 1+1, MLP units 64+64 per rank"
+    ) in capsys.readouterr().out
+    serving = json.loads(out.read_text())["engine_serving"]
+    assert serving == {
+        "tensor_parallel_size": 2,
+        "heads": [2, 2],
+        "kv_heads": [1, 1],
+        "mlp": [64, 64],
+    }
+    # The tiny Llama has 2 KV heads: 4 ranks cannot serve it, and the plan says why.
+    assert main(["plan", "--model", "tiny-llama", "--devices", "4", "--serve", "--plan", "tp"]) == 0
+    assert (
+        "--tensor-parallel-size 4: not possible: tensor_parallel_size 4 is larger than the model's 2 KV heads"
+        in capsys.readouterr().out
+    )

@@ -160,3 +160,19 @@ def test_kv_retention_flag_wins_over_the_engine_table(tmp_path: Path) -> None:
     assert engine_config(server_config(parse())).retention.mode == "off"  # type: ignore[arg-type]
     with pytest.raises(SystemExit):
         parse("--kv-retention", "forever")
+
+
+def test_parallel_sizes_flags_win_over_the_engine_table(tmp_path: Path) -> None:
+    toml = tmp_path / "s.toml"
+    toml.write_text("[engine]\ntensor_parallel_size = 3\n")
+    unset = engine_config(server_config(parse("--config", str(toml))), toml)  # type: ignore[arg-type]
+    assert (unset.tensor_parallel_size, unset.pipeline_parallel_size) == (3, 1)
+    flags = parse("--config", str(toml), "--tensor-parallel-size", "2")
+    assert engine_config(server_config(flags), toml).tensor_parallel_size == 2  # type: ignore[arg-type]
+    assert engine_config(server_config(parse("-tp", "2"))).tensor_parallel_size == 2  # type: ignore[arg-type]
+
+
+def test_bad_parallel_sizes_are_refused_before_the_server_starts() -> None:
+    assert main(["serve", "--pipeline-parallel-size", "2", "--tensor-parallel-size", "2"]) == 2
+    assert main(["serve", "--tensor-parallel-size", "0"]) == 2
+    assert engine_config(server_config(parse("-pp", "2"))).pipeline_parallel_size == 2  # type: ignore[arg-type]

@@ -119,6 +119,25 @@ async def test_calls_beyond_the_bound_wait_here_and_every_one_finishes() -> None
     assert engine.peak_running == 2 and remote.admission.inflight == 0
 
 
+async def test_the_slot_is_released_when_the_server_ends_the_stream() -> None:
+    """Not when the caller takes the final event: a slow caller does not hold the server's slot."""
+    engine = EchoEngine(slots=1)
+    async with serving(engine) as (url, _):
+        remote = backend(url)
+        async with Router([remote], config=FAST, scheduler=TOKENS) as router:
+            first = router.generate(chat("first", "a b c", program="p1"))
+            events = [await first.__anext__()]
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(collect, router, chat("second", "x y", program="p2"))
+                await eventually(lambda: remote.admission.waiting == 1)
+                while events[-1].finish_reason is None:
+                    events.append(await first.__anext__())
+                # The final event is in hand and the stream not yet closed by the caller.
+                assert remote.admission.waiting == 0
+                await first.aclose()  # type: ignore[attr-defined]
+    assert remote.admission.inflight == 0 and engine.started == ["first", "second"]
+
+
 async def test_an_abandoned_waiting_call_never_reaches_the_server() -> None:
     engine = EchoEngine(slots=1, token_delay=0.01)
     async with serving(engine) as (url, _):
@@ -284,3 +303,23 @@ async def test_without_a_save_path_the_call_runs_and_is_recomputed() -> None:
             slots = remote.admission._slots
             assert slots is not None and not slots.saved  # A's save failed: nothing to restore
     assert len(bodies) == 3
+
+
+async def test_a_call_sent_ahead_counts_its_wait_at_the_server_as_queue_time() -> None:
+    """Its program is charged for the time it ran, not for the time it waited for a slot there."""
+    engine = EchoEngine(slots=1, token_delay=0.02)
+    async with llama_like(engine, 1) as (url, _):
+        remote = RemoteBackend(
+            "r", parse_backend(f"llamacpp+{url},queue_ahead=1"), scheduler=TOKENS
+        )
+        async with (
+            Router([remote], config=FAST, scheduler=TOKENS) as router,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(collect, router, chat("running", "w " * 20, program="a"))
+            await eventually(lambda: engine.stats().running == 1)
+            ahead = await collect(router, chat("ahead", "x y", program="b"))
+    timings = ahead[-1].timings
+    assert timings is not None
+    # It waited at the server for most of the first call's 0.4 s, then ran two tokens (0.04 s).
+    assert timings.queue_time > 0.2 and timings.model_time < 0.2

@@ -57,13 +57,16 @@ class Grant:
     ``slot`` becomes the one it is taken to run in once a slot frees for it.
     """
 
-    __slots__ = ("ahead", "key", "restore", "save", "slot", "wait")
+    __slots__ = ("ahead", "key", "restore", "save", "slot", "started", "wait")
 
     def __init__(self, wait: float, slot: int | None, key: str = "", ahead: bool = False) -> None:
         self.wait = wait
         self.slot = slot
         self.key = key
         self.ahead = ahead
+        # When a call sent ahead is taken to have started in the slot that freed for it (the
+        # clock's time; None: it started when it was sent, or it is not known).
+        self.started: float | None = None
         self.save: str | None = None  # the thread whose context to save from the slot first
         self.restore: str | None = None  # the thread whose saved context to load into it
 
@@ -294,6 +297,7 @@ class AdmissionQueue:
             if self._queued and grant.slot < slots.size:
                 moved = self._queued.popleft()
                 moved.slot = slots.take(grant.slot, moved.key)
+                moved.started = self._clock()
         self._dispatch()
 
     def unsaved(self, key: str) -> None:

@@ -339,6 +339,7 @@ class RemoteBackend:
             body["id_slot"] = grant.slot
             body["cache_prompt"] = True
         self._running += 1
+        released = False
         try:
             if grant.slot is not None:
                 await self._swap_slot(client, grant)
@@ -360,13 +361,22 @@ class RemoteBackend:
                         if timings.first_token is None:
                             timings.first_token = time.monotonic()
                         yield event
+            # The server has sent its last byte: its slot is free now, not once the caller has
+            # taken the final events.
+            released = True
+            self._running -= 1
+            self.admission.release(grant)
             final = decoder.finish()
             if not final:
                 raise EngineUnavailable(
                     f"engine {self.engine_id} ended the stream before finishing the call"
                 )
             timings.finished = time.monotonic()
-            timings.model_time = timings.finished - admitted
+            # A call sent ahead waited in the server's queue until a slot freed for it: that is
+            # queue time, and only the rest is the service its program is charged.
+            started = grant.started if grant.started is not None else admitted
+            timings.queue_time = grant.wait + max(0.0, started - admitted)
+            timings.model_time = timings.finished - max(started, admitted)
             if timings.first_token is None:
                 timings.first_token = timings.finished
             final[-1].timings = timings
@@ -391,8 +401,9 @@ class RemoteBackend:
                 )
             ) from None
         finally:
-            self._running -= 1
-            self.admission.release(grant)
+            if not released:
+                self._running -= 1
+                self.admission.release(grant)
 
     async def _swap_slot(self, client: httpx.AsyncClient, grant: Grant) -> None:
         """Save the context of the thread the slot held, then restore the granted thread's."""
