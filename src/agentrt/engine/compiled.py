@@ -139,17 +139,20 @@ class CompiledDecode:
         """Every batch bucket a decode step may run at, smallest first."""
         return [1 << i for i in range(self.max_batch.bit_length())]
 
-    def warm_up(self) -> list[int]:
+    def warm_up(self, before_bucket: Callable[[int], None] | None = None) -> list[int]:
         """Compile (or load from the disk cache) the graph of every bucket; return the buckets.
 
         Run before the engine takes requests, so that no request waits on a
         compile. Each bucket runs one step of padding rows at position 0 of
         block 0, whose key and value slot it overwrites: call it only while
-        the cache holds nothing.
+        the cache holds nothing. ``before_bucket(rows)`` runs before each
+        bucket (the runner sets the threads that bucket's steps run on).
         """
         buckets = self.buckets()
         with torch.inference_mode():  # the grad mode decode steps run in, which dynamo guards
             for bucket in buckets:
+                if before_bucket is not None:
+                    before_bucket(bucket)
                 self.run([0] * bucket, [0] * bucket, [[0]] * bucket, range(bucket))
         self.steps = 0
         return buckets

@@ -39,6 +39,11 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # CPU threads for torch's kernels (process-wide); None keeps torch's default.
     # On a shared or oversubscribed machine fewer threads avoid barrier stalls.
     num_threads: int | None = None
+    # CPU threads for decode-only steps of at most model_runner.FEW_DECODE_ROWS rows (None:
+    # the same as every step). Where the server's event loop and its clients share a few
+    # cores, one fewer than the cores keeps such steps from waiting on a descheduled thread
+    # of the kernels' team; prefill and wide batches keep every thread.
+    decode_threads: int | None = None
     # CPU, float32: keep a oneDNN-packed copy of each linear weight for decode-sized
     # batches (faster; one more copy of those weights in memory). See engine/linear.py.
     packed_linears: bool = True
@@ -99,6 +104,8 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("EngineConfig.num_kv_blocks must be >= 1")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError("EngineConfig.num_threads must be >= 1")
+        if self.decode_threads is not None and self.decode_threads < 1:
+            raise ConfigError("EngineConfig.decode_threads must be >= 1")
         if self.swap_space < 0:
             raise ConfigError("EngineConfig.swap_space must be >= 0")
         if self.quantization != "none" and not self.lean_decoder:

@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+# Decode-only steps of at most this many rows run on ``[engine] decode_threads``: their kernels
+# are too small to gain from a second thread that may be descheduled.
+FEW_DECODE_ROWS = 8
+
 
 class StepItem(Protocol):
     """What the runner reads of one row of a step: a scheduled sequence, or a worker's copy."""
@@ -157,6 +161,8 @@ class ModelRunner:
         self.config = config
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
+        self._all_threads = torch.get_num_threads()
+        self._threads = self._all_threads
         self.device = torch.device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.block_size = config.block_size
@@ -228,7 +234,10 @@ class ModelRunner:
         )
         if self.config.compile_warmup:
             started = time.perf_counter()
-            buckets = compiled.warm_up()
+            # Each bucket compiles on the threads its steps run on (inductor bakes the count in).
+            buckets = compiled.warm_up(
+                lambda rows: self._use_threads(self.step_threads(rows, True))
+            )
             log.info(
                 "compiled_decode_warm",
                 buckets=buckets,
@@ -289,6 +298,8 @@ class ModelRunner:
         """Run the model once over ``batch`` (decode sequences first); return float32 logits
         ``[num_sampling_seqs, vocab]`` for the sequences whose context this step completes,
         in batch order; with ``every_token``, ``[tokens fed, vocab]`` (scoring a text)."""
+        decode_only = not every_token and all(i.num_tokens == 1 for i in batch)
+        self._use_threads(self.step_threads(len(batch), decode_only))
         if (
             self.compiled is not None
             and not every_token
@@ -310,6 +321,23 @@ class ModelRunner:
         )
         logits: torch.Tensor = out.logits[0].float()
         return logits
+
+    def step_threads(self, rows: int, decode_only: bool) -> int:
+        """The CPU threads a step of ``rows`` rows runs on (``[engine] decode_threads``)."""
+        few = self.config.decode_threads
+        if (
+            few is not None
+            and decode_only
+            and rows <= FEW_DECODE_ROWS
+            and self.device.type == "cpu"
+        ):
+            return few
+        return self._all_threads
+
+    def _use_threads(self, threads: int) -> None:
+        if threads != self._threads:
+            torch.set_num_threads(threads)
+            self._threads = threads
 
     def _execute_compiled(self, batch: Rows[StepItem]) -> torch.Tensor:
         assert self.compiled is not None

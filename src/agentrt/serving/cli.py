@@ -54,6 +54,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode steps through torch.compile, cached on disk (default: [engine] compile)",
     )
     parser.add_argument(
+        "--num-threads",
+        type=int,
+        help="CPU threads for the embedded engine's kernels (default: [engine] num_threads, "
+        "else torch's, one per core)",
+    )
+    parser.add_argument(
+        "--decode-threads",
+        type=int,
+        help="CPU threads for decode-only steps of up to 8 rows (default: [engine] "
+        "decode_threads, else --num-threads); on a host with few cores, one fewer than the "
+        "cores leaves the server's event loop and its clients a core",
+    )
+    parser.add_argument(
         "--tensor-parallel-size",
         "-tp",
         type=int,

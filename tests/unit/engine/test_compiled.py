@@ -179,3 +179,24 @@ def test_compiled_quantized_decode_equals_the_eager_quantized_engine(quantizatio
         for c in (True, False)
     ]
     assert runs[0] == runs[1]
+
+
+def test_few_row_decode_steps_run_on_decode_threads_and_the_rest_on_all() -> None:
+    threads = torch.get_num_threads()
+    try:
+        engine = tiny_engine(num_threads=2, decode_threads=1, max_num_seqs=16)
+        runner = engine.runner
+        assert runner.step_threads(1, decode_only=True) == 1
+        assert runner.step_threads(8, decode_only=True) == 1
+        assert runner.step_threads(9, decode_only=True) == 2
+        assert runner.step_threads(1, decode_only=False) == 2  # a prompt chunk
+        greedy = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True)
+        prompts = random_prompts([3, 9], seed=12)
+        assert [o[0] for o in engine.generate(prompts, greedy)] == hf_reference(prompts, 5)
+        assert torch.get_num_threads() == 1  # the last step decoded one row
+        one = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+        engine.generate(random_prompts([6], seed=13), one)  # a prefill step only
+        assert torch.get_num_threads() == 2
+        assert tiny_engine(num_threads=2).runner.step_threads(1, decode_only=True) == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -176,3 +176,13 @@ def test_bad_parallel_sizes_are_refused_before_the_server_starts() -> None:
     assert main(["serve", "--pipeline-parallel-size", "2", "--tensor-parallel-size", "2"]) == 2
     assert main(["serve", "--tensor-parallel-size", "0"]) == 2
     assert engine_config(server_config(parse("-pp", "2"))).pipeline_parallel_size == 2  # type: ignore[arg-type]
+
+
+def test_num_threads_flag_wins_over_the_engine_table(tmp_path: Path) -> None:
+    toml = tmp_path / "engine.toml"
+    toml.write_text("[engine]\nnum_threads = 2\n")
+    assert engine_config(server_config(parse("--config", str(toml))), toml).num_threads == 2  # type: ignore[arg-type]
+    flagged = server_config(parse("--config", str(toml), "--num-threads", "1"))
+    assert engine_config(flagged, toml).num_threads == 1  # type: ignore[arg-type]
+    assert engine_config(server_config(parse())).num_threads is None  # type: ignore[arg-type]
+    assert engine_config(server_config(parse("--decode-threads", "1"))).decode_threads == 1  # type: ignore[arg-type]
