@@ -499,30 +499,21 @@ class Router:
     async def _tool_event_on(self, engine: _Engine, program_id: str, event: ToolEvent) -> None:
         backend = engine.backend
         assert isinstance(backend, ToolSignals)
-        try:
-            with anyio.fail_after(self.config.health_timeout_s):
-                await backend.tool_event(program_id, event)
-        except TimeoutError:
-            log.warning(
-                "tool_event_failed",
-                engine_id=engine.engine_id,
-                error=f"no answer within {self.config.health_timeout_s:g}s",
-            )
-        except Exception as e:
-            log.warning("tool_event_failed", engine_id=engine.engine_id, error=_describe(e))
+        await self._notify(engine, "tool_event_failed", backend.tool_event(program_id, event))
 
     async def _end_program_on(self, engine: _Engine, program_id: str) -> None:
+        await self._notify(engine, "end_program_failed", engine.backend.end_program(program_id))
+
+    async def _notify(self, engine: _Engine, failed: str, notice: Awaitable[None]) -> None:
+        """Await a best-effort notice to one engine within the health timeout; log a failure."""
+        timeout = self.config.health_timeout_s
         try:
-            with anyio.fail_after(self.config.health_timeout_s):
-                await engine.backend.end_program(program_id)
+            with anyio.fail_after(timeout):
+                await notice
         except TimeoutError:
-            log.warning(
-                "end_program_failed",
-                engine_id=engine.engine_id,
-                error=f"no answer within {self.config.health_timeout_s:g}s",
-            )
+            log.warning(failed, engine_id=engine.engine_id, error=f"no answer within {timeout:g}s")
         except Exception as e:
-            log.warning("end_program_failed", engine_id=engine.engine_id, error=_describe(e))
+            log.warning(failed, engine_id=engine.engine_id, error=_describe(e))
 
     # -- introspection -----------------------------------------------------
 
