@@ -300,12 +300,7 @@ class ModelRunner:
         in batch order; with ``every_token``, ``[tokens fed, vocab]`` (scoring a text)."""
         decode_only = not every_token and all(i.num_tokens == 1 for i in batch)
         self._use_threads(self.step_threads(len(batch), decode_only))
-        if (
-            self.compiled is not None
-            and not every_token
-            and len(batch) <= self.compiled.max_batch
-            and all(i.num_tokens == 1 for i in batch)
-        ):
+        if self.compiled is not None and decode_only and len(batch) <= self.compiled.max_batch:
             return self._execute_compiled(batch)
         input_ids, positions, meta, keep = self._prepare(batch, every_token)
         if not self.emits_logits:
