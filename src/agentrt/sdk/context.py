@@ -29,6 +29,7 @@ import itertools
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -39,12 +40,21 @@ from agentrt.protocol.headers import (
     format_headers,
     program_headers,
 )
+from agentrt.sdk.ids import call_id as new_call_id
 from agentrt.sdk.ids import uuid7
 
 if TYPE_CHECKING:
     from agentrt.sdk.servers import ServerEntry
 
-_current_thread = threading.current_thread
+
+class _ThisThread(threading.local):
+    """The calling OS thread's ``threading.Thread``, read without a Python-level call."""
+
+    def __init__(self) -> None:
+        self.thread = threading.current_thread()
+
+
+_this_thread = _ThisThread()
 _running_loop = asyncio._get_running_loop
 _current_task = asyncio.current_task
 _perf_counter = time.perf_counter
@@ -215,7 +225,7 @@ _claim_lock = threading.Lock()
 
 def _owner() -> tuple[threading.Thread, asyncio.Task[object] | None]:
     loop = _running_loop()
-    return _current_thread(), (_current_task(loop) if loop is not None else None)
+    return _this_thread.thread, (_current_task(loop) if loop is not None else None)
 
 
 def _refs(
@@ -237,9 +247,9 @@ def restore(token: Token[Binding | None], previous: Binding | None) -> None:
         _BINDING.set(previous)
 
 
-def peek() -> Binding | None:
-    """The binding in this context, as it is (no fork check)."""
-    return _BINDING.get()
+# The binding in this context, as it is (no fork check): every instrumented request
+# asks, inside programs and out, so it is the ContextVar's own method.
+peek: Callable[[], Binding | None] = _BINDING.get
 
 
 def new_binding(strand: Strand, *, owned: bool = True, branching: bool = False) -> Binding:
@@ -256,7 +266,7 @@ def new_binding(strand: Strand, *, owned: bool = True, branching: bool = False) 
 def _owned_here(b: Binding) -> bool:
     """True when the calling thread/task is the one that installed ``b``."""
     thread_ref = b.thread_ref
-    if thread_ref is None or thread_ref() is not _current_thread():
+    if thread_ref is None or thread_ref() is not _this_thread.thread:
         return False
     loop = _running_loop()
     task = _current_task(loop) if loop is not None else None
@@ -366,9 +376,30 @@ def _fork(b: Binding, thread: threading.Thread, task: asyncio.Task[object] | Non
     return nb
 
 
+_new_object = object.__new__
+
+
+def _moved(b: Binding, fork_point: str | None) -> Binding:
+    """A binding like ``b`` (strand, owner; not branching) whose fork point is ``fork_point``.
+
+    Made without ``Binding.__init__`` (called from C, a Python ``__init__`` costs a
+    second entry into the interpreter): every LLM call makes one.
+    """
+    nb = _new_object(Binding)
+    nb.strand = b.strand
+    nb.thread_ref = b.thread_ref
+    nb.task_ref = b.task_ref
+    nb.fork_point = fork_point
+    nb.branching = False
+    nb.branch_last = None
+    nb.claimed = False
+    nb.continuation = None
+    return nb
+
+
 def _advance(b: Binding) -> Binding:
     strand = b.strand
-    nb = Binding(strand, b.thread_ref, b.task_ref, strand.last_call_id)
+    nb = _moved(b, strand.last_call_id)
     if strand.holder is None:
         strand.owner_binding = nb
     _BINDING.set(nb)
@@ -380,13 +411,31 @@ def begin_call() -> tuple[ProgramRecord, dict[str, str]] | None:
 
     The call id becomes the parent of the strand's next call; the strand's
     pending tool time is handed over (and reset). None outside any program.
+
+    It runs on every LLM call, so the common case (the owner calls, in its own
+    strand, with no task continuing it) is checked inline and the headers are
+    built here; everything else goes through :func:`resolve`.
     """
-    b = resolve()
+    b = _BINDING.get()
     if b is None:
         return None
     strand = b.strand
+    thread_ref = b.thread_ref
+    as_it_is = (
+        strand.holder is None
+        and not b.branching
+        and b.fork_point is strand.last_call_id
+        and thread_ref is not None
+        and thread_ref() is _this_thread.thread
+        and ((b.task_ref is None and _running_loop() is None) or _owned_here(b))
+    )
+    if not as_it_is:
+        b = resolve()
+        if b is None:
+            return None
+        strand = b.strand
     record = strand.record
-    call_id = uuid7()
+    call_id = new_call_id()
     if b.branching:
         thread_id = record.new_thread_id()
         parent = b.fork_point
@@ -395,7 +444,7 @@ def begin_call() -> tuple[ProgramRecord, dict[str, str]] | None:
         thread_id = strand.thread_id
         parent = strand.last_call_id
         strand.last_call_id = call_id
-        nb = Binding(strand, b.thread_ref, b.task_ref, call_id)
+        nb = _moved(b, call_id)
         if strand.holder is None:
             strand.owner_binding = nb
         _BINDING.set(nb)
@@ -408,7 +457,9 @@ def begin_call() -> tuple[ProgramRecord, dict[str, str]] | None:
     if parent is not None:
         ended = record.call_ends.get(parent)
         if ended is not None:
-            interrupt = max(interrupt, _perf_counter() - ended)
+            elapsed = _perf_counter() - ended
+            if elapsed > interrupt:
+                interrupt = elapsed
     return record, call_headers(record.headers, thread_id, parent, call_id, interrupt)
 
 

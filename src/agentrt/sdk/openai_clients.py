@@ -159,17 +159,15 @@ def _in_process_kwargs(app: Any, kwargs: dict[str, Any], *, is_async: bool) -> N
 # -------------------------------------------------------------------------- the request hooks
 
 
-def _track_end(result: Any, record: ProgramRecord, call_id: str) -> Any:
-    """Note the call's end: now, or when the stream ``result`` is consumed or closed."""
-    if isinstance(result, _STREAMS):
-        iterator = getattr(result, "_iterator", None)
-        if iterator is not None:
-            if isinstance(result, openai.Stream):
-                result._iterator = _sync_stream_end(iterator, record, call_id)
-            else:
-                result._iterator = _async_stream_end(iterator, record, call_id)
-            return result
-    record.call_ended(call_id)
+def _track_stream_end(result: Any, record: ProgramRecord, call_id: str) -> Any:
+    """Make the stream ``result`` note its call's end when it is consumed or closed."""
+    iterator = getattr(result, "_iterator", None)
+    if iterator is None:
+        record.call_ended(call_id)
+    elif isinstance(result, openai.Stream):
+        result._iterator = _sync_stream_end(iterator, record, call_id)
+    else:
+        result._iterator = _async_stream_end(iterator, record, call_id)
     return result
 
 
@@ -223,7 +221,10 @@ def sync_request(
     except BaseException:
         record.call_ended(call_id)
         raise
-    return _track_end(result, record, call_id)
+    if isinstance(result, _STREAMS):
+        return _track_stream_end(result, record, call_id)
+    record.call_ended(call_id)
+    return result
 
 
 async def async_request(
@@ -246,7 +247,10 @@ async def async_request(
     except BaseException:
         record.call_ended(call_id)
         raise
-    return _track_end(result, record, call_id)
+    if isinstance(result, _STREAMS):
+        return _track_stream_end(result, record, call_id)
+    record.call_ended(call_id)
+    return result
 
 
 # -------------------------------------------------------------------------- lifecycle through a client

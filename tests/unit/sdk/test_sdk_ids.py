@@ -6,7 +6,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from agentrt.sdk.ids import short_token, uuid7
+from agentrt.sdk.ids import call_id, short_token, uuid7
 
 
 def test_ids_are_valid_version_7_uuids() -> None:
@@ -81,3 +81,35 @@ def test_ids_are_in_canonical_form_with_every_random_bit_used() -> None:
     for a, b in zip(rand_a, rand_b, strict=True):
         ored |= a << 62 | b
     assert ored == random_mask  # no random bit is stuck at zero
+
+
+def test_call_ids_are_canonical_version_7_uuids_in_creation_order() -> None:
+    ids = [call_id() for _ in range(2000)]
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == value
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_call_ids_are_unique_across_threads() -> None:
+    with ThreadPoolExecutor(8) as pool:
+        batches = list(pool.map(lambda _: [call_id() for _ in range(2000)], range(8)))
+    flat = [i for batch in batches for i in batch]
+    assert len(set(flat)) == len(flat)
+
+
+def test_a_forked_child_mints_call_ids_of_its_own() -> None:
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, call_id().encode())
+        os._exit(0)
+    os.close(write)
+    child_id = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    parent_id = call_id()
+    assert child_id and child_id[:24] != parent_id[:24]  # another prefix

@@ -423,3 +423,15 @@ def test_a_program_scope_cannot_be_entered_twice_at_once() -> None:
         pass
     with scope:  # reusable once it has exited
         assert agentrt.current_program() is not None
+
+
+def test_the_binding_each_call_leaves_behind_has_every_slot_set() -> None:
+    from agentrt.sdk import context
+
+    strand = context.Strand(context.ProgramRecord(name="p"), "0")
+    b = context.new_binding(strand)
+    moved = context._moved(b, "c1")
+    fresh = context.Binding(strand, b.thread_ref, b.task_ref, "c1")
+    assert {s: getattr(moved, s) for s in context.Binding.__slots__} == {
+        s: getattr(fresh, s) for s in context.Binding.__slots__
+    }
