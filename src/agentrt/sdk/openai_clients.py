@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import types
 from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import quote
@@ -83,9 +84,17 @@ def _with_program_headers(
 
 _PYDANTIC_V2 = int(pydantic.VERSION.split(".")[0]) >= 2
 if _PYDANTIC_V2:
+    from pydantic import BaseModel
     from pydantic_core import PydanticUndefined
+
+    # The setters of BaseModel's own slots, called directly: ``object.__setattr__`` would
+    # look each one up by name on every call.
+    _slots = vars(BaseModel)
+    _set_dict = _slots["__dict__"].__set__
+    _set_fields_set = _slots["__pydantic_fields_set__"].__set__
+    _set_extra = _slots["__pydantic_extra__"].__set__
+    _set_private = _slots["__pydantic_private__"].__set__
 _new = object.__new__
-_set = object.__setattr__
 
 
 def with_headers(options: FinalRequestOptions, headers: dict[str, str]) -> FinalRequestOptions:
@@ -101,14 +110,14 @@ def with_headers(options: FinalRequestOptions, headers: dict[str, str]) -> Final
     clone = _new(type(options))
     fields = options.__dict__.copy()
     fields["headers"] = headers
-    _set(clone, "__dict__", fields)
-    _set(clone, "__pydantic_fields_set__", options.__pydantic_fields_set__ | _HEADERS)
+    _set_dict(clone, fields)
+    _set_fields_set(clone, options.__pydantic_fields_set__ | _HEADERS)
     extra = options.__pydantic_extra__
-    _set(clone, "__pydantic_extra__", None if extra is None else extra.copy())
+    _set_extra(clone, None if extra is None else extra.copy())
     private = getattr(options, "__pydantic_private__", None)
     if private is not None:
         private = {k: v for k, v in private.items() if v is not PydanticUndefined}
-    _set(clone, "__pydantic_private__", private)
+    _set_private(clone, private)
     return clone
 
 
@@ -501,6 +510,7 @@ def instrument_openai_client(client: openai.OpenAI | openai.AsyncOpenAI) -> None
 # The ``request`` each patched class had before (None: the one it inherits).
 _own: dict[type[Any], Any] = {}
 # What the patched ``request`` hands over to: the class's original one.
+_bind = types.MethodType
 _sync_send: Any = openai.OpenAI.request
 _async_send: Any = openai.AsyncOpenAI.request
 
@@ -515,7 +525,7 @@ def _patched_sync_request(
 ) -> Any:
     if peek() is None:
         return _sync_send(self, cast_to, options, stream=stream, stream_cls=stream_cls)
-    send = _sync_send.__get__(self)
+    send = _bind(_sync_send, self)
     return sync_request(self, send, cast_to, options, stream, stream_cls)
 
 
@@ -529,7 +539,7 @@ async def _patched_async_request(
 ) -> Any:
     if peek() is None:
         return await _async_send(self, cast_to, options, stream=stream, stream_cls=stream_cls)
-    send = _async_send.__get__(self)
+    send = _bind(_async_send, self)
     return await async_request(self, send, cast_to, options, stream, stream_cls)
 
 

@@ -183,3 +183,18 @@ def test_parsed_headers_fill_the_engine_program_tag() -> None:
         parent_call_id=parsed.parent_call_id,
     )
     assert tag == ProgramTag(program_id="p", thread_id="1", parent_call_id="c")
+
+
+@given(seconds=st.floats(min_value=0, max_value=1e9, allow_nan=False))
+def test_seconds_are_written_with_six_decimals_to_the_nearest_microsecond(seconds: float) -> None:
+    written = h.format_seconds(seconds)
+    whole, _, micros = written.partition(".")
+    assert whole.isdigit() and len(micros) == 6 and micros.isdigit()
+    assert abs(float(written) - seconds) <= 0.5e-6 + seconds * 1e-15
+
+
+def test_seconds_beyond_a_microsecond_double_are_written_as_floats_are() -> None:
+    assert h.format_seconds(float("inf")) == "inf"
+    assert h.format_seconds(1e20) == f"{1e20:.6f}"
+    assert h.format_seconds(0.0) == "0.000000"
+    assert h.format_seconds(12.5) == "12.500000"
