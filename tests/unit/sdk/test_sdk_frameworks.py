@@ -191,7 +191,13 @@ def agents_sdk() -> Any:
 
 
 async def run_agent(
-    server: Server, agents: Any, client: Any, tool: Any, name: str, api: str = "chat_completions"
+    server: Server,
+    agents: Any,
+    client: Any,
+    tool: Any,
+    name: str,
+    api: str = "chat_completions",
+    hooks: bool = True,
 ) -> None:
     from agentrt.integrations.openai_agents import AgentrtRunHooks
 
@@ -201,11 +207,15 @@ async def run_agent(
         model = agents.OpenAIChatCompletionsModel(model="echo", openai_client=client)
     agent = agents.Agent(name="a", instructions="Be brief.", tools=[tool], model=model)
     async with agentrt.program(name) as ctx:
-        result = await agents.Runner.run(agent, tool_call("lookup", q="x"), hooks=AgentrtRunHooks())
+        run_hooks = AgentrtRunHooks() if hooks else None
+        result = await agents.Runner.run(agent, tool_call("lookup", q="x"), hooks=run_hooks)
         timed = tool_seconds()
         info = await server.program(ctx.program_id)
     assert result.final_output == "found x"
-    assert timed >= PAUSE  # the hooks reported the tool run
+    if hooks:
+        assert timed >= PAUSE  # the hooks reported the tool run
+    else:
+        assert timed == 0.0  # nothing timed the tool: the server saw the gap
     assert_seen(info, name, calls=2, interrupt=PAUSE)
     await assert_ended_within_a_second(server, ctx.program_id)
 
@@ -248,6 +258,22 @@ async def test_agents_sdk_responses_model_api_with_a_function_tool(server: Serve
     assert first.tools is not None and first.tools[0]["function"]["name"] == "lookup"
     assert [m["role"] for m in second.messages] == ["system", "user", "assistant", "tool"]
     assert second.messages[-1]["content"] == "found x"
+
+
+@pytest.mark.usefixtures("instrumented")
+@pytest.mark.parametrize("api", ["chat_completions", "responses"])
+async def test_agents_sdk_without_hooks_or_decorators(server: Server, api: str) -> None:
+    agents = agents_sdk()
+    import openai
+
+    @agents.function_tool
+    async def lookup(q: str) -> str:
+        """Look q up."""
+        await asyncio.sleep(PAUSE)
+        return f"found {q}"
+
+    client = openai.AsyncOpenAI(base_url=BASE_URL, api_key="k", http_client=server.async_http())
+    await run_agent(server, agents, client, lookup, f"agent-bare-{api}", api=api, hooks=False)
 
 
 async def test_agents_sdk_responses_model_api_streamed(server: Server) -> None:
@@ -293,7 +319,7 @@ def test_agents_sdk_objects_that_are_no_function_tool_are_refused() -> None:
 
 
 @pytest.mark.usefixtures("instrumented")
-@pytest.mark.parametrize("order", ["tool-object", "agentrt-below"])
+@pytest.mark.parametrize("order", ["tool-object", "agentrt-below", "no-decorator"])
 async def test_pydantic_ai_agent_with_a_tool(server: Server, order: str) -> None:
     pydantic_ai = pytest.importorskip("pydantic_ai")
     import openai
@@ -309,14 +335,20 @@ async def test_pydantic_ai_agent_with_a_tool(server: Server, order: str) -> None
     model = OpenAIChatModel("echo", provider=OpenAIProvider(openai_client=client))
     if order == "tool-object":
         agent = pydantic_ai.Agent(model, tools=[agentrt.tool(pydantic_ai.Tool(lookup))])
-    else:
+    elif order == "agentrt-below":
         agent = pydantic_ai.Agent(model)
         agent.tool_plain(agentrt.tool(lookup))
+    else:  # the interrupt is the gap between the calls alone
+        agent = pydantic_ai.Agent(model)
+        agent.tool_plain(lookup)
     async with agentrt.program("pydantic-ai") as ctx:
         result = await agent.run(tool_call("lookup", q="x"))
         timed = tool_seconds()
         info = await server.program(ctx.program_id)
     assert result.output == "found x"
-    assert timed >= PAUSE  # @agentrt.tool timed the function inside the tool
+    if order == "no-decorator":
+        assert timed == 0.0  # nothing timed the tool: the server saw the gap
+    else:
+        assert timed >= PAUSE  # @agentrt.tool timed the function inside the tool
     assert_seen(info, "pydantic-ai", calls=2, interrupt=PAUSE)
     await assert_ended_within_a_second(server, ctx.program_id)
