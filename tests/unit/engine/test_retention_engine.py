@@ -5,15 +5,26 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tests.unit.engine.helpers import assert_block_pool_clean, make_tiny_loaded, seq, tiny_engine
 
 from agentrt.engine.block_manager import BlockManager
 from agentrt.engine.config import EngineConfig
-from agentrt.engine.llm_engine import LLMEngine
+from agentrt.engine.llm_engine import LLMEngine, StepAdmission
 from agentrt.engine.sequence import Sequence
 from agentrt.protocol.engine import ProgramTag, SamplingParams
-from agentrt.scheduling import RetentionConfig, RetentionPolicy, SchedulerConfig
+from agentrt.scheduling import (
+    Call,
+    RetentionConfig,
+    RetentionPolicy,
+    SchedulerConfig,
+    make_scheduler,
+)
+from agentrt.sim.engine import LiveCall, SimEngine, WindowAdmission
 from agentrt.sim.kv import KvCache
+from agentrt.sim.profile import EngineProfile
+from agentrt.sim.spec import CallSpec
 
 TTL = RetentionConfig(mode="ttl", pin_budget=1.0, min_samples=1)
 
@@ -213,7 +224,9 @@ def test_a_yielded_pin_comes_back_from_the_host_pool(swap_blocks: int) -> None:
             max_num_seqs=8,
             swap_space=swap_blocks * block_bytes,
             scheduler=SchedulerConfig(policy="fcfs"),
-            retention=RetentionConfig(mode=mode, prior_interrupt_s=30.0),  # type: ignore[arg-type]
+            # No hold against admissions: the second one-shot call is admitted beside the
+            # first and the pin yields to the running pair.
+            retention=RetentionConfig(mode=mode, prior_interrupt_s=30.0, max_hold_s=0.0),  # type: ignore[arg-type]
         )
         engine = LLMEngine(config, make_tiny_loaded(), clock=clock)
         rng = random.Random(4)
@@ -248,3 +261,108 @@ def test_a_yielded_pin_comes_back_from_the_host_pool(swap_blocks: int) -> None:
         engine.end_program(program)  # host copies of ended programs are dropped
     assert engine.swap_pool.num_free_blocks == engine.swap_pool.num_blocks
     assert bm.num_free_blocks == bm.num_blocks
+
+
+# --- admissions against pins: the engine and the simulator decide alike ---
+
+HOLD = RetentionConfig(mode="ttl", pin_budget=1.0, prior_interrupt_s=30.0, max_hold_s=5.0)
+START = 100.0
+
+
+def engine_admits(
+    capacity: int, pins: list[int], calls: list[tuple[int, float]], slots: int
+) -> list[str]:
+    """Programs ``a<i>`` left pinned contexts of ``pins[i]`` blocks; new calls ``n<j>`` of
+    ``calls[j] = (blocks, age)`` wait: the programs the engine's next decision admits."""
+    clock = Clock()
+    clock.now = START
+    config = EngineConfig(
+        dtype="float32",
+        num_kv_blocks=capacity,
+        block_size=4,
+        max_num_seqs=slots,
+        max_num_batched_tokens=2048,
+        scheduler=SchedulerConfig(policy="fcfs"),
+        retention=HOLD,
+    )
+    engine = LLMEngine(config, make_tiny_loaded(), clock=clock)
+    bm = engine.block_manager
+    for i, blocks in enumerate(pins):
+        s = program_seq(f"a{i}", [i + 1] * (4 * blocks))
+        bm.allocate(s, 4 * blocks)
+        s.num_computed_tokens = 4 * blocks
+        bm.register_computed_blocks(s)
+        bm.call_finished(s, reload_token_s=0.01, waiting=0, batch_slots=slots)
+        bm.free(s)
+    for j, (blocks, age) in enumerate(calls):
+        engine.add_request(
+            f"n{j}",
+            [100 + j] * (4 * blocks - 1),  # the first token reserves the last block
+            SamplingParams(max_tokens=1, ignore_eos=True),
+            program=ProgramTag(program_id=f"n{j}"),
+            arrival=START - age,
+        )
+    decision = engine.scheduler.schedule(START, StepAdmission(engine, START))
+    return [call.program_id for call in decision.batch]
+
+
+def sim_admits(
+    capacity: int, pins: list[int], calls: list[tuple[int, float]], slots: int
+) -> list[str]:
+    profile = EngineProfile(
+        name="same-state",
+        step_overhead_s=0.01,
+        prefill_token_s=0.0001,
+        decode_seq_s=0.001,
+        kv_token_s=0.000001,
+        block_size=4,
+        kv_blocks=capacity,
+        max_batch_size=slots,
+        max_batch_tokens=2048,
+        max_model_len=4096,
+        prefix_caching=True,
+    )
+    scheduler = make_scheduler(SchedulerConfig(policy="fcfs"))
+    engine = SimEngine("e", profile, scheduler, "recompute", 1, retention=HOLD)
+    kv = engine.kv
+    for i, blocks in enumerate(pins):
+        segment = [(f"a{i}", 4 * blocks)]
+        kv.acquire(segment)
+        kv.grow(f"a{i}", 4 * blocks)
+        engine.retention.call_finished(f"a{i}", START, blocks=blocks, reload_s=4 * blocks * 0.01)
+        kv.release(segment, f"a{i}")
+    for j, (blocks, age) in enumerate(calls):
+        spec = CallSpec(0, ((f"n{j}", 4 * blocks),), 4 * blocks - 1, 1)
+        call = Call(f"n{j}/0", f"n{j}", arrival=START - age, prompt_tokens=4 * blocks - 1)
+        engine.add(LiveCall(spec, call, None, engine, START), START)
+    decision = scheduler.schedule(START, WindowAdmission(engine, 1, START))
+    return [call.program_id for call in decision.batch]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    capacity=st.integers(6, 24),
+    pins=st.lists(st.integers(1, 5), max_size=4),
+    calls=st.lists(
+        st.tuples(st.integers(1, 6), st.sampled_from([0.0, 1.0, 6.0])), min_size=1, max_size=5
+    ),
+    slots=st.integers(1, 4),
+)
+def test_engine_and_simulator_admit_the_same_calls_beside_the_same_pins(
+    capacity: int, pins: list[int], calls: list[tuple[int, float]], slots: int
+) -> None:
+    while sum(pins) > capacity:  # every pin is made (the budget is the whole pool)
+        pins = pins[:-1]
+    calls = [(min(blocks, capacity), age) for blocks, age in calls]
+    assert engine_admits(capacity, pins, calls, slots) == sim_admits(capacity, pins, calls, slots)
+
+
+def test_a_pin_holds_a_new_call_back_and_the_calls_behind_it_go_ahead() -> None:
+    # 12 blocks, 6 pinned: the first new call (4 blocks) runs; the second (4 more) would
+    # need the pin's blocks and is held back; the third (2) fits beside the pin and goes
+    # ahead. A call older than max_hold_s is not held back.
+    calls = [(4, 0.0), (4, 0.0), (2, 0.0)]
+    for admits in (engine_admits, sim_admits):
+        assert admits(12, [6], calls, 4) == ["n0", "n2"]
+        assert admits(12, [6], [(4, 0.0), (4, 6.0), (2, 0.0)], 4) == ["n0", "n1"]
+        assert admits(12, [6], [(8, 0.0)], 4) == ["n0"]  # nothing else runs: the pin yields
