@@ -99,6 +99,7 @@ class StepAdmission:
         self.new_blocks = 0
         self.plan: dict[str, tuple[int, list[int]]] = {}  # seq_id -> (new tokens, prefix hits)
         self.held_back = False
+        self.held_any = False  # a call was held back in this decision
 
     def admit(self, call: Call) -> bool:
         self.held_back = False
@@ -125,6 +126,9 @@ class StepAdmission:
         if taken > bm.num_blocks:
             return False
         if seq.status is not SeqStatus.RUNNING:
+            if self.held_any and not bm.evictable.pinned(call.program_id):
+                self.held_back = True  # only the pins' own programs pass a held call
+                return False
             pinned = bm.evictable.holding(
                 call.program_id,
                 self.now,
@@ -135,7 +139,7 @@ class StepAdmission:
                 mine = set(held)
                 kept = sum(1 for b in pinned if b not in self.held and b not in mine)
                 if taken + kept > bm.num_blocks:
-                    self.held_back = True
+                    self.held_back = self.held_any = True
                     return False
         self.held.update(new_held)
         self.new_blocks += new

@@ -56,20 +56,24 @@ victim when it needs room. The policy decides:
 
   1. the pin is another program's, and that program's queue level is at
      least as good as the newcomer's (the active policy would serve it
-     first or as soon: its expected reuse beats the newcomer's);
-  2. the pin is live: its TTL has not passed (or its call is queued); a pin
-     whose TTL passes, whose program ends or that a better pin displaces no
-     longer holds anything;
-  3. the newcomer arrived less than ``max_hold_s`` ago: no call is held back
+     first or as soon);
+  2. its program is expected back sooner than the recompute the pin saves
+     (``return_at - now <= reload_s``), or its call is already queued: the
+     newcomer's wait is then worth less than the pin's reuse;
+  3. the pin is live: its TTL has not passed; a pin whose TTL passes, whose
+     program ends or that a better pin displaces no longer holds anything,
+     and one whose expected return slips past its reload cost stops holding;
+  4. the newcomer arrived less than ``max_hold_s`` ago: no call is held back
      longer than that, whatever pins come and go (no starvation);
-  4. another call runs in the same step: pins never leave the engine idle
-     (no deadlock), so the head of an empty batch is always admitted when it
-     fits in the pool.
+  5. another call is already admitted in the same step: pins never leave the
+     engine idle (no deadlock), so the head of an empty batch is always
+     admitted when it fits in the pool.
 
   The pins' share is bounded by ``pin_budget``. A call held back does not
   stop the scheduler's walk (see ``Admission`` in :mod:`agentrt.scheduling.scheduler`):
-  the calls behind it that fit beside the pins (the pins' own programs'
-  calls among them) go ahead.
+  behind it, running calls and the calls of programs with a live pin (the
+  returning programs the hold is for) still go ahead; other new calls wait
+  their turn behind it. ``max_hold_s = 0`` (the default) turns holding off.
 
 ``mode = "off"`` keeps no pins: the policy is then exactly least recently
 released first, the caches' former behaviour.
@@ -105,7 +109,7 @@ class RetentionConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     ``min_samples``: a tool's (then a program's) own samples are used once it has this many;
     before that, the next wider set is.
     ``max_hold_s``: the longest after its arrival a call is kept from a live pin's blocks
-    (0: pins never hold against admissions, they only order evictions).
+    (0, the default: pins never hold against admissions, they only order evictions).
     """
 
     mode: RetentionMode = "ttl"
@@ -116,7 +120,7 @@ class RetentionConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     window: int = 64
     min_samples: int = 3
     max_tracked: int = 100_000  # programs (and tool names) whose interrupts are remembered
-    max_hold_s: float = 10.0
+    max_hold_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pin_budget <= 1.0:
@@ -225,11 +229,21 @@ class RetentionCounters:
 
 
 class _Pin:
-    __slots__ = ("awaited", "blocks", "deadline", "level", "program_id", "return_at", "units")
+    __slots__ = (
+        "awaited",
+        "blocks",
+        "deadline",
+        "level",
+        "program_id",
+        "reload_s",
+        "return_at",
+        "units",
+    )
 
     def __init__(self, program_id: str, blocks: int, deadline: float, return_at: float) -> None:
         self.program_id = program_id
         self.blocks = blocks
+        self.reload_s = 0.0  # what losing it costs the program's next call
         self.deadline = deadline
         self.return_at = return_at
         self.level = 0.0
@@ -386,6 +400,7 @@ class RetentionPolicy:
             pin.deadline = max(pin.deadline, now + ttl)
             pin.return_at = min(pin.return_at, return_at) if pin.awaited else return_at
         pin.blocks += extra
+        pin.reload_s += reload_s
         pin.level = level
         self.pinned_blocks += extra
         self.counters.pins += 1
@@ -503,7 +518,11 @@ class RetentionPolicy:
         level = self.priority(program_id)
         units: list[Unit] = []
         for pin in self._pins.values():
-            if pin.program_id != program_id and pin.level <= level:
+            if (
+                pin.program_id != program_id
+                and pin.level <= level
+                and (pin.awaited or pin.return_at - now <= pin.reload_s)
+            ):
                 units.extend(pin.units)
         return units
 

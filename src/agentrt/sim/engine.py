@@ -103,6 +103,7 @@ class WindowAdmission:
         self.steps = steps
         self.now = now
         self.held_back = False
+        self.held_any = False  # a call was held back in this decision
         self.slots = engine.profile.max_batch_size
         self.prefill_left = engine.profile.prefill_budget * steps
         self.blocks = 0
@@ -168,6 +169,9 @@ class WindowAdmission:
             engine.kv_bound = True
             return False
         if not live.on_gpu:
+            if self.held_any and not engine.retention.pinned(call.program_id):
+                self.held_back = True  # only the pins' own programs pass a held call
+                return False
             pinned = engine.retention.holding(
                 call.program_id,
                 self.now,
@@ -183,7 +187,7 @@ class WindowAdmission:
                 )
                 if self.blocks + extra + kept > kv.capacity:
                     engine.kv_bound = True
-                    self.held_back = True
+                    self.held_back = self.held_any = True
                     return False
         for key, tokens in updates:
             reserved[key] = tokens

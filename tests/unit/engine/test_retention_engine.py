@@ -267,13 +267,16 @@ def test_a_yielded_pin_comes_back_from_the_host_pool(swap_blocks: int) -> None:
 
 HOLD = RetentionConfig(mode="ttl", pin_budget=1.0, prior_interrupt_s=30.0, max_hold_s=5.0)
 START = 100.0
+RELOAD_TOKEN_S = 10.0  # a pinned block saves 40 s of recompute: more than the 30 s return
+NewCall = tuple[int, float]  # (blocks, seconds since its arrival) of a new program's call
 
 
 def engine_admits(
-    capacity: int, pins: list[int], calls: list[tuple[int, float]], slots: int
+    capacity: int, pins: list[int], calls: list[NewCall], slots: int, back: int | None = None
 ) -> list[str]:
     """Programs ``a<i>`` left pinned contexts of ``pins[i]`` blocks; new calls ``n<j>`` of
-    ``calls[j] = (blocks, age)`` wait: the programs the engine's next decision admits."""
+    ``calls[j]`` wait, then (``back``) the next call of ``a<back>``, one block more than its
+    context: the programs the engine's next decision admits."""
     clock = Clock()
     clock.now = START
     config = EngineConfig(
@@ -292,22 +295,22 @@ def engine_admits(
         bm.allocate(s, 4 * blocks)
         s.num_computed_tokens = 4 * blocks
         bm.register_computed_blocks(s)
-        bm.call_finished(s, reload_token_s=0.01, waiting=0, batch_slots=slots)
+        bm.call_finished(s, reload_token_s=RELOAD_TOKEN_S, waiting=0, batch_slots=slots)
         bm.free(s)
+    params = SamplingParams(max_tokens=1, ignore_eos=True)
     for j, (blocks, age) in enumerate(calls):
-        engine.add_request(
-            f"n{j}",
-            [100 + j] * (4 * blocks - 1),  # the first token reserves the last block
-            SamplingParams(max_tokens=1, ignore_eos=True),
-            program=ProgramTag(program_id=f"n{j}"),
-            arrival=START - age,
-        )
+        prompt = [100 + j] * (4 * blocks - 1)  # the first token reserves the last block
+        tag = ProgramTag(program_id=f"n{j}")
+        engine.add_request(f"n{j}", prompt, params, program=tag, arrival=START - age)
+    if back is not None:
+        prompt = [back + 1] * (4 * pins[back]) + [200] * 3
+        engine.add_request("back", prompt, params, program=ProgramTag(program_id=f"a{back}"))
     decision = engine.scheduler.schedule(START, StepAdmission(engine, START))
     return [call.program_id for call in decision.batch]
 
 
 def sim_admits(
-    capacity: int, pins: list[int], calls: list[tuple[int, float]], slots: int
+    capacity: int, pins: list[int], calls: list[NewCall], slots: int, back: int | None = None
 ) -> list[str]:
     profile = EngineProfile(
         name="same-state",
@@ -329,11 +332,19 @@ def sim_admits(
         segment = [(f"a{i}", 4 * blocks)]
         kv.acquire(segment)
         kv.grow(f"a{i}", 4 * blocks)
-        engine.retention.call_finished(f"a{i}", START, blocks=blocks, reload_s=4 * blocks * 0.01)
+        reload_s = 4 * blocks * RELOAD_TOKEN_S
+        engine.retention.call_finished(f"a{i}", START, blocks=blocks, reload_s=reload_s)
         kv.release(segment, f"a{i}")
-    for j, (blocks, age) in enumerate(calls):
-        spec = CallSpec(0, ((f"n{j}", 4 * blocks),), 4 * blocks - 1, 1)
-        call = Call(f"n{j}/0", f"n{j}", arrival=START - age, prompt_tokens=4 * blocks - 1)
+    specs = [
+        (f"n{j}", CallSpec(0, ((f"n{j}", 4 * blocks),), 4 * blocks - 1, 1), START - age)
+        for j, (blocks, age) in enumerate(calls)
+    ]
+    if back is not None:
+        context = 4 * pins[back]
+        segments = ((f"a{back}", context), (f"a{back}+", 4))
+        specs.append((f"a{back}", CallSpec(1, segments, context + 3, 1), START))
+    for program, spec, arrival in specs:
+        call = Call(f"{program}/0", program, arrival=arrival, prompt_tokens=spec.prompt_tokens)
         engine.add(LiveCall(spec, call, None, engine, START), START)
     decision = scheduler.schedule(START, WindowAdmission(engine, 1, START))
     return [call.program_id for call in decision.batch]
@@ -347,22 +358,28 @@ def sim_admits(
         st.tuples(st.integers(1, 6), st.sampled_from([0.0, 1.0, 6.0])), min_size=1, max_size=5
     ),
     slots=st.integers(1, 4),
+    back=st.integers(0, 3),
 )
 def test_engine_and_simulator_admit_the_same_calls_beside_the_same_pins(
-    capacity: int, pins: list[int], calls: list[tuple[int, float]], slots: int
+    capacity: int, pins: list[int], calls: list[NewCall], slots: int, back: int
 ) -> None:
     while sum(pins) > capacity:  # every pin is made (the budget is the whole pool)
         pins = pins[:-1]
     calls = [(min(blocks, capacity), age) for blocks, age in calls]
-    assert engine_admits(capacity, pins, calls, slots) == sim_admits(capacity, pins, calls, slots)
+    returning = back if back < len(pins) and pins[back] < capacity else None
+    engine = engine_admits(capacity, pins, calls, slots, returning)
+    assert engine == sim_admits(capacity, pins, calls, slots, returning)
 
 
-def test_a_pin_holds_a_new_call_back_and_the_calls_behind_it_go_ahead() -> None:
-    # 12 blocks, 6 pinned: the first new call (4 blocks) runs; the second (4 more) would
-    # need the pin's blocks and is held back; the third (2) fits beside the pin and goes
-    # ahead. A call older than max_hold_s is not held back.
-    calls = [(4, 0.0), (4, 0.0), (2, 0.0)]
+def test_a_pin_holds_new_calls_back_and_lets_its_program_through() -> None:
+    # 12 blocks, 6 pinned to a0: the first new call (4 blocks) runs; the second (4 more)
+    # would need the pin's blocks and is held back, and the third new program waits
+    # behind it; a0's next call (7 blocks, 6 of them its pin) goes ahead.
+    calls = [(4, 0.0), (4, 0.0), (1, 0.0)]
     for admits in (engine_admits, sim_admits):
-        assert admits(12, [6], calls, 4) == ["n0", "n2"]
-        assert admits(12, [6], [(4, 0.0), (4, 6.0), (2, 0.0)], 4) == ["n0", "n1"]
-        assert admits(12, [6], [(8, 0.0)], 4) == ["n0"]  # nothing else runs: the pin yields
+        assert admits(12, [6], calls, 4) == ["n0"]
+        assert admits(12, [6], calls, 4, back=0) == ["n0", "a0"]
+        # A call that arrived max_hold_s ago is not held back (the next one is again); nor
+        # one with nothing else admitted before it (the pin yields, the engine never idles).
+        assert admits(12, [6], [(4, 0.0), (4, 6.0), (1, 0.0)], 4) == ["n0", "n1"]
+        assert admits(12, [6], [(8, 0.0)], 4) == ["n0"]

@@ -345,6 +345,7 @@ class ModelPool:
         self.context: dict[str, list[str]] = {}  # program -> its units, in order
         self.running: set[str] = set()
         self.written = 0  # units written so far (for fresh names)
+        self.reload_s = 0.01  # recompute seconds per unit
 
     def start(self, program: str, new: int, now: float) -> bool:
         pol = self.pol
@@ -380,7 +381,7 @@ class ModelPool:
             program,
             now,
             blocks=len(units),
-            reload_s=0.01 * len(units),
+            reload_s=self.reload_s * len(units),
             pressure=Pressure(waiting, 4),
         )
         for unit in reversed(units):
@@ -425,41 +426,61 @@ def test_pins_stay_in_budget_and_never_block_a_call(
 # --- holding pinned blocks against new admissions ---
 
 
+def holder(**config: object) -> RetentionPolicy:
+    """Pins back in 10 s (the prior) that save 20 s of recompute: they hold."""
+    settings = {"max_ttl_s": 30.0, "prior_interrupt_s": 10.0, "max_hold_s": 10.0, **config}
+    return policy(**settings)
+
+
 def test_a_live_pin_holds_against_other_programs_new_calls() -> None:
-    pol = policy(max_ttl_s=30.0, prior_interrupt_s=10.0)
-    finish(pol, "a", 0.0, ["a0", "a1"])
+    pol = holder()
+    finish(pol, "a", 0.0, ["a0", "a1"], reload_s=20.0)
     held = pol.holding("b", 1.0, arrival=1.0, others_running=True)
     assert sorted(held) == ["a0", "a1"]  # type: ignore[type-var]
     assert pol.holding("a", 1.0, arrival=1.0, others_running=True) == []  # its own context
 
 
+def test_holding_is_off_by_default() -> None:
+    pol = policy(max_ttl_s=30.0, prior_interrupt_s=10.0)
+    finish(pol, "a", 0.0, ["a0"], reload_s=20.0)
+    assert pol.holding("b", 1.0, arrival=1.0, others_running=True) == []
+
+
 def test_a_pin_holds_nothing_when_the_engine_would_idle_or_the_call_waited_long() -> None:
-    pol = policy(max_ttl_s=30.0, prior_interrupt_s=10.0, max_hold_s=5.0)
-    finish(pol, "a", 0.0, ["a0"])
+    pol = holder(max_hold_s=5.0)
+    finish(pol, "a", 0.0, ["a0"], reload_s=20.0)
     assert pol.holding("b", 1.0, arrival=1.0, others_running=False) == []
     assert pol.holding("b", 6.0, arrival=1.0, others_running=True) == []  # waited 5 s
     assert pol.holding("b", 5.9, arrival=1.0, others_running=True) == ["a0"]
 
 
+def test_a_pin_back_later_than_its_reload_cost_holds_only_once_its_call_is_queued() -> None:
+    pol = holder()
+    finish(pol, "a", 0.0, ["a0"], reload_s=1.0)  # back in 10 s, saves 1 s
+    assert pol.holding("b", 1.0, arrival=1.0, others_running=True) == []
+    pol.call_arrived("a", 2.0)  # its next call is queued: expected now
+    assert pol.holding("b", 2.0, arrival=1.0, others_running=True) == ["a0"]
+
+
 def test_expired_ended_or_off_pins_hold_nothing() -> None:
-    pol = policy(max_ttl_s=30.0, prior_interrupt_s=2.0, min_samples=1)
-    finish(pol, "a", 0.0, ["a0"])
-    finish(pol, "c", 0.0, ["c0"])
+    pol = holder(prior_interrupt_s=2.0, min_samples=1)
+    finish(pol, "a", 0.0, ["a0"], reload_s=20.0)
+    finish(pol, "c", 0.0, ["c0"], reload_s=20.0)
     pol.program_ended("c")
     assert pol.holding("b", 1.0, arrival=1.0, others_running=True) == ["a0"]
     assert pol.holding("b", 2.5, arrival=2.5, others_running=True) == []  # TTL 2 s passed
     assert pol.counters.expired == 1
-    off = policy(mode="off")
-    finish(off, "a", 0.0, ["a0"])
+    off = policy(mode="off", max_hold_s=10.0)
+    finish(off, "a", 0.0, ["a0"], reload_s=20.0)
     assert off.holding("b", 0.5, arrival=0.5, others_running=True) == []
 
 
 def test_pins_of_programs_the_policy_ranks_below_the_newcomer_do_not_hold() -> None:
     levels = {"high": 0.0, "low": 2.0, "mid": 1.0}
-    config = RetentionConfig(max_ttl_s=30.0, prior_interrupt_s=10.0)
+    config = RetentionConfig(max_ttl_s=30.0, prior_interrupt_s=10.0, max_hold_s=10.0)
     pol = RetentionPolicy(config, 100, levels.__getitem__)
-    finish(pol, "high", 0.0, ["h0"])
-    finish(pol, "low", 0.0, ["l0"])
+    finish(pol, "high", 0.0, ["h0"], reload_s=20.0)
+    finish(pol, "low", 0.0, ["l0"], reload_s=20.0)
     assert pol.holding("mid", 1.0, arrival=1.0, others_running=True) == ["h0"]
 
 
@@ -485,6 +506,9 @@ class Step:
             if fits > pool.capacity:
                 left.append((program, new, arrival))
                 break
+            if held_back and not pol.pinned(program):  # only pinned programs pass a held call
+                left.append((program, new, arrival))
+                continue
             others = bool(admitted) or bool(pool.running)
             pinned = pol.holding(program, now, arrival=arrival, others_running=others)
             kept = sum(1 for u in pinned if u not in mine)
@@ -499,7 +523,7 @@ class Step:
             taken = len(pool.refs)
             admitted.append(program)
         rest = self.queue[len(admitted) + len(left) :]
-        self.queue = left + rest
+        self.queue = left + rest  # (arrival order kept: what was passed over stays ahead)
         return admitted, held_back
 
 
@@ -519,9 +543,12 @@ def test_held_calls_are_admitted_in_bounded_time_and_pins_stay_in_budget(
     """Calls arrive, run ``run_for`` decisions (0.5 s apart) and end, leaving pins that
     hold against newcomers: no call is held back with nothing else running or longer
     than ``max_hold_s``, pins stay in budget, and every call completes."""
-    config = RetentionConfig(pin_budget=budget, max_ttl_s=20.0, prior_interrupt_s=20.0)
+    config = RetentionConfig(
+        pin_budget=budget, max_ttl_s=20.0, prior_interrupt_s=2.0, max_hold_s=10.0
+    )
     pol = RetentionPolicy(config, capacity)
     pool = ModelPool(capacity, pol)
+    pool.reload_s = 1.0  # a pin of two units or more is worth its program's 2 s return
     engine = Step(pool)
     pending = list(arrivals)
     left: dict[str, int] = {}  # running program -> decisions left
