@@ -170,15 +170,19 @@ def test_a_pinned_context_survives_other_programs_during_a_tool_call(mode: str) 
     assert_block_pool_clean(engine)
 
 
-def test_pins_never_block_calls_under_pressure() -> None:
+@pytest.mark.parametrize("max_hold_s", [0.0, 60.0])
+def test_pins_never_block_calls_under_pressure(max_hold_s: float) -> None:
     """Many programs with tool gaps on a pool far too small for their contexts: pins
-    yield, every call completes, and no block leaks."""
+    yield, every call completes (holding pins against new calls too), and no block leaks."""
+    retention = RetentionConfig(
+        mode="ttl", prior_interrupt_s=60.0, pin_budget=1.0, max_hold_s=max_hold_s
+    )
     engine = tiny_engine(
         num_kv_blocks=30,
         block_size=4,
         max_num_seqs=8,
         scheduler=SchedulerConfig(policy="plas", service_unit="tokens"),
-        retention=RetentionConfig(mode="ttl", prior_interrupt_s=60.0, pin_budget=1.0),
+        retention=retention,
     )
     rng = random.Random(5)
     histories = {
