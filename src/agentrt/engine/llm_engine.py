@@ -82,17 +82,27 @@ class StepAdmission:
     preempted. A prefill takes what is left of the token budget, but leaves
     one token for every batch slot still open, so a long prompt does not
     push the running decodes out of the batch.
+
+    A call that holds no KV (waiting, or swapped out) also leaves alone the
+    pinned blocks the retention policy holds against it
+    (:meth:`~agentrt.scheduling.RetentionPolicy.holding`, the rule the
+    simulator's admission applies too); refused for them alone, it is
+    ``held_back`` and the scheduler goes on to the calls behind it.
     """
 
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(self, engine: LLMEngine, now: float) -> None:
         self.engine = engine
+        self.now = now
         self.tokens_left = engine.config.max_num_batched_tokens
         self.slots_left = engine.config.max_num_seqs
         self.held: set[int] = set()
         self.new_blocks = 0
         self.plan: dict[str, tuple[int, list[int]]] = {}  # seq_id -> (new tokens, prefix hits)
+        self.held_back = False
+        self.held_any = False  # a call was held back in this decision
 
     def admit(self, call: Call) -> bool:
+        self.held_back = False
         seq = self.engine.seqs[call.call_id]
         if self.slots_left == 0 or self.tokens_left == 0:
             return False
@@ -112,8 +122,25 @@ class StepAdmission:
         chunk = prefill_chunk(remaining, self.tokens_left, self.slots_left)
         new_held = [b for b in held if b not in self.held]
         new = bm.blocks_for(computed + chunk) - len(held)
-        if len(self.held) + len(new_held) + self.new_blocks + new > bm.num_blocks:
+        taken = len(self.held) + len(new_held) + self.new_blocks + new
+        if taken > bm.num_blocks:
             return False
+        if seq.status is not SeqStatus.RUNNING:
+            if self.held_any and not bm.evictable.pinned(call.program_id):
+                self.held_back = True  # only the pins' own programs pass a held call
+                return False
+            pinned = bm.evictable.holding(
+                call.program_id,
+                self.now,
+                arrival=call.arrival,
+                others_running=self.slots_left < self.engine.config.max_num_seqs,
+            )
+            if pinned:
+                mine = set(held)
+                kept = sum(1 for b in pinned if b not in self.held and b not in mine)
+                if taken + kept > bm.num_blocks:
+                    self.held_back = self.held_any = True
+                    return False
         self.held.update(new_held)
         self.new_blocks += new
         self.tokens_left -= chunk
@@ -405,8 +432,8 @@ class LLMEngine:
             continued = self._continue_last_batch()
             if continued:
                 return continued
-        admission = StepAdmission(self)
         now = self.clock()
+        admission = StepAdmission(self, now)
         decision = self.scheduler.schedule(now, admission)
         admitted = {call.call_id for call in decision.batch}
         victims = [self.seqs[c.call_id] for c in decision.preempted]

@@ -49,6 +49,31 @@ victim when it needs room. The policy decides:
   would take before it, or is refused. Pins never block a running call: the
   cache treats pinned units as evictable, and :meth:`RetentionPolicy.victim`
   returns one whenever any unit is evictable (the yield rule above).
+- **Holding against new admissions** (:meth:`RetentionPolicy.holding`). A
+  live pin keeps its units from a call that holds no KV yet (a new call, or a
+  preempted one), so that the program coming back from its tool finds its
+  context, when all of these hold:
+
+  1. the pin is another program's, and that program's queue level is at
+     least as good as the newcomer's (the active policy would serve it
+     first or as soon);
+  2. its program is expected back sooner than the recompute the pin saves
+     (``return_at - now <= reload_s``), or its call is already queued: the
+     newcomer's wait is then worth less than the pin's reuse;
+  3. the pin is live: its TTL has not passed; a pin whose TTL passes, whose
+     program ends or that a better pin displaces no longer holds anything,
+     and one whose expected return slips past its reload cost stops holding;
+  4. the newcomer arrived less than ``max_hold_s`` ago: no call is held back
+     longer than that, whatever pins come and go (no starvation);
+  5. another call is already admitted in the same step: pins never leave the
+     engine idle (no deadlock), so the head of an empty batch is always
+     admitted when it fits in the pool.
+
+  The pins' share is bounded by ``pin_budget``. A call held back does not
+  stop the scheduler's walk (see ``Admission`` in :mod:`agentrt.scheduling.scheduler`):
+  behind it, running calls and the calls of programs with a live pin (the
+  returning programs the hold is for) still go ahead; other new calls wait
+  their turn behind it. ``max_hold_s = 0`` (the default) turns holding off.
 
 ``mode = "off"`` keeps no pins: the policy is then exactly least recently
 released first, the caches' former behaviour.
@@ -83,6 +108,8 @@ class RetentionConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     ``window``: observed interrupts kept per tool, per program and overall.
     ``min_samples``: a tool's (then a program's) own samples are used once it has this many;
     before that, the next wider set is.
+    ``max_hold_s``: the longest after its arrival a call is kept from a live pin's blocks
+    (0, the default: pins never hold against admissions, they only order evictions).
     """
 
     mode: RetentionMode = "ttl"
@@ -93,13 +120,14 @@ class RetentionConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     window: int = 64
     min_samples: int = 3
     max_tracked: int = 100_000  # programs (and tool names) whose interrupts are remembered
+    max_hold_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pin_budget <= 1.0:
             raise ValueError("pin_budget must be within [0, 1]")
         if not (self.max_ttl_s >= 0 and math.isfinite(self.max_ttl_s)):
             raise ValueError("max_ttl_s must be a finite number >= 0")
-        for name in ("prior_interrupt_s", "after_tool_s"):
+        for name in ("prior_interrupt_s", "after_tool_s", "max_hold_s"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0")
@@ -201,11 +229,21 @@ class RetentionCounters:
 
 
 class _Pin:
-    __slots__ = ("awaited", "blocks", "deadline", "level", "program_id", "return_at", "units")
+    __slots__ = (
+        "awaited",
+        "blocks",
+        "deadline",
+        "level",
+        "program_id",
+        "reload_s",
+        "return_at",
+        "units",
+    )
 
     def __init__(self, program_id: str, blocks: int, deadline: float, return_at: float) -> None:
         self.program_id = program_id
         self.blocks = blocks
+        self.reload_s = 0.0  # what losing it costs the program's next call
         self.deadline = deadline
         self.return_at = return_at
         self.level = 0.0
@@ -362,6 +400,7 @@ class RetentionPolicy:
             pin.deadline = max(pin.deadline, now + ttl)
             pin.return_at = min(pin.return_at, return_at) if pin.awaited else return_at
         pin.blocks += extra
+        pin.reload_s += reload_s
         pin.level = level
         self.pinned_blocks += extra
         self.counters.pins += 1
@@ -459,6 +498,33 @@ class RetentionPolicy:
             self._unpin(pin, lost=True)
             expired.append(pin.program_id)
         return expired
+
+    def holding(
+        self, program_id: str, now: float, *, arrival: float, others_running: bool
+    ) -> list[Unit]:
+        """The pinned units a call of ``program_id`` that holds no KV yet, arrived at
+        ``arrival``, may not take at ``now`` (the hold rule in the module's docstring);
+        ``others_running``: another call runs in this step. The admission counts them as
+        taken; empty when nothing holds."""
+        if (
+            not self._pins
+            or not others_running
+            or now - arrival >= self.config.max_hold_s
+            or not self.enabled
+        ):
+            return []
+        if self._deadlines:
+            self.expire(now)
+        level = self.priority(program_id)
+        units: list[Unit] = []
+        for pin in self._pins.values():
+            if (
+                pin.program_id != program_id
+                and pin.level <= level
+                and (pin.awaited or pin.return_at - now <= pin.reload_s)
+            ):
+                units.extend(pin.units)
+        return units
 
     def pinned(self, program_id: str) -> bool:
         return program_id in self._pins

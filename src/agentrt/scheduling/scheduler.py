@@ -43,6 +43,12 @@ class Admission(Protocol):
     the scheduler stops (strict priority: nothing behind a refused call runs).
     Capacity is judged as if only the calls admitted so far hold KV: a running
     call that is not admitted is preempted and frees its blocks.
+
+    One exception to the stop: an admission may set an attribute ``held_back``
+    to True along with a refusal, when the call was kept out by the KV
+    retention's hold on pinned blocks (:meth:`RetentionPolicy.holding`), a
+    choice bounded in time rather than a shortage the call waits out in its
+    turn; the walk then goes on to the calls behind it.
     """
 
     def admit(self, call: Call) -> bool: ...
@@ -185,7 +191,8 @@ class Scheduler:
         return call
 
     def schedule(self, now: float, admission: Admission) -> Decision:
-        """Form this step's batch: walk the queues top-down, stop at the first refusal."""
+        """Form this step's batch: walk the queues top-down, stop at the first refusal
+        (a call a retention hold keeps out is passed over instead, see :class:`Admission`)."""
         clock = self.clock(now)
         decision = Decision(promoted=self._promote_starving(clock))
         batch = decision.batch
@@ -194,6 +201,8 @@ class Scheduler:
         for key in self._order:
             call = by_seq[key[2]]
             if not admit(call):
+                if getattr(admission, "held_back", False):
+                    continue
                 break
             batch.append(call)
         previous = self._running

@@ -91,20 +91,34 @@ class LiveCall:
 
 class WindowAdmission:
     """The engine's resource model for one decision (implements scheduling's ``Admission``):
-    a batch slot, KV blocks for the call's context through the window, prefill budget."""
+    a batch slot, KV blocks for the call's context through the window, prefill budget.
 
-    def __init__(self, engine: SimEngine, steps: int) -> None:
+    A call not on the GPU also leaves alone the pinned keys the retention policy
+    holds against it (:meth:`~agentrt.scheduling.RetentionPolicy.holding`, the rule
+    the engine's admission applies too); refused for them alone, it is ``held_back``
+    and the scheduler goes on to the calls behind it."""
+
+    def __init__(self, engine: SimEngine, steps: int, now: float) -> None:
         self.engine = engine
         self.steps = steps
+        self.now = now
+        self.held_back = False
+        self.held_any = False  # a call was held back in this decision
         self.slots = engine.profile.max_batch_size
         self.prefill_left = engine.profile.prefill_budget * steps
         self.blocks = 0
         self.reserved: dict[str, int] = {}
         # Every live call at its largest fits at once: no call can be refused for KV,
         # so the per-segment reservation below is skipped (it is most of a decision's cost).
-        self.fits_all = engine.key_tokens is not None and engine.demand_blocks <= engine.kv.capacity
+        # (Not while pins may hold blocks against admissions: they are counted per key.)
+        self.fits_all = (
+            engine.key_tokens is not None
+            and engine.demand_blocks <= engine.kv.capacity
+            and not engine.retention.pinned_units()
+        )
 
     def admit(self, call: Call) -> bool:
+        self.held_back = False
         if not self.slots:
             return False
         engine = self.engine
@@ -154,6 +168,27 @@ class WindowAdmission:
         if self.blocks + extra > kv.capacity:
             engine.kv_bound = True
             return False
+        if not live.on_gpu:
+            if self.held_any and not engine.retention.pinned(call.program_id):
+                self.held_back = True  # only the pins' own programs pass a held call
+                return False
+            pinned = engine.retention.holding(
+                call.program_id,
+                self.now,
+                arrival=call.arrival,
+                others_running=self.slots < engine.profile.max_batch_size,
+            )
+            if pinned:
+                mine = {key for key, _ in spec.segments}
+                kept = sum(
+                    -(-resident.get(key, 0) // bs)
+                    for key in pinned
+                    if key not in reserved and key not in mine
+                )
+                if self.blocks + extra + kept > kv.capacity:
+                    engine.kv_bound = True
+                    self.held_back = self.held_any = True
+                    return False
         for key, tokens in updates:
             reserved[key] = tokens
         self.blocks += extra
@@ -259,7 +294,7 @@ class SimEngine:
         if not len(scheduler):
             return None
         self.kv_bound = False
-        decision = scheduler.schedule(now, WindowAdmission(self, self.steps))
+        decision = scheduler.schedule(now, WindowAdmission(self, self.steps, now))
         swap_s, self._offload_s = self._offload_s, 0.0
         for call in decision.preempted:
             swap_s += self._preempt(self.live[call.call_id])

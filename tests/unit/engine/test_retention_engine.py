@@ -5,15 +5,26 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tests.unit.engine.helpers import assert_block_pool_clean, make_tiny_loaded, seq, tiny_engine
 
 from agentrt.engine.block_manager import BlockManager
 from agentrt.engine.config import EngineConfig
-from agentrt.engine.llm_engine import LLMEngine
+from agentrt.engine.llm_engine import LLMEngine, StepAdmission
 from agentrt.engine.sequence import Sequence
 from agentrt.protocol.engine import ProgramTag, SamplingParams
-from agentrt.scheduling import RetentionConfig, RetentionPolicy, SchedulerConfig
+from agentrt.scheduling import (
+    Call,
+    RetentionConfig,
+    RetentionPolicy,
+    SchedulerConfig,
+    make_scheduler,
+)
+from agentrt.sim.engine import LiveCall, SimEngine, WindowAdmission
 from agentrt.sim.kv import KvCache
+from agentrt.sim.profile import EngineProfile
+from agentrt.sim.spec import CallSpec
 
 TTL = RetentionConfig(mode="ttl", pin_budget=1.0, min_samples=1)
 
@@ -159,15 +170,19 @@ def test_a_pinned_context_survives_other_programs_during_a_tool_call(mode: str) 
     assert_block_pool_clean(engine)
 
 
-def test_pins_never_block_calls_under_pressure() -> None:
+@pytest.mark.parametrize("max_hold_s", [0.0, 60.0])
+def test_pins_never_block_calls_under_pressure(max_hold_s: float) -> None:
     """Many programs with tool gaps on a pool far too small for their contexts: pins
-    yield, every call completes, and no block leaks."""
+    yield, every call completes (holding pins against new calls too), and no block leaks."""
+    retention = RetentionConfig(
+        mode="ttl", prior_interrupt_s=60.0, pin_budget=1.0, max_hold_s=max_hold_s
+    )
     engine = tiny_engine(
         num_kv_blocks=30,
         block_size=4,
         max_num_seqs=8,
         scheduler=SchedulerConfig(policy="plas", service_unit="tokens"),
-        retention=RetentionConfig(mode="ttl", prior_interrupt_s=60.0, pin_budget=1.0),
+        retention=retention,
     )
     rng = random.Random(5)
     histories = {
@@ -213,7 +228,9 @@ def test_a_yielded_pin_comes_back_from_the_host_pool(swap_blocks: int) -> None:
             max_num_seqs=8,
             swap_space=swap_blocks * block_bytes,
             scheduler=SchedulerConfig(policy="fcfs"),
-            retention=RetentionConfig(mode=mode, prior_interrupt_s=30.0),  # type: ignore[arg-type]
+            # No hold against admissions: the second one-shot call is admitted beside the
+            # first and the pin yields to the running pair.
+            retention=RetentionConfig(mode=mode, prior_interrupt_s=30.0, max_hold_s=0.0),  # type: ignore[arg-type]
         )
         engine = LLMEngine(config, make_tiny_loaded(), clock=clock)
         rng = random.Random(4)
@@ -248,3 +265,125 @@ def test_a_yielded_pin_comes_back_from_the_host_pool(swap_blocks: int) -> None:
         engine.end_program(program)  # host copies of ended programs are dropped
     assert engine.swap_pool.num_free_blocks == engine.swap_pool.num_blocks
     assert bm.num_free_blocks == bm.num_blocks
+
+
+# --- admissions against pins: the engine and the simulator decide alike ---
+
+HOLD = RetentionConfig(mode="ttl", pin_budget=1.0, prior_interrupt_s=30.0, max_hold_s=5.0)
+START = 100.0
+RELOAD_TOKEN_S = 10.0  # a pinned block saves 40 s of recompute: more than the 30 s return
+NewCall = tuple[int, float]  # (blocks, seconds since its arrival) of a new program's call
+
+
+def engine_admits(
+    capacity: int, pins: list[int], calls: list[NewCall], slots: int, back: int | None = None
+) -> list[str]:
+    """Programs ``a<i>`` left pinned contexts of ``pins[i]`` blocks; new calls ``n<j>`` of
+    ``calls[j]`` wait, then (``back``) the next call of ``a<back>``, one block more than its
+    context: the programs the engine's next decision admits."""
+    clock = Clock()
+    clock.now = START
+    config = EngineConfig(
+        dtype="float32",
+        num_kv_blocks=capacity,
+        block_size=4,
+        max_num_seqs=slots,
+        max_num_batched_tokens=2048,
+        scheduler=SchedulerConfig(policy="fcfs"),
+        retention=HOLD,
+    )
+    engine = LLMEngine(config, make_tiny_loaded(), clock=clock)
+    bm = engine.block_manager
+    for i, blocks in enumerate(pins):
+        s = program_seq(f"a{i}", [i + 1] * (4 * blocks))
+        bm.allocate(s, 4 * blocks)
+        s.num_computed_tokens = 4 * blocks
+        bm.register_computed_blocks(s)
+        bm.call_finished(s, reload_token_s=RELOAD_TOKEN_S, waiting=0, batch_slots=slots)
+        bm.free(s)
+    params = SamplingParams(max_tokens=1, ignore_eos=True)
+    for j, (blocks, age) in enumerate(calls):
+        prompt = [100 + j] * (4 * blocks - 1)  # the first token reserves the last block
+        tag = ProgramTag(program_id=f"n{j}")
+        engine.add_request(f"n{j}", prompt, params, program=tag, arrival=START - age)
+    if back is not None:
+        prompt = [back + 1] * (4 * pins[back]) + [200] * 3
+        engine.add_request("back", prompt, params, program=ProgramTag(program_id=f"a{back}"))
+    decision = engine.scheduler.schedule(START, StepAdmission(engine, START))
+    return [call.program_id for call in decision.batch]
+
+
+def sim_admits(
+    capacity: int, pins: list[int], calls: list[NewCall], slots: int, back: int | None = None
+) -> list[str]:
+    profile = EngineProfile(
+        name="same-state",
+        step_overhead_s=0.01,
+        prefill_token_s=0.0001,
+        decode_seq_s=0.001,
+        kv_token_s=0.000001,
+        block_size=4,
+        kv_blocks=capacity,
+        max_batch_size=slots,
+        max_batch_tokens=2048,
+        max_model_len=4096,
+        prefix_caching=True,
+    )
+    scheduler = make_scheduler(SchedulerConfig(policy="fcfs"))
+    engine = SimEngine("e", profile, scheduler, "recompute", 1, retention=HOLD)
+    kv = engine.kv
+    for i, blocks in enumerate(pins):
+        segment = [(f"a{i}", 4 * blocks)]
+        kv.acquire(segment)
+        kv.grow(f"a{i}", 4 * blocks)
+        reload_s = 4 * blocks * RELOAD_TOKEN_S
+        engine.retention.call_finished(f"a{i}", START, blocks=blocks, reload_s=reload_s)
+        kv.release(segment, f"a{i}")
+    specs = [
+        (f"n{j}", CallSpec(0, ((f"n{j}", 4 * blocks),), 4 * blocks - 1, 1), START - age)
+        for j, (blocks, age) in enumerate(calls)
+    ]
+    if back is not None:
+        context = 4 * pins[back]
+        segments = ((f"a{back}", context), (f"a{back}+", 4))
+        specs.append((f"a{back}", CallSpec(1, segments, context + 3, 1), START))
+    for program, spec, arrival in specs:
+        call = Call(f"{program}/0", program, arrival=arrival, prompt_tokens=spec.prompt_tokens)
+        engine.add(LiveCall(spec, call, None, engine, START), START)
+    decision = scheduler.schedule(START, WindowAdmission(engine, 1, START))
+    return [call.program_id for call in decision.batch]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    capacity=st.integers(6, 24),
+    pins=st.lists(st.integers(1, 5), max_size=4),
+    calls=st.lists(
+        st.tuples(st.integers(1, 6), st.sampled_from([0.0, 1.0, 6.0])), min_size=1, max_size=5
+    ),
+    slots=st.integers(1, 4),
+    back=st.integers(0, 3),
+)
+def test_engine_and_simulator_admit_the_same_calls_beside_the_same_pins(
+    capacity: int, pins: list[int], calls: list[NewCall], slots: int, back: int
+) -> None:
+    while sum(pins) > capacity:  # every pin is made (the budget is the whole pool)
+        pins = pins[:-1]
+    calls = [(min(blocks, capacity), age) for blocks, age in calls]
+    returning = back if back < len(pins) and pins[back] < capacity else None
+    engine = engine_admits(capacity, pins, calls, slots, returning)
+    assert engine == sim_admits(capacity, pins, calls, slots, returning)
+
+
+def test_a_pin_holds_new_calls_back_and_lets_its_program_through() -> None:
+    # 12 blocks, 6 pinned to a0: the first new call (4 blocks) runs; the second (4 more)
+    # would need the pin's blocks and is held back, and the third new program waits
+    # behind it; a0's next call (7 blocks, 6 of them its pin) goes ahead.
+    calls = [(4, 0.0), (4, 0.0), (1, 0.0)]
+    for admits in (engine_admits, sim_admits):
+        assert admits(12, [6], calls, 4) == ["n0"]
+        assert admits(12, [6], calls, 4, back=0) == ["n0", "a0"]
+        # A call that arrived max_hold_s ago is not held back (the next one is again); nor
+        # one with nothing else admitted before it (the pin yields, the engine never idles).
+        assert admits(12, [6], [(4, 0.0), (4, 6.0), (1, 0.0)], 4) == ["n0", "n1"]
+        assert admits(12, [6], [(8, 0.0)], 4) == ["n0"]

@@ -344,6 +344,8 @@ class ModelPool:
         self.cached: set[str] = set()  # resident, held by nobody
         self.context: dict[str, list[str]] = {}  # program -> its units, in order
         self.running: set[str] = set()
+        self.written = 0  # units written so far (for fresh names)
+        self.reload_s = 0.01  # recompute seconds per unit
 
     def start(self, program: str, new: int, now: float) -> bool:
         pol = self.pol
@@ -364,7 +366,8 @@ class ModelPool:
             assert victim in self.cached and victim not in self.refs
             self.cached.discard(victim)  # type: ignore[arg-type]
             pol.discard(victim)
-        fresh = [f"{program}:{len(units) + i}" for i in range(new)]
+        self.written += new
+        fresh = [f"{program}:{self.written - new + i}" for i in range(new)]
         for unit in [*units, *fresh]:
             self.refs[unit] = 1
         self.context[program] = [*units, *fresh]
@@ -378,7 +381,7 @@ class ModelPool:
             program,
             now,
             blocks=len(units),
-            reload_s=0.01 * len(units),
+            reload_s=self.reload_s * len(units),
             pressure=Pressure(waiting, 4),
         )
         for unit in reversed(units):
@@ -418,3 +421,165 @@ def test_pins_stay_in_budget_and_never_block_a_call(
             assert pol.pinned_blocks == 0
     # Everything cached can be evicted, pinned or not.
     assert len(drain(pol, now)) == len(pool.cached)
+
+
+# --- holding pinned blocks against new admissions ---
+
+
+def holder(**config: object) -> RetentionPolicy:
+    """Pins back in 10 s (the prior) that save 20 s of recompute: they hold."""
+    settings = {"max_ttl_s": 30.0, "prior_interrupt_s": 10.0, "max_hold_s": 10.0, **config}
+    return policy(**settings)
+
+
+def test_a_live_pin_holds_against_other_programs_new_calls() -> None:
+    pol = holder()
+    finish(pol, "a", 0.0, ["a0", "a1"], reload_s=20.0)
+    held = pol.holding("b", 1.0, arrival=1.0, others_running=True)
+    assert sorted(held) == ["a0", "a1"]  # type: ignore[type-var]
+    assert pol.holding("a", 1.0, arrival=1.0, others_running=True) == []  # its own context
+
+
+def test_holding_is_off_by_default() -> None:
+    pol = policy(max_ttl_s=30.0, prior_interrupt_s=10.0)
+    finish(pol, "a", 0.0, ["a0"], reload_s=20.0)
+    assert pol.holding("b", 1.0, arrival=1.0, others_running=True) == []
+
+
+def test_a_pin_holds_nothing_when_the_engine_would_idle_or_the_call_waited_long() -> None:
+    pol = holder(max_hold_s=5.0)
+    finish(pol, "a", 0.0, ["a0"], reload_s=20.0)
+    assert pol.holding("b", 1.0, arrival=1.0, others_running=False) == []
+    assert pol.holding("b", 6.0, arrival=1.0, others_running=True) == []  # waited 5 s
+    assert pol.holding("b", 5.9, arrival=1.0, others_running=True) == ["a0"]
+
+
+def test_a_pin_back_later_than_its_reload_cost_holds_only_once_its_call_is_queued() -> None:
+    pol = holder()
+    finish(pol, "a", 0.0, ["a0"], reload_s=1.0)  # back in 10 s, saves 1 s
+    assert pol.holding("b", 1.0, arrival=1.0, others_running=True) == []
+    pol.call_arrived("a", 2.0)  # its next call is queued: expected now
+    assert pol.holding("b", 2.0, arrival=1.0, others_running=True) == ["a0"]
+
+
+def test_expired_ended_or_off_pins_hold_nothing() -> None:
+    pol = holder(prior_interrupt_s=2.0, min_samples=1)
+    finish(pol, "a", 0.0, ["a0"], reload_s=20.0)
+    finish(pol, "c", 0.0, ["c0"], reload_s=20.0)
+    pol.program_ended("c")
+    assert pol.holding("b", 1.0, arrival=1.0, others_running=True) == ["a0"]
+    assert pol.holding("b", 2.5, arrival=2.5, others_running=True) == []  # TTL 2 s passed
+    assert pol.counters.expired == 1
+    off = policy(mode="off", max_hold_s=10.0)
+    finish(off, "a", 0.0, ["a0"], reload_s=20.0)
+    assert off.holding("b", 0.5, arrival=0.5, others_running=True) == []
+
+
+def test_pins_of_programs_the_policy_ranks_below_the_newcomer_do_not_hold() -> None:
+    levels = {"high": 0.0, "low": 2.0, "mid": 1.0}
+    config = RetentionConfig(max_ttl_s=30.0, prior_interrupt_s=10.0, max_hold_s=10.0)
+    pol = RetentionPolicy(config, 100, levels.__getitem__)
+    finish(pol, "high", 0.0, ["h0"], reload_s=20.0)
+    finish(pol, "low", 0.0, ["l0"], reload_s=20.0)
+    assert pol.holding("mid", 1.0, arrival=1.0, others_running=True) == ["h0"]
+
+
+class Step:
+    """A FIFO engine over :class:`ModelPool` whose admission applies the hold rule."""
+
+    def __init__(self, pool: ModelPool) -> None:
+        self.pool = pool
+        self.queue: list[tuple[str, int, float]] = []  # (program, new units, arrival)
+
+    def decide(self, now: float) -> tuple[list[str], list[str]]:
+        """One decision; returns the programs admitted and those held back by pins."""
+        pool, pol = self.pool, self.pool.pol
+        admitted: list[str] = []
+        held_back: list[str] = []
+        left: list[tuple[str, int, float]] = []
+        taken = len(pool.refs)
+        for program, new, arrival in self.queue:
+            units = pool.context.get(program, [])
+            need = len(units) - sum(1 for u in units if u in pool.cached) + new
+            mine = set(units)
+            fits = taken + len(mine) + new - len([u for u in units if u in pool.refs])
+            if fits > pool.capacity:
+                left.append((program, new, arrival))
+                break
+            if held_back and not pol.pinned(program):  # only pinned programs pass a held call
+                left.append((program, new, arrival))
+                continue
+            others = bool(admitted) or bool(pool.running)
+            pinned = pol.holding(program, now, arrival=arrival, others_running=others)
+            kept = sum(1 for u in pinned if u not in mine)
+            if fits + kept > pool.capacity:
+                held_back.append(program)
+                assert others, "a pin held a call back with nothing else running"
+                assert now - arrival < pol.config.max_hold_s, "a call was held back too long"
+                left.append((program, new, arrival))
+                continue
+            assert need >= 0
+            assert pool.start(program, new, now), "the admission and the pool disagree"
+            taken = len(pool.refs)
+            admitted.append(program)
+        rest = self.queue[len(admitted) + len(left) :]
+        self.queue = left + rest  # (arrival order kept: what was passed over stays ahead)
+        return admitted, held_back
+
+
+@PROPERTY
+@given(
+    arrivals=st.lists(
+        st.tuples(st.integers(0, 5), st.integers(1, 6), st.sampled_from([0.0, 0.2, 1.0, 3.0])),
+        max_size=40,
+    ),
+    capacity=st.integers(8, 30),
+    budget=st.sampled_from([0.25, 0.5, 1.0]),
+    run_for=st.integers(1, 4),
+)
+def test_held_calls_are_admitted_in_bounded_time_and_pins_stay_in_budget(
+    arrivals: list[tuple[int, int, float]], capacity: int, budget: float, run_for: int
+) -> None:
+    """Calls arrive, run ``run_for`` decisions (0.5 s apart) and end, leaving pins that
+    hold against newcomers: no call is held back with nothing else running or longer
+    than ``max_hold_s``, pins stay in budget, and every call completes."""
+    config = RetentionConfig(
+        pin_budget=budget, max_ttl_s=20.0, prior_interrupt_s=2.0, max_hold_s=10.0
+    )
+    pol = RetentionPolicy(config, capacity)
+    pool = ModelPool(capacity, pol)
+    pool.reload_s = 1.0  # a pin of two units or more is worth its program's 2 s return
+    engine = Step(pool)
+    pending = list(arrivals)
+    left: dict[str, int] = {}  # running program -> decisions left
+    now, completed, submitted = 0.0, 0, 0
+    for _ in range(2000):
+        while pending and (pending[0][2] <= 0.0 or (not engine.queue and not left)):
+            index, new, _ = pending.pop(0)
+            program = f"p{index}"
+            queued = {p for p, _, _ in engine.queue}
+            if program in pool.running or program in queued:
+                continue
+            if len(pool.context.get(program, [])) + new > capacity // 2:
+                pol.program_ended(program)  # a context that outgrows the pool starts over
+                pool.context.pop(program, None)
+            new = min(new, capacity // 2)
+            engine.queue.append((program, new, now))
+            submitted += 1
+        if pending:
+            index, new, gap = pending[0]
+            pending[0] = (index, new, gap - 0.5)
+        admitted, _ = engine.decide(now)
+        for program in admitted:
+            left[program] = run_for
+        for program in list(left):
+            left[program] -= 1
+            if not left[program]:
+                del left[program]
+                pool.finish(program, now, len(engine.queue))
+                completed += 1
+        assert 0 <= pol.pinned_blocks <= pol.budget
+        if not pending and not engine.queue and not left:
+            break
+        now += 0.5
+    assert completed == submitted, "calls starved"

@@ -24,8 +24,11 @@ def one_shot(i: int, arrival: float) -> ProgramSpec:
     return ProgramSpec(f"o{i}", "chat", [CallSpec(0, ((f"o{i}", 1616),), 1600, 16)], arrival)
 
 
-def run(profile: EngineProfile, mode: str, programs: list[ProgramSpec]) -> Simulation:
-    config = SimConfig(kv_retention=mode, retention=RetentionConfig(prior_interrupt_s=5.0))  # type: ignore[arg-type]
+def run(
+    profile: EngineProfile, mode: str, programs: list[ProgramSpec], max_hold_s: float = 10.0
+) -> Simulation:
+    retention = RetentionConfig(prior_interrupt_s=5.0, max_hold_s=max_hold_s)
+    config = SimConfig(kv_retention=mode, retention=retention)  # type: ignore[arg-type]
     sim = Simulation(programs, profile, SchedulerConfig(policy="fcfs"), config)
     sim.run()
     return sim
@@ -52,12 +55,13 @@ def test_a_pinned_context_outlives_one_shot_programs_lru_would_keep(
 def test_a_pin_yields_to_running_calls_to_the_host_pool_when_it_has_room(
     small_profile: EngineProfile, host_blocks: int
 ) -> None:
-    # The three one-shot programs run at once and need every block but the pin's:
-    # the pin yields rather than holding them up. With room in the host pool its
-    # context is copied there and swapped back in for the agent's next call.
+    # The three one-shot programs run at once and need every block but the pin's
+    # (no hold against admissions): the pin yields rather than holding them up. With
+    # room in the host pool its context is copied there and swapped back in for the
+    # agent's next call.
     profile = msgspec.structs.replace(small_profile, host_blocks=host_blocks)
     programs = [agent(2.0), *(one_shot(i, 0.6) for i in range(3))]
-    ttl = run(profile, "ttl", programs)
+    ttl = run(profile, "ttl", programs, max_hold_s=0.0)
     engine = ttl.engines["engine-0"]
     assert engine.retention.counters.yielded == 1
     assert {o.program_id for o in ttl._outcomes} == {"a", "o0", "o1", "o2"}

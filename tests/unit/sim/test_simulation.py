@@ -74,8 +74,8 @@ def test_skipping_the_kv_reservation_when_everything_fits_changes_no_decision(
     shortcut: list[bool] = []
 
     class Recorded(WindowAdmission):
-        def __init__(self, engine: SimEngine, steps: int) -> None:
-            super().__init__(engine, steps)
+        def __init__(self, engine: SimEngine, steps: int, now: float) -> None:
+            super().__init__(engine, steps, now)
             shortcut.append(self.fits_all)
 
     monkeypatch.setattr("agentrt.sim.engine.WindowAdmission", Recorded)
