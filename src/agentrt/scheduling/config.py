@@ -28,6 +28,7 @@ import msgspec
 
 PolicyName = Literal["fcfs", "las", "mlfq", "plas", "atlas"]
 ServiceUnit = Literal["time", "tokens"]
+LevelOrder = Literal["program", "call"]
 BalancerPolicy = Literal["round_robin", "least_used", "locality"]
 
 POLICIES: tuple[PolicyName, ...] = ("fcfs", "las", "mlfq", "plas", "atlas")
@@ -62,6 +63,15 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     ``i`` is ``first_quantum * quantum_growth**i``; when it is used up the
     call drops one level.
 
+    Within a level: ``level_order = "program"`` (default) runs the calls of
+    the program-aware policies (PLAS, ATLAS) in the order their programs
+    arrived, then in their own arrival order, as Autellix orders each queue;
+    ``"call"`` orders them by call arrival alone. By call arrival, a
+    sequential program's next call joins the back of its level behind every
+    other program's, so programs of similar size take turns and finish
+    together late (processor sharing); by program arrival, the older program
+    goes on and finishes first. FCFS, LAS and MLFQ order by call arrival.
+
     Anti-starvation: a waiting call is promoted to the top level when
     ``(W_p + W_c) / max(starvation_floor, T_p + T_c) >= beta``. The floor
     keeps the ratio finite for a call of a program that has no service yet
@@ -77,6 +87,7 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     boundary_growth: float = 2.0
     first_quantum: float | None = None
     quantum_growth: float = 2.0
+    level_order: LevelOrder = "program"
     beta: float = 8.0
     starvation_floor: float | None = None
     # vLLM-style per-request ``priority`` (lower runs sooner). When honoured it

@@ -4,7 +4,8 @@ A policy answers four questions for the :class:`~agentrt.scheduling.Scheduler`,
 which owns the queues and does the bookkeeping:
 
 - where a new call starts (its priority snapshot and queue level);
-- how calls rank (lower first; ties go to the earlier arrival);
+- how calls rank (lower first; ties go to the earlier arrival: of the
+  program for PLAS/ATLAS, of the call otherwise);
 - whether calls move between levels (demotion by quantum, anti-starvation
   promotion) and whether the program's history counts in the starvation ratio;
 - how a completed call updates its program's service scalar.
@@ -17,7 +18,8 @@ which owns the queues and does the bookkeeping:
 | plas   | queue level                   | level of the program's sum | (W_p + W_c) / (T_p + T_c) |
 | atlas  | queue level                   | level of the critical path | (W_p + W_c) / (T_p + T_c) |
 
-Ties in rank go to the earlier arrival. With ``honor_request_priority`` the
+Ties in rank go to the earlier arrival: for PLAS and ATLAS the program's
+(``level_order``, Autellix's order within a queue), then the call's. With ``honor_request_priority`` the
 request's own priority ranks before all of this.
 
 PLAS and ATLAS differ only in the completion rule (:func:`plas_service`,
