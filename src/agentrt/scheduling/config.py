@@ -63,14 +63,18 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     ``i`` is ``first_quantum * quantum_growth**i``; when it is used up the
     call drops one level.
 
-    Within a level: ``level_order = "program"`` (default) runs the calls of
-    the program-aware policies (PLAS, ATLAS) in the order their programs
-    arrived, then in their own arrival order, as Autellix orders each queue;
-    ``"call"`` orders them by call arrival alone. By call arrival, a
+    Within a level, the program-aware policies (PLAS, ATLAS) run calls in
+    the order their programs arrived, then their own (``level_order =
+    "program"``, as Autellix orders each queue), or by call arrival alone
+    (``"call"``); FCFS, LAS and MLFQ always go by call. By call arrival, a
     sequential program's next call joins the back of its level behind every
-    other program's, so programs of similar size take turns and finish
-    together late (processor sharing); by program arrival, the older program
-    goes on and finishes first. FCFS, LAS and MLFQ order by call arrival.
+    program that came after it, so programs of similar size take turns and
+    finish together late; by program arrival the older one finishes first.
+    Unset, each driver takes its own default: the engine's scheduler, which
+    preempts, orders by call (by program, a new call of an older program
+    preempts a running call of a younger one in the same level, and swaps
+    it out); the admission queue in front of a remote engine, which never
+    preempts, by program.
 
     Anti-starvation: a waiting call is promoted to the top level when
     ``(W_p + W_c) / max(starvation_floor, T_p + T_c) >= beta``. The floor
@@ -87,7 +91,7 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     boundary_growth: float = 2.0
     first_quantum: float | None = None
     quantum_growth: float = 2.0
-    level_order: LevelOrder = "program"
+    level_order: LevelOrder | None = None
     beta: float = 8.0
     starvation_floor: float | None = None
     # vLLM-style per-request ``priority`` (lower runs sooner). When honoured it

@@ -87,11 +87,12 @@ def test_higher_level_runs_first_and_fcfs_inside_a_level() -> None:
         ("plas", "program", ["early.1", "late.0"]),
         ("atlas", "program", ["early.1", "late.0"]),
         ("plas", "call", ["late.0", "early.1"]),
+        ("plas", None, ["late.0", "early.1"]),  # the engine's default: by call, no swaps
         ("mlfq", "program", ["late.0", "early.1"]),  # not program-aware: by call
     ],
 )
 def test_inside_a_level_the_earlier_program_goes_first(
-    policy: str, level_order: str, order: list[str]
+    policy: str, level_order: str | None, order: list[str]
 ) -> None:
     """A sequential program's next call does not queue behind programs that came after it."""
     sched = scheduler_for(policy, num_queues=2, first_boundary=100, level_order=level_order)

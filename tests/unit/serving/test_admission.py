@@ -60,8 +60,8 @@ async def test_freed_slots_go_to_the_programs_with_least_service_first() -> None
 
 
 async def test_inside_a_level_the_program_that_came_first_goes_first() -> None:
-    """Its first call was granted at once, yet its arrival orders its later calls."""
-    for level_order, expected in (("program", "early.1"), ("call", "late.0")):
+    """Its first call was granted at once, yet its arrival orders its later calls (by default)."""
+    for level_order, expected in ((None, "early.1"), ("program", "early.1"), ("call", "late.0")):
         q = queue(1, "plas", level_order=level_order)
         clock = q._clock
         assert isinstance(clock, Clock)

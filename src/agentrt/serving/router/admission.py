@@ -203,6 +203,9 @@ class AdmissionQueue:
                 first_quantum=config.first_quantum or defaults.first_quantum,
                 starvation_floor=config.starvation_floor or defaults.starvation_floor,
             )
+        if config.level_order is None:
+            # Nothing here preempts, so serving a level's programs in their order costs no swaps.
+            config = msgspec.structs.replace(config, level_order="program")
         self._config = config
         self._scheduler = Scheduler(config)
         self._waiters: dict[str, _Waiter] = {}
