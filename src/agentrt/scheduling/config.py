@@ -63,18 +63,17 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     ``i`` is ``first_quantum * quantum_growth**i``; when it is used up the
     call drops one level.
 
-    Within a level, the program-aware policies (PLAS, ATLAS) run calls in
-    the order their programs arrived, then their own (``level_order =
-    "program"``, as Autellix orders each queue), or by call arrival alone
-    (``"call"``); FCFS, LAS and MLFQ always go by call. By call arrival, a
-    sequential program's next call joins the back of its level behind every
-    program that came after it, so programs of similar size take turns and
-    finish together late; by program arrival the older one finishes first.
-    Unset, each driver takes its own default: the engine's scheduler, which
-    preempts, orders by call (by program, a new call of an older program
-    preempts a running call of a younger one in the same level, and swaps
-    it out); the admission queue in front of a remote engine, which never
-    preempts, by program.
+    Within a level, calls run in their arrival order (``level_order =
+    "call"``, the default), or for the program-aware policies (PLAS, ATLAS)
+    in the order their programs arrived, then their own (``"program"``, as
+    Autellix orders each queue); FCFS, LAS and MLFQ always go by call. By
+    call, a sequential program's next call joins the back of its level, so
+    the programs in a level take turns: the shorter ones finish first, and
+    programs of one size all finish late. By program, the older program
+    finishes first: better when a level's programs are alike in size, worse
+    when short ones share it with long ones that came earlier. The engine's
+    scheduler preempts, so by program a new call of an older program also
+    preempts a running call of a younger one in its level (a swap).
 
     Anti-starvation: a waiting call is promoted to the top level when
     ``(W_p + W_c) / max(starvation_floor, T_p + T_c) >= beta``. The floor
@@ -91,7 +90,7 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     boundary_growth: float = 2.0
     first_quantum: float | None = None
     quantum_growth: float = 2.0
-    level_order: LevelOrder | None = None
+    level_order: LevelOrder = "call"
     beta: float = 8.0
     starvation_floor: float | None = None
     # vLLM-style per-request ``priority`` (lower runs sooner). When honoured it

@@ -87,15 +87,16 @@ def test_higher_level_runs_first_and_fcfs_inside_a_level() -> None:
         ("plas", "program", ["early.1", "late.0"]),
         ("atlas", "program", ["early.1", "late.0"]),
         ("plas", "call", ["late.0", "early.1"]),
-        ("plas", None, ["late.0", "early.1"]),  # the engine's default: by call, no swaps
+        ("plas", None, ["late.0", "early.1"]),  # the default: by call
         ("mlfq", "program", ["late.0", "early.1"]),  # not program-aware: by call
     ],
 )
-def test_inside_a_level_the_earlier_program_goes_first(
+def test_by_program_inside_a_level_the_earlier_program_goes_first(
     policy: str, level_order: str | None, order: list[str]
 ) -> None:
-    """A sequential program's next call does not queue behind programs that came after it."""
-    sched = scheduler_for(policy, num_queues=2, first_boundary=100, level_order=level_order)
+    """By program, a sequential program's next call does not queue behind programs that came after it."""
+    options = {} if level_order is None else {"level_order": level_order}
+    sched = scheduler_for(policy, num_queues=2, first_boundary=100, **options)
     sched.add(Call("early.0", "early"), 0.0)
     sched.schedule(0.0, SlotAdmission(1))
     sched.charge(sched.get("early.0"), 5, 0.0)  # type: ignore[arg-type]

@@ -59,10 +59,11 @@ async def test_freed_slots_go_to_the_programs_with_least_service_first() -> None
         assert q.inflight == 0 and q.waiting == 0
 
 
-async def test_inside_a_level_the_program_that_came_first_goes_first() -> None:
-    """Its first call was granted at once, yet its arrival orders its later calls (by default)."""
-    for level_order, expected in ((None, "early.1"), ("program", "early.1"), ("call", "late.0")):
-        q = queue(1, "plas", level_order=level_order)
+async def test_by_program_inside_a_level_the_program_that_came_first_goes_first() -> None:
+    """By program, its first call was granted at once, yet its arrival orders its later calls."""
+    for level_order, expected in ((None, "late.0"), ("program", "early.1"), ("call", "late.0")):
+        options = {} if level_order is None else {"level_order": level_order}
+        q = queue(1, "plas", **options)
         clock = q._clock
         assert isinstance(clock, Clock)
         first = await q.acquire("early.0", "early", "main", 0.0)

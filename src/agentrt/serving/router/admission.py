@@ -12,9 +12,8 @@ order. A call leaves that scheduler when it is granted a slot (its wait
 closes there) or when its caller gives up (it is dropped, nothing was sent).
 
 The scheduler's table mirrors only what ordering needs: a program's entry
-is made by its first call here (granted at once or not: its arrival orders
-the program within a level, first come first served by program, as
-Autellix orders a queue), each call credits its program with the service
+is made by its first call here (granted at once or not: with ``level_order
+= "program"`` its arrival orders the program within a level), each call credits its program with the service
 the router has seen (``attained_service`` of the call's tag, all engines
 together), and the waits of granted calls make the program's W_p of the
 starvation ratio.
@@ -203,9 +202,6 @@ class AdmissionQueue:
                 first_quantum=config.first_quantum or defaults.first_quantum,
                 starvation_floor=config.starvation_floor or defaults.starvation_floor,
             )
-        if config.level_order is None:
-            # Nothing here preempts, so serving a level's programs in their order costs no swaps.
-            config = msgspec.structs.replace(config, level_order="program")
         self._config = config
         self._scheduler = Scheduler(config)
         self._waiters: dict[str, _Waiter] = {}
@@ -268,8 +264,8 @@ class AdmissionQueue:
             return Grant(0.0, None)
         program = program_id or call_id
         if program_id is not None:
-            # The program's arrival is its first call here, waiting or not: PLAS and ATLAS order
-            # a level by it (see SchedulerConfig.level_order).
+            # The program's arrival is its first call here, waiting or not: with
+            # level_order = "program", PLAS and ATLAS order a level by it.
             self._scheduler.table.start(program, now)
         if not self._waiters and self._free() > 0:
             return self._grant([key], 0.0, [0.0])[0]
