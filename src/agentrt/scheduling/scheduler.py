@@ -3,11 +3,11 @@
 Data structures (chosen so that a decision costs O(batch), not O(live calls)):
 
 - one sorted list of keys ``(request priority, rank, program arrival, arrival
-  seq)`` over all live calls, running or waiting. For the queue policies the
-  rank is the level, so the list *is* the K FCFS queues laid end to end
-  (first come by call, or by program for PLAS/ATLAS with ``level_order =
-  "program"``); a key changes only on demotion or promotion (LAS re-keys on every charge). Insertion and
-  removal are a bisect plus a memmove;
+  seq)`` over all live calls, running or waiting (program arrival is 0 but
+  for PLAS/ATLAS with ``level_order = "program"``). For the queue policies
+  the rank is the level, so the list *is* the K FCFS queues laid end to end;
+  a key changes only on demotion or promotion (LAS re-keys on every
+  charge). Insertion and removal are a bisect plus a memmove;
 - waits are lazy (accumulated part plus the clock when the open wait began),
   so a decision only touches calls that start or stop running;
 - anti-starvation uses a heap of promotion deadlines. While a call waits its
