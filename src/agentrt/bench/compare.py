@@ -83,20 +83,25 @@ def parse_policies(text: str) -> list[str]:
     return policies
 
 
-def parse_fronts(text: str) -> list[tuple[str, int | None]]:
-    """``POLICY[@AHEAD],...`` -> [(policy, queue_ahead or None for the backend's default)]."""
-    fronts: list[tuple[str, int | None]] = []
+def parse_fronts(text: str) -> list[tuple[str, int | None, str | None]]:
+    """``POLICY[@AHEAD][:CONFIG.toml],...`` -> [(policy, queue_ahead or None for the backend's
+    default, the front's ``--config`` file or None)]."""
+    fronts: list[tuple[str, int | None, str | None]] = []
     for entry in (e.strip() for e in text.split(",") if e.strip()):
-        policy, sep, ahead = entry.partition("@")
+        head, colon, config = entry.partition(":")
+        policy, sep, ahead = head.partition("@")
         if sep and not ahead.isdigit():
             raise argparse.ArgumentTypeError(f"expected POLICY@N with N >= 0 calls queued ahead, got {entry!r}")
+        if colon and not config:
+            raise argparse.ArgumentTypeError(f"expected POLICY:CONFIG.toml with a file after ':', got {entry!r}")
         parse_policies(policy)
-        fronts.append((policy, int(ahead) if sep else None))
+        fronts.append((policy, int(ahead) if sep else None, config or None))
     return fronts
 
 
-def front_label(policy: str, ahead: int | None) -> str:
-    return f"agentrt/{policy}{'' if ahead is None else f'@{ahead}'}+llama.cpp"
+def front_label(policy: str, ahead: int | None, config: str | None = None) -> str:
+    settings = "" if config is None else f"[{Path(config).stem}]"
+    return f"agentrt/{policy}{'' if ahead is None else f'@{ahead}'}{settings}+llama.cpp"
 
 
 def parse_retention(text: str) -> list[str]:
@@ -149,10 +154,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-json", default=None, metavar="FILE",
                         help="report (and --simulate) a saved `bench compare --json` run instead of measuring")
     llama_server.add_arguments(parser)
-    parser.add_argument("--llama-front", type=parse_fronts, default=[], metavar="POLICY[@AHEAD],...",
+    parser.add_argument("--llama-front", type=parse_fronts, default=[], metavar="POLICY[@AHEAD][:FILE],...",
                         help="with --llama-server: also `agentrt serve --backend llamacpp+URL` in front of "
                         "a freshly started llama-server, one per entry (comma list); @AHEAD sets the calls "
-                        "it queues ahead at the server (the backend's queue_ahead; default: its default)")
+                        "it queues ahead at the server (the backend's queue_ahead; default: its default); "
+                        ":FILE.toml is the front's --config (e.g. its [scheduler] table)")
     parser.add_argument("--both-orders", action="store_true",
                         help="run every rate twice on fresh servers, the second time with the systems in "
                         "reverse order: a drift in the host's load then favours neither side (each system "
@@ -365,19 +371,19 @@ def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None
                         return None
                     targets.append(Target(label="llama.cpp", base_url=url, model=args.model or "",
                                           extra_body=extra, queue_metrics=url.removesuffix("/v1")))
-                for policy, ahead in args.llama_front if llama is not None else []:
+                for policy, ahead, config in args.llama_front if llama is not None else []:
                     assert llama is not None
                     try:
                         engine = servers.enter_context(llama_server.llama_server(llama, args.startup_timeout))
                         root = engine.removesuffix("/v1")
                         spec = f"llamacpp+{root}" + ("" if ahead is None else f",queue_ahead={ahead}")
-                        url = servers.enter_context(
-                            agentrt_server(policy, ["--backend", spec], args.startup_timeout))
+                        front_args = ["--backend", spec, *([] if config is None else ["--config", config])]
+                        url = servers.enter_context(agentrt_server(policy, front_args, args.startup_timeout))
                     except (llama_server.LlamaServerError, ServerStartError) as e:
                         progress.stop()
                         console.print(f"[red]error:[/red] {e}")
                         return None
-                    targets.append(Target(label=front_label(policy, ahead), base_url=url,
+                    targets.append(Target(label=front_label(policy, ahead, config), base_url=url,
                                           model=args.model or "", extra_body=extra, queue_metrics=root))
                 offset = time.monotonic() - began
                 one_rate = argparse.Namespace(**{**vars(args), "rates": [rate]})

@@ -65,7 +65,8 @@ class Call:
         self._wait_acc = 0.0  # total wait, closed intervals
         self._wait_c_acc = 0.0  # W_c: wait since arrival or last promotion, closed intervals
         self._waiting_since: float | None = None  # clock when the open wait began
-        self._key: tuple[float, float, int] = (0.0, 0.0, -1)  # position in the run order
+        # Position in the run order: (request priority, rank, program arrival, seq).
+        self._key: tuple[float, float, float, int] = (0.0, 0.0, 0.0, -1)
         self._starve_version = 0
 
     def wait(self, clock: float) -> float:

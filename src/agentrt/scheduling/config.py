@@ -28,6 +28,7 @@ import msgspec
 
 PolicyName = Literal["fcfs", "las", "mlfq", "plas", "atlas"]
 ServiceUnit = Literal["time", "tokens"]
+LevelOrder = Literal["program", "call"]
 BalancerPolicy = Literal["round_robin", "least_used", "locality"]
 
 POLICIES: tuple[PolicyName, ...] = ("fcfs", "las", "mlfq", "plas", "atlas")
@@ -62,6 +63,18 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     ``i`` is ``first_quantum * quantum_growth**i``; when it is used up the
     call drops one level.
 
+    Within a level, calls run in their arrival order (``level_order =
+    "call"``, the default), or for the program-aware policies (PLAS, ATLAS)
+    in the order their programs arrived, then their own (``"program"``, as
+    Autellix orders each queue); FCFS, LAS and MLFQ always go by call. By
+    call, a sequential program's next call joins the back of its level, so
+    the programs in a level take turns: the shorter ones finish first, and
+    programs of one size all finish late. By program, the older program
+    finishes first: better when a level's programs are alike in size, worse
+    when short ones share it with long ones that came earlier. The engine's
+    scheduler preempts, so by program a new call of an older program also
+    preempts a running call of a younger one in its level (a swap).
+
     Anti-starvation: a waiting call is promoted to the top level when
     ``(W_p + W_c) / max(starvation_floor, T_p + T_c) >= beta``. The floor
     keeps the ratio finite for a call of a program that has no service yet
@@ -77,6 +90,7 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     boundary_growth: float = 2.0
     first_quantum: float | None = None
     quantum_growth: float = 2.0
+    level_order: LevelOrder = "call"
     beta: float = 8.0
     starvation_floor: float | None = None
     # vLLM-style per-request ``priority`` (lower runs sooner). When honoured it

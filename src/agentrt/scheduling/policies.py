@@ -4,7 +4,8 @@ A policy answers four questions for the :class:`~agentrt.scheduling.Scheduler`,
 which owns the queues and does the bookkeeping:
 
 - where a new call starts (its priority snapshot and queue level);
-- how calls rank (lower first; ties go to the earlier arrival);
+- how calls rank (lower first; ties go to the earlier arrival, of the
+  program first where ``level_order`` says so);
 - whether calls move between levels (demotion by quantum, anti-starvation
   promotion) and whether the program's history counts in the starvation ratio;
 - how a completed call updates its program's service scalar.
@@ -17,8 +18,10 @@ which owns the queues and does the bookkeeping:
 | plas   | queue level                   | level of the program's sum | (W_p + W_c) / (T_p + T_c) |
 | atlas  | queue level                   | level of the critical path | (W_p + W_c) / (T_p + T_c) |
 
-Ties in rank go to the earlier arrival. With ``honor_request_priority`` the
-request's own priority ranks before all of this.
+Ties in rank go to the earlier arrival: of the call, or for PLAS and ATLAS
+with ``level_order = "program"`` of the program first (Autellix's order
+within a queue). With ``honor_request_priority`` the request's own priority
+ranks before all of this.
 
 PLAS and ATLAS differ only in the completion rule (:func:`plas_service`,
 :func:`atlas_service`); for a sequential program the two are equal, because a

@@ -2,11 +2,12 @@
 
 Data structures (chosen so that a decision costs O(batch), not O(live calls)):
 
-- one sorted list of keys ``(request priority, rank, arrival seq)`` over all
-  live calls, running or waiting. For the queue policies the rank is the
-  level, so the list *is* the K FCFS queues laid end to end; a key changes
-  only on demotion or promotion (LAS re-keys on every charge). Insertion and
-  removal are a bisect plus a memmove;
+- one sorted list of keys ``(request priority, rank, program arrival, arrival
+  seq)`` over all live calls, running or waiting (program arrival is 0 but
+  for PLAS/ATLAS with ``level_order = "program"``). For the queue policies
+  the rank is the level, so the list *is* the K FCFS queues laid end to end;
+  a key changes only on demotion or promotion (LAS re-keys on every
+  charge). Insertion and removal are a bisect plus a memmove;
 - waits are lazy (accumulated part plus the clock when the open wait began),
   so a decision only touches calls that start or stop running;
 - anti-starvation uses a heap of promotion deadlines. While a call waits its
@@ -31,7 +32,7 @@ from agentrt.scheduling.config import SchedulerConfig
 from agentrt.scheduling.policies import Policy, make_policy
 from agentrt.scheduling.process_table import CallOutcome, CallRecord, ProcessTable, ProgramEntry
 
-_Key = tuple[float, float, int]
+_Key = tuple[float, float, float, int]
 
 
 class Admission(Protocol):
@@ -115,6 +116,7 @@ class Scheduler:
         self._uses_levels = self.policy.uses_levels
         self._rekey_on_service = self.policy.rank_changes_with_service()
         self._program_aware = self.policy.program_aware
+        self._by_program_arrival = self._program_aware and self.config.level_order == "program"
         self._calls: dict[str, Call] = {}
         self._by_seq: dict[int, Call] = {}
         self._by_program: dict[str, dict[str, Call]] = {}
@@ -141,7 +143,7 @@ class Scheduler:
     def calls(self) -> Iterator[Call]:
         """Live calls in priority order (running and waiting)."""
         by_seq = self._by_seq
-        return (by_seq[key[2]] for key in self._order)
+        return (by_seq[key[3]] for key in self._order)
 
     @property
     def running(self) -> list[Call]:
@@ -199,7 +201,7 @@ class Scheduler:
         by_seq = self._by_seq
         admit = admission.admit
         for key in self._order:
-            call = by_seq[key[2]]
+            call = by_seq[key[3]]
             if not admit(call):
                 if getattr(admission, "held_back", False):
                     continue
@@ -318,7 +320,12 @@ class Scheduler:
 
     def _key(self, call: Call) -> _Key:
         priority = call.priority if self.config.honor_request_priority else None
-        return (float(priority or 0), self.policy.rank(call), call.seq)
+        arrival = 0.0
+        if self._by_program_arrival:
+            # A program with live calls is never expired, so its entry is there and keeps its time.
+            entry = self.table.get(call.program_id)
+            arrival = entry.created if entry is not None else call.arrival
+        return (float(priority or 0), self.policy.rank(call), arrival, call.seq)
 
     def _insert(self, call: Call) -> None:
         call._key = key = self._key(call)

@@ -28,16 +28,19 @@ def test_compare_puts_agentrt_in_front_of_its_own_fresh_llama_server(
     binary = fake_llama_binary(tmp_path, monkeypatch)
     out = tmp_path / "compare.json"
     model = write_gguf(tmp_path / "m.gguf", tied=True)
+    strict_toml = tmp_path / "strict.toml"
+    strict_toml.write_text("[scheduler]\nnum_queues = 1\n")
     code = main([
-        "bench", "compare", "--policies", "", "--llama-server", str(binary), "--llama-front", "plas,fcfs@0",
-        "--llama-model", str(model), "--llama-threads", "1", "--llama-slots", "2",
+        "bench", "compare", "--policies", "", "--llama-server", str(binary),
+        "--llama-front", f"plas,fcfs@0:{strict_toml}", "--llama-model", str(model), "--llama-threads", "1",
+        "--llama-slots", "2",
         "--workload", "chat", "--num-programs", "3", "--rate", "20", "--json", str(out),
         "--no-progress",
     ])  # fmt: skip
     assert code == 0
     alone, front, strict = json.loads(out.read_text())["systems"]
     labels = (alone["label"], front["label"], strict["label"])
-    assert labels == ("llama.cpp", "agentrt/plas+llama.cpp", "agentrt/fcfs@0+llama.cpp")
+    assert labels == ("llama.cpp", "agentrt/plas+llama.cpp", "agentrt/fcfs@0[strict]+llama.cpp")
     for system in (alone, front, strict):
         [run] = system["runs"]
         assert (run["completed"], run["errors"]) == (3, 0)
@@ -80,9 +83,31 @@ def test_a_front_needs_the_llama_server_it_stands_in_front_of(
     assert "--llama-front" in capsys.readouterr().out
 
 
-def test_front_entries_name_a_policy_and_optionally_the_calls_queued_ahead() -> None:
-    assert parse_fronts("plas, atlas@2,fcfs@0") == [("plas", None), ("atlas", 2), ("fcfs", 0)]
-    for bad in ("plas@", "plas@-1", "nope@1"):
+def test_a_fronts_config_file_is_the_one_its_server_runs_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    binary = fake_llama_binary(tmp_path, monkeypatch)
+    model = write_gguf(tmp_path / "m.gguf", tied=True)
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text("[scheduler]\nnum_queues = 0\n")
+    code = main([
+        "bench", "compare", "--policies", "", "--llama-server", str(binary), "--llama-front", f"plas:{wrong}",
+        "--llama-model", str(model), "--llama-threads", "1", "--llama-slots", "2",
+        "--workload", "chat", "--num-programs", "1", "--rate", "20", "--no-progress",
+    ])  # fmt: skip
+    assert code != 0
+    assert "num_queues must be >= 1" in capsys.readouterr().out
+
+
+def test_front_entries_name_a_policy_and_optionally_the_calls_queued_ahead_and_a_config() -> None:
+    assert parse_fronts("plas, atlas@2,fcfs@0,plas@1:one.toml,atlas:d/x.toml") == [
+        ("plas", None, None),
+        ("atlas", 2, None),
+        ("fcfs", 0, None),
+        ("plas", 1, "one.toml"),
+        ("atlas", None, "d/x.toml"),
+    ]
+    for bad in ("plas@", "plas@-1", "nope@1", "plas:", "plas@x:one.toml"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_fronts(bad)
 

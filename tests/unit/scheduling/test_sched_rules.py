@@ -81,6 +81,33 @@ def test_higher_level_runs_first_and_fcfs_inside_a_level() -> None:
     assert ids(sched.schedule(1.0, SlotAdmission(3)).batch) == ["new.0", "new2.0", "old.1"]
 
 
+@pytest.mark.parametrize(
+    ("policy", "level_order", "order"),
+    [
+        ("plas", "program", ["early.1", "late.0"]),
+        ("atlas", "program", ["early.1", "late.0"]),
+        ("plas", "call", ["late.0", "early.1"]),
+        ("plas", None, ["late.0", "early.1"]),  # the default: by call
+        ("mlfq", "program", ["late.0", "early.1"]),  # not program-aware: by call
+    ],
+)
+def test_by_program_inside_a_level_the_earlier_program_goes_first(
+    policy: str, level_order: str | None, order: list[str]
+) -> None:
+    """By program, a sequential program's next call does not queue behind programs that came after it."""
+    options = {} if level_order is None else {"level_order": level_order}
+    sched = scheduler_for(policy, num_queues=2, first_boundary=100, **options)
+    sched.add(Call("early.0", "early"), 0.0)
+    sched.schedule(0.0, SlotAdmission(1))
+    sched.charge(sched.get("early.0"), 5, 0.0)  # type: ignore[arg-type]
+    sched.add(Call("late.0", "late"), 1.0)  # arrives while early.0 runs
+    sched.finish("early.0", 2.0)
+    sched.add(Call("early.1", "early"), 2.0)  # its program's next call, same level
+    assert sched.get("early.1").level == sched.get("late.0").level == 0  # type: ignore[union-attr]
+    assert ids(list(sched.calls())) == order
+    assert ids(sched.schedule(2.0, SlotAdmission(1)).batch) == order[:1]
+
+
 # --- demotion ---
 
 

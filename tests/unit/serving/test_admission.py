@@ -59,6 +59,31 @@ async def test_freed_slots_go_to_the_programs_with_least_service_first() -> None
         assert q.inflight == 0 and q.waiting == 0
 
 
+async def test_by_program_inside_a_level_the_program_that_came_first_goes_first() -> None:
+    """By program, its first call was granted at once, yet its arrival orders its later calls."""
+    for level_order, expected in ((None, "late.0"), ("program", "early.1"), ("call", "late.0")):
+        options = {} if level_order is None else {"level_order": level_order}
+        q = queue(1, "plas", **options)
+        clock = q._clock
+        assert isinstance(clock, Clock)
+        first = await q.acquire("early.0", "early", "main", 0.0)
+        grants: dict[str, Grant] = {}
+        async with anyio.create_task_group() as tg:
+            clock.now = 1.0
+            await _waits(q, [("late.0", "late", 0.0)], grants, tg)
+            clock.now = 2.0
+            await _waits(q, [("early.1", "early", 0.1)], grants, tg)  # same level as late.0
+            q.release(first)
+            await anyio.wait_all_tasks_blocked()
+            assert list(grants) == [expected], level_order
+            q.release(grants[expected])
+            await anyio.wait_all_tasks_blocked()
+            for grant in grants.values():
+                if grant is not grants[expected]:
+                    q.release(grant)
+        assert q.inflight == 0 and q.waiting == 0
+
+
 async def test_a_call_abandoned_while_waiting_leaves_no_trace() -> None:
     q = queue(1)
     first = await q.acquire("first", "p0", "main", 0.0)

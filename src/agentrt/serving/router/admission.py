@@ -11,10 +11,12 @@ its anti-starvation promotion), and each freed slot goes to the head of its
 order. A call leaves that scheduler when it is granted a slot (its wait
 closes there) or when its caller gives up (it is dropped, nothing was sent).
 
-The scheduler's table mirrors only what ordering needs: each call credits
-its program with the service the router has seen (``attained_service`` of
-the call's tag, all engines together), and the waits of granted calls make
-the program's W_p of the starvation ratio.
+The scheduler's table mirrors only what ordering needs: a program's entry
+is made by its first call here (granted at once or not: with ``level_order
+= "program"`` its arrival orders the program within a level), each call credits its program with the service
+the router has seen (``attained_service`` of the call's tag, all engines
+together), and the waits of granted calls make the program's W_p of the
+starvation ratio.
 
 With ``slots`` the engine's slots are told apart (llama.cpp's ``id_slot``):
 a program's thread goes back to the slot that holds its context when that
@@ -260,11 +262,15 @@ class AdmissionQueue:
         if self.limit is None:
             self.inflight += 1
             return Grant(0.0, None)
+        program = program_id or call_id
+        if program_id is not None:
+            # The program's arrival is its first call here, waiting or not: with
+            # level_order = "program", PLAS and ATLAS order a level by it.
+            self._scheduler.table.start(program, now)
         if not self._waiters and self._free() > 0:
             return self._grant([key], 0.0, [0.0])[0]
         if call_id in self._waiters:
             raise ValueError(f"call {call_id!r} is already waiting for admission")
-        program = program_id or call_id
         if service > 0:
             self._scheduler.accounting.credit(program, service, now)
         self._scheduler.add(Call(call_id, program, arrival=now, thread_id=thread_id), now)
