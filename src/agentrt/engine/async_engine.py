@@ -12,6 +12,14 @@ of milliseconds over a long prompt), so a bad one raises at the first
 while it runs ends in an :class:`EngineError` for that call alone; only a
 failure of the step itself (the model) stops the engine, and from then on
 :meth:`AsyncEngine.stats` raises, so health checks see it.
+
+Every torch operation of the engine runs on that one worker thread, model
+loading and compile warm-up included (:meth:`AsyncEngine.start` builds the
+engine there). torch's OpenMP runtime keeps a team of threads per thread
+that ever ran a parallel region; while a second team lives (say, the
+thread that loaded the model), libgomp's threads outnumber the cores of a
+small host and it stops spinning between regions, which made each decode
+step of the engine thread about twice as slow.
 """
 
 from __future__ import annotations
@@ -64,25 +72,43 @@ class AsyncEngine:
     runs on).
     """
 
-    def __init__(self, engine: LLMEngine) -> None:
-        self.engine = engine
+    def __init__(
+        self, engine: LLMEngine | None = None, *, build: Callable[[], LLMEngine] | None = None
+    ) -> None:
+        """Step ``engine``, or the engine that ``build()`` makes on the worker thread."""
+        if (engine is None) == (build is None):
+            raise ValueError("give exactly one of engine and build")
+        self.engine: LLMEngine
         self._commands: deque[Callable[[], None]] = deque()
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
+        self._ready = threading.Event()
+        self._build_error: BaseException | None = None
         self._streams: dict[str, _Stream] = {}
-        self._stats = engine.stats()
         self._closing = False
         self._failure: EngineError | None = None
-        self._thread = threading.Thread(target=self._run, name="agentrt-engine", daemon=True)
+        if engine is not None:
+            self._install(engine)
+        self._thread = threading.Thread(
+            target=self._run, args=(build,), name="agentrt-engine", daemon=True
+        )
         self._thread.start()
 
     @classmethod
     async def start(
         cls, config: EngineConfig | None = None, loaded: LoadedModel | None = None
     ) -> AsyncEngine:
-        """Load the model and build the engine in a worker thread, then start the step loop."""
-        engine = await anyio.to_thread.run_sync(lambda: LLMEngine(config, loaded))
-        return cls(engine)
+        """Load the model and build the engine on the worker thread, then start the step loop."""
+        engine = cls(build=lambda: LLMEngine(config, loaded))
+        await anyio.to_thread.run_sync(engine._ready.wait)
+        if engine._build_error is not None:
+            raise engine._build_error
+        return engine
+
+    def _install(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._stats = engine.stats()
+        self._ready.set()
 
     async def __aenter__(self) -> AsyncEngine:
         return self
@@ -203,7 +229,15 @@ class AsyncEngine:
             log.exception("add_request_failed", call=request.call_id)
             self._deliver_error(request.call_id, _call_failed())
 
-    def _run(self) -> None:
+    def _run(self, build: Callable[[], LLMEngine] | None) -> None:
+        if build is not None:
+            try:
+                engine = build()
+            except BaseException as e:  # handed to start(), which raises it in the caller
+                self._build_error = e
+                self._ready.set()
+                return
+            self._install(engine)
         try:
             self._loop()
         except Exception as e:  # the model (or the engine's own state) failed: nothing can go on

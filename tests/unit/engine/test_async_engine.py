@@ -8,17 +8,21 @@ the call and frees its KV, and bad requests fail at the first ``__anext__``.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 
 import pytest
 from tests.unit.engine.helpers import (
     assert_block_pool_clean,
     hf_reference,
+    make_tiny_loaded,
     random_prompts,
     tiny_engine,
 )
 
+import agentrt.engine.async_engine as async_engine_module
 from agentrt.engine import AsyncEngine
+from agentrt.engine.config import EngineConfig
 from agentrt.protocol.engine import (
     EngineClient,
     EngineUnavailable,
@@ -200,3 +204,31 @@ async def test_stats_and_programs(engine: AsyncEngine) -> None:
     assert stats.generated_tokens >= 3 and stats.kv_blocks_total == 128 and stats.running == 0
     [model] = engine.models()
     assert model.id == "tiny-llama" and model.max_model_len == 128 * 4
+
+
+async def test_start_builds_the_engine_on_the_thread_that_steps_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One thread runs every torch operation: a second OpenMP team alive in the process
+    # (the loading thread's) would slow every parallel region of the stepping thread.
+    built_on: list[str] = []
+    real = async_engine_module.LLMEngine
+
+    def recording(config: EngineConfig | None, loaded: object) -> object:
+        built_on.append(threading.current_thread().name)
+        return real(config, loaded)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(async_engine_module, "LLMEngine", recording)
+    config = EngineConfig(dtype="float32", num_kv_blocks=64, block_size=4, compile_warmup=False)
+    eng = await AsyncEngine.start(config, make_tiny_loaded())
+    try:
+        assert built_on == ["agentrt-engine"] == [eng._thread.name]
+        events = await collect(eng.generate(request("c1", [5, 6, 7], max_tokens=2)))
+        assert events[-1].finish_reason == "length"
+    finally:
+        await eng.close()
+
+
+async def test_start_raises_what_building_the_engine_raised() -> None:
+    with pytest.raises(Exception, match="no-such-model"):
+        await AsyncEngine.start(EngineConfig(model="/no-such-model/weights.safetensors"))
