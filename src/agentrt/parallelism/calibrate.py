@@ -4,8 +4,8 @@
 prices every shipped plan with the cost model (operator times measured here;
 each collective's per-call line measured through the runtime, see
 :mod:`~agentrt.parallelism.collectives`), runs it with
-:func:`~agentrt.parallelism.launch.verify` (fastest of three steps: forwards,
-or forwards and backwards with ``--train``) and prints both, their ratio, and
+:func:`~agentrt.parallelism.launch.verify` (the median of ``--repeats`` steps:
+forwards, or forwards and backwards with ``--train``) and prints both, their ratio, and
 whether the two rank the plans alike.
 """
 
@@ -48,8 +48,40 @@ def pairs_in_order(rows: list[dict[str, Any]]) -> float:
     return agree / len(pairs)
 
 
+STANDARD = ("dp", "tp", "pp", "3d")  # the families Megatron and DeepSpeed express
+
+
+def best_against_standard(rows: list[dict[str, Any]]) -> str | None:
+    """A line comparing the predicted-best plan that fits with the best standard plan that fits."""
+    fitting = [r for r in rows if r["fits"]]
+    if not fitting:
+        return None
+    auto = min(fitting, key=lambda r: r["predicted_seconds"])
+    standard = [r for r in fitting if r["family"] in STANDARD]
+    if auto["family"] in STANDARD:
+        return f"auto: {auto['plan']}, a standard plan"
+    if not standard:
+        return (
+            f"auto: {auto['plan']} (predicted {auto['predicted_seconds'] * 1e3:.2f} ms, measured "
+            f"{auto['measured_seconds'] * 1e3:.2f} ms); no data, tensor, pipeline or 3-D plan fits"
+        )
+    rival = min(standard, key=lambda r: r["predicted_seconds"])
+    return (
+        f"auto: {auto['plan']} against the best standard plan that fits, {rival['plan']}: "
+        f"predicted {rival['predicted_seconds'] / auto['predicted_seconds']:.2f}x faster, "
+        f"measured {rival['measured_seconds'] / auto['measured_seconds']:.2f}x"
+    )
+
+
 def calibrate(
-    model_spec: str, ndevices: int, batch: int, seq: int, *, train: bool = False, repeats: int = 10
+    model_spec: str,
+    ndevices: int,
+    batch: int,
+    seq: int,
+    *,
+    train: bool = False,
+    repeats: int = 10,
+    memory_limit: int | None = None,
 ) -> dict[str, Any]:
     from agentrt.parallelism.cost import measured_comm
     from agentrt.parallelism.launch import example_inputs, load_model, verify, vocab_of
@@ -58,7 +90,16 @@ def calibrate(
     comm, _ = measured_comm(ndevices)
     model = load_model(model_spec)
     ids, labels = example_inputs(vocab_of(model), batch, seq, 0)
-    found = search(model, ids, labels, ndevices, train=train, comm=comm, concurrent=ndevices)
+    found = search(
+        model,
+        ids,
+        labels,
+        ndevices,
+        train=train,
+        comm=comm,
+        concurrent=ndevices,
+        memory_limit=memory_limit,
+    )
     rows: list[dict[str, Any]] = []
     for cand in found.candidates:
         run = shipped_plan(cand)
@@ -78,6 +119,9 @@ def calibrate(
         rows.append(
             {
                 "plan": cand.name,
+                "family": cand.family,
+                "fits": cand.fits,
+                "memory_bytes": cand.estimate.memory_bytes,
                 "predicted_seconds": cand.estimate.seconds,
                 "predicted_comm_seconds": cand.estimate.comm_seconds,
                 "measured_seconds": got.seconds_parallel,
@@ -94,6 +138,8 @@ def calibrate(
         "train": train,
         "alpha": comm.alpha,
         "beta": comm.beta,
+        "sync_seconds": comm.sync,
+        "memory_limit": memory_limit,
         "collectives": [
             {"primitive": p, "seconds_per_call": a, "seconds_per_byte": b}
             for p, a, b in comm.measured
@@ -114,15 +160,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, default=8)
     parser.add_argument("--train", action="store_true", help="time training steps, not forwards")
     parser.add_argument(
-        "--repeats", type=int, default=10, help="timed steps per plan (the fastest is kept)"
+        "--repeats", type=int, default=10, help="timed steps per plan (the median is kept)"
+    )
+    parser.add_argument(
+        "--memory-per-device",
+        default=None,
+        help="mark the plans over this limit (e.g. 10MiB) and compare the best that fits",
     )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    from agentrt.parallelism.cli import parse_size
+
+    limit = parse_size(args.memory_per_device) if args.memory_per_device else None
     report = calibrate(
-        args.model, args.devices, args.batch, args.seq, train=args.train, repeats=args.repeats
+        args.model,
+        args.devices,
+        args.batch,
+        args.seq,
+        train=args.train,
+        repeats=args.repeats,
+        memory_limit=limit,
     )
     out = sys.stdout
-    out.write(f"alpha {report['alpha'] * 1e6:.1f} us, beta {report['beta'] / 1e9:.2f} GB/s\n")
+    out.write(
+        f"alpha {report['alpha'] * 1e6:.1f} us, beta {report['beta'] / 1e9:.2f} GB/s, "
+        f"wait per synchronizing call {report['sync_seconds'] * 1e6:.0f} us\n"
+    )
     for c in report["collectives"]:
         rate = 1 / c["seconds_per_byte"] / 1e9 if c["seconds_per_byte"] else float("inf")
         out.write(
@@ -132,13 +195,17 @@ def main(argv: list[str] | None = None) -> int:
         out.write(
             f"{r['plan']:<16} predicted {r['predicted_seconds'] * 1e3:8.2f} ms  measured "
             f"{r['measured_seconds'] * 1e3:8.2f} ms  ratio {r['ratio']:.2f}  "
-            f"(one process {r['single_device_seconds'] * 1e3:.2f} ms)\n"
+            f"(one process {r['single_device_seconds'] * 1e3:.2f} ms)  "
+            f"memory {r['memory_bytes'] / 2**20:.2f} MiB{'' if r['fits'] else ' (over the limit)'}\n"
         )
     out.write(
         f"same order: {report['same_order']}, {report['pairs_in_order']:.0%} of pairs "
         f"(predicted {report['order_predicted']}, "
         f"measured {report['order_measured']})\n"
     )
+    best = best_against_standard(report["rows"])
+    if best is not None:
+        out.write(best + "\n")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2)

@@ -7,12 +7,21 @@ host of a few shared cores that fixed part is most of a small collective, so
 a plan's predicted time depends on how many calls it makes, not only on the
 bytes. Each primitive is measured through the same code the runtime uses, at
 a few sizes, and fitted to a line ``seconds = fixed + per_byte * bytes``.
+
+A call measured between barriers misses one more cost a plan pays: at each
+synchronizing call a rank waits for the slowest of the others, and with
+several ranks sharing a few cores their compute between calls does not end
+together. ``sync`` measures that wait as its own primitive: every rank runs
+a fixed burst of small operator calls and then one all-reduce, many times
+over; what the loop takes beyond the bursts alone (all ranks computing at
+once) and the calls' own line is the wait per call.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +33,10 @@ from agentrt.parallelism.errors import ParallelError
 SIZES = (4 << 10, 64 << 10, 1 << 20)  # bytes of the whole tensor
 PRIMITIVES = ("all-reduce", "all-gather", "local-chunk", "send/recv", "broadcast")
 _REPEATS = 15
+SYNC = "sync"  # the per-call wait, stored beside the primitives' samples
+_BURST_OPS = 48  # small operator calls between two synchronizing calls (a layer's worth)
+_SYNC_CALLS = 20
+_SYNC_ROUNDS = 11
 
 
 def fit_line(samples: list[tuple[int, float]]) -> tuple[float, float]:
@@ -50,15 +63,53 @@ def fit_line(samples: list[tuple[int, float]]) -> tuple[float, float]:
 
 
 def _timed(step: Callable[[], object]) -> float:
+    """The median of ``_REPEATS`` calls, each started together by a barrier."""
     import torch.distributed as dist
 
-    best = float("inf")
+    seconds = []
     for _ in range(_REPEATS):
         dist.barrier()
         start = time.perf_counter()
         step()
-        best = min(best, time.perf_counter() - start)
-    return best
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def _sync_wait(rank: int, mesh: object) -> float:
+    """Seconds a rank waits per all-reduce that follows a burst of operator calls on every rank."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import Partial, Replicate
+
+    from agentrt.parallelism.comm import Step
+    from agentrt.parallelism.runtime import _run_steps
+
+    x, w = torch.randn(16, 64), torch.randn(64, 64)
+    small = torch.ones(2, 512)  # 4 KiB, a layer's activation all-reduce on a tiny model
+    reduce = (Step("all-reduce", Partial(), Replicate()),)
+
+    def burst() -> None:
+        y = x
+        for _ in range(_BURST_OPS // 2):
+            y = torch.tanh(y @ w)
+
+    def loop(with_call: bool) -> float:
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in range(_SYNC_CALLS):
+            burst()
+            if with_call:
+                _run_steps(small, reduce, mesh, tuple(small.shape))  # type: ignore[arg-type]
+        dist.barrier()  # both loops end when the slowest rank does
+        return time.perf_counter() - start
+
+    loop(True)
+    together, alone = [], []
+    for _ in range(_SYNC_ROUNDS):  # interleaved, so a change in the host's load hits both alike
+        together.append(loop(True))
+        alone.append(loop(False))
+    extra = statistics.median(a - b for a, b in zip(together, alone, strict=True))
+    call = _timed(lambda: _run_steps(small, reduce, mesh, tuple(small.shape)))  # type: ignore[arg-type]
+    return max(extra / _SYNC_CALLS - call, 0.0)
 
 
 def _calls(rank: int, n: int, size: int, mesh: object) -> dict[str, Callable[[], object]]:
@@ -105,7 +156,9 @@ def _worker(rank: int, n: int, out: str) -> None:
             call()  # the first call of a size pays one-time costs
             seconds = _timed(call)
             samples[prim].append((size, seconds / 2 if prim == "send/recv" else seconds))
+    wait = _sync_wait(rank, mesh)
     if rank == 0:
+        samples[SYNC] = [(0, wait)]  # type: ignore[list-item]
         Path(out).write_text(json.dumps(samples))
 
 
@@ -128,9 +181,14 @@ def measure(n: int, cache_dir: Path | None = None) -> dict[str, list[tuple[int, 
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(raw))
-    return {p: [(int(b), float(s)) for b, s in raw[p]] for p in PRIMITIVES}
+    return {p: [(int(b), float(s)) for b, s in raw[p]] for p in (*PRIMITIVES, SYNC) if p in raw}
 
 
 def lines(samples: dict[str, list[tuple[int, float]]]) -> tuple[tuple[str, float, float], ...]:
     """The fitted line of every measured primitive, in :class:`~agentrt.parallelism.comm.CostModel`'s form."""
     return tuple((p, *fit_line(samples[p])) for p in PRIMITIVES if p in samples)
+
+
+def sync_wait(samples: dict[str, list[tuple[int, float]]]) -> float:
+    """The measured wait per synchronizing call (0 for samples measured without it)."""
+    return float(samples[SYNC][0][1]) if SYNC in samples else 0.0

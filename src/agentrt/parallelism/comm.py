@@ -39,6 +39,9 @@ class CostModel:
     # DTensor's included), which the wire's alpha and beta alone miss on a host like this.
     measured: tuple[tuple[str, float, float], ...] = ()
     measured_n: int = 0
+    # Seconds a rank waits at each synchronizing call for the slowest other rank (the
+    # ranks' compute between calls does not end together on shared cores); 0 on a profile.
+    sync: float = 0.0
 
     def _line(self, prim: str, n: int) -> tuple[float, float] | None:
         for name, fixed, per_byte in self.measured:
@@ -51,23 +54,24 @@ class CostModel:
         """One call of ``prim`` on a tensor of ``nbytes`` (whole) over ``n`` devices."""
         if prim == "local-vchunk":
             return nbytes / n / self.local
+        if prim == "local-chunk" and self._line(prim, n) is None:
+            return nbytes / n / self.local
+        wait = 0.0 if prim.startswith("local") else self.sync
         # reduce-scatter moves what all-gather moves; all-to-all one n-th of it
         line = self._line(prim, n) or self._line(_LIKE.get(prim, prim), n)
         if line is not None:
-            return line[0] + line[1] * (nbytes / n if prim == "all-to-all" else nbytes)
+            return wait + line[0] + line[1] * (nbytes / n if prim == "all-to-all" else nbytes)
         frac = (n - 1) / n
         if prim == "all-reduce":
-            return 2 * (n - 1) * self.alpha + 2 * frac * nbytes / self.beta
+            return wait + 2 * (n - 1) * self.alpha + 2 * frac * nbytes / self.beta
         if prim in ("all-gather", "reduce-scatter"):
-            return (n - 1) * self.alpha + frac * nbytes / self.beta
+            return wait + (n - 1) * self.alpha + frac * nbytes / self.beta
         if prim == "all-to-all":
-            return (n - 1) * self.alpha + frac * nbytes / n / self.beta
-        if prim == "local-chunk":
-            return nbytes / n / self.local
+            return wait + (n - 1) * self.alpha + frac * nbytes / n / self.beta
         if prim == "send/recv":
-            return self.alpha + nbytes / self.beta
+            return wait + self.alpha + nbytes / self.beta
         if prim == "broadcast":
-            return (n - 1) * self.alpha + nbytes / self.beta
+            return wait + (n - 1) * self.alpha + nbytes / self.beta
         raise ValueError(f"unknown primitive {prim!r}")
 
 

@@ -115,6 +115,7 @@ class OpTimes:
                 )
                 self.seconds[op.name] = profile.overhead + max(work, traffic)
             self.overhead = profile.overhead
+            self.train_factor = 3.0  # a backward of about twice the forward's work
         else:
             self._measure(cache)
             self.overhead = min(self.seconds.values(), default=0.0)
@@ -129,13 +130,14 @@ class OpTimes:
                 known = {}
         k = self.concurrent
         missing = [op for op in self.graph.ops if _key(op, k) not in known]
-        if missing:
+        if missing or _train_key(self.graph, k) not in known:
             known.update(_time_ops(self.graph, {op.name for op in missing}, k))
             if cache:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(known))
-        floor = min(known.values(), default=0.0)
+        floor = min((v for key, v in known.items() if not key.startswith(_TRAIN)), default=0.0)
         self.seconds = {op.name: known.get(_key(op, k), floor) for op in self.graph.ops}
+        self.train_factor = known[_train_key(self.graph, k)]
 
     def part(self, op: Op, ways: int) -> float:
         """One of ``ways`` parts of ``op``: the call overhead, and its share of the rest."""
@@ -144,13 +146,26 @@ class OpTimes:
 
 
 class PartTimes(Protocol):
-    """What pricing a plan needs of operator times: the seconds of one of ``ways`` parts of an operator."""
+    """What pricing a plan needs of operator times: the seconds of one of ``ways`` parts of an
+    operator, and a training step's compute as a multiple of its forward's."""
+
+    train_factor: float
 
     def part(self, op: Op, ways: int) -> float: ...
 
 
+_TIMED_RUNS = 7  # forwards per rank; each operator's median is kept
+
+
 def _time_worker(rank: int, n: int, program: str, out: str) -> None:
-    """Every rank runs the whole graph on its own (a one-device program: no collectives), at once."""
+    """Every rank runs the whole graph on its own (a one-device program: no collectives), at once.
+
+    Besides each operator's calls (no gradient), the whole forward is timed
+    with and without its backward, so a training step's compute is a measured
+    multiple of the forward rather than an assumed one.
+    """
+    import statistics
+
     import torch.distributed as dist
 
     from agentrt.parallelism.comm import lower
@@ -159,8 +174,7 @@ def _time_worker(rank: int, n: int, program: str, out: str) -> None:
     from agentrt.parallelism.runtime import Runner, init_mesh
 
     graph = from_program(torch.export.load(program))
-    runner = Runner(lower(Plan(graph, 1)), init_mesh(n), copy=False)
-    runner.timer = {}
+    runner = Runner(lower(Plan(graph, 1)), init_mesh(n), train=True, copy=False)
     dist.barrier()
     inputs = [
         torch.randn(t.shape, dtype=t.dtype)
@@ -168,14 +182,33 @@ def _time_worker(rank: int, n: int, program: str, out: str) -> None:
         else torch.zeros(t.shape, dtype=t.dtype)
         for t in graph.inputs
     ]
+    forward, step = [], []
     with torch.no_grad():
-        for _ in range(3):
+        runner.forward(inputs)  # the first run pays one-time costs
+        runner.timer = {}
+        for _ in range(_TIMED_RUNS):
+            start = time.perf_counter()
             runner.forward(inputs)
-    torch.save(runner.timer, f"{out}.{rank}")
+            forward.append(time.perf_counter() - start)
+    timer, runner.timer = runner.timer, None
+    for i in range(_TIMED_RUNS + 1):  # the first pays the backward's one-time costs
+        start = time.perf_counter()
+        runner.forward(inputs)[0].float().sum().backward()  # type: ignore[no-untyped-call]
+        if i:
+            step.append(time.perf_counter() - start)
+        for piece in runner.parameters.values():
+            piece.grad = None
+    seconds = {name: statistics.median(calls) for name, calls in timer.items()}
+    seconds[_TRAIN] = statistics.median(step) / statistics.median(forward)
+    torch.save(seconds, f"{out}.{rank}")
+
+
+_TRAIN = "<train-factor>"  # a training step's seconds over its forward's, in a timing result
 
 
 def _time_ops(graph: Graph, names: set[str], concurrent: int = 1) -> dict[str, float]:
-    """Each operator's call through the per-rank runtime (binding included), fastest of three runs.
+    """Each operator's call through the per-rank runtime (binding included), median of seven runs,
+    and the graph's training factor (keyed by :func:`_train_key`).
 
     Measured single-threaded like every rank, on ``concurrent`` processes at
     once (the mean over them), so the times include what sharing the host's
@@ -190,11 +223,22 @@ def _time_ops(graph: Graph, names: set[str], concurrent: int = 1) -> dict[str, f
         torch.export.save(graph.program, program)
         run_ranks(_time_worker, concurrent, (program, out), what="operator timing")
         timers: list[dict[str, float]] = [torch.load(f"{out}.{r}") for r in range(concurrent)]
-    return {
+    times = {
         _key(graph.op(name), concurrent): sum(t[name] for t in timers) / concurrent
         for name in names
         if all(name in t for t in timers)
     }
+    times[_train_key(graph, concurrent)] = sum(t[_TRAIN] for t in timers) / concurrent
+    return times
+
+
+def _train_key(graph: Graph, concurrent: int) -> str:
+    """The cache key of a graph's training factor: its operators and shapes, hashed."""
+    import hashlib
+
+    ops = "\n".join(_key(op) for op in graph.ops)
+    digest = hashlib.sha256(ops.encode()).hexdigest()[:16]
+    return f"{_TRAIN}|{digest}|runner-1-thread" + (f"-x{concurrent}" if concurrent > 1 else "")
 
 
 @dataclass
@@ -221,7 +265,7 @@ def spmd_estimate(name: str, program: Program, times: PartTimes, *, train: bool)
     graph, n = program.plan.graph, program.ndevices
     compute = sum(times.part(op, _ways(program, op)) for op in graph.ops)
     if train:
-        compute *= 3
+        compute *= times.train_factor
     comm = program.comm_seconds(train=train)
     weights = program.param_bytes() * (2 if train else 1)
     acts = [
@@ -269,9 +313,10 @@ def pipeline_estimate(
         default=0,
     )
     hop = comm.seconds("send/recv", hop_bytes, 2)
-    backward = [2 * f for f in forward] if train else [0.0] * len(forward)
+    factor = times.train_factor if train else 1.0
+    backward = [(factor - 1) * f for f in forward]
     total = pipe.simulate(forward, backward, hop)
-    compute = sum(forward) * (3 if train else 1) * pipe.nmicro / len(forward)
+    compute = sum(forward) * factor * pipe.nmicro / len(forward)
     return Estimate(name, total, compute, total - compute, int(max(memory)))
 
 
@@ -347,4 +392,12 @@ def measured_comm(n: int = 2, *, cache: bool = True) -> tuple[CostModel, list[tu
     from agentrt.parallelism import collectives
 
     calls = collectives.measure(n, path.parent if cache else None)
-    return replace(wire, measured=collectives.lines(calls), measured_n=n), pairs
+    return (
+        replace(
+            wire,
+            measured=collectives.lines(calls),
+            measured_n=n,
+            sync=collectives.sync_wait(calls),
+        ),
+        pairs,
+    )

@@ -18,12 +18,14 @@ and assigned to its stage. Phase 3 lowers the two all-device segments with
 :func:`~agentrt.parallelism.comm.lower` and the layers with
 :func:`~agentrt.parallelism.pipeline.stages`; the hand-offs between them
 are a broadcast each way. This executor is ours: torch's pipeline schedules
-have no block that runs on every device.
+have no block that runs on every device. A head tied to the embedding is
+split by vocabulary rows in both segments, so each device holds one shard of
+the table that both read and both add their gradients to.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -57,6 +59,8 @@ class Interlaced:
     body_graph: Graph
     head: Program  # all devices
     nmicro: int
+    # weights the head shares with the embedding (a tied LM head): one shard each device holds
+    tied: list[str] = field(default_factory=list)
 
 
 def _segment(graph: Graph, ops: list[Op], inputs: list[str], outputs: list[str]) -> Graph:
@@ -103,12 +107,9 @@ def interlaced(
         raise PlanError(
             "interlaced pipeline: a weight of the embedding or head is also read by a layer"
         )
-    if {t.name for op in e_ops for t in op.inputs} & {
+    tied = {t.name for op in e_ops for t in op.inputs} & {
         t.name for op in h_ops for t in op.inputs if t.kind == "param"
-    }:
-        raise PlanError(
-            "interlaced pipeline: the LM head is tied to the embedding; untie it or use 'pp'"
-        )
+    }
     order = {t.name: i for i, t in enumerate(graph.tensors.values())}
 
     def reads(ops: list[Op], made: set[str]) -> list[str]:
@@ -141,14 +142,17 @@ def interlaced(
     body_graph = _segment(graph, body_ops, body_in, head_in)
     head_graph = _segment(graph, h_ops, head_in, [t.name for t in graph.outputs])
     plan = pipeline(body_graph, ndevices, nmicro=nmicro, schedule="gpipe")
+    embed = lower(tensor_parallel(embed_graph, ndevices, require_linear=False), cost)
+    head_program = lower(tensor_parallel(head_graph, ndevices), cost)
+    for name in sorted(tied):
+        if embed.storage.get(name) != head_program.storage.get(name):
+            raise PlanError(
+                f"interlaced pipeline: the LM head tied to the embedding ({graph.fqn[name]}) is "
+                f"split as {head_program.storage.get(name)} by the head and as "
+                f"{embed.storage.get(name)} by the embedding; use 'pp'"
+            )
     return Interlaced(
-        graph,
-        head_in,
-        lower(tensor_parallel(embed_graph, ndevices, require_linear=False), cost),
-        stages(plan),
-        body_graph,
-        lower(tensor_parallel(head_graph, ndevices), cost),
-        nmicro,
+        graph, head_in, embed, stages(plan), body_graph, head_program, nmicro, sorted(tied)
     )
 
 
@@ -197,6 +201,8 @@ class InterlacedRunner:
         self.train = train
         self.embed = Runner(built.embed, mesh, train=train, copy=False)
         self.head = Runner(built.head, mesh, train=train, copy=False)
+        for name in built.tied:  # both segments read (and accumulate gradients into) one shard
+            self.head.state[name] = self.embed.state[name]
         self.spec = built.body[self.rank]
         self.stage = StageModule(self.spec, built.body_graph, train=train)
 
@@ -284,9 +290,10 @@ class InterlacedRunner:
         return torch.cat(logits), loss
 
     def parameters(self) -> list[torch.Tensor]:
+        shared = {id(self.embed.state[name]) for name in self.built.tied}
         return [
             *self.embed.parameters.values(),
-            *self.head.parameters.values(),
+            *(p for p in self.head.parameters.values() if id(p) not in shared),
             *(p for p in self.stage.weights.values()),
         ]
 
@@ -312,7 +319,8 @@ def estimate(name: str, built: Interlaced, times: Any, comm: CostModel, *, train
     ]
     graph = built.graph
     forward = [sum(times.part(op, 1) for op in spec.ops) for spec in built.body]
-    backward = [2 * f for f in forward] if train else [0.0] * n
+    factor = times.train_factor if train else 1.0
+    backward = [(factor - 1) * f for f in forward]
     hop_bytes = max(sum(graph.tensors[t].nbytes for t in s.outputs) for s in built.body[:-1])
     hop = comm.seconds("send/recv", hop_bytes, 2)
     plan = pipeline(built.body_graph, n, nmicro=m, schedule="gpipe" if train else "infer")
@@ -321,11 +329,13 @@ def estimate(name: str, built: Interlaced, times: Any, comm: CostModel, *, train
     casts = m * (1 + train) * comm.seconds("broadcast", head_bytes, n)
     segments = m * sum(s.seconds for s in seg)
     total = segments + makespan + casts
-    compute = m * sum(s.compute_seconds for s in seg) + sum(forward) * (3 if train else 1) * m / n
+    compute = m * sum(s.compute_seconds for s in seg) + sum(forward) * factor * m / n
     weights = max(sum(graph.tensors[k].nbytes for k in spec.state) for spec in built.body)
     acts = max(sum(t.nbytes for op in spec.ops for t in op.outputs) for spec in built.body)
+    tied = sum(graph.tensors[k].nbytes // n for k in built.tied)  # held once, counted by both
     memory = (
         sum(s.memory_bytes for s in seg)
+        - tied * (2 if train else 1)
         + weights * (2 if train else 1)
         + acts * (m if train else 1)
     )
@@ -337,6 +347,7 @@ class _SubTimes:
 
     def __init__(self, times: Any, graph: Graph) -> None:
         self.times, self.overhead = times, times.overhead
+        self.train_factor: float = times.train_factor
         self.seconds = {op.name: times.seconds[op.name] for op in graph.ops}
 
     def part(self, op: Op, ways: int) -> float:

@@ -10,6 +10,7 @@ the parent reads. The parent computes the single-device reference.
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -84,7 +85,9 @@ class Verification:
     loss_error: float  # the rest are 0.0 for a forward check
     max_grad_error: float
     second_loss_error: float  # after one SGD step on each side
-    seconds_parallel: float  # fastest of three steps (forward, or forward and backward in training)
+    seconds_parallel: (
+        float  # median of the timed steps (forward, or forward and backward in training)
+    )
     seconds_single: float
     atol: float
     as_scheduled: bool = True  # a pipeline ran its blocks in the order its schedule predicts
@@ -107,13 +110,14 @@ _LR = 0.1
 
 
 def _timed(step: Callable[[], Any], repeats: int = 3) -> float:
-    """The fastest of ``repeats`` runs of ``step`` in this process (the first pays one-time costs)."""
-    best = float("inf")
+    """The median of ``repeats`` runs of ``step`` in this process, after one that pays one-time costs."""
+    step()
+    seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
         step()
-        best = min(best, time.perf_counter() - start)
-    return best
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
 
 
 def _load(path: str) -> Graph:
@@ -121,14 +125,17 @@ def _load(path: str) -> Graph:
 
 
 def _barrier_timed(step: Callable[[], Any], repeats: int = 3) -> float:
-    """The fastest of ``repeats`` runs of a step every rank takes, each ended by a barrier."""
-    best = float("inf")
+    """The median of ``repeats`` runs of a step every rank takes, each ended by a barrier
+    (after one that pays one-time costs)."""
+    step()
+    dist.barrier()
+    seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
         step()
         dist.barrier()
-        best = min(best, time.perf_counter() - start)
-    return best
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
 
 
 def _forget_grads(weights: Any) -> None:
@@ -211,7 +218,7 @@ class _PipeJob:
     train: bool
     nmicro: int
     inputs: list[torch.Tensor]
-    repeats: int  # timed steps, the fastest kept
+    repeats: int  # timed steps, the median kept
 
 
 def _torch_pipe_rank(job: _PipeJob) -> dict[str, Any]:
@@ -368,7 +375,7 @@ def verify(
     A pipeline plan is captured at the micro-batch size (``micro_batches``
     of them make the batch; by default as many as divide it, up to twice the
     stages) and checked, besides the numbers, to run its blocks in the order
-    its schedule predicts. The times kept are the fastest of ``repeats``
+    its schedule predicts. The times kept are the median of ``repeats``
     steps on each side (more repeats see through a loaded host).
     """
     piped = plan in PIPELINE_PLANS

@@ -144,6 +144,12 @@ def tiny_llama_tied(seed: int = 0) -> nn.Module:
     return tiny_llama(seed, tied=True)
 
 
+def tiny_llama_big_vocab(seed: int = 0) -> nn.Module:
+    """A deep tiny Llama whose tied vocabulary table (16384 x 64) outweighs its 16 layers (37K
+    weights each): the shape where the embedding and the head decide a plan's memory."""
+    return tiny_llama(seed, vocab=16384, layers=16, tied=True)
+
+
 def llama_8b_meta(seed: int = 0) -> nn.Module:
     """Llama-3-8B's shape (32 layers, 4096 wide, GQA 32/8 heads, 128256 vocabulary) on the meta device.
 
@@ -172,5 +178,6 @@ BUILTIN = {
     "tiny-llama": tiny_llama,
     "tiny-gpt": tiny_gpt,
     "tiny-llama-tied": tiny_llama_tied,
+    "tiny-llama-big-vocab": tiny_llama_big_vocab,
     "llama-8b": llama_8b_meta,
 }

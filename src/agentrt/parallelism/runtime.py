@@ -95,8 +95,8 @@ class Runner:
     ) -> None:
         self.program = program
         self.mesh = mesh
-        # op name -> fastest seconds seen for it (adapters included), when set to a dict
-        self.timer: dict[str, float] | None = None
+        # op name -> the seconds of each call of it (adapters included), when set to a dict
+        self.timer: dict[str, list[float]] | None = None
         self.rank = mesh.get_local_rank()
         self.n = program.ndevices
         graph = program.plan.graph
@@ -149,8 +149,7 @@ class Runner:
                 for t, value in zip(op.outputs, result, strict=True):
                     env[t.name] = value
             if self.timer is not None:
-                took = time.perf_counter() - start
-                self.timer[op.name] = min(self.timer.get(op.name, took), took)
+                self.timer.setdefault(op.name, []).append(time.perf_counter() - start)
         return [self._adapt(env[a.tensor.name], a) for a in self.program.outputs]
 
     def _call(self, op: Op, values: list[torch.Tensor], index: int | None) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,15 @@ import pytest
 from agentrt.cli import main
 from agentrt.parallelism import CostModel, ParallelError, lower
 from agentrt.parallelism.cli import parse_size
-from agentrt.parallelism.collectives import PRIMITIVES, SIZES, fit_line, lines, measure
+from agentrt.parallelism.collectives import (
+    PRIMITIVES,
+    SIZES,
+    SYNC,
+    fit_line,
+    lines,
+    measure,
+    sync_wait,
+)
 from agentrt.parallelism.cost import OpTimes, fit_alpha_beta, load_profile, spmd_estimate
 from agentrt.parallelism.plans import data_parallel, tensor_parallel
 
@@ -47,6 +56,8 @@ def test_measured_times_are_cached(llama_loss_graph: Any, tmp_path: Path, monkey
     assert len(cached) >= len({op.target for op in llama_loss_graph.ops})
     again = OpTimes(llama_loss_graph)
     assert again.seconds == first.seconds  # read back, not re-measured
+    # a training step measured against its forward: a backward costs something, not 10 forwards
+    assert 1.0 < again.train_factor == first.train_factor < 50
     op = llama_loss_graph.ops[0]
     assert again.part(op, 4) <= again.part(op, 1)
 
@@ -84,6 +95,31 @@ def test_plan_auto_chooses_under_a_memory_limit(
         not p["fits"] and "error" not in p for p in report["plans"]
     )  # dp/tp exceed 1 MiB here
     assert f"chosen: {report['chosen']}" in text and "over the limit" in text
+
+
+@pytest.mark.slow  # three captures of a 16-layer model: about 13 s
+def test_auto_finds_the_interlaced_pipeline_where_no_standard_plan_fits() -> None:
+    from agentrt.parallelism.launch import example_inputs
+    from agentrt.parallelism.models import tiny_llama_big_vocab
+    from agentrt.parallelism.search import search
+
+    ids, labels = example_inputs(16384, 4, 8, 0)
+    found = search(
+        tiny_llama_big_vocab(),
+        ids,
+        labels,
+        2,
+        train=True,
+        memory_limit=10 * 2**20,
+        profile=load_profile("a100-80gb-x8"),
+    )
+    assert found.best.family == "interlaced" and found.best.fits
+    # The tied 16384 x 64 table: data parallelism holds it whole, a pipeline on its first and
+    # last stage, tensor parallelism keeps the whole batch's logits; the interlaced pipeline
+    # holds half of the table on each device and one micro-batch's logits at a time.
+    standard = {c.name: c for c in found.candidates if c.family in ("dp", "tp", "pp", "3d")}
+    assert {"dp", "tp", "pp(1f1b,m=2)", "pp(1f1b,m=4)"} <= set(standard)
+    assert all(c.estimate is not None and not c.fits for c in standard.values())
 
 
 @pytest.mark.parametrize(
@@ -164,10 +200,12 @@ def test_per_call_costs_rank_a_plan_with_many_more_collectives_slower(
 
 def test_collectives_are_measured_through_the_runtime_and_cached(tmp_path: Path) -> None:
     samples = measure(2, tmp_path)
-    assert set(samples) == set(PRIMITIVES)
-    for prim, points in samples.items():
+    assert set(samples) == {*PRIMITIVES, SYNC}
+    for prim in PRIMITIVES:
+        points = samples[prim]
         assert [b for b, _ in points] == list(SIZES), prim
         assert all(0 < s < 5.0 for _, s in points), prim
+    assert 0.0 <= sync_wait(samples) < 1.0  # the wait per call, measured beside the lines
     cached = tmp_path / "parallel-gloo-collectives-2.json"
     assert json.loads(cached.read_text())["all-reduce"] == [list(p) for p in samples["all-reduce"]]
     assert measure(2, tmp_path) == samples  # read back, not re-measured
@@ -175,6 +213,16 @@ def test_collectives_are_measured_through_the_runtime_and_cached(tmp_path: Path)
     assert set(fitted) == set(PRIMITIVES) and all(a >= 0 and b >= 0 for a, b in fitted.values())
     with pytest.raises(ParallelError, match="at least 2 processes"):
         measure(1)
+
+
+def test_the_sync_wait_is_added_to_every_call_that_synchronizes_ranks() -> None:
+    lines = (("all-reduce", 1e-3, 0.0), ("local-chunk", 1e-4, 0.0), ("send/recv", 5e-5, 0.0))
+    calm = CostModel(measured=lines, measured_n=2)
+    loaded = replace(calm, sync=4e-4)
+    for prim in ("all-reduce", "send/recv", "broadcast", "all-gather"):
+        assert loaded.seconds(prim, 4096, 2) == pytest.approx(calm.seconds(prim, 4096, 2) + 4e-4)
+    for prim in ("local-chunk", "local-vchunk"):  # no other rank to wait for
+        assert loaded.seconds(prim, 4096, 2) == calm.seconds(prim, 4096, 2)
 
 
 def test_calibration_runs_each_searched_candidate_as_its_shipped_plan() -> None:
