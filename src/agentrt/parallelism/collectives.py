@@ -158,7 +158,7 @@ def _worker(rank: int, n: int, out: str) -> None:
             samples[prim].append((size, seconds / 2 if prim == "send/recv" else seconds))
     wait = _sync_wait(rank, mesh)
     if rank == 0:
-        samples[SYNC] = [(0, wait)]  # type: ignore[list-item]
+        samples[SYNC] = [(0, wait)]
         Path(out).write_text(json.dumps(samples))
 
 

@@ -181,7 +181,7 @@ class WindowAdmission:
             if pinned:
                 mine = {key for key, _ in spec.segments}
                 kept = sum(
-                    -(-resident.get(key, 0) // bs)
+                    -(-resident.get(key, 0) // bs)  # type: ignore[call-overload]
                     for key in pinned
                     if key not in reserved and key not in mine
                 )
