@@ -96,16 +96,18 @@ def run_agent(mode: str) -> tuple[LLMEngine, int]:
 
     try:
         reused = agent()
+        # The program's end reaches the engine after agent() returns: wait for its pins to go.
+        wait_until(lambda: policy.pinned_blocks == 0, within=60.0)
     finally:
         AppRunner.for_app(app).close()
     return engine, reused
 
 
-def wait_until(condition: Any, within: float = 10.0) -> None:
+def wait_until(condition: Any, within: float = 30.0) -> None:
     deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
-            raise TimeoutError("the engine never heard the tool start")
+            raise TimeoutError("the engine never reached the state the test waits for")
         time.sleep(0.005)
 
 
