@@ -81,6 +81,7 @@ released first, the caches' former behaviour.
 
 from __future__ import annotations
 
+import enum
 import heapq
 import math
 from collections import OrderedDict, deque
@@ -90,6 +91,7 @@ from typing import Literal
 
 import msgspec
 
+from agentrt.scheduling.call import Call
 from agentrt.scheduling.policies import queue_level
 from agentrt.scheduling.scheduler import Scheduler
 
@@ -226,6 +228,15 @@ class RetentionCounters:
     yielded: int = 0
     displaced: int = 0
     held: int = 0
+
+
+class Hold(enum.IntEnum):
+    """What :meth:`RetentionPolicy.admission_hold` says of a call that holds no KV yet
+    (false only for ``NONE``)."""
+
+    NONE = 0  # the pins let it in
+    BEHIND = 1  # a call was held back before it in this decision and its program has no pin
+    PINS = 2  # live pins hold blocks it would need
 
 
 class _Pin:
@@ -525,6 +536,36 @@ class RetentionPolicy:
             ):
                 units.extend(pin.units)
         return units
+
+    def admission_hold(
+        self,
+        call: Call,
+        now: float,
+        *,
+        held_any: bool,
+        others_running: bool,
+        taken: int,
+        capacity: int,
+        uncounted: Callable[[list[Unit]], int],
+    ) -> Hold:
+        """Whether ``call``, which holds no KV yet and fits the pool as ``taken`` blocks
+        of ``capacity`` count it, is kept out by live pins: the bookkeeping around
+        :meth:`holding` that the engine's and the simulator's admissions share.
+
+        ``held_any``: a call was held back earlier in the same decision; behind it only
+        the pins' own programs go ahead. ``others_running``: another call is admitted in
+        this decision. ``uncounted(units)``: the blocks of the pinned ``units`` that
+        ``taken`` does not count yet (neither the call's own prefix hits nor the blocks
+        of the calls admitted before it). The call is held when those would not fit.
+        """
+        if held_any and call.program_id not in self._pins:
+            return Hold.BEHIND
+        pinned = self.holding(
+            call.program_id, now, arrival=call.arrival, others_running=others_running
+        )
+        if pinned and taken + uncounted(pinned) > capacity:
+            return Hold.PINS
+        return Hold.NONE
 
     def pinned(self, program_id: str) -> bool:
         return program_id in self._pins
