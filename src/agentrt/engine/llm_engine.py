@@ -675,6 +675,8 @@ class LLMEngine:
             kv_pins_held=bm.evictable.counters.held,
             kv_pins_offloaded=bm.offloads,
             kv_pins_restored=bm.restores,
+            kv_admissions_held=bm.evictable.counters.held_back,
+            kv_admissions_held_seconds=bm.evictable.counters.held_back_s,
             recomputed_prompt_tokens=bm.recomputed_prompt_tokens,
             calls_per_level=levels,
             step_moments=self.step_moments,

@@ -136,6 +136,8 @@ class WindowAdmission:
         if prefill > 0 and not self.prefill_left:
             return False
         if self.fits_all:
+            if engine.retention.holding_back:
+                engine.retention.hold_ended(call.call_id, self.now)
             self.slots -= 1
             if prefill > 0:
                 self.prefill_left -= prefill if prefill < self.prefill_left else self.prefill_left

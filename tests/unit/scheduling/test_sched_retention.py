@@ -509,6 +509,36 @@ def test_admission_hold_counts_only_the_pinned_blocks_the_admission_does_not_hol
     assert own is Hold.NONE  # the pin's own program passes
 
 
+def test_held_back_calls_are_counted_once_with_the_time_until_their_admission() -> None:
+    pol = holder()
+    finish(pol, "a", 0.0, ["a0", "a1"], reload_s=20.0)
+
+    def hold(call: Call, now: float) -> Hold:
+        return pol.admission_hold(
+            call,
+            now,
+            held_any=False,
+            others_running=True,
+            taken=9,
+            capacity=10,
+            uncounted=len,
+        )
+
+    b, c = Call("b-1", "b", arrival=1.0), Call("c-1", "c", arrival=1.0)
+    assert hold(b, 1.0) is Hold.PINS and hold(b, 2.0) is Hold.PINS
+    assert hold(c, 2.0) is Hold.PINS
+    assert (pol.counters.held_back, pol.counters.held_back_s) == (2, 0.0)
+    assert pol.holding_back
+    pol.call_arrived("a", 3.0)
+    pol.call_admitted("a")  # the pin closes: b goes in, 3 s after its first hold
+    assert hold(b, 4.0) is Hold.NONE
+    assert (pol.counters.held_back, pol.counters.held_back_s) == (2, 3.0)
+    pol.program_ended("c")  # c never got in: forgotten, not counted
+    assert not pol.holding_back
+    pol.hold_ended("c-1", 9.0)
+    assert pol.counters.held_back_s == 3.0
+
+
 def test_pins_of_programs_the_policy_ranks_below_the_newcomer_do_not_hold() -> None:
     levels = {"high": 0.0, "low": 2.0, "mid": 1.0}
     config = RetentionConfig(max_ttl_s=30.0, prior_interrupt_s=10.0, max_hold_s=10.0)
