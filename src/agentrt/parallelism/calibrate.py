@@ -6,13 +6,17 @@ each collective's per-call line measured through the runtime, see
 :mod:`~agentrt.parallelism.collectives`), runs it with
 :func:`~agentrt.parallelism.launch.verify` (the median of ``--repeats`` steps:
 forwards, or forwards and backwards with ``--train``) and prints both, their ratio, and
-whether the two rank the plans alike.
+whether the two rank the plans alike. ``--rounds R`` measures every plan
+``R`` times, one plan after another in each round, and keeps each plan's
+median: on a shared host the load drifts within a run, and round-robin lets
+the drift fall on every plan alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from typing import Any
 
@@ -82,6 +86,7 @@ def calibrate(
     train: bool = False,
     repeats: int = 10,
     memory_limit: int | None = None,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     from agentrt.parallelism.cost import measured_comm
     from agentrt.parallelism.launch import example_inputs, load_model, verify, vocab_of
@@ -100,22 +105,33 @@ def calibrate(
         concurrent=ndevices,
         memory_limit=memory_limit,
     )
+    runs = [
+        (cand, run)
+        for cand in found.candidates
+        if (run := shipped_plan(cand)) is not None and cand.estimate is not None
+    ]
+    # Round-robin: every plan is measured once per round, so a change in the host's load over
+    # the run falls on all plans alike; each plan keeps the median of its rounds.
+    got: dict[str, list[Any]] = {cand.name: [] for cand, _ in runs}
+    for _ in range(rounds):
+        for cand, (plan, micro) in runs:
+            got[cand.name].append(
+                verify(
+                    model_spec,
+                    plan,
+                    ndevices,
+                    train=train,
+                    batch=batch,
+                    seq=seq,
+                    micro_batches=micro,
+                    repeats=repeats,
+                )
+            )
     rows: list[dict[str, Any]] = []
-    for cand in found.candidates:
-        run = shipped_plan(cand)
-        if run is None or cand.estimate is None:
-            continue
-        plan, micro = run
-        got = verify(
-            model_spec,
-            plan,
-            ndevices,
-            train=train,
-            batch=batch,
-            seq=seq,
-            micro_batches=micro,
-            repeats=repeats,
-        )
+    for cand, _ in runs:
+        assert cand.estimate is not None
+        results = got[cand.name]
+        measured = statistics.median(r.seconds_parallel for r in results)
         rows.append(
             {
                 "plan": cand.name,
@@ -124,10 +140,11 @@ def calibrate(
                 "memory_bytes": cand.estimate.memory_bytes,
                 "predicted_seconds": cand.estimate.seconds,
                 "predicted_comm_seconds": cand.estimate.comm_seconds,
-                "measured_seconds": got.seconds_parallel,
-                "single_device_seconds": got.seconds_single,
-                "ratio": cand.estimate.seconds / got.seconds_parallel,
-                "ok": got.ok,
+                "measured_seconds": measured,
+                "measured_rounds": [r.seconds_parallel for r in results],
+                "single_device_seconds": statistics.median(r.seconds_single for r in results),
+                "ratio": cand.estimate.seconds / measured,
+                "ok": all(r.ok for r in results),
             }
         )
     by_pred = [r["plan"] for r in sorted(rows, key=lambda r: r["predicted_seconds"])]
@@ -163,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=10, help="timed steps per plan (the median is kept)"
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every plan this many times, round-robin, and keep each plan's median",
+    )
+    parser.add_argument(
         "--memory-per-device",
         default=None,
         help="mark the plans over this limit (e.g. 10MiB) and compare the best that fits",
@@ -180,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         train=args.train,
         repeats=args.repeats,
         memory_limit=limit,
+        rounds=args.rounds,
     )
     out = sys.stdout
     out.write(
@@ -196,7 +220,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['plan']:<16} predicted {r['predicted_seconds'] * 1e3:8.2f} ms  measured "
             f"{r['measured_seconds'] * 1e3:8.2f} ms  ratio {r['ratio']:.2f}  "
             f"(one process {r['single_device_seconds'] * 1e3:.2f} ms)  "
-            f"memory {r['memory_bytes'] / 2**20:.2f} MiB{'' if r['fits'] else ' (over the limit)'}\n"
+            f"memory {r['memory_bytes'] / 2**20:.2f} MiB{'' if r['fits'] else ' (over the limit)'}"
+            + (
+                f"  rounds {', '.join(f'{x * 1e3:.1f}' for x in r['measured_rounds'])} ms"
+                if len(r["measured_rounds"]) > 1
+                else ""
+            )
+            + ("" if r["ok"] else "  MISMATCH with one device")
+            + "\n"
         )
     out.write(
         f"same order: {report['same_order']}, {report['pairs_in_order']:.0%} of pairs "

@@ -177,7 +177,7 @@ def test_three_d_on_four_processes_matches_one_device() -> None:
 
 
 def test_interlaced_splits_embedding_and_head_over_all_devices(llama_micro: Any) -> None:
-    from agentrt.parallelism.interlaced import interlaced
+    from agentrt.parallelism.interlaced import interlaced, interlaced_for
 
     _, _, graph = llama_micro
     built = interlaced(graph, 2, nmicro=2)
@@ -187,6 +187,10 @@ def test_interlaced_splits_embedding_and_head_over_all_devices(llama_micro: Any)
     }  # the vocabulary-split lookup's partial sums
     assert built.head.collectives() == {"all-gather": 1}  # the vocabulary-split logits, gathered
     assert built.head.collectives(train=True) == {"all-gather": 1, "all-reduce": 1}
+    # a training step takes its loss on the vocabulary slices: the logits are never gathered
+    split = interlaced_for(graph, 2, nmicro=2, train=True)
+    assert split.vocab_loss and split.head.collectives(train=True) == {"all-reduce": 1}
+    assert not interlaced_for(graph, 2, nmicro=2, train=False).vocab_loss
     held = {graph.fqn[k] for s in built.body for k in s.state}
     assert not any(
         "embed_tokens" in k or "lm_head" in k for k in held
