@@ -2,9 +2,9 @@
 
 A :class:`Weight` is called with ``[rows, in_features]`` activations and
 returns ``[rows, out_features]``. The dense kind keeps the model's own
-tensor; on CPU in float32 it also keeps a oneDNN-packed copy for
-batched-decode row counts, which streams the weight from memory faster than
-MKL's sgemm.
+tensor; on CPU it also keeps a oneDNN-packed copy (float32, or bfloat16 on
+CPUs with native bfloat16) for decode row counts, which streams the weight
+from memory faster than the dense kernels (see :mod:`agentrt.engine.linear`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from agentrt.engine.linear import PACKING_ROWS_HINT, packed_rows, packing_available
+from agentrt.engine.linear import PACKING_ROWS_HINT, packed_rows, packs
 
 
 class Weight:
@@ -23,12 +23,7 @@ class Weight:
         self.bias = bias
         self.out_features, self.in_features = weight.shape
         self.packed: torch.Tensor | None = None
-        if (
-            pack
-            and weight.device.type == "cpu"
-            and weight.dtype == torch.float32
-            and packing_available()
-        ):
+        if pack and packs(weight):
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACKING_ROWS_HINT)
 
     @property
@@ -37,8 +32,12 @@ class Weight:
         return _size(self.weight) + (_size(self.bias) if self.bias is not None else 0)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and packed_rows(x.shape[0]):
+        if self.packed is not None and packed_rows(x.shape[0], self.weight.dtype):
             if torch.compiler.is_compiling():
+                if self.weight.dtype != torch.float32:
+                    # bfloat16 graphs keep the dense product, which inductor fuses with its
+                    # neighbours; the wrapped packed one was slower there.
+                    return F.linear(x, self.weight, self.bias)
                 compiled: torch.Tensor = packed_linear(x, self.packed, self.bias, self.out_features)
                 return compiled
             out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(

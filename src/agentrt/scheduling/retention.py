@@ -81,6 +81,7 @@ released first, the caches' former behaviour.
 
 from __future__ import annotations
 
+import enum
 import heapq
 import math
 from collections import OrderedDict, deque
@@ -90,6 +91,7 @@ from typing import Literal
 
 import msgspec
 
+from agentrt.scheduling.call import Call
 from agentrt.scheduling.policies import queue_level
 from agentrt.scheduling.scheduler import Scheduler
 
@@ -217,7 +219,8 @@ class Pressure:
 class RetentionCounters:
     """Running totals, for metrics: pins made, refused for the budget, reused (the
     program called again in time), expired, yielded to pressure, displaced by a better pin,
-    held for a tool the client said was running."""
+    held for a tool the client said was running; calls that pins held back from admission
+    (each counted once) and the seconds from each one's first hold to its admission."""
 
     pins: int = 0
     refused: int = 0
@@ -226,6 +229,17 @@ class RetentionCounters:
     yielded: int = 0
     displaced: int = 0
     held: int = 0
+    held_back: int = 0
+    held_back_s: float = 0.0
+
+
+class Hold(enum.IntEnum):
+    """What :meth:`RetentionPolicy.admission_hold` says of a call that holds no KV yet
+    (false only for ``NONE``)."""
+
+    NONE = 0  # the pins let it in
+    BEHIND = 1  # a call was held back before it in this decision and its program has no pin
+    PINS = 2  # live pins hold blocks it would need
 
 
 class _Pin:
@@ -307,6 +321,8 @@ class RetentionPolicy:
         self._last_end: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
         # Program -> (tools its threads are in now, the latest one's name), from tool signals.
         self._in_tool: OrderedDict[str, tuple[int, str | None]] = OrderedDict()
+        # Call id -> (its program, when pins first held it back), until it is admitted.
+        self._held_since: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     # --- what the cache tells the policy ---
 
@@ -482,6 +498,9 @@ class RetentionPolicy:
         self._last_end.pop(program_id, None)
         self._in_tool.pop(program_id, None)
         self.predictor.forget_program(program_id)
+        if self._held_since:
+            for call_id in [c for c, (p, _) in self._held_since.items() if p == program_id]:
+                del self._held_since[call_id]
         pin = self._pins.get(program_id)
         if pin is not None:
             self._unpin(pin)
@@ -525,6 +544,58 @@ class RetentionPolicy:
             ):
                 units.extend(pin.units)
         return units
+
+    def admission_hold(
+        self,
+        call: Call,
+        now: float,
+        *,
+        held_any: bool,
+        others_running: bool,
+        taken: int,
+        capacity: int,
+        uncounted: Callable[[list[Unit]], int],
+    ) -> Hold:
+        """Whether ``call``, which holds no KV yet and fits the pool as ``taken`` blocks
+        of ``capacity`` count it, is kept out by live pins: the bookkeeping around
+        :meth:`holding` that the engine's and the simulator's admissions share.
+
+        ``held_any``: a call was held back earlier in the same decision; behind it only
+        the pins' own programs go ahead. ``others_running``: another call is admitted in
+        this decision. ``uncounted(units)``: the blocks of the pinned ``units`` that
+        ``taken`` does not count yet (neither the call's own prefix hits nor the blocks
+        of the calls admitted before it). The call is held when those would not fit.
+        A call held back (``PINS``) is counted once in ``counters.held_back``, and the
+        time from its first hold to its admission (``NONE``) in ``counters.held_back_s``.
+        """
+        if held_any and call.program_id not in self._pins:
+            return Hold.BEHIND
+        pinned = self.holding(
+            call.program_id, now, arrival=call.arrival, others_running=others_running
+        )
+        if pinned and taken + uncounted(pinned) > capacity:
+            held = self._held_since
+            if call.call_id not in held:
+                self.counters.held_back += 1
+                held[call.call_id] = (call.program_id, now)
+                if len(held) > self.config.max_tracked:
+                    held.popitem(last=False)
+            return Hold.PINS
+        if self._held_since:
+            self.hold_ended(call.call_id, now)
+        return Hold.NONE
+
+    def hold_ended(self, call_id: str, now: float) -> None:
+        """``call_id`` was admitted (an admission that skips :meth:`admission_hold` says so):
+        the time since pins first held it back, if they did, counts as held."""
+        found = self._held_since.pop(call_id, None)
+        if found is not None:
+            self.counters.held_back_s += now - found[1]
+
+    @property
+    def holding_back(self) -> bool:
+        """Some call that pins held back has not been admitted yet."""
+        return bool(self._held_since)
 
     def pinned(self, program_id: str) -> bool:
         return program_id in self._pins
