@@ -18,9 +18,14 @@ victim when it needs room. The policy decides:
   observed durations ``D``, where ``benefit`` is the reload cost (recompute
   or swap-in seconds) times ``1 + waiting / batch_slots`` (a recompute
   occupies the engine the waiting calls share) and ``cost_rate`` is
-  ``waiting * blocks / capacity`` (each waiting call is slowed by the share
-  of the pool held idle). With nobody waiting, holding costs nothing and the
-  pin covers the longest observed interrupt (up to ``max_ttl_s``).
+  ``queueing_cost * waiting * blocks / capacity`` (each waiting call is
+  slowed by the share of the pool held idle). With nobody waiting, holding
+  costs nothing and the pin covers the longest observed interrupt (up to
+  ``max_ttl_s``). ``queueing_cost`` is 0 by default: a pin yields to every
+  call the engine admits, and holds one back only by the hold rule below,
+  which weighs that call's wait itself, so the memory a pin keeps idle does
+  not delay the waiting calls the TTL would charge it for (1 prices it as
+  Continuum does).
 - **The next call.** :meth:`RetentionPolicy.call_arrived` records the
   interrupt and turns a live pin into an *awaited* one (its call is queued);
   :meth:`RetentionPolicy.call_admitted` closes it (the call holds the KV).
@@ -112,6 +117,9 @@ class RetentionConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     before that, the next wider set is.
     ``max_hold_s``: the longest after its arrival a call is kept from a live pin's blocks
     (0, the default: pins never hold against admissions, they only order evictions).
+    ``queueing_cost``: the weight of the queueing a pin causes in its TTL (see the module's
+    docstring): 0, the default, charges none; 1 charges every waiting call with the pool's
+    share the pin holds.
     """
 
     mode: RetentionMode = "ttl"
@@ -123,13 +131,14 @@ class RetentionConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     min_samples: int = 3
     max_tracked: int = 100_000  # programs (and tool names) whose interrupts are remembered
     max_hold_s: float = 0.0
+    queueing_cost: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pin_budget <= 1.0:
             raise ValueError("pin_budget must be within [0, 1]")
         if not (self.max_ttl_s >= 0 and math.isfinite(self.max_ttl_s)):
             raise ValueError("max_ttl_s must be a finite number >= 0")
-        for name in ("prior_interrupt_s", "after_tool_s", "max_hold_s"):
+        for name in ("prior_interrupt_s", "after_tool_s", "max_hold_s", "queueing_cost"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0")
@@ -399,7 +408,11 @@ class RetentionPolicy:
         samples = self.predictor.samples(tool=tool, program_id=program_id)
         waiting = pressure.waiting
         benefit = reload_s * (1.0 + waiting / max(1, pressure.batch_slots))
-        cost_rate = waiting * blocks / self.capacity if self.capacity else math.inf
+        cost_rate = (
+            self.config.queueing_cost * waiting * blocks / self.capacity
+            if self.capacity
+            else math.inf
+        )
         ttl = choose_ttl(samples, benefit, cost_rate, self.config.max_ttl_s)
         if ttl is None:
             return None

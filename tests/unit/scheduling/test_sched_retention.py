@@ -67,9 +67,10 @@ def test_ttl_none_without_benefit_or_samples() -> None:
     assert choose_ttl([], 5.0, 0.0, 60.0) is None
 
 
-def test_pressure_shortens_or_refuses_the_pin() -> None:
+@pytest.mark.parametrize("queueing_cost", [0.0, 1.0])
+def test_pressure_shortens_the_pin_when_queueing_is_priced(queueing_cost: float) -> None:
     samples = [0.5] * 5 + [30.0] * 5
-    pol = policy(capacity=100, window=10, min_samples=1)
+    pol = policy(capacity=100, window=10, min_samples=1, queueing_cost=queueing_cost)
     for seconds in samples:
         pol.predictor.observe(seconds, tool="search", program_id=None)
     idle = pol.call_finished("p", 0.0, blocks=20, reload_s=2.0, tool="search")
@@ -77,7 +78,7 @@ def test_pressure_shortens_or_refuses_the_pin() -> None:
         "q", 0.0, blocks=20, reload_s=2.0, tool="search", pressure=Pressure(8, 32)
     )
     assert idle == 30.0
-    assert busy == 0.5
+    assert busy == (0.5 if queueing_cost else 30.0)  # by default the hold rule prices waits
 
 
 # --- learning interrupts ---
@@ -317,6 +318,8 @@ def test_config_rejects_bad_values() -> None:
         RetentionConfig(max_ttl_s=float("inf"))
     with pytest.raises(ValueError, match="window"):
         RetentionConfig(window=0)
+    with pytest.raises(ValueError, match="queueing_cost"):
+        RetentionConfig(queueing_cost=float("nan"))
 
 
 # --- properties, over random programs sharing a small pool ---
