@@ -155,11 +155,11 @@ def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 class Int8Weight(Weight):
     """int8 weights (:func:`quantize_int8`) multiplied by ``aten._weight_int8pack_mm``.
 
-    Above :func:`max_quantized_rows` rows the dense weight is used instead.
+    Above :func:`max_quantized_rows` rows the dense weight (or its packed copy) is used.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        super().__init__(weight, bias, pack=False)
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool = False) -> None:
+        super().__init__(weight, bias, pack)
         self.max_rows = max_quantized_rows("int8", weight.dtype)
         self.act_dtype = kernel_dtype(weight.dtype)
         self.qweight, scales = quantize_int8(weight)
@@ -172,7 +172,7 @@ class Int8Weight(Weight):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > self.max_rows:
-            return F.linear(x, self.weight, self.bias)
+            return super().__call__(x)
         out: torch.Tensor = torch.ops.aten._weight_int8pack_mm(
             x.to(self.act_dtype), self.qweight, self.scales
         )
@@ -186,11 +186,11 @@ class Int4Weight(Weight):
 
     The kernel reads each group's pair as ``(scale, zero)`` and computes
     ``(q - 8) * scale + zero``, so ``zero = low + 8 * scale``. Above
-    :func:`max_quantized_rows` rows the dense weight is used instead.
+    :func:`max_quantized_rows` rows the dense weight (or its packed copy) is used.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        super().__init__(weight, bias, pack=False)
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool = False) -> None:
+        super().__init__(weight, bias, pack)
         self.max_rows = max_quantized_rows("int4", weight.dtype)
         self.act_dtype = kernel_dtype(weight.dtype)
         q, scale, low = quantize_int4(weight)
@@ -205,7 +205,7 @@ class Int4Weight(Weight):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > self.max_rows:
-            return F.linear(x, self.weight, self.bias)
+            return super().__call__(x)
         out: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.to(self.act_dtype), self.qweight, INT4_GROUP, self.scales_and_zeros
         )
@@ -223,7 +223,7 @@ def make_weight(
     if weight.device.type != "cpu":
         raise ValueError(f"{quantization} weights run on CPU only, not {weight.device.type}")
     if quantization == "int8":
-        return Int8Weight(weight, bias)
+        return Int8Weight(weight, bias, pack)
     if quantization == "int4":
-        return Int4Weight(weight, bias)
+        return Int4Weight(weight, bias, pack)
     raise ValueError(f"unknown quantization {quantization!r}; use none, int8 or int4")

@@ -290,12 +290,14 @@ def lower(
         for i, t in enumerate(op.outputs):
             layouts[t.name] = output_layout(op, i, split)
             program.layouts[t.name] = layouts[t.name]
-    wanted = list(outputs) if outputs is not None else [Replicate()] * len(graph.outputs)
-    if len(wanted) != len(graph.outputs):
-        raise PlanError(f"{len(wanted)} output layouts given for {len(graph.outputs)} outputs")
+    handed: list[Placement] = (
+        list(outputs) if outputs is not None else [Replicate()] * len(graph.outputs)
+    )
+    if len(handed) != len(graph.outputs):
+        raise PlanError(f"{len(handed)} output layouts given for {len(graph.outputs)} outputs")
     program.outputs = [
         _adapter(t, layouts[t.name], dst, dst, n, cost, t.name in grads)
-        for t, dst in zip(graph.outputs, wanted, strict=True)
+        for t, dst in zip(graph.outputs, handed, strict=True)
     ]
     program.check()
     return program

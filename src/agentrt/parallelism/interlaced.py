@@ -299,16 +299,16 @@ class InterlacedRunner:
             logits.append(out.detach())
             if labels is not None:
                 if built.vocab_loss:
-                    loss = vocab_parallel_loss(out, labels[m], rank=rank, group=self.group)
+                    part = vocab_parallel_loss(out, labels[m], rank=rank, group=self.group)
                 else:
-                    loss = loss_fn(out, labels[m])
-                loss = loss / len(ids)
+                    part = loss_fn(out, labels[m])
+                part = part / len(ids)
                 if backward:
-                    loss.backward()
+                    part.backward()  # type: ignore[no-untyped-call]
                     head_grads.append(
                         [v.grad if v.grad is not None else torch.zeros_like(v) for v in h]
                     )
-                losses.append(loss.detach())
+                losses.append(part.detach())
         if backward:
             for m in range(len(ids)):  # B(s, m): up the stages
                 live = [v for v in ys[m] if v.requires_grad]

@@ -301,3 +301,37 @@ def test_auto_splits_the_head_and_its_loss_where_the_pipelines_hold_them_whole()
     )
     assert rival.family == "pp" and rival.estimate is not None
     assert rival.estimate.seconds >= 1.5 * best.estimate.seconds
+
+
+def test_calibrate_compares_auto_with_the_best_standard_plan_among_all_priced() -> None:
+    from agentrt.parallelism.calibrate import _plan_names, best_against_standard
+
+    assert _plan_names("interlaced(m=2), pp(1f1b,m=4),dp") == [
+        "interlaced(m=2)",
+        "pp(1f1b,m=4)",
+        "dp",
+    ]
+
+    def row(plan: str, family: str, pred: float, fits: bool = True) -> dict[str, Any]:
+        return {"plan": plan, "family": family, "predicted_seconds": pred, "fits": fits}
+
+    priced = [
+        row("dp", "dp", 0.5, fits=False),
+        row("pp(1f1b,m=4)", "pp", 0.3),
+        row("pp(1f1b,m=2)", "pp", 0.4),
+        row("interlaced(m=2)", "interlaced", 0.2),
+    ]
+    rows = [
+        {**priced[1], "measured_seconds": 0.15},
+        {**priced[3], "measured_seconds": 0.1},
+    ]
+    assert best_against_standard(rows, priced) == (
+        "auto: interlaced(m=2) against the best standard plan that fits, pp(1f1b,m=4): "
+        "predicted 1.50x faster, measured 1.50x"
+    )
+    # the rival chosen by prediction among every candidate, even one left unmeasured
+    priced[2]["predicted_seconds"] = 0.25
+    assert best_against_standard(rows, priced) == (
+        "auto: interlaced(m=2) against the best standard plan that fits, pp(1f1b,m=2): "
+        "predicted 1.25x faster (measured: 100.00 ms against not measured)"
+    )
