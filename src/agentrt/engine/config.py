@@ -40,12 +40,11 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # On a shared or oversubscribed machine fewer threads avoid barrier stalls.
     num_threads: int | None = None
     # CPU threads for decode-only steps of at most model_runner.FEW_DECODE_ROWS rows (None:
-    # the same as every step). Where the server's event loop and its clients share a few
-    # cores, one fewer than the cores keeps such steps from waiting on a descheduled thread
-    # of the kernels' team; prefill and wide batches keep every thread.
+    # the same as every step); prefill and wide batches keep every thread.
     decode_threads: int | None = None
-    # CPU, float32: keep a oneDNN-packed copy of each linear weight for decode-sized
-    # batches (faster; one more copy of those weights in memory). See engine/linear.py.
+    # CPU, float32 (or bfloat16 with native bfloat16 instructions): keep a oneDNN-packed
+    # copy of each linear weight for decode-sized batches (faster; one more copy of those
+    # weights in memory). See engine/linear.py.
     packed_linears: bool = True
     # Run supported architectures (Llama, Mistral, Qwen2) through the engine's own lean
     # forward (fused projections; engine/decoder.py) instead of transformers' modules.

@@ -6,7 +6,9 @@ multiply-adds, so the speed is set by how well the kernel streams the weight
 from memory; oneDNN's inner product over a weight reordered once into its
 blocked layout streams it better than MKL on this project's CPU hosts, from
 :data:`MIN_PACKED_ROWS` rows up. Below that (one to three rows, a single
-stream's decode step) MKL's matrix-vector path is the faster one.
+stream's decode step) MKL's matrix-vector path is the faster one. In
+bfloat16 the packed copy wins from one row: the dense path reorders the
+weight for every call.
 
 The packed copy is kept next to the dense weight, which costs one more copy
 of the linear weights in memory (set ``EngineConfig.packed_linears = false``
@@ -32,9 +34,28 @@ MAX_PACKED_ROWS = 256
 PACKING_ROWS_HINT = 32
 
 
-def packed_rows(rows: int) -> bool:
-    """Whether a product over ``rows`` rows is faster with the packed weight than with MKL."""
-    return MIN_PACKED_ROWS <= rows <= MAX_PACKED_ROWS
+def packed_rows(rows: int, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether a product over ``rows`` rows of a ``dtype`` weight is faster with the packed copy.
+
+    A float32 weight from :data:`MIN_PACKED_ROWS` rows (MKL's matrix-vector
+    path wins below); a bfloat16 one from a single row, since its dense path
+    has no fast matrix-vector kernel and reorders the weight for every call.
+    """
+    low = 1 if dtype == torch.bfloat16 else MIN_PACKED_ROWS
+    return low <= rows <= MAX_PACKED_ROWS
+
+
+def packs(weight: torch.Tensor) -> bool:
+    """Whether a lean-decoder weight gets a packed copy: a CPU float32 one, or a
+    bfloat16 one on a CPU with native bfloat16 instructions (elsewhere oneDNN
+    emulates them, slower than the dense path)."""
+    if weight.device.type != "cpu" or not packing_available():
+        return False
+    if weight.dtype == torch.float32:
+        return True
+    from agentrt.engine.loader import cpu_has_bf16_instructions
+
+    return weight.dtype == torch.bfloat16 and cpu_has_bf16_instructions()
 
 
 def packing_available() -> bool:

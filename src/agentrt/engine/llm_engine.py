@@ -21,7 +21,7 @@ owns one from a single worker thread.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Literal
 
 import torch
@@ -52,7 +52,7 @@ from agentrt.protocol.engine import (
     TokenEvent,
 )
 from agentrt.scheduling.call import Call
-from agentrt.scheduling.retention import RetentionPolicy, policy_priority
+from agentrt.scheduling.retention import Hold, RetentionPolicy, policy_priority
 from agentrt.scheduling.scheduler import make_scheduler
 
 log = get_logger(__name__)
@@ -85,7 +85,7 @@ class StepAdmission:
 
     A call that holds no KV (waiting, or swapped out) also leaves alone the
     pinned blocks the retention policy holds against it
-    (:meth:`~agentrt.scheduling.RetentionPolicy.holding`, the rule the
+    (:meth:`~agentrt.scheduling.RetentionPolicy.admission_hold`, the rule the
     simulator's admission applies too); refused for them alone, it is
     ``held_back`` and the scheduler goes on to the calls behind it.
     """
@@ -126,21 +126,25 @@ class StepAdmission:
         if taken > bm.num_blocks:
             return False
         if seq.status is not SeqStatus.RUNNING:
-            if self.held_any and not bm.evictable.pinned(call.program_id):
-                self.held_back = True  # only the pins' own programs pass a held call
-                return False
-            pinned = bm.evictable.holding(
-                call.program_id,
-                self.now,
-                arrival=call.arrival,
-                others_running=self.slots_left < self.engine.config.max_num_seqs,
-            )
-            if pinned:
+            counted = self.held
+
+            def uncounted(pinned: list[Hashable]) -> int:
                 mine = set(held)
-                kept = sum(1 for b in pinned if b not in self.held and b not in mine)
-                if taken + kept > bm.num_blocks:
-                    self.held_back = self.held_any = True
-                    return False
+                return sum(1 for b in pinned if b not in counted and b not in mine)
+
+            hold = bm.evictable.admission_hold(
+                call,
+                self.now,
+                held_any=self.held_any,
+                others_running=self.slots_left < self.engine.config.max_num_seqs,
+                taken=taken,
+                capacity=bm.num_blocks,
+                uncounted=uncounted,
+            )
+            if hold:
+                self.held_back = True
+                self.held_any = self.held_any or hold is Hold.PINS
+                return False
         self.held.update(new_held)
         self.new_blocks += new
         self.tokens_left -= chunk
@@ -671,6 +675,8 @@ class LLMEngine:
             kv_pins_held=bm.evictable.counters.held,
             kv_pins_offloaded=bm.offloads,
             kv_pins_restored=bm.restores,
+            kv_admissions_held=bm.evictable.counters.held_back,
+            kv_admissions_held_seconds=bm.evictable.counters.held_back_s,
             recomputed_prompt_tokens=bm.recomputed_prompt_tokens,
             calls_per_level=levels,
             step_moments=self.step_moments,

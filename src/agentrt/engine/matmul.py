@@ -2,9 +2,9 @@
 
 A :class:`Weight` is called with ``[rows, in_features]`` activations and
 returns ``[rows, out_features]``. The dense kind keeps the model's own
-tensor; on CPU in float32 it also keeps a oneDNN-packed copy for
-batched-decode row counts, which streams the weight from memory faster than
-MKL's sgemm.
+tensor; on CPU it also keeps a oneDNN-packed copy (float32, or bfloat16 on
+CPUs with native bfloat16) for decode row counts, which streams the weight
+from memory faster than the dense kernels (see :mod:`agentrt.engine.linear`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from agentrt.engine.linear import PACKING_ROWS_HINT, packed_rows, packing_available
+from agentrt.engine.linear import PACKING_ROWS_HINT, packed_rows, packs
 
 
 class Weight:
@@ -23,12 +23,7 @@ class Weight:
         self.bias = bias
         self.out_features, self.in_features = weight.shape
         self.packed: torch.Tensor | None = None
-        if (
-            pack
-            and weight.device.type == "cpu"
-            and weight.dtype == torch.float32
-            and packing_available()
-        ):
+        if pack and packs(weight):
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACKING_ROWS_HINT)
 
     @property
@@ -37,8 +32,12 @@ class Weight:
         return _size(self.weight) + (_size(self.bias) if self.bias is not None else 0)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and packed_rows(x.shape[0]):
+        if self.packed is not None and packed_rows(x.shape[0], self.weight.dtype):
             if torch.compiler.is_compiling():
+                if self.weight.dtype != torch.float32:
+                    # bfloat16 graphs keep the dense product, which inductor fuses with its
+                    # neighbours; the wrapped packed one was slower there.
+                    return F.linear(x, self.weight, self.bias)
                 compiled: torch.Tensor = packed_linear(x, self.packed, self.bias, self.out_features)
                 return compiled
             out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
@@ -156,11 +155,11 @@ def quantize_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 class Int8Weight(Weight):
     """int8 weights (:func:`quantize_int8`) multiplied by ``aten._weight_int8pack_mm``.
 
-    Above :func:`max_quantized_rows` rows the dense weight is used instead.
+    Above :func:`max_quantized_rows` rows the dense weight (or its packed copy) is used.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        super().__init__(weight, bias, pack=False)
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool = False) -> None:
+        super().__init__(weight, bias, pack)
         self.max_rows = max_quantized_rows("int8", weight.dtype)
         self.act_dtype = kernel_dtype(weight.dtype)
         self.qweight, scales = quantize_int8(weight)
@@ -173,7 +172,7 @@ class Int8Weight(Weight):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > self.max_rows:
-            return F.linear(x, self.weight, self.bias)
+            return super().__call__(x)
         out: torch.Tensor = torch.ops.aten._weight_int8pack_mm(
             x.to(self.act_dtype), self.qweight, self.scales
         )
@@ -187,11 +186,11 @@ class Int4Weight(Weight):
 
     The kernel reads each group's pair as ``(scale, zero)`` and computes
     ``(q - 8) * scale + zero``, so ``zero = low + 8 * scale``. Above
-    :func:`max_quantized_rows` rows the dense weight is used instead.
+    :func:`max_quantized_rows` rows the dense weight (or its packed copy) is used.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        super().__init__(weight, bias, pack=False)
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool = False) -> None:
+        super().__init__(weight, bias, pack)
         self.max_rows = max_quantized_rows("int4", weight.dtype)
         self.act_dtype = kernel_dtype(weight.dtype)
         q, scale, low = quantize_int4(weight)
@@ -206,7 +205,7 @@ class Int4Weight(Weight):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > self.max_rows:
-            return F.linear(x, self.weight, self.bias)
+            return super().__call__(x)
         out: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.to(self.act_dtype), self.qweight, INT4_GROUP, self.scales_and_zeros
         )
@@ -224,7 +223,7 @@ def make_weight(
     if weight.device.type != "cpu":
         raise ValueError(f"{quantization} weights run on CPU only, not {weight.device.type}")
     if quantization == "int8":
-        return Int8Weight(weight, bias)
+        return Int8Weight(weight, bias, pack)
     if quantization == "int4":
-        return Int4Weight(weight, bias)
+        return Int4Weight(weight, bias, pack)
     raise ValueError(f"unknown quantization {quantization!r}; use none, int8 or int4")

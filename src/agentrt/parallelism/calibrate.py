@@ -6,16 +6,21 @@ each collective's per-call line measured through the runtime, see
 :mod:`~agentrt.parallelism.collectives`), runs it with
 :func:`~agentrt.parallelism.launch.verify` (the median of ``--repeats`` steps:
 forwards, or forwards and backwards with ``--train``) and prints both, their ratio, and
-whether the two rank the plans alike.
+whether the two rank the plans alike. ``--rounds R`` measures every plan
+``R`` times, one plan after another in each round, and keeps each plan's
+median: on a shared host the load drifts within a run, and round-robin lets
+the drift fall on every plan alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from typing import Any
 
+from agentrt.parallelism.errors import ParallelError
 from agentrt.parallelism.search import Candidate
 
 
@@ -51,11 +56,23 @@ def pairs_in_order(rows: list[dict[str, Any]]) -> float:
 STANDARD = ("dp", "tp", "pp", "3d")  # the families Megatron and DeepSpeed express
 
 
-def best_against_standard(rows: list[dict[str, Any]]) -> str | None:
-    """A line comparing the predicted-best plan that fits with the best standard plan that fits."""
-    fitting = [r for r in rows if r["fits"]]
+def best_against_standard(
+    rows: list[dict[str, Any]], priced: list[dict[str, Any]] | None = None
+) -> str | None:
+    """A line comparing the predicted-best plan that fits with the best standard plan that fits.
+
+    ``priced``: every candidate's prediction (the measured ``rows`` may be a
+    subset); both plans are chosen from it, and a plan left unmeasured says so.
+    """
+    pool = priced if priced is not None else rows
+    fitting = [r for r in pool if r["fits"] and r.get("predicted_seconds") is not None]
     if not fitting:
         return None
+    measured = {r["plan"]: r["measured_seconds"] for r in rows}
+
+    def took(plan: str) -> str:
+        return f"{measured[plan] * 1e3:.2f} ms" if plan in measured else "not measured"
+
     auto = min(fitting, key=lambda r: r["predicted_seconds"])
     standard = [r for r in fitting if r["family"] in STANDARD]
     if auto["family"] in STANDARD:
@@ -63,14 +80,16 @@ def best_against_standard(rows: list[dict[str, Any]]) -> str | None:
     if not standard:
         return (
             f"auto: {auto['plan']} (predicted {auto['predicted_seconds'] * 1e3:.2f} ms, measured "
-            f"{auto['measured_seconds'] * 1e3:.2f} ms); no data, tensor, pipeline or 3-D plan fits"
+            f"{took(auto['plan'])}); no data, tensor, pipeline or 3-D plan fits"
         )
     rival = min(standard, key=lambda r: r["predicted_seconds"])
-    return (
+    line = (
         f"auto: {auto['plan']} against the best standard plan that fits, {rival['plan']}: "
-        f"predicted {rival['predicted_seconds'] / auto['predicted_seconds']:.2f}x faster, "
-        f"measured {rival['measured_seconds'] / auto['measured_seconds']:.2f}x"
+        f"predicted {rival['predicted_seconds'] / auto['predicted_seconds']:.2f}x faster"
     )
+    if auto["plan"] in measured and rival["plan"] in measured:
+        return line + f", measured {measured[rival['plan']] / measured[auto['plan']]:.2f}x"
+    return line + f" (measured: {took(auto['plan'])} against {took(rival['plan'])})"
 
 
 def calibrate(
@@ -82,6 +101,8 @@ def calibrate(
     train: bool = False,
     repeats: int = 10,
     memory_limit: int | None = None,
+    rounds: int = 1,
+    plans: list[str] | None = None,
 ) -> dict[str, Any]:
     from agentrt.parallelism.cost import measured_comm
     from agentrt.parallelism.launch import example_inputs, load_model, verify, vocab_of
@@ -100,22 +121,38 @@ def calibrate(
         concurrent=ndevices,
         memory_limit=memory_limit,
     )
+    runs = [
+        (cand, run)
+        for cand in found.candidates
+        if (run := shipped_plan(cand)) is not None
+        and cand.estimate is not None
+        and (plans is None or cand.name in plans)
+    ]
+    if plans is not None and len(runs) != len(set(plans)):
+        known = ", ".join(c.name for c in found.candidates if shipped_plan(c) is not None)
+        raise ParallelError(f"--plans names a plan not among the candidates ({known})")
+    # Round-robin: every plan is measured once per round, so a change in the host's load over
+    # the run falls on all plans alike; each plan keeps the median of its rounds.
+    got: dict[str, list[Any]] = {cand.name: [] for cand, _ in runs}
+    for _ in range(rounds):
+        for cand, (plan, micro) in runs:
+            got[cand.name].append(
+                verify(
+                    model_spec,
+                    plan,
+                    ndevices,
+                    train=train,
+                    batch=batch,
+                    seq=seq,
+                    micro_batches=micro,
+                    repeats=repeats,
+                )
+            )
     rows: list[dict[str, Any]] = []
-    for cand in found.candidates:
-        run = shipped_plan(cand)
-        if run is None or cand.estimate is None:
-            continue
-        plan, micro = run
-        got = verify(
-            model_spec,
-            plan,
-            ndevices,
-            train=train,
-            batch=batch,
-            seq=seq,
-            micro_batches=micro,
-            repeats=repeats,
-        )
+    for cand, _ in runs:
+        assert cand.estimate is not None
+        results = got[cand.name]
+        measured = statistics.median(r.seconds_parallel for r in results)
         rows.append(
             {
                 "plan": cand.name,
@@ -124,10 +161,11 @@ def calibrate(
                 "memory_bytes": cand.estimate.memory_bytes,
                 "predicted_seconds": cand.estimate.seconds,
                 "predicted_comm_seconds": cand.estimate.comm_seconds,
-                "measured_seconds": got.seconds_parallel,
-                "single_device_seconds": got.seconds_single,
-                "ratio": cand.estimate.seconds / got.seconds_parallel,
-                "ok": got.ok,
+                "measured_seconds": measured,
+                "measured_rounds": [r.seconds_parallel for r in results],
+                "single_device_seconds": statistics.median(r.seconds_single for r in results),
+                "ratio": cand.estimate.seconds / measured,
+                "ok": all(r.ok for r in results),
             }
         )
     by_pred = [r["plan"] for r in sorted(rows, key=lambda r: r["predicted_seconds"])]
@@ -145,11 +183,34 @@ def calibrate(
             for p, a, b in comm.measured
         ],
         "rows": rows,
+        "priced": [
+            {
+                "plan": c.name,
+                "family": c.family,
+                "fits": c.fits,
+                "predicted_seconds": c.estimate.seconds,
+                "memory_bytes": c.estimate.memory_bytes,
+            }
+            for c in found.candidates
+            if c.estimate is not None
+        ],
         "same_order": by_pred == by_meas,
         "pairs_in_order": pairs_in_order(rows),
         "order_predicted": by_pred,
         "order_measured": by_meas,
     }
+
+
+def _plan_names(text: str) -> list[str]:
+    """Split ``a,pp(1f1b,m=4)`` at the commas outside parentheses."""
+    names, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            names.append(text[start:i].strip())
+            start = i + 1
+    names.append(text[start:].strip())
+    return [n for n in names if n]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +224,18 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=10, help="timed steps per plan (the median is kept)"
     )
     parser.add_argument(
+        "--plans",
+        default=None,
+        help="measure only these candidates, comma-separated, e.g. 'interlaced(m=2),pp(1f1b,m=4)' "
+        "(every candidate is still priced)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every plan this many times, round-robin, and keep each plan's median",
+    )
+    parser.add_argument(
         "--memory-per-device",
         default=None,
         help="mark the plans over this limit (e.g. 10MiB) and compare the best that fits",
@@ -172,7 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     from agentrt.parallelism.cli import parse_size
 
     limit = parse_size(args.memory_per_device) if args.memory_per_device else None
-    report = calibrate(
+    try:
+        report = _run(args, limit)
+    except ParallelError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    _write(report, args)
+    return 0
+
+
+def _run(args: argparse.Namespace, limit: int | None) -> dict[str, Any]:
+    return calibrate(
         args.model,
         args.devices,
         args.batch,
@@ -180,7 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         train=args.train,
         repeats=args.repeats,
         memory_limit=limit,
+        rounds=args.rounds,
+        plans=_plan_names(args.plans) if args.plans else None,
     )
+
+
+def _write(report: dict[str, Any], args: argparse.Namespace) -> None:
     out = sys.stdout
     out.write(
         f"alpha {report['alpha'] * 1e6:.1f} us, beta {report['beta'] / 1e9:.2f} GB/s, "
@@ -196,20 +284,33 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['plan']:<16} predicted {r['predicted_seconds'] * 1e3:8.2f} ms  measured "
             f"{r['measured_seconds'] * 1e3:8.2f} ms  ratio {r['ratio']:.2f}  "
             f"(one process {r['single_device_seconds'] * 1e3:.2f} ms)  "
-            f"memory {r['memory_bytes'] / 2**20:.2f} MiB{'' if r['fits'] else ' (over the limit)'}\n"
+            f"memory {r['memory_bytes'] / 2**20:.2f} MiB{'' if r['fits'] else ' (over the limit)'}"
+            + (
+                f"  rounds {', '.join(f'{x * 1e3:.1f}' for x in r['measured_rounds'])} ms"
+                if len(r["measured_rounds"]) > 1
+                else ""
+            )
+            + ("" if r["ok"] else "  MISMATCH with one device")
+            + "\n"
         )
     out.write(
         f"same order: {report['same_order']}, {report['pairs_in_order']:.0%} of pairs "
         f"(predicted {report['order_predicted']}, "
         f"measured {report['order_measured']})\n"
     )
-    best = best_against_standard(report["rows"])
+    shown = {r["plan"] for r in report["rows"]}
+    for r in report["priced"]:
+        if r["plan"] not in shown:
+            out.write(
+                f"{r['plan']:<16} predicted {r['predicted_seconds'] * 1e3:8.2f} ms  (not measured)  "
+                f"memory {r['memory_bytes'] / 2**20:.2f} MiB{'' if r['fits'] else ' (over the limit)'}\n"
+            )
+    best = best_against_standard(report["rows"], report["priced"])
     if best is not None:
         out.write(best + "\n")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2)
-    return 0
 
 
 if __name__ == "__main__":

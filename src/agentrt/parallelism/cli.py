@@ -187,13 +187,15 @@ def _pipeline_entry(name: str, model: Any, ids: Any, args: argparse.Namespace) -
 
 
 def _interlaced_entry(graph: Any, nmicro: int, args: argparse.Namespace) -> dict[str, Any]:
-    from agentrt.parallelism.interlaced import interlaced
+    from agentrt.parallelism.interlaced import interlaced_for
 
-    built = interlaced(graph, args.devices, nmicro=nmicro)
+    built = interlaced_for(graph, args.devices, nmicro=nmicro, train=args.train)
     collectives: dict[str, int] = {}
     for p in (built.embed, built.head):
         for k, v in p.collectives(train=args.train).items():
             collectives[k] = collectives.get(k, 0) + v * nmicro
+    if built.vocab_loss:  # the loss's maximum and its sums, per micro-batch
+        collectives["all-reduce"] = collectives.get("all-reduce", 0) + 2 * nmicro
     sends = {t for spec in built.body[:-1] for t in spec.outputs}
     collectives["send/recv"] = len(sends) * nmicro * (2 if args.train else 1)
     collectives["broadcast"] = len(built.head_in) * nmicro * (2 if args.train else 1)

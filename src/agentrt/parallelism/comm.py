@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from torch.distributed.tensor import Partial, Placement, Replicate, Shard
@@ -240,8 +240,15 @@ def output_layout(op: Op, position: int, split: object) -> Placement:
     return Partial()  # a reduction label the output lacks: partition() refuses a spatial one
 
 
-def lower(plan: Plan, cost: CostModel | None = None) -> Program:
-    """Phase 3: fill in the communication of ``plan`` and return the per-rank program."""
+def lower(
+    plan: Plan, cost: CostModel | None = None, *, outputs: Sequence[Placement] | None = None
+) -> Program:
+    """Phase 3: fill in the communication of ``plan`` and return the per-rank program.
+
+    ``outputs``: the layout each graph output is handed over in (and its
+    gradient comes back in); whole on every device unless given, as when a
+    vocabulary-split loss reads the logits where the head wrote them.
+    """
     cost = cost or CostModel()
     graph, n = plan.graph, plan.ndevices
     if plan.pipe is not None:
@@ -283,9 +290,14 @@ def lower(plan: Plan, cost: CostModel | None = None) -> Program:
         for i, t in enumerate(op.outputs):
             layouts[t.name] = output_layout(op, i, split)
             program.layouts[t.name] = layouts[t.name]
+    handed: list[Placement] = (
+        list(outputs) if outputs is not None else [Replicate()] * len(graph.outputs)
+    )
+    if len(handed) != len(graph.outputs):
+        raise PlanError(f"{len(handed)} output layouts given for {len(graph.outputs)} outputs")
     program.outputs = [
-        _adapter(t, layouts[t.name], Replicate(), Replicate(), n, cost, t.name in grads)
-        for t in graph.outputs
+        _adapter(t, layouts[t.name], dst, dst, n, cost, t.name in grads)
+        for t, dst in zip(graph.outputs, handed, strict=True)
     ]
     program.check()
     return program

@@ -280,9 +280,21 @@ def spmd_estimate(name: str, program: Program, times: PartTimes, *, train: bool)
 
 
 def pipeline_estimate(
-    name: str, built: Any, graph: Graph, times: OpTimes, comm: CostModel, *, train: bool
+    name: str,
+    built: Any,
+    graph: Graph,
+    times: OpTimes,
+    comm: CostModel,
+    *,
+    train: bool,
+    loss: float = 0.0,
 ) -> Estimate:
-    """A pipeline (or 3-D) plan: stage times through the schedule's simulation, hops as point-to-point."""
+    """A pipeline (or 3-D) plan: stage times through the schedule's simulation, hops as point-to-point.
+
+    ``loss``: the forward seconds of one micro-batch's loss, which the
+    schedule takes beside the last stage (its backward scales with the
+    training factor like the stage's own).
+    """
     from agentrt.parallelism.comm import lower
 
     pipe = built.plan.pipe
@@ -308,6 +320,8 @@ def pipeline_estimate(
             else 1
         )
         memory.append(weights * (2 if train else 1) + acts * in_flight)
+    if train:
+        forward[-1] += loss
     hop_bytes = max(
         (sum(graph.tensors[t].nbytes for t in spec.outputs) for spec in built.specs[:-1]),
         default=0,
@@ -318,6 +332,20 @@ def pipeline_estimate(
     total = pipe.simulate(forward, backward, hop)
     compute = sum(forward) * factor * pipe.nmicro / len(forward)
     return Estimate(name, total, compute, total - compute, int(max(memory)))
+
+
+def loss_ops(graph: Graph) -> list[Op]:
+    """The operators of a training step's graph after its LM head (the last linear reading a
+    weight): the loss, which a pipeline takes beside its last stage."""
+    head = max(
+        (
+            i
+            for i, op in enumerate(graph.ops)
+            if op.target is torch.ops.aten.linear.default and op.inputs[1].kind == "param"
+        ),
+        default=len(graph.ops) - 1,
+    )
+    return graph.ops[head + 1 :]
 
 
 def fit_alpha_beta(samples: list[tuple[int, float]], n: int) -> CostModel:

@@ -32,6 +32,9 @@ def op_flops(op: Op) -> float:
             batch *= size
         return 2.0 * batch * q[-2] * k[-2] * (q[-1] + v[-1])
     out = sum(_numel(t.shape) for t in op.outputs)
+    if op.target is torch.ops.aten.embedding.default:
+        # a lookup copies its rows; the vocabulary label is a reduction only in how it splits
+        return float(out)
     if not op.known or not op.anno.reduce:
         return float(out)
     space = 1.0

@@ -20,16 +20,22 @@ and assigned to its stage. Phase 3 lowers the two all-device segments with
 are a broadcast each way. This executor is ours: torch's pipeline schedules
 have no block that runs on every device. A head tied to the embedding is
 split by vocabulary rows in both segments, so each device holds one shard of
-the table that both read and both add their gradients to.
+the table that both read and both add their gradients to. In training the
+logits stay split by vocabulary and the loss is taken on the slices
+(:mod:`~agentrt.parallelism.vocab_loss`): the head's and the loss's
+arithmetic are both divided over every device, and the logits never move.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import Shard
 
 from agentrt.parallelism.comm import CostModel, Program, lower
 from agentrt.parallelism.errors import PlanError
@@ -43,6 +49,7 @@ from agentrt.parallelism.pipeline import (
     stages,
 )
 from agentrt.parallelism.plans import tensor_parallel
+from agentrt.parallelism.vocab_loss import vocab_parallel_loss
 
 if TYPE_CHECKING:
     from agentrt.parallelism.cost import Estimate
@@ -61,6 +68,9 @@ class Interlaced:
     nmicro: int
     # weights the head shares with the embedding (a tied LM head): one shard each device holds
     tied: list[str] = field(default_factory=list)
+    # the head hands over its logits split by vocabulary and the loss is taken on the slices
+    # (vocab_loss.py) instead of on logits gathered whole on every device
+    vocab_loss: bool = False
 
 
 def _segment(graph: Graph, ops: list[Op], inputs: list[str], outputs: list[str]) -> Graph:
@@ -71,9 +81,20 @@ def _segment(graph: Graph, ops: list[Op], inputs: list[str], outputs: list[str])
 
 
 def interlaced(
-    graph: Graph, ndevices: int, *, nmicro: int, cost: CostModel | None = None
+    graph: Graph,
+    ndevices: int,
+    *,
+    nmicro: int,
+    cost: CostModel | None = None,
+    vocab_loss: bool = False,
 ) -> Interlaced:
-    """Build the interlaced pipeline for ``graph`` (captured at the micro-batch size, ending in logits)."""
+    """Build the interlaced pipeline for ``graph`` (captured at the micro-batch size, ending in logits).
+
+    ``vocab_loss``: a training step keeps the logits split by vocabulary where
+    the head wrote them and takes the loss on the slices; refused when the
+    head does not split the logits' last dimension (a vocabulary the devices
+    do not divide).
+    """
     if ndevices < 2:
         raise PlanError(f"interlaced pipeline: needs at least 2 devices, got {ndevices}")
     emb = next(
@@ -143,7 +164,17 @@ def interlaced(
     head_graph = _segment(graph, h_ops, head_in, [t.name for t in graph.outputs])
     plan = pipeline(body_graph, ndevices, nmicro=nmicro, schedule="gpipe")
     embed = lower(tensor_parallel(embed_graph, ndevices, require_linear=False), cost)
-    head_program = lower(tensor_parallel(head_graph, ndevices), cost)
+    head_plan = tensor_parallel(head_graph, ndevices)
+    head_program = lower(head_plan, cost)
+    if vocab_loss:
+        logits = head_graph.outputs[-1]
+        split = head_program.layouts.get(logits.name)
+        if len(head_graph.outputs) != 1 or split != Shard(len(logits.shape) - 1):
+            raise PlanError(
+                "interlaced pipeline: a vocabulary-split loss needs the LM head to write its "
+                f"logits split by vocabulary on {ndevices} devices; the head writes them as {split}"
+            )
+        head_program = lower(head_plan, cost, outputs=[split])
     for name in sorted(tied):
         if embed.storage.get(name) != head_program.storage.get(name):
             raise PlanError(
@@ -152,8 +183,24 @@ def interlaced(
                 f"{embed.storage.get(name)} by the embedding; use 'pp'"
             )
     return Interlaced(
-        graph, head_in, embed, stages(plan), body_graph, head_program, nmicro, sorted(tied)
+        graph,
+        head_in,
+        embed,
+        stages(plan),
+        body_graph,
+        head_program,
+        nmicro,
+        sorted(tied),
+        vocab_loss,
     )
+
+
+def interlaced_for(
+    graph: Graph, ndevices: int, *, nmicro: int, train: bool, cost: CostModel | None = None
+) -> Interlaced:
+    """The interlaced pipeline as it runs: a training step takes its loss on the vocabulary
+    slices, a forward hands over whole logits."""
+    return interlaced(graph, ndevices, nmicro=nmicro, cost=cost, vocab_loss=train)
 
 
 def _wire(t: torch.Tensor) -> torch.Tensor:
@@ -197,6 +244,7 @@ class InterlacedRunner:
         from agentrt.parallelism.runtime import Runner
 
         self.built = built
+        self.group = mesh.get_group()
         self.rank, self.n = mesh.get_local_rank(), len(built.body)
         self.train = train
         self.embed = Runner(built.embed, mesh, train=train, copy=False)
@@ -220,7 +268,11 @@ class InterlacedRunner:
     def step(
         self, ids: list[torch.Tensor], labels: list[torch.Tensor] | None, loss_fn: Any
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One batch of micro-batches: logits (every device) and, with labels, the mean loss after its backward."""
+        """One batch of micro-batches: logits and, with labels, the mean loss after its backward.
+
+        The logits are whole on every device, or this device's vocabulary slice
+        of them when the loss is taken on the slices (:meth:`whole_logits`).
+        """
         built, rank, n = self.built, self.rank, self.n
         backward = labels is not None and torch.is_grad_enabled()
         e_names = built.embed.plan.graph.outputs
@@ -246,13 +298,17 @@ class InterlacedRunner:
             out = self.head.forward(h)[0]
             logits.append(out.detach())
             if labels is not None:
-                loss = loss_fn(out, labels[m]) / len(ids)
+                if built.vocab_loss:
+                    part = vocab_parallel_loss(out, labels[m], rank=rank, group=self.group)
+                else:
+                    part = loss_fn(out, labels[m])
+                part = part / len(ids)
                 if backward:
-                    loss.backward()
+                    part.backward()  # type: ignore[no-untyped-call]
                     head_grads.append(
                         [v.grad if v.grad is not None else torch.zeros_like(v) for v in h]
                     )
-                losses.append(loss.detach())
+                losses.append(part.detach())
         if backward:
             for m in range(len(ids)):  # B(s, m): up the stages
                 live = [v for v in ys[m] if v.requires_grad]
@@ -289,6 +345,14 @@ class InterlacedRunner:
         loss = torch.stack(losses).sum() if losses else None
         return torch.cat(logits), loss
 
+    def whole_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``step``'s logits made whole (a gather when they are a vocabulary slice); every rank calls it."""
+        if not self.built.vocab_loss:
+            return logits
+        parts = [torch.empty_like(logits) for _ in range(self.n)]
+        dist.all_gather(parts, logits.contiguous(), group=self.group)
+        return torch.cat(parts, dim=-1)
+
     def parameters(self) -> list[torch.Tensor]:
         shared = {id(self.embed.state[name]) for name in self.built.tied}
         return [
@@ -308,8 +372,23 @@ class _Meta:
         self.shape, self.dtype = tuple(like.shape), like.dtype
 
 
-def estimate(name: str, built: Interlaced, times: Any, comm: CostModel, *, train: bool) -> Estimate:
-    """Predicted step: per micro-batch the two all-device segments and two broadcasts, plus the layers' GPipe makespan."""
+def estimate(
+    name: str,
+    built: Interlaced,
+    times: Any,
+    comm: CostModel,
+    *,
+    train: bool,
+    loss: Callable[[int], float] | None = None,
+) -> Estimate:
+    """Predicted step: per micro-batch the two all-device segments and two broadcasts, plus the layers' GPipe makespan.
+
+    ``loss(ways)``: the forward seconds of one micro-batch's loss split
+    ``ways`` ways by vocabulary (1: taken whole on every device); a
+    vocabulary-split loss adds its two all-reduces of a few numbers per row.
+    """
+    from dataclasses import replace
+
     from agentrt.parallelism.cost import Estimate, spmd_estimate
 
     m, n = built.nmicro, len(built.body)
@@ -328,8 +407,15 @@ def estimate(name: str, built: Interlaced, times: Any, comm: CostModel, *, train
     head_bytes = sum(graph.tensors[t].nbytes for t in built.head_in)
     casts = m * (1 + train) * comm.seconds("broadcast", head_bytes, n)
     segments = m * sum(s.seconds for s in seg)
-    total = segments + makespan + casts
-    compute = m * sum(s.compute_seconds for s in seg) + sum(forward) * factor * m / n
+    tail = m * factor * loss(n if built.vocab_loss else 1) if loss is not None and train else 0.0
+    reduce = 0.0
+    if built.vocab_loss and train:
+        rows = math.prod(graph.outputs[-1].shape[:-1])
+        itemsize = graph.outputs[-1].dtype.itemsize
+        bare = replace(comm, measured=())  # two plain all-reduces, not the runtime's DTensor path
+        reduce = m * sum(bare.seconds("all-reduce", k * rows * itemsize, n) for k in (1, 2))
+    total = segments + makespan + casts + tail + reduce
+    compute = m * sum(s.compute_seconds for s in seg) + sum(forward) * factor * m / n + tail
     weights = max(sum(graph.tensors[k].nbytes for k in spec.state) for spec in built.body)
     acts = max(sum(t.nbytes for op in spec.ops for t in op.outputs) for spec in built.body)
     tied = sum(graph.tensors[k].nbytes // n for k in built.tied)  # held once, counted by both

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from agentrt.parallelism.comm import lower
 from agentrt.parallelism.errors import ParallelError
 from agentrt.parallelism.graph import Graph, capture, from_program
-from agentrt.parallelism.interlaced import interlaced
+from agentrt.parallelism.interlaced import interlaced_for
 from agentrt.parallelism.models import BUILTIN, Logits, LossAndLogits, _loss
 from agentrt.parallelism.pipeline import (
     PIPELINE_PLANS,
@@ -303,7 +303,7 @@ def _interlaced_rank(job: _PipeJob) -> dict[str, Any]:
     """One device of an interlaced pipeline: rank 0 returns the outputs, every rank its stage's gradients."""
     from agentrt.parallelism.interlaced import InterlacedRunner
 
-    built = interlaced(job.graph, job.n, nmicro=job.nmicro)
+    built = interlaced_for(job.graph, job.n, nmicro=job.nmicro, train=job.train)
     runner = InterlacedRunner(built, init_mesh(job.n), train=job.train)
     ids = list(job.inputs[0].chunk(job.nmicro))
     labels = list(job.inputs[1].chunk(job.nmicro)) if job.train else None
@@ -312,6 +312,7 @@ def _interlaced_rank(job: _PipeJob) -> dict[str, Any]:
         best = _barrier_timed(lambda: runner.step(ids, labels, _loss), job.repeats)
     _forget_grads(runner.parameters())
     logits, loss = runner.step(ids, labels, _loss)
+    logits = runner.whole_logits(logits)
     result: dict[str, Any] = {"logits": logits, "seconds": best, "trace": []}
     if job.train:
         grads = runner.full_grads(keep=job.rank == 0)
@@ -395,7 +396,7 @@ def verify(
         graph = capture(Logits(model), (inputs[0][: batch // nmicro],))
         # a plan error is raised here, not in N processes
         if plan == "interlaced":
-            interlaced(graph, ndevices, nmicro=nmicro)
+            interlaced_for(graph, ndevices, nmicro=nmicro, train=train)
         else:
             built = pipeline_plan(plan, graph, ndevices, nmicro=nmicro, train=train)
             for inner in built.inner or []:

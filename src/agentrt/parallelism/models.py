@@ -150,6 +150,13 @@ def tiny_llama_big_vocab(seed: int = 0) -> nn.Module:
     return tiny_llama(seed, vocab=16384, layers=16, tied=True)
 
 
+def tiny_llama_huge_vocab(seed: int = 0) -> nn.Module:
+    """A tiny Llama whose tied 65536 x 64 vocabulary table (16 MiB) outweighs its 8 layers fourteen times:
+    the head and its loss are most of a training step's arithmetic, as in a small model with a
+    large tokenizer's vocabulary."""
+    return tiny_llama(seed, vocab=65536, layers=8, tied=True)
+
+
 def llama_8b_meta(seed: int = 0) -> nn.Module:
     """Llama-3-8B's shape (32 layers, 4096 wide, GQA 32/8 heads, 128256 vocabulary) on the meta device.
 
@@ -179,5 +186,6 @@ BUILTIN = {
     "tiny-gpt": tiny_gpt,
     "tiny-llama-tied": tiny_llama_tied,
     "tiny-llama-big-vocab": tiny_llama_big_vocab,
+    "tiny-llama-huge-vocab": tiny_llama_huge_vocab,
     "llama-8b": llama_8b_meta,
 }

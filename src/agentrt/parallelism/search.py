@@ -24,6 +24,7 @@ from agentrt.parallelism.cost import (
     DeviceProfile,
     Estimate,
     OpTimes,
+    loss_ops,
     pipeline_estimate,
     spmd_estimate,
 )
@@ -160,6 +161,18 @@ def search(
             graphs[key] = capture(Logits(model), (ids[:size],))
         return graphs[key]
 
+    def loss_at(micro: int) -> Callable[[int], float]:
+        """The forward seconds of one of ``micro`` micro-batches' loss, split ``ways`` ways by vocabulary."""
+
+        def seconds(ways: int) -> float:
+            if not train:
+                return 0.0
+            whole = graph_at(batch)
+            t = times(whole)
+            return sum(t.part(op, micro * ways) for op in loss_ops(whole))
+
+        return seconds
+
     def add(name: str, family: str, build: Callable[[], Estimate]) -> None:
         cand = Candidate(name, family)
         try:
@@ -207,6 +220,7 @@ def search(
                         times,
                         comm_for(2),
                         train,
+                        loss_at(m)(1),
                     )
 
                 add(f"pp({kind},m={m})", "pp", build_pp)
@@ -220,20 +234,31 @@ def search(
                     m: int = m, tp: int = tp, name: str = name, kind: str = kind
                 ) -> Estimate:
                     return _three_d(
-                        name, logits_at(batch // m), ndevices, tp, m, kind, times, comm_for, train
+                        name,
+                        logits_at(batch // m),
+                        ndevices,
+                        tp,
+                        m,
+                        kind,
+                        times,
+                        comm_for,
+                        train,
+                        loss_at(m)(1),
                     )
 
                 add(name, "3d", build_3d)
     if "interlaced" in families and ndevices >= 2:
-        from agentrt.parallelism.interlaced import estimate, interlaced
+        from agentrt.parallelism.interlaced import estimate, interlaced_for
 
         for m in micro_counts or [batch]:
             name = f"interlaced(m={m})"
 
             def build(m: int = m, name: str = name) -> Estimate:
                 g = logits_at(batch // m)
-                built = interlaced(g, ndevices, nmicro=m, cost=comm_for(ndevices))
-                return estimate(name, built, times(g), comm_for(ndevices), train=train)
+                built = interlaced_for(g, ndevices, nmicro=m, train=train, cost=comm_for(ndevices))
+                return estimate(
+                    name, built, times(g), comm_for(ndevices), train=train, loss=loss_at(m)
+                )
 
             add(name, "interlaced", build)
     return result
@@ -248,12 +273,13 @@ def _pipe(
     times: Times,
     comm: CostModel,
     train: bool,
+    loss: float,
 ) -> Estimate:
     from agentrt.parallelism.pipeline import Pipeline
 
     plan = pipeline(graph, n, nmicro=m, schedule=kind)
     built = Pipeline(plan, stages(plan), 1, None)
-    return pipeline_estimate(name, built, graph, times(graph), comm, train=train)
+    return pipeline_estimate(name, built, graph, times(graph), comm, train=train, loss=loss)
 
 
 def _three_d(
@@ -266,6 +292,7 @@ def _three_d(
     times: Times,
     comm_for: Callable[[int], CostModel],
     train: bool,
+    loss: float,
 ) -> Estimate:
     built = three_d(graph, n, tp=tp, nmicro=m, schedule=kind)
-    return pipeline_estimate(name, built, graph, times(graph), comm_for(tp), train=train)
+    return pipeline_estimate(name, built, graph, times(graph), comm_for(tp), train=train, loss=loss)

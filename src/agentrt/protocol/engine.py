@@ -219,6 +219,10 @@ class EngineStats(msgspec.Struct, kw_only=True):
     kv_pins_held: int = 0  # held past their TTL while the client said their tool was running
     kv_pins_offloaded: int = 0  # lost pins copied to the host pool
     kv_pins_restored: int = 0  # of those, copied back for their program's next call
+    # Calls pins held back from admission ([engine.retention] max_hold_s), each counted once,
+    # and the seconds from each one's first hold to its admission.
+    kv_admissions_held: int = 0
+    kv_admissions_held_seconds: float = 0.0
     recomputed_prompt_tokens: int = 0
     # Live calls (waiting or running) per scheduler queue level, top level first.
     calls_per_level: list[int] = msgspec.field(default_factory=list)
@@ -232,7 +236,7 @@ class EngineStats(msgspec.Struct, kw_only=True):
         summed: dict[str, Any] = {}
         for name in self.__struct_fields__:
             mine, theirs = getattr(self, name), getattr(other, name)
-            if isinstance(mine, int):
+            if isinstance(mine, int) or name == "kv_admissions_held_seconds":
                 summed[name] = mine + theirs
         levels = [0] * max(len(self.calls_per_level), len(other.calls_per_level))
         for counts in (self.calls_per_level, other.calls_per_level):

@@ -72,6 +72,7 @@ from agentrt.scheduling.policies import (
 from agentrt.scheduling.process_table import CallOutcome, CallRecord, ProcessTable, ProgramEntry
 from agentrt.scheduling.retention import (
     RETENTION_MODES,
+    Hold,
     InterruptPredictor,
     Pressure,
     RetentionConfig,
@@ -100,6 +101,7 @@ __all__ = [
     "CallOutcome",
     "CallRecord",
     "Decision",
+    "Hold",
     "InterruptPredictor",
     "NoEngineAvailable",
     "Policy",

@@ -18,9 +18,14 @@ victim when it needs room. The policy decides:
   observed durations ``D``, where ``benefit`` is the reload cost (recompute
   or swap-in seconds) times ``1 + waiting / batch_slots`` (a recompute
   occupies the engine the waiting calls share) and ``cost_rate`` is
-  ``waiting * blocks / capacity`` (each waiting call is slowed by the share
-  of the pool held idle). With nobody waiting, holding costs nothing and the
-  pin covers the longest observed interrupt (up to ``max_ttl_s``).
+  ``queueing_cost * waiting * blocks / capacity`` (each waiting call is
+  slowed by the share of the pool held idle). With nobody waiting, holding
+  costs nothing and the pin covers the longest observed interrupt (up to
+  ``max_ttl_s``). ``queueing_cost`` is 0 by default: a pin yields to every
+  call the engine admits, and holds one back only by the hold rule below,
+  which weighs that call's wait itself, so the memory a pin keeps idle does
+  not delay the waiting calls the TTL would charge it for (1 prices it as
+  Continuum does).
 - **The next call.** :meth:`RetentionPolicy.call_arrived` records the
   interrupt and turns a live pin into an *awaited* one (its call is queued);
   :meth:`RetentionPolicy.call_admitted` closes it (the call holds the KV).
@@ -81,6 +86,7 @@ released first, the caches' former behaviour.
 
 from __future__ import annotations
 
+import enum
 import heapq
 import math
 from collections import OrderedDict, deque
@@ -90,6 +96,7 @@ from typing import Literal
 
 import msgspec
 
+from agentrt.scheduling.call import Call
 from agentrt.scheduling.policies import queue_level
 from agentrt.scheduling.scheduler import Scheduler
 
@@ -110,6 +117,9 @@ class RetentionConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     before that, the next wider set is.
     ``max_hold_s``: the longest after its arrival a call is kept from a live pin's blocks
     (0, the default: pins never hold against admissions, they only order evictions).
+    ``queueing_cost``: the weight of the queueing a pin causes in its TTL (see the module's
+    docstring): 0, the default, charges none; 1 charges every waiting call with the pool's
+    share the pin holds.
     """
 
     mode: RetentionMode = "ttl"
@@ -121,13 +131,14 @@ class RetentionConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     min_samples: int = 3
     max_tracked: int = 100_000  # programs (and tool names) whose interrupts are remembered
     max_hold_s: float = 0.0
+    queueing_cost: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pin_budget <= 1.0:
             raise ValueError("pin_budget must be within [0, 1]")
         if not (self.max_ttl_s >= 0 and math.isfinite(self.max_ttl_s)):
             raise ValueError("max_ttl_s must be a finite number >= 0")
-        for name in ("prior_interrupt_s", "after_tool_s", "max_hold_s"):
+        for name in ("prior_interrupt_s", "after_tool_s", "max_hold_s", "queueing_cost"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0")
@@ -217,7 +228,8 @@ class Pressure:
 class RetentionCounters:
     """Running totals, for metrics: pins made, refused for the budget, reused (the
     program called again in time), expired, yielded to pressure, displaced by a better pin,
-    held for a tool the client said was running."""
+    held for a tool the client said was running; calls that pins held back from admission
+    (each counted once) and the seconds from each one's first hold to its admission."""
 
     pins: int = 0
     refused: int = 0
@@ -226,6 +238,17 @@ class RetentionCounters:
     yielded: int = 0
     displaced: int = 0
     held: int = 0
+    held_back: int = 0
+    held_back_s: float = 0.0
+
+
+class Hold(enum.IntEnum):
+    """What :meth:`RetentionPolicy.admission_hold` says of a call that holds no KV yet
+    (false only for ``NONE``)."""
+
+    NONE = 0  # the pins let it in
+    BEHIND = 1  # a call was held back before it in this decision and its program has no pin
+    PINS = 2  # live pins hold blocks it would need
 
 
 class _Pin:
@@ -307,6 +330,8 @@ class RetentionPolicy:
         self._last_end: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
         # Program -> (tools its threads are in now, the latest one's name), from tool signals.
         self._in_tool: OrderedDict[str, tuple[int, str | None]] = OrderedDict()
+        # Call id -> (its program, when pins first held it back), until it is admitted.
+        self._held_since: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     # --- what the cache tells the policy ---
 
@@ -383,7 +408,11 @@ class RetentionPolicy:
         samples = self.predictor.samples(tool=tool, program_id=program_id)
         waiting = pressure.waiting
         benefit = reload_s * (1.0 + waiting / max(1, pressure.batch_slots))
-        cost_rate = waiting * blocks / self.capacity if self.capacity else math.inf
+        cost_rate = (
+            self.config.queueing_cost * waiting * blocks / self.capacity
+            if self.capacity
+            else math.inf
+        )
         ttl = choose_ttl(samples, benefit, cost_rate, self.config.max_ttl_s)
         if ttl is None:
             return None
@@ -482,6 +511,9 @@ class RetentionPolicy:
         self._last_end.pop(program_id, None)
         self._in_tool.pop(program_id, None)
         self.predictor.forget_program(program_id)
+        if self._held_since:
+            for call_id in [c for c, (p, _) in self._held_since.items() if p == program_id]:
+                del self._held_since[call_id]
         pin = self._pins.get(program_id)
         if pin is not None:
             self._unpin(pin)
@@ -525,6 +557,58 @@ class RetentionPolicy:
             ):
                 units.extend(pin.units)
         return units
+
+    def admission_hold(
+        self,
+        call: Call,
+        now: float,
+        *,
+        held_any: bool,
+        others_running: bool,
+        taken: int,
+        capacity: int,
+        uncounted: Callable[[list[Unit]], int],
+    ) -> Hold:
+        """Whether ``call``, which holds no KV yet and fits the pool as ``taken`` blocks
+        of ``capacity`` count it, is kept out by live pins: the bookkeeping around
+        :meth:`holding` that the engine's and the simulator's admissions share.
+
+        ``held_any``: a call was held back earlier in the same decision; behind it only
+        the pins' own programs go ahead. ``others_running``: another call is admitted in
+        this decision. ``uncounted(units)``: the blocks of the pinned ``units`` that
+        ``taken`` does not count yet (neither the call's own prefix hits nor the blocks
+        of the calls admitted before it). The call is held when those would not fit.
+        A call held back (``PINS``) is counted once in ``counters.held_back``, and the
+        time from its first hold to its admission (``NONE``) in ``counters.held_back_s``.
+        """
+        if held_any and call.program_id not in self._pins:
+            return Hold.BEHIND
+        pinned = self.holding(
+            call.program_id, now, arrival=call.arrival, others_running=others_running
+        )
+        if pinned and taken + uncounted(pinned) > capacity:
+            held = self._held_since
+            if call.call_id not in held:
+                self.counters.held_back += 1
+                held[call.call_id] = (call.program_id, now)
+                if len(held) > self.config.max_tracked:
+                    held.popitem(last=False)
+            return Hold.PINS
+        if self._held_since:
+            self.hold_ended(call.call_id, now)
+        return Hold.NONE
+
+    def hold_ended(self, call_id: str, now: float) -> None:
+        """``call_id`` was admitted (an admission that skips :meth:`admission_hold` says so):
+        the time since pins first held it back, if they did, counts as held."""
+        found = self._held_since.pop(call_id, None)
+        if found is not None:
+            self.counters.held_back_s += now - found[1]
+
+    @property
+    def holding_back(self) -> bool:
+        """Some call that pins held back has not been admitted yet."""
+        return bool(self._held_since)
 
     def pinned(self, program_id: str) -> bool:
         return program_id in self._pins

@@ -63,8 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--decode-threads",
         type=int,
         help="CPU threads for decode-only steps of up to 8 rows (default: [engine] "
-        "decode_threads, else --num-threads); on a host with few cores, one fewer than the "
-        "cores leaves the server's event loop and its clients a core",
+        "decode_threads, else --num-threads)",
     )
     parser.add_argument(
         "--tensor-parallel-size",

@@ -21,11 +21,12 @@ In token mode a call is charged the tokens processed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Literal, cast
 
 from agentrt.scheduling import (
     Call,
+    Hold,
     Pressure,
     RetentionConfig,
     RetentionPolicy,
@@ -94,7 +95,7 @@ class WindowAdmission:
     a batch slot, KV blocks for the call's context through the window, prefill budget.
 
     A call not on the GPU also leaves alone the pinned keys the retention policy
-    holds against it (:meth:`~agentrt.scheduling.RetentionPolicy.holding`, the rule
+    holds against it (:meth:`~agentrt.scheduling.RetentionPolicy.admission_hold`, the rule
     the engine's admission applies too); refused for them alone, it is ``held_back``
     and the scheduler goes on to the calls behind it."""
 
@@ -135,6 +136,8 @@ class WindowAdmission:
         if prefill > 0 and not self.prefill_left:
             return False
         if self.fits_all:
+            if engine.retention.holding_back:
+                engine.retention.hold_ended(call.call_id, self.now)
             self.slots -= 1
             if prefill > 0:
                 self.prefill_left -= prefill if prefill < self.prefill_left else self.prefill_left
@@ -169,26 +172,29 @@ class WindowAdmission:
             engine.kv_bound = True
             return False
         if not live.on_gpu:
-            if self.held_any and not engine.retention.pinned(call.program_id):
-                self.held_back = True  # only the pins' own programs pass a held call
-                return False
-            pinned = engine.retention.holding(
-                call.program_id,
-                self.now,
-                arrival=call.arrival,
-                others_running=self.slots < engine.profile.max_batch_size,
-            )
-            if pinned:
+
+            def uncounted(pinned: list[Hashable]) -> int:
                 mine = {key for key, _ in spec.segments}
-                kept = sum(
+                return sum(
                     -(-resident.get(key, 0) // bs)  # type: ignore[call-overload]
                     for key in pinned
                     if key not in reserved and key not in mine
                 )
-                if self.blocks + extra + kept > kv.capacity:
-                    engine.kv_bound = True
-                    self.held_back = self.held_any = True
-                    return False
+
+            hold = engine.retention.admission_hold(
+                call,
+                self.now,
+                held_any=self.held_any,
+                others_running=self.slots < engine.profile.max_batch_size,
+                taken=self.blocks + extra,
+                capacity=kv.capacity,
+                uncounted=uncounted,
+            )
+            if hold:
+                self.held_back = True
+                if hold is Hold.PINS:
+                    engine.kv_bound = self.held_any = True
+                return False
         for key, tokens in updates:
             reserved[key] = tokens
         self.blocks += extra

@@ -165,6 +165,10 @@ class EngineSummary(msgspec.Struct, kw_only=True):
     pins_yielded: int = 0
     pins_offloaded: int = 0  # yielded pins copied to the host pool
     pins_restored: int = 0  # of those, copied back for the program's next call
+    # Calls pins held back from admission (max_hold_s), and the seconds from each one's
+    # first hold to its admission.
+    held_back: int = 0
+    held_back_s: float = 0.0
 
 
 class RunResult(msgspec.Struct, kw_only=True):
@@ -239,6 +243,8 @@ def summarize(
             pins_yielded=sum(e.retention.counters.yielded for e in engines),
             pins_offloaded=sum(c.offloads for c in counters),
             pins_restored=sum(c.restores for c in counters),
+            held_back=sum(e.retention.counters.held_back for e in engines),
+            held_back_s=sum(e.retention.counters.held_back_s for e in engines),
         ),
         sim_seconds=wall_seconds,
     )

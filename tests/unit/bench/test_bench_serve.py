@@ -81,12 +81,14 @@ def test_prefix_and_retention_counters_come_from_the_run_alone() -> None:
         "agentrt:recomputed_prompt_tokens_total": 64.0, "agentrt:num_kv_pins_total": 7.0,
         "agentrt:num_kv_pins_reused_total": 5.0, "agentrt:num_kv_pins_expired_total": 1.0,
         "agentrt:num_kv_pins_yielded_total": 1.0, "agentrt:num_kv_pins_held_total": 4.0,
+        "agentrt:num_kv_admissions_held_total": 3.0, "agentrt:kv_admissions_held_seconds_total": 2.5,
     })
     counters = server_counters(before, after)
     assert counters is not None
     assert prefix_hit_rate(counters) == 300 / 400  # the warm-up's lookups are not counted
     assert (counters.recomputed_prompt_tokens, counters.kv_pins, counters.kv_pins_reused) == (64, 7, 5)
     assert (counters.kv_pins_expired, counters.kv_pins_yielded, counters.kv_pins_held) == (1, 1, 4)
+    assert (counters.kv_admissions_held, counters.kv_admissions_held_s) == (3, 2.5)
     assert math.isnan(prefix_hit_rate(server_counters(before, before)))
     assert math.isnan(prefix_hit_rate(None))
 
@@ -382,7 +384,8 @@ def test_the_kv_table_and_the_replay_read_the_retention_systems() -> None:
                          latency=Distribution(mean=3.0, p50=3.0, p95=4.0, p99=4.0), token_latency=Distribution(),
                          wait_share=0, ttft=Distribution(), itl=Distribution(), calls=2, prompt_tokens_per_call=1,
                          completion_tokens_per_call=1, fairness=1,
-                         server=ServerCounters(prefix_queries=200, prefix_hits=hits, kv_pins=2))
+                         server=ServerCounters(prefix_queries=200, prefix_hits=hits, kv_pins=2,
+                                               kv_admissions_held=3, kv_admissions_held_s=4.5))
         calls = [CallStats(ttft=0.1, itl=0.01, prompt_tokens=100, completion_tokens=8, start=0.0, end=1.0,
                            thread_id="0", call_id="a"),
                  CallStats(ttft=0.1, itl=0.01, prompt_tokens=120, completion_tokens=8, start=2.0, end=3.0,
@@ -396,6 +399,7 @@ def test_the_kv_table_and_the_replay_read_the_retention_systems() -> None:
     print_kv(console, systems)
     text = console.export_text()
     assert "25.0%" in text and "75.0%" in text and "vllm" in text  # vllm: 0 of 200 tokens hit
+    assert "held back" in text and "4.5" in text
     predictions = predict(systems, load_profile("a100-llama3-8b"))
     assert [(p.label, p.policy) for p in predictions] == [
         ("agentrt/fcfs+kv-off", "fcfs"), ("agentrt/fcfs+kv-ttl", "fcfs")]

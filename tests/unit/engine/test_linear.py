@@ -14,6 +14,7 @@ from agentrt.engine.linear import (
     pack_linears,
     packing_available,
 )
+from agentrt.engine.matmul import Weight
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="torch built without oneDNN")
 
@@ -88,3 +89,38 @@ def test_only_batched_decode_rows_use_the_packed_weight(rows: int, packed: bool)
     x = torch.randn(rows, 24)
     expected = F.linear(x, other if packed else layer.weight, layer.bias)
     torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 2, MIN_PACKED_ROWS, MAX_PACKED_ROWS])
+def test_a_bfloat16_weight_uses_its_packed_copy_from_one_row(
+    monkeypatch: pytest.MonkeyPatch, rows: int
+) -> None:
+    from agentrt.engine import loader
+
+    monkeypatch.setattr(loader, "cpu_has_bf16_instructions", lambda: True)
+    torch.manual_seed(0)
+    dense = torch.randn(40, 24, dtype=torch.bfloat16)
+    try:
+        weight = Weight(dense, None, pack=True)
+    except RuntimeError as e:  # oneDNN's bfloat16 reorder needs avx512bw/vl/dq or avx_ne_convert
+        pytest.skip(f"this CPU cannot pack bfloat16 weights: {e}")
+    assert weight.packed is not None
+    # A packed copy of another weight shows which of the two the product used.
+    other = torch.randn_like(dense)
+    weight.packed = torch.ops.mkldnn._reorder_linear_weight(other, 32)
+    x = torch.randn(rows, 24, dtype=torch.bfloat16)
+    torch.testing.assert_close(weight(x), F.linear(x, other), rtol=2e-2, atol=2e-2)
+
+
+def test_a_bfloat16_weight_stays_dense_without_native_bfloat16(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agentrt.engine import loader
+
+    monkeypatch.setattr(loader, "cpu_has_bf16_instructions", lambda: False)
+    dense = torch.randn(40, 24, dtype=torch.bfloat16)
+    weight = Weight(dense, None, pack=True)
+    assert weight.packed is None
+    x = torch.randn(1, 24, dtype=torch.bfloat16)
+    torch.testing.assert_close(weight(x), F.linear(x, dense))
+    assert Weight(dense.float(), None, pack=True).packed is not None  # float32 packs anywhere

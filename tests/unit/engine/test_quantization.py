@@ -98,6 +98,31 @@ def test_rows_above_the_kinds_limit_use_the_dense_weight(dtype: torch.dtype) -> 
         make_weight(w, bias, "int3", pack=False)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_above_the_limit_use_the_packed_dense_copy_when_packing(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    from agentrt.engine import loader
+    from agentrt.engine.linear import packing_available
+
+    if not packing_available():
+        pytest.skip("torch built without oneDNN")
+    monkeypatch.setattr(loader, "cpu_has_bf16_instructions", lambda: True)
+    w, bias = weight().to(dtype), torch.randn(96).to(dtype)
+    for kind in ("int8", "int4"):
+        try:
+            layer = make_weight(w, bias, kind, pack=True)
+        except RuntimeError as e:  # oneDNN's bfloat16 reorder needs avx512bw/vl/dq
+            pytest.skip(f"this CPU cannot pack {dtype} weights: {e}")
+        assert layer.packed is not None
+        # A packed copy of another weight shows which of the two the wide product used.
+        other = torch.randn_like(w)
+        layer.packed = torch.ops.mkldnn._reorder_linear_weight(other, 32)
+        above = torch.randn(max_quantized_rows(kind, dtype) + 1, 128).to(dtype)
+        expected = F.linear(above.float(), other.float(), bias.float())
+        torch.testing.assert_close(layer(above).float(), expected, rtol=0.02, atol=0.1)
+
+
 def test_quantization_needs_the_lean_decoder() -> None:
     with pytest.raises(ConfigError, match="lean_decoder"):
         EngineConfig(quantization="int4", lean_decoder=False)

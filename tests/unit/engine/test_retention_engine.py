@@ -273,14 +273,15 @@ HOLD = RetentionConfig(mode="ttl", pin_budget=1.0, prior_interrupt_s=30.0, max_h
 START = 100.0
 RELOAD_TOKEN_S = 10.0  # a pinned block saves 40 s of recompute: more than the 30 s return
 NewCall = tuple[int, float]  # (blocks, seconds since its arrival) of a new program's call
+Admitted = tuple[list[str], int]  # the programs admitted, the calls pins held back
 
 
 def engine_admits(
     capacity: int, pins: list[int], calls: list[NewCall], slots: int, back: int | None = None
-) -> list[str]:
+) -> Admitted:
     """Programs ``a<i>`` left pinned contexts of ``pins[i]`` blocks; new calls ``n<j>`` of
     ``calls[j]`` wait, then (``back``) the next call of ``a<back>``, one block more than its
-    context: the programs the engine's next decision admits."""
+    context: the programs the engine's next decision admits, and how many it held back."""
     clock = Clock()
     clock.now = START
     config = EngineConfig(
@@ -310,12 +311,14 @@ def engine_admits(
         prompt = [back + 1] * (4 * pins[back]) + [200] * 3
         engine.add_request("back", prompt, params, program=ProgramTag(program_id=f"a{back}"))
     decision = engine.scheduler.schedule(START, StepAdmission(engine, START))
-    return [call.program_id for call in decision.batch]
+    held = engine.stats().kv_admissions_held
+    assert held == bm.evictable.counters.held_back
+    return [call.program_id for call in decision.batch], held
 
 
 def sim_admits(
     capacity: int, pins: list[int], calls: list[NewCall], slots: int, back: int | None = None
-) -> list[str]:
+) -> Admitted:
     profile = EngineProfile(
         name="same-state",
         step_overhead_s=0.01,
@@ -351,7 +354,7 @@ def sim_admits(
         call = Call(f"{program}/0", program, arrival=arrival, prompt_tokens=spec.prompt_tokens)
         engine.add(LiveCall(spec, call, None, engine, START), START)
     decision = scheduler.schedule(START, WindowAdmission(engine, 1, START))
-    return [call.program_id for call in decision.batch]
+    return [call.program_id for call in decision.batch], engine.retention.counters.held_back
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -381,9 +384,9 @@ def test_a_pin_holds_new_calls_back_and_lets_its_program_through() -> None:
     # behind it; a0's next call (7 blocks, 6 of them its pin) goes ahead.
     calls = [(4, 0.0), (4, 0.0), (1, 0.0)]
     for admits in (engine_admits, sim_admits):
-        assert admits(12, [6], calls, 4) == ["n0"]
-        assert admits(12, [6], calls, 4, back=0) == ["n0", "a0"]
+        assert admits(12, [6], calls, 4) == (["n0"], 1)  # n2 only waits behind n1
+        assert admits(12, [6], calls, 4, back=0) == (["n0", "a0"], 1)
         # A call that arrived max_hold_s ago is not held back (the next one is again); nor
         # one with nothing else admitted before it (the pin yields, the engine never idles).
-        assert admits(12, [6], [(4, 0.0), (4, 6.0), (1, 0.0)], 4) == ["n0", "n1"]
-        assert admits(12, [6], [(8, 0.0)], 4) == ["n0"]
+        assert admits(12, [6], [(4, 0.0), (4, 6.0), (1, 0.0)], 4) == (["n0", "n1"], 1)
+        assert admits(12, [6], [(8, 0.0)], 4) == (["n0"], 0)

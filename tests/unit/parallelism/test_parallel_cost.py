@@ -258,3 +258,80 @@ def test_the_share_of_plan_pairs_ranked_alike() -> None:
     assert pairs_in_order([row(1, 10), row(2, 20), row(3, 30)]) == 1.0
     assert pairs_in_order([row(1, 30), row(2, 20), row(3, 10)]) == 0.0
     assert pairs_in_order([row(1, 10), row(2, 30), row(3, 20)]) == pytest.approx(2 / 3)
+
+
+@pytest.mark.slow  # three captures of a model with a 65536-row table: about 10 s
+def test_auto_splits_the_head_and_its_loss_where_the_pipelines_hold_them_whole() -> None:
+    """A 65536 x 64 tied table on a device whose arithmetic is slow next to its links (a CPU).
+
+    Under 48 MiB per device data and tensor parallelism do not fit (the whole
+    table or the whole batch's logits); a pipeline fits but runs the head and
+    its loss whole on its last stage. The interlaced pipeline splits both over
+    the two devices and is predicted at least 1.5x faster than the best of them.
+    """
+    from agentrt.parallelism.cost import DeviceProfile
+    from agentrt.parallelism.launch import example_inputs
+    from agentrt.parallelism.models import tiny_llama_huge_vocab
+    from agentrt.parallelism.search import search
+
+    cpu = DeviceProfile(
+        "one CPU core per device",
+        devices=2,
+        nodes=1,
+        flops=20e9,
+        memory_bandwidth=10e9,
+        memory=2**30,
+        overhead=10e-6,
+        alpha=50e-6,
+        beta=2e9,
+        alpha_inter=50e-6,
+        beta_inter=2e9,
+    )
+    ids, labels = example_inputs(65536, 4, 32, 0)
+    found = search(
+        tiny_llama_huge_vocab(), ids, labels, 2, train=True, memory_limit=48 * 2**20, profile=cpu
+    )
+    best = found.best
+    assert best.family == "interlaced" and best.estimate is not None
+    standard = [c for c in found.candidates if c.family in ("dp", "tp", "pp", "3d")]
+    assert {c.name for c in standard if not c.fits} >= {"dp", "tp"}
+    rival = min(
+        (c for c in standard if c.fits and c.estimate is not None),
+        key=lambda c: c.estimate.seconds,  # type: ignore[union-attr]
+    )
+    assert rival.family == "pp" and rival.estimate is not None
+    assert rival.estimate.seconds >= 1.5 * best.estimate.seconds
+
+
+def test_calibrate_compares_auto_with_the_best_standard_plan_among_all_priced() -> None:
+    from agentrt.parallelism.calibrate import _plan_names, best_against_standard
+
+    assert _plan_names("interlaced(m=2), pp(1f1b,m=4),dp") == [
+        "interlaced(m=2)",
+        "pp(1f1b,m=4)",
+        "dp",
+    ]
+
+    def row(plan: str, family: str, pred: float, fits: bool = True) -> dict[str, Any]:
+        return {"plan": plan, "family": family, "predicted_seconds": pred, "fits": fits}
+
+    priced = [
+        row("dp", "dp", 0.5, fits=False),
+        row("pp(1f1b,m=4)", "pp", 0.3),
+        row("pp(1f1b,m=2)", "pp", 0.4),
+        row("interlaced(m=2)", "interlaced", 0.2),
+    ]
+    rows = [
+        {**priced[1], "measured_seconds": 0.15},
+        {**priced[3], "measured_seconds": 0.1},
+    ]
+    assert best_against_standard(rows, priced) == (
+        "auto: interlaced(m=2) against the best standard plan that fits, pp(1f1b,m=4): "
+        "predicted 1.50x faster, measured 1.50x"
+    )
+    # the rival chosen by prediction among every candidate, even one left unmeasured
+    priced[2]["predicted_seconds"] = 0.25
+    assert best_against_standard(rows, priced) == (
+        "auto: interlaced(m=2) against the best standard plan that fits, pp(1f1b,m=2): "
+        "predicted 1.25x faster (measured: 100.00 ms against not measured)"
+    )

@@ -98,7 +98,14 @@ def test_stages_chained_in_one_process_give_the_model_output(
 
 def test_operators_without_inputs_or_weights_are_recomputed_on_each_stage(llama_micro: Any) -> None:
     _, _, graph = llama_micro
-    plan = pipeline(graph, 2, nmicro=2)
+    # stage 1 from layer 1's query projection: both stages apply the rotary tables
+    q1 = next(
+        op
+        for op in graph.ops
+        if op.target is torch.ops.aten.linear.default
+        and graph.fqn[op.inputs[1].name].endswith("layers.1.self_attn.q_proj.weight")
+    )
+    plan = pipeline(graph, 2, nmicro=2, cuts=[q1.name])
     free = free_ops(graph)
     assert free
     copies = {name: len(plan.subops[name]) for name in free}
@@ -177,7 +184,7 @@ def test_three_d_on_four_processes_matches_one_device() -> None:
 
 
 def test_interlaced_splits_embedding_and_head_over_all_devices(llama_micro: Any) -> None:
-    from agentrt.parallelism.interlaced import interlaced
+    from agentrt.parallelism.interlaced import interlaced, interlaced_for
 
     _, _, graph = llama_micro
     built = interlaced(graph, 2, nmicro=2)
@@ -187,6 +194,10 @@ def test_interlaced_splits_embedding_and_head_over_all_devices(llama_micro: Any)
     }  # the vocabulary-split lookup's partial sums
     assert built.head.collectives() == {"all-gather": 1}  # the vocabulary-split logits, gathered
     assert built.head.collectives(train=True) == {"all-gather": 1, "all-reduce": 1}
+    # a training step takes its loss on the vocabulary slices: the logits are never gathered
+    split = interlaced_for(graph, 2, nmicro=2, train=True)
+    assert split.vocab_loss and split.head.collectives(train=True) == {"all-reduce": 1}
+    assert not interlaced_for(graph, 2, nmicro=2, train=False).vocab_loss
     held = {graph.fqn[k] for s in built.body for k in s.state}
     assert not any(
         "embed_tokens" in k or "lm_head" in k for k in held
@@ -207,6 +218,14 @@ def test_interlaced_holds_a_tied_head_once_and_trains_it_as_one_device() -> None
 
 def test_interlaced_on_two_processes_matches_one_device() -> None:
     result = verify("tiny-gpt", "interlaced", 2, train=True)
+    assert result.ok, result.as_dict()
+
+
+@pytest.mark.slow
+def test_interlaced_training_on_four_processes_takes_its_loss_on_four_slices() -> None:
+    # the tied table in 4 vocabulary shards, read by the embedding and the head, and the loss
+    # taken on 4 slices of the logits
+    result = verify("tiny-llama-tied", "interlaced", 4, train=True, batch=8)
     assert result.ok, result.as_dict()
 
 

@@ -12,7 +12,9 @@ def test_counts_add_and_ratios_follow_the_summed_pools() -> None:
     a.prefix_hit_rate, a.preemptions_swap, a.preemptions_recompute = 0.8, 3, 1
     a.steps, a.generated_tokens, a.calls_per_level = 10, 40, [2, 1, 1]
     a.step_moments = StepMoments.of(StepRecord(8, 2, 30, 0.01))
+    a.kv_admissions_held, a.kv_admissions_held_seconds = 2, 1.5
     b = EngineStats(running=1, kv_blocks_total=300, kv_blocks_used=30, prefix_hit_rate=0.4)
+    b.kv_admissions_held, b.kv_admissions_held_seconds = 1, 0.25
     b.steps, b.generated_tokens, b.calls_per_level = 5, 7, [1]
     b.step_moments = StepMoments.of(StepRecord(0, 1, 12, 0.002))
     total = a.plus(b)
@@ -23,6 +25,7 @@ def test_counts_add_and_ratios_follow_the_summed_pools() -> None:
     assert (total.preemptions_swap, total.preemptions_recompute) == (3, 1)
     assert (total.steps, total.generated_tokens) == (15, 47)
     assert total.calls_per_level == [3, 1, 1]
+    assert (total.kv_admissions_held, total.kv_admissions_held_seconds) == (3, 1.75)
     assert total.step_moments == a.step_moments.plus(b.step_moments)
 
 

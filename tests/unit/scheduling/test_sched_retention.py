@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from agentrt.scheduling import (
     Call,
+    Hold,
     InterruptPredictor,
     Pressure,
     RetentionConfig,
@@ -66,9 +67,10 @@ def test_ttl_none_without_benefit_or_samples() -> None:
     assert choose_ttl([], 5.0, 0.0, 60.0) is None
 
 
-def test_pressure_shortens_or_refuses_the_pin() -> None:
+@pytest.mark.parametrize("queueing_cost", [0.0, 1.0])
+def test_pressure_shortens_the_pin_when_queueing_is_priced(queueing_cost: float) -> None:
     samples = [0.5] * 5 + [30.0] * 5
-    pol = policy(capacity=100, window=10, min_samples=1)
+    pol = policy(capacity=100, window=10, min_samples=1, queueing_cost=queueing_cost)
     for seconds in samples:
         pol.predictor.observe(seconds, tool="search", program_id=None)
     idle = pol.call_finished("p", 0.0, blocks=20, reload_s=2.0, tool="search")
@@ -76,7 +78,7 @@ def test_pressure_shortens_or_refuses_the_pin() -> None:
         "q", 0.0, blocks=20, reload_s=2.0, tool="search", pressure=Pressure(8, 32)
     )
     assert idle == 30.0
-    assert busy == 0.5
+    assert busy == (0.5 if queueing_cost else 30.0)  # by default the hold rule prices waits
 
 
 # --- learning interrupts ---
@@ -316,6 +318,8 @@ def test_config_rejects_bad_values() -> None:
         RetentionConfig(max_ttl_s=float("inf"))
     with pytest.raises(ValueError, match="window"):
         RetentionConfig(window=0)
+    with pytest.raises(ValueError, match="queueing_cost"):
+        RetentionConfig(queueing_cost=float("nan"))
 
 
 # --- properties, over random programs sharing a small pool ---
@@ -473,6 +477,69 @@ def test_expired_ended_or_off_pins_hold_nothing() -> None:
     off = policy(mode="off", max_hold_s=10.0)
     finish(off, "a", 0.0, ["a0"], reload_s=20.0)
     assert off.holding("b", 0.5, arrival=0.5, others_running=True) == []
+
+
+def test_admission_hold_counts_only_the_pinned_blocks_the_admission_does_not_hold_yet() -> None:
+    pol = holder()
+    finish(pol, "a", 0.0, ["a0", "a1", "a2"], reload_s=20.0)
+    b = Call("b-1", "b", arrival=1.0)
+    seen: list[list[object]] = []
+
+    def uncounted(units: list[object]) -> int:
+        seen.append(sorted(units))  # type: ignore[type-var]
+        return sum(1 for u in units if u != "a0")  # a0 is already counted
+
+    def hold(taken: int, held_any: bool = False, others_running: bool = True) -> Hold:
+        return pol.admission_hold(
+            b,
+            1.0,
+            held_any=held_any,
+            others_running=others_running,
+            taken=taken,
+            capacity=10,
+            uncounted=uncounted,
+        )
+
+    assert hold(8) is Hold.NONE  # 8 + a1, a2 fit in 10
+    assert hold(9) is Hold.PINS
+    assert seen == [["a0", "a1", "a2"]] * 2
+    assert hold(9, others_running=False) is Hold.NONE  # the engine would idle
+    assert hold(0, held_any=True) is Hold.BEHIND  # behind a held call, b has no pin
+    a = Call("a-2", "a", arrival=1.0)
+    own = pol.admission_hold(
+        a, 1.0, held_any=True, others_running=True, taken=10, capacity=10, uncounted=uncounted
+    )
+    assert own is Hold.NONE  # the pin's own program passes
+
+
+def test_held_back_calls_are_counted_once_with_the_time_until_their_admission() -> None:
+    pol = holder()
+    finish(pol, "a", 0.0, ["a0", "a1"], reload_s=20.0)
+
+    def hold(call: Call, now: float) -> Hold:
+        return pol.admission_hold(
+            call,
+            now,
+            held_any=False,
+            others_running=True,
+            taken=9,
+            capacity=10,
+            uncounted=len,
+        )
+
+    b, c = Call("b-1", "b", arrival=1.0), Call("c-1", "c", arrival=1.0)
+    assert hold(b, 1.0) is Hold.PINS and hold(b, 2.0) is Hold.PINS
+    assert hold(c, 2.0) is Hold.PINS
+    assert (pol.counters.held_back, pol.counters.held_back_s) == (2, 0.0)
+    assert pol.holding_back
+    pol.call_arrived("a", 3.0)
+    pol.call_admitted("a")  # the pin closes: b goes in, 3 s after its first hold
+    assert hold(b, 4.0) is Hold.NONE
+    assert (pol.counters.held_back, pol.counters.held_back_s) == (2, 3.0)
+    pol.program_ended("c")  # c never got in: forgotten, not counted
+    assert not pol.holding_back
+    pol.hold_ended("c-1", 9.0)
+    assert pol.counters.held_back_s == 3.0
 
 
 def test_pins_of_programs_the_policy_ranks_below_the_newcomer_do_not_hold() -> None:

@@ -74,6 +74,26 @@ def test_a_pin_yields_to_running_calls_to_the_host_pool_when_it_has_room(
     assert engine.host_used == 0 and not engine.offloaded
 
 
+def test_a_pin_holding_calls_back_is_counted_in_the_run_result(
+    small_profile: EngineProfile,
+) -> None:
+    # The agent is expected back (0.15 s) sooner than its 1,600 tokens take to recompute
+    # (0.16 s): its pin keeps the third one-shot call out until the agent's call is in.
+    programs = [agent(0.12), *(one_shot(i, 0.1) for i in range(3))]
+    retention = RetentionConfig(prior_interrupt_s=0.15, max_hold_s=10.0)
+    config = SimConfig(kv_retention="ttl", retention=retention)
+    sim = Simulation(programs, small_profile, SchedulerConfig(policy="fcfs"), config)
+    result = sim.run()
+    counters = sim.engines["engine-0"].retention.counters
+    assert (counters.held_back, counters.reused, counters.yielded) == (1, 1, 0)
+    assert 0 < counters.held_back_s < 0.15
+    assert (result.engines.held_back, result.engines.held_back_s) == (
+        counters.held_back,
+        counters.held_back_s,
+    )
+    assert not sim.engines["engine-0"].retention.holding_back
+
+
 def test_a_pin_past_its_ttl_expires(small_profile: EngineProfile) -> None:
     programs = [agent(8.0), *(one_shot(i, 0.3 + 0.6 * i) for i in range(3))]
     ttl = run(small_profile, "ttl", programs)  # prior 5 s: the 8 s tool outlives the pin

@@ -168,6 +168,16 @@ class EngineStatsCollector(Collector):
             s.kv_pins_restored,
         )
         yield _counter(
+            "agentrt:num_kv_admissions_held",
+            "Calls pinned KV held back from admission for its program's next call.",
+            s.kv_admissions_held,
+        )
+        yield _counter(
+            "agentrt:kv_admissions_held_seconds",
+            "Seconds from each held-back call's first hold to its admission.",
+            s.kv_admissions_held_seconds,
+        )
+        yield _counter(
             "agentrt:recomputed_prompt_tokens",
             "Prompt tokens computed again after their KV was evicted or dropped.",
             s.recomputed_prompt_tokens,
