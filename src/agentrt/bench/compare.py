@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -104,6 +105,23 @@ def front_label(policy: str, ahead: int | None, config: str | None = None) -> st
     return f"agentrt/{policy}{'' if ahead is None else f'@{ahead}'}{settings}+llama.cpp"
 
 
+def llama_schedulers(args: argparse.Namespace) -> dict[str, Any]:
+    """The scheduler each llama.cpp system of ``args`` is simulated with, by label: the server
+    alone runs its calls first come, first served; a front, its policy with its config's
+    ``[scheduler]`` table (ValueError when that file cannot be read)."""
+    from agentrt.config import load_config
+    from agentrt.scheduling import SchedulerConfig
+
+    schedulers: dict[str, Any] = {"llama.cpp": SchedulerConfig(policy="fcfs")}
+    for policy, ahead, config in args.llama_front:
+        try:
+            schedulers[front_label(policy, ahead, config)] = load_config(
+                SchedulerConfig, config, "scheduler", {"policy": policy})
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"front config {config}: {e}") from None
+    return schedulers
+
+
 def parse_retention(text: str) -> list[str]:
     from agentrt.scheduling import RETENTION_MODES
 
@@ -145,12 +163,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for a server's /health")
     parser.add_argument("--simulate", default=None, metavar="PROFILE",
                         help="also run the simulator (a shipped profile name or a TOML file) on the measured "
-                        "programs of every agentrt system and print its prediction next to the measurement")
+                        "programs of every agentrt system and print its prediction next to the measurement; "
+                        "with --llama-server also llama.cpp alone (as FCFS) and each --llama-front (its policy "
+                        "and [scheduler] table) on the server's slots: the profile then models the server")
     parser.add_argument("--fit-steps", action="store_true",
                         help="with --simulate: replace the profile's step-time terms with a fit to the agentrt "
                         "servers' own engine steps during these runs (their /v1/engine/stats sums)")
     parser.add_argument("--sim-max-batch-size", type=int, default=None,
-                        help="the simulated engine's batch limit (default: --serve-arg --max-num-seqs, else the profile's)")
+                        help="the simulated engine's batch limit (default: --serve-arg --max-num-seqs, else the profile's; "
+                        "for the llama.cpp systems, their server's slots)")
     parser.add_argument("--from-json", default=None, metavar="FILE",
                         help="report (and --simulate) a saved `bench compare --json` run instead of measuring")
     llama_server.add_arguments(parser)
@@ -260,6 +281,7 @@ def compare(systems: list[SystemResult], latency_target: float | None,
 
 
 def print_comparison(console: Any, comparison: Comparison) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     if comparison.metric == "latency":
@@ -273,7 +295,7 @@ def print_comparison(console: Any, comparison: Comparison) -> None:
         table.add_column(column, justify="left" if column == "system" else "right")
     for row in comparison.rows:
         ratio = "n/a" if row.ratio is None else f"{'' if row.ratio_bound == '=' else row.ratio_bound}{row.ratio:.2f}x"
-        table.add_row(row.label, str(row.rate_at_target), ratio,
+        table.add_row(escape(row.label), str(row.rate_at_target), ratio,
                       "-" if math.isnan(row.mean_at_baseline_rate) else format(row.mean_at_baseline_rate, fmt),
                       "-" if math.isnan(row.p95_at_baseline_rate) else format(row.p95_at_baseline_rate, fmt))
     console.print(table)
@@ -281,6 +303,7 @@ def print_comparison(console: Any, comparison: Comparison) -> None:
 
 def print_engine_queues(console: Any, systems: list[SystemResult]) -> None:
     """The engine's own queue through each run, for the systems whose engine reports one."""
+    from rich.markup import escape
     from rich.table import Table
 
     rows = [(s.label, r) for s in systems for r in s.runs if r.engine_queue is not None]
@@ -293,7 +316,7 @@ def print_engine_queues(console: Any, systems: list[SystemResult]) -> None:
     for label, run in rows:
         q = run.engine_queue
         assert q is not None
-        table.add_row(label, f"{run.rate:g}", f"{q.processing_mean:.2f}", f"{q.deferred_mean:.2f}",
+        table.add_row(escape(label), f"{run.rate:g}", f"{q.processing_mean:.2f}", f"{q.deferred_mean:.2f}",
                       f"{q.deferred_max:.0f}", f"{q.deferred_share:.0%}", str(q.samples))
     console.print(table)
 
@@ -308,13 +331,17 @@ def serve_flag(serve_args: list[str], flag: str) -> str | None:
     return None
 
 
-def llama_config(args: argparse.Namespace) -> llama_server.LlamaServerConfig | None:
-    """``--llama-server``: as many slots as agentrt's batch (its ``--max-num-seqs``), 4,096 tokens each."""
+def default_llama_slots(args: argparse.Namespace) -> int:
+    """The slots of ``--llama-server`` without ``--llama-slots``: agentrt's batch (its ``--max-num-seqs``)."""
     from agentrt.engine.config import EngineConfig
 
     batch = serve_flag(args.serve_arg, "--max-num-seqs")
-    slots = int(batch) if batch else EngineConfig().max_num_seqs
-    return llama_server.config_from_args(args, slots, 4096)
+    return int(batch) if batch else EngineConfig().max_num_seqs
+
+
+def llama_config(args: argparse.Namespace) -> llama_server.LlamaServerConfig | None:
+    """``--llama-server``: as many slots as agentrt's batch (its ``--max-num-seqs``), 4,096 tokens each."""
+    return llama_server.config_from_args(args, default_llama_slots(args), 4096)
 
 
 def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None:
@@ -435,7 +462,7 @@ def run(args: argparse.Namespace) -> int:
         problem = "nothing to compare: give --policies, --external and/or --llama-server"
     if problem is None and args.kv_retention and not args.policies:
         problem = "--kv-retention sets the retention of the agentrt servers of --policies"
-    if problem is None and args.llama_front and not args.llama_server:
+    if problem is None and args.llama_front and not (args.llama_server or args.from_json):
         problem = "--llama-front puts agentrt in front of the llama.cpp server of --llama-server"
     if problem is None and args.fit_steps and not args.simulate:
         problem = "--fit-steps fits the profile given with --simulate PROFILE"
@@ -470,7 +497,13 @@ def run(args: argparse.Namespace) -> int:
         profile = load_profile(args.simulate)
         if args.fit_steps:
             profile = fitted_to_runs(profile, systems, console)
-        result.predictions = predict(systems, profile, int(batch) if batch else None)
+        try:
+            servers = llama_schedulers(args)
+        except ValueError as e:
+            console.print(f"[red]error:[/red] {e}")
+            return 2
+        result.predictions = predict(systems, profile, int(batch) if batch else None, servers,
+                                     args.sim_max_batch_size or args.llama_slots or default_llama_slots(args))
         print_predictions(console, result.predictions, profile.name)
     write_outputs(result, args, console)
     return 0 if all(r.errors == r.cut == 0 for s in systems for r in s.runs) else 1

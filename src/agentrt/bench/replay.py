@@ -13,13 +13,16 @@ times, that the server saw.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from agentrt.bench.program_metrics import Distribution, ProgramResult
 from agentrt.sim.spec import CallSpec, ProgramSpec
+
+if TYPE_CHECKING:
+    from agentrt.scheduling import SchedulerConfig
 
 
 class Prediction(msgspec.Struct, kw_only=True):
@@ -66,25 +69,51 @@ def sim_program(result: ProgramResult) -> ProgramSpec:
     return ProgramSpec(f"p{result.index}", result.workload, specs, arrival=result.arrival)
 
 
-def predict(systems: Sequence[Any], profile: Any, max_batch_size: int | None = None) -> list[Prediction]:
-    """Simulate every run of every ``agentrt/<policy>`` system with its own measured programs."""
+def predict(
+    systems: Sequence[Any],
+    profile: Any,
+    max_batch_size: int | None = None,
+    servers: Mapping[str, SchedulerConfig] | None = None,
+    server_slots: int | None = None,
+) -> list[Prediction]:
+    """Simulate every run of every ``agentrt/<policy>`` system with its own measured programs.
+
+    ``servers`` maps the labels of the llama.cpp systems (the server alone,
+    agentrt in front of one) to the scheduler each is simulated with (the
+    server alone: first come, first served; a front: its policy and its
+    ``[scheduler]`` table), on ``server_slots`` slots. The simulated engine
+    is then the profile's: with a profile of the server's costs, each
+    front's prediction is its policy's ideal on the programs it served (the
+    simulated engine preempts; the server does not), and the server alone's
+    says how well the profile models it.
+    """
     from agentrt.scheduling import SchedulerConfig
     from agentrt.sim.simulator import SimConfig, simulate
 
-    if max_batch_size is not None:
-        profile = msgspec.structs.replace(profile, max_batch_size=max_batch_size)
+    servers = servers or {}
     predictions = []
     for system in systems:
-        if not system.label.startswith("agentrt/") or system.label.endswith("+llama.cpp"):
-            continue  # peers, and agentrt fronting llama.cpp (the simulator models our engine)
-        # "agentrt/<policy>" or, with bench compare --kv-retention, "agentrt/<policy>+kv-<mode>".
-        policy, _, retention = system.label.removeprefix("agentrt/").partition("+kv-")
-        sim_config = SimConfig(kv_retention=retention) if retention else SimConfig()
+        scheduler = servers.get(system.label)
+        engine = profile
+        if scheduler is not None:
+            policy = scheduler.policy
+            sim_config = SimConfig()
+            if server_slots is not None:
+                engine = msgspec.structs.replace(profile, max_batch_size=server_slots)
+        elif not system.label.startswith("agentrt/") or system.label.endswith("+llama.cpp"):
+            continue  # peers, and llama.cpp systems the caller did not describe
+        else:
+            # "agentrt/<policy>" or, with bench compare --kv-retention, "agentrt/<policy>+kv-<mode>".
+            policy, _, retention = system.label.removeprefix("agentrt/").partition("+kv-")
+            scheduler = SchedulerConfig(policy=policy)
+            sim_config = SimConfig(kv_retention=retention) if retention else SimConfig()
+            if max_batch_size is not None:
+                engine = msgspec.structs.replace(profile, max_batch_size=max_batch_size)
         for run, programs in zip(system.runs, system.programs, strict=True):
             done = [p for p in programs if p.error is None and p.calls]
             if not done:
                 continue
-            result = simulate([sim_program(p) for p in done], profile, SchedulerConfig(policy=policy), sim_config)
+            result = simulate([sim_program(p) for p in done], engine, scheduler, sim_config)
             predictions.append(Prediction(
                 label=system.label,
                 policy=policy,
@@ -97,12 +126,16 @@ def predict(systems: Sequence[Any], profile: Any, max_batch_size: int | None = N
 
 
 def print_predictions(console: Any, predictions: Sequence[Prediction], profile_name: str) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"simulator ({profile_name}) against measurement, same programs and arrivals (latency s)")
-    for column in ("system", "rate/s", "measured mean", "simulated mean", "measured p95", "simulated p95"):
-        table.add_column(column, justify="left" if column == "system" else "right")
+    columns = ("system", "policy", "rate/s", "measured mean", "simulated mean", "measured p50", "simulated p50",
+               "measured p95", "simulated p95")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("system", "policy") else "right")
     for p in predictions:
-        table.add_row(p.label, f"{p.rate:g}", f"{p.measured.mean:.1f}", f"{p.simulated.mean:.1f}",
-                      f"{p.measured.p95:.1f}", f"{p.simulated.p95:.1f}")
+        table.add_row(escape(p.label), p.policy, f"{p.rate:g}", f"{p.measured.mean:.1f}", f"{p.simulated.mean:.1f}",
+                      f"{p.measured.p50:.1f}", f"{p.simulated.p50:.1f}", f"{p.measured.p95:.1f}",
+                      f"{p.simulated.p95:.1f}")
     console.print(table)

@@ -77,6 +77,7 @@ def _ms(value: float) -> str:
 
 def print_runs(console: Any, systems: Sequence[Any]) -> None:
     """One row per (system, rate): the program-level and call-level figures of the run."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="agent programs under Poisson load (latency in s, TTFT/ITL in ms)")
@@ -87,7 +88,7 @@ def print_runs(console: Any, systems: Sequence[Any]) -> None:
         for run in system.runs:
             server = run.server
             table.add_row(
-                system.label, f"{run.rate:g}", str(run.completed), str(run.errors), str(run.cut),
+                escape(system.label), f"{run.rate:g}", str(run.completed), str(run.errors), str(run.cut),
                 f"{run.throughput:.3f}",
                 f"{run.token_throughput:.1f}", _s(run.latency.mean), _s(run.latency.p50), _s(run.latency.p95),
                 _s(run.latency.p99), f"{run.token_latency.mean:.3f}", f"{run.wait_share:.0%}",
@@ -100,6 +101,7 @@ def print_runs(console: Any, systems: Sequence[Any]) -> None:
 
 def print_kv(console: Any, systems: Sequence[Any]) -> None:
     """The prefix cache and KV retention per (system, rate), for servers that report them."""
+    from rich.markup import escape
     from rich.table import Table
 
     rows = [(s.label, r) for s in systems for r in s.runs if r.server is not None and r.server.prefix_queries > 0]
@@ -112,7 +114,7 @@ def print_kv(console: Any, systems: Sequence[Any]) -> None:
     for label, run in rows:
         c = run.server
         hit = prefix_hit_rate(c)
-        table.add_row(label, f"{run.rate:g}", _s(run.latency.mean), _s(run.latency.p95),
+        table.add_row(escape(label), f"{run.rate:g}", _s(run.latency.mean), _s(run.latency.p95),
                       "-" if math.isnan(hit) else f"{hit:.1%}", f"{c.prefix_queries:.0f}",
                       f"{c.recomputed_prompt_tokens:.0f}", f"{c.kv_pins:.0f}", f"{c.kv_pins_reused:.0f}",
                       f"{c.kv_pins_expired:.0f}", f"{c.kv_pins_yielded:.0f}", f"{c.kv_pins_held:.0f}",

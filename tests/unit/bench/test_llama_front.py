@@ -10,9 +10,13 @@ from pathlib import Path
 import pytest
 from tests.unit.bench.llama_fakes import fake_llama_binary, flag, starts, write_gguf
 
-from agentrt.bench.compare import parse_fronts
+from agentrt.bench.compare import llama_schedulers, parse_fronts
 from agentrt.bench.engine_queue import parse_metrics
+from agentrt.bench.replay import predict
+from agentrt.bench.serve import load_result
 from agentrt.cli import main
+from agentrt.scheduling import SchedulerConfig
+from agentrt.sim.profile import load_profile
 
 
 def test_the_engines_counts_are_read_from_its_metrics() -> None:
@@ -110,6 +114,75 @@ def test_front_entries_name_a_policy_and_optionally_the_calls_queued_ahead_and_a
     for bad in ("plas@", "plas@-1", "nope@1", "plas:", "plas@x:one.toml"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_fronts(bad)
+
+
+ECHO_PROFILE = """name = "echo"
+step_overhead_s = 0.001
+prefill_token_s = 0.0
+decode_seq_s = 0.0
+kv_token_s = 0.0
+kv_blocks = 100000
+max_batch_tokens = 100000
+max_model_len = 100000
+host_blocks = 100000
+"""
+
+
+def test_the_simulator_predicts_the_server_alone_and_each_front_with_its_own_scheduler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    binary = fake_llama_binary(tmp_path, monkeypatch)
+    out = tmp_path / "compare.json"
+    model = write_gguf(tmp_path / "m.gguf", tied=True)
+    profile = tmp_path / "echo.toml"
+    profile.write_text(ECHO_PROFILE)
+    one = tmp_path / "one.toml"
+    one.write_text("[scheduler]\nnum_queues = 1\n")
+    code = main([
+        "bench", "compare", "--policies", "", "--llama-server", str(binary), "--llama-front", f"plas@1:{one}",
+        "--llama-model", str(model), "--llama-threads", "1", "--llama-slots", "2", "--simulate", str(profile),
+        "--workload", "chat", "--num-programs", "3", "--rate", "20", "--json", str(out), "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    predictions = json.loads(out.read_text())["predictions"]
+    assert [(p["label"], p["policy"]) for p in predictions] == [
+        ("llama.cpp", "fcfs"),
+        ("agentrt/plas@1[one]+llama.cpp", "plas"),
+    ]
+    assert all(0 < p["simulated"]["p50"] <= p["simulated"]["mean"] * 3 for p in predictions)
+    # The tables print labels as they are: "[one]" is not taken for a style.
+    assert "[one]" in capsys.readouterr().out
+    # A saved run is predicted again with its fronts named; the same programs give the same figures.
+    again = tmp_path / "again.json"
+    code = main([
+        "bench", "compare", "--from-json", str(out), "--llama-front", f"plas@1:{one}", "--llama-slots", "2",
+        "--simulate", str(profile), "--json", str(again),
+    ])  # fmt: skip
+    assert code == 0
+    assert json.loads(again.read_text())["predictions"] == predictions
+    # The server's slots are the simulated engine's: one slot serves the three programs' calls
+    # one at a time, where two serve two at once.
+    systems = load_result(str(out)).systems
+    alone = {"llama.cpp": SchedulerConfig(policy="fcfs")}
+    [serial] = predict(systems, load_profile(profile), None, alone, 1)
+    [parallel] = predict(systems, load_profile(profile), None, alone, 2)
+    assert serial.simulated.mean > parallel.simulated.mean
+
+
+def test_a_front_is_simulated_with_its_policy_and_its_configs_scheduler_table(
+    tmp_path: Path,
+) -> None:
+    one = tmp_path / "one.toml"
+    one.write_text('[scheduler]\nnum_queues = 1\nlevel_order = "program"\n')
+    args = argparse.Namespace(llama_front=[("plas", 1, str(one)), ("atlas", None, None)])
+    schedulers = llama_schedulers(args)
+    assert schedulers["llama.cpp"].policy == "fcfs"
+    front = schedulers["agentrt/plas@1[one]+llama.cpp"]
+    assert (front.policy, front.num_queues, front.level_order) == ("plas", 1, "program")
+    assert schedulers["agentrt/atlas+llama.cpp"] == SchedulerConfig(policy="atlas")
+    args = argparse.Namespace(llama_front=[("plas", None, str(tmp_path / "missing.toml"))])
+    with pytest.raises(ValueError, match=r"missing\.toml"):
+        llama_schedulers(args)
 
 
 def test_the_relay_benchmark_counts_every_token(tmp_path: Path) -> None:
