@@ -35,8 +35,8 @@ class Weight:
         if self.packed is not None and packed_rows(x.shape[0], self.weight.dtype):
             if torch.compiler.is_compiling():
                 if self.weight.dtype != torch.float32:
-                    # bfloat16 graphs keep the dense product, which inductor fuses with its
-                    # neighbours; the wrapped packed one was slower there.
+                    # bfloat16 graphs keep the dense product: there the custom-op wrapper's
+                    # per-call Python dispatch outweighs what the packed layout saves.
                     return F.linear(x, self.weight, self.bias)
                 compiled: torch.Tensor = packed_linear(x, self.packed, self.bias, self.out_features)
                 return compiled
