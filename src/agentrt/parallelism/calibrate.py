@@ -9,7 +9,11 @@ forwards, or forwards and backwards with ``--train``) and prints both, their rat
 whether the two rank the plans alike. ``--rounds R`` measures every plan
 ``R`` times, one plan after another in each round, and keeps each plan's
 median: on a shared host the load drifts within a run, and round-robin lets
-the drift fall on every plan alike.
+the drift fall on every plan alike. With more than one round every round
+also measures its own primitives afresh (operator times, the collectives'
+lines and the wait) and prices every plan with them before running the
+plans, so each round's prediction and measurement see the same host; the
+prediction kept is the median of the rounds' predictions.
 """
 
 from __future__ import annotations
@@ -108,19 +112,26 @@ def calibrate(
     from agentrt.parallelism.launch import example_inputs, load_model, verify, vocab_of
     from agentrt.parallelism.search import search
 
-    comm, _ = measured_comm(ndevices)
     model = load_model(model_spec)
     ids, labels = example_inputs(vocab_of(model), batch, seq, 0)
-    found = search(
-        model,
-        ids,
-        labels,
-        ndevices,
-        train=train,
-        comm=comm,
-        concurrent=ndevices,
-        memory_limit=memory_limit,
-    )
+    fresh = rounds > 1  # each round measures its own primitives
+
+    def priced() -> tuple[Any, Any]:
+        comm, _ = measured_comm(ndevices, cache=not fresh)
+        found = search(
+            model,
+            ids,
+            labels,
+            ndevices,
+            train=train,
+            comm=comm,
+            concurrent=ndevices,
+            memory_limit=memory_limit,
+            cache=not fresh,
+        )
+        return comm, found
+
+    comm, found = priced()
     runs = [
         (cand, run)
         for cand in found.candidates
@@ -134,7 +145,16 @@ def calibrate(
     # Round-robin: every plan is measured once per round, so a change in the host's load over
     # the run falls on all plans alike; each plan keeps the median of its rounds.
     got: dict[str, list[Any]] = {cand.name: [] for cand, _ in runs}
-    for _ in range(rounds):
+    predicted: dict[str, list[float]] = {cand.name: [] for cand, _ in runs}
+    waits: list[float] = []
+    for r in range(rounds):
+        round_comm, round_found = (comm, found) if r == 0 else priced()
+        waits.append(round_comm.sync)
+        by_name = {c.name: c for c in round_found.candidates}
+        for cand, _ in runs:
+            estimate = by_name[cand.name].estimate
+            assert estimate is not None
+            predicted[cand.name].append(estimate.seconds)
         for cand, (plan, micro) in runs:
             got[cand.name].append(
                 verify(
@@ -153,18 +173,20 @@ def calibrate(
         assert cand.estimate is not None
         results = got[cand.name]
         measured = statistics.median(r.seconds_parallel for r in results)
+        prediction = statistics.median(predicted[cand.name])
         rows.append(
             {
                 "plan": cand.name,
                 "family": cand.family,
                 "fits": cand.fits,
                 "memory_bytes": cand.estimate.memory_bytes,
-                "predicted_seconds": cand.estimate.seconds,
+                "predicted_seconds": prediction,
+                "predicted_rounds": predicted[cand.name],
                 "predicted_comm_seconds": cand.estimate.comm_seconds,
                 "measured_seconds": measured,
                 "measured_rounds": [r.seconds_parallel for r in results],
                 "single_device_seconds": statistics.median(r.seconds_single for r in results),
-                "ratio": cand.estimate.seconds / measured,
+                "ratio": prediction / measured,
                 "ok": all(r.ok for r in results),
             }
         )
@@ -177,6 +199,7 @@ def calibrate(
         "alpha": comm.alpha,
         "beta": comm.beta,
         "sync_seconds": comm.sync,
+        "sync_rounds": waits,
         "memory_limit": memory_limit,
         "collectives": [
             {"primitive": p, "seconds_per_call": a, "seconds_per_byte": b}
@@ -272,7 +295,13 @@ def _write(report: dict[str, Any], args: argparse.Namespace) -> None:
     out = sys.stdout
     out.write(
         f"alpha {report['alpha'] * 1e6:.1f} us, beta {report['beta'] / 1e9:.2f} GB/s, "
-        f"wait per synchronizing call {report['sync_seconds'] * 1e6:.0f} us\n"
+        f"wait per synchronizing call {report['sync_seconds'] * 1e6:.0f} us"
+        + (
+            f" (rounds {', '.join(f'{w * 1e6:.0f}' for w in report['sync_rounds'])} us)"
+            if len(report["sync_rounds"]) > 1
+            else ""
+        )
+        + "\n"
     )
     for c in report["collectives"]:
         rate = 1 / c["seconds_per_byte"] / 1e9 if c["seconds_per_byte"] else float("inf")
@@ -287,6 +316,7 @@ def _write(report: dict[str, Any], args: argparse.Namespace) -> None:
             f"memory {r['memory_bytes'] / 2**20:.2f} MiB{'' if r['fits'] else ' (over the limit)'}"
             + (
                 f"  rounds {', '.join(f'{x * 1e3:.1f}' for x in r['measured_rounds'])} ms"
+                f" (predicted {', '.join(f'{x * 1e3:.1f}' for x in r['predicted_rounds'])} ms)"
                 if len(r["measured_rounds"]) > 1
                 else ""
             )

@@ -7,6 +7,10 @@ host of a few shared cores that fixed part is most of a small collective, so
 a plan's predicted time depends on how many calls it makes, not only on the
 bytes. Each primitive is measured through the same code the runtime uses, at
 a few sizes, and fitted to a line ``seconds = fixed + per_byte * bytes``.
+The calls are interleaved (each pass times one call of every primitive at
+every size, ``_REPEATS`` passes, the median kept per primitive and size), so
+a burst of load on the host falls on all of them alike instead of on
+whichever primitive happened to be timed then.
 
 A call measured between barriers misses one more cost a plan pays: at each
 synchronizing call a rank waits for the slowest of the others, and with
@@ -32,11 +36,11 @@ from agentrt.parallelism.errors import ParallelError
 
 SIZES = (4 << 10, 64 << 10, 1 << 20)  # bytes of the whole tensor
 PRIMITIVES = ("all-reduce", "all-gather", "local-chunk", "send/recv", "broadcast")
-_REPEATS = 15
+_REPEATS = 31
 SYNC = "sync"  # the per-call wait, stored beside the primitives' samples
 _BURST_OPS = 48  # small operator calls between two synchronizing calls (a layer's worth)
 _SYNC_CALLS = 20
-_SYNC_ROUNDS = 11
+_SYNC_ROUNDS = 21
 
 
 def fit_line(samples: list[tuple[int, float]]) -> tuple[float, float]:
@@ -62,17 +66,19 @@ def fit_line(samples: list[tuple[int, float]]) -> tuple[float, float]:
     return fixed, per_byte
 
 
-def _timed(step: Callable[[], object]) -> float:
-    """The median of ``_REPEATS`` calls, each started together by a barrier."""
+def _once(step: Callable[[], object]) -> float:
+    """One call, started on every rank together by a barrier."""
     import torch.distributed as dist
 
-    seconds = []
-    for _ in range(_REPEATS):
-        dist.barrier()
-        start = time.perf_counter()
-        step()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+    dist.barrier()
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def _timed(step: Callable[[], object]) -> float:
+    """The median of ``_REPEATS`` calls, each started together by a barrier."""
+    return statistics.median(_once(step) for _ in range(_REPEATS))
 
 
 def _sync_wait(rank: int, mesh: object) -> float:
@@ -150,12 +156,19 @@ def _worker(rank: int, n: int, out: str) -> None:
 
     torch.set_num_threads(1)
     mesh = init_mesh(n)
-    samples: dict[str, list[tuple[int, float]]] = {p: [] for p in PRIMITIVES}
-    for size in SIZES:
-        for prim, call in _calls(rank, n, size, mesh).items():
+    calls = {size: _calls(rank, n, size, mesh) for size in SIZES}
+    for by_prim in calls.values():
+        for call in by_prim.values():
             call()  # the first call of a size pays one-time costs
-            seconds = _timed(call)
-            samples[prim].append((size, seconds / 2 if prim == "send/recv" else seconds))
+    taken: dict[tuple[str, int], list[float]] = {}
+    for _ in range(_REPEATS):  # interleaved: every primitive and size once per pass
+        for size, by_prim in calls.items():
+            for prim, call in by_prim.items():
+                taken.setdefault((prim, size), []).append(_once(call))
+    samples: dict[str, list[tuple[int, float]]] = {p: [] for p in PRIMITIVES}
+    for (prim, size), seconds in taken.items():
+        median = statistics.median(seconds)
+        samples[prim].append((size, median / 2 if prim == "send/recv" else median))
     wait = _sync_wait(rank, mesh)
     if rank == 0:
         samples[SYNC] = [(0, wait)]

@@ -110,11 +110,13 @@ def search(
     comm: CostModel | None = None,
     families: tuple[str, ...] = ("dp", "tp", "coshard", "pp", "3d", "interlaced"),
     concurrent: int = 1,
+    cache: bool = True,
 ) -> Search:
     """Price every candidate plan of ``families`` for ``model`` on ``ndevices`` and rank them.
 
     ``concurrent``: without a profile, measure operator times with that many
     ranks running at once (``ndevices`` when the plan will run on this host).
+    ``cache=False`` measures them afresh instead of reading earlier measurements.
     """
     if ndevices < 1:
         raise ParallelError(f"the device count must be at least 1, got {ndevices}")
@@ -136,7 +138,7 @@ def search(
 
     def times(graph: Graph) -> OpTimes:
         if id(graph) not in times_of:
-            times_of[id(graph)] = OpTimes(graph, profile, concurrent=concurrent)
+            times_of[id(graph)] = OpTimes(graph, profile, cache=cache, concurrent=concurrent)
         return times_of[id(graph)]
 
     graphs: dict[Any, Graph] = {}

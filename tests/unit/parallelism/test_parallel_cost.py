@@ -335,3 +335,55 @@ def test_calibrate_compares_auto_with_the_best_standard_plan_among_all_priced() 
         "auto: interlaced(m=2) against the best standard plan that fits, pp(1f1b,m=2): "
         "predicted 1.25x faster (measured: 100.00 ms against not measured)"
     )
+
+
+def test_calibrate_rounds_price_every_round_with_its_own_fresh_primitives(
+    monkeypatch: Any,
+) -> None:
+    """Each round measures the collectives and operator times afresh and prices the plans with
+    them before running them; the prediction kept is the median of the rounds' predictions."""
+    from types import SimpleNamespace
+
+    from agentrt.parallelism import calibrate as cal
+    from agentrt.parallelism import cost, launch, search
+    from agentrt.parallelism.cost import Estimate
+    from agentrt.parallelism.search import Candidate, Search
+
+    measured_with: list[bool] = []
+    searched_with: list[bool] = []
+    predictions = iter([0.010, 0.030, 0.020])  # one per round
+    measurements = iter([0.012, 0.011, 0.040])
+
+    def fake_comm(n: int, *, cache: bool = True) -> tuple[CostModel, list[Any]]:
+        measured_with.append(cache)
+        return CostModel(sync=1e-4 * len(measured_with)), []
+
+    def fake_search(*args: Any, cache: bool = True, **kwargs: Any) -> Search:
+        searched_with.append(cache)
+        found = Search(2, True, None)
+        seconds = next(predictions)
+        found.candidates.append(
+            Candidate("dp", "dp", Estimate("dp", seconds, seconds, 0.0, 1), fits=True)
+        )
+        return found
+
+    def fake_verify(*args: Any, **kwargs: Any) -> Any:
+        return SimpleNamespace(seconds_parallel=next(measurements), seconds_single=0.001, ok=True)
+
+    monkeypatch.setattr(cost, "measured_comm", fake_comm)
+    monkeypatch.setattr(search, "search", fake_search)
+    monkeypatch.setattr(launch, "verify", fake_verify)
+    report = cal.calibrate("tiny-llama", 2, 4, 8, train=True, rounds=3)
+    assert measured_with == [False] * 3 and searched_with == [False] * 3
+    (row,) = report["rows"]
+    assert row["predicted_rounds"] == [0.010, 0.030, 0.020]
+    assert row["predicted_seconds"] == pytest.approx(0.020)
+    assert row["measured_seconds"] == pytest.approx(0.012)
+    assert row["ratio"] == pytest.approx(0.020 / 0.012)
+    assert report["sync_rounds"] == pytest.approx([1e-4, 2e-4, 3e-4])
+    # one round keeps the cached primitives, as before
+    measured_with.clear()
+    searched_with.clear()
+    predictions, measurements = iter([0.01]), iter([0.01])
+    cal.calibrate("tiny-llama", 2, 4, 8, train=True, rounds=1)
+    assert measured_with == [True] and searched_with == [True]
