@@ -6,7 +6,11 @@ Three inputs, each replaceable:
   timed on its traced shapes, cached on disk by target and shapes), or from a
   :class:`DeviceProfile` (peak FLOP/s, memory bandwidth and a per-call
   overhead of a device such as an A100) for a cluster one is not running on.
-  A part of an operator split ``n`` ways takes the per-call overhead plus
+  Measured here, each way an operator can be split (every label it may be
+  cut along, in as many parts as the plans use) is timed too, at the part's
+  shapes and through the runtime's split path: a part takes its whole
+  operator's time plus what the part measured beyond the whole. Otherwise a
+  part of an operator split ``n`` ways takes the per-call overhead plus
   ``1/n`` of the rest;
 - **communication**: phase 3's alpha-beta :class:`CostModel`, whose alpha and
   beta are fitted to collectives measured on gloo (:func:`fit_alpha_beta`)
@@ -15,9 +19,11 @@ Three inputs, each replaceable:
   their gradients) and of the activations it keeps (all of them for the
   backward in training, the largest operator's in a forward).
 
-SPMD plans cost the sum of their operators' part times and their
-communication; a training step costs three forwards of compute (forward,
-and a backward of about twice the work). A pipeline's stages are timed the
+SPMD plans cost the sum of their operators' part times (a co-sharded
+operator's ``k`` parts per device each, and again in a training step's
+backward, which recomputes them) and their communication; a training step
+costs a measured multiple of the forward's compute (three forwards on a
+profile). A pipeline's stages are timed the
 same way and played through the schedule's simulation, so bubbles count.
 """
 
@@ -33,6 +39,7 @@ from typing import Any, Protocol
 import torch
 from torch.distributed.tensor import Shard
 
+from agentrt.parallelism.anno import Split
 from agentrt.parallelism.comm import CostModel, Program
 from agentrt.parallelism.errors import ParallelError
 from agentrt.parallelism.flops import op_flops
@@ -90,6 +97,38 @@ def _key(op: Op, concurrent: int = 1) -> str:
     return f"{op.target}|{shapes}|runner-1-thread" + (f"-x{concurrent}" if concurrent > 1 else "")
 
 
+def _part_key(op: Op, label: str, ways: int, concurrent: int = 1) -> str:
+    """The cache key of what one of ``ways`` parts of ``op`` along ``label`` takes beyond the whole."""
+    return f"{_key(op, concurrent)}|part-{label}/{ways}"
+
+
+def split_labels(op: Op) -> list[str]:
+    """The labels a plan may cut ``op`` along (as :meth:`Plan.partition` accepts them)."""
+    if not op.known:
+        return []
+    return [
+        label
+        for label in op.anno.splittable()
+        if label in op.anno.reduce or any(label in out for out in op.anno.outputs)
+    ]
+
+
+def part_shapes(op: Op, label: str, ways: int) -> list[tuple[int, ...]] | None:
+    """The input shapes of one of ``ways`` parts of ``op`` cut along ``label`` (None: it does not divide)."""
+    shapes = []
+    for labels, t in zip(
+        (*op.anno.inputs, *op.anno.outputs), (*op.inputs, *op.outputs), strict=True
+    ):
+        shape = list(t.shape)
+        for d, name in enumerate(labels):
+            if name == label:
+                if shape[d] % ways:
+                    return None
+                shape[d] //= ways
+        shapes.append(tuple(shape))
+    return shapes[: len(op.inputs)]
+
+
 class OpTimes:
     """Seconds per operator call of a graph on one device: measured (and cached) or from a profile."""
 
@@ -100,13 +139,19 @@ class OpTimes:
         *,
         cache: bool = True,
         concurrent: int = 1,
+        splits: tuple[int, ...] = (),
     ):
         """``concurrent``: measure with that many ranks running the graph at once, each
-        single-threaded, as a plan's ranks share this host's cores."""
+        single-threaded, as a plan's ranks share this host's cores. ``splits``: the part
+        counts to measure every operator's parts at (a plan over ``n`` devices cuts into
+        ``n``, co-shard into ``k * n``)."""
         self.graph = graph
         self.profile = profile
         self.concurrent = concurrent
+        self.splits = tuple(sorted(set(splits)))
         self.seconds: dict[str, float] = {}
+        # (operator, label, ways) -> seconds one part takes beyond the whole operator, measured
+        self.beyond: dict[tuple[str, str, int], float] = {}
         if profile is not None:
             for op in graph.ops:
                 work = op_flops(op) / profile.flops
@@ -130,18 +175,40 @@ class OpTimes:
                 known = {}
         k = self.concurrent
         missing = [op for op in self.graph.ops if _key(op, k) not in known]
-        if missing or _train_key(self.graph, k) not in known:
-            known.update(_time_ops(self.graph, {op.name for op in missing}, k))
+        parts = _parts_key(self.graph, k, self.splits)
+        if (
+            missing
+            or _train_key(self.graph, k) not in known
+            or (self.splits and parts not in known)
+        ):
+            names = {op.name for op in missing}
+            known.update(_time_ops(self.graph, names, k, self.splits))
             if cache:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(known))
-        floor = min((v for key, v in known.items() if not key.startswith(_TRAIN)), default=0.0)
+        floor = min(
+            (v for key, v in known.items() if not key.startswith(_TRAIN) and "|part-" not in key),
+            default=0.0,
+        )
         self.seconds = {op.name: known.get(_key(op, k), floor) for op in self.graph.ops}
         self.train_factor = known[_train_key(self.graph, k)]
+        for op in self.graph.ops:
+            for label in split_labels(op):
+                for ways in self.splits:
+                    key = _part_key(op, label, ways, k)
+                    if key in known:
+                        self.beyond[(op.name, label, ways)] = known[key]
 
-    def part(self, op: Op, ways: int) -> float:
-        """One of ``ways`` parts of ``op``: the call overhead, and its share of the rest."""
+    def part(self, op: Op, ways: int, label: str | None = None) -> float:
+        """One of ``ways`` parts of ``op`` (cut along ``label``, when known).
+
+        A part measured at its shapes takes the whole operator's time plus what
+        it measured beyond the whole; otherwise the call overhead and a
+        ``1/ways`` share of the rest.
+        """
         whole = self.seconds[op.name]
+        if ways > 1 and label is not None and (op.name, label, ways) in self.beyond:
+            return max(whole + self.beyond[(op.name, label, ways)], self.overhead)
         return self.overhead + max(whole - self.overhead, 0.0) / max(ways, 1)
 
 
@@ -151,18 +218,82 @@ class PartTimes(Protocol):
 
     train_factor: float
 
-    def part(self, op: Op, ways: int) -> float: ...
+    def part(self, op: Op, ways: int, label: str | None = None) -> float: ...
 
 
 _TIMED_RUNS = 7  # forwards per rank; each operator's median is kept
 
 
-def _time_worker(rank: int, n: int, program: str, out: str) -> None:
+def _synthetic(op: Op, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    """Inputs of ``op`` at ``shapes``: random floats, zero integers (valid indices) and masks."""
+    return [
+        torch.randn(shape, dtype=t.dtype)
+        if t.dtype.is_floating_point
+        else torch.zeros(shape, dtype=t.dtype)
+        for t, shape in zip(op.inputs, shapes, strict=True)
+    ]
+
+
+def _median_call(op: Op, values: list[torch.Tensor], split: Split | None, graph: Graph) -> float:
+    """The median of ``_TIMED_RUNS`` runtime calls of ``op`` (or its part ``split``), after one."""
+    import statistics
+
+    from agentrt.parallelism.runtime import call_op
+
+    call_op(op, values, split, graph.alias)  # the first call pays one-time costs
+    seconds = []
+    for _ in range(_TIMED_RUNS):
+        start = time.perf_counter()
+        call_op(op, values, split, graph.alias)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+# What synthetic inputs can make an operator's call refuse (a shape argument it reads from a
+# tensor, say); such a part keeps the share-of-the-whole estimate.
+_CALL_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
+
+
+def _part_beyond(graph: Graph, splits: tuple[int, ...], concurrent: int) -> dict[str, float]:
+    """Seconds one part of each operator takes beyond the whole, per label and part count.
+
+    Both are called the same way (:func:`~agentrt.parallelism.runtime.call_op`,
+    the runtime's call of an operator: binding, and for a part the split path
+    that localizes its arguments), the whole at its traced shapes and the part
+    at its shapes, back to back.
+    """
+    beyond: dict[str, float] = {}
+    with torch.no_grad():
+        for op in graph.ops:
+            labels = split_labels(op)
+            if not labels:
+                continue
+            values = _synthetic(op, [tuple(t.shape) for t in op.inputs])
+            try:
+                whole = _median_call(op, values, None, graph)
+            except _CALL_ERRORS:
+                continue
+            for label in labels:
+                for ways in splits:
+                    shapes = part_shapes(op, label, ways)
+                    if shapes is None:
+                        continue
+                    pieces = _synthetic(op, shapes)
+                    try:
+                        part = _median_call(op, pieces, Split(label, ways, 0), graph)
+                    except _CALL_ERRORS:
+                        continue
+                    beyond[_part_key(op, label, ways, concurrent)] = part - whole
+    return beyond
+
+
+def _time_worker(rank: int, n: int, program: str, out: str, splits: tuple[int, ...] = ()) -> None:
     """Every rank runs the whole graph on its own (a one-device program: no collectives), at once.
 
     Besides each operator's calls (no gradient), the whole forward is timed
     with and without its backward, so a training step's compute is a measured
-    multiple of the forward rather than an assumed one.
+    multiple of the forward rather than an assumed one; and each operator's
+    parts at every count of ``splits`` (:func:`_part_beyond`).
     """
     import statistics
 
@@ -200,15 +331,19 @@ def _time_worker(rank: int, n: int, program: str, out: str) -> None:
             piece.grad = None
     seconds = {name: statistics.median(calls) for name, calls in timer.items()}
     seconds[_TRAIN] = statistics.median(step) / statistics.median(forward)
+    seconds.update(_part_beyond(graph, splits, n))
     torch.save(seconds, f"{out}.{rank}")
 
 
 _TRAIN = "<train-factor>"  # a training step's seconds over its forward's, in a timing result
 
 
-def _time_ops(graph: Graph, names: set[str], concurrent: int = 1) -> dict[str, float]:
+def _time_ops(
+    graph: Graph, names: set[str], concurrent: int = 1, splits: tuple[int, ...] = ()
+) -> dict[str, float]:
     """Each operator's call through the per-rank runtime (binding included), median of seven runs,
-    and the graph's training factor (keyed by :func:`_train_key`).
+    the graph's training factor (keyed by :func:`_train_key`) and what each part at every count
+    of ``splits`` takes beyond its whole operator (keyed by :func:`_part_key`).
 
     Measured single-threaded like every rank, on ``concurrent`` processes at
     once (the mean over them), so the times include what sharing the host's
@@ -221,7 +356,7 @@ def _time_ops(graph: Graph, names: set[str], concurrent: int = 1) -> dict[str, f
     with tempfile.TemporaryDirectory() as tmp:
         program, out = os.path.join(tmp, "program.pt2"), os.path.join(tmp, "times.pt")
         torch.export.save(graph.program, program)
-        run_ranks(_time_worker, concurrent, (program, out), what="operator timing")
+        run_ranks(_time_worker, concurrent, (program, out, splits), what="operator timing")
         timers: list[dict[str, float]] = [torch.load(f"{out}.{r}") for r in range(concurrent)]
     times = {
         _key(graph.op(name), concurrent): sum(t[name] for t in timers) / concurrent
@@ -229,7 +364,17 @@ def _time_ops(graph: Graph, names: set[str], concurrent: int = 1) -> dict[str, f
         if all(name in t for t in timers)
     }
     times[_train_key(graph, concurrent)] = sum(t[_TRAIN] for t in timers) / concurrent
+    for key in timers[0]:  # the parts every rank measured (keyed by _part_key)
+        if "|part-" in key and all(key in t for t in timers):
+            times[key] = sum(t[key] for t in timers) / concurrent
+    if splits:
+        times[_parts_key(graph, concurrent, splits)] = 1.0
     return times
+
+
+def _parts_key(graph: Graph, concurrent: int, splits: tuple[int, ...]) -> str:
+    """The cache key saying a graph's parts were measured at ``splits`` (some may not run)."""
+    return _train_key(graph, concurrent).replace(_TRAIN, "<parts>") + f"|{list(splits)}"
 
 
 def _train_key(graph: Graph, concurrent: int) -> str:
@@ -255,17 +400,28 @@ class Estimate:
         return asdict(self)
 
 
-def _ways(program: Program, op: Op) -> int:
+def device_compute(program: Program, op: Op, times: PartTimes) -> tuple[float, float]:
+    """Seconds of ``op``'s forward on one device, and what a training step's backward recomputes.
+
+    A split operator runs one part per device, a co-sharded one its ``k``
+    parts one after another, each recomputed in the backward (the runtime
+    checkpoints them so one part's intermediates are alive at a time).
+    """
     split = program.plan.transform_of(op)
-    return 1 if split is None else split.n
+    if split is None:
+        return times.part(op, 1), 0.0
+    k = max(split.n // program.ndevices, 1)
+    forward = k * times.part(op, split.n, split.label)
+    return forward, (forward if k > 1 else 0.0)
 
 
 def spmd_estimate(name: str, program: Program, times: PartTimes, *, train: bool) -> Estimate:
     """A plan that runs every operator on every device: parts' times plus its collectives."""
     graph, n = program.plan.graph, program.ndevices
-    compute = sum(times.part(op, _ways(program, op)) for op in graph.ops)
+    per_op = [device_compute(program, op, times) for op in graph.ops]
+    compute = sum(forward for forward, _ in per_op)
     if train:
-        compute *= times.train_factor
+        compute = compute * times.train_factor + sum(again for _, again in per_op)
     comm = program.comm_seconds(train=train)
     weights = program.param_bytes() * (2 if train else 1)
     acts = [

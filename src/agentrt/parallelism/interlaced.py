@@ -436,6 +436,6 @@ class _SubTimes:
         self.train_factor: float = times.train_factor
         self.seconds = {op.name: times.seconds[op.name] for op in graph.ops}
 
-    def part(self, op: Op, ways: int) -> float:
-        seconds: float = self.times.part(op, ways)
+    def part(self, op: Op, ways: int, label: str | None = None) -> float:
+        seconds: float = self.times.part(op, ways, label)
         return seconds

@@ -87,6 +87,22 @@ def _bind(node: torch.fx.Node, local: dict[str, list[torch.Tensor]], alias: dict
     return map_arg((node.args, node.kwargs), lambda n: next(cursor[alias.get(n.name, n.name)]))
 
 
+def call_op(op: Op, values: list[torch.Tensor], split: Split | None, alias: dict[str, str]) -> Any:
+    """``op`` on local pieces (one per tensor input): the whole operator, or the part ``split`` names
+    (its arguments localized, its kernel swapped where the annotation says so)."""
+    local: dict[str, list[torch.Tensor]] = {}
+    for t, value in zip(op.inputs, values, strict=True):
+        local.setdefault(t.name, []).append(value)
+    args, kwargs = _bind(op.node, local, alias)
+    kernel = op.target
+    if split is not None:
+        if op.anno.localize is not None:
+            args, kwargs = op.anno.localize(tuple(args), dict(kwargs), op.anno, split)
+        if op.anno.kernel is not None:
+            kernel = op.anno.kernel(split)
+    return kernel(*args, **kwargs)
+
+
 class Runner:
     """One rank's executor of a :class:`~agentrt.parallelism.comm.Program`."""
 
@@ -154,19 +170,9 @@ class Runner:
 
     def _call(self, op: Op, values: list[torch.Tensor], index: int | None) -> Any:
         """``op`` on local pieces (one per tensor input); ``index``: which part of its split this is."""
-        local: dict[str, list[torch.Tensor]] = {}
-        for t, value in zip(op.inputs, values, strict=True):
-            local.setdefault(t.name, []).append(value)
-        args, kwargs = _bind(op.node, local, self.program.plan.graph.alias)
         split = self.program.plan.transform_of(op)
-        kernel = op.target
-        if split is not None and index is not None:
-            split = Split(split.label, split.n, index)
-            if op.anno.localize is not None:
-                args, kwargs = op.anno.localize(tuple(args), dict(kwargs), op.anno, split)
-            if op.anno.kernel is not None:
-                kernel = op.anno.kernel(split)
-        return kernel(*args, **kwargs)
+        part = None if split is None or index is None else Split(split.label, split.n, index)
+        return call_op(op, values, part, self.program.plan.graph.alias)
 
     def _coshard(self, op: Op, values: list[torch.Tensor], split: Split) -> Any:
         """Co-shard: this device runs its ``k`` consecutive parts of ``op`` one after another.

@@ -387,3 +387,79 @@ def test_calibrate_rounds_price_every_round_with_its_own_fresh_primitives(
     predictions, measurements = iter([0.01]), iter([0.01])
     cal.calibrate("tiny-llama", 2, 4, 8, train=True, rounds=1)
     assert measured_with == [True] and searched_with == [True]
+
+
+class _Flat:
+    """Every part of every operator takes one millisecond, whatever its split (a counting aid)."""
+
+    train_factor = 3.0
+
+    def part(self, op: Any, ways: int, label: str | None = None) -> float:
+        return 1e-3
+
+
+def test_a_co_sharded_operator_costs_its_k_parts_per_device_and_their_recompute(
+    llama_loss_graph: Any,
+) -> None:
+    from agentrt.parallelism.cost import device_compute
+    from agentrt.parallelism.plans import coshard
+
+    g = llama_loss_graph
+    free = CostModel(alpha=0.0, beta=1e30, local=1e30)
+    tp = lower(tensor_parallel(g, 2), free)
+    co = lower(coshard(g, 2, 2), free)
+    colocated = [
+        op for op in g.ops if (split := co.plan.transform_of(op)) is not None and split.n == 2 * 2
+    ]
+    assert colocated and all(
+        op.target.__name__.startswith("scaled_dot_product_attention") for op in colocated
+    )
+    for op in colocated:  # two parts one after another, and each again in the backward
+        assert device_compute(co, op, _Flat()) == (2e-3, 2e-3)
+        assert device_compute(tp, op, _Flat()) == (1e-3, 0.0)
+    forward = [spmd_estimate(p, prog, _Flat(), train=False) for p, prog in (("tp", tp), ("co", co))]
+    assert forward[1].compute_seconds - forward[0].compute_seconds == pytest.approx(
+        len(colocated) * 1e-3
+    )
+    train = [spmd_estimate(p, prog, _Flat(), train=True) for p, prog in (("tp", tp), ("co", co))]
+    # a training step: three forwards' worth of each part, plus the parts' recompute
+    assert train[1].compute_seconds - train[0].compute_seconds == pytest.approx(
+        len(colocated) * (3 * 1e-3 + 2e-3)
+    )
+
+
+def test_parts_are_measured_at_their_shapes_through_the_split_path(
+    llama_loss_graph: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    from agentrt.parallelism.cost import part_shapes, split_labels
+
+    monkeypatch.setenv("AGENTRT_CACHE_DIR", str(tmp_path))
+    g = llama_loss_graph
+    times = OpTimes(g, splits=(2,))
+    linear = next(op for op in g.ops if op.target.__name__.startswith("linear"))
+    labels = split_labels(linear)
+    out_features, in_features = linear.anno.inputs[1]  # the weight is (out, in)
+    # the input's rows, the output features, the reduced input features
+    assert {out_features, in_features, *linear.anno.inputs[0][:-1]} == set(labels)
+    shapes = part_shapes(linear, out_features, 2)
+    assert shapes is not None
+    assert shapes[1] == (linear.inputs[1].shape[0] // 2, linear.inputs[1].shape[1])
+    assert part_shapes(linear, out_features, 7) is None  # 7 does not divide the features
+    for label in labels:  # every way the plans may cut it was run and timed
+        assert (linear.name, label, 2) in times.beyond
+    whole = times.seconds[linear.name]
+    measured = times.part(linear, 2, out_features)
+    assert measured == pytest.approx(
+        max(whole + times.beyond[(linear.name, out_features, 2)], times.overhead)
+    )
+    # without a label (a share of the batch's loss) or a count not measured: the share of the whole
+    share = times.overhead + (whole - times.overhead) / 2
+    assert times.part(linear, 2) == pytest.approx(share)
+    assert times.part(linear, 16, out_features) == pytest.approx(
+        times.overhead + (whole - times.overhead) / 16
+    )
+    # read back from the cache, parts included
+    again = OpTimes(g, splits=(2,))
+    assert again.beyond == times.beyond
+    cached = json.loads((tmp_path / "parallel-op-times.json").read_text())
+    assert any("|part-" in key for key in cached)
