@@ -478,16 +478,34 @@ def pipeline_estimate(
         memory.append(weights * (2 if train else 1) + acts * in_flight)
     if train:
         forward[-1] += loss
-    hop_bytes = max(
-        (sum(graph.tensors[t].nbytes for t in spec.outputs) for spec in built.specs[:-1]),
-        default=0,
-    )
-    hop = comm.seconds("send/recv", hop_bytes, 2)
+    hop, hop_back = hop_seconds(graph, [spec.outputs for spec in built.specs[:-1]], comm)
     factor = times.train_factor if train else 1.0
     backward = [(factor - 1) * f for f in forward]
-    total = pipe.simulate(forward, backward, hop)
+    total = pipe.simulate(forward, backward, hop, hop_back)
     compute = sum(forward) * factor * pipe.nmicro / len(forward)
     return Estimate(name, total, compute, total - compute, int(max(memory)))
+
+
+def hop_seconds(graph: Graph, crossings: list[list[str]], comm: CostModel) -> tuple[float, float]:
+    """The slowest hop between two stages down the pipeline, and back up it in a training step.
+
+    ``crossings``: the tensors each stage hands to the next. The executors
+    send each tensor with a point-to-point call of its own, so a hop costs
+    one call per tensor (a mask and rotary tables beside the hidden state
+    are four calls, not one); the way back carries the gradients of the
+    floating ones.
+    """
+
+    def calls(names: list[str], grads: bool) -> float:
+        return sum(
+            comm.seconds("send/recv", graph.tensors[t].nbytes, 2)
+            for t in names
+            if not grads or graph.tensors[t].dtype.is_floating_point
+        )
+
+    down = max((calls(names, False) for names in crossings), default=0.0)
+    up = max((calls(names, True) for names in crossings), default=0.0)
+    return down, up
 
 
 def loss_ops(graph: Graph) -> list[Op]:

@@ -389,7 +389,7 @@ def estimate(
     """
     from dataclasses import replace
 
-    from agentrt.parallelism.cost import Estimate, spmd_estimate
+    from agentrt.parallelism.cost import Estimate, hop_seconds, spmd_estimate
 
     m, n = built.nmicro, len(built.body)
     seg = [
@@ -400,10 +400,11 @@ def estimate(
     forward = [sum(times.part(op, 1) for op in spec.ops) for spec in built.body]
     factor = times.train_factor if train else 1.0
     backward = [(factor - 1) * f for f in forward]
-    hop_bytes = max(sum(graph.tensors[t].nbytes for t in s.outputs) for s in built.body[:-1])
-    hop = comm.seconds("send/recv", hop_bytes, 2)
+    hop, hop_back = hop_seconds(graph, [s.outputs for s in built.body[:-1]], comm)
     plan = pipeline(built.body_graph, n, nmicro=m, schedule="gpipe" if train else "infer")
-    makespan = plan.pipe.simulate(forward, backward, hop) if plan.pipe is not None else 0.0
+    makespan = (
+        plan.pipe.simulate(forward, backward, hop, hop_back) if plan.pipe is not None else 0.0
+    )
     head_bytes = sum(graph.tensors[t].nbytes for t in built.head_in)
     casts = m * (1 + train) * comm.seconds("broadcast", head_bytes, n)
     segments = m * sum(s.seconds for s in seg)

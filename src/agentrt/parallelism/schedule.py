@@ -59,12 +59,20 @@ class PipeSchedule:
     def check(self) -> None:
         self.simulate([0.0] * self.nstages, [0.0] * self.nstages, 0.0)
 
-    def simulate(self, forward: list[float], backward: list[float], hop: float) -> float:
-        """The makespan when stage ``s`` takes ``forward[s]``/``backward[s]`` and a hop between stages ``hop``.
+    def simulate(
+        self,
+        forward: list[float],
+        backward: list[float],
+        hop: float,
+        hop_back: float | None = None,
+    ) -> float:
+        """The makespan when stage ``s`` takes ``forward[s]``/``backward[s]`` and a hop between stages ``hop``
+        (a gradient's hop back up the stages ``hop_back``; ``hop`` when not given).
 
         Raises :class:`ScheduleError` for a missing or repeated block, or one ordered before its producer.
         """
         self._check_blocks()
+        back = hop if hop_back is None else hop_back
         finish: dict[Block, float] = {}
         free = [0.0] * len(self.sequences)
         cursor = [0] * len(self.sequences)
@@ -79,7 +87,11 @@ class PipeSchedule:
                         break
                     start = max(
                         [free[d]]
-                        + [finish[p] + (hop if p.stage != block.stage else 0.0) for p in deps]
+                        + [
+                            finish[p]
+                            + (0.0 if p.stage == block.stage else back if p.kind == "B" else hop)
+                            for p in deps
+                        ]
                     )
                     took = (forward if block.kind == "F" else backward)[block.stage]
                     finish[block] = free[d] = start + took

@@ -34,6 +34,10 @@ def test_makespans_of_balanced_stages() -> None:
     assert make("infer", 2, 4).simulate([1.0, 1.0], [0.0, 0.0], 0.5) == pytest.approx(5.5)
     # a slow stage sets the pace
     assert make("infer", 2, 4).simulate([1.0, 3.0], [0.0, 0.0], 0.0) == pytest.approx(13.0)
+    # the hop back up the stages (gradients) is priced apart from the hop down: F0 1, hop 0.5,
+    # F1 1, B1 2, hop back 2, B0 2
+    assert make("gpipe", 2, 1).simulate([1.0, 1.0], [2.0, 2.0], 0.5, 2.0) == pytest.approx(8.5)
+    assert make("gpipe", 2, 1).simulate([1.0, 1.0], [2.0, 2.0], 0.5) == pytest.approx(7.0)
 
 
 def test_a_consumer_ordered_before_its_producer_is_refused() -> None:
@@ -198,6 +202,26 @@ def test_interlaced_splits_embedding_and_head_over_all_devices(llama_micro: Any)
     split = interlaced_for(graph, 2, nmicro=2, train=True)
     assert split.vocab_loss and split.head.collectives(train=True) == {"all-reduce": 1}
     assert not interlaced_for(graph, 2, nmicro=2, train=False).vocab_loss
+
+
+def test_a_hop_costs_one_call_per_tensor_crossing_and_back_per_gradient(llama_micro: Any) -> None:
+    """The interlaced body's first stage hands the attention mask (bool), the two rotary tables
+    and the hidden state to the next, each with a send of its own; the way back carries the
+    three floating tensors' gradients."""
+    from agentrt.parallelism import CostModel
+    from agentrt.parallelism.cost import hop_seconds
+    from agentrt.parallelism.interlaced import interlaced
+
+    _, _, graph = llama_micro
+    built = interlaced(graph, 2, nmicro=2)
+    (crossing,) = [spec.outputs for spec in built.body[:-1]]
+    floating = [t for t in crossing if graph.tensors[t].dtype.is_floating_point]
+    assert (len(crossing), len(floating)) == (4, 3)
+    per_call = CostModel(measured=(("send/recv", 1e-3, 0.0),), measured_n=2)
+    down, up = hop_seconds(graph, [crossing], per_call)
+    assert down == pytest.approx(len(crossing) * 1e-3)
+    assert up == pytest.approx(len(floating) * 1e-3)
+    assert hop_seconds(graph, [], per_call) == (0.0, 0.0)
     held = {graph.fqn[k] for s in built.body for k in s.state}
     assert not any(
         "embed_tokens" in k or "lm_head" in k for k in held
