@@ -110,7 +110,10 @@ _LR = 0.1
 
 
 def _timed(step: Callable[[], Any], repeats: int = 3) -> float:
-    """The median of ``repeats`` runs of ``step`` in this process, after one that pays one-time costs."""
+    """The median of ``repeats`` runs of ``step`` in this process, after one that pays one-time costs
+    (0 repeats: not timed, 0.0, and ``step`` not run)."""
+    if repeats == 0:
+        return 0.0
     step()
     seconds = []
     for _ in range(repeats):
@@ -126,7 +129,9 @@ def _load(path: str) -> Graph:
 
 def _barrier_timed(step: Callable[[], Any], repeats: int = 3) -> float:
     """The median of ``repeats`` runs of a step every rank takes, each ended by a barrier
-    (after one that pays one-time costs)."""
+    (after one that pays one-time costs; 0 repeats: not timed, 0.0)."""
+    if repeats == 0:
+        return 0.0
     step()
     dist.barrier()
     seconds = []
@@ -176,11 +181,13 @@ def _worker(
 
     seconds = _barrier_timed(step, repeats)
     _forget_grads(runner.parameters.values())
-    with torch.no_grad():
-        outputs = runner.forward(inputs)
-    result: dict[str, Any] = {"logits": outputs[-1], "seconds": seconds}
-    if train:
-        loss = runner.forward(inputs)[0]
+    result: dict[str, Any] = {"seconds": seconds}
+    if not train:
+        with torch.no_grad():
+            result["logits"] = runner.forward(inputs)[-1]
+    else:  # one forward gives the checked logits and the loss whose backward is checked
+        loss, *_, logits = runner.forward(inputs)
+        result["logits"] = logits.detach()
         loss.backward()  # type: ignore[no-untyped-call]
         result["loss"], result["grads"] = loss.detach(), runner.full_grads(keep=rank == 0)
         _sgd(runner.parameters.values())
@@ -338,20 +345,20 @@ def _reference(
         else:
             with torch.no_grad():
                 seconds = _timed(lambda: step(*inputs), repeats)
-        with torch.no_grad():
-            outputs = step(*inputs)
-        result: dict[str, Any] = {"logits": outputs[-1] if train else outputs, "seconds": seconds}
-        if train:
-            loss = step(*inputs)[0]
-            loss.backward()
-            result["loss"] = loss.detach()
-            # Every name of a tied weight (export keeps one of them), with the weight's identity.
-            named = list(step.named_parameters(remove_duplicate=False))
-            result["grads"] = {k: p.grad for k, p in named if p.grad is not None}
-            result["weight_of"] = {k: id(p) for k, p in named}
-            _sgd(step.parameters())
+        if not train:
             with torch.no_grad():
-                result["second_loss"] = step(*inputs)[0]
+                return {"logits": step(*inputs), "seconds": seconds}
+        loss, logits = step(*inputs)  # one forward: the checked logits and the checked backward
+        result: dict[str, Any] = {"logits": logits.detach(), "seconds": seconds}
+        loss.backward()
+        result["loss"] = loss.detach()
+        # Every name of a tied weight (export keeps one of them), with the weight's identity.
+        named = list(step.named_parameters(remove_duplicate=False))
+        result["grads"] = {k: p.grad for k, p in named if p.grad is not None}
+        result["weight_of"] = {k: id(p) for k, p in named}
+        _sgd(step.parameters())
+        with torch.no_grad():
+            result["second_loss"] = step(*inputs)[0]
         return result
     finally:
         torch.set_num_threads(threads)
@@ -377,8 +384,12 @@ def verify(
     of them make the batch; by default as many as divide it, up to twice the
     stages) and checked, besides the numbers, to run its blocks in the order
     its schedule predicts. The times kept are the median of ``repeats``
-    steps on each side (more repeats see through a loaded host).
+    steps on each side (more repeats see through a loaded host); ``repeats=0``
+    checks the numbers alone, untimed (both times 0.0), which saves a large
+    model the timed steps' forwards and backwards.
     """
+    if repeats < 0:
+        raise ParallelError(f"repeats must be 0 (untimed) or more, got {repeats}")
     piped = plan in PIPELINE_PLANS
     if plan not in PLANS and not piped:
         raise ParallelError(

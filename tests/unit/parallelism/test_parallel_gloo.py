@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from agentrt.parallelism import PlanError
+from agentrt.parallelism import ParallelError, PlanError
 from agentrt.parallelism.launch import verify
 
 
@@ -28,6 +28,15 @@ def test_coshard_on_two_processes_matches_one_device() -> None:
 def test_a_plan_error_is_raised_before_any_process_starts() -> None:
     with pytest.raises(PlanError, match="batch size 4, which 3 devices do not divide"):
         verify("tiny-gpt", "dp", 3)
+    with pytest.raises(ParallelError, match="repeats must be 0"):
+        verify("tiny-gpt", "dp", 2, repeats=-1)
+
+
+def test_an_untimed_check_compares_the_numbers_alone() -> None:
+    result = verify("tiny-llama", "tp", 2, train=True, repeats=0)
+    assert result.ok, result.as_dict()
+    assert result.seconds_parallel == 0.0 and result.seconds_single == 0.0
+    assert result.max_grad_error <= 1e-4 and result.second_loss_error <= 1e-4
 
 
 @pytest.mark.slow
@@ -46,7 +55,10 @@ def test_smollm2_training_step_matches_one_device(
     # float64: 30 layers of float32 differ by up to ~1e-3 on the logits from GEMM shapes alone
     # (batch 1 against batch 2 under data parallelism), which would hide a real plan error.
     # Over 3 devices Megatron splits SmolLM2 cleanly: 9 heads, 3 key/value heads, 1536 MLP units.
-    result = verify(str(smollm2_folder), plan, ndevices, train=True, batch=2, dtype=torch.float64)
+    # untimed: each timed step would be another float64 forward and backward of 135M weights
+    result = verify(
+        str(smollm2_folder), plan, ndevices, train=True, batch=2, dtype=torch.float64, repeats=0
+    )
     assert result.ok, result.as_dict()
     assert result.max_output_error < 1e-9 and result.max_grad_error < 1e-9
 
