@@ -140,15 +140,18 @@ class OpTimes:
         cache: bool = True,
         concurrent: int = 1,
         splits: tuple[int, ...] = (),
+        colocated: tuple[int, ...] = (),
     ):
         """``concurrent``: measure with that many ranks running the graph at once, each
         single-threaded, as a plan's ranks share this host's cores. ``splits``: the part
         counts to measure every operator's parts at (a plan over ``n`` devices cuts into
-        ``n``, co-shard into ``k * n``)."""
+        ``n``); ``colocated``: those to measure the operators co-shard runs several parts
+        of per device at (``k * n``, :func:`~agentrt.parallelism.plans.co_sharded`)."""
         self.graph = graph
         self.profile = profile
         self.concurrent = concurrent
         self.splits = tuple(sorted(set(splits)))
+        self.colocated = tuple(sorted(set(colocated)))
         self.seconds: dict[str, float] = {}
         # (operator, label, ways) -> seconds one part takes beyond the whole operator, measured
         self.beyond: dict[tuple[str, str, int], float] = {}
@@ -175,14 +178,14 @@ class OpTimes:
                 known = {}
         k = self.concurrent
         missing = [op for op in self.graph.ops if _key(op, k) not in known]
-        parts = _parts_key(self.graph, k, self.splits)
+        parts = _parts_key(self.graph, k, self.splits, self.colocated)
         if (
             missing
             or _train_key(self.graph, k) not in known
-            or (self.splits and parts not in known)
+            or ((self.splits or self.colocated) and parts not in known)
         ):
             names = {op.name for op in missing}
-            known.update(_time_ops(self.graph, names, k, self.splits))
+            known.update(_time_ops(self.graph, names, k, self.splits, self.colocated))
             if cache:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(known))
@@ -194,7 +197,7 @@ class OpTimes:
         self.train_factor = known[_train_key(self.graph, k)]
         for op in self.graph.ops:
             for label in split_labels(op):
-                for ways in self.splits:
+                for ways in (*self.splits, *self.colocated):
                     key = _part_key(op, label, ways, k)
                     if key in known:
                         self.beyond[(op.name, label, ways)] = known[key]
@@ -254,14 +257,19 @@ def _median_call(op: Op, values: list[torch.Tensor], split: Split | None, graph:
 _CALL_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
 
 
-def _part_beyond(graph: Graph, splits: tuple[int, ...], concurrent: int) -> dict[str, float]:
-    """Seconds one part of each operator takes beyond the whole, per label and part count.
+def _part_beyond(
+    graph: Graph, splits: tuple[int, ...], concurrent: int, colocated: tuple[int, ...] = ()
+) -> dict[str, float]:
+    """Seconds one part of each operator takes beyond the whole, per label and part count
+    (``colocated`` counts too for the operators co-shard runs several parts of per device).
 
     Both are called the same way (:func:`~agentrt.parallelism.runtime.call_op`,
     the runtime's call of an operator: binding, and for a part the split path
     that localizes its arguments), the whole at its traced shapes and the part
     at its shapes, back to back.
     """
+    from agentrt.parallelism.plans import co_sharded
+
     beyond: dict[str, float] = {}
     with torch.no_grad():
         for op in graph.ops:
@@ -273,8 +281,9 @@ def _part_beyond(graph: Graph, splits: tuple[int, ...], concurrent: int) -> dict
                 whole = _median_call(op, values, None, graph)
             except _CALL_ERRORS:
                 continue
+            counts = (*splits, *colocated) if co_sharded(op) else splits
             for label in labels:
-                for ways in splits:
+                for ways in counts:
                     shapes = part_shapes(op, label, ways)
                     if shapes is None:
                         continue
@@ -287,7 +296,14 @@ def _part_beyond(graph: Graph, splits: tuple[int, ...], concurrent: int) -> dict
     return beyond
 
 
-def _time_worker(rank: int, n: int, program: str, out: str, splits: tuple[int, ...] = ()) -> None:
+def _time_worker(
+    rank: int,
+    n: int,
+    program: str,
+    out: str,
+    splits: tuple[int, ...] = (),
+    colocated: tuple[int, ...] = (),
+) -> None:
     """Every rank runs the whole graph on its own (a one-device program: no collectives), at once.
 
     Besides each operator's calls (no gradient), the whole forward is timed
@@ -331,7 +347,7 @@ def _time_worker(rank: int, n: int, program: str, out: str, splits: tuple[int, .
             piece.grad = None
     seconds = {name: statistics.median(calls) for name, calls in timer.items()}
     seconds[_TRAIN] = statistics.median(step) / statistics.median(forward)
-    seconds.update(_part_beyond(graph, splits, n))
+    seconds.update(_part_beyond(graph, splits, n, colocated))
     torch.save(seconds, f"{out}.{rank}")
 
 
@@ -339,7 +355,11 @@ _TRAIN = "<train-factor>"  # a training step's seconds over its forward's, in a 
 
 
 def _time_ops(
-    graph: Graph, names: set[str], concurrent: int = 1, splits: tuple[int, ...] = ()
+    graph: Graph,
+    names: set[str],
+    concurrent: int = 1,
+    splits: tuple[int, ...] = (),
+    colocated: tuple[int, ...] = (),
 ) -> dict[str, float]:
     """Each operator's call through the per-rank runtime (binding included), median of seven runs,
     the graph's training factor (keyed by :func:`_train_key`) and what each part at every count
@@ -356,7 +376,9 @@ def _time_ops(
     with tempfile.TemporaryDirectory() as tmp:
         program, out = os.path.join(tmp, "program.pt2"), os.path.join(tmp, "times.pt")
         torch.export.save(graph.program, program)
-        run_ranks(_time_worker, concurrent, (program, out, splits), what="operator timing")
+        run_ranks(
+            _time_worker, concurrent, (program, out, splits, colocated), what="operator timing"
+        )
         timers: list[dict[str, float]] = [torch.load(f"{out}.{r}") for r in range(concurrent)]
     times = {
         _key(graph.op(name), concurrent): sum(t[name] for t in timers) / concurrent
@@ -367,14 +389,17 @@ def _time_ops(
     for key in timers[0]:  # the parts every rank measured (keyed by _part_key)
         if "|part-" in key and all(key in t for t in timers):
             times[key] = sum(t[key] for t in timers) / concurrent
-    if splits:
-        times[_parts_key(graph, concurrent, splits)] = 1.0
+    if splits or colocated:
+        times[_parts_key(graph, concurrent, splits, colocated)] = 1.0
     return times
 
 
-def _parts_key(graph: Graph, concurrent: int, splits: tuple[int, ...]) -> str:
-    """The cache key saying a graph's parts were measured at ``splits`` (some may not run)."""
-    return _train_key(graph, concurrent).replace(_TRAIN, "<parts>") + f"|{list(splits)}"
+def _parts_key(
+    graph: Graph, concurrent: int, splits: tuple[int, ...], colocated: tuple[int, ...] = ()
+) -> str:
+    """The cache key saying a graph's parts were measured at these counts (some may not run)."""
+    counts = f"|{list(splits)}|{list(colocated)}"
+    return _train_key(graph, concurrent).replace(_TRAIN, "<parts>") + counts
 
 
 def _train_key(graph: Graph, concurrent: int) -> str:

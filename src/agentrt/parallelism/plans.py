@@ -124,6 +124,11 @@ def tensor_parallel(
     return plan
 
 
+def co_sharded(op: Op) -> bool:
+    """Whether :func:`coshard` runs ``op`` as several parts per device: attention."""
+    return op.target is torch.ops.aten.scaled_dot_product_attention.default
+
+
 def coshard(graph: Graph, ndevices: int, colocate: int = 2) -> Plan:
     """Megatron tensor parallel where attention runs as ``colocate`` parts per device, one after another.
 
@@ -133,10 +138,7 @@ def coshard(graph: Graph, ndevices: int, colocate: int = 2) -> Plan:
     holds ``1/colocate`` of its share. The layouts, and so the communication,
     are tensor parallelism's.
     """
-    sdpa = torch.ops.aten.scaled_dot_product_attention.default
-    plan = tensor_parallel(
-        graph, ndevices, colocate=lambda op: colocate if op.target is sdpa else 1
-    )
+    plan = tensor_parallel(graph, ndevices, colocate=lambda op: colocate if co_sharded(op) else 1)
     if not any(len(plan.subops.get(op.name, [])) > ndevices for op in graph.ops):
         raise PlanError(
             f"co-shard: no attention of this model splits in {ndevices} x {colocate} head groups"
@@ -150,4 +152,12 @@ PLANS: dict[str, Callable[[Graph, int], Plan]] = {
     "coshard": coshard,
 }
 
-__all__ = ["PLANS", "Partial", "coshard", "data_parallel", "follow", "tensor_parallel"]
+__all__ = [
+    "PLANS",
+    "Partial",
+    "co_sharded",
+    "coshard",
+    "data_parallel",
+    "follow",
+    "tensor_parallel",
+]

@@ -130,8 +130,9 @@ def search(
             )
         ids, labels = ids.to(where), labels.to(where)
     times_of: dict[int, OpTimes] = {}
-    # the part counts the candidates cut operators into: n, and co-shard's k * n
-    splits = (ndevices, 2 * ndevices, 4 * ndevices) if ndevices > 1 else ()
+    # the part counts the candidates cut operators into: n, and co-shard's k * n (attention)
+    splits = (ndevices,) if ndevices > 1 else ()
+    colocated = (2 * ndevices, 4 * ndevices) if ndevices > 1 else ()
 
     def comm_for(group: int) -> CostModel:
         if profile is not None:
@@ -141,7 +142,12 @@ def search(
     def times(graph: Graph) -> OpTimes:
         if id(graph) not in times_of:
             times_of[id(graph)] = OpTimes(
-                graph, profile, cache=cache, concurrent=concurrent, splits=splits
+                graph,
+                profile,
+                cache=cache,
+                concurrent=concurrent,
+                splits=splits,
+                colocated=colocated,
             )
         return times_of[id(graph)]
 

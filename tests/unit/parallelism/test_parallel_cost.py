@@ -435,8 +435,11 @@ def test_parts_are_measured_at_their_shapes_through_the_split_path(
 
     monkeypatch.setenv("AGENTRT_CACHE_DIR", str(tmp_path))
     g = llama_loss_graph
-    times = OpTimes(g, splits=(2,))
+    times = OpTimes(g, splits=(2,), colocated=(4,))
     linear = next(op for op in g.ops if op.target.__name__.startswith("linear"))
+    attention = {op.name for op in g.ops if "scaled_dot_product" in op.target.__name__}
+    # co-shard's counts only for the operators it runs several parts of per device
+    assert {key[0] for key in times.beyond if key[2] == 4} == attention
     labels = split_labels(linear)
     out_features, in_features = linear.anno.inputs[1]  # the weight is (out, in)
     # the input's rows, the output features, the reduced input features
@@ -459,7 +462,7 @@ def test_parts_are_measured_at_their_shapes_through_the_split_path(
         times.overhead + (whole - times.overhead) / 16
     )
     # read back from the cache, parts included
-    again = OpTimes(g, splits=(2,))
+    again = OpTimes(g, splits=(2,), colocated=(4,))
     assert again.beyond == times.beyond
     cached = json.loads((tmp_path / "parallel-op-times.json").read_text())
     assert any("|part-" in key for key in cached)
