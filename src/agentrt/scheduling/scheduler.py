@@ -29,7 +29,7 @@ from typing import Protocol
 from agentrt.scheduling.accounting import ProgramAccounting
 from agentrt.scheduling.call import Call
 from agentrt.scheduling.config import SchedulerConfig
-from agentrt.scheduling.policies import Policy, make_policy
+from agentrt.scheduling.policies import Gittins, Policy, make_policy
 from agentrt.scheduling.process_table import CallOutcome, CallRecord, ProcessTable, ProgramEntry
 
 _Key = tuple[float, float, float, int]
@@ -96,7 +96,12 @@ class Scheduler:
 
     def __init__(self, config: SchedulerConfig | None = None, table: ProcessTable | None = None):
         self.config = config or SchedulerConfig()
-        self.policy: Policy = make_policy(self.config.policy)
+        self.policy: Policy = make_policy(
+            self.config.policy,
+            gittins_window=self.config.gittins_window,
+            gittins_min_programs=self.config.gittins_min_programs,
+            gittins_hold=self.config.gittins_hold,
+        )
         self.table = (
             table
             if table is not None
@@ -107,6 +112,10 @@ class Scheduler:
             )
         )
         self.accounting = ProgramAccounting(self.table, self.policy, self.config.boundaries)
+        # Gittins learns program sizes from the programs that leave the table.
+        self._sizes = self.policy.sizes if isinstance(self.policy, Gittins) else None
+        if self._sizes is not None:
+            self.table.on_remove.append(self._program_left)
         self._quanta = self.config.quanta
         self._floor = self.config.floor
         self._beta = self.config.beta
@@ -196,6 +205,8 @@ class Scheduler:
         """Form this step's batch: walk the queues top-down, stop at the first refusal
         (a call a retention hold keeps out is passed over instead, see :class:`Admission`)."""
         clock = self.clock(now)
+        if self._sizes is not None and self._sizes.refresh():
+            self._rekey_all()
         decision = Decision(promoted=self._promote_starving(clock))
         batch = decision.batch
         by_seq = self._by_seq
@@ -216,6 +227,7 @@ class Scheduler:
                 self._records[call.seq].wait = call._wait_acc
                 if self._starvation:
                     call._starve_version += 1  # its waiting deadline no longer applies
+        started = [call for call in batch if call.call_id not in previous]
         preempted = [call for call_id, call in previous.items() if call_id not in running]
         if preempted:
             preempted.sort(key=_key_of)
@@ -224,6 +236,10 @@ class Scheduler:
                 call._start_waiting(clock)
                 self._push_deadline(call, self.table.get(call.program_id))
             decision.preempted = preempted
+        if self.policy.rank_depends_on_running:
+            for call in (*started, *preempted):
+                self._remove(call)
+                self._insert(call)
         self._running = running
         counters = self.counters
         counters.decisions += 1
@@ -317,6 +333,16 @@ class Scheduler:
             for sibling in siblings.values():
                 self._push_deadline(sibling, entry)
         return call
+
+    def _program_left(self, entry: ProgramEntry) -> None:
+        assert self._sizes is not None
+        self._sizes.observe(entry.service)
+
+    def _rekey_all(self) -> None:
+        """Rank every live call again (the policy's ranking itself changed)."""
+        for call in self._calls.values():
+            call._key = self._key(call)
+        self._order = sorted(call._key for call in self._calls.values())
 
     def _key(self, call: Call) -> _Key:
         priority = call.priority if self.config.honor_request_priority else None
