@@ -72,6 +72,7 @@ class ProgramSizes:
         self._grid: list[float] = []
         self._index: list[float] = []
         self._dirty = False
+        self.median = 0.0  # of the sizes in the table
         # Counts the tables built; a scheduler re-ranks its calls when it changes.
         self.version = 0
 
@@ -104,6 +105,7 @@ class ProgramSizes:
         index = [gittins_index(sizes, prefix, a) for a in grid[:-1]]
         index.append(index[-1])  # past the largest size seen: its last observed value
         self._grid, self._index = grid, index
+        self.median = sizes[n // 2]
         self.version += 1
         return True
 

@@ -17,7 +17,7 @@ which owns the queues and does the bookkeeping:
 | mlfq   | queue level (FastServe-style) | the top queue              | W_c / T_c                |
 | plas   | queue level                   | level of the program's sum | (W_p + W_c) / (T_p + T_c) |
 | atlas  | queue level                   | level of the critical path | (W_p + W_c) / (T_p + T_c) |
-| gittins | the program's Gittins index  | -                          | -                        |
+| gittins | promoted first, then the Gittins index of the program's service | level 1 (0: promoted) | (W_p + W_c) / max(median size, T_p + T_c) |
 
 Ties in rank go to the earlier arrival: of the call, or for PLAS and ATLAS
 with ``level_order = "program"`` of the program first (Autellix's order
@@ -39,6 +39,7 @@ call's snapshot is then the program's current value.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 
 from agentrt.scheduling.call import Call
@@ -70,11 +71,17 @@ class Policy:
 
     name: PolicyName = "fcfs"
     uses_levels = False  # discretised queues: quantum demotion and starvation promotion
+    promotes_starving = False  # anti-starvation: a call waiting too long goes to level 0
+    num_levels = 1  # for a policy without discretised queues: the levels calls can be in
     program_aware = False  # new calls start at the program's priority; W_p/T_p count
     rank_depends_on_running = False  # a call's rank changes when it starts or stops running
 
     def entry_level(self, start_value: float, boundaries: list[float]) -> int:
         return 0
+
+    def starvation_floor(self, configured: float) -> float:
+        """The least service a call's starvation ratio divides by."""
+        return configured
 
     def start_value(self, program_service: float) -> float:
         return program_service if self.program_aware else 0.0
@@ -112,6 +119,7 @@ class Mlfq(Policy):
 
     name: PolicyName = "mlfq"
     uses_levels = True
+    promotes_starving = True
 
     def rank(self, call: Call) -> float:
         return float(call.level)
@@ -142,12 +150,24 @@ class Gittins(Policy):
     name: PolicyName = "gittins"
     program_aware = True
     rank_depends_on_running = True
+    promotes_starving = True
+    num_levels = 2  # 0: promoted by the anti-starvation rule, ahead of any index; 1: by index
 
     def __init__(self, window: int = 256, min_programs: int = 8, hold: float = 1.0) -> None:
         self.sizes = ProgramSizes(window, min_programs)
         self.hold = hold
 
+    def entry_level(self, start_value: float, boundaries: list[float]) -> int:
+        return 1
+
+    def starvation_floor(self, configured: float) -> float:
+        # New programs wait behind older ones by design where sizes are alike: a call is
+        # starving only once it has waited beta times a typical program's size.
+        return max(configured, self.sizes.median)
+
     def rank(self, call: Call) -> float:
+        if call.level == 0:
+            return -math.inf
         if not self.sizes.ready:
             return 0.0
         index = self.sizes.index(call.start_value + call.service)

@@ -120,7 +120,7 @@ class Scheduler:
         self._floor = self.config.floor
         self._beta = self.config.beta
         self._token_mode = self.config.service_unit == "tokens"
-        self._starvation = self.policy.uses_levels and math.isfinite(self._beta)
+        self._starvation = self.policy.promotes_starving and math.isfinite(self._beta)
         # Fixed per policy; read on every charge, so looked up once.
         self._uses_levels = self.policy.uses_levels
         self._rekey_on_service = self.policy.rank_changes_with_service()
@@ -166,7 +166,7 @@ class Scheduler:
 
     def calls_per_level(self) -> list[int]:
         """Live calls per queue level, top first (one level for fcfs and las); for metrics."""
-        counts = [0] * (len(self._quanta) if self.policy.uses_levels else 1)
+        counts = [0] * (len(self._quanta) if self.policy.uses_levels else self.policy.num_levels)
         for call in self._calls.values():
             counts[call.level] += 1
         return counts
@@ -187,7 +187,7 @@ class Scheduler:
         entry, record = self.accounting.admit(call, now)
         call.seq = self._next_seq
         self._next_seq += 1
-        call.quantum = self._quanta[call.level]
+        call.quantum = self._quanta[call.level if self._uses_levels else 0]
         call.service = call.service_c = 0.0
         call.running = False
         call._wait_acc = call._wait_c_acc = 0.0
@@ -382,7 +382,8 @@ class Scheduler:
         else:
             w_p, t_p = 0.0, 0.0
         served = t_p + call.service_c
-        budget = self._beta * (served if served > self._floor else self._floor)
+        floor = self.policy.starvation_floor(self._floor)
+        budget = self._beta * (served if served > floor else floor)
         since = call._waiting_since
         if since is not None:
             deadline = since + budget - w_p - call._wait_c_acc

@@ -129,3 +129,26 @@ def test_a_running_call_yields_only_to_an_index_beyond_the_hold(
     assert sizes.index(3) < sizes.index(0) < 2 * sizes.index(3)
     decision = sched.schedule(2.0, SlotAdmission(1))
     assert [c.call_id for c in decision.preempted] == preempted
+
+
+def test_a_long_program_behind_new_ones_is_promoted_once_it_has_starved() -> None:
+    # The long program has 10 tokens of service, the median size is 2: it starves after
+    # waiting beta * 10 = 20 steps behind the short new programs the index prefers.
+    sched = learn([2, 2, 2, 2, 2, 2, 2, 500], beta=2.0)
+    sched.add(Call("long.0", "long"), 0.0)
+    sched.schedule(0.0, SlotAdmission(1))
+    sched.charge(sched.get("long.0"), 10, 0.0)  # type: ignore[arg-type]
+    sched.finish("long.0", 0.0)
+    long_call = sched.add(Call("long.1", "long"), 0.0)
+    promoted_at = None
+    for step in range(1, 40):
+        sched.add(Call(f"new{step}", f"new{step}"), float(step))
+        decision = sched.schedule(float(step), SlotAdmission(1))
+        if long_call in decision.promoted:
+            promoted_at = step
+            assert [c.call_id for c in decision.batch] == ["long.1"]
+            break
+        assert [c.call_id for c in decision.batch] == [f"new{step}"]
+        sched.charge(decision.batch[0], 1, float(step))
+        sched.finish(f"new{step}", float(step))
+    assert promoted_at is not None and 19 <= promoted_at <= 22
