@@ -83,6 +83,11 @@ class Policy:
         """The least service a call's starvation ratio divides by."""
         return configured
 
+    def program_rank(self, service: float, boundaries: list[float]) -> float:
+        """Where a program whose priority scalar is ``service`` ranks (lower first), between calls:
+        its queue level (what KV retention weighs a program's pin by)."""
+        return float(queue_level(service, boundaries)) if self.program_aware else 0.0
+
     def start_value(self, program_service: float) -> float:
         return program_service if self.program_aware else 0.0
 
@@ -164,6 +169,9 @@ class Gittins(Policy):
         # New programs wait behind older ones by design where sizes are alike: a call is
         # starving only once it has waited beta times a typical program's size.
         return max(configured, self.sizes.median)
+
+    def program_rank(self, service: float, boundaries: list[float]) -> float:
+        return -self.sizes.index(service) if self.sizes.ready else 0.0
 
     def rank(self, call: Call) -> float:
         if call.level == 0:

@@ -152,3 +152,18 @@ def test_a_long_program_behind_new_ones_is_promoted_once_it_has_starved() -> Non
         sched.charge(decision.batch[0], 1, float(step))
         sched.finish(f"new{step}", float(step))
     assert promoted_at is not None and 19 <= promoted_at <= 22
+
+
+def test_kv_retention_weighs_a_pin_by_the_programs_index() -> None:
+    from agentrt.scheduling.retention import policy_priority
+
+    sched = learn([2, 2, 2, 10, 10, 10, 10, 10])
+    for name, service in (("near_done", 9.0), ("long_one", 3.0)):
+        sched.add(Call(f"{name}.0", name), 1.0)
+        sched.schedule(1.0, _One())
+        sched.charge(sched.get(f"{name}.0"), service, 1.0)  # type: ignore[arg-type]
+        sched.finish(f"{name}.0", 1.0)
+    rank = policy_priority(sched)
+    # one unit from the end of a size-10 program ranks ahead of one with 7 to go
+    assert rank("near_done") < rank("long_one") < 0
+    assert rank("near_done") == -sched.policy.sizes.index(9.0)  # type: ignore[attr-defined]
