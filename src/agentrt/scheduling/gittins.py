@@ -20,18 +20,20 @@ rises and the order is nearest to done first.
 
 :class:`ProgramSizes` keeps the sizes of the last ``window`` programs that
 ended (their final service in the scheduler's unit) and the index over a
-grid of attained service, recomputed when a size arrives.
+grid of attained service, rebuilt as sizes arrive.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections import deque
 from itertools import accumulate
 
 # Points of attained service the index is tabulated at: this many quantiles of the sizes
 # seen (where the index jumps) and as many evenly spaced up to the largest (where it glides).
 GRID_POINTS = 48
+# A table costs GRID_POINTS * 2 passes over the window: rebuilt when this fraction is new.
+REBUILD_FRACTION = 16
 
 
 def gittins_index(sizes: list[float], prefix: list[float], attained: float) -> float:
@@ -71,7 +73,7 @@ class ProgramSizes:
         self._recent: deque[float] = deque(maxlen=window)
         self._grid: list[float] = []
         self._index: list[float] = []
-        self._dirty = False
+        self._new = 0  # sizes observed since the table was built
         self.median = 0.0  # of the sizes in the table
         # Counts the tables built; a scheduler re-ranks its calls when it changes.
         self.version = 0
@@ -88,13 +90,15 @@ class ProgramSizes:
         """A program ended having received ``size`` of service (programs with none are ignored)."""
         if size > 0:
             self._recent.append(size)
-            self._dirty = True
+            self._new += 1
 
     def refresh(self) -> bool:
-        """Rebuild the table if a size arrived since the last one; True if it changed."""
-        if not self._dirty or len(self._recent) < self.min_programs:
+        """Rebuild the table once the sizes seen since the last one are a sixteenth of the
+        window's (every one while it fills); True if it changed."""
+        seen = len(self._recent)
+        if seen < self.min_programs or self._new < max(1, seen // REBUILD_FRACTION):
             return False
-        self._dirty = False
+        self._new = 0
         sizes = sorted(self._recent)
         prefix = [0.0, *accumulate(sizes)]
         n = len(sizes)
@@ -113,10 +117,3 @@ class ProgramSizes:
         """The tabulated ``G`` at the grid point at or below ``attained`` (call :meth:`refresh` first)."""
         i = bisect_right(self._grid, attained) - 1
         return self._index[max(i, 0)]
-
-    def grid_after(self, attained: float) -> float:
-        """The next grid point above ``attained`` (inf past the last): where the index changes."""
-        i = bisect_left(self._grid, attained)
-        if i < len(self._grid) and self._grid[i] == attained:
-            i += 1
-        return self._grid[i] if i < len(self._grid) else float("inf")
