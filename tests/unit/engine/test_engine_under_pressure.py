@@ -151,3 +151,20 @@ def test_gittins_learns_sizes_from_ended_programs_and_serves_the_nearest_to_done
     assert len(engine.scheduler.policy.sizes) == 3  # type: ignore[attr-defined]
     assert order[0] == "old-1" and sorted(order[1:]) == ["new-0", "new-1", "new-2"]
     assert_block_pool_clean(engine)
+
+
+def test_an_untagged_call_is_a_program_that_ends_with_it() -> None:
+    engine = tiny_engine(
+        num_kv_blocks=40,
+        block_size=4,
+        scheduler=SchedulerConfig(policy="gittins", service_unit="tokens", gittins_min_programs=1),
+    )
+    prompts = random_prompts([6, 6], seed=25)
+    engine.add_request("done", prompts[0], SamplingParams(temperature=0.0, max_tokens=3))
+    engine.add_request("dropped", prompts[1], SamplingParams(temperature=0.0, max_tokens=30))
+    engine.step()
+    engine.abort_request("dropped")
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert len(engine.scheduler.table) == 0
+    assert len(engine.scheduler.policy.sizes) == 2  # type: ignore[attr-defined]
