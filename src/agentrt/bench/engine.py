@@ -128,6 +128,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "compiled (or loaded from the disk cache) when the engine starts",
     )
     parser.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --compile on CUDA, decode steps as CUDA graphs ([engine] cuda_graphs; "
+        "default on with --compile on CUDA)",
+    )
+    parser.add_argument(
         "--tensor-parallel-size",
         "-tp",
         type=int,
@@ -401,6 +408,7 @@ def make_engine(args: argparse.Namespace, loaded: Any, prompts: list[list[int]])
         seed=args.seed,
         quantization=args.quantization,
         compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
         tensor_parallel_size=args.tensor_parallel_size,
         pipeline_parallel_size=args.pipeline_parallel_size,
     )
