@@ -123,7 +123,11 @@ class StaticDecode:
         self._outputs: dict[int, _Outputs] = {}
         # One memory pool and one capture stream for every graph (the pool needs the same stream).
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
-        self._stream = torch.cuda.Stream(self.device) if self.cuda_graphs else None
+        self._stream = (
+            torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+            if self.cuda_graphs
+            else None
+        )
 
     @property
     def graph_count(self) -> int:

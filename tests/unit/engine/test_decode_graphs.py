@@ -92,6 +92,8 @@ def test_static_shapes_greedy_equals_transformers_and_the_eager_engine(
     assert compiled.steps - steps == 23  # every decode step ran compiled, all at static shapes
     assert static.steps == compiled.steps
     assert static.graph_replays == 0 and static.graph_count == 0 and not static.cuda_graphs
+    stats = static_engine.stats()
+    assert (stats.compiled_decode_steps, stats.cuda_graph_replays) == (compiled.steps, 0)
     assert static.shape_count - shapes <= 3  # (2, 2), (2, 4), (2, 8): one per width used
     described = describe(compiled)
     assert described["block_table_widths"] == static.widths == [2, 4, 8, 16, 32, 64, 65]
@@ -191,6 +193,7 @@ def test_cuda_graph_greedy_equals_eager_on_cuda() -> None:
     assert [o[0] for o in eager.generate(prompts, params)] == outputs
     static = compiled.static
     assert compiled.steps == 13 and static.graph_replays == 13  # every decode step replayed
+    assert engine.stats().cuda_graph_replays == engine.stats().compiled_decode_steps == 13
     # Three rows, then two (buckets 4 and 2), the longest context 34 to 46 tokens: 9 to 12
     # blocks, all at width 16. One graph per shape used, none per step.
     assert {width_bucket(b, static.max_width) for b in range(9, 13)} == {16}
