@@ -8,7 +8,7 @@ two from 2 blocks, capped at the widest table the runner plans for. The
 graphs are then (batch buckets) x (width buckets), e.g. 7 x 10 for 64
 sequences of up to 8,192 tokens in 16-token blocks. The compiled graph
 keeps the width a dynamic dimension, so each batch bucket compiles once and
-each width is only a capture of it (milliseconds).
+each width is only a capture of it, no compile.
 
 The capture is hand-written (``torch.cuda.CUDAGraph`` over preallocated
 buffers, as vLLM does) rather than inductor's cudagraph trees
@@ -238,9 +238,17 @@ class StaticDecode:
             self._run_into(shape, batch)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: another thread's CUDA calls (a metrics scrape) must not void the capture.
-        with torch.cuda.graph(
-            graph, pool=self._pool, stream=stream, capture_error_mode="thread_local"
-        ):
-            self._run_into(shape, batch)
+        try:
+            # thread_local: another thread's CUDA calls (a metrics scrape) must not void it.
+            with torch.cuda.graph(
+                graph, pool=self._pool, stream=stream, capture_error_mode="thread_local"
+            ):
+                self._run_into(shape, batch)
+        except RuntimeError as e:
+            width = shape.step.shape[1] - 2
+            raise RuntimeError(
+                f"capturing the decode step of batch {batch}, width {width} as a CUDA graph "
+                f"failed ({e}); set [engine] cuda_graphs = false (agentrt serve "
+                "--no-cuda-graphs) to run the compiled step without graphs"
+            ) from e
         shape.graph = graph
