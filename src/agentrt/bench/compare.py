@@ -40,11 +40,10 @@ from agentrt.bench import llama_server
 from agentrt.bench.program_metrics import AtLatency, interpolate, rate_at_latency
 from agentrt.bench.serve import BenchResult, SystemResult, add_workload_arguments, validate
 from agentrt.log import get_logger
+from agentrt.scheduling.config import POLICIES
 from agentrt.sim.sweep import LatencyMetric
 
 log = get_logger(__name__)
-
-POLICIES = ("fcfs", "las", "mlfq", "plas", "atlas")
 
 
 class ServerStartError(RuntimeError):

@@ -21,6 +21,7 @@ import msgspec
 
 from agentrt.bench.program_metrics import ProgramResult, RunSummary
 from agentrt.log import get_logger
+from agentrt.scheduling.config import POLICIES
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -126,7 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model name (default: the server's first)")
     parser.add_argument("--api-key", default="EMPTY")
     parser.add_argument("--label", default=None, help="name of this system in the report")
-    parser.add_argument("--scheduling-policy", default=None, help="with --embedded: fcfs|las|mlfq|plas|atlas")
+    parser.add_argument("--scheduling-policy", default=None, help="with --embedded: " + "|".join(POLICIES))
     add_workload_arguments(parser)
 
 

@@ -314,7 +314,9 @@ class LLMEngine:
             self.seqs[seq.seq_id] = seq
             self.scheduler.add(seq.call, now)
         self.block_manager.call_arrived(program_id, now)
-        self.requests[request_id] = Request(request_id, seqs, prompt_len)
+        self.requests[request_id] = Request(
+            request_id, seqs, prompt_len, own_program=program is None
+        )
         return seqs
 
     def start_program(self, program_id: str) -> None:
@@ -618,6 +620,8 @@ class LLMEngine:
         del self.requests[request.request_id]
         for seq in request.seqs:
             self.seqs.pop(seq.seq_id, None)
+        if request.own_program:
+            self.end_program(request.seqs[0].call.program_id)
 
     def _retain(self, seq: Sequence) -> None:
         """Offer a completed sequence's context to the retention policy (before its release).

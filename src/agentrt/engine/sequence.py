@@ -88,6 +88,8 @@ class Request:
     request_id: str
     seqs: list[Sequence]
     prompt_tokens: int
+    # Untagged: the call is its own program, which ends with it.
+    own_program: bool = False
     open_choices: int = field(init=False)
 
     def __post_init__(self) -> None:

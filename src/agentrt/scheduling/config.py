@@ -26,12 +26,12 @@ from typing import Literal
 
 import msgspec
 
-PolicyName = Literal["fcfs", "las", "mlfq", "plas", "atlas"]
+PolicyName = Literal["fcfs", "las", "mlfq", "plas", "atlas", "gittins"]
 ServiceUnit = Literal["time", "tokens"]
 LevelOrder = Literal["program", "call"]
 BalancerPolicy = Literal["round_robin", "least_used", "locality"]
 
-POLICIES: tuple[PolicyName, ...] = ("fcfs", "las", "mlfq", "plas", "atlas")
+POLICIES: tuple[PolicyName, ...] = ("fcfs", "las", "mlfq", "plas", "atlas", "gittins")
 
 
 class UnitDefaults(msgspec.Struct, frozen=True):
@@ -81,6 +81,12 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     (such calls sit in the top level anyway, so the floor only decides how
     soon a demoted call with almost no service may come back). ``beta = inf``
     turns promotion off.
+
+    Gittins (``policy = "gittins"``) learns the distribution of program sizes
+    from the last ``gittins_window`` programs that ended, and orders calls
+    as FCFS until ``gittins_min_programs`` have. A running call is
+    preempted only by a call whose index is ``1 + gittins_hold`` times its
+    own or more (each preemption costs a swap).
     """
 
     policy: PolicyName = "atlas"
@@ -91,6 +97,9 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     first_quantum: float | None = None
     quantum_growth: float = 2.0
     level_order: LevelOrder = "call"
+    gittins_window: int = 256
+    gittins_min_programs: int = 8
+    gittins_hold: float = 1.0
     beta: float = 8.0
     starvation_floor: float | None = None
     # vLLM-style per-request ``priority`` (lower runs sooner). When honoured it
@@ -119,6 +128,12 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
                 raise ValueError(f"{name} must be a positive finite number")
         if not self.beta > 0:
             raise ValueError("beta must be > 0 (inf disables anti-starvation)")
+        if self.gittins_window < 1 or not 1 <= self.gittins_min_programs <= self.gittins_window:
+            raise ValueError(
+                "need gittins_window >= 1 and 1 <= gittins_min_programs <= gittins_window"
+            )
+        if not 0 <= self.gittins_hold < math.inf:
+            raise ValueError("gittins_hold must be a finite number >= 0")
         if self.program_ttl_s <= 0 or self.max_programs < 1 or self.max_call_records < 0:
             raise ValueError("program_ttl_s and max_programs must be positive")
 

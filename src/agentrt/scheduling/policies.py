@@ -17,11 +17,20 @@ which owns the queues and does the bookkeeping:
 | mlfq   | queue level (FastServe-style) | the top queue              | W_c / T_c                |
 | plas   | queue level                   | level of the program's sum | (W_p + W_c) / (T_p + T_c) |
 | atlas  | queue level                   | level of the critical path | (W_p + W_c) / (T_p + T_c) |
+| gittins | promoted first, then the Gittins index of the program's service | level 1 (0: promoted) | (W_p + W_c) / max(median size, T_p + T_c) |
 
 Ties in rank go to the earlier arrival: of the call, or for PLAS and ATLAS
 with ``level_order = "program"`` of the program first (Autellix's order
 within a queue). With ``honor_request_priority`` the request's own priority
 ranks before all of this.
+
+Gittins ranks by the Gittins index of the program's attained service (its
+PLAS sum plus the call's own service so far), learned from the sizes of the
+programs that ended (:mod:`agentrt.scheduling.gittins`): least attained
+service where program sizes vary widely, nearest to done first where they are
+alike. Until ``gittins_min_programs`` programs have ended it is FCFS (least
+attained service first could keep every program from ending, and so from
+being learnt). It is the one policy with state: the sizes it has seen.
 
 PLAS and ATLAS differ only in the completion rule (:func:`plas_service`,
 :func:`atlas_service`); for a sequential program the two are equal, because a
@@ -30,10 +39,12 @@ call's snapshot is then the program's current value.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 
 from agentrt.scheduling.call import Call
 from agentrt.scheduling.config import PolicyName
+from agentrt.scheduling.gittins import ProgramSizes
 
 
 def queue_level(priority: float, boundaries: list[float]) -> int:
@@ -60,10 +71,22 @@ class Policy:
 
     name: PolicyName = "fcfs"
     uses_levels = False  # discretised queues: quantum demotion and starvation promotion
+    promotes_starving = False  # anti-starvation: a call waiting too long goes to level 0
+    num_levels = 1  # for a policy without discretised queues: the levels calls can be in
     program_aware = False  # new calls start at the program's priority; W_p/T_p count
+    rank_depends_on_running = False  # a call's rank changes when it starts or stops running
 
     def entry_level(self, start_value: float, boundaries: list[float]) -> int:
         return 0
+
+    def starvation_floor(self, configured: float) -> float:
+        """The least service a call's starvation ratio divides by."""
+        return configured
+
+    def program_rank(self, service: float, boundaries: list[float]) -> float:
+        """Where a program whose priority scalar is ``service`` ranks (lower first), between calls:
+        its queue level (what KV retention weighs a program's pin by)."""
+        return float(queue_level(service, boundaries)) if self.program_aware else 0.0
 
     def start_value(self, program_service: float) -> float:
         return program_service if self.program_aware else 0.0
@@ -101,6 +124,7 @@ class Mlfq(Policy):
 
     name: PolicyName = "mlfq"
     uses_levels = True
+    promotes_starving = True
 
     def rank(self, call: Call) -> float:
         return float(call.level)
@@ -125,10 +149,56 @@ class Atlas(Plas):
         return atlas_service(program_service, call)
 
 
-_POLICIES: dict[str, type[Policy]] = {p.name: p for p in (Fcfs, Las, Mlfq, Plas, Atlas)}
+class Gittins(Policy):
+    """Program-level Gittins index of attained service, over the sizes of ended programs."""
+
+    name: PolicyName = "gittins"
+    program_aware = True
+    rank_depends_on_running = True
+    promotes_starving = True
+    num_levels = 2  # 0: promoted by the anti-starvation rule, ahead of any index; 1: by index
+
+    def __init__(self, window: int = 256, min_programs: int = 8, hold: float = 1.0) -> None:
+        self.sizes = ProgramSizes(window, min_programs)
+        self.hold = hold
+
+    def entry_level(self, start_value: float, boundaries: list[float]) -> int:
+        return 1
+
+    def starvation_floor(self, configured: float) -> float:
+        # New programs wait behind older ones by design where sizes are alike: a call is
+        # starving only once it has waited beta times a typical program's size.
+        return max(configured, self.sizes.median)
+
+    def program_rank(self, service: float, boundaries: list[float]) -> float:
+        return -self.sizes.index(service) if self.sizes.ready else 0.0
+
+    def rank(self, call: Call) -> float:
+        if call.level == 0:
+            return -math.inf
+        if not self.sizes.ready:
+            return 0.0
+        index = self.sizes.index(call.start_value + call.service)
+        # A running call keeps its place against a waiting one whose index is barely higher:
+        # the index moves at every grid point, and a preemption each time costs a swap.
+        return -index * (1.0 + self.hold) if call.running else -index
+
+    def rank_changes_with_service(self) -> bool:
+        return True
 
 
-def make_policy(name: str) -> Policy:
+_POLICIES: dict[str, type[Policy]] = {p.name: p for p in (Fcfs, Las, Mlfq, Plas, Atlas, Gittins)}
+
+
+def make_policy(
+    name: str,
+    *,
+    gittins_window: int = 256,
+    gittins_min_programs: int = 8,
+    gittins_hold: float = 1.0,
+) -> Policy:
+    if name == "gittins":
+        return Gittins(gittins_window, gittins_min_programs, gittins_hold)
     try:
         return _POLICIES[name]()
     except KeyError:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 from collections import OrderedDict, deque
+from collections.abc import Callable
 
 
 class CallOutcome(enum.StrEnum):
@@ -126,6 +127,8 @@ class ProcessTable:
         self._busy: dict[str, ProgramEntry] = {}  # programs with live calls
         # Programs without live calls, least recently active first.
         self._idle: OrderedDict[str, ProgramEntry] = OrderedDict()
+        # Called with each program's entry as it leaves the table (ended, expired or evicted).
+        self.on_remove: list[Callable[[ProgramEntry], None]] = []
 
     # --- lookup ---
 
@@ -257,3 +260,5 @@ class ProcessTable:
     def _remove(self, entry: ProgramEntry) -> None:
         self._idle.pop(entry.program_id, None)
         self._busy.pop(entry.program_id, None)
+        for listener in self.on_remove:
+            listener(entry)

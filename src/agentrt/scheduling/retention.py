@@ -97,7 +97,6 @@ from typing import Literal
 import msgspec
 
 from agentrt.scheduling.call import Call
-from agentrt.scheduling.policies import queue_level
 from agentrt.scheduling.scheduler import Scheduler
 
 RetentionMode = Literal["off", "ttl"]
@@ -279,15 +278,17 @@ class _Pin:
 
 
 def policy_priority(scheduler: Scheduler) -> Callable[[str], float]:
-    """A program's queue level under ``scheduler``'s policy (0 for policies blind to programs)."""
-    if not scheduler.policy.program_aware:
+    """A program's rank between calls under ``scheduler``'s policy: its queue level, its
+    Gittins index negated (0 for policies blind to programs); lower ranks first."""
+    policy = scheduler.policy
+    if not policy.program_aware:
         return lambda program_id: 0.0
     table = scheduler.table
     boundaries = scheduler.config.boundaries
 
     def level(program_id: str) -> float:
         entry = table.get(program_id)
-        return 0.0 if entry is None else float(queue_level(entry.service, boundaries))
+        return 0.0 if entry is None else policy.program_rank(entry.service, boundaries)
 
     return level
 

@@ -29,7 +29,7 @@ from typing import Protocol
 from agentrt.scheduling.accounting import ProgramAccounting
 from agentrt.scheduling.call import Call
 from agentrt.scheduling.config import SchedulerConfig
-from agentrt.scheduling.policies import Policy, make_policy
+from agentrt.scheduling.policies import Gittins, Policy, make_policy
 from agentrt.scheduling.process_table import CallOutcome, CallRecord, ProcessTable, ProgramEntry
 
 _Key = tuple[float, float, float, int]
@@ -96,7 +96,12 @@ class Scheduler:
 
     def __init__(self, config: SchedulerConfig | None = None, table: ProcessTable | None = None):
         self.config = config or SchedulerConfig()
-        self.policy: Policy = make_policy(self.config.policy)
+        self.policy: Policy = make_policy(
+            self.config.policy,
+            gittins_window=self.config.gittins_window,
+            gittins_min_programs=self.config.gittins_min_programs,
+            gittins_hold=self.config.gittins_hold,
+        )
         self.table = (
             table
             if table is not None
@@ -107,11 +112,15 @@ class Scheduler:
             )
         )
         self.accounting = ProgramAccounting(self.table, self.policy, self.config.boundaries)
+        # Gittins learns program sizes from the programs that leave the table.
+        self._sizes = self.policy.sizes if isinstance(self.policy, Gittins) else None
+        if self._sizes is not None:
+            self.table.on_remove.append(self._program_left)
         self._quanta = self.config.quanta
         self._floor = self.config.floor
         self._beta = self.config.beta
         self._token_mode = self.config.service_unit == "tokens"
-        self._starvation = self.policy.uses_levels and math.isfinite(self._beta)
+        self._starvation = self.policy.promotes_starving and math.isfinite(self._beta)
         # Fixed per policy; read on every charge, so looked up once.
         self._uses_levels = self.policy.uses_levels
         self._rekey_on_service = self.policy.rank_changes_with_service()
@@ -157,7 +166,7 @@ class Scheduler:
 
     def calls_per_level(self) -> list[int]:
         """Live calls per queue level, top first (one level for fcfs and las); for metrics."""
-        counts = [0] * (len(self._quanta) if self.policy.uses_levels else 1)
+        counts = [0] * (len(self._quanta) if self.policy.uses_levels else self.policy.num_levels)
         for call in self._calls.values():
             counts[call.level] += 1
         return counts
@@ -178,7 +187,7 @@ class Scheduler:
         entry, record = self.accounting.admit(call, now)
         call.seq = self._next_seq
         self._next_seq += 1
-        call.quantum = self._quanta[call.level]
+        call.quantum = self._quanta[call.level if self._uses_levels else 0]
         call.service = call.service_c = 0.0
         call.running = False
         call._wait_acc = call._wait_c_acc = 0.0
@@ -196,6 +205,8 @@ class Scheduler:
         """Form this step's batch: walk the queues top-down, stop at the first refusal
         (a call a retention hold keeps out is passed over instead, see :class:`Admission`)."""
         clock = self.clock(now)
+        if self._sizes is not None and self._sizes.refresh():
+            self._rekey_all()
         decision = Decision(promoted=self._promote_starving(clock))
         batch = decision.batch
         by_seq = self._by_seq
@@ -216,6 +227,7 @@ class Scheduler:
                 self._records[call.seq].wait = call._wait_acc
                 if self._starvation:
                     call._starve_version += 1  # its waiting deadline no longer applies
+        started = [call for call in batch if call.call_id not in previous]
         preempted = [call for call_id, call in previous.items() if call_id not in running]
         if preempted:
             preempted.sort(key=_key_of)
@@ -224,6 +236,10 @@ class Scheduler:
                 call._start_waiting(clock)
                 self._push_deadline(call, self.table.get(call.program_id))
             decision.preempted = preempted
+        if self.policy.rank_depends_on_running:
+            for call in (*started, *preempted):
+                self._remove(call)
+                self._insert(call)
         self._running = running
         counters = self.counters
         counters.decisions += 1
@@ -318,6 +334,16 @@ class Scheduler:
                 self._push_deadline(sibling, entry)
         return call
 
+    def _program_left(self, entry: ProgramEntry) -> None:
+        assert self._sizes is not None
+        self._sizes.observe(entry.service)
+
+    def _rekey_all(self) -> None:
+        """Rank every live call again (the policy's ranking itself changed)."""
+        for call in self._calls.values():
+            call._key = self._key(call)
+        self._order = sorted(call._key for call in self._calls.values())
+
     def _key(self, call: Call) -> _Key:
         priority = call.priority if self.config.honor_request_priority else None
         arrival = 0.0
@@ -356,7 +382,8 @@ class Scheduler:
         else:
             w_p, t_p = 0.0, 0.0
         served = t_p + call.service_c
-        budget = self._beta * (served if served > self._floor else self._floor)
+        floor = self.policy.starvation_floor(self._floor)
+        budget = self._beta * (served if served > floor else floor)
         since = call._waiting_since
         if since is not None:
             deadline = since + budget - w_p - call._wait_c_acc

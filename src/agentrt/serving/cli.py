@@ -14,6 +14,7 @@ import logging
 import math
 from typing import Any
 
+from agentrt.scheduling.config import POLICIES
 from agentrt.serving.config import ServerConfig
 
 
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help=f"port (default {defaults.port})")
     parser.add_argument(
         "--scheduling-policy",
-        choices=["fcfs", "las", "mlfq", "plas", "atlas"],
+        choices=POLICIES,
         help="default atlas",
     )
     parser.add_argument("--max-num-seqs", type=int, help="calls per engine batch")

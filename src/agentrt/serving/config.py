@@ -7,8 +7,7 @@ from typing import Any, Literal
 import msgspec
 
 from agentrt.protocol.limits import SAMPLING_BOUNDS
-
-Policy = Literal["fcfs", "las", "mlfq", "plas", "atlas"]
+from agentrt.scheduling.config import PolicyName
 
 
 class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -24,7 +23,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # (called with engine_options as keyword arguments), e.g. "agentrt.testing.echo:EchoEngine".
     engine_factory: str | None = None
     engine_options: dict[str, Any] = msgspec.field(default_factory=dict)
-    scheduling_policy: Policy = "atlas"
+    scheduling_policy: PolicyName = "atlas"
     max_num_seqs: int | None = None
     # The embedded engine's dtype and weight-only quantization; unset: [engine] of the file.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None

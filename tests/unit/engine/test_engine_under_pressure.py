@@ -119,3 +119,52 @@ def test_program_level_priorities_show_in_the_completion_order() -> None:
     assert set(plas[:4]) == {f"short-{i}" for i in range(4)}  # fresh programs first
     fcfs = completion_order("fcfs")
     assert set(fcfs[:4]) == {f"long-{i}" for i in range(4)}  # the control: arrival order
+
+
+def test_gittins_learns_sizes_from_ended_programs_and_serves_the_nearest_to_done() -> None:
+    engine = tiny_engine(
+        num_kv_blocks=40,
+        block_size=4,
+        max_num_seqs=1,
+        scheduler=SchedulerConfig(policy="gittins", service_unit="tokens", gittins_min_programs=3),
+    )
+    prompts = random_prompts([10] * 8, seed=24)
+    params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+
+    def run(request: str, prompt: list[int], program: str) -> None:
+        engine.add_request(request, prompt, params, program=ProgramTag(program_id=program))
+
+    for i in range(3):  # three programs of one 20-token call (prefill and decode) end
+        run(f"seen-{i}", prompts[i], f"seen-{i}")
+        while engine.has_unfinished_requests():
+            engine.step()
+        engine.end_program(f"seen-{i}")
+    run("old-0", prompts[3][:5], "old")  # 15 of its 20 tokens: nearly done
+    while engine.has_unfinished_requests():
+        engine.step()
+    for i in range(3):
+        run(f"new-{i}", prompts[4 + i], f"new-{i}")
+    run("old-1", prompts[7][:1], "old")  # arrives last, runs first
+    order: list[str] = []
+    while engine.has_unfinished_requests():
+        order += [e.call_id for e in engine.step() if e.usage is not None]
+    assert len(engine.scheduler.policy.sizes) == 3  # type: ignore[attr-defined]
+    assert order[0] == "old-1" and sorted(order[1:]) == ["new-0", "new-1", "new-2"]
+    assert_block_pool_clean(engine)
+
+
+def test_an_untagged_call_is_a_program_that_ends_with_it() -> None:
+    engine = tiny_engine(
+        num_kv_blocks=40,
+        block_size=4,
+        scheduler=SchedulerConfig(policy="gittins", service_unit="tokens", gittins_min_programs=1),
+    )
+    prompts = random_prompts([6, 6], seed=25)
+    engine.add_request("done", prompts[0], SamplingParams(temperature=0.0, max_tokens=3))
+    engine.add_request("dropped", prompts[1], SamplingParams(temperature=0.0, max_tokens=30))
+    engine.step()
+    engine.abort_request("dropped")
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert len(engine.scheduler.table) == 0
+    assert len(engine.scheduler.policy.sizes) == 2  # type: ignore[attr-defined]

@@ -119,6 +119,7 @@ def run_programs(
                     trace.service[program] = entry.service
                     trace.finished[program] = step
                     done.add(program)
+                    sched.table.end(program, end)
         step += 1
     return trace
 
