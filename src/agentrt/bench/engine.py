@@ -103,6 +103,10 @@ class EngineBenchResult(msgspec.Struct, kw_only=True):
     quality: Quality | None
     steps: list[StepRecord]
     comparison: PeerComparison | None = None
+    # Decode steps the sections ran through the compiled graphs (--compile), and of those the
+    # steps replayed as CUDA graphs.
+    compiled_decode_steps: int = 0
+    cuda_graph_replays: int = 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,6 +130,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="decode steps through torch.compile ([engine] compile); every batch size is "
         "compiled (or loaded from the disk cache) when the engine starts",
+    )
+    parser.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --compile on CUDA, decode steps as CUDA graphs ([engine] cuda_graphs; "
+        "default on with --compile on CUDA)",
     )
     parser.add_argument(
         "--tensor-parallel-size",
@@ -245,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
     if args.ttft_repeats < 1:
         raise SystemExit("--ttft-repeats must be >= 1")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.cuda_graphs and (not args.compile or not device.startswith("cuda")):
+        raise SystemExit(f"--cuda-graphs needs --compile and a CUDA device, not {device}")
     reason = dtype_reason(args.dtype, device)
     args.dtype = str(resolve_dtype(args.dtype, device)).removeprefix("torch.")
     loaded = load_model(args.model, dtype=args.dtype, device=device)
@@ -263,6 +276,9 @@ def run(args: argparse.Namespace) -> int:
         engine = run_sections(args, device, loaded, peak, sections)
         if engine.runner.decoder is not None:
             weight_bytes = engine.runner.decoder.weight_bytes
+        stats = engine.stats()
+        sections["compiled_decode_steps"] = stats.compiled_decode_steps
+        sections["cuda_graph_replays"] = stats.cuda_graph_replays
         engine.close()
     comparison = None
     if compared:
@@ -401,6 +417,7 @@ def make_engine(args: argparse.Namespace, loaded: Any, prompts: list[list[int]])
         seed=args.seed,
         quantization=args.quantization,
         compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
         tensor_parallel_size=args.tensor_parallel_size,
         pipeline_parallel_size=args.pipeline_parallel_size,
     )
@@ -661,6 +678,12 @@ def print_result(result: EngineBenchResult) -> None:
             f"perplexity, fixed text ({q.text_tokens} tokens)",
             f"{q.perplexity:.3f}",
             f"float32 {q.reference_perplexity:.3f}: {q.perplexity_ratio:.4f}x",
+        )
+    if result.compiled_decode_steps:
+        table.add_row(
+            "decode steps compiled",
+            str(result.compiled_decode_steps),
+            f"{result.cuda_graph_replays} replayed as CUDA graphs",
         )
     table.add_row("engine steps recorded", str(len(result.steps)), "")
     console = Console()

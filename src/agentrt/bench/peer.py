@@ -369,12 +369,16 @@ def client() -> httpx.AsyncClient:
 
 
 def agentrt_serve_args(args: Any) -> list[str]:
-    """``agentrt serve`` flags for the bench's model, dtype, quantization and compile, room for every stream."""
+    """``agentrt serve`` flags for the bench's model, dtype, quantization, compile and CUDA
+    graphs, room for every stream."""
     model = ["--model", args.model] if args.model else []
     compile_flag = ["--compile"] if getattr(args, "compile", False) else []
+    graphs = getattr(args, "cuda_graphs", None)
+    graphs_flag = [] if graphs is None else ["--cuda-graphs" if graphs else "--no-cuda-graphs"]
     return [
         *model,
         *compile_flag,
+        *graphs_flag,
         "--dtype",
         args.dtype,
         "--quantization",

@@ -28,6 +28,12 @@ growing contexts do not recompile. Inductor caches what it compiles on
 disk (its FX-graph and AOT caches, under ``cache_dir``), so a later process
 with the same model, dtype and bucket loads the kernels instead of
 compiling them.
+
+With ``static_shapes`` (the runner's choice on CUDA) the width is padded to
+a bucket too and each (batch, width) shape runs over buffers of its own,
+captured as a CUDA graph on GPU: see :mod:`agentrt.engine.decode_graphs`.
+On CPU the width stays exact, since every padding column costs attention
+work there and a CPU step has no launch overhead for a graph to save.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from agentrt.engine.block_manager import cdiv
+from agentrt.engine.decode_graphs import StaticDecode, width_bucket
 from agentrt.engine.decoder import LeanDecoder
 from agentrt.engine.kv_cache import PagedKVCache
 from agentrt.log import get_logger
@@ -78,7 +85,9 @@ def _backend(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> An
 
     _compiles += 1
     log.info("compiled_decode_graph", graphs=_compiles)
-    return compile_fx(gm, example_inputs)
+    # CUDA graphs are captured around the compiled step (decode_graphs.py); inductor's own
+    # (TORCHINDUCTOR_CUDAGRAPHS=1) would capture inside that capture.
+    return compile_fx(gm, example_inputs, config_patches={"triton.cudagraphs": False})
 
 
 def default_cache_dir() -> Path:
@@ -98,7 +107,12 @@ def use_cache_dir(path: Path) -> None:
 
 
 class CompiledDecode:
-    """Runs decode-only steps of ``decoder`` on ``kv_cache`` through compiled graphs."""
+    """Runs decode-only steps of ``decoder`` on ``kv_cache`` through compiled graphs.
+
+    ``static_shapes`` pads the block table to width buckets and runs each
+    (batch, width) shape over buffers of its own, as a CUDA graph when the
+    cache is on a GPU (:class:`~agentrt.engine.decode_graphs.StaticDecode`).
+    """
 
     def __init__(
         self,
@@ -107,6 +121,7 @@ class CompiledDecode:
         max_batch: int,
         max_blocks: int,
         cache_dir: Path | None = None,
+        static_shapes: bool = False,
     ) -> None:
         self.decoder = decoder
         self.kv_cache = kv_cache
@@ -134,6 +149,16 @@ class CompiledDecode:
         self._graph: Callable[..., tuple[torch.Tensor, torch.Tensor]] = torch.compile(
             self._forward, backend=_backend, dynamic=False, fullgraph=True
         )
+        # Static shapes up to the planned width; a context past it (the table widens) runs at
+        # its exact width, without a CUDA graph.
+        self.static = (
+            StaticDecode(
+                self._graph, c.kv, self._kv_slots, decoder.lm_head.out_features, max_blocks
+            )
+            if static_shapes
+            else None
+        )
+        self._warned_wide = False
 
     def buckets(self) -> list[int]:
         """Every batch bucket a decode step may run at, smallest first."""
@@ -145,28 +170,37 @@ class CompiledDecode:
         Run before the engine takes requests, so that no request waits on a
         compile. Each bucket runs one step of padding rows at position 0 of
         block 0, whose key and value slot it overwrites: call it only while
-        the cache holds nothing. ``before_bucket(rows)`` runs before each
+        the cache holds nothing. With static shapes every width of every
+        bucket is prepared too (on CUDA, captured as a graph); those steps
+        write nothing into the cache. ``before_bucket(rows)`` runs before each
         bucket (the runner sets the threads that bucket's steps run on).
         """
         buckets = self.buckets()
         with torch.inference_mode():  # the grad mode decode steps run in, which dynamo guards
-            for bucket in buckets:
+            # Static shapes go largest first: their CUDA graphs share one memory pool.
+            for bucket in reversed(buckets) if self.static is not None else buckets:
                 if before_bucket is not None:
                     before_bucket(bucket)
-                self.run([0] * bucket, [0] * bucket, [[0]] * bucket, range(bucket))
+                if self.static is not None:
+                    self.static.prepare_all([bucket])
+                else:
+                    self.run([0] * bucket, [0] * bucket, [[0]] * bucket, range(bucket))
         self.steps = 0
         return buckets
 
     def buffer(self, bucket: int, blocks: int) -> torch.Tensor:
         """The step-input buffer of one bucket, ``[bucket, 2 + max_blocks]`` int64.
 
-        It is allocated once per bucket; a context longer than ``max_blocks``
-        blocks (a sequence past the length the runner planned for) widens it.
+        It is allocated once per bucket, on the cache's device; a context
+        longer than ``max_blocks`` blocks (a sequence past the length the
+        runner planned for) widens it.
         """
         buf = self._buffers.get(bucket)
         if buf is None or buf.shape[1] < 2 + blocks:
             self.max_blocks = max(self.max_blocks, blocks)
-            buf = torch.zeros(bucket, 2 + self.max_blocks, dtype=torch.long)
+            buf = torch.zeros(
+                bucket, 2 + self.max_blocks, dtype=torch.long, device=self.kv_cache.device
+            )
             self._buffers[bucket] = buf
         return buf
 
@@ -185,15 +219,16 @@ class CompiledDecode:
         # At least two columns of blocks: dynamo specializes a dimension of size one, which
         # breaks the dynamic width (the padding is masked out by position).
         blocks = max(2, max(cdiv(p + 1, bs) for p in positions))
-        rows: list[int] = []
-        slots: list[int] = []
-        for token, pos, table in zip(ids, positions, tables, strict=True):
-            used = list(table[:blocks])
-            rows.append(token)
-            rows.append(pos)
-            rows.extend(used)
-            rows.extend([0] * (blocks - len(used)))
-            slots.append(table[pos // bs] * bs + pos % bs)
+        static = self.static
+        if static is not None:
+            if blocks <= static.max_width:
+                width = width_bucket(blocks, static.max_width)
+                rows, slots = step_rows(ids, positions, tables, width, bs)
+                return static.run(bucket, width, rows, slots, keep)
+            if not self._warned_wide:
+                self._warned_wide = True
+                log.warning("decode_step_wider_than_static_shapes", blocks=blocks)
+        rows, slots = step_rows(ids, positions, tables, blocks, bs)
         buf = self.buffer(bucket, blocks)
         width = 2 + blocks
         step = buf[:, :width]
@@ -206,7 +241,7 @@ class CompiledDecode:
         self._kv_slots.index_copy_(2, slot_index, new_kv[:, :, :n])
         if len(keep) == n:
             return logits[:n] if n < bucket else logits
-        return logits.index_select(0, torch.tensor(list(keep), dtype=torch.long))
+        return logits.index_select(0, torch.tensor(list(keep), device=logits.device))
 
     def _forward(self, step: torch.Tensor, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dec = self.decoder
@@ -277,8 +312,37 @@ def _decode_attention(
     return out.to(q.dtype)
 
 
+def step_rows(
+    ids: Sequence[int],
+    positions: Sequence[int],
+    tables: Sequence[Sequence[int]],
+    blocks: int,
+    block_size: int,
+) -> tuple[list[int], list[int]]:
+    """The flat step rows (token, position, table cut or zero-padded to ``blocks``) and each
+    row's KV slot."""
+    rows: list[int] = []
+    slots: list[int] = []
+    for token, pos, table in zip(ids, positions, tables, strict=True):
+        used = list(table[:blocks])
+        rows.append(token)
+        rows.append(pos)
+        rows.extend(used)
+        rows.extend([0] * (blocks - len(used)))
+        slots.append(table[pos // block_size] * block_size + pos % block_size)
+    return rows, slots
+
+
 def describe(compiled: CompiledDecode | None) -> dict[str, Any]:
     """What the runner logs about its decode path."""
     if compiled is None:
         return {"compiled_decode": False}
-    return {"compiled_decode": True, "max_compiled_batch": compiled.max_batch}
+    static = compiled.static
+    return {
+        "compiled_decode": True,
+        "max_compiled_batch": compiled.max_batch,
+        "cuda_graphs": static is not None and static.cuda_graphs,
+        "block_table_widths": static.widths if static is not None else "dynamic",
+        # Every (batch bucket, width) pair a decode step may run at: the most graphs captured.
+        "static_shapes": len(compiled.buckets()) * len(static.widths) if static is not None else 0,
+    }

@@ -62,6 +62,11 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # from the disk cache after the first run), so that no request waits on a compile.
     compile_warmup: bool = True
     compile_cache_dir: str | None = None
+    # With compile on a CUDA device: pad each decode step's block table to a power-of-two
+    # width and replay it as a CUDA graph, one per (batch bucket, width) shape, captured with
+    # the warm-up (or at each shape's first step). None: on exactly when compile is on and the
+    # device is CUDA; true elsewhere is an error. See engine/decode_graphs.py.
+    cuda_graphs: bool | None = None
     block_size: int = 16
     kv_cache_memory: float = 0.1
     num_kv_blocks: int | None = None
@@ -124,6 +129,15 @@ class EngineConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError(
                 "EngineConfig.tensor_parallel_size or pipeline_parallel_size > 1 runs the lean "
                 "decoder without torch.compile: set lean_decoder = true and compile = false"
+            )
+        if self.cuda_graphs and not self.compile:
+            raise ConfigError(
+                "EngineConfig.cuda_graphs = true needs compile = true: the graphs capture the "
+                "compiled decode step"
+            )
+        if self.cuda_graphs and self.device.split(":")[0] != "cuda":
+            raise ConfigError(
+                f"EngineConfig.cuda_graphs = true needs a CUDA device, got {self.device!r}"
             )
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ConfigError("EngineConfig.max_model_len must be >= 2")

@@ -645,6 +645,8 @@ class LLMEngine:
     def stats(self) -> EngineStats:
         c = self.stats_counters
         bm = self.block_manager
+        compiled = self.runner.compiled
+        static = compiled.static if compiled is not None else None
         levels = [0] * self.config.scheduler.num_queues
         running = waiting = swapped = 0
         for seq in self.seqs.values():
@@ -682,6 +684,8 @@ class LLMEngine:
             kv_admissions_held=bm.evictable.counters.held_back,
             kv_admissions_held_seconds=bm.evictable.counters.held_back_s,
             recomputed_prompt_tokens=bm.recomputed_prompt_tokens,
+            compiled_decode_steps=compiled.steps if compiled is not None else 0,
+            cuda_graph_replays=static.graph_replays if static is not None else 0,
             calls_per_level=levels,
             step_moments=self.step_moments,
         )

@@ -217,9 +217,19 @@ class ModelRunner:
         )
 
     def _compiled_decode(self, num_blocks: int) -> CompiledDecode | None:
-        """The compiled decode path when the config asks for it and the lean decoder runs."""
-        if not self.config.compile or self.decoder is None or self.use_xformers:
+        """The compiled decode path when the config asks for it and the lean decoder runs.
+
+        It takes the decode-only steps whatever the attention of the others
+        (SDPA, or xformers on CUDA for prompt chunks and mixed steps). On
+        CUDA each (batch, width) shape of it is a CUDA graph unless
+        ``cuda_graphs`` is false.
+        """
+        if not self.config.compile or self.decoder is None:
             return None
+        # EngineConfig refuses cuda_graphs = true without compile or off CUDA.
+        graphs = self.config.cuda_graphs
+        if graphs is None:
+            graphs = self.device.type == "cuda"
         cache_dir = self.config.compile_cache_dir
         max_len = min(
             num_blocks * self.block_size,
@@ -231,6 +241,7 @@ class ModelRunner:
             max_batch=self.config.max_num_seqs,
             max_blocks=cdiv(max_len, self.block_size) + 1,
             cache_dir=Path(cache_dir).expanduser() if cache_dir else None,
+            static_shapes=graphs,
         )
         if self.config.compile_warmup:
             started = time.perf_counter()
@@ -241,6 +252,7 @@ class ModelRunner:
             log.info(
                 "compiled_decode_warm",
                 buckets=buckets,
+                cuda_graphs=compiled.static.graph_count if compiled.static is not None else 0,
                 seconds=round(time.perf_counter() - started, 1),
             )
         return compiled

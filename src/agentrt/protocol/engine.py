@@ -224,6 +224,10 @@ class EngineStats(msgspec.Struct, kw_only=True):
     kv_admissions_held: int = 0
     kv_admissions_held_seconds: float = 0.0
     recomputed_prompt_tokens: int = 0
+    # Decode steps the embedded engine ran through its compiled graphs, and of those the
+    # steps replayed as CUDA graphs ([engine] compile, cuda_graphs).
+    compiled_decode_steps: int = 0
+    cuda_graph_replays: int = 0
     # Live calls (waiting or running) per scheduler queue level, top level first.
     calls_per_level: list[int] = msgspec.field(default_factory=list)
     # Step-time sums over the engine's lifetime (empty for engines that do not time steps).

@@ -55,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode steps through torch.compile, cached on disk (default: [engine] compile)",
     )
     parser.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --compile on CUDA, replay decode steps as CUDA graphs (default: [engine] "
+        "cuda_graphs, else on with --compile on CUDA)",
+    )
+    parser.add_argument(
         "--num-threads",
         type=int,
         help="CPU threads for the embedded engine's kernels (default: [engine] num_threads, "

@@ -29,6 +29,7 @@ class ServerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     quantization: Literal["none", "int8", "int4"] | None = None
     compile: bool | None = None  # the embedded engine's compiled decode; unset: [engine]
+    cuda_graphs: bool | None = None  # its decode steps as CUDA graphs (CUDA); unset: [engine]
     # CPU threads of the embedded engine's kernels; unset: [engine] num_threads (torch's default).
     num_threads: int | None = None
     decode_threads: int | None = None  # for decode steps of few rows; unset: [engine]

@@ -67,6 +67,7 @@ def engine_config(server: ServerConfig, toml_path: str | Path | None = None) -> 
         "dtype": server.dtype,
         "quantization": server.quantization,
         "compile": server.compile,
+        "cuda_graphs": server.cuda_graphs,
         "num_threads": server.num_threads,
         "decode_threads": server.decode_threads,
         "tensor_parallel_size": server.tensor_parallel_size,

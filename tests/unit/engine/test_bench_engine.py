@@ -38,6 +38,21 @@ def test_quick_bench_writes_every_section(tiny_folder: Path, tmp_path: Path) -> 
     assert sum(s["prefill_tokens"] for s in steps) >= t["prompt_tokens"]
     assert any(s["decode_seqs"] == 4 and s["prefill_tokens"] == 0 for s in steps)
     assert all(s["kv_tokens"] >= s["prefill_tokens"] + s["decode_seqs"] for s in steps)
+    assert result["compiled_decode_steps"] == result["cuda_graph_replays"] == 0  # eager
+
+
+@pytest.mark.slow
+def test_quick_bench_reports_the_compiled_decode_steps(tiny_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "engine.json"
+    args = ["bench", "engine", "--model", str(tiny_folder), "--quick", "--skip-baseline"]
+    assert main([*args, "--device", "cpu", "--compile", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    # Every decode-only step the sections record ran compiled (and the unrecorded ones too).
+    decode_steps = sum(1 for s in result["steps"] if s["decode_seqs"] and not s["prefill_tokens"])
+    assert result["compiled_decode_steps"] >= decode_steps > 0
+    assert result["cuda_graph_replays"] == 0  # CPU: no graphs
+    with pytest.raises(SystemExit, match="--cuda-graphs needs --compile and a CUDA device"):
+        main([*args, "--device", "cpu", "--cuda-graphs", "--compile"])
 
 
 def test_quick_bench_can_skip_the_baseline(tiny_folder: Path, tmp_path: Path) -> None:

@@ -111,3 +111,7 @@ def test_the_compared_agentrt_serve_gets_the_bench_quantization_and_compile() ->
     assert flags[flags.index("--quantization") + 1] == "int4"
     assert "--compile" in flags and flags[-1] == "--port=9"
     assert "--compile" not in agentrt_serve_args(parser.parse_args([]))
+    assert not any("cuda-graphs" in f for f in flags)  # unset: the server's own default
+    off = agentrt_serve_args(parser.parse_args(["--compile", "--no-cuda-graphs"]))
+    assert "--no-cuda-graphs" in off
+    assert "--cuda-graphs" in agentrt_serve_args(parser.parse_args(["--compile", "--cuda-graphs"]))

@@ -75,6 +75,8 @@ def test_a_second_batch_of_the_same_bucket_does_not_recompile() -> None:
     engine.generate(second, greedy)
     assert compile_count() == after_first
     assert engine.runner.compiled is not None and engine.runner.compiled.steps == 8
+    stats = engine.stats()
+    assert (stats.compiled_decode_steps, stats.cuda_graph_replays) == (8, 0)
 
 
 def test_a_kv_pool_of_another_size_reuses_the_graph() -> None:

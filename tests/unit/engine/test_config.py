@@ -49,3 +49,15 @@ def test_bad_values_are_rejected(bad: dict[str, object]) -> None:
 def test_load_config_reports_bad_values_as_config_errors() -> None:
     with pytest.raises(ConfigError, match="block_size"):
         load_config(EngineConfig, overrides={"block_size": 0})
+
+
+def test_cuda_graphs_need_compile_and_a_cuda_device() -> None:
+    assert EngineConfig().cuda_graphs is None  # the runner decides: on with compile on CUDA
+    with pytest.raises(ConfigError, match="needs compile = true"):
+        EngineConfig(cuda_graphs=True, device="cuda")
+    with pytest.raises(ConfigError, match="needs a CUDA device, got 'cpu'"):
+        EngineConfig(cuda_graphs=True, compile=True)
+    assert EngineConfig(cuda_graphs=True, compile=True, device="cuda:1").cuda_graphs
+    assert EngineConfig(cuda_graphs=False).cuda_graphs is False  # off is valid anywhere
+    with pytest.raises(ConfigError, match="cuda_graphs"):
+        load_config(EngineConfig, overrides={"cuda_graphs": True, "compile": True})

@@ -149,6 +149,18 @@ def test_compile_flag_wins_over_the_engine_table(tmp_path: Path) -> None:
     assert on.compile is True
 
 
+def test_cuda_graphs_flag_wins_over_the_engine_table(tmp_path: Path) -> None:
+    toml = tmp_path / "s.toml"
+    toml.write_text('[engine]\ncompile = true\ndevice = "cuda"\ncuda_graphs = true\n')
+    off = engine_config(server_config(parse("--config", str(toml), "--no-cuda-graphs")), toml)  # type: ignore[arg-type]
+    assert off.cuda_graphs is False
+    unset = engine_config(server_config(parse("--config", str(toml))), toml)  # type: ignore[arg-type]
+    assert unset.cuda_graphs is True
+    assert engine_config(server_config(parse())).cuda_graphs is None  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        engine_config(server_config(parse("--compile", "--cuda-graphs")))  # type: ignore[arg-type]
+
+
 def test_kv_retention_flag_wins_over_the_engine_table(tmp_path: Path) -> None:
     toml = tmp_path / "s.toml"
     toml.write_text('[engine.retention]\nmode = "ttl"\npin_budget = 0.25\n')
