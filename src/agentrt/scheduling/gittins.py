@@ -40,8 +40,8 @@ def gittins_index(sizes: list[float], prefix: list[float], attained: float) -> f
     """``G(attained)`` for the empirical distribution of ``sizes`` (sorted ascending).
 
     ``prefix[i]`` is the sum of ``sizes[:i]``. With no size above ``attained``
-    (a program longer than every one seen) the index is that of its last
-    observed point, the largest size: see :meth:`ProgramSizes.index`.
+    (a program longer than every one seen) it returns 0; :class:`ProgramSizes`
+    tabulates such points with the last value below the largest size instead.
     """
     n = len(sizes)
     first = bisect_right(sizes, attained)
@@ -68,15 +68,12 @@ class ProgramSizes:
     def __init__(self, window: int, min_programs: int) -> None:
         if window < 1 or not 1 <= min_programs <= window:
             raise ValueError("need window >= 1 and 1 <= min_programs <= window")
-        self.window = window
         self.min_programs = min_programs
         self._recent: deque[float] = deque(maxlen=window)
         self._grid: list[float] = []
         self._index: list[float] = []
         self._new = 0  # sizes observed since the table was built
         self.median = 0.0  # of the sizes in the table
-        # Counts the tables built; a scheduler re-ranks its calls when it changes.
-        self.version = 0
 
     def __len__(self) -> int:
         return len(self._recent)
@@ -110,7 +107,6 @@ class ProgramSizes:
         index.append(index[-1])  # past the largest size seen: its last observed value
         self._grid, self._index = grid, index
         self.median = sizes[n // 2]
-        self.version += 1
         return True
 
     def index(self, attained: float) -> float:

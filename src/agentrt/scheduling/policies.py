@@ -43,7 +43,7 @@ import math
 from bisect import bisect_right
 
 from agentrt.scheduling.call import Call
-from agentrt.scheduling.config import PolicyName
+from agentrt.scheduling.config import PolicyName, SchedulerConfig
 from agentrt.scheduling.gittins import ProgramSizes
 
 
@@ -158,7 +158,7 @@ class Gittins(Policy):
     promotes_starving = True
     num_levels = 2  # 0: promoted by the anti-starvation rule, ahead of any index; 1: by index
 
-    def __init__(self, window: int = 256, min_programs: int = 8, hold: float = 1.0) -> None:
+    def __init__(self, window: int, min_programs: int, hold: float) -> None:
         self.sizes = ProgramSizes(window, min_programs)
         self.hold = hold
 
@@ -190,15 +190,11 @@ class Gittins(Policy):
 _POLICIES: dict[str, type[Policy]] = {p.name: p for p in (Fcfs, Las, Mlfq, Plas, Atlas, Gittins)}
 
 
-def make_policy(
-    name: str,
-    *,
-    gittins_window: int = 256,
-    gittins_min_programs: int = 8,
-    gittins_hold: float = 1.0,
-) -> Policy:
+def make_policy(name: str, config: SchedulerConfig | None = None) -> Policy:
+    """The policy ``name``; Gittins takes its knobs from ``config`` (defaults if None)."""
     if name == "gittins":
-        return Gittins(gittins_window, gittins_min_programs, gittins_hold)
+        c = config or SchedulerConfig()
+        return Gittins(c.gittins_window, c.gittins_min_programs, c.gittins_hold)
     try:
         return _POLICIES[name]()
     except KeyError:

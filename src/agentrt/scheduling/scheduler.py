@@ -96,12 +96,7 @@ class Scheduler:
 
     def __init__(self, config: SchedulerConfig | None = None, table: ProcessTable | None = None):
         self.config = config or SchedulerConfig()
-        self.policy: Policy = make_policy(
-            self.config.policy,
-            gittins_window=self.config.gittins_window,
-            gittins_min_programs=self.config.gittins_min_programs,
-            gittins_hold=self.config.gittins_hold,
-        )
+        self.policy: Policy = make_policy(self.config.policy, self.config)
         self.table = (
             table
             if table is not None
@@ -115,7 +110,8 @@ class Scheduler:
         # Gittins learns program sizes from the programs that leave the table.
         self._sizes = self.policy.sizes if isinstance(self.policy, Gittins) else None
         if self._sizes is not None:
-            self.table.on_remove.append(self._program_left)
+            sizes = self._sizes
+            self.table.on_remove.append(lambda entry: sizes.observe(entry.service))
         self._quanta = self.config.quanta
         self._floor = self.config.floor
         self._beta = self.config.beta
@@ -227,7 +223,6 @@ class Scheduler:
                 self._records[call.seq].wait = call._wait_acc
                 if self._starvation:
                     call._starve_version += 1  # its waiting deadline no longer applies
-        started = [call for call in batch if call.call_id not in previous]
         preempted = [call for call_id, call in previous.items() if call_id not in running]
         if preempted:
             preempted.sort(key=_key_of)
@@ -237,6 +232,7 @@ class Scheduler:
                 self._push_deadline(call, self.table.get(call.program_id))
             decision.preempted = preempted
         if self.policy.rank_depends_on_running:
+            started = [call for call in batch if call.call_id not in previous]
             for call in (*started, *preempted):
                 self._remove(call)
                 self._insert(call)
@@ -333,10 +329,6 @@ class Scheduler:
             for sibling in siblings.values():
                 self._push_deadline(sibling, entry)
         return call
-
-    def _program_left(self, entry: ProgramEntry) -> None:
-        assert self._sizes is not None
-        self._sizes.observe(entry.service)
 
     def _rekey_all(self) -> None:
         """Rank every live call again (the policy's ranking itself changed)."""

@@ -50,7 +50,7 @@ def test_the_table_waits_for_enough_programs_and_rebuilds_only_on_news() -> None
     sizes.observe(12.0)
     assert not sizes.refresh() and not sizes.ready
     sizes.observe(14.0)
-    assert sizes.refresh() and sizes.version == 1
+    assert sizes.refresh() and sizes.ready
     assert not sizes.refresh()
     for _ in range(4):
         sizes.observe(1000.0)  # the window keeps the last four

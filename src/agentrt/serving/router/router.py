@@ -195,7 +195,7 @@ class Router:
         self.balancer = Balancer(balancer or BalancerConfig(), table=self.table)
         self.accounting = ProgramAccounting(
             self.table,
-            make_policy(self.scheduler_config.policy),
+            make_policy(self.scheduler_config.policy, self.scheduler_config),
             self.scheduler_config.boundaries,
         )
         self._engines = {b.engine_id: _Engine(b) for b in backends}
