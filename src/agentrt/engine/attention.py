@@ -141,7 +141,7 @@ def attend(
             o = F.scaled_dot_product_attention(
                 qp, keys.unsqueeze(0), values.unsqueeze(0), attn_mask=span.mask, scale=scaling
             )
-            out[rows] = o.view(heads, span.length, d).transpose(0, 1)
+            out[rows] = o.reshape(heads, span.length, d).transpose(0, 1)  # cuDNN: not contiguous
     return out
 
 
@@ -213,9 +213,29 @@ def register_attention() -> str:
     return ATTENTION_NAME
 
 
-def xformers_available() -> bool:
+def xformers_unusable(
+    device: torch.device, dtype: torch.dtype, num_heads: int, num_kv_heads: int, head_dim: int
+) -> str | None:
+    """Why xformers cannot run this model's attention here, or ``None`` when it can.
+
+    Importing ``xformers.ops`` is not enough: a wheel built for another torch
+    imports but has no CUDA kernels, and its kernels refuse float32 and heads
+    narrower than 32. One tiny call in the model's own shape and dtype says
+    whether the prompt path would run, before any request depends on it.
+    """
     try:
-        import xformers.ops  # noqa: F401
+        from xformers.ops import memory_efficient_attention
+        from xformers.ops.fmha.attn_bias import BlockDiagonalCausalFromBottomRightMask
     except ImportError:
-        return False
-    return True
+        return "xformers is not installed"
+    group = num_heads // num_kv_heads
+    shape = (1, 2, num_kv_heads, group, head_dim)
+    q = torch.zeros(shape, device=device, dtype=dtype)
+    kv = torch.zeros((1, 2, num_kv_heads, 1, head_dim), device=device, dtype=dtype)
+    kv = kv.expand(shape)
+    bias = BlockDiagonalCausalFromBottomRightMask.from_seqlens(q_seqlen=[2], kv_seqlen=[2])
+    try:
+        memory_efficient_attention(q, kv, kv, attn_bias=bias)
+    except (NotImplementedError, RuntimeError, ValueError) as e:
+        return " ".join(str(e).split())[:400]
+    return None

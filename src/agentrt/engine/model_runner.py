@@ -23,7 +23,7 @@ from agentrt.engine.attention import (
     AttentionMetadata,
     PrefillSpan,
     register_attention,
-    xformers_available,
+    xformers_unusable,
 )
 from agentrt.engine.block_manager import cdiv
 from agentrt.engine.compiled import CompiledDecode, describe
@@ -177,9 +177,18 @@ class ModelRunner:
             self.model = model.to(dtype=self.dtype).eval()
         self.shape = ModelShape.of(model.config)
         self.group = self.shape.num_heads // self.shape.num_kv_heads
-        self.use_xformers = self.device.type == "cuda" and xformers_available()
-        if self.device.type == "cuda" and not self.use_xformers:
-            log.warning("xformers_missing", detail="CUDA without xformers: using the SDPA path")
+        self.use_xformers = False
+        if self.device.type == "cuda":
+            why_not = xformers_unusable(
+                self.device,
+                self.dtype,
+                self.shape.num_heads,
+                self.shape.num_kv_heads,
+                self.shape.head_dim,
+            )
+            self.use_xformers = why_not is None
+            if why_not is not None:
+                log.warning("xformers_unusable", reason=why_not, attention="sdpa")
         num_blocks = kv_pool_blocks(config, self.shape, self.dtype, self.device)
         self.decoder = self._lean_decoder(num_blocks * config.block_size)
         if shard is not None and self.decoder is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -40,7 +41,10 @@ def hf_reference(prompts: list[list[int]], max_new_tokens: int) -> list[list[int
 
 
 def tiny_engine(**overrides: Any) -> LLMEngine:
-    """An fp32 engine on the tiny Llama; ``overrides`` are EngineConfig fields."""
+    """An fp32 engine on the tiny Llama; ``overrides`` are EngineConfig fields.
+
+    ``AGENTRT_TEST_DEVICE=cuda`` runs these engines on a GPU (the suite's CUDA check)."""
+    overrides.setdefault("device", os.environ.get("AGENTRT_TEST_DEVICE", "cpu"))
     overrides.setdefault("dtype", "float32")
     overrides.setdefault("num_kv_blocks", 64)
     overrides.setdefault("block_size", 4)

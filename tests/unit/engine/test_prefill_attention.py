@@ -31,3 +31,19 @@ def test_a_chunked_prefill_attends_in_the_fused_kernel_and_matches_transformers(
     assert kernels.get(MATH, 0) == 0
     assert kernels[FUSED] >= 3 * layers  # every prefill chunk of every layer
     assert [o[0] for o in outputs] == hf_reference(prompts, 4)
+
+
+def test_prefill_attention_takes_the_output_layout_cuda_kernels_return(monkeypatch: object) -> None:
+    # cuDNN's SDPA returns [batch, heads, tokens, d] laid out as [batch, tokens, heads, d]:
+    # a view of it cannot split the heads back into key heads and groups.
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def cudnn_layout(*args: object, **kwargs: object) -> torch.Tensor:
+        o = real(*args, **kwargs)  # type: ignore[arg-type]
+        return o.transpose(1, 2).contiguous().transpose(1, 2)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", cudnn_layout)  # type: ignore[attr-defined]
+    engine = tiny_engine(max_num_batched_tokens=20, max_num_seqs=1, enable_prefix_caching=False)
+    prompts = random_prompts([48])
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    assert [o[0] for o in engine.generate(prompts, params)] == hf_reference(prompts, 4)
