@@ -21,7 +21,8 @@ Three inputs, each replaceable:
 
 SPMD plans cost the sum of their operators' part times (a co-sharded
 operator's ``k`` parts per device each, and again in a training step's
-backward, which recomputes them) and their communication; a training step
+backward, which recomputes them, each with activation checkpointing's own
+cost measured on this host) and their communication; a training step
 costs a measured multiple of the forward's compute (three forwards on a
 profile). A pipeline's stages are timed the
 same way and played through the schedule's simulation, so bubbles count.
@@ -164,6 +165,7 @@ class OpTimes:
                 self.seconds[op.name] = profile.overhead + max(work, traffic)
             self.overhead = profile.overhead
             self.train_factor = 3.0  # a backward of about twice the forward's work
+            self.checkpoint_seconds = profile.overhead  # about one more call's worth
         else:
             self._measure(cache)
             self.overhead = min(self.seconds.values(), default=0.0)
@@ -183,18 +185,21 @@ class OpTimes:
             missing
             or _train_key(self.graph, k) not in known
             or ((self.splits or self.colocated) and parts not in known)
+            or (self.colocated and _checkpoint_key(k) not in known)
         ):
             names = {op.name for op in missing}
             known.update(_time_ops(self.graph, names, k, self.splits, self.colocated))
             if cache:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(known))
+        # keys starting "<" hold measurements of a graph or of the host, not of an operator
         floor = min(
-            (v for key, v in known.items() if not key.startswith(_TRAIN) and "|part-" not in key),
+            (v for key, v in known.items() if not key.startswith("<") and "|part-" not in key),
             default=0.0,
         )
         self.seconds = {op.name: known.get(_key(op, k), floor) for op in self.graph.ops}
         self.train_factor = known[_train_key(self.graph, k)]
+        self.checkpoint_seconds = known.get(_checkpoint_key(k), 0.0)
         for op in self.graph.ops:
             for label in split_labels(op):
                 for ways in (*self.splits, *self.colocated):
@@ -217,9 +222,11 @@ class OpTimes:
 
 class PartTimes(Protocol):
     """What pricing a plan needs of operator times: the seconds of one of ``ways`` parts of an
-    operator, and a training step's compute as a multiple of its forward's."""
+    operator, a training step's compute as a multiple of its forward's, and what running one
+    part through activation checkpointing costs beyond the part (forward and backward)."""
 
     train_factor: float
+    checkpoint_seconds: float
 
     def part(self, op: Op, ways: int, label: str | None = None) -> float: ...
 
@@ -348,10 +355,37 @@ def _time_worker(
     seconds = {name: statistics.median(calls) for name, calls in timer.items()}
     seconds[_TRAIN] = statistics.median(step) / statistics.median(forward)
     seconds.update(_part_beyond(graph, splits, n, colocated))
+    if colocated:
+        seconds[_CHECKPOINT] = _checkpoint_overhead()
     torch.save(seconds, f"{out}.{rank}")
 
 
 _TRAIN = "<train-factor>"  # a training step's seconds over its forward's, in a timing result
+_CHECKPOINT = "<checkpoint>"  # a checkpointed part's seconds beyond the plain part, likewise
+_CHECKPOINT_RUNS = 51
+
+
+def _checkpoint_overhead() -> float:
+    """Seconds a small part run through ``checkpoint`` (as co-shard runs its parts) takes
+    beyond the same part run plainly, its forward and its backward (which recomputes it)."""
+    import statistics
+
+    from torch.utils.checkpoint import checkpoint
+
+    x = torch.randn(4, 64, requires_grad=True)
+
+    def once(checkpointed: bool) -> float:
+        start = time.perf_counter()
+        y = checkpoint(torch.tanh, x, use_reentrant=False) if checkpointed else torch.tanh(x)
+        y.sum().backward()
+        return time.perf_counter() - start
+
+    once(False), once(True)  # the first calls pay one-time costs
+    plain, checked = [], []
+    for _ in range(_CHECKPOINT_RUNS):  # interleaved, so load falls on both alike
+        plain.append(once(False))
+        checked.append(once(True))
+    return max(statistics.median(checked) - statistics.median(plain), 0.0)
 
 
 def _time_ops(
@@ -389,9 +423,16 @@ def _time_ops(
     for key in timers[0]:  # the parts every rank measured (keyed by _part_key)
         if "|part-" in key and all(key in t for t in timers):
             times[key] = sum(t[key] for t in timers) / concurrent
+    if all(_CHECKPOINT in t for t in timers):
+        times[_checkpoint_key(concurrent)] = sum(t[_CHECKPOINT] for t in timers) / concurrent
     if splits or colocated:
         times[_parts_key(graph, concurrent, splits, colocated)] = 1.0
     return times
+
+
+def _checkpoint_key(concurrent: int) -> str:
+    """The cache key of the checkpoint's cost per part (the same for every graph)."""
+    return f"{_CHECKPOINT}|runner-1-thread" + (f"-x{concurrent}" if concurrent > 1 else "")
 
 
 def _parts_key(
@@ -430,14 +471,15 @@ def device_compute(program: Program, op: Op, times: PartTimes) -> tuple[float, f
 
     A split operator runs one part per device, a co-sharded one its ``k``
     parts one after another, each recomputed in the backward (the runtime
-    checkpoints them so one part's intermediates are alive at a time).
+    checkpoints them so one part's intermediates are alive at a time), and
+    each paying the checkpoint's own cost in a training step.
     """
     split = program.plan.transform_of(op)
     if split is None:
         return times.part(op, 1), 0.0
     k = max(split.n // program.ndevices, 1)
     forward = k * times.part(op, split.n, split.label)
-    return forward, (forward if k > 1 else 0.0)
+    return forward, (forward + k * times.checkpoint_seconds if k > 1 else 0.0)
 
 
 def spmd_estimate(name: str, program: Program, times: PartTimes, *, train: bool) -> Estimate:

@@ -435,6 +435,7 @@ class _SubTimes:
     def __init__(self, times: Any, graph: Graph) -> None:
         self.times, self.overhead = times, times.overhead
         self.train_factor: float = times.train_factor
+        self.checkpoint_seconds: float = times.checkpoint_seconds
         self.seconds = {op.name: times.seconds[op.name] for op in graph.ops}
 
     def part(self, op: Op, ways: int, label: str | None = None) -> float:

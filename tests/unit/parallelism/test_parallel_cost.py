@@ -393,9 +393,16 @@ class _Flat:
     """Every part of every operator takes one millisecond, whatever its split (a counting aid)."""
 
     train_factor = 3.0
+    checkpoint_seconds = 0.0
 
     def part(self, op: Any, ways: int, label: str | None = None) -> float:
         return 1e-3
+
+
+class _Checkpointed(_Flat):
+    """As :class:`_Flat`, and a checkpointed part costs half a millisecond more."""
+
+    checkpoint_seconds = 5e-4
 
 
 def test_a_co_sharded_operator_costs_its_k_parts_per_device_and_their_recompute(
@@ -425,6 +432,17 @@ def test_a_co_sharded_operator_costs_its_k_parts_per_device_and_their_recompute(
     # a training step: three forwards' worth of each part, plus the parts' recompute
     assert train[1].compute_seconds - train[0].compute_seconds == pytest.approx(
         len(colocated) * (3 * 1e-3 + 2e-3)
+    )
+    # each checkpointed part pays the checkpoint in a training step, never in a forward
+    for op in colocated:
+        assert device_compute(co, op, _Checkpointed()) == (2e-3, 2e-3 + 2 * 5e-4)
+        assert device_compute(tp, op, _Checkpointed()) == (1e-3, 0.0)
+    checked = spmd_estimate("co", co, _Checkpointed(), train=True)
+    assert checked.compute_seconds - train[1].compute_seconds == pytest.approx(
+        len(colocated) * 2 * 5e-4
+    )
+    assert spmd_estimate("co", co, _Checkpointed(), train=False).compute_seconds == pytest.approx(
+        forward[1].compute_seconds
     )
 
 
@@ -461,8 +479,11 @@ def test_parts_are_measured_at_their_shapes_through_the_split_path(
     assert times.part(linear, 16, out_features) == pytest.approx(
         times.overhead + (whole - times.overhead) / 16
     )
+    # co-shard's checkpoint, timed on this host: something, and less than a whole forward's worth
+    assert 0.0 < times.checkpoint_seconds < 0.05
     # read back from the cache, parts included
     again = OpTimes(g, splits=(2,), colocated=(4,))
     assert again.beyond == times.beyond
+    assert again.checkpoint_seconds == times.checkpoint_seconds
     cached = json.loads((tmp_path / "parallel-op-times.json").read_text())
     assert any("|part-" in key for key in cached)
