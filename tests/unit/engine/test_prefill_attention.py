@@ -4,6 +4,9 @@ gives transformers' greedy tokens; the math path it falls to on 3-D inputs is ~9
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 from tests.unit.engine.helpers import hf_reference, random_prompts, tiny_engine
 
@@ -19,6 +22,9 @@ def sdpa_kernels(run: object) -> dict[str, int]:
     return {e.key: e.count for e in profile.key_averages() if e.key in (FUSED, MATH)}
 
 
+@pytest.mark.skipif(
+    os.environ.get("AGENTRT_TEST_DEVICE", "cpu") != "cpu", reason="counts SDPA's CPU kernels"
+)
 def test_a_chunked_prefill_attends_in_the_fused_kernel_and_matches_transformers() -> None:
     # 48 tokens in chunks of 20: the first chunk has no cached context (causal), the next two
     # attend to the chunks before them through the paged cache (an explicit mask).
@@ -33,7 +39,9 @@ def test_a_chunked_prefill_attends_in_the_fused_kernel_and_matches_transformers(
     assert [o[0] for o in outputs] == hf_reference(prompts, 4)
 
 
-def test_prefill_attention_takes_the_output_layout_cuda_kernels_return(monkeypatch: object) -> None:
+def test_prefill_attention_takes_the_output_layout_cuda_kernels_return(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # cuDNN's SDPA returns [batch, heads, tokens, d] laid out as [batch, tokens, heads, d]:
     # a view of it cannot split the heads back into key heads and groups.
     real = torch.nn.functional.scaled_dot_product_attention
@@ -42,7 +50,7 @@ def test_prefill_attention_takes_the_output_layout_cuda_kernels_return(monkeypat
         o = real(*args, **kwargs)  # type: ignore[arg-type]
         return o.transpose(1, 2).contiguous().transpose(1, 2)
 
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", cudnn_layout)  # type: ignore[attr-defined]
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", cudnn_layout)
     engine = tiny_engine(max_num_batched_tokens=20, max_num_seqs=1, enable_prefix_caching=False)
     prompts = random_prompts([48])
     params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
