@@ -479,8 +479,8 @@ def run_baseline(
         max_new_tokens=args.output_len, do_sample=False, eos_token_id=-1, pad_token_id=0
     )
     # Left unset, its KV pool takes most of the machine's memory (~20 s to allocate
-    # here); give it room for every sequence at once, as our engine gets. Its blocks are
-    # ``page_size`` tokens since transformers 5.2x, ``block_size`` before.
+    # here); give it room for every sequence at once, as our engine gets. Its block size is
+    # ``page_size`` in recent transformers, ``block_size`` in 5.17.
     defaults = ContinuousBatchingConfig()
     page = getattr(defaults, "page_size", defaults.block_size)
     blocks = sum(-(-(len(p) + args.output_len) // page) for p in prompts) + 8

@@ -95,7 +95,12 @@ def _cache_path() -> Path:
 
 def _key(op: Op, concurrent: int = 1) -> str:
     shapes = ";".join(f"{t.dtype}{list(t.shape)}" for t in op.inputs)
-    return f"{op.target}|{shapes}|runner-1-thread" + (f"-x{concurrent}" if concurrent > 1 else "")
+    return f"{op.target}|{shapes}|{_runner(concurrent)}"
+
+
+def _runner(concurrent: int) -> str:
+    """The cache keys' note of how a time was measured: one thread per rank, ``concurrent`` ranks."""
+    return "runner-1-thread" + (f"-x{concurrent}" if concurrent > 1 else "")
 
 
 def _part_key(op: Op, label: str, ways: int, concurrent: int = 1) -> str:
@@ -432,7 +437,7 @@ def _time_ops(
 
 def _checkpoint_key(concurrent: int) -> str:
     """The cache key of the checkpoint's cost per part (the same for every graph)."""
-    return f"{_CHECKPOINT}|runner-1-thread" + (f"-x{concurrent}" if concurrent > 1 else "")
+    return f"{_CHECKPOINT}|{_runner(concurrent)}"
 
 
 def _parts_key(
@@ -449,7 +454,7 @@ def _train_key(graph: Graph, concurrent: int) -> str:
 
     ops = "\n".join(_key(op) for op in graph.ops)
     digest = hashlib.sha256(ops.encode()).hexdigest()[:16]
-    return f"{_TRAIN}|{digest}|runner-1-thread" + (f"-x{concurrent}" if concurrent > 1 else "")
+    return f"{_TRAIN}|{digest}|{_runner(concurrent)}"
 
 
 @dataclass
