@@ -18,16 +18,20 @@ already cached, both with 4-D inputs so that SDPA picks its fused CPU kernel. Gr
 folding each key head's query heads into the query length
 (``[kv_heads, group * queries, d]``) rather than by copying keys per query
 head. CUDA with xformers: one memory-efficient attention call over all
-sequences with a block-diagonal causal bias aligned bottom-right.
+sequences with a block-diagonal causal bias aligned bottom-right. CUDA
+without xformers: SDPA as on CPU, kept off cuDNN's kernel (see
+:func:`sdpa_backends`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from agentrt.engine.kv_cache import PagedKVCache
 
@@ -203,6 +207,19 @@ def _xformers_attention(
         q, k, v, attn_bias=meta.xformers_bias, scale=scaling
     )
     return o.reshape(tokens, heads, d)
+
+
+# Every SDPA kernel but cuDNN's: it builds an execution plan for each new sequence length (tens
+# of milliseconds), and a serving step's lengths change every step.
+STEP_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def sdpa_backends(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """The SDPA kernels an eager step may use on ``device``: on CUDA :data:`STEP_SDPA_BACKENDS`,
+    elsewhere torch's own choice."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return sdpa_kernel(STEP_SDPA_BACKENDS)
 
 
 def register_attention() -> str:

@@ -23,6 +23,7 @@ from agentrt.engine.attention import (
     AttentionMetadata,
     PrefillSpan,
     register_attention,
+    sdpa_backends,
     xformers_unusable,
 )
 from agentrt.engine.block_manager import cdiv
@@ -326,15 +327,16 @@ class ModelRunner:
         input_ids, positions, meta, keep = self._prepare(batch, every_token)
         if not self.emits_logits:
             keep = keep[:0]
-        if self.decoder is not None:
-            return self.decoder.forward(input_ids, positions, meta, keep)
-        out = self.model(
-            input_ids=input_ids.unsqueeze(0),
-            position_ids=positions.unsqueeze(0),
-            use_cache=False,
-            attn_metadata=meta,
-            logits_to_keep=keep,
-        )
+        with sdpa_backends(self.device):
+            if self.decoder is not None:
+                return self.decoder.forward(input_ids, positions, meta, keep)
+            out = self.model(
+                input_ids=input_ids.unsqueeze(0),
+                position_ids=positions.unsqueeze(0),
+                use_cache=False,
+                attn_metadata=meta,
+                logits_to_keep=keep,
+            )
         logits: torch.Tensor = out.logits[0].float()
         return logits
 
