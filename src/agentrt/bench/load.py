@@ -200,6 +200,8 @@ def server_counters(before: ServerSnapshot | None, after: ServerSnapshot | None)
         kv_pins_expired=delta("agentrt:num_kv_pins_expired_total"),
         kv_pins_yielded=delta("agentrt:num_kv_pins_yielded_total"),
         kv_pins_held=delta("agentrt:num_kv_pins_held_total"),
+        kv_contexts_lost=delta("agentrt:num_kv_contexts_lost_total"),
+        kv_contexts_restored=delta("agentrt:num_kv_contexts_restored_total"),
         kv_admissions_held=delta("agentrt:num_kv_admissions_held_total"),
         kv_admissions_held_s=delta("agentrt:kv_admissions_held_seconds_total"),
     )

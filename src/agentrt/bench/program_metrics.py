@@ -97,8 +97,9 @@ class ServerCounters(msgspec.Struct, kw_only=True):
     queue_time_share: float | None = None  # server-side queue time / server-side call latency
     # The prefix cache and KV retention (agentrt's embedded engine; zero elsewhere): prompt
     # tokens looked up and found cached, tokens of a program's previous context computed
-    # again, and pins made, reused by the next call, expired, yielded, held for a tool; calls
-    # the pins held back from admission and the seconds they were held.
+    # again, and pins made, reused by the next call, expired, yielded, held for a tool;
+    # contexts lost while their program may come back, and of those restored from the host
+    # pool; calls the pins held back from admission and the seconds they were held.
     prefix_queries: float = 0.0
     prefix_hits: float = 0.0
     recomputed_prompt_tokens: float = 0.0
@@ -107,6 +108,8 @@ class ServerCounters(msgspec.Struct, kw_only=True):
     kv_pins_expired: float = 0.0
     kv_pins_yielded: float = 0.0
     kv_pins_held: float = 0.0
+    kv_contexts_lost: float = 0.0
+    kv_contexts_restored: float = 0.0
     kv_admissions_held: float = 0.0
     kv_admissions_held_s: float = 0.0
     # The engine's step-time sums over the run's steps, to fit a simulator profile to.

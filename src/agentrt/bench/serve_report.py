@@ -109,7 +109,8 @@ def print_kv(console: Any, systems: Sequence[Any]) -> None:
         return
     table = Table(title="prefix cache and KV retention (agentrt servers, counted over each run)")
     for column in ("system", "rate/s", "mean s", "p95 s", "prefix hit", "prompt tokens", "recomputed",
-                   "pins", "reused", "expired", "yielded", "held", "calls held back", "held s"):
+                   "pins", "reused", "expired", "yielded", "held", "lost", "restored", "calls held back",
+                   "held s"):
         table.add_column(column, justify="left" if column == "system" else "right")
     for label, run in rows:
         c = run.server
@@ -118,6 +119,7 @@ def print_kv(console: Any, systems: Sequence[Any]) -> None:
                       "-" if math.isnan(hit) else f"{hit:.1%}", f"{c.prefix_queries:.0f}",
                       f"{c.recomputed_prompt_tokens:.0f}", f"{c.kv_pins:.0f}", f"{c.kv_pins_reused:.0f}",
                       f"{c.kv_pins_expired:.0f}", f"{c.kv_pins_yielded:.0f}", f"{c.kv_pins_held:.0f}",
+                      f"{c.kv_contexts_lost:.0f}", f"{c.kv_contexts_restored:.0f}",
                       f"{c.kv_admissions_held:.0f}", f"{c.kv_admissions_held_s:.1f}")
     console.print(table)
 

@@ -21,11 +21,15 @@ from collections.abc import Callable
 from collections.abc import Sequence as SequenceABC
 from typing import TYPE_CHECKING, cast
 
+from agentrt.engine.kv_cache import HostRange
 from agentrt.engine.sequence import Sequence
 from agentrt.scheduling import Pressure, RetentionConfig, RetentionPolicy
 
 if TYPE_CHECKING:
-    from agentrt.engine.kv_cache import HostRange, HostSwapPool
+    from agentrt.engine.kv_cache import HostSwapPool
+
+# A block of a host copy: its offset in the copy's range, and its tokens.
+HostBlock = tuple[int, tuple[int, ...]]
 
 
 def cdiv(a: int, b: int) -> int:
@@ -68,85 +72,151 @@ class BlockManager:
         # the prompt tokens a next call computes again (bounded: least recent go first).
         self._previous: OrderedDict[str, list[int]] = OrderedDict()
         self.recomputed_prompt_tokens = 0
-        # Host copies of lost pins (see attach_host): program -> range and (hash, tokens)
-        # of each block in it, oldest first.
+        # Host copies of lost contexts (see attach_host): program -> its range, and each
+        # block's hash -> (offset in the range, tokens); oldest copy first.
         self.host: HostSwapPool | None = None
-        self._offloaded: OrderedDict[str, tuple[HostRange, list[tuple[int, tuple[int, ...]]]]] = (
-            OrderedDict()
-        )
+        self._offloaded: OrderedDict[str, tuple[HostRange, dict[int, HostBlock]]] = OrderedDict()
         self.offloads = self.restores = 0
 
-    # --- lost pins in the host pool ---------------------------------------
+    # --- lost contexts in the host pool -----------------------------------
     def attach_host(self, host: HostSwapPool) -> None:
-        """Copy lost pins (yielded, expired, displaced) to ``host`` when it has room, and back
-        when their program calls again (:meth:`call_arrived`) instead of recomputing them.
+        """Copy lost contexts (see :mod:`agentrt.scheduling.retention`: pins that yield, expire
+        or are displaced, and live programs' unpinned contexts about to be evicted) to
+        ``host`` when it has room. The program's next call takes them back when it is
+        admitted (:meth:`host_prefix`, :meth:`restore_prefix`) instead of recomputing them;
+        when its call arrives or its tool ends, they are prefetched into free blocks.
 
         Preempted calls come first: an offload only takes host blocks while at least half of
         the pool stays free for their swaps, and offloaded copies are dropped when a swap
         needs the room (:meth:`make_host_room`)."""
         self.host = host
         if self.enable_prefix_caching and self.evictable.enabled and host.num_blocks:
-            self.evictable.on_yield = self._offload
+            self.evictable.on_lost = self._offload
 
     def _offload(self, program_id: str, units: list[object]) -> None:
         host = self.host
         assert host is not None
         hashes, tokens = self.block_hash, self.block_tokens
-        blocks = [b for b in cast("list[int]", units) if hashes[b] is not None]
-        if not blocks or host.num_free_blocks - len(blocks) < host.num_blocks // 2:
+        # Released last block first: reversed, the copy is in prompt order (one run to copy back).
+        blocks = [b for b in reversed(cast("list[int]", units)) if hashes[b] is not None]
+        copy = self._offloaded.get(program_id)
+        if not blocks or (copy is not None and all(hashes[b] in copy[1] for b in blocks)):
+            return
+        if host.num_free_blocks - len(blocks) < host.num_blocks // 2:
             return
         handle = host.swap_out(blocks)
         if handle is None:
             return
         self._drop_offloaded(program_id)
-        ids = [(cast(int, hashes[b]), cast("tuple[int, ...]", tokens[b])) for b in blocks]
-        self._offloaded[program_id] = (handle, ids)
+        self._offloaded[program_id] = (
+            handle,
+            {cast(int, hashes[b]): (i, cast("tuple[int, ...]", tokens[b])) for i, b in enumerate(blocks)},
+        )
         self.offloads += 1
 
     def call_arrived(self, program_id: str, now: float) -> None:
-        """A call of ``program_id`` arrived: tell the retention policy, and bring the program's
-        host copy back into cached blocks, taken as any allocation takes them (free blocks,
-        then the policy's victims: the arriving program's context is the one expected now).
-        Nothing is held: the restored blocks are ordinary cache until the call is admitted."""
+        """A call of ``program_id`` arrived: tell the retention policy, and prefetch the
+        program's host copy into free blocks."""
         self.evictable.call_arrived(program_id, now)
-        self._restore(program_id)
+        self._prefetch(program_id)
 
     def tool_started(self, program_id: str, tool: str | None) -> None:
         """The client says the program entered a tool: the policy holds its pin meanwhile."""
         self.evictable.tool_started(program_id, self.clock(), tool)
 
     def tool_ended(self, program_id: str) -> None:
-        """The client says the program's tool ended: its call follows, so its host copy (if a
-        pin of it was lost meanwhile) comes back now rather than when the call arrives."""
+        """The client says the program's tool ended: its call follows, so its host copy (if its
+        context was lost meanwhile) is prefetched now rather than when the call arrives."""
         self.evictable.tool_ended(program_id, self.clock())
         if not self.evictable.in_tool(program_id):
-            self._restore(program_id)
+            self._prefetch(program_id)
 
-    def _restore(self, program_id: str) -> None:
-        found = self._offloaded.pop(program_id, None)
+    def _prefetch(self, program_id: str) -> None:
+        """Copy the blocks of the program's host copy that are not cached into free blocks
+        (evicting nothing), as ordinary cache of the program. The copy stays until the
+        program's call is admitted, so losing them again before that costs no copy."""
+        found = self._offloaded.get(program_id)
         if found is None:
             return
-        handle, ids = found
-        host = self.host
-        assert host is not None
-        if len(ids) > self.num_free_blocks:
-            host.release(handle)
+        handle, index = found
+        missing = [(h, at, t) for h, (at, t) in index.items() if h not in self.hash_to_block]
+        if not missing or len(missing) > len(self.free_ids):
             return
-        fresh = [self._take_free_block() for _ in ids]
-        host.swap_in(handle, fresh)
-        for block, (h, tokens) in zip(fresh, ids, strict=True):
-            self.ref_counts[block] = 0
-            if h in self.hash_to_block:  # still cached on the device: the copy is not needed
-                self.free_ids.append(block)
-                continue
+        fresh = [self.free_ids.popleft() for _ in missing]
+        self._copy_in(handle, [at for _, at, _ in missing], fresh)
+        for block, (h, _, tokens) in zip(fresh, missing, strict=True):
             self.hash_to_block[h] = block
             self.block_hash[block] = h
             self.block_tokens[block] = tokens
             self.evictable.release(block, program_id)
         self.restores += 1
 
+    def host_prefix(self, seq: Sequence, start: int) -> list[int]:
+        """Where ``seq``'s prompt blocks from block ``start`` on sit in its program's host
+        copy, as long as they follow one another there: what its admission can copy back
+        instead of computing (at least one token is left to compute)."""
+        found = self._offloaded.get(seq.call.program_id)
+        if found is None:
+            return []
+        index = found[1]
+        bs = self.block_size
+        limit = (seq.num_tokens - 1) // bs
+        self._extend_hashes(seq, limit)
+        offsets: list[int] = []
+        for i in range(start, limit):
+            entry = index.get(seq.block_hashes[i])
+            if entry is None or entry[1] != tuple(seq.token_ids[i * bs : (i + 1) * bs]):
+                break
+            offsets.append(entry[0])
+        return offsets
+
+    def restore_prefix(self, seq: Sequence, offsets: list[int]) -> None:
+        """Copy the host blocks at ``offsets`` (from :meth:`host_prefix`, after
+        :meth:`acquire_prefix` gave ``seq`` its cached blocks) into new blocks of ``seq``,
+        which then count as computed and cached. The host copy is used up. If it was dropped
+        since (a swap needed the room), those tokens are computed instead."""
+        found = self._offloaded.pop(seq.call.program_id, None)
+        host = self.host
+        if found is None or host is None:
+            self._restore_missed(seq, len(offsets))
+            return
+        handle, _ = found
+        fresh = [self._take_free_block() for _ in offsets]
+        self._copy_in(handle, offsets, fresh)
+        host.release(handle)
+        bs = self.block_size
+        for block in fresh:
+            i = len(seq.block_table)
+            seq.block_table.append(block)
+            h = seq.block_hashes[i]
+            if h not in self.hash_to_block:
+                self.hash_to_block[h] = block
+                self.block_hash[block] = h
+                self.block_tokens[block] = tuple(seq.token_ids[i * bs : (i + 1) * bs])
+        seq.num_computed_tokens += len(fresh) * bs
+        seq.num_registered_blocks = len(seq.block_table)
+        self.restores += 1
+
+    def _restore_missed(self, seq: Sequence, blocks: int) -> None:
+        tokens = blocks * self.block_size
+        self.prefix_hit_tokens -= tokens
+        seq.num_cached_tokens -= tokens
+        self.recomputed_prompt_tokens += tokens
+
+    def _copy_in(self, handle: HostRange, offsets: list[int], blocks: list[int]) -> None:
+        """Copy host blocks ``handle.start + offsets`` into ``blocks``, one copy per run of
+        consecutive offsets."""
+        host = self.host
+        assert host is not None
+        run = 0
+        for i in range(1, len(offsets) + 1):
+            if i == len(offsets) or offsets[i] != offsets[i - 1] + 1:
+                part = HostRange(handle.start + offsets[run], i - run)
+                host.copy_in(part, blocks[run:i])
+                run = i
+
     def make_host_room(self, num_blocks: int) -> None:
-        """Drop host copies of lost pins (oldest first) until ``num_blocks`` fit for a swap."""
+        """Drop host copies of lost contexts (oldest first) until ``num_blocks`` fit for a swap."""
         host = self.host
         while host is not None and self._offloaded and not host.can_hold(num_blocks):
             self._drop_offloaded(next(iter(self._offloaded)))
@@ -203,20 +273,25 @@ class BlockManager:
             hits.append(block)
         return hits
 
-    def acquire_prefix(self, seq: Sequence, blocks: SequenceABC[int]) -> None:
-        """Give a sequence with no blocks the cached prefix ``blocks`` (from :meth:`lookup_prefix`)."""
+    def acquire_prefix(self, seq: Sequence, blocks: SequenceABC[int], restoring: int = 0) -> None:
+        """Give a sequence with no blocks the cached prefix ``blocks`` (from :meth:`lookup_prefix`);
+        ``restoring`` more blocks follow from the host copy (:meth:`restore_prefix`)."""
         assert not seq.block_table, "acquire_prefix on a sequence that holds blocks"
         for b in blocks:
             self._ref(b)
-        self.evictable.call_admitted(seq.call.program_id)
+        program_id = seq.call.program_id
+        self.evictable.call_admitted(program_id)
+        if not restoring:
+            self._drop_offloaded(program_id)  # the call holds its context now
         seq.block_table = list(blocks)
         seq.num_computed_tokens = len(blocks) * self.block_size
         seq.num_registered_blocks = len(blocks)
         if not seq.admitted_before:
+            cached = len(blocks) + restoring
             self.prefix_queried_tokens += seq.num_prompt_tokens
-            self.prefix_hit_tokens += seq.num_computed_tokens
-            seq.num_cached_tokens = seq.num_computed_tokens
-            self._count_recomputed(seq, len(blocks))
+            self.prefix_hit_tokens += cached * self.block_size
+            seq.num_cached_tokens = cached * self.block_size
+            self._count_recomputed(seq, cached)
 
     def _count_recomputed(self, seq: Sequence, hits: int) -> None:
         """Add the full blocks of the program's previous context that ``seq`` shares

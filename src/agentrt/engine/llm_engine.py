@@ -97,7 +97,8 @@ class StepAdmission:
         self.slots_left = engine.config.max_num_seqs
         self.held: set[int] = set()
         self.new_blocks = 0
-        self.plan: dict[str, tuple[int, list[int]]] = {}  # seq_id -> (new tokens, prefix hits)
+        # seq_id -> (new tokens, prefix hits, offsets of the blocks after them in the host copy)
+        self.plan: dict[str, tuple[int, list[int], list[int]]] = {}
         self.held_back = False
         self.held_any = False  # a call was held back in this decision
 
@@ -109,9 +110,11 @@ class StepAdmission:
         bm = self.engine.block_manager
         hits: list[int] = []
         held: list[int] = []
+        restore: list[int] = []
         if seq.status is SeqStatus.WAITING:
             hits = bm.lookup_prefix(seq)
-            computed = len(hits) * bm.block_size
+            restore = bm.host_prefix(seq, len(hits))
+            computed = (len(hits) + len(restore)) * bm.block_size
             held = hits
         elif seq.status is SeqStatus.RUNNING:
             computed = seq.num_computed_tokens
@@ -149,7 +152,7 @@ class StepAdmission:
         self.new_blocks += new
         self.tokens_left -= chunk
         self.slots_left -= 1
-        self.plan[seq.seq_id] = (chunk, hits)
+        self.plan[seq.seq_id] = (chunk, hits, restore)
         return True
 
 
@@ -454,11 +457,15 @@ class LLMEngine:
                 self._preempt(seq, now)
         batch: list[ScheduledSeq] = []
         seqs = [self.seqs[c.call_id] for c in decision.batch]
+        plan = admission.plan
         for seq in seqs:  # acquire every prefix hit before any allocation can evict one
             if seq.status is SeqStatus.WAITING:
-                self.block_manager.acquire_prefix(seq, admission.plan[seq.seq_id][1])
+                _, hits, restore = plan[seq.seq_id]
+                self.block_manager.acquire_prefix(seq, hits, restoring=len(restore))
         for seq in seqs:
-            chunk, _ = admission.plan[seq.seq_id]
+            chunk, _, restore = plan[seq.seq_id]
+            if restore:
+                self.block_manager.restore_prefix(seq, restore)
             self._prepare_to_run(seq, chunk, now)
             batch.append(ScheduledSeq(seq, chunk))
         self._last_batch = seqs
@@ -542,7 +549,7 @@ class LLMEngine:
     def _prefer_swap(self, seq: Sequence, num_blocks: int) -> bool:
         mode = self.config.preemption_mode
         if mode != "recompute":
-            self.block_manager.make_host_room(num_blocks)  # host copies of lost pins go first
+            self.block_manager.make_host_room(num_blocks)  # host copies of lost contexts go first
         if mode == "recompute" or not self.swap_pool.can_hold(num_blocks):
             return False
         if mode == "swap":
@@ -679,8 +686,9 @@ class LLMEngine:
             kv_pins_expired=bm.evictable.counters.expired,
             kv_pins_yielded=bm.evictable.counters.yielded,
             kv_pins_held=bm.evictable.counters.held,
-            kv_pins_offloaded=bm.offloads,
-            kv_pins_restored=bm.restores,
+            kv_contexts_lost=bm.evictable.counters.lost,
+            kv_contexts_offloaded=bm.offloads,
+            kv_contexts_restored=bm.restores,
             kv_admissions_held=bm.evictable.counters.held_back,
             kv_admissions_held_seconds=bm.evictable.counters.held_back_s,
             recomputed_prompt_tokens=bm.recomputed_prompt_tokens,

@@ -217,8 +217,12 @@ class EngineStats(msgspec.Struct, kw_only=True):
     kv_pins_expired: int = 0
     kv_pins_yielded: int = 0
     kv_pins_held: int = 0  # held past their TTL while the client said their tool was running
-    kv_pins_offloaded: int = 0  # lost pins copied to the host pool
-    kv_pins_restored: int = 0  # of those, copied back for their program's next call
+    # Contexts lost while their program may come back (pins yielded, expired, displaced;
+    # unpinned contexts of live programs evicted), those copied to the host pool, and
+    # those copied back for their program's next call.
+    kv_contexts_lost: int = 0
+    kv_contexts_offloaded: int = 0
+    kv_contexts_restored: int = 0
     # Calls pins held back from admission ([engine.retention] max_hold_s), each counted once,
     # and the seconds from each one's first hold to its admission.
     kv_admissions_held: int = 0

@@ -49,6 +49,15 @@ victim when it needs room. The policy decides:
   releases the hold: the pin is expected back now and lives ``after_tool_s``
   more for the call that follows. Without the signals the policy learns from the
   gaps between a program's calls alone.
+- **Lost contexts.** A context the program may still come back for is
+  *lost* when a pin yields, expires or is displaced, and when the first unit
+  of a live program's unpinned context (a pin refused for the budget, or never
+  made) is chosen as a victim. The cache is offered the whole context then,
+  before any of it is evicted (:attr:`RetentionPolicy.on_lost`): the engine
+  and the simulator copy it to their host pool when it has room and copy it
+  back when the program's next call is admitted, so a context the device pool
+  cannot keep is reloaded instead of recomputed. A program's context is offered once per
+  release; an ended program's is not offered.
 - **Budget and pressure.** Pins cover at most ``pin_budget`` of the pool's
   blocks; a new pin that does not fit displaces pins the eviction order
   would take before it, or is refused. Pins never block a running call: the
@@ -228,7 +237,8 @@ class RetentionCounters:
     """Running totals, for metrics: pins made, refused for the budget, reused (the
     program called again in time), expired, yielded to pressure, displaced by a better pin,
     held for a tool the client said was running; calls that pins held back from admission
-    (each counted once) and the seconds from each one's first hold to its admission."""
+    (each counted once) and the seconds from each one's first hold to its admission;
+    contexts lost and offered to the cache (pinned or not, see :attr:`RetentionPolicy.on_lost`)."""
 
     pins: int = 0
     refused: int = 0
@@ -239,6 +249,7 @@ class RetentionCounters:
     held: int = 0
     held_back: int = 0
     held_back_s: float = 0.0
+    lost: int = 0
 
 
 class Hold(enum.IntEnum):
@@ -314,12 +325,16 @@ class RetentionPolicy:
         )
         self.counters = RetentionCounters()
         self.pinned_blocks = 0
-        # Called with (program id, its units) when a pin yields, expires or is displaced,
-        # before any unit is evicted: the cache may copy them to host memory so that the
-        # program's next call reloads them instead of recomputing them.
-        self.on_yield: Callable[[str, list[Unit]], None] | None = None
+        # Called with (program id, its units) when its context is lost (see the module's
+        # docstring), before any unit is evicted: the cache may copy them to host memory so
+        # that the program's next call reloads them instead of recomputing them.
+        self.on_lost: Callable[[str, list[Unit]], None] | None = None
         # Units of no live pin -> their release number; a heap of (number, unit) orders them.
         self._lru: dict[Unit, int] = {}
+        # Unpinned units of live programs, by program (in release order) and by unit: what
+        # is offered when the first of them is chosen as a victim.
+        self._context: dict[str, dict[Unit, None]] = {}
+        self._context_of: dict[Unit, str] = {}
         self._lru_heap: list[tuple[int, Unit]] = []
         self._released = 0
         self._owner: dict[Unit, _Pin] = {}
@@ -356,6 +371,9 @@ class RetentionPolicy:
             pin.units[unit] = self._released
             return
         self._to_lru(unit, self._released)
+        if program_id is not None and self.enabled:
+            self._context.setdefault(program_id, {})[unit] = None
+            self._context_of[unit] = program_id
 
     def acquire(self, unit: Unit) -> None:
         """``unit`` is held again (a prefix hit): no longer evictable."""
@@ -363,10 +381,18 @@ class RetentionPolicy:
 
     def discard(self, unit: Unit) -> None:
         """``unit`` left the cache (evicted, freed): forget it."""
-        if self._lru.pop(unit, None) is None and self._owner:
-            pin = self._owner.pop(unit, None)
-            if pin is not None:
-                pin.units.pop(unit, None)
+        if self._lru.pop(unit, None) is None:
+            if self._owner:
+                pin = self._owner.pop(unit, None)
+                if pin is not None:
+                    pin.units.pop(unit, None)
+            return
+        program_id = self._context_of.pop(unit, None)
+        if program_id is not None:
+            units = self._context[program_id]
+            del units[unit]
+            if not units:
+                del self._context[program_id]
 
     def victim(self, now: float) -> Unit | None:
         """The next unit to evict (the cache evicts it and calls :meth:`discard`); None if none.
@@ -385,7 +411,11 @@ class RetentionPolicy:
         heap, lru = self._lru_heap, self._lru
         while lru.get(heap[0][1]) != heap[0][0]:
             heapq.heappop(heap)  # stale: the unit was taken back or evicted
-        return heap[0][1]
+        unit = heap[0][1]
+        program_id = self._context_of.get(unit)
+        if program_id is not None:  # the first of a live program's unpinned context to go
+            self._lose(program_id, list(self._forget_context(program_id)))
+        return unit
 
     # --- what the driver tells the policy about programs ---
 
@@ -518,6 +548,7 @@ class RetentionPolicy:
         pin = self._pins.get(program_id)
         if pin is not None:
             self._unpin(pin)
+        self._forget_context(program_id)
 
     def expire(self, now: float) -> list[str]:
         """Unpin the programs whose TTL passed before they called again; returns their ids."""
@@ -697,9 +728,9 @@ class RetentionPolicy:
     def _unpin(self, pin: _Pin, *, lost: bool = False) -> None:
         """Close a pin; its units become ordinary cache, in their release order. ``lost``:
         the program may still come back for them (yielded, expired, displaced), so the
-        cache is offered them first (:attr:`on_yield`)."""
-        if lost and self.on_yield is not None and pin.units:
-            self.on_yield(pin.program_id, list(pin.units))
+        cache is offered them first (:attr:`on_lost`)."""
+        if lost and pin.units:
+            self._lose(pin.program_id, list(pin.units))
         del self._pins[pin.program_id]
         self.pinned_blocks -= pin.blocks
         owner = self._owner
@@ -707,6 +738,19 @@ class RetentionPolicy:
             del owner[unit]
             self._to_lru(unit, number)
         pin.units.clear()
+
+
+    def _lose(self, program_id: str, units: list[Unit]) -> None:
+        """The program's context ``units`` is lost: count it and offer it to the cache."""
+        self.counters.lost += 1
+        if self.on_lost is not None:
+            self.on_lost(program_id, units)
+
+    def _forget_context(self, program_id: str) -> dict[Unit, None]:
+        units = self._context.pop(program_id, {})
+        for unit in units:
+            del self._context_of[unit]
+        return units
 
 
 def _median(samples: Sequence[float]) -> float:

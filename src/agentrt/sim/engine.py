@@ -229,7 +229,7 @@ class EngineCounters:
         self.cached_tokens = self.decode_tokens = self.prefill_tokens = 0
         self.preemptions = self.recomputes = self.swap_blocks = self.swaps_in = self.swaps_out = 0
         self.steps = self.windows = 0
-        self.offloads = self.restores = 0  # yielded pins copied to host, and copied back
+        self.offloads = self.restores = 0  # lost contexts copied to host, and copied back
 
 
 class SimEngine:
@@ -263,12 +263,12 @@ class SimEngine:
             profile.kv_blocks, profile.block_size, profile.prefix_caching, self.retention
         )
         self.host_used = 0  # blocks in the host swap pool (swapped calls and offloaded pins)
-        # Contexts of yielded pins copied to the host pool, by program: (key, tokens), oldest
+        # Lost contexts (see the retention policy) copied to the host pool, by program: (key, tokens), oldest
         # program first; they come back when the program's next call is loaded.
         self.offloaded: dict[str, list[Segment]] = {}
         self._offload_s = 0.0  # copy time of offloads, charged to the next window
         if self.retention.enabled and profile.host_blocks:
-            self.retention.on_yield = self._offload
+            self.retention.on_lost = self._offload
         self.live: dict[str, LiveCall] = {}
         self.busy_until: float | None = None  # end of the running window, None when idle
         self.counters = EngineCounters()
@@ -534,7 +534,7 @@ class SimEngine:
     # --- pinned contexts in the host pool ---
 
     def _offload(self, program_id: str, keys: list[object]) -> None:
-        """A pin yields: copy its keys to the host pool when there is room (swapped calls
+        """A context is lost: copy its keys to the host pool when there is room (swapped calls
         come first: they take the room back), so its next call swaps them in."""
         kv = self.kv
         held = [(k, kv.resident[k]) for k in cast("list[str]", keys) if k in kv.resident]

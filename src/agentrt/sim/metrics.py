@@ -163,8 +163,9 @@ class EngineSummary(msgspec.Struct, kw_only=True):
     pins_reused: int = 0
     pins_expired: int = 0
     pins_yielded: int = 0
-    pins_offloaded: int = 0  # yielded pins copied to the host pool
-    pins_restored: int = 0  # of those, copied back for the program's next call
+    contexts_lost: int = 0  # evicted while their program may call again (see RetentionPolicy)
+    contexts_offloaded: int = 0  # lost contexts copied to the host pool
+    contexts_restored: int = 0  # of those, copied back for the program's next call
     # Calls pins held back from admission (max_hold_s), and the seconds from each one's
     # first hold to its admission.
     held_back: int = 0
@@ -241,8 +242,9 @@ def summarize(
             pins_reused=sum(e.retention.counters.reused for e in engines),
             pins_expired=sum(e.retention.counters.expired for e in engines),
             pins_yielded=sum(e.retention.counters.yielded for e in engines),
-            pins_offloaded=sum(c.offloads for c in counters),
-            pins_restored=sum(c.restores for c in counters),
+            contexts_lost=sum(e.retention.counters.lost for e in engines),
+            contexts_offloaded=sum(c.offloads for c in counters),
+            contexts_restored=sum(c.restores for c in counters),
             held_back=sum(e.retention.counters.held_back for e in engines),
             held_back_s=sum(e.retention.counters.held_back_s for e in engines),
         ),

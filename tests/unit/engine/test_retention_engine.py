@@ -5,12 +5,20 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.unit.engine.helpers import assert_block_pool_clean, make_tiny_loaded, seq, tiny_engine
+from tests.unit.engine.helpers import (
+    assert_block_pool_clean,
+    make_tiny_loaded,
+    seq,
+    small_kv_cache,
+    tiny_engine,
+)
 
 from agentrt.engine.block_manager import BlockManager
 from agentrt.engine.config import EngineConfig
+from agentrt.engine.kv_cache import HostSwapPool, PagedKVCache
 from agentrt.engine.llm_engine import LLMEngine, StepAdmission
 from agentrt.engine.sequence import Sequence
 from agentrt.protocol.engine import ProgramTag, SamplingParams
@@ -212,10 +220,12 @@ def test_pins_never_block_calls_under_pressure(max_hold_s: float) -> None:
 
 
 @pytest.mark.parametrize("swap_blocks", [0, 64])
-def test_a_yielded_pin_comes_back_from_the_host_pool(swap_blocks: int) -> None:
-    """The one-shot programs run at once and need the agent's pinned blocks: the pin
-    yields. With a host pool its blocks are copied there, and back when the agent calls
-    again: a prefix hit, and the same greedy tokens as recomputing them."""
+@pytest.mark.parametrize("pin_budget", [0.5, 0.0])
+def test_a_lost_context_comes_back_from_the_host_pool(swap_blocks: int, pin_budget: float) -> None:
+    """The one-shot programs run at once and need the agent's cached blocks: its pin yields
+    (or, with no budget for pins, its unpinned context is evicted). With a host pool its
+    blocks are copied there, and back when the agent calls again: a prefix hit, and the
+    same greedy tokens as recomputing them."""
 
     block_bytes = tiny_engine(block_size=4).runner.kv_cache.block_bytes
 
@@ -230,7 +240,12 @@ def test_a_yielded_pin_comes_back_from_the_host_pool(swap_blocks: int) -> None:
             scheduler=SchedulerConfig(policy="fcfs"),
             # No hold against admissions: the second one-shot call is admitted beside the
             # first and the pin yields to the running pair.
-            retention=RetentionConfig(mode=mode, prior_interrupt_s=30.0, max_hold_s=0.0),  # type: ignore[arg-type]
+            retention=RetentionConfig(
+                mode=mode,  # type: ignore[arg-type]
+                prior_interrupt_s=30.0,
+                max_hold_s=0.0,
+                pin_budget=pin_budget,
+            ),
         )
         engine = LLMEngine(config, make_tiny_loaded(), clock=clock)
         rng = random.Random(4)
@@ -252,11 +267,16 @@ def test_a_yielded_pin_comes_back_from_the_host_pool(swap_blocks: int) -> None:
     recomputed, _ = run("off")
     restored, engine = run("ttl")
     bm = engine.block_manager
+    counters = bm.evictable.counters
     assert restored == recomputed
-    assert bm.evictable.counters.yielded >= 1
+    if pin_budget:
+        assert counters.yielded >= 1
+    else:
+        assert counters.pins == 0 and counters.refused >= 1
+    assert counters.lost >= 1
     if swap_blocks:
         assert bm.offloads >= 1 and bm.restores == 1
-        assert engine.stats().kv_pins_restored == 1
+        assert engine.stats().kv_contexts_restored == 1
         assert engine.stats().recomputed_prompt_tokens == 0
     else:
         assert (bm.offloads, bm.restores) == (0, 0)
@@ -390,3 +410,98 @@ def test_a_pin_holds_new_calls_back_and_lets_its_program_through() -> None:
         # one with nothing else admitted before it (the pin yields, the engine never idles).
         assert admits(12, [6], [(4, 0.0), (4, 6.0), (1, 0.0)], 4) == (["n0", "n1"], 1)
         assert admits(12, [6], [(8, 0.0)], 4) == (["n0"], 0)
+
+
+# --- lost contexts come back at admission ---
+
+
+def host_tier(num_blocks: int = 6, host_blocks: int = 16) -> tuple[BlockManager, PagedKVCache]:
+    """A block manager that pins nothing (budget 0) over a random cache with a host pool."""
+    cache = small_kv_cache(num_blocks)
+    policy = RetentionPolicy(RetentionConfig(mode="ttl", pin_budget=0.0), num_blocks)
+    bm = BlockManager(num_blocks, 4, True, policy, Clock())
+    bm.attach_host(HostSwapPool(cache, 0, num_blocks=host_blocks))
+    return bm, cache
+
+
+def compute(bm: BlockManager, s: Sequence) -> None:
+    """Admit ``s`` as the engine does (device hits, then the host copy) and compute the rest."""
+    hits = bm.lookup_prefix(s)
+    restore = bm.host_prefix(s, len(hits))
+    bm.acquire_prefix(s, hits, restoring=len(restore))
+    if restore:
+        bm.restore_prefix(s, restore)
+    bm.allocate(s, s.num_tokens)
+    s.num_computed_tokens = s.num_tokens
+    bm.register_computed_blocks(s)
+
+
+def finish_call(bm: BlockManager, s: Sequence) -> None:
+    bm.call_finished(s, reload_token_s=0.01, waiting=0, batch_slots=4)
+    bm.free(s)
+
+
+def test_a_lost_context_is_copied_back_at_admission_when_no_block_is_free() -> None:
+    bm, cache = host_tier()
+    history = list(range(1, 14))  # 3 full blocks and one token
+    first = program_seq("agent", history)
+    compute(bm, first)
+    kv = {tuple(history[i * 4 : i * 4 + 4]): cache.kv[:, :, b].clone() for i, b in enumerate(first.block_table[:3])}
+    finish_call(bm, first)
+    other = program_seq("other", list(range(100, 124)))  # takes all 6 blocks: agent's are lost
+    compute(bm, other)
+    assert bm.evictable.counters.lost == 1 and bm.offloads == 1
+    bm.call_arrived("agent", 1.0)  # no free block: nothing prefetched
+    assert bm.restores == 0
+    finish_call(bm, other)
+    bm.program_ended("other")
+    nxt = program_seq("agent", [*history, 50, 51, 52, 53])
+    assert bm.lookup_prefix(nxt) == [] and bm.host_prefix(nxt, 0) == [0, 1, 2]
+    compute(bm, nxt)
+    assert bm.restores == 1 and bm.recomputed_prompt_tokens == 0
+    assert nxt.num_cached_tokens == 12 and bm.prefix_hit_tokens == 12
+    for i, block in enumerate(nxt.block_table[:3]):
+        assert torch.equal(cache.kv[:, :, block], kv[tuple(history[i * 4 : i * 4 + 4])])
+    assert bm.host is not None and bm.host.num_free_blocks == bm.host.num_blocks
+    finish_call(bm, nxt)
+    bm.program_ended("agent")
+    assert bm.num_free_blocks == bm.num_blocks
+
+
+def test_the_host_copy_continues_the_prefix_still_cached_on_the_device() -> None:
+    bm, _ = host_tier()
+    history = list(range(1, 18))  # 4 full blocks and one token
+    first = program_seq("agent", history)
+    compute(bm, first)
+    blocks = list(first.block_table[:4])
+    finish_call(bm, first)
+    # 4 blocks: the 2 free ones, then the agent's, its last blocks first (released first).
+    other = program_seq("other", list(range(100, 116)))
+    compute(bm, other)
+    assert bm.offloads == 1
+    finish_call(bm, other)
+    nxt = program_seq("agent", [*history, 60])
+    hits = bm.lookup_prefix(nxt)
+    # The first two blocks are still cached; the copy holds all four in prompt order.
+    assert hits == blocks[:2] and bm.host_prefix(nxt, 2) == [2, 3]
+    compute(bm, nxt)
+    assert nxt.num_cached_tokens == 16 and bm.recomputed_prompt_tokens == 0
+
+
+def test_a_dropped_host_copy_is_recomputed_and_counted() -> None:
+    bm, _ = host_tier()
+    history = list(range(1, 14))
+    first = program_seq("agent", history)
+    compute(bm, first)
+    finish_call(bm, first)
+    other = program_seq("other", list(range(100, 124)))
+    compute(bm, other)
+    nxt = program_seq("agent", [*history, 50])
+    restore = bm.host_prefix(nxt, 0)
+    assert restore
+    finish_call(bm, other)
+    bm.make_host_room(bm.host.num_blocks if bm.host else 0)  # a swap needs the whole pool
+    bm.acquire_prefix(nxt, [], restoring=len(restore))
+    bm.restore_prefix(nxt, restore)
+    assert nxt.num_computed_tokens == 0 and nxt.num_cached_tokens == 0
+    assert bm.prefix_hit_tokens == 0 and bm.recomputed_prompt_tokens == 12

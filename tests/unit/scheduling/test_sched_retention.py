@@ -191,11 +191,11 @@ def test_admission_closes_the_pin_and_keeps_the_rest_cached() -> None:
     assert "a2" in pol and "a1" not in pol
 
 
-def test_the_cache_is_offered_lost_pins_only() -> None:
+def test_the_cache_is_offered_lost_pins() -> None:
     levels = {"a": 2.0, "b": 0.0, "c": 1.0, "d": 0.0, "e": 0.0}
     pol = RetentionPolicy(RetentionConfig(pin_budget=0.5, min_samples=1), 4, levels.__getitem__)
     offered: list[tuple[str, list[object]]] = []
-    pol.on_yield = lambda program, units: offered.append((program, units))
+    pol.on_lost = lambda program, units: offered.append((program, units))
     finish(pol, "a", 0.0, ["a1", "a2"])
     finish(pol, "b", 0.0, ["b1"])  # the budget (2 blocks) is full: a (level 2) is displaced
     assert offered == [("a", ["a2", "a1"])]
@@ -210,6 +210,24 @@ def test_the_cache_is_offered_lost_pins_only() -> None:
     while pol.victim(10.0) not in (None, "e1"):
         pol.discard(pol.victim(10.0))
     assert pol.victim(10.0) == "e1" and offered[-1] == ("e", ["e1"])  # yielded
+
+
+@pytest.mark.parametrize("mode", ["ttl", "off"])
+def test_a_live_programs_unpinned_context_is_offered_whole_before_it_goes(mode: str) -> None:
+    pol = policy(4, mode=mode, pin_budget=0.0)  # every pin is refused
+    offered: list[tuple[str, list[object]]] = []
+    pol.on_lost = lambda program, units: offered.append((program, units))
+    for program in ("a", "b", "c"):
+        assert finish(pol, program, 0.0, [f"{program}1", f"{program}2"]) is None
+    pol.acquire("b2")  # taken back by a prefix hit: no longer b's to lose
+    pol.program_ended("c")  # nobody comes back for c's
+    order = drain(pol, 1.0)
+    assert order == ["a2", "a1", "b1", "c2", "c1"]  # least recently released first, as LRU
+    if mode == "off":
+        assert offered == [] and pol.counters.lost == 0
+        return
+    assert offered == [("a", ["a2", "a1"]), ("b", ["b1"])]  # once each, before the first goes
+    assert pol.counters.refused == 3 and pol.counters.lost == 2
 
 
 def test_program_end_unpins() -> None:

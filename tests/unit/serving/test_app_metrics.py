@@ -34,8 +34,9 @@ NAMES = [
     "agentrt:num_kv_pins_expired_total",
     "agentrt:num_kv_pins_yielded_total",
     "agentrt:num_kv_pins_held_total",
-    "agentrt:num_kv_pins_offloaded_total",
-    "agentrt:num_kv_pins_restored_total",
+    "agentrt:num_kv_contexts_lost_total",
+    "agentrt:num_kv_contexts_offloaded_total",
+    "agentrt:num_kv_contexts_restored_total",
     "agentrt:num_kv_admissions_held_total",
     "agentrt:kv_admissions_held_seconds_total",
     "agentrt:recomputed_prompt_tokens_total",
@@ -61,8 +62,9 @@ class BusyEngine(EchoEngine):
         base.kv_pins_reused = 7
         base.kv_pins_expired = 1
         base.kv_pins_yielded = 1
-        base.kv_pins_offloaded = 3
-        base.kv_pins_restored = 2
+        base.kv_contexts_lost = 4
+        base.kv_contexts_offloaded = 3
+        base.kv_contexts_restored = 2
         base.kv_admissions_held = 5
         base.kv_admissions_held_seconds = 7.5
         base.recomputed_prompt_tokens = 320
@@ -120,8 +122,9 @@ def test_engine_state_is_read_at_scrape_time() -> None:
     assert value(text, "agentrt:num_kv_pins_reused_total") == 7
     assert value(text, "agentrt:num_kv_pins_expired_total") == 1
     assert value(text, "agentrt:num_kv_pins_yielded_total") == 1
-    assert value(text, "agentrt:num_kv_pins_offloaded_total") == 3
-    assert value(text, "agentrt:num_kv_pins_restored_total") == 2
+    assert value(text, "agentrt:num_kv_contexts_lost_total") == 4
+    assert value(text, "agentrt:num_kv_contexts_offloaded_total") == 3
+    assert value(text, "agentrt:num_kv_contexts_restored_total") == 2
     assert value(text, "agentrt:num_kv_admissions_held_total") == 5
     assert value(text, "agentrt:kv_admissions_held_seconds_total") == 7.5
     assert value(text, "agentrt:recomputed_prompt_tokens_total") == 320

@@ -158,14 +158,20 @@ class EngineStatsCollector(Collector):
             s.kv_pins_held,
         )
         yield _counter(
-            "agentrt:num_kv_pins_offloaded",
-            "Lost pins (yielded, expired, displaced) copied to the host pool.",
-            s.kv_pins_offloaded,
+            "agentrt:num_kv_contexts_lost",
+            "Contexts evicted while their program may call again (pins yielded, expired, "
+            "displaced; unpinned contexts of live programs).",
+            s.kv_contexts_lost,
         )
         yield _counter(
-            "agentrt:num_kv_pins_restored",
-            "Host copies of pins brought back for their program's next call.",
-            s.kv_pins_restored,
+            "agentrt:num_kv_contexts_offloaded",
+            "Lost contexts copied to the host pool.",
+            s.kv_contexts_offloaded,
+        )
+        yield _counter(
+            "agentrt:num_kv_contexts_restored",
+            "Host copies of lost contexts brought back for their program's next call.",
+            s.kv_contexts_restored,
         )
         yield _counter(
             "agentrt:num_kv_admissions_held",
