@@ -44,7 +44,7 @@ def tiny_engine(**overrides: Any) -> LLMEngine:
     """An fp32 engine on the tiny Llama; ``overrides`` are EngineConfig fields.
 
     ``AGENTRT_TEST_DEVICE=cuda`` runs these engines on a GPU (the suite's CUDA check)."""
-    overrides.setdefault("device", os.environ.get("AGENTRT_TEST_DEVICE", "cpu"))
+    overrides.setdefault("device", engine_test_device())
     overrides.setdefault("dtype", "float32")
     overrides.setdefault("num_kv_blocks", 64)
     overrides.setdefault("block_size", 4)
@@ -77,8 +77,13 @@ def seq(name: str, tokens: list[int]) -> Sequence:
     )
 
 
-def small_kv_cache(num_blocks: int = 8) -> PagedKVCache:
-    """A float32 CPU cache of 3 layers, blocks of 4 tokens, 2 KV heads of dim 8, filled at random."""
+def engine_test_device() -> str:
+    """Where the engine tests' engines and caches run: ``AGENTRT_TEST_DEVICE``, else the CPU."""
+    return os.environ.get("AGENTRT_TEST_DEVICE", "cpu")
+
+
+def small_kv_cache(num_blocks: int = 8, device: str = "cpu") -> PagedKVCache:
+    """A float32 cache of 3 layers, blocks of 4 tokens, 2 KV heads of dim 8, filled at random."""
     cache = PagedKVCache(
         num_layers=3,
         num_blocks=num_blocks,
@@ -86,7 +91,7 @@ def small_kv_cache(num_blocks: int = 8) -> PagedKVCache:
         num_kv_heads=2,
         head_dim=8,
         dtype=torch.float32,
-        device="cpu",
+        device=device,
     )
     cache.kv.copy_(torch.randn_like(cache.kv))
     return cache

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.unit.engine.helpers import (
     assert_block_pool_clean,
+    engine_test_device,
     make_tiny_loaded,
     seq,
     small_kv_cache,
@@ -416,8 +417,9 @@ def test_a_pin_holds_new_calls_back_and_lets_its_program_through() -> None:
 
 
 def host_tier(num_blocks: int = 6, host_blocks: int = 16) -> tuple[BlockManager, PagedKVCache]:
-    """A block manager that pins nothing (budget 0) over a random cache with a host pool."""
-    cache = small_kv_cache(num_blocks)
+    """A block manager that pins nothing (budget 0) over a random cache with a host pool
+    (pinned, when the tests run on a GPU)."""
+    cache = small_kv_cache(num_blocks, engine_test_device())
     policy = RetentionPolicy(RetentionConfig(mode="ttl", pin_budget=0.0), num_blocks)
     bm = BlockManager(num_blocks, 4, True, policy, Clock())
     bm.attach_host(HostSwapPool(cache, 0, num_blocks=host_blocks))
