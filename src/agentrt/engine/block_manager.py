@@ -152,8 +152,8 @@ class BlockManager:
         self.restores += 1
 
     def host_prefix(self, seq: Sequence, start: int) -> list[int]:
-        """Where ``seq``'s prompt blocks from block ``start`` on sit in its program's host
-        copy, as long as they follow one another there: what its admission can copy back
+        """The offsets in its program's host copy of ``seq``'s prompt blocks from block
+        ``start`` on, up to the first one the copy lacks: what its admission can copy back
         instead of computing (at least one token is left to compute)."""
         found = self._offloaded.get(seq.call.program_id)
         if found is None:
