@@ -99,7 +99,8 @@ def _key(op: Op, concurrent: int = 1) -> str:
 
 
 def _runner(concurrent: int) -> str:
-    """The cache keys' note of how a time was measured: one thread per rank, ``concurrent`` ranks."""
+    """The part of a timing's cache key that names its conditions (one thread per rank,
+    ``concurrent`` ranks at once): a time taken under other conditions is another entry."""
     return "runner-1-thread" + (f"-x{concurrent}" if concurrent > 1 else "")
 
 
