@@ -186,7 +186,14 @@ class LLMEngine:
         self.clock = clock
         self.runner = make_runner(loaded.model, config)
         cache = self.runner.kv_cache
-        self.scheduler = make_scheduler(config.scheduler)
+        # The service unit "auto" resolves to what fits this device (tokens on a CPU).
+        self.scheduler_config = config.scheduler.on_device(str(self.runner.device))
+        self.scheduler = make_scheduler(self.scheduler_config)
+        log.info(
+            "scheduler_ready",
+            policy=self.scheduler_config.policy,
+            service_unit=self.scheduler_config.unit,
+        )
         self.block_manager = BlockManager(
             cache.num_blocks,
             config.block_size,
@@ -206,7 +213,7 @@ class LLMEngine:
         generator.manual_seed(config.seed)
         self.sampler = Sampler(generator)
         self.output = OutputProcessor(self.tokenizer, self.max_model_len)
-        self.token_service = config.scheduler.service_unit == "tokens"
+        self.token_service = self.scheduler_config.unit == "tokens"
         self.requests: dict[str, Request] = {}
         self.seqs: dict[str, Sequence] = {}
         self.stats_counters = EngineStats(kv_blocks_total=cache.num_blocks)

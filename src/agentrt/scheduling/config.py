@@ -3,17 +3,26 @@
 Units. Every service-like knob (queue boundaries, quanta, the starvation
 floor) is in the configured *service unit*:
 
-- ``service_unit = "time"`` (default, as in the Autellix paper): seconds of
+- ``service_unit = "time"`` (as in the Autellix paper): seconds of
   model-executor time attributed to a call: the whole duration of every
   engine step the call took part in (what vLLM accumulates per request as
   its model execute time). Not a per-token share of the step: that would
   make a call's service shrink as the batch grows, so priorities would
-  flatten under exactly the load where they matter;
+  flatten under exactly the load where they matter. This fits a GPU, where
+  a decode step takes about as long whoever shares it;
 - ``service_unit = "tokens"``: tokens the model processed for the call
-  (prefill and decode alike). Deterministic, for tests and for engines that
-  do not report time. Waiting is then counted in engine steps: each step a
-  call spends waiting counts as the one token a decode step would have
-  given it, so the anti-starvation ratio compares like with like.
+  (prefill and decode alike; prefix-cache hits are not processed).
+  Deterministic, and what fits a CPU engine: there a step's time grows with
+  the tokens in it, so the whole-step charge would bill every call for its
+  batch-mates' prompt chunks, and a program's service would measure how long
+  it sat in the batch rather than the work it asked for (least attained
+  service then drifts towards processor sharing). Waiting is counted in
+  engine steps: each step a call spends waiting counts as the one token a
+  decode step would have given it, so the anti-starvation ratio compares
+  like with like;
+- ``service_unit = "auto"`` (default): tokens for an embedded engine on a
+  CPU, time everywhere else (a GPU engine, the router, the simulator, whose
+  shipped profiles are GPUs): :meth:`SchedulerConfig.on_device`.
 
 Knobs left as ``None`` take the default of the chosen unit (the
 ``DEFAULTS_BY_UNIT`` table below), chosen with the simulator (``agentrt sim``).
@@ -28,6 +37,7 @@ import msgspec
 
 PolicyName = Literal["fcfs", "las", "mlfq", "plas", "atlas", "gittins"]
 ServiceUnit = Literal["time", "tokens"]
+ServiceUnitSetting = Literal["auto", "time", "tokens"]
 LevelOrder = Literal["program", "call"]
 BalancerPolicy = Literal["round_robin", "least_used", "locality"]
 
@@ -90,7 +100,7 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     """
 
     policy: PolicyName = "atlas"
-    service_unit: ServiceUnit = "time"
+    service_unit: ServiceUnitSetting = "auto"
     num_queues: int = 8
     first_boundary: float | None = None
     boundary_growth: float = 2.0
@@ -138,8 +148,21 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
             raise ValueError("program_ttl_s and max_programs must be positive")
 
     @property
+    def unit(self) -> ServiceUnit:
+        """The service unit in effect: ``auto`` is time until :meth:`on_device` resolves it."""
+        return "time" if self.service_unit == "auto" else self.service_unit
+
+    def on_device(self, device: str) -> SchedulerConfig:
+        """This config for an engine computing on ``device`` (``cpu``, ``cuda:0``, ...):
+        ``auto`` becomes tokens on a CPU and time elsewhere; a set unit stays."""
+        if self.service_unit != "auto":
+            return self
+        unit: ServiceUnit = "tokens" if device.split(":")[0] == "cpu" else "time"
+        return msgspec.structs.replace(self, service_unit=unit)
+
+    @property
     def unit_defaults(self) -> UnitDefaults:
-        return DEFAULTS_BY_UNIT[self.service_unit]
+        return DEFAULTS_BY_UNIT[self.unit]
 
     @property
     def boundaries(self) -> list[float]:

@@ -115,7 +115,7 @@ class Scheduler:
         self._quanta = self.config.quanta
         self._floor = self.config.floor
         self._beta = self.config.beta
-        self._token_mode = self.config.service_unit == "tokens"
+        self._token_mode = self.config.unit == "tokens"
         self._starvation = self.policy.promotes_starving and math.isfinite(self._beta)
         # Fixed per policy; read on every charge, so looked up once.
         self._uses_levels = self.policy.uses_levels

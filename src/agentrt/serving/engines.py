@@ -156,12 +156,22 @@ def _router(server: ServerConfig, toml_path: str | Path | None, remotes: list[An
     from agentrt.serving.router.backends import ProcessBackend, RemoteBackend, parse_backend
     from agentrt.serving.router.backends.hosting import EngineSpec
 
+    scheduler = scheduler_config(server, toml_path)
+    hosts_replicas = (
+        server.ray_address is not None or server.replicas > 1 or not (server.backends or remotes)
+    )
     if server.engine_factory is not None:
         spec = EngineSpec(factory=server.engine_factory, options=server.engine_options)
     else:
+        engine = engine_config(server, toml_path)
+        if hosts_replicas:
+            # The router charges programs in the unit its replicas schedule in, so that the
+            # service it hands them (ProgramTag.attained_service) means the same to both.
+            scheduler = scheduler.on_device(engine.device)
+            engine = msgspec.structs.replace(engine, scheduler=scheduler)
         spec = EngineSpec(
             factory="agentrt.serving.engines:embedded_engine",
-            options=msgspec.to_builtins(engine_config(server, toml_path)),
+            options=msgspec.to_builtins(engine),
         )
     backends: list[Any] = []
     if server.ray_address is not None:
@@ -169,10 +179,9 @@ def _router(server: ServerConfig, toml_path: str | Path | None, remotes: list[An
 
         placement = load_config(RayPlacement, toml_path, "ray", {"address": server.ray_address})
         backends += [RayBackend(f"ray-{i}", spec, placement) for i in range(server.replicas)]
-    elif server.replicas > 1 or not (server.backends or remotes):
+    elif hosts_replicas:
         backends += [ProcessBackend(f"replica-{i}", spec) for i in range(server.replicas)]
     configs = [parse_backend(url) for url in server.backends] + remotes
-    scheduler = scheduler_config(server, toml_path)
     backends += [
         RemoteBackend(f"remote-{i}", c, scheduler=scheduler) for i, c in enumerate(configs)
     ]

@@ -272,7 +272,7 @@ class SimEngine:
         self.live: dict[str, LiveCall] = {}
         self.busy_until: float | None = None  # end of the running window, None when idle
         self.counters = EngineCounters()
-        self._token_mode = scheduler.config.service_unit == "tokens"
+        self._token_mode = scheduler.config.unit == "tokens"
         self.charge_wall_time = charge_wall_time
         # The longest each segment key gets in any call this engine may run (a key's KV never
         # outgrows it): with it, each live call's largest need is bounded, and their sum is

@@ -1,10 +1,11 @@
-"""The engine charges its scheduler the model time of every step a call took part in.
+"""What the engine charges its scheduler for each step a call took part in.
 
-``service_unit = "time"`` (the default) is in seconds of model-executor time
-per call, the unit of the scheduler's boundaries and quanta: each call in a
-step is charged the step's whole duration, as vLLM accumulates model time per
-request. A token share of the step would shrink with the batch, so a decoding
-call would never use up a quantum and every queue policy would be FCFS.
+``service_unit = "time"`` is in seconds of model-executor time per call, the
+unit of the scheduler's boundaries and quanta: each call in a step is charged
+the step's whole duration, as vLLM accumulates model time per request. A
+token share of the step would shrink with the batch, so a decoding call would
+never use up a quantum and every queue policy would be FCFS. ``auto`` (the
+default) is tokens on a CPU engine: each call is charged the tokens it fed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from agentrt.scheduling import SchedulerConfig
 
 
 def test_every_call_in_a_step_is_charged_the_whole_step() -> None:
-    engine = tiny_engine(scheduler=SchedulerConfig(policy="plas"))
+    engine = tiny_engine(scheduler=SchedulerConfig(policy="plas", service_unit="time"))
     prompts = random_prompts([6, 6], seed=5)
     for i, prompt in enumerate(prompts):
         engine.add_request(
@@ -35,3 +36,19 @@ def test_every_call_in_a_step_is_charged_the_whole_step() -> None:
     assert steps_total > 0
     for seq in seqs:
         assert seq.call.service == pytest.approx(steps_total)
+
+
+def test_auto_charges_each_call_the_tokens_it_fed_on_a_cpu() -> None:
+    engine = tiny_engine(scheduler=SchedulerConfig(policy="plas"), device="cpu")
+    assert engine.scheduler_config.service_unit == "tokens"
+    prompts = random_prompts([6, 9], seed=5)
+    for i, prompt in enumerate(prompts):
+        engine.add_request(
+            f"c{i}",
+            prompt,
+            SamplingParams(temperature=0.0, max_tokens=8),
+            program=ProgramTag(program_id=f"p{i}"),
+        )
+    for _ in range(4):  # one step prefills both prompts, three decode one token each
+        engine.step()
+    assert [engine.seqs[f"c{i}"].call.service for i in range(2)] == [6 + 3, 9 + 3]

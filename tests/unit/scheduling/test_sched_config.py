@@ -12,7 +12,8 @@ from agentrt.scheduling import BalancerConfig, SchedulerConfig
 
 def test_defaults_are_in_model_time_with_exponential_queues() -> None:
     config = SchedulerConfig()
-    assert (config.policy, config.service_unit, config.num_queues) == ("atlas", "time", 8)
+    assert (config.policy, config.service_unit, config.num_queues) == ("atlas", "auto", 8)
+    assert config.unit == "time"  # until an engine resolves it for its device
     assert config.boundaries == [0.5 * 2**i for i in range(7)]
     assert config.quanta == [0.5 * 2**i for i in range(8)]
     assert config.floor == 0.025
@@ -22,6 +23,17 @@ def test_defaults_are_in_model_time_with_exponential_queues() -> None:
 def test_token_unit_has_its_own_defaults() -> None:
     config = SchedulerConfig(service_unit="tokens")
     assert config.boundaries[0] == 256 and config.quanta[0] == 256 and config.floor == 1
+
+
+def test_auto_unit_is_tokens_on_a_cpu_and_time_on_a_gpu() -> None:
+    auto = SchedulerConfig(policy="plas")
+    on_cpu = auto.on_device("cpu")
+    assert (on_cpu.service_unit, on_cpu.policy, on_cpu.boundaries[0]) == ("tokens", "plas", 256)
+    assert auto.on_device("cuda:1").service_unit == "time"
+    assert auto.on_device("cuda").boundaries[0] == 0.5
+    for unit in ("time", "tokens"):  # a unit set in the config is kept on any device
+        config = SchedulerConfig(service_unit=unit)
+        assert config.on_device("cpu") is config and config.on_device("cuda:0") is config
 
 
 def test_explicit_knobs_override_the_unit_defaults() -> None:

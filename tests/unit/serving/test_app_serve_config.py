@@ -198,3 +198,16 @@ def test_num_threads_flag_wins_over_the_engine_table(tmp_path: Path) -> None:
     assert engine_config(flagged, toml).num_threads == 1  # type: ignore[arg-type]
     assert engine_config(server_config(parse())).num_threads is None  # type: ignore[arg-type]
     assert engine_config(server_config(parse("--decode-threads", "1"))).decode_threads == 1  # type: ignore[arg-type]
+
+
+def test_a_router_over_cpu_replicas_charges_programs_in_their_unit() -> None:
+    from agentrt.serving.engines import _router
+
+    server = server_config(parse("--replicas", "2", "--scheduling-policy", "plas"))  # type: ignore[arg-type]
+    router = _router(server, None, [])
+    assert router.scheduler_config.service_unit == "tokens"  # what the CPU replicas resolve
+    units = {e.backend.spec.options["scheduler"]["service_unit"] for e in router._engines.values()}
+    assert units == {"tokens"}
+    # In front of remote engines only, the router keeps "auto" (model time).
+    server = server_config(parse("--backend", "openai+http://127.0.0.1:9/v1"))  # type: ignore[arg-type]
+    assert _router(server, None, []).scheduler_config.service_unit == "auto"

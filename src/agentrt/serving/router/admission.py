@@ -191,7 +191,7 @@ class AdmissionQueue:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         config = scheduler or SchedulerConfig()
-        if config.service_unit != "time":
+        if config.unit != "time":
             # Waits here are seconds of wall clock, whatever unit the engines' service is in;
             # levels and quanta stay in that unit.
             defaults = config.unit_defaults

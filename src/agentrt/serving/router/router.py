@@ -451,7 +451,7 @@ class Router:
         call = live.call
         if call is None:
             return
-        if self.scheduler_config.service_unit == "tokens":
+        if self.scheduler_config.unit == "tokens":
             call.service = float(live.tokens)
         else:  # engines that do not report model time: the call's time on the engine
             call.service = live.model_time or (now - live.dispatched)
