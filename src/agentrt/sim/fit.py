@@ -37,6 +37,7 @@ class SwapRecord(msgspec.Struct):
 
 class EngineBench(msgspec.Struct):
     steps: list[StepRecord]
+    device: str = "cuda"
     engine: dict[str, Any] = {}
     swap: SwapRecord | None = None
 
@@ -100,6 +101,7 @@ def fit_profile(
     result = fit_steps(bench.steps)
     fields = set(EngineProfile.__struct_fields__) - set(TERMS) - {"name", "description"}
     capacities = {k: v for k, v in bench.engine.items() if k in fields}
+    capacities["device"] = bench.device.split(":")[0]
     if bench.swap is not None and bench.swap.blocks > 0:
         capacities.setdefault("swap_block_s", bench.swap.batched_seconds / (2 * bench.swap.blocks))
     unknown = set(settings or {}) - fields

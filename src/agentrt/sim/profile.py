@@ -41,6 +41,9 @@ class EngineProfile(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     swap_block_s: float = 0.0  # one block, one direction, in a batched copy
     swap_overhead_s: float = 0.0  # fixed cost of one batched swap
     host_blocks: int = 0  # pinned host pool for swapped-out KV
+    # What the profiled engine computes on (cpu, cuda): the scheduler's service unit "auto"
+    # resolves for it as it does on that engine (SchedulerConfig.on_device).
+    device: str = "cuda"
 
     def __post_init__(self) -> None:
         for field in (

@@ -109,7 +109,7 @@ class Simulation:
     ) -> None:
         self.config = config or SimConfig()
         self.profile = profile
-        self.scheduler_config = scheduler
+        self.scheduler_config = scheduler = scheduler.on_device(profile.device)
         self.programs = programs
         self.table = ProcessTable(
             ttl=scheduler.program_ttl_s,

@@ -124,6 +124,7 @@ def test_sim_fit_command_writes_a_loadable_profile(tmp_path: Path) -> None:
         json.dumps(
             {
                 "steps": [msgspec.to_builtins(s) for s in steps],
+                "device": "cpu",
                 "engine": {"kv_blocks": 1234, "max_batch_size": 32, "ignored": 1},
                 "swap": {"blocks": 8, "batched_seconds": 0.0016, "tokens": 128},
             }
@@ -149,6 +150,7 @@ def test_sim_fit_command_writes_a_loadable_profile(tmp_path: Path) -> None:
     profile = load_profile(out)
     assert profile.name == "cpu-test"
     assert profile.kv_blocks == 1234 and profile.max_batch_size == 32
+    assert profile.device == "cpu"  # the bench's: the scheduler's "auto" unit resolves for it
     assert profile.decode_seq_s == pytest.approx(4e-3, rel=0.05)
     assert profile.swap_block_s == pytest.approx(1e-4)
     assert profile.max_model_len == 2048 and profile.prefix_caching is False
@@ -185,6 +187,7 @@ def test_the_cpu_profile_fitted_from_our_engine_is_shipped() -> None:
     # sequence costs tens of milliseconds on 2 CPU cores, not microseconds as on an A100.
     assert p.step_overhead_s > 0 and p.decode_seq_s > 0 and p.prefill_token_s > 0
     assert 0.005 < p.step_overhead_s + p.decode_seq_s < 0.5
+    assert (p.device, load_profile("a100-llama3-8b").device) == ("cpu", "cuda")
 
 
 def test_step_moments_add_up_across_engines_and_runs() -> None:

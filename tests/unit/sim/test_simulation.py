@@ -134,3 +134,14 @@ def test_locality_keeps_a_long_program_on_its_engine(
     )
     spread = simulate(programs, small_profile, config, SimConfig(engines=3, balancer="round_robin"))
     assert local.engines.prefix_hit_rate > spread.engines.prefix_hit_rate
+
+
+def test_the_auto_service_unit_resolves_for_the_profiled_device(
+    small_profile: EngineProfile,
+) -> None:
+    # As on the engine it models: tokens for a CPU engine's profile, model time for a GPU's.
+    auto = SchedulerConfig(policy="plas")
+    cpu = msgspec.structs.replace(small_profile, device="cpu")
+    assert Simulation([], cpu, auto).scheduler_config.service_unit == "tokens"
+    gpu = msgspec.structs.replace(small_profile, device="cuda")
+    assert Simulation([], gpu, auto).scheduler_config.service_unit == "time"
