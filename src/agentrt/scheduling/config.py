@@ -20,9 +20,10 @@ floor) is in the configured *service unit*:
   engine steps: each step a call spends waiting counts as the one token a
   decode step would have given it, so the anti-starvation ratio compares
   like with like;
-- ``service_unit = "auto"`` (default): tokens for an embedded engine on a
-  CPU, time everywhere else (a GPU engine, the router, the simulator, whose
-  shipped profiles are GPUs): :meth:`SchedulerConfig.on_device`.
+- ``service_unit = "auto"`` (default): tokens for an engine on a CPU (the
+  embedded engine, a router's CPU replicas, a simulator profile of a CPU
+  engine), time elsewhere (a GPU engine, remote engines):
+  :meth:`SchedulerConfig.on_device`.
 
 Knobs left as ``None`` take the default of the chosen unit (the
 ``DEFAULTS_BY_UNIT`` table below), chosen with the simulator (``agentrt sim``).
