@@ -2,8 +2,8 @@
 
 Pure Python, no I/O, deterministic. Public API:
 
-- :class:`SchedulerConfig` (policy ``fcfs | las | mlfq | plas | atlas``,
-  ``service_unit`` ``time | tokens``, K queues, boundaries, quanta, beta,
+- :class:`SchedulerConfig` (policy ``fcfs | las | mlfq | plas | atlas | gittins``,
+  ``service_unit`` ``auto | time | tokens``, K queues, boundaries, quanta, beta,
   program TTL, max programs) and :class:`BalancerConfig`;
 - :class:`Call`: one live LLM call (``call_id``, ``program_id``,
   ``thread_id``, ``arrival``, ``prompt_tokens``, explicit ``priority``; then
