@@ -75,12 +75,21 @@ def parse_external(text: str) -> tuple[str, str, str]:
     return name, url, model
 
 
+def split_config(entry: str) -> tuple[str, str | None]:
+    """``HEAD[:CONFIG.toml]`` -> (head, the config file or None)."""
+    head, colon, config = entry.partition(":")
+    if colon and not config:
+        raise argparse.ArgumentTypeError(f"expected POLICY:CONFIG.toml with a file after ':', got {entry!r}")
+    return head, config or None
+
+
 def parse_policies(text: str) -> list[str]:
-    policies = [p.strip() for p in text.split(",") if p.strip()]
-    unknown = [p for p in policies if p not in POLICIES]
+    """``POLICY[:CONFIG.toml],...``: one agentrt server per entry, with that ``--config`` if given."""
+    entries = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [e for e in entries if split_config(e)[0] not in POLICIES]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown policies {unknown}; expected some of {', '.join(POLICIES)}")
-    return policies
+    return entries
 
 
 def parse_fronts(text: str) -> list[tuple[str, int | None, str | None]]:
@@ -88,36 +97,47 @@ def parse_fronts(text: str) -> list[tuple[str, int | None, str | None]]:
     default, the front's ``--config`` file or None)]."""
     fronts: list[tuple[str, int | None, str | None]] = []
     for entry in (e.strip() for e in text.split(",") if e.strip()):
-        head, colon, config = entry.partition(":")
+        head, config = split_config(entry)
         policy, sep, ahead = head.partition("@")
         if sep and not ahead.isdigit():
             raise argparse.ArgumentTypeError(f"expected POLICY@N with N >= 0 calls queued ahead, got {entry!r}")
-        if colon and not config:
-            raise argparse.ArgumentTypeError(f"expected POLICY:CONFIG.toml with a file after ':', got {entry!r}")
         parse_policies(policy)
-        fronts.append((policy, int(ahead) if sep else None, config or None))
+        fronts.append((policy, int(ahead) if sep else None, config))
     return fronts
 
 
+def _settings(config: str | None) -> str:
+    return "" if config is None else f"[{Path(config).stem}]"
+
+
 def front_label(policy: str, ahead: int | None, config: str | None = None) -> str:
-    settings = "" if config is None else f"[{Path(config).stem}]"
-    return f"agentrt/{policy}{'' if ahead is None else f'@{ahead}'}{settings}+llama.cpp"
+    return f"agentrt/{policy}{'' if ahead is None else f'@{ahead}'}{_settings(config)}+llama.cpp"
 
 
-def llama_schedulers(args: argparse.Namespace) -> dict[str, Any]:
-    """The scheduler each llama.cpp system of ``args`` is simulated with, by label: the server
-    alone runs its calls first come, first served; a front, its policy with its config's
-    ``[scheduler]`` table (ValueError when that file cannot be read)."""
+def _scheduler_of(policy: str, config: str | None) -> Any:
+    """``policy`` with the ``[scheduler]`` table of ``config`` (ValueError when it cannot be read)."""
     from agentrt.config import load_config
+    from agentrt.scheduling import SchedulerConfig
+
+    try:
+        return load_config(SchedulerConfig, config, "scheduler", {"policy": policy})
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"config {config}: {e}") from None
+
+
+def system_schedulers(args: argparse.Namespace) -> dict[str, Any]:
+    """The scheduler the simulator runs each system of ``args`` with, by label, where the label
+    alone does not say it: llama.cpp's server alone runs its calls first come, first served; a
+    front, and an agentrt server given a config file, its policy with that file's
+    ``[scheduler]`` table (ValueError when a file cannot be read)."""
     from agentrt.scheduling import SchedulerConfig
 
     schedulers: dict[str, Any] = {"llama.cpp": SchedulerConfig(policy="fcfs")}
     for policy, ahead, config in args.llama_front:
-        try:
-            schedulers[front_label(policy, ahead, config)] = load_config(
-                SchedulerConfig, config, "scheduler", {"policy": policy})
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ValueError(f"front config {config}: {e}") from None
+        schedulers[front_label(policy, ahead, config)] = _scheduler_of(policy, config)
+    for label, policy, config, _ in _agentrt_entries(args):
+        if config is not None:
+            schedulers[label] = _scheduler_of(policy, config)
     return schedulers
 
 
@@ -131,20 +151,35 @@ def parse_retention(text: str) -> list[str]:
     return list(dict.fromkeys(modes))
 
 
+def _agentrt_entries(args: argparse.Namespace) -> list[tuple[str, str, str | None, str | None]]:
+    """(label, policy, config file, retention mode) of every agentrt server of ``args``."""
+    modes = getattr(args, "kv_retention", None) or [None]
+    entries = []
+    for entry in getattr(args, "policies", []):
+        policy, config = split_config(entry)
+        for mode in modes:
+            label = f"agentrt/{policy}{_settings(config)}" + (f"+kv-{mode}" if mode else "")
+            entries.append((label, policy, config, mode))
+    return entries
+
+
 def agentrt_systems(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
-    """(label, policy, serve arguments) of every agentrt server: one per policy, times each
-    ``--kv-retention`` mode when given (the policy's servers then differ in that flag only)."""
-    modes = args.kv_retention or [None]
+    """(label, policy, serve arguments) of every agentrt server: one per ``--policies`` entry
+    (with its ``--config`` after any of ``--serve-arg``, so that it wins), times each
+    ``--kv-retention`` mode when given (the entry's servers then differ in that flag only)."""
     return [
-        (f"agentrt/{policy}" + (f"+kv-{mode}" if mode else ""), policy,
-         [*args.serve_arg, *(["--kv-retention", mode] if mode else [])])
-        for policy in args.policies for mode in modes
+        (label, policy, [*args.serve_arg, *(["--config", config] if config else []),
+                         *(["--kv-retention", mode] if mode else [])])
+        for label, policy, config, mode in _agentrt_entries(args)
     ]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", type=parse_policies, default=["fcfs", "mlfq", "plas", "atlas"],
-                        help="agentrt servers to start, one per scheduling policy (comma list; '' for none)")
+                        metavar="POLICY[:FILE],...",
+                        help="agentrt servers to start, one per scheduling policy (comma list; '' for none); "
+                        ":FILE.toml is that server's --config (e.g. a [scheduler] table), so that settings "
+                        "of one policy can be compared side by side, e.g. plas,plas:tokens.toml")
     parser.add_argument("--external", type=parse_external, action="append", default=[], metavar="NAME=URL[#MODEL]",
                         help="an external OpenAI-compatible server (repeatable)")
     parser.add_argument("--kv-retention", type=parse_retention, default=None, metavar="MODES",
@@ -497,7 +532,7 @@ def run(args: argparse.Namespace) -> int:
         if args.fit_steps:
             profile = fitted_to_runs(profile, systems, console)
         try:
-            servers = llama_schedulers(args)
+            servers = system_schedulers(args)
         except ValueError as e:
             console.print(f"[red]error:[/red] {e}")
             return 2

@@ -81,7 +81,9 @@ def predict(
     ``servers`` maps the labels of the llama.cpp systems (the server alone,
     agentrt in front of one) to the scheduler each is simulated with (the
     server alone: first come, first served; a front: its policy and its
-    ``[scheduler]`` table), on ``server_slots`` slots. The simulated engine
+    ``[scheduler]`` table), on ``server_slots`` slots; and those of agentrt
+    servers run with a config file to its ``[scheduler]`` table (such a
+    server missing from it is not simulated: its label does not say it). The simulated engine
     is then the profile's: with a profile of the server's costs, each
     front's prediction is its policy's ideal on the programs it served (the
     simulated engine preempts; the server does not), and the server alone's
@@ -93,22 +95,28 @@ def predict(
     servers = servers or {}
     predictions = []
     for system in systems:
-        scheduler = servers.get(system.label)
+        label = system.label
+        scheduler = servers.get(label)
         engine = profile
-        if scheduler is not None:
-            policy = scheduler.policy
+        if label == "llama.cpp" or label.endswith("+llama.cpp"):
+            if scheduler is None:
+                continue  # a llama.cpp system the caller did not describe
             sim_config = SimConfig()
             if server_slots is not None:
                 engine = msgspec.structs.replace(profile, max_batch_size=server_slots)
-        elif not system.label.startswith("agentrt/") or system.label.endswith("+llama.cpp"):
-            continue  # peers, and llama.cpp systems the caller did not describe
-        else:
-            # "agentrt/<policy>" or, with bench compare --kv-retention, "agentrt/<policy>+kv-<mode>".
-            policy, _, retention = system.label.removeprefix("agentrt/").partition("+kv-")
-            scheduler = SchedulerConfig(policy=policy)
+        elif label.startswith("agentrt/"):
+            # "agentrt/<policy>[<config>]+kv-<mode>", the last two parts as bench compare ran it.
+            name, _, retention = label.removeprefix("agentrt/").partition("+kv-")
+            if scheduler is None:
+                if "[" in name:
+                    continue  # run with a config file the caller did not give
+                scheduler = SchedulerConfig(policy=name)
             sim_config = SimConfig(kv_retention=retention) if retention else SimConfig()
             if max_batch_size is not None:
                 engine = msgspec.structs.replace(profile, max_batch_size=max_batch_size)
+        else:
+            continue  # peers
+        policy = scheduler.policy
         for run, programs in zip(system.runs, system.programs, strict=True):
             done = [p for p in programs if p.error is None and p.calls]
             if not done:

@@ -18,6 +18,7 @@ from agentrt.bench.compare import (
     parse_policies,
     parse_retention,
     serve_flag,
+    system_schedulers,
 )
 from agentrt.bench.load import (
     ServerSnapshot,
@@ -29,6 +30,7 @@ from agentrt.bench.load import (
 from agentrt.bench.serve import load_result, parse_rates
 from agentrt.cli import main
 from agentrt.protocol.engine import StepMoments, StepRecord
+from agentrt.scheduling import SchedulerConfig
 
 
 def test_rates_parse_as_sweeps_or_lists() -> None:
@@ -109,6 +111,26 @@ def test_kv_retention_modes_make_one_server_per_policy_and_mode() -> None:
     assert [label for label, _, _ in agentrt_systems(args)] == ["agentrt/fcfs", "agentrt/plas"]
     assert main(["bench", "compare", "--policies", "", "--kv-retention", "off,ttl",
                  "--external", "x=http://127.0.0.1:9/v1"]) == 2  # retention of no agentrt server
+
+
+def test_a_policy_entry_with_a_config_file_is_a_server_of_its_own(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text('[scheduler]\nservice_unit = "tokens"\nnum_queues = 3\n')
+    assert parse_policies(f"plas, plas:{tokens}") == ["plas", f"plas:{tokens}"]
+    for bad in ["plas:", "sjf:x.toml"]:
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_policies(bad)
+    args = argparse.Namespace(policies=["plas", f"plas:{tokens}"], kv_retention=["ttl"],
+                              serve_arg=["--config=base.toml"], llama_front=[])
+    assert agentrt_systems(args) == [
+        ("agentrt/plas+kv-ttl", "plas", ["--config=base.toml", "--kv-retention", "ttl"]),
+        ("agentrt/plas[tokens]+kv-ttl", "plas",
+         ["--config=base.toml", "--config", str(tokens), "--kv-retention", "ttl"]),  # the last wins
+    ]
+    schedulers = system_schedulers(args)
+    assert "agentrt/plas+kv-ttl" not in schedulers  # its label says it all
+    scheduler = schedulers["agentrt/plas[tokens]+kv-ttl"]
+    assert (scheduler.policy, scheduler.service_unit, scheduler.num_queues) == ("plas", "tokens", 3)
 
 
 def test_external_systems_and_policies_parse() -> None:
@@ -403,3 +425,9 @@ def test_the_kv_table_and_the_replay_read_the_retention_systems() -> None:
     predictions = predict(systems, load_profile("a100-llama3-8b"))
     assert [(p.label, p.policy) for p in predictions] == [
         ("agentrt/fcfs+kv-off", "fcfs"), ("agentrt/fcfs+kv-ttl", "fcfs")]
+    # A server run with a config file is simulated with the scheduler given for its label, and
+    # left out when none is (its label does not say the config).
+    systems = [system("agentrt/plas[t]+kv-ttl", 150), system("agentrt/plas[u]+kv-ttl", 150)]
+    given = {"agentrt/plas[t]+kv-ttl": SchedulerConfig(policy="gittins")}
+    predictions = predict(systems, load_profile("a100-llama3-8b"), None, given)
+    assert [(p.label, p.policy) for p in predictions] == [("agentrt/plas[t]+kv-ttl", "gittins")]

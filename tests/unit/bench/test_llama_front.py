@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tests.unit.bench.llama_fakes import fake_llama_binary, flag, starts, write_gguf
 
-from agentrt.bench.compare import llama_schedulers, parse_fronts
+from agentrt.bench.compare import parse_fronts, system_schedulers
 from agentrt.bench.engine_queue import parse_metrics
 from agentrt.bench.replay import predict
 from agentrt.bench.serve import load_result
@@ -175,14 +175,14 @@ def test_a_front_is_simulated_with_its_policy_and_its_configs_scheduler_table(
     one = tmp_path / "one.toml"
     one.write_text('[scheduler]\nnum_queues = 1\nlevel_order = "program"\n')
     args = argparse.Namespace(llama_front=[("plas", 1, str(one)), ("atlas", None, None)])
-    schedulers = llama_schedulers(args)
+    schedulers = system_schedulers(args)
     assert schedulers["llama.cpp"].policy == "fcfs"
     front = schedulers["agentrt/plas@1[one]+llama.cpp"]
     assert (front.policy, front.num_queues, front.level_order) == ("plas", 1, "program")
     assert schedulers["agentrt/atlas+llama.cpp"] == SchedulerConfig(policy="atlas")
     args = argparse.Namespace(llama_front=[("plas", None, str(tmp_path / "missing.toml"))])
     with pytest.raises(ValueError, match=r"missing\.toml"):
-        llama_schedulers(args)
+        system_schedulers(args)
 
 
 def test_the_relay_benchmark_counts_every_token(tmp_path: Path) -> None:
