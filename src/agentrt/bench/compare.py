@@ -153,9 +153,9 @@ def parse_retention(text: str) -> list[str]:
 
 def _agentrt_entries(args: argparse.Namespace) -> list[tuple[str, str, str | None, str | None]]:
     """(label, policy, config file, retention mode) of every agentrt server of ``args``."""
-    modes = getattr(args, "kv_retention", None) or [None]
+    modes = args.kv_retention or [None]
     entries = []
-    for entry in getattr(args, "policies", []):
+    for entry in args.policies:
         policy, config = split_config(entry)
         for mode in modes:
             label = f"agentrt/{policy}{_settings(config)}" + (f"+kv-{mode}" if mode else "")

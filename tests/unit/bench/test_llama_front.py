@@ -174,13 +174,15 @@ def test_a_front_is_simulated_with_its_policy_and_its_configs_scheduler_table(
 ) -> None:
     one = tmp_path / "one.toml"
     one.write_text('[scheduler]\nnum_queues = 1\nlevel_order = "program"\n')
-    args = argparse.Namespace(llama_front=[("plas", 1, str(one)), ("atlas", None, None)])
+    fronts = [("plas", 1, str(one)), ("atlas", None, None)]
+    args = argparse.Namespace(policies=[], kv_retention=None, llama_front=fronts)
     schedulers = system_schedulers(args)
     assert schedulers["llama.cpp"].policy == "fcfs"
     front = schedulers["agentrt/plas@1[one]+llama.cpp"]
     assert (front.policy, front.num_queues, front.level_order) == ("plas", 1, "program")
     assert schedulers["agentrt/atlas+llama.cpp"] == SchedulerConfig(policy="atlas")
-    args = argparse.Namespace(llama_front=[("plas", None, str(tmp_path / "missing.toml"))])
+    fronts = [("plas", None, str(tmp_path / "missing.toml"))]
+    args = argparse.Namespace(policies=[], kv_retention=None, llama_front=fronts)
     with pytest.raises(ValueError, match=r"missing\.toml"):
         system_schedulers(args)
 
