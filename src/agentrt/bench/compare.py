@@ -92,26 +92,55 @@ def parse_policies(text: str) -> list[str]:
     return entries
 
 
-def parse_fronts(text: str) -> list[tuple[str, int | None, str | None]]:
-    """``POLICY[@AHEAD][:CONFIG.toml],...`` -> [(policy, queue_ahead or None for the backend's
-    default, the front's ``--config`` file or None)]."""
-    fronts: list[tuple[str, int | None, str | None]] = []
+SLOT_SAVE = "slot-save"
+
+
+@dataclasses.dataclass(frozen=True)
+class Front:
+    """agentrt in front of a freshly started llama.cpp server: one ``--llama-front`` entry."""
+
+    policy: str
+    ahead: int | None = None  # calls queued ahead at the server; None: the backend's default
+    config: str | None = None  # the front's --config file
+    slot_save: bool = False  # the server saves slots (--slot-save-path) and the front uses it
+
+    @property
+    def label(self) -> str:
+        ahead = "" if self.ahead is None else f"@{self.ahead}"
+        save = f"+{SLOT_SAVE}" if self.slot_save else ""
+        return f"agentrt/{self.policy}{ahead}{save}{_settings(self.config)}+llama.cpp"
+
+    def backend_spec(self, root: str) -> str:
+        """The front's ``--backend`` for the server at ``root``."""
+        options = [] if self.ahead is None else [f"queue_ahead={self.ahead}"]
+        if self.slot_save:
+            options.append("slot_save=1")
+        return ",".join([f"llamacpp+{root}", *options])
+
+
+def parse_fronts(text: str) -> list[Front]:
+    """``POLICY[@AHEAD][+slot-save][:CONFIG.toml],...`` -> one :class:`Front` per entry."""
+    fronts: list[Front] = []
     for entry in (e.strip() for e in text.split(",") if e.strip()):
         head, config = split_config(entry)
+        head, plus, option = head.partition("+")
+        if plus and option != SLOT_SAVE:
+            raise argparse.ArgumentTypeError(f"expected POLICY[@N]+{SLOT_SAVE}, got {entry!r}")
         policy, sep, ahead = head.partition("@")
         if sep and not ahead.isdigit():
             raise argparse.ArgumentTypeError(f"expected POLICY@N with N >= 0 calls queued ahead, got {entry!r}")
+        if plus and sep and int(ahead) > 0:
+            raise argparse.ArgumentTypeError(
+                f"{entry!r}: a front that saves slots sends no call ahead (a call sent ahead would take "
+                "a slot before its context could be saved): drop @N or use @0"
+            )
         parse_policies(policy)
-        fronts.append((policy, int(ahead) if sep else None, config))
+        fronts.append(Front(policy, int(ahead) if sep else None, config, slot_save=bool(plus)))
     return fronts
 
 
 def _settings(config: str | None) -> str:
     return "" if config is None else f"[{Path(config).stem}]"
-
-
-def front_label(policy: str, ahead: int | None, config: str | None = None) -> str:
-    return f"agentrt/{policy}{'' if ahead is None else f'@{ahead}'}{_settings(config)}+llama.cpp"
 
 
 def _scheduler_of(policy: str, config: str | None) -> Any:
@@ -133,8 +162,8 @@ def system_schedulers(args: argparse.Namespace) -> dict[str, Any]:
     from agentrt.scheduling import SchedulerConfig
 
     schedulers: dict[str, Any] = {"llama.cpp": SchedulerConfig(policy="fcfs")}
-    for policy, ahead, config in args.llama_front:
-        schedulers[front_label(policy, ahead, config)] = _scheduler_of(policy, config)
+    for front in args.llama_front:
+        schedulers[front.label] = _scheduler_of(front.policy, front.config)
     for label, policy, config, _ in _agentrt_entries(args):
         if config is not None:
             schedulers[label] = _scheduler_of(policy, config)
@@ -209,11 +238,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-json", default=None, metavar="FILE",
                         help="report (and --simulate) a saved `bench compare --json` run instead of measuring")
     llama_server.add_arguments(parser)
-    parser.add_argument("--llama-front", type=parse_fronts, default=[], metavar="POLICY[@AHEAD][:FILE],...",
+    parser.add_argument("--llama-front", type=parse_fronts, default=[], metavar="POLICY[@AHEAD][+slot-save][:FILE],...",
                         help="with --llama-server: also `agentrt serve --backend llamacpp+URL` in front of "
                         "a freshly started llama-server, one per entry (comma list); @AHEAD sets the calls "
                         "it queues ahead at the server (the backend's queue_ahead; default: its default); "
-                        ":FILE.toml is the front's --config (e.g. its [scheduler] table)")
+                        "+slot-save starts that server with --slot-save-path and has the front save a "
+                        "program's slot when another takes it and restore it for its next call "
+                        "(slot_save=1); :FILE.toml is the front's --config (e.g. its [scheduler] table)")
     parser.add_argument("--both-orders", action="store_true",
                         help="run every rate twice on fresh servers, the second time with the systems in "
                         "reverse order: a drift in the host's load then favours neither side (each system "
@@ -432,19 +463,25 @@ def measure(args: argparse.Namespace, console: Any) -> list[SystemResult] | None
                         return None
                     targets.append(Target(label="llama.cpp", base_url=url, model=args.model or "",
                                           extra_body=extra, queue_metrics=url.removesuffix("/v1")))
-                for policy, ahead, config in args.llama_front if llama is not None else []:
+                for front in args.llama_front if llama is not None else []:
                     assert llama is not None
                     try:
-                        engine = servers.enter_context(llama_server.llama_server(llama, args.startup_timeout))
+                        server = llama
+                        if front.slot_save:
+                            saves = servers.enter_context(tempfile.TemporaryDirectory(prefix="llama-slots-"))
+                            server = dataclasses.replace(
+                                llama, extra_args=[*llama.extra_args, "--slot-save-path", saves]
+                            )
+                        engine = servers.enter_context(llama_server.llama_server(server, args.startup_timeout))
                         root = engine.removesuffix("/v1")
-                        spec = f"llamacpp+{root}" + ("" if ahead is None else f",queue_ahead={ahead}")
-                        front_args = ["--backend", spec, *([] if config is None else ["--config", config])]
-                        url = servers.enter_context(agentrt_server(policy, front_args, args.startup_timeout))
+                        front_args = ["--backend", front.backend_spec(root),
+                                      *([] if front.config is None else ["--config", front.config])]
+                        url = servers.enter_context(agentrt_server(front.policy, front_args, args.startup_timeout))
                     except (llama_server.LlamaServerError, ServerStartError) as e:
                         progress.stop()
                         console.print(f"[red]error:[/red] {e}")
                         return None
-                    targets.append(Target(label=front_label(policy, ahead, config), base_url=url,
+                    targets.append(Target(label=front.label, base_url=url,
                                           model=args.model or "", extra_body=extra, queue_metrics=root))
                 offset = time.monotonic() - began
                 one_rate = argparse.Namespace(**{**vars(args), "rates": [rate]})

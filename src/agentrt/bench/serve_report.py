@@ -100,11 +100,13 @@ def print_runs(console: Any, systems: Sequence[Any]) -> None:
 
 
 def print_kv(console: Any, systems: Sequence[Any]) -> None:
-    """The prefix cache and KV retention per (system, rate), for servers that report them."""
+    """The prefix cache and KV retention per (system, rate), for servers that report them (a front
+    that saves llama.cpp's slots reports its saves as contexts lost and its restores)."""
     from rich.markup import escape
     from rich.table import Table
 
-    rows = [(s.label, r) for s in systems for r in s.runs if r.server is not None and r.server.prefix_queries > 0]
+    rows = [(s.label, r) for s in systems for r in s.runs
+            if r.server is not None and (r.server.prefix_queries > 0 or r.server.kv_contexts_lost > 0)]
     if not rows:
         return
     table = Table(title="prefix cache and KV retention (agentrt servers, counted over each run)")

@@ -5,7 +5,9 @@ list per start) so a test can check what the benchmark asked for, answers
 ``/health`` 503 for a moment as llama.cpp does while it loads, and serves
 ``/props`` with the ``--model`` path like the real server. Like it, it runs
 at most ``--parallel`` calls and queues the rest first come, first served,
-and with ``--metrics`` counts both at ``/metrics``. ``$FAKE_LLAMA_TOKEN_DELAY``
+and with ``--metrics`` counts both at ``/metrics``. With ``--slot-save-path`` it
+takes ``/slots/{id}?action=save|restore`` as the real server does (a save writes
+the file, a restore of a file never saved answers 400). ``$FAKE_LLAMA_TOKEN_DELAY``
 (seconds, default 0.001) paces its tokens, so that a benchmark can load it.
 """
 
@@ -16,6 +18,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -38,6 +41,7 @@ def main() -> None:
     parser.add_argument("--ctx-size", type=int)
     parser.add_argument("--no-webui", action="store_true")
     parser.add_argument("--metrics", action="store_true")
+    parser.add_argument("--slot-save-path")
     args, _ = parser.parse_known_args()
     with open(os.environ["FAKE_LLAMA_ARGV"], "a") as f:
         f.write(json.dumps(sys.argv[1:]) + "\n")
@@ -61,10 +65,28 @@ def main() -> None:
                 f"llamacpp:requests_deferred {stats.waiting}\n"
             )
             await PlainTextResponse(text)(scope, receive, send)
+        elif path is not None and path.startswith("/slots/") and args.slot_save_path:
+            await slot_action(args.slot_save_path, scope, receive, send)
         else:
             await app(scope, receive, send)
 
     uvicorn.run(root, host=args.host, port=args.port, log_level="warning")
+
+
+async def slot_action(directory: str, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    message = await receive()
+    filename = json.loads(message["body"])["filename"]
+    action = scope["query_string"].decode().removeprefix("action=")
+    saved = Path(directory) / filename
+    if action == "save":
+        saved.write_text(scope["path"])
+    elif not saved.is_file():
+        body = {"error": {"code": 400, "message": "failed to load slot state from file"}}
+        await JSONResponse(body, status_code=400)(scope, receive, send)
+        return
+    await JSONResponse({"id_slot": int(scope["path"].removeprefix("/slots/")), "filename": filename})(
+        scope, receive, send
+    )
 
 
 if __name__ == "__main__":

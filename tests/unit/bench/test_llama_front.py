@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tests.unit.bench.llama_fakes import fake_llama_binary, flag, starts, write_gguf
 
-from agentrt.bench.compare import parse_fronts, system_schedulers
+from agentrt.bench.compare import Front, parse_fronts, system_schedulers
 from agentrt.bench.engine_queue import parse_metrics
 from agentrt.bench.replay import predict
 from agentrt.bench.serve import load_result
@@ -76,6 +76,33 @@ def test_both_orders_runs_each_rate_again_with_the_systems_reversed(
     assert len(starts(tmp_path)) == 4  # fresh servers for each turn
 
 
+def test_a_front_that_saves_slots_gets_a_server_with_a_save_path_and_restores_contexts_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One slot, three programs of three turns: each turn after another program's takes the slot
+    back, so the front saves the program that held it and restores the one it serves."""
+    binary = fake_llama_binary(tmp_path, monkeypatch)
+    monkeypatch.setenv("FAKE_LLAMA_TOKEN_DELAY", "0.003")
+    out = tmp_path / "compare.json"
+    model = write_gguf(tmp_path / "m.gguf", tied=True)
+    code = main([
+        "bench", "compare", "--policies", "", "--llama-server", str(binary), "--llama-front", "fcfs+slot-save",
+        "--llama-model", str(model), "--llama-threads", "1", "--llama-slots", "1",
+        "--workload", "chat", "--size", "small", "--num-programs", "3", "--rate", "50", "--json", str(out),
+        "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    _, front = json.loads(out.read_text())["systems"]
+    assert front["label"] == "agentrt/fcfs+slot-save+llama.cpp"
+    [run] = front["runs"]
+    assert (run["completed"], run["errors"]) == (3, 0)
+    counters = run["server"]
+    assert counters["kv_contexts_lost"] >= 1 and 1 <= counters["kv_contexts_restored"] <= counters["kv_contexts_lost"]
+    assert "prefix cache and KV retention" in capsys.readouterr().out  # the saves are reported
+    plain, saving = starts(tmp_path)
+    assert "--slot-save-path" not in plain and Path(flag(saving, "--slot-save-path")).name.startswith("llama-slots-")
+
+
 def test_a_front_needs_the_llama_server_it_stands_in_front_of(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -104,14 +131,20 @@ def test_a_fronts_config_file_is_the_one_its_server_runs_with(
 
 
 def test_front_entries_name_a_policy_and_optionally_the_calls_queued_ahead_and_a_config() -> None:
-    assert parse_fronts("plas, atlas@2,fcfs@0,plas@1:one.toml,atlas:d/x.toml") == [
-        ("plas", None, None),
-        ("atlas", 2, None),
-        ("fcfs", 0, None),
-        ("plas", 1, "one.toml"),
-        ("atlas", None, "d/x.toml"),
+    fronts = parse_fronts("plas, atlas@2,fcfs@0,plas@1:one.toml,atlas:d/x.toml,plas+slot-save,gittins@0+slot-save:o.toml")
+    assert fronts == [
+        Front("plas"),
+        Front("atlas", 2),
+        Front("fcfs", 0),
+        Front("plas", 1, "one.toml"),
+        Front("atlas", None, "d/x.toml"),
+        Front("plas", slot_save=True),
+        Front("gittins", 0, "o.toml", slot_save=True),
     ]
-    for bad in ("plas@", "plas@-1", "nope@1", "plas:", "plas@x:one.toml"):
+    assert [f.label for f in fronts[-2:]] == ["agentrt/plas+slot-save+llama.cpp", "agentrt/gittins@0+slot-save[o]+llama.cpp"]
+    assert fronts[-1].backend_spec("http://h:1") == "llamacpp+http://h:1,queue_ahead=0,slot_save=1"
+    assert fronts[3].backend_spec("http://h:1") == "llamacpp+http://h:1,queue_ahead=1"
+    for bad in ("plas@", "plas@-1", "nope@1", "plas:", "plas@x:one.toml", "plas+save", "plas@1+slot-save"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_fronts(bad)
 
@@ -174,14 +207,14 @@ def test_a_front_is_simulated_with_its_policy_and_its_configs_scheduler_table(
 ) -> None:
     one = tmp_path / "one.toml"
     one.write_text('[scheduler]\nnum_queues = 1\nlevel_order = "program"\n')
-    fronts = [("plas", 1, str(one)), ("atlas", None, None)]
+    fronts = [Front("plas", 1, str(one)), Front("atlas")]
     args = argparse.Namespace(policies=[], kv_retention=None, llama_front=fronts)
     schedulers = system_schedulers(args)
     assert schedulers["llama.cpp"].policy == "fcfs"
     front = schedulers["agentrt/plas@1[one]+llama.cpp"]
     assert (front.policy, front.num_queues, front.level_order) == ("plas", 1, "program")
     assert schedulers["agentrt/atlas+llama.cpp"] == SchedulerConfig(policy="atlas")
-    fronts = [("plas", None, str(tmp_path / "missing.toml"))]
+    fronts = [Front("plas", None, str(tmp_path / "missing.toml"))]
     args = argparse.Namespace(policies=[], kv_retention=None, llama_front=fronts)
     with pytest.raises(ValueError, match=r"missing\.toml"):
         system_schedulers(args)

@@ -285,6 +285,10 @@ async def test_a_program_whose_slot_is_taken_is_saved_and_then_restored() -> Non
             assert remote.admission.ahead == 0  # calls sent ahead could not be saved first
             for call_id, program in (("a1", "a"), ("a2", "a"), ("b1", "b"), ("a3", "a")):
                 await collect(router, chat(call_id, "hi", program=program))
+            # Counted where the KV counters of an embedded engine are: two slots taken, both
+            # contexts saved, one restored.
+            stats = router.stats()
+            assert (stats.kv_contexts_lost, stats.kv_contexts_offloaded, stats.kv_contexts_restored) == (2, 2, 1)
     assert [b["id_slot"] for b in bodies] == [0, 0, 0, 0]
     (slot_a, save_a, file_a), (slot_b, save_b, file_b), (slot_r, restore, file_r) = actions
     assert (save_a, save_b, restore) == ("save", "save", "restore")
@@ -302,6 +306,8 @@ async def test_without_a_save_path_the_call_runs_and_is_recomputed() -> None:
                 assert events[-1].finish_reason == "stop"
             slots = remote.admission._slots
             assert slots is not None and not slots.saved  # A's save failed: nothing to restore
+            stats = remote.stats()
+            assert (stats.kv_contexts_lost, stats.kv_contexts_offloaded, stats.kv_contexts_restored) == (2, 0, 0)
     assert len(bodies) == 3
 
 

@@ -207,6 +207,11 @@ class RemoteBackend:
         self._down_reason = "not started"
         self._models: list[ModelInfo] = []
         self._running = 0
+        # llama.cpp slot save/restore: threads whose slot was given to another (the save
+        # asked for), contexts saved, and contexts restored for their thread's next call.
+        self._slots_lost = 0
+        self._slots_saved = 0
+        self._slots_restored = 0
         self._run_scope: anyio.CancelScope | None = None
         self._tool_route = True  # False once the server answered that it has no tool route
 
@@ -408,12 +413,16 @@ class RemoteBackend:
     async def _swap_slot(self, client: httpx.AsyncClient, grant: Grant) -> None:
         """Save the context of the thread the slot held, then restore the granted thread's."""
         assert grant.slot is not None
-        if grant.save is not None and not await self._slot_action(
-            client, grant.slot, "save", grant.save
+        if grant.save is not None:
+            self._slots_lost += 1
+            if await self._slot_action(client, grant.slot, "save", grant.save):
+                self._slots_saved += 1
+            else:
+                self.admission.unsaved(grant.save)
+        if grant.restore is not None and await self._slot_action(
+            client, grant.slot, "restore", grant.restore
         ):
-            self.admission.unsaved(grant.save)
-        if grant.restore is not None:
-            await self._slot_action(client, grant.slot, "restore", grant.restore)
+            self._slots_restored += 1
 
     async def _slot_action(
         self, client: httpx.AsyncClient, slot: int, action: str, key: str
@@ -450,7 +459,13 @@ class RemoteBackend:
             )
 
     def stats(self) -> EngineStats:
-        return EngineStats(running=self._running, waiting=self.admission.waiting)
+        return EngineStats(
+            running=self._running,
+            waiting=self.admission.waiting,
+            kv_contexts_lost=self._slots_lost,
+            kv_contexts_offloaded=self._slots_saved,
+            kv_contexts_restored=self._slots_restored,
+        )
 
     def models(self) -> list[ModelInfo]:
         return list(self._models)
