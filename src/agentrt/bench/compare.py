@@ -376,13 +376,14 @@ def print_engine_queues(console: Any, systems: list[SystemResult]) -> None:
         return
     table = Table(title="the engine's own queue (llama.cpp /metrics, sampled through each run)")
     for column in ("system", "rate/s", "running (mean)", "queued (mean)", "queued (max)",
-                   "time queue non-empty", "samples"):
+                   "time queue non-empty", "prompt tokens computed", "samples"):
         table.add_column(column, justify="left" if column == "system" else "right")
     for label, run in rows:
         q = run.engine_queue
         assert q is not None
         table.add_row(escape(label), f"{run.rate:g}", f"{q.processing_mean:.2f}", f"{q.deferred_mean:.2f}",
-                      f"{q.deferred_max:.0f}", f"{q.deferred_share:.0%}", str(q.samples))
+                      f"{q.deferred_max:.0f}", f"{q.deferred_share:.0%}",
+                      "-" if q.prompt_tokens is None else f"{q.prompt_tokens:.0f}", str(q.samples))
     console.print(table)
 
 

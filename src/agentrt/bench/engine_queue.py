@@ -5,7 +5,10 @@ engine having a queue at all: below its slot count every call runs at once.
 llama.cpp's server started with ``--metrics`` reports the calls it runs
 (``llamacpp:requests_processing``) and the ones it holds back for want of a
 slot (``llamacpp:requests_deferred``) at ``/metrics``; :func:`sampled` polls
-them through a run and summarises the samples.
+them through a run and summarises the samples. Its count of prompt tokens
+processed (``llamacpp:prompt_tokens_total``, which leaves out the prefix a
+slot or its prompt cache already held) gives the prompt tokens the engine
+computed during the run: what a front's slot choice saves or costs it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import msgspec
 
 PROCESSING = "llamacpp:requests_processing"
 DEFERRED = "llamacpp:requests_deferred"
+PROMPT_TOKENS = "llamacpp:prompt_tokens_total"
 
 
 class EngineQueue(msgspec.Struct, kw_only=True):
@@ -29,38 +33,48 @@ class EngineQueue(msgspec.Struct, kw_only=True):
     deferred_mean: float  # calls waiting in its own queue
     deferred_max: float
     deferred_share: float  # share of samples with a non-empty queue
+    # Prompt tokens it computed between the first and last samples (None: not reported).
+    prompt_tokens: float | None = None
 
 
-def parse_metrics(text: str) -> tuple[float, float] | None:
-    """(processing, deferred) from a Prometheus exposition, None when either is missing."""
+class Sample(msgspec.Struct, frozen=True):
+    processing: float
+    deferred: float
+    prompt_tokens: float | None = None
+
+
+def parse_metrics(text: str) -> Sample | None:
+    """The engine's counts from a Prometheus exposition, None when a queue count is missing."""
     values: dict[str, float] = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        if name in (PROCESSING, DEFERRED):
+        if name in (PROCESSING, DEFERRED, PROMPT_TOKENS):
             try:
                 values[name] = float(value)
             except ValueError:
                 return None
-    if len(values) < 2:
+    if PROCESSING not in values or DEFERRED not in values:
         return None
-    return values[PROCESSING], values[DEFERRED]
+    return Sample(values[PROCESSING], values[DEFERRED], values.get(PROMPT_TOKENS))
 
 
 class _Samples:
     def __init__(self) -> None:
-        self.points: list[tuple[float, float]] = []
+        self.points: list[Sample] = []
 
     def summary(self) -> EngineQueue | None:
         points = self.points
         if not points:
             return None
-        deferred = [d for _, d in points]
+        deferred = [p.deferred for p in points]
+        first, last = points[0].prompt_tokens, points[-1].prompt_tokens
         return EngineQueue(
             samples=len(points),
-            processing_mean=sum(p for p, _ in points) / len(points),
+            processing_mean=sum(p.processing for p in points) / len(points),
             deferred_mean=sum(deferred) / len(points),
             deferred_max=max(deferred),
             deferred_share=sum(d > 0 for d in deferred) / len(points),
+            prompt_tokens=None if first is None or last is None else last - first,
         )
 
 

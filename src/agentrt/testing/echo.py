@@ -96,6 +96,7 @@ class EchoEngine:
         self._blocks: dict[str, int] = {}  # call id -> KV blocks held
         self._abort_requested: set[str] = set()
         self._generated = 0
+        self.prompt_tokens = 0  # prompt tokens of every call run (it caches none: all computed)
         self._closed = False
 
     # ------------------------------------------------------------------ EngineClient
@@ -134,6 +135,7 @@ class EchoEngine:
         self.requests.append(request)
         call_id = request.call_id
         self._blocks[call_id] = self._blocks_for(prompt_len)
+        self.prompt_tokens += prompt_len
         finished = False
         try:
             if self.first_token_delay:

@@ -5,7 +5,7 @@ list per start) so a test can check what the benchmark asked for, answers
 ``/health`` 503 for a moment as llama.cpp does while it loads, and serves
 ``/props`` with the ``--model`` path like the real server. Like it, it runs
 at most ``--parallel`` calls and queues the rest first come, first served,
-and with ``--metrics`` counts both at ``/metrics``. With ``--slot-save-path`` it
+and with ``--metrics`` counts both, and the prompt tokens it ran, at ``/metrics``. With ``--slot-save-path`` it
 takes ``/slots/{id}?action=save|restore`` as the real server does (a save writes
 the file, a restore of a file never saved answers 400). ``$FAKE_LLAMA_TOKEN_DELAY``
 (seconds, default 0.001) paces its tokens, so that a benchmark can load it.
@@ -63,6 +63,7 @@ def main() -> None:
             text = (
                 f"llamacpp:requests_processing {stats.running}\n"
                 f"llamacpp:requests_deferred {stats.waiting}\n"
+                f"llamacpp:prompt_tokens_total {engine.prompt_tokens}\n"
             )
             await PlainTextResponse(text)(scope, receive, send)
         elif path is not None and path.startswith("/slots/") and args.slot_save_path:

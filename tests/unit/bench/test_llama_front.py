@@ -11,7 +11,7 @@ import pytest
 from tests.unit.bench.llama_fakes import fake_llama_binary, flag, starts, write_gguf
 
 from agentrt.bench.compare import Front, parse_fronts, system_schedulers
-from agentrt.bench.engine_queue import parse_metrics
+from agentrt.bench.engine_queue import Sample, parse_metrics
 from agentrt.bench.replay import predict
 from agentrt.bench.serve import load_result
 from agentrt.cli import main
@@ -21,7 +21,8 @@ from agentrt.sim.profile import load_profile
 
 def test_the_engines_counts_are_read_from_its_metrics() -> None:
     text = "# HELP llamacpp:requests_processing x\nllamacpp:requests_processing 4\nllamacpp:requests_deferred 2\n"
-    assert parse_metrics(text) == (4.0, 2.0)
+    assert parse_metrics(text) == Sample(4.0, 2.0)
+    assert parse_metrics(text + "llamacpp:prompt_tokens_total 120\n") == Sample(4.0, 2.0, 120.0)
     assert parse_metrics("llamacpp:requests_processing 4\n") is None
     assert parse_metrics("llamacpp:requests_processing four\nllamacpp:requests_deferred 0") is None
 
@@ -50,6 +51,7 @@ def test_compare_puts_agentrt_in_front_of_its_own_fresh_llama_server(
         assert (run["completed"], run["errors"]) == (3, 0)
         queue = run["engine_queue"]
         assert queue["samples"] >= 1 and queue["processing_mean"] <= 2
+        assert queue["prompt_tokens"] > 0  # the engine's count of prompt tokens, over the run
     # Three fresh servers, each with --metrics; agentrt keeps at most its calls queued ahead there.
     assert len(starts(tmp_path)) == 3
     assert all("--metrics" in argv and flag(argv, "--parallel") == "2" for argv in starts(tmp_path))
