@@ -38,6 +38,8 @@ class EngineQueue(msgspec.Struct, kw_only=True):
 
 
 class Sample(msgspec.Struct, frozen=True):
+    """One poll of the engine's ``/metrics``."""
+
     processing: float
     deferred: float
     prompt_tokens: float | None = None

@@ -5,10 +5,11 @@ list per start) so a test can check what the benchmark asked for, answers
 ``/health`` 503 for a moment as llama.cpp does while it loads, and serves
 ``/props`` with the ``--model`` path like the real server. Like it, it runs
 at most ``--parallel`` calls and queues the rest first come, first served,
-and with ``--metrics`` counts both, and the prompt tokens it ran, at ``/metrics``. With ``--slot-save-path`` it
-takes ``/slots/{id}?action=save|restore`` as the real server does (a save writes
-the file, a restore of a file never saved answers 400). ``$FAKE_LLAMA_TOKEN_DELAY``
-(seconds, default 0.001) paces its tokens, so that a benchmark can load it.
+and with ``--metrics`` counts both, and the prompt tokens it ran, at
+``/metrics``. With ``--slot-save-path`` it takes ``/slots/{id}?action=save|restore``
+as the real server does (a save writes the file, a restore of a file never
+saved answers 400). ``$FAKE_LLAMA_TOKEN_DELAY`` (seconds, default 0.001) paces
+its tokens, so that a benchmark can load it.
 """
 
 from __future__ import annotations
