@@ -82,7 +82,10 @@ MIXED = ("chat", "react", "tree_search")
 # Program sizes. ``full``: the agents' defaults, shaped like the paper's workloads (BFCL
 # ~10 calls of ~700 prompt / ~34 decode tokens, LATS parallel expansions, ShareGPT
 # multi-turn replies). ``small``: the same shapes with fewer steps and shorter decodes,
-# so that a CPU-only machine reaches load within minutes.
+# so that a CPU-only machine reaches load within minutes. ``varied``: small's calls, with
+# programs about as unequal as the paper's: every turn of a ShareGPT conversation (up to 8)
+# and of a BFCL task, and tree searches several times longer than those, each with its own
+# iteration budget drawn (see ``_program_config``).
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "react": react.ReactConfig(),
@@ -101,6 +104,16 @@ SIZES: dict[str, dict[str, Any]] = {
         "map_reduce": map_reduce.MapReduceConfig(fan_out=3, plan_tokens=32, map_tokens=32, reduce_tokens=32),
     },
 }
+SIZES["varied"] = {
+    **SIZES["small"],
+    "react": react.ReactConfig(max_steps=2, max_tokens=24),
+    "chat": chat.ChatConfig(max_turns=8, max_reply_tokens=48, max_message_chars=600),
+    # ``iterations`` is the mean of the drawn budgets; no grade ends a search early, so the
+    # budget alone sets its length, as in the simulator's LATS.
+    "tree_search": tree_search.TreeSearchConfig(width=3, iterations=12, max_depth=4, step_tokens=24, grade_tokens=4,
+                                                answer_tokens=32, solved=float("inf")),
+}
+VARIED_ITERATIONS_SHAPE = 2.0  # gamma shape of a varied tree search's iteration budget (the simulator's LATS)
 
 
 @dataclass(frozen=True)
@@ -139,4 +152,19 @@ def sample_programs(
     else:
         raise ValueError(f"unknown workload {workload!r}; expected one of {[*WORKLOADS, 'mixed']}")
     tasks = {k: iter(WORKLOADS[k].load_tasks(kinds.count(k), seed)) for k in set(kinds)}
-    return [ProgramSpec(i, k, next(tasks[k]), seed * 100_003 + i, configs[k]) for i, k in enumerate(kinds)]
+    seeds = [seed * 100_003 + i for i in range(count)]
+    return [ProgramSpec(i, k, next(tasks[k]), seeds[i], _program_config(k, configs[k], size, seeds[i]))
+            for i, k in enumerate(kinds)]
+
+
+def _program_config(kind: str, config: Any, size: str, seed: int) -> Any:
+    """The program's own config: at ``varied`` a tree search draws its iteration budget.
+
+    The budget is gamma distributed around the size's ``iterations`` as the
+    simulator's LATS draws its iterations (shape 2), so a few searches run far
+    longer than the typical program; the tree's open nodes bound it."""
+    if size != "varied" or kind != "tree_search":
+        return config
+    mean = config.iterations
+    budget = random.Random(seed).gammavariate(VARIED_ITERATIONS_SHAPE, mean / VARIED_ITERATIONS_SHAPE)
+    return dataclasses.replace(config, iterations=max(1, round(budget)))

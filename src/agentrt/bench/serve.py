@@ -92,7 +92,7 @@ def parse_rates(text: str) -> list[float]:
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that define the offered load (shared with ``bench compare``)."""
-    from agentrt.agents.react import TOOL_POLICIES
+    from agentrt.agents import SIZES, TOOL_POLICIES
 
     parser.add_argument("--workload", choices=WORKLOAD_CHOICES, default="mixed")
     rates = parser.add_mutually_exclusive_group()
@@ -101,8 +101,9 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=None, help="arrivals stop after this many seconds")
     parser.add_argument("--num-programs", type=int, default=None, help="programs per rate (default 20 without --duration)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", choices=("full", "small"), default="full",
-                        help="program sizes: full (the paper's shapes) or small (same shapes, fewer/shorter calls)")
+    parser.add_argument("--size", choices=tuple(SIZES), default="full",
+                        help="program sizes: full (the paper's shapes), small (same shapes, fewer/shorter calls) "
+                        "or varied (small's calls, programs as unequal in length as the paper's)")
     parser.add_argument(
         "--tool-policy", choices=TOOL_POLICIES, default="model",
         help="ReAct programs: run the tools the model calls (model), or each BFCL task's ground-truth "
