@@ -84,8 +84,8 @@ MIXED = ("chat", "react", "tree_search")
 # multi-turn replies). ``small``: the same shapes with fewer steps and shorter decodes,
 # so that a CPU-only machine reaches load within minutes. ``varied``: small's calls, with
 # programs about as unequal as the paper's: every turn of a ShareGPT conversation (up to 8)
-# and of a BFCL task, and tree searches several times longer than those, each with its own
-# iteration budget drawn (see ``_program_config``).
+# and of a BFCL task, and tree searches several times longer than those, each drawing its
+# own iteration budget (``TreeSearchConfig.iterations_shape``).
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "react": react.ReactConfig(),
@@ -108,12 +108,12 @@ SIZES["varied"] = {
     **SIZES["small"],
     "react": react.ReactConfig(max_steps=2, max_tokens=24),
     "chat": chat.ChatConfig(max_turns=8, max_reply_tokens=48, max_message_chars=600),
-    # ``iterations`` is the mean of the drawn budgets; no grade ends a search early, so the
-    # budget alone sets its length, as in the simulator's LATS.
-    "tree_search": tree_search.TreeSearchConfig(width=3, iterations=12, max_depth=4, step_tokens=24, grade_tokens=4,
-                                                answer_tokens=32, solved=float("inf")),
+    # No grade ends a search early, so its drawn budget alone sets its length, as in the
+    # simulator's LATS; the tree's open nodes bound it.
+    "tree_search": tree_search.TreeSearchConfig(width=3, iterations=12, iterations_shape=2.0, max_depth=4,
+                                                step_tokens=24, grade_tokens=4, answer_tokens=32,
+                                                solved=float("inf")),
 }
-VARIED_ITERATIONS_SHAPE = 2.0  # gamma shape of a varied tree search's iteration budget (the simulator's LATS)
 
 
 @dataclass(frozen=True)
@@ -153,18 +153,4 @@ def sample_programs(
         raise ValueError(f"unknown workload {workload!r}; expected one of {[*WORKLOADS, 'mixed']}")
     tasks = {k: iter(WORKLOADS[k].load_tasks(kinds.count(k), seed)) for k in set(kinds)}
     seeds = [seed * 100_003 + i for i in range(count)]
-    return [ProgramSpec(i, k, next(tasks[k]), seeds[i], _program_config(k, configs[k], size, seeds[i]))
-            for i, k in enumerate(kinds)]
-
-
-def _program_config(kind: str, config: Any, size: str, seed: int) -> Any:
-    """The program's own config: at ``varied`` a tree search draws its iteration budget.
-
-    The budget is gamma distributed around the size's ``iterations`` as the
-    simulator's LATS draws its iterations (shape 2), so a few searches run far
-    longer than the typical program; the tree's open nodes bound it."""
-    if size != "varied" or kind != "tree_search":
-        return config
-    mean = config.iterations
-    budget = random.Random(seed).gammavariate(VARIED_ITERATIONS_SHAPE, mean / VARIED_ITERATIONS_SHAPE)
-    return dataclasses.replace(config, iterations=max(1, round(budget)))
+    return [ProgramSpec(i, k, next(tasks[k]), seeds[i], configs[k]) for i, k in enumerate(kinds)]

@@ -17,6 +17,7 @@ Run it alone::
 
 from __future__ import annotations
 
+import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,13 +30,24 @@ from agentrt.agents.questions import load_questions, parse_score
 @dataclass(frozen=True)
 class TreeSearchConfig:
     width: int = 3  # branches per expansion, one thread each
-    iterations: int = 3  # expansions before answering
+    iterations: int = 3  # expansions before answering (their mean when ``iterations_shape`` is set)
     max_depth: int = 3
     step_tokens: int = 64
     grade_tokens: int = 8
     answer_tokens: int = 96
     temperature: float = 0.8
     solved: float = 0.9  # a grade at or above this ends the search
+    # A gamma shape: each search draws its own budget from its seed, around ``iterations``
+    # (the simulator's LATS draws its iterations with shape 2), so a few run far longer
+    # than the typical one. None: every search runs ``iterations``.
+    iterations_shape: float | None = None
+
+    def budget(self, seed: int) -> int:
+        """The expansions a search with this seed runs at most."""
+        if self.iterations_shape is None:
+            return self.iterations
+        shape = self.iterations_shape
+        return max(1, round(random.Random(seed).gammavariate(shape, self.iterations / shape)))
 
 
 @dataclass
@@ -81,7 +93,7 @@ def search(question: str, llm: LLM, config: TreeSearchConfig = TreeSearchConfig(
     frontier = [root]
     best = root
     with ThreadPoolExecutor(max_workers=config.width, thread_name_prefix="tree-search") as pool:
-        for iteration in range(config.iterations):
+        for iteration in range(config.budget(seed)):
             if not frontier:
                 break
             node = max(frontier, key=lambda n: n.score)

@@ -131,25 +131,27 @@ def test_map_reduce_fans_out_to_n_threads_then_reduces(server) -> None:
 
 def test_varied_size_gives_each_tree_search_its_own_iteration_budget() -> None:
     specs = sample_programs("tree_search", 200, seed=3, size="varied")
-    budgets = [s.config.iterations for s in specs]
-    assert budgets == [s.config.iterations for s in sample_programs("tree_search", 200, seed=3, size="varied")]
+    budgets = [s.config.budget(s.seed) for s in specs]
+    assert budgets == [s.config.budget(s.seed) for s in sample_programs("tree_search", 200, seed=3, size="varied")]
     mean = SIZES["varied"]["tree_search"].iterations
     assert abs(statistics.mean(budgets) - mean) < 0.15 * mean
     assert max(budgets) >= 2 * mean and min(budgets) <= mean / 3  # a long tail, as the simulator's LATS
-    # The other programs share the size's configs, and other sizes draw nothing.
+    # The programs share their size's configs; other sizes run the same budget every time.
     mixed = sample_programs("mixed", 9, seed=3, size="varied")
-    assert all(s.config == SIZES["varied"][s.workload] for s in mixed if s.workload != "tree_search")
+    assert all(s.config == SIZES["varied"][s.workload] for s in mixed)
     small = sample_programs("tree_search", 20, seed=3, size="small")
-    assert {s.config for s in small} == {SIZES["small"]["tree_search"]}
+    assert {s.config.budget(s.seed) for s in small} == {SIZES["small"]["tree_search"].iterations}
 
 
 def test_varied_tree_search_runs_its_whole_budget(server) -> None:
     url, _engine = server
     config = dataclasses.replace(SIZES["varied"]["tree_search"], iterations=5)
+    seed = next(s for s in range(100) if config.budget(s) != config.iterations)
     llm = make_llm(url)
-    search(QUESTION, llm, config)
-    # No grade ends it early: every iteration expands width branches, each proposed and graded.
-    assert len(llm.trace.calls) == 5 * config.width * 2 + 1
+    search(QUESTION, llm, config, seed=seed)
+    # No grade ends it early: every iteration of the drawn budget expands width branches,
+    # each proposed and graded.
+    assert len(llm.trace.calls) == config.budget(seed) * config.width * 2 + 1
 
 
 def test_every_workload_samples_reproducibly_and_runs(server) -> None:
