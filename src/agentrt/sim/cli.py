@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from agentrt.scheduling.config import POLICIES
 from agentrt.scheduling.retention import RETENTION_MODES
+from agentrt.sim.simulator import ORACLES
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -106,6 +107,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="off|ttl, or off,ttl to compare both (default: [sim] kv_retention, off): ttl pins "
         "a program's KV across its tool calls and evicts by expected reuse instead of LRU",
+    )
+    parser.add_argument(
+        "--oracle",
+        type=_choices(ORACLES),
+        default=None,
+        help="none|remaining|kind, comma-separated to compare (default: [sim] oracle, none): "
+        "rank calls by their program's decode tokens left or its kind's mean, which no "
+        "scheduler knows, to bound what an order can gain",
     )
     parser.add_argument(
         "--latency-target",
@@ -227,6 +236,7 @@ def _sweep(args: argparse.Namespace) -> int:
             "steps_per_schedule": args.steps_per_schedule,
             "preemption": args.preemption,
             "kv_retention": args.kv_retention[0] if args.kv_retention else None,
+            "oracle": args.oracle[0] if args.oracle else None,
         },
     )
     n = args.programs or (300 if args.workload in ("mixed", "lats") else 1000)
@@ -234,7 +244,8 @@ def _sweep(args: argparse.Namespace) -> int:
     programs = workload.generate(n, args.seed)
     rates = args.rates or default_rates(programs, profile, sim.engines)
     retentions = args.kv_retention or [sim.kv_retention]
-    total = len(rates) * len(args.policies) * len(args.balancer) * len(retentions)
+    oracles = args.oracle or [sim.oracle]
+    total = len(rates) * len(args.policies) * len(args.balancer) * len(retentions) * len(oracles)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"simulating {args.workload}", total=total)
         report = run_sweep(
@@ -252,6 +263,7 @@ def _sweep(args: argparse.Namespace) -> int:
             on_point=lambda point: progress.advance(task),
             token_latency_target=args.token_latency_target,
             retentions=retentions,
+            oracles=oracles,
         )
     console.print(points_table(report))
     console.print(headline_table(report))

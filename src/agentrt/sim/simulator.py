@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Sequence
-from typing import Literal, cast
+from typing import Literal, cast, get_args
 
 import msgspec
 
@@ -37,6 +37,10 @@ from agentrt.sim.spec import ProgramSpec
 _FINISH, _READY, _ENGINE = 0, 1, 2
 
 
+Oracle = Literal["none", "remaining", "kind"]
+ORACLES: tuple[str, ...] = get_args(Oracle)
+
+
 class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """How the simulated cluster runs (TOML table ``[sim]``).
 
@@ -49,6 +53,12 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     ``kv_retention``: ``"ttl"`` keeps a program's context pinned across its tool
     calls and evicts by expected reuse (:class:`~agentrt.scheduling.RetentionPolicy`,
     tuned by ``retention``); ``"off"`` evicts least recently released first.
+    ``oracle``: rank every call, ahead of the policy's order, by what no
+    scheduler knows, to bound what any order could gain on a workload:
+    ``"remaining"`` by the decode tokens of its program's calls not yet done,
+    this one's included (shortest remaining program first), ``"kind"`` by the mean decode
+    tokens of its program's kind over the run (which kind of program it is,
+    not how long this one runs). ``"none"``: the policy alone.
     """
 
     engines: int = 1
@@ -65,6 +75,7 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     service_accounting: Literal["share", "step"] = "step"
     kv_retention: RetentionMode = "off"
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
+    oracle: Oracle = "none"
 
     def __post_init__(self) -> None:
         if self.engines < 1:
@@ -82,7 +93,7 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
 
 
 class _ProgramRun:
-    __slots__ = ("children", "done", "outcome", "pending", "spec", "started")
+    __slots__ = ("children", "decoded", "done", "outcome", "pending", "spec", "started")
 
     def __init__(self, spec: ProgramSpec) -> None:
         self.spec = spec
@@ -93,6 +104,7 @@ class _ProgramRun:
                 self.children[parent].append(call.index)
         self.pending = [len(c.parents) for c in calls]
         self.done = 0
+        self.decoded = 0  # decode tokens of the calls done
         self.started = False
         self.outcome = ProgramOutcome(spec.program_id, spec.kind, spec.arrival)
 
@@ -109,7 +121,11 @@ class Simulation:
     ) -> None:
         self.config = config or SimConfig()
         self.profile = profile
-        self.scheduler_config = scheduler = scheduler.on_device(profile.device)
+        scheduler = scheduler.on_device(profile.device)
+        if self.config.oracle != "none":
+            scheduler = msgspec.structs.replace(scheduler, honor_request_priority=True)
+        self.scheduler_config = scheduler
+        self._kind_sizes = _mean_decode_tokens_by_kind(programs)
         self.programs = programs
         self.table = ProcessTable(
             ttl=scheduler.program_ttl_s,
@@ -197,6 +213,11 @@ class Simulation:
             prompt_tokens=spec.prompt_tokens,
             thread_id=str(spec.thread),
         )
+        oracle = self.config.oracle
+        if oracle == "remaining":
+            call.priority = run.spec.decode_tokens - run.decoded
+        elif oracle == "kind":
+            call.priority = self._kind_sizes[run.spec.kind]
         live = LiveCall(spec, call, run, engine, now)
         engine.add(live, now)
         if engine.busy_until is None:
@@ -214,6 +235,7 @@ class Simulation:
         outcome = run.outcome
         outcome.add_call(live, now)
         run.done += 1
+        run.decoded += live.spec.decode_tokens
         for child in run.children[live.spec.index]:
             run.pending[child] -= 1
             if not run.pending[child]:
@@ -225,6 +247,16 @@ class Simulation:
             for each in self.engines.values():
                 each.program_ended(run.spec.program_id)
             self.table.end(run.spec.program_id, now)
+
+
+def _mean_decode_tokens_by_kind(programs: Sequence[ProgramSpec]) -> dict[str, int]:
+    """Each program kind's mean decode tokens per program (the ``kind`` oracle's rank)."""
+    totals: dict[str, list[int]] = {}
+    for program in programs:
+        total = totals.setdefault(program.kind, [0, 0])
+        total[0] += program.decode_tokens
+        total[1] += 1
+    return {kind: round(tokens / count) for kind, (tokens, count) in totals.items()}
 
 
 def longest_segments(programs: Sequence[ProgramSpec]) -> dict[str, int]:

@@ -17,7 +17,7 @@ where a least-attained-service order acts.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import pairwise
+from itertools import pairwise, product
 from typing import Literal
 
 import msgspec
@@ -42,13 +42,15 @@ def mean_of(result: RunResult, metric: LatencyMetric) -> float:
 
 
 class SweepPoint(msgspec.Struct, kw_only=True):
-    # policy; +retention mode when several are compared; @balancer when several are
+    # policy; +retention mode when several are compared; +oracle:NAME when one ranks the
+    # calls; @balancer when several are compared
     label: str
     policy: str
     balancer: str
     rate: float
     result: RunResult
     retention: str = "off"
+    oracle: str = "none"
 
 
 class Headline(msgspec.Struct, kw_only=True):
@@ -157,20 +159,25 @@ def run_sweep(
     on_point: Callable[[SweepPoint], None] | None = None,
     token_latency_target: float | None = None,
     retentions: Sequence[str] | None = None,
+    oracles: Sequence[str] | None = None,
 ) -> SweepReport:
-    """Simulate every (balancer, policy, retention mode, rate), FCFS without retention
-    first; then the headline ratios at equal mean latency and at equal mean token
+    """Simulate every (balancer, policy, retention mode, oracle, rate), FCFS without
+    retention or oracle first; then the headline ratios at equal mean latency and at equal mean token
     latency (targets in seconds and seconds per token; None: ``target_factor`` x
     FCFS's at the lowest rate, without retention when both modes run)."""
     ordered = sorted(policies, key=lambda p: p != "fcfs")
     modes = sorted(retentions or [sim.kv_retention], key=lambda m: m != "off")
+    oracles = sorted(oracles or [sim.oracle], key=lambda o: o != "none")
     points: list[SweepPoint] = []
     for balancer in balancers:
         for policy in ordered:
             config = msgspec.structs.replace(scheduler, policy=policy)
-            for mode in modes:
-                sim_b = msgspec.structs.replace(sim, balancer=balancer, kv_retention=mode)
+            for mode, oracle in product(modes, oracles):
+                sim_b = msgspec.structs.replace(
+                    sim, balancer=balancer, kv_retention=mode, oracle=oracle
+                )
                 label = policy + (f"+{mode}" if len(modes) > 1 else "")
+                label += f"+oracle:{oracle}" if oracle != "none" else ""
                 label += f"@{balancer}" if len(balancers) > 1 else ""
                 for rate in sorted(rates):
                     arrivals = poisson_arrivals(programs, rate, seed)
@@ -183,11 +190,16 @@ def run_sweep(
                         rate=rate,
                         result=result,
                         retention=mode,
+                        oracle=oracle,
                     )
                     points.append(point)
                     if on_point is not None:
                         on_point(point)
-    base = [p for p in points if p.policy == "fcfs" and p.retention == modes[0]] or points
+    base = [
+        p
+        for p in points
+        if p.policy == "fcfs" and p.retention == modes[0] and p.oracle == oracles[0]
+    ] or points
     lowest = min(p.rate for p in base)
 
     def light_load(metric: LatencyMetric) -> float:

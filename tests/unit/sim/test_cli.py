@@ -155,3 +155,23 @@ def test_sim_rejects_an_unknown_retention_mode(capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit):
         main(["sim", "--workload", "lats", "--kv-retention", "forever"])
     assert "unknown forever" in capsys.readouterr().err
+
+
+def test_sim_compares_oracles_against_the_policy_alone(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    args = ["sim", "--workload", "mixed", "--programs", "9", "--rates", "0.2,2"]
+    args += ["--policies", "fcfs", "--oracle", "remaining,none,kind", "--json", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    labels = [(p["label"], p["oracle"]) for p in report["points"]]
+    assert labels == [
+        ("fcfs", "none"),
+        ("fcfs", "none"),
+        ("fcfs+oracle:remaining", "remaining"),
+        ("fcfs+oracle:remaining", "remaining"),
+        ("fcfs+oracle:kind", "kind"),
+        ("fcfs+oracle:kind", "kind"),
+    ]
+    assert report["headline"][0] == {**report["headline"][0], "label": "fcfs", "ratio_vs_fcfs": 1.0}
+    with pytest.raises(SystemExit):
+        main(["sim", "--workload", "lats", "--oracle", "psychic"])

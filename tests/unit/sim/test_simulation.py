@@ -145,3 +145,25 @@ def test_the_auto_service_unit_resolves_for_the_profiled_device(
     assert Simulation([], cpu, auto).scheduler_config.service_unit == "tokens"
     gpu = msgspec.structs.replace(small_profile, device="cuda")
     assert Simulation([], gpu, auto).scheduler_config.service_unit == "time"
+
+
+def test_the_oracles_rank_by_what_no_scheduler_knows(chain: Chain, small_profile: EngineProfile) -> None:
+    """``remaining`` runs the program with the fewest decode tokens left first; ``kind`` the
+    programs of the kind that is shorter on average, in the policy's order within a kind."""
+    programs = _mixed_load(chain)
+    fcfs = SchedulerConfig(policy="fcfs")
+    alone = simulate(programs, small_profile, fcfs)
+    remaining = simulate(programs, small_profile, fcfs, SimConfig(oracle="remaining"))
+    by_kind = simulate(programs, small_profile, fcfs, SimConfig(oracle="kind"))
+    for oracle in (remaining, by_kind):
+        assert oracle.programs == len(programs)
+        assert oracle.latency_by_kind["short"].mean < 0.5 * alone.latency_by_kind["short"].mean
+    # One kind of unequal programs: its kind tells nothing (the policy's order, the same run);
+    # what each has left puts the short ones first.
+    unequal = [
+        chain(f"p{i}", [(60, 40 + 160 * (i % 3))] * (1 + i % 4), kind="one", arrival=0.05 * i)
+        for i in range(16)
+    ]
+    alone = simulate(unequal, small_profile, fcfs)
+    assert simulate(unequal, small_profile, fcfs, SimConfig(oracle="kind")).latency == alone.latency
+    assert simulate(unequal, small_profile, fcfs, SimConfig(oracle="remaining")).latency.mean < 0.8 * alone.latency.mean
