@@ -25,6 +25,7 @@ class Call:
         "level",
         "priority",
         "program_id",
+        "promoted",
         "prompt_tokens",
         "quantum",
         "running",
@@ -57,6 +58,7 @@ class Call:
         # --- scheduler-owned ---
         self.seq = -1  # arrival order in this scheduler; FCFS tie-break, kept across preemption
         self.level = 0  # queue level (0 = top)
+        self.promoted = False  # by anti-starvation: stays in the top level until it ends
         self.quantum = 0.0  # service left in this level before demotion
         self.start_value = 0.0  # program priority snapshot at arrival (PLAS/ATLAS)
         self.service = 0.0  # model service this call received (unit of the config)

@@ -87,7 +87,8 @@ class SchedulerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     preempts a running call of a younger one in its level (a swap).
 
     Anti-starvation: a waiting call is promoted to the top level when
-    ``(W_p + W_c) / max(starvation_floor, T_p + T_c) >= beta``. The floor
+    ``(W_p + W_c) / max(starvation_floor, T_p + T_c) >= beta``, and stays
+    there until it ends (no quantum demotes it again). The floor
     keeps the ratio finite for a call of a program that has no service yet
     (such calls sit in the top level anyway, so the floor only decides how
     soon a demoted call with almost no service may come back). ``beta = inf``

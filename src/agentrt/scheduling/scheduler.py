@@ -185,7 +185,7 @@ class Scheduler:
         self._next_seq += 1
         call.quantum = self._quanta[call.level if self._uses_levels else 0]
         call.service = call.service_c = 0.0
-        call.running = False
+        call.running = call.promoted = False
         call._wait_acc = call._wait_c_acc = 0.0
         call._waiting_since = None
         call._start_waiting(self.clock(now))
@@ -267,7 +267,7 @@ class Scheduler:
         record = self._records[call.seq]
         record.service = call.service
         rekey = self._rekey_on_service
-        if self._uses_levels:
+        if self._uses_levels and not call.promoted:
             call.quantum -= service
             quanta = self._quanta
             last = len(quanta) - 1
@@ -399,6 +399,11 @@ class Scheduler:
     def _promote_starving(self, clock: float) -> list[Call]:
         """Move every call whose starvation ratio reached beta to the top queue.
 
+        A promoted call stays there until it ends: demoted again after one
+        quantum, it would queue behind every newer program once more, and the
+        bound would hold per quantum rather than per call. Its program's next
+        call enters at the program's own level as usual.
+
         Running calls are promoted too (before the batch is formed): otherwise
         a running call already at beta could be preempted and then wait past
         the bound until the next decision.
@@ -420,6 +425,7 @@ class Scheduler:
             call._starve_version += 1
             self._remove(call)
             call.level = 0
+            call.promoted = True
             call.quantum = self._quanta[0]
             self._insert(call)
             self._records[seq].level = 0

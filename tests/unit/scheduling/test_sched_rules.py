@@ -255,6 +255,26 @@ def test_waiting_call_is_promoted_when_the_ratio_reaches_beta() -> None:
     assert entry is not None and entry.service == 8  # ...the program's T stays
 
 
+def test_a_promoted_call_stays_in_the_top_level_until_it_ends() -> None:
+    # Promoted, "old.1" runs ahead of every newer call for as long as it runs: a
+    # quantum's service no longer demotes it. Its program's next call enters at
+    # the program's own level again.
+    sched = give_program_service("plas", 8, num_queues=4, first_boundary=4, first_quantum=1, beta=2.0)
+    victim = sched.add(Call("old.1", "old"), 1.0)
+    hog = sched.add(Call("hog", "hog"), 1.0)
+    step = 1
+    while not sched.schedule(float(step), SlotAdmission(1)).promoted:
+        sched.charge(hog, 0, float(step))
+        step += 1
+    for later in range(step, step + 10):
+        sched.add(Call(f"new{later}", f"new{later}"), float(later))
+        assert ids(sched.schedule(float(later), SlotAdmission(1)).batch) == ["old.1"]
+        sched.charge(victim, 1, float(later))
+        assert victim.level == 0
+    sched.finish("old.1", float(step + 10))
+    assert sched.add(Call("old.2", "old"), float(step + 10)).level == 3  # 8 + 10 of service
+
+
 def test_promotion_counts_the_programs_earlier_waiting() -> None:
     # Same as above, but the program's first call waited 6 steps: W_p = 6, so the
     # new call needs only 16 - 6 = 10 steps.
