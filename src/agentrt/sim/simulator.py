@@ -55,10 +55,11 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     tuned by ``retention``); ``"off"`` evicts least recently released first.
     ``oracle``: rank every call, ahead of the policy's order, by what no
     scheduler knows, to bound what any order could gain on a workload:
-    ``"remaining"`` by the decode tokens of its program's calls not yet done,
-    this one's included (shortest remaining program first), ``"kind"`` by the mean decode
-    tokens of its program's kind over the run (which kind of program it is,
-    not how long this one runs). ``"none"``: the policy alone.
+    ``"remaining"`` by the decode tokens of its program's calls not yet
+    done, this one's included (shortest remaining program first); ``"kind"``
+    by the mean decode tokens of its program's kind over the run (which kind
+    of program it is, not how long this one runs); ``"none"``: the policy
+    alone.
     """
 
     engines: int = 1
@@ -125,7 +126,9 @@ class Simulation:
         if self.config.oracle != "none":
             scheduler = msgspec.structs.replace(scheduler, honor_request_priority=True)
         self.scheduler_config = scheduler
-        self._kind_sizes = _mean_decode_tokens_by_kind(programs)
+        self._kind_sizes = (
+            _mean_decode_tokens_by_kind(programs) if self.config.oracle == "kind" else {}
+        )
         self.programs = programs
         self.table = ProcessTable(
             ttl=scheduler.program_ttl_s,
