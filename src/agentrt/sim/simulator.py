@@ -94,7 +94,7 @@ class SimConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
 
 
 class _ProgramRun:
-    __slots__ = ("children", "decoded", "done", "outcome", "pending", "spec", "started")
+    __slots__ = ("children", "decode_left", "done", "outcome", "pending", "spec", "started")
 
     def __init__(self, spec: ProgramSpec) -> None:
         self.spec = spec
@@ -105,7 +105,7 @@ class _ProgramRun:
                 self.children[parent].append(call.index)
         self.pending = [len(c.parents) for c in calls]
         self.done = 0
-        self.decoded = 0  # decode tokens of the calls done
+        self.decode_left = spec.decode_tokens  # of the calls not done yet
         self.started = False
         self.outcome = ProgramOutcome(spec.program_id, spec.kind, spec.arrival)
 
@@ -218,7 +218,7 @@ class Simulation:
         )
         oracle = self.config.oracle
         if oracle == "remaining":
-            call.priority = run.spec.decode_tokens - run.decoded
+            call.priority = run.decode_left
         elif oracle == "kind":
             call.priority = self._kind_sizes[run.spec.kind]
         live = LiveCall(spec, call, run, engine, now)
@@ -238,7 +238,7 @@ class Simulation:
         outcome = run.outcome
         outcome.add_call(live, now)
         run.done += 1
-        run.decoded += live.spec.decode_tokens
+        run.decode_left -= live.spec.decode_tokens
         for child in run.children[live.spec.index]:
             run.pending[child] -= 1
             if not run.pending[child]:

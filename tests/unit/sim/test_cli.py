@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,12 +134,19 @@ def test_unknown_policy_or_balancer_is_rejected(capsys: pytest.CaptureFixture[st
     assert "unknown random" in capsys.readouterr().err
 
 
-def test_sim_compares_retention_modes(tmp_path: Path) -> None:
+def _sweep_report(tmp_path: Path, args: str) -> dict[str, Any]:
+    """``agentrt sim ARGS --json``'s report (the run must succeed)."""
     out = tmp_path / "out.json"
-    args = ["sim", "--workload", "lats", "--programs", "4", "--rates", "0.2"]
-    args += ["--policies", "plas,fcfs", "--kv-retention", "ttl,off", "--json", str(out)]
-    assert main(args) == 0
-    report = json.loads(out.read_text())
+    assert main(["sim", *args.split(), "--json", str(out)]) == 0
+    report: dict[str, Any] = json.loads(out.read_text())
+    return report
+
+
+def test_sim_compares_retention_modes(tmp_path: Path) -> None:
+    report = _sweep_report(
+        tmp_path,
+        "--workload lats --programs 4 --rates 0.2 --policies plas,fcfs --kv-retention ttl,off",
+    )
     assert [(p["label"], p["retention"]) for p in report["points"]] == [
         ("fcfs+off", "off"),
         ("fcfs+ttl", "ttl"),
@@ -158,11 +166,10 @@ def test_sim_rejects_an_unknown_retention_mode(capsys: pytest.CaptureFixture[str
 
 
 def test_sim_compares_oracles_against_the_policy_alone(tmp_path: Path) -> None:
-    out = tmp_path / "out.json"
-    args = ["sim", "--workload", "mixed", "--programs", "9", "--rates", "0.2,2"]
-    args += ["--policies", "fcfs", "--oracle", "remaining,none,kind", "--json", str(out)]
-    assert main(args) == 0
-    report = json.loads(out.read_text())
+    report = _sweep_report(
+        tmp_path,
+        "--workload mixed --programs 9 --rates 0.2,2 --policies fcfs --oracle remaining,none,kind",
+    )
     labels = [(p["label"], p["oracle"]) for p in report["points"]]
     assert labels == [
         ("fcfs", "none"),
