@@ -35,7 +35,14 @@ import torch
 from agentrt.parallelism.errors import ParallelError
 
 SIZES = (4 << 10, 64 << 10, 1 << 20)  # bytes of the whole tensor
-PRIMITIVES = ("all-reduce", "all-gather", "local-chunk", "send/recv", "broadcast")
+PRIMITIVES = (
+    "all-reduce",
+    "all-gather",
+    "local-chunk",
+    "send/recv",
+    "broadcast",
+    "all-gather/plain",
+)
 _REPEATS = 31
 SYNC = "sync"  # the per-call wait, stored beside the primitives' samples
 _BURST_OPS = 48  # small operator calls between two synchronizing calls (a layer's worth)
@@ -147,6 +154,7 @@ def _calls(rank: int, n: int, size: int, mesh: object) -> dict[str, Callable[[],
         "local-chunk": lambda: _run_steps(whole, chunk, mesh, shape),  # type: ignore[arg-type]
         "send/recv": ping_pong,
         "broadcast": lambda: dist.broadcast(whole, 0),
+        "all-gather/plain": lambda: dist.all_gather(list(whole.chunk(n)), piece),
     }
 
 

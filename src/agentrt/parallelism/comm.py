@@ -62,6 +62,7 @@ class CostModel:
         if line is not None:
             return wait + line[0] + line[1] * (nbytes / n if prim == "all-to-all" else nbytes)
         frac = (n - 1) / n
+        prim = prim.removesuffix("/plain")
         if prim == "all-reduce":
             return wait + 2 * (n - 1) * self.alpha + 2 * frac * nbytes / self.beta
         if prim in ("all-gather", "reduce-scatter"):

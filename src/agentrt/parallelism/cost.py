@@ -559,22 +559,28 @@ def pipeline_estimate(
     return Estimate(name, total, compute, total - compute, int(max(memory)))
 
 
-def hop_seconds(graph: Graph, crossings: list[list[str]], comm: CostModel) -> tuple[float, float]:
+def hop_seconds(
+    graph: Graph, crossings: list[list[str]], comm: CostModel, *, packed: bool = False
+) -> tuple[float, float]:
     """The slowest hop between two stages down the pipeline, and back up it in a training step.
 
-    ``crossings``: the tensors each stage hands to the next. The executors
-    send each tensor with a point-to-point call of its own, so a hop costs
-    one call per tensor (a mask and rotary tables beside the hidden state
-    are four calls, not one); the way back carries the gradients of the
-    floating ones.
+    ``crossings``: the tensors each stage hands to the next. torch's pipeline
+    schedules send each tensor with a point-to-point call of its own, so a
+    hop costs one call per tensor (a mask and rotary tables beside the hidden
+    state are four calls, not one); ``packed``: the hop's tensors travel as
+    one message (the interlaced executor). The way back carries the
+    gradients of the floating ones.
     """
 
     def calls(names: list[str], grads: bool) -> float:
-        return sum(
-            comm.seconds("send/recv", graph.tensors[t].nbytes, 2)
+        sizes = [
+            graph.tensors[t].nbytes
             for t in names
             if not grads or graph.tensors[t].dtype.is_floating_point
-        )
+        ]
+        if packed:
+            sizes = [sum(sizes)] if sizes else []
+        return sum(comm.seconds("send/recv", size, 2) for size in sizes)
 
     down = max((calls(names, False) for names in crossings), default=0.0)
     up = max((calls(names, True) for names in crossings), default=0.0)

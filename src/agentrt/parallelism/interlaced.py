@@ -203,38 +203,44 @@ def interlaced_for(
     return interlaced(graph, ndevices, nmicro=nmicro, cost=cost, vocab_loss=train)
 
 
-def _wire(t: torch.Tensor) -> torch.Tensor:
-    """gloo moves no booleans: they travel as bytes."""
-    return t.to(torch.uint8) if t.dtype is torch.bool else t.contiguous()
+def _pack(values: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors of one hand-over as one buffer of bytes, so it takes one message."""
+    return torch.cat([v.detach().contiguous().reshape(-1).view(torch.uint8) for v in values])
 
 
-def _send(values: list[torch.Tensor], dst: int) -> None:
-    for v in values:
-        dist.send(_wire(v.detach()), dst)
+def _unpack(buf: torch.Tensor, metas: list[Any]) -> list[torch.Tensor]:
+    out, at = [], 0
+    for t in metas:
+        size = math.prod(t.shape) * t.dtype.itemsize
+        out.append(buf[at : at + size].clone().view(t.dtype).reshape(t.shape))
+        at += size
+    return out
+
+
+def _nbytes(metas: list[Any]) -> int:
+    return sum(math.prod(t.shape) * t.dtype.itemsize for t in metas)
+
+
+def _send(values: list[torch.Tensor], dst: int) -> list[Any]:
+    """Start sending a hop's tensors as one message; the work is waited at the step's end, so
+    a sender never waits for its peer (as torch's pipeline schedules send)."""
+    return [dist.isend(_pack(values), dst)]
 
 
 def _recv(metas: list[Any], src: int) -> list[torch.Tensor]:
-    out = []
-    for t in metas:
-        wire = torch.bool if t.dtype is torch.bool else t.dtype
-        buf = torch.empty(t.shape, dtype=torch.uint8 if wire is torch.bool else wire)
-        dist.recv(buf, src)
-        out.append(buf.bool() if wire is torch.bool else buf)
-    return out
+    buf = torch.empty(_nbytes(metas), dtype=torch.uint8)
+    dist.recv(buf, src)
+    return _unpack(buf, metas)
 
 
 def _broadcast(values: list[torch.Tensor], metas: list[Any], src: int) -> list[torch.Tensor]:
-    out = []
-    for i, t in enumerate(metas):
-        mine = dist.get_rank() == src
-        buf = (
-            _wire(values[i].detach()).clone()
-            if mine
-            else torch.empty(t.shape, dtype=torch.uint8 if t.dtype is torch.bool else t.dtype)
-        )
-        dist.broadcast(buf, src)
-        out.append(buf.bool() if t.dtype is torch.bool else buf)
-    return out
+    """``values`` of rank ``src`` on every rank, in one call."""
+    if dist.get_rank() == src:
+        buf = _pack(values)
+    else:
+        buf = torch.empty(_nbytes(metas), dtype=torch.uint8)
+    dist.broadcast(buf, src)
+    return _unpack(buf, metas)
 
 
 class InterlacedRunner:
@@ -276,6 +282,7 @@ class InterlacedRunner:
         built, rank, n = self.built, self.rank, self.n
         backward = labels is not None and torch.is_grad_enabled()
         e_names = built.embed.plan.graph.outputs
+        sends: list[Any] = []
         embedded = [self.embed.forward([x]) for x in ids]  # E(m): all devices
         xs, ys = [], []
         for m, x_ids in enumerate(ids):  # F(s, m): down the stages
@@ -288,7 +295,7 @@ class InterlacedRunner:
             y = self.stage(*x)
             y = list(y) if isinstance(y, tuple) else [y]
             if rank < n - 1:
-                _send(y, rank + 1)
+                sends += _send(y, rank + 1)
             xs.append(x)
             ys.append(y)
         logits, losses, head_grads = [], [], []
@@ -320,7 +327,7 @@ class InterlacedRunner:
                     grads = _recv([_Meta(v) for v in live], rank + 1)
                 torch.autograd.backward(live, grads)
                 if rank > 0:
-                    _send(
+                    sends += _send(
                         [
                             v.grad if v.grad is not None else torch.zeros_like(v)
                             for v in xs[m]
@@ -342,6 +349,8 @@ class InterlacedRunner:
                 pairs = [(v, g) for v, g in zip(embedded[m], grads, strict=True) if v.requires_grad]
                 if pairs:
                     torch.autograd.backward([v for v, _ in pairs], [g for _, g in pairs])
+        for work in sends:
+            work.wait()
         loss = torch.stack(losses).sum() if losses else None
         return torch.cat(logits), loss
 
@@ -385,10 +394,8 @@ def estimate(
 
     ``loss(ways)``: the forward seconds of one micro-batch's loss split
     ``ways`` ways by vocabulary (1: taken whole on every device); a
-    vocabulary-split loss adds its two all-reduces of a few numbers per row.
+    vocabulary-split loss adds its all-gather of three numbers per row from every slice.
     """
-    from dataclasses import replace
-
     from agentrt.parallelism.cost import Estimate, hop_seconds, spmd_estimate
 
     m, n = built.nmicro, len(built.body)
@@ -400,7 +407,7 @@ def estimate(
     forward = [sum(times.part(op, 1) for op in spec.ops) for spec in built.body]
     factor = times.train_factor if train else 1.0
     backward = [(factor - 1) * f for f in forward]
-    hop, hop_back = hop_seconds(graph, [s.outputs for s in built.body[:-1]], comm)
+    hop, hop_back = hop_seconds(graph, [s.outputs for s in built.body[:-1]], comm, packed=True)
     plan = pipeline(built.body_graph, n, nmicro=m, schedule="gpipe" if train else "infer")
     makespan = (
         plan.pipe.simulate(forward, backward, hop, hop_back) if plan.pipe is not None else 0.0
@@ -413,8 +420,7 @@ def estimate(
     if built.vocab_loss and train:
         rows = math.prod(graph.outputs[-1].shape[:-1])
         itemsize = graph.outputs[-1].dtype.itemsize
-        bare = replace(comm, measured=())  # two plain all-reduces, not the runtime's DTensor path
-        reduce = m * sum(bare.seconds("all-reduce", k * rows * itemsize, n) for k in (1, 2))
+        reduce = m * comm.seconds("all-gather/plain", 3 * rows * itemsize * n, n)
     total = segments + makespan + casts + tail + reduce
     compute = m * sum(s.compute_seconds for s in seg) + sum(forward) * factor * m / n + tail
     weights = max(sum(graph.tensors[k].nbytes for k in spec.state) for spec in built.body)

@@ -3,14 +3,15 @@
 A head split by vocabulary columns leaves each device the logits of its own
 slice of the vocabulary. Gathering them to take a cross-entropy moves the
 largest activation of a big-vocabulary model and computes the softmax whole
-on every device. The loss needs only three numbers per row from the other
-slices: the largest logit (for a stable exponent), the sum of exponentials,
-and the target's logit, which one slice holds. So each device takes its
-slice's maximum, one all-reduce (max) makes it global, each sums its
-``exp(x - max)`` and picks the target's shifted logit if it owns the
-target, and one all-reduce (sum) of both gives every device
-``log(sum) - target`` per row. The gradient of a device's slice is its own
-``softmax - one_hot``: the backward needs no communication.
+on every device. The loss needs only three numbers per row from each slice:
+its largest logit, its sum of ``exp(x - largest)``, and the target's logit,
+which one slice holds (the others give 0). One all-gather of those three
+rows gives every device the global maximum ``M``, the whole sum of
+exponentials (each slice's sum scaled by ``exp(largest - M)``, at most 1, so
+nothing overflows) and the target's logit: ``log(sum) + M - target`` per
+row, in one synchronizing call where a maximum then a sum would take two.
+The gradient of a device's slice is its own ``softmax - one_hot``: the
+backward needs no communication.
 """
 
 from __future__ import annotations
@@ -32,19 +33,21 @@ class _VocabCrossEntropy(torch.autograd.Function):
     ) -> torch.Tensor:
         width = logits.shape[-1]
         top = logits.detach().amax(dim=-1)
-        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
-        shifted = logits.detach() - top.unsqueeze(-1)
-        exp = shifted.exp()
+        exp = (logits.detach() - top.unsqueeze(-1)).exp()
         local = target - start
         mine = (local >= 0) & (local < width)
         local = local.clamp(0, width - 1)
-        picked = shifted.gather(-1, local.unsqueeze(-1)).squeeze(-1).masked_fill(~mine, 0.0)
-        stats = torch.stack([exp.sum(dim=-1), picked])
-        dist.all_reduce(stats, group=group)
-        total, target_logit = stats[0], stats[1]
+        picked = logits.detach().gather(-1, local.unsqueeze(-1)).squeeze(-1).masked_fill(~mine, 0.0)
+        stats = torch.stack([top, exp.sum(dim=-1), picked])
+        slices = [torch.empty_like(stats) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(slices, stats, group=group)
+        tops, sums, picks = torch.stack(slices).unbind(1)  # each (slices, rows)
+        peak = tops.amax(dim=0)
+        total = (sums * (tops - peak).exp()).sum(dim=0)
+        exp *= (top - peak).exp().unsqueeze(-1)  # this slice's exp(x - M)
         valid = target != IGNORE_INDEX
         ctx.save_for_backward(exp, total, local, mine & valid, valid)
-        return (total.log() - target_logit).masked_fill(~valid, 0.0)
+        return (total.log() + peak - picks.sum(dim=0)).masked_fill(~valid, 0.0)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:

@@ -157,6 +157,10 @@ def test_a_measured_line_prices_each_call_and_falls_back_elsewhere() -> None:
     assert CostModel(alpha=1e-5, beta=1e10).seconds("broadcast", 1000, 4) == pytest.approx(
         3e-5 + 1e-7
     )
+    # a plain all-gather (not the runtime's DTensor path) has a line of its own, or the formula
+    assert cost.seconds("all-gather/plain", 1000, 4) == pytest.approx(3e-5 + 0.75 * 1000 / 1e10)
+    plain = CostModel(measured=(*lines, ("all-gather/plain", 2e-4, 0.0)), measured_n=2)
+    assert plain.seconds("all-gather/plain", 1000, 2) == pytest.approx(2e-4)
 
 
 def test_a_line_is_recovered_from_exact_collective_times() -> None:

@@ -206,8 +206,9 @@ def test_interlaced_splits_embedding_and_head_over_all_devices(llama_micro: Any)
 
 def test_a_hop_costs_one_call_per_tensor_crossing_and_back_per_gradient(llama_micro: Any) -> None:
     """The interlaced body's first stage hands the attention mask (bool), the two rotary tables
-    and the hidden state to the next, each with a send of its own; the way back carries the
-    three floating tensors' gradients."""
+    and the hidden state to the next: under torch's schedules each with a send of its own, the
+    way back carrying the three floating tensors' gradients; packed (the interlaced executor),
+    one message of all their bytes each way."""
     from agentrt.parallelism import CostModel
     from agentrt.parallelism.cost import hop_seconds
     from agentrt.parallelism.interlaced import interlaced
@@ -222,6 +223,10 @@ def test_a_hop_costs_one_call_per_tensor_crossing_and_back_per_gradient(llama_mi
     assert down == pytest.approx(len(crossing) * 1e-3)
     assert up == pytest.approx(len(floating) * 1e-3)
     assert hop_seconds(graph, [], per_call) == (0.0, 0.0)
+    by_byte = CostModel(measured=(("send/recv", 1e-3, 1e-9),), measured_n=2)
+    down, up = hop_seconds(graph, [crossing], by_byte, packed=True)
+    assert down == pytest.approx(1e-3 + 1e-9 * sum(graph.tensors[t].nbytes for t in crossing))
+    assert up == pytest.approx(1e-3 + 1e-9 * sum(graph.tensors[t].nbytes for t in floating))
     held = {graph.fqn[k] for s in built.body for k in s.state}
     assert not any(
         "embed_tokens" in k or "lm_head" in k for k in held
@@ -257,3 +262,21 @@ def test_interlaced_training_on_four_processes_takes_its_loss_on_four_slices() -
 def test_interlaced_forward_on_four_processes_matches_one_device() -> None:
     result = verify("tiny-llama", "interlaced", 4, batch=8)
     assert result.ok, result.as_dict()
+
+
+def test_a_hand_over_packs_its_tensors_into_one_buffer_and_back() -> None:
+    """The interlaced executor sends a hop's mask, tables and hidden state as one message."""
+    from agentrt.parallelism.interlaced import _pack, _unpack
+
+    values = [
+        torch.tensor([[True, False, True]]),
+        torch.randn(2, 3),
+        torch.arange(5, dtype=torch.int64),
+        torch.randn(4, dtype=torch.float64).reshape(2, 2).t(),  # not contiguous
+    ]
+    buf = _pack(values)
+    assert buf.dtype is torch.uint8 and buf.numel() == sum(v.nbytes for v in values)
+    back = _unpack(buf, values)
+    for got, want in zip(back, values, strict=True):
+        assert got.dtype is want.dtype and got.shape == want.shape
+        assert torch.equal(got, want)
