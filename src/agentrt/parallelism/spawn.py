@@ -12,6 +12,7 @@ after that is a :class:`ParallelError` that names the rank and the cause.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
@@ -37,6 +38,19 @@ _DONE = "done"
 _ALL_DONE = "all-done"
 
 
+def _pin(rank: int) -> None:
+    """One core per rank, as one device per rank: every thread of the process, and the threads
+    gloo starts later (they inherit it), so a rank's communication runs beside its own
+    compute instead of on a core another rank computes on."""
+    if not hasattr(os, "sched_setaffinity"):  # Linux only; elsewhere the OS places threads
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    core = {cores[rank % len(cores)]}
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task), core)
+
+
 def _entry(
     rank: int,
     target: Callable[..., None],
@@ -47,6 +61,7 @@ def _entry(
     args: tuple[Any, ...],
 ) -> None:
     torch.set_num_threads(1)
+    _pin(rank)
     timeout = timedelta(seconds=seconds)
     client = TCPStore(_HOST, port, None, False, timeout=timeout)
     store = PrefixStore(prefix, client)

@@ -64,3 +64,22 @@ def test_a_process_that_dies_after_joining_is_named_with_its_exit_code() -> None
         ParallelError, match="demo: process 1 of 2 exited after joining the group with exit code 3"
     ):
         run_ranks(_exit_on_rank_one, 2, what="demo")
+
+
+def _report_cores(rank: int, n: int, out: str) -> None:
+    """Each thread of the rank's process (gloo's included) and the rank's core set."""
+    threads = [os.sched_getaffinity(int(tid)) for tid in os.listdir("/proc/self/task")]
+    dist.barrier()
+    Path(f"{out}.{rank}").write_text(" ".join(",".join(map(str, sorted(t))) for t in threads))
+
+
+def test_each_rank_runs_on_one_core_of_its_own_with_the_threads_gloo_started(
+    tmp_path: Path,
+) -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    n = 3
+    run_ranks(_report_cores, n, (str(tmp_path / "r"),), what="cores")
+    for rank in range(n):
+        threads = (tmp_path / f"r.{rank}").read_text().split()
+        assert len(threads) > 1  # gloo's threads besides the rank's own
+        assert set(threads) == {str(cores[rank % len(cores)])}
