@@ -38,17 +38,20 @@ _DONE = "done"
 _ALL_DONE = "all-done"
 
 
-def _pin(rank: int) -> None:
-    """One core per rank, as one device per rank: every thread of the process, and the threads
-    gloo starts later (they inherit it), so a rank's communication runs beside its own
-    compute instead of on a core another rank computes on."""
+def _pin(rank: int, n: int) -> None:
+    """One core per rank, as one device per rank, when the host has a core for every rank: every
+    thread of the process, and the threads gloo starts later (they inherit it), so a rank's
+    communication runs beside its own compute instead of on a core another rank computes on.
+    With more ranks than cores the OS places them (pinned, two ranks on one core would run at
+    half the speed of the others)."""
     if not hasattr(os, "sched_setaffinity"):  # Linux only; elsewhere the OS places threads
         return
     cores = sorted(os.sched_getaffinity(0))
-    core = {cores[rank % len(cores)]}
+    if n > len(cores):
+        return
     for task in os.listdir("/proc/self/task"):
         with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
-            os.sched_setaffinity(int(task), core)
+            os.sched_setaffinity(int(task), {cores[rank]})
 
 
 def _entry(
@@ -61,7 +64,7 @@ def _entry(
     args: tuple[Any, ...],
 ) -> None:
     torch.set_num_threads(1)
-    _pin(rank)
+    _pin(rank, n)
     timeout = timedelta(seconds=seconds)
     client = TCPStore(_HOST, port, None, False, timeout=timeout)
     store = PrefixStore(prefix, client)

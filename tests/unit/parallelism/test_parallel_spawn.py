@@ -77,9 +77,18 @@ def test_each_rank_runs_on_one_core_of_its_own_with_the_threads_gloo_started(
     tmp_path: Path,
 ) -> None:
     cores = sorted(os.sched_getaffinity(0))
-    n = 3
+    n = min(2, len(cores))
     run_ranks(_report_cores, n, (str(tmp_path / "r"),), what="cores")
     for rank in range(n):
         threads = (tmp_path / f"r.{rank}").read_text().split()
         assert len(threads) > 1  # gloo's threads besides the rank's own
-        assert set(threads) == {str(cores[rank % len(cores)])}
+        assert set(threads) == {str(cores[rank])}
+
+
+def test_more_ranks_than_cores_are_left_to_the_os(tmp_path: Path) -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    n = len(cores) + 1
+    run_ranks(_report_cores, n, (str(tmp_path / "r"),), what="cores")
+    for rank in range(n):
+        threads = (tmp_path / f"r.{rank}").read_text().split()
+        assert set(threads) == {",".join(map(str, cores))}
