@@ -208,27 +208,27 @@ def _pack(values: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([v.detach().contiguous().reshape(-1).view(torch.uint8) for v in values])
 
 
+def _nbytes(meta: Any) -> int:
+    return int(math.prod(meta.shape)) * int(meta.dtype.itemsize)
+
+
 def _unpack(buf: torch.Tensor, metas: list[Any]) -> list[torch.Tensor]:
     out, at = [], 0
     for t in metas:
-        size = math.prod(t.shape) * t.dtype.itemsize
+        size = _nbytes(t)
         out.append(buf[at : at + size].clone().view(t.dtype).reshape(t.shape))
         at += size
     return out
 
 
-def _nbytes(metas: list[Any]) -> int:
-    return sum(math.prod(t.shape) * t.dtype.itemsize for t in metas)
-
-
-def _send(values: list[torch.Tensor], dst: int) -> list[Any]:
+def _send(values: list[torch.Tensor], dst: int) -> Any:
     """Start sending a hop's tensors as one message; the work is waited at the step's end, so
     a sender never waits for its peer (as torch's pipeline schedules send)."""
-    return [dist.isend(_pack(values), dst)]
+    return dist.isend(_pack(values), dst)
 
 
 def _recv(metas: list[Any], src: int) -> list[torch.Tensor]:
-    buf = torch.empty(_nbytes(metas), dtype=torch.uint8)
+    buf = torch.empty(sum(map(_nbytes, metas)), dtype=torch.uint8)
     dist.recv(buf, src)
     return _unpack(buf, metas)
 
@@ -238,7 +238,7 @@ def _broadcast(values: list[torch.Tensor], metas: list[Any], src: int) -> list[t
     if dist.get_rank() == src:
         buf = _pack(values)
     else:
-        buf = torch.empty(_nbytes(metas), dtype=torch.uint8)
+        buf = torch.empty(sum(map(_nbytes, metas)), dtype=torch.uint8)
     dist.broadcast(buf, src)
     return _unpack(buf, metas)
 
@@ -295,7 +295,7 @@ class InterlacedRunner:
             y = self.stage(*x)
             y = list(y) if isinstance(y, tuple) else [y]
             if rank < n - 1:
-                sends += _send(y, rank + 1)
+                sends.append(_send(y, rank + 1))
             xs.append(x)
             ys.append(y)
         logits, losses, head_grads = [], [], []
@@ -327,13 +327,15 @@ class InterlacedRunner:
                     grads = _recv([_Meta(v) for v in live], rank + 1)
                 torch.autograd.backward(live, grads)
                 if rank > 0:
-                    sends += _send(
-                        [
-                            v.grad if v.grad is not None else torch.zeros_like(v)
-                            for v in xs[m]
-                            if v.requires_grad
-                        ],
-                        rank - 1,
+                    sends.append(
+                        _send(
+                            [
+                                v.grad if v.grad is not None else torch.zeros_like(v)
+                                for v in xs[m]
+                                if v.requires_grad
+                            ],
+                            rank - 1,
+                        )
                     )
             for m in range(len(ids)):  # E(m) backward: stage 0's input gradients to every device
                 wanted = [t.name for t in e_names]
